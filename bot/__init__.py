@@ -1,0 +1,1 @@
+"""jit: Slack-first just-in-time access for CI/CD pipelines."""

@@ -1,0 +1,1 @@
+"""The rules of jit: request lifecycle, policy, atomic state in Redis, audit chain. No Slack, no HTTP."""

@@ -1,0 +1,101 @@
+"""Typed domain errors; the edges (HTTP hook, Slack) map them to status codes and messages."""
+
+from __future__ import annotations
+
+
+class JitError(Exception):
+    """Base of every refusal the domain makes. `code` is stable and machine-readable."""
+
+    code = "error"
+    http_status = 400
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.__doc__ or self.code)
+        self.message = message or (self.__doc__ or self.code).strip()
+
+
+class PolicyError(Exception):
+    """The policy file is invalid; `errors` lists every problem with its location."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__(errors[0] if errors else "invalid policy")
+        self.errors = errors
+
+
+class BadRequest(JitError):
+    code = "bad_request"
+    http_status = 400
+
+
+class UnknownAction(JitError):
+    """No such action."""
+
+    code = "unknown_action"
+    http_status = 404
+
+
+class ActionNotAllowed(JitError):
+    """This pipeline may not request that action."""
+
+    code = "action_not_allowed"
+    http_status = 403
+
+
+class NotFound(JitError):
+    """No such request."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class NotAnApprover(JitError):
+    """You are not an approver for this action."""
+
+    code = "not_an_approver"
+    http_status = 403
+
+
+class SelfApproval(JitError):
+    """You asked for this access yourself; someone else has to approve it."""
+
+    code = "self_approval"
+    http_status = 403
+
+
+class AlreadyApproved(JitError):
+    """You have already approved this request; another approver is needed."""
+
+    code = "already_approved"
+    http_status = 409
+
+
+class AlreadyDecided(JitError):
+    """This request has already been decided."""
+
+    code = "already_decided"
+    http_status = 409
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"This request is already {status.replace('_', ' ')}.")
+        self.status = status
+
+
+class NotActive(JitError):
+    """The credential is not available yet."""
+
+    code = "not_active"
+    http_status = 409
+
+
+class Gone(JitError):
+    """The credential has expired or was revoked."""
+
+    code = "gone"
+    http_status = 410
+
+
+class WrongWorkspace(JitError):
+    """This Slack workspace is not allowed to act on jit requests."""
+
+    code = "wrong_workspace"
+    http_status = 403

@@ -1,0 +1,273 @@
+"""The policy file: who may ask for what, who approves it, and how the credential is made."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from bot.domain.clock import parse_duration
+from bot.domain.errors import PolicyError
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+SlackUserOrGroup = Annotated[str, Field(pattern=r"^[UWS][A-Z0-9]{2,}$")]
+SlackChannel = Annotated[str, Field(pattern=r"^[CGD][A-Z0-9]{2,}$")]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Defaults(_Strict):
+    channel: SlackChannel | None = None
+    pending_timeout: Duration = timedelta(minutes=30)
+
+
+class Ttl(_Strict):
+    default: Duration = timedelta(minutes=15)
+    max: Duration = timedelta(hours=1)
+
+
+class AuditConfig(_Strict):
+    channel: SlackChannel | None = None
+    #: How often the chain head is posted to the audit channel.
+    post_head_every: Duration = timedelta(hours=1)
+    #: Entries older than this are trimmed (the trim point's hash is kept as the anchor).
+    retention: Duration = timedelta(days=365)
+
+
+class Pipeline(_Strict):
+    token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    oidc: dict[str, Any] | None = None
+    actions: list[Name] = Field(min_length=1)
+
+
+class Action(_Strict):
+    description: str = ""
+    channel: SlackChannel | None = None
+    approvers: list[SlackUserOrGroup] = Field(min_length=1)
+    approvals_required: int = Field(1, ge=1)
+    allow_self_approval: bool = False
+    ttl: Ttl = Ttl()
+    pending_timeout: Duration | None = None
+    grant: dict[str, Any]
+
+
+class PolicyModel(_Strict):
+    defaults: Defaults = Defaults()
+    auditors: list[SlackUserOrGroup] = []
+    people: dict[str, Annotated[str, Field(pattern=r"^[UW][A-Z0-9]{2,}$")]] = {}
+    pipelines: dict[Name, Pipeline] = {}
+    actions: dict[Name, Action]
+    audit: AuditConfig = AuditConfig()
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A loaded, validated policy. Immutable; a reload builds a new one."""
+
+    model: PolicyModel
+    grants: dict[str, tuple[str, Any]]  # action name → (grant type, validated backend config)
+    sha256: str
+    source: str
+
+    @property
+    def actions(self) -> dict[str, Action]:
+        return self.model.actions
+
+    @property
+    def pipelines(self) -> dict[str, Pipeline]:
+        return self.model.pipelines
+
+    def action(self, name: str) -> Action | None:
+        return self.model.actions.get(name)
+
+    def channel_for(self, action: str) -> str:
+        a = self.model.actions[action]
+        return a.channel or self.model.defaults.channel  # validated: one of them is set
+
+    def pending_timeout_for(self, action: str) -> timedelta:
+        return self.model.actions[action].pending_timeout or self.model.defaults.pending_timeout
+
+    def pipeline_for_token(self, token: str) -> str | None:
+        """The pipeline whose token_sha256 matches, compared in constant time against all."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        found = None
+        for name, p in self.model.pipelines.items():
+            if p.token_sha256 is not None and hmac.compare_digest(digest, p.token_sha256):
+                found = name
+        return found
+
+    def slack_user_for(self, requested_by: str | None) -> str | None:
+        if not requested_by:
+            return None
+        if re.fullmatch(r"[UW][A-Z0-9]{2,}", requested_by):
+            return requested_by
+        return self.model.people.get(requested_by) or self.model.people.get(requested_by.lower())
+
+    def audit_channel(self) -> str | None:
+        return self.model.audit.channel or self.model.defaults.channel
+
+
+# ---------------------------------------------------------------- loading and errors
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _node_lines(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:
+    """Map each key path to the 1-based line where it stands; report duplicate keys."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for k, v in node.value:
+            key = k.value
+            line = k.start_mark.line + 1
+            if key in seen:
+                out.setdefault("__dupes__", []).append(
+                    (path + (key,), line, f"duplicate key {key!r} (first at line {seen[key]})")
+                )
+            seen[key] = line
+            out[path + (key,)] = line
+            _node_lines(v, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out[path + (i,)] = v.start_mark.line + 1
+            _node_lines(v, path + (i,), out)
+    return out
+
+
+def _where(lines: dict, loc: tuple) -> int | None:
+    loc = tuple(loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return lines.get(())
+
+
+def _fmt(source: str, lines: dict, loc: tuple, msg: str) -> str:
+    line = _where(lines, loc)
+    dotted = ".".join(str(p) for p in loc) or "(top)"
+    return f"{source}:{line or '?'}: {dotted}: {msg}"
+
+
+def parse_policy(text: str, source: str = "<policy>") -> Policy:
+    """Validate a policy's YAML text. Raises PolicyError listing every problem with its line."""
+    from workers.backends.base import registry
+
+    try:
+        node = yaml.compose(text, Loader=_LineLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else "?"
+        raise PolicyError([f"{source}:{line}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
+    if node is None:
+        raise PolicyError([f"{source}:1: the policy is empty"])
+    lines = _node_lines(node)
+    errors = [_fmt(source, lines, loc, msg) for loc, _, msg in lines.pop("__dupes__", [])]
+    data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    if not isinstance(data, dict):
+        raise PolicyError([f"{source}:1: the policy must be a mapping"])
+    try:
+        model = PolicyModel.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            errors.append(_fmt(source, lines, err["loc"], msg))
+        raise PolicyError(errors) from None
+
+    backends = registry()
+    grants: dict[str, Any] = {}
+    for name, action in model.actions.items():
+        base = ("actions", name)
+        cfg = dict(action.grant)
+        gtype = cfg.pop("type", None)
+        if gtype not in backends:
+            known = ", ".join(sorted(backends))
+            errors.append(
+                _fmt(source, lines, base + ("grant", "type"), f"unknown grant type {gtype!r} (known: {known})")
+            )
+        else:
+            try:
+                grants[name] = (gtype, backends[gtype].Config.model_validate(cfg))
+            except ValidationError as e:
+                for err in e.errors():
+                    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+                    errors.append(_fmt(source, lines, base + ("grant", *err["loc"]), msg))
+        if not action.channel and not model.defaults.channel:
+            errors.append(_fmt(source, lines, base, "no channel: set actions.<name>.channel or defaults.channel"))
+        people = [a for a in action.approvers if a[0] in "UW"]
+        groups = [a for a in action.approvers if a[0] == "S"]
+        if len(set(action.approvers)) != len(action.approvers):
+            errors.append(_fmt(source, lines, base + ("approvers",), "an approver is listed twice"))
+        if not groups and action.approvals_required > len(set(people)):
+            errors.append(
+                _fmt(
+                    source,
+                    lines,
+                    base + ("approvals_required",),
+                    f"needs {action.approvals_required} distinct approvers but only {len(set(people))} can ever approve",
+                )
+            )
+        if action.ttl.default > action.ttl.max:
+            errors.append(_fmt(source, lines, base + ("ttl",), "default is longer than max"))
+
+    hashes: dict[str, str] = {}
+    for name, p in model.pipelines.items():
+        base = ("pipelines", name)
+        if (p.token_sha256 is None) == (p.oidc is None):
+            errors.append(_fmt(source, lines, base, "set exactly one of token_sha256 or oidc"))
+        if p.token_sha256 and p.token_sha256 in hashes:
+            errors.append(
+                _fmt(source, lines, base + ("token_sha256",), f"same token as pipeline {hashes[p.token_sha256]!r}")
+            )
+        if p.token_sha256:
+            hashes[p.token_sha256] = name
+        if p.oidc is not None:
+            try:
+                from bot.hook.oidc import OidcConfig
+
+                OidcConfig.model_validate(p.oidc)
+            except ValidationError as e:
+                for err in e.errors():
+                    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+                    errors.append(_fmt(source, lines, base + ("oidc", *err["loc"]), msg))
+            except ImportError:
+                errors.append(_fmt(source, lines, base + ("oidc",), "OIDC is not available in this build"))
+        for i, a in enumerate(p.actions):
+            if a not in model.actions:
+                errors.append(_fmt(source, lines, base + ("actions", i), f"unknown action {a!r}"))
+    if errors:
+        raise PolicyError(errors)
+    return Policy(
+        model=model,
+        grants=grants,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        source=source,
+    )
+
+
+def load_policy(path: str | Path) -> Policy:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError([f"{p}: policy file not found (set JIT_POLICY_FILE)"]) from None
+    except OSError as e:
+        raise PolicyError([f"{p}: cannot read policy file: {e.strerror}"]) from None
+    return parse_policy(text, source=str(p))
+
+

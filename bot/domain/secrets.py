@@ -1,0 +1,91 @@
+"""Keys derived from JIT_SECRET_KEY: encryption of credentials at rest, and token signing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from typing import Any
+
+import jwt
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+
+def _derive(secret: str, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"jit/v1", info=purpose).derive(
+        secret.encode()
+    )
+
+
+def new_token() -> str:
+    """A random bearer secret (request tokens)."""
+    return secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Vault:
+    """Encrypts credentials at rest (Fernet: AES-128-CBC + HMAC). Old keys still decrypt."""
+
+    def __init__(self, secret: str, previous: list[str] | None = None) -> None:
+        fernets = [Fernet(base64.urlsafe_b64encode(_derive(s, b"credentials"))) for s in [secret, *(previous or [])]]
+        self._f = MultiFernet(fernets)
+
+    def seal(self, obj: Any) -> str:
+        return self._f.encrypt(json.dumps(obj).encode()).decode()
+
+    def open(self, blob: str) -> Any:
+        try:
+            return json.loads(self._f.decrypt(blob.encode()))
+        except InvalidToken:
+            raise ValueError("credential cannot be decrypted with the configured keys") from None
+
+
+class TokenSigner:
+    """Signs the `token` backend's JWTs with Ed25519 (EdDSA); the JWKS lists every key in use.
+
+    The signing key is derived from JIT_SECRET_KEY, so every replica signs with the same key and
+    the `kid` (RFC 7638 thumbprint) changes when the secret rotates. Previous secrets' public
+    keys stay published so their tokens keep verifying until they expire.
+    """
+
+    def __init__(self, secret: str, previous: list[str] | None = None, issuer: str = "jit") -> None:
+        self.issuer = issuer.rstrip("/")
+        self._keys = [self._key(s) for s in [secret, *(previous or [])]]
+        self.kid, self._private, _ = self._keys[0]
+
+    @staticmethod
+    def _key(secret: str) -> tuple[str, Ed25519PrivateKey, dict[str, str]]:
+        private = Ed25519PrivateKey.from_private_bytes(_derive(secret, b"token-signing"))
+        raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        thumb = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"), sort_keys=True)
+        kid = base64.urlsafe_b64encode(hashlib.sha256(thumb.encode()).digest()).rstrip(b"=").decode()
+        jwk = {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}
+        return kid, private, jwk
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [jwk for _, _, jwk in self._keys]}
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        return jwt.encode({"iss": self.issuer, **claims}, self._private, algorithm="EdDSA", headers={"kid": self.kid})
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """Decode a token this bot issued (any published key). Raises jwt.InvalidTokenError."""
+        kid = jwt.get_unverified_header(token).get("kid")
+        for k, private, _ in self._keys:
+            if k == kid:
+                return jwt.decode(
+                    token,
+                    private.public_key(),
+                    algorithms=["EdDSA"],
+                    issuer=self.issuer,
+                    options={"require": ["exp", "jti", "sub"], "verify_aud": False},
+                )
+        raise jwt.InvalidKeyError("unknown kid")

@@ -1,0 +1,1 @@
+"""The pipeline hook: JSON over HTTP for CI jobs (`/v1/requests`, credentials, introspection)."""

@@ -1,0 +1,402 @@
+"""Verifying CI OIDC tokens (GitHub Actions, GitLab CI) and mapping them to a pipeline."""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import jwt
+import requests
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+log = logging.getLogger(__name__)
+
+#: Asymmetric algorithms only: `none` and the HMAC family (alg confusion with a public key)
+#: never reach a key.
+ALGORITHMS = ("RS256", "ES256")
+#: Clock skew tolerated on exp / nbf / iat between the CI provider and us.
+LEEWAY_SECONDS = 30
+#: Refuse anything larger before parsing it (real CI tokens are 1–3 KiB).
+MAX_TOKEN_BYTES = 16 * 1024
+#: Discovery documents and key sets larger than this are refused.
+MAX_DOCUMENT_BYTES = 512 * 1024
+GITHUB_ISSUER = "https://token.actions.githubusercontent.com"
+
+
+class OidcRejected(Exception):
+    """The token was refused. `status` is the HTTP status to answer with (401, 403, 503);
+    `reason` is short, safe to show the caller and never contains the token."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_url(url: str, what: str) -> str:
+    """https, or http to a loopback host (local issuers and tests); no query or fragment."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ValueError(f"{what} must be an absolute URL")
+    if parts.scheme == "http":
+        if not _is_loopback(parts.hostname):
+            raise ValueError(
+                f"{what} must use https (http is allowed only for 127.0.0.1, ::1 or localhost)"
+            )
+    elif parts.scheme != "https":
+        raise ValueError(f"{what} must use https")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{what} must not have a query or fragment")
+    return url
+
+
+class OidcConfig(BaseModel):
+    """How one pipeline is recognised: the issuer, the audience it asks for and its claims.
+
+    `claims` values are exact strings or fnmatch globs (`*`, `?`, `[...]`; `*` also matches
+    `/`), compared case-sensitively; every one must match. For a list claim (GitLab's
+    `groups_direct`) one matching element is enough. Pin the repository: prefer the numeric
+    `repository_id` / `project_id`, names can be re-registered.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    issuer: str
+    audience: Annotated[str, Field(min_length=1)]
+    #: At least one: without claims any repository on the issuer could match.
+    claims: Annotated[dict[str, str], Field(min_length=1)]
+    jwks_url: str | None = None
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_url(cls, v: str) -> str:
+        return _check_url(v, "issuer")
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url(v, "jwks_url")
+
+    @field_validator("claims")
+    @classmethod
+    def _claim_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not name:
+                raise ValueError("claim names must not be empty")
+        return v
+
+    def matches(self, claims: Mapping[str, Any]) -> bool:
+        """True when the (already verified) claims carry this audience and every claim rule."""
+        aud = claims.get("aud")
+        auds = aud if isinstance(aud, list) else [aud]
+        if claims.get("iss") != self.issuer or self.audience not in auds:
+            return False
+        return all(_claim_matches(claims.get(k), pattern) for k, pattern in self.claims.items())
+
+
+def _claim_text(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int):
+        return str(value)
+    return None
+
+
+def _claim_matches(value: Any, pattern: str) -> bool:
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        text = _claim_text(v)
+        if text is not None and fnmatch.fnmatchcase(text, pattern):
+            return True
+    return False
+
+
+# ------------------------------------------------------------------------------ key sets
+
+
+@dataclass
+class _KeySet:
+    """The keys of one issuer, when they were fetched, and the cool-down on refetching."""
+
+    keys: dict[str, jwt.PyJWK] = field(default_factory=dict)
+    fetched_at: float | None = None  # last successful fetch
+    attempted_at: float | None = None  # last fetch attempt, successful or not
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class OidcVerifier:
+    """Verifies CI OIDC tokens against the issuers' published keys.
+
+    One instance is shared by every request: it caches each issuer's key set (JWKS) for
+    `jwks_max_age` seconds, and an unknown `kid` triggers at most one refetch per `cooldown`
+    seconds per issuer, so a stream of made-up kids cannot turn us into a JWKS hammer.
+    `clock` drives the cache and the cool-down; exp / nbf / iat are checked by PyJWT against
+    the wall clock with a leeway of LEEWAY_SECONDS.
+    """
+
+    def __init__(
+        self,
+        timeout: float = 5.0,
+        cooldown: float = 60.0,
+        clock: Callable[[], float] = time.time,
+        *,
+        jwks_max_age: float = 3600.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.timeout = timeout
+        self.cooldown = cooldown
+        self.jwks_max_age = jwks_max_age
+        self._clock = clock
+        self._session = session or requests.Session()
+        self._sets: dict[tuple[str, str | None], _KeySet] = {}
+        self._sets_lock = threading.Lock()
+
+    # -------------------------------------------------------------- public
+
+    def verify(self, token: str, configs: Mapping[str, OidcConfig]) -> tuple[str, dict[str, Any]]:
+        """Return `(pipeline_name, claims)` for a valid token, or raise OidcRejected."""
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_BYTES:
+            raise OidcRejected(401, "malformed token")
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise OidcRejected(401, "malformed token") from None
+
+        alg = header.get("alg")
+        if alg not in ALGORITHMS:
+            raise OidcRejected(401, "unsupported algorithm")
+        issuer = unverified.get("iss")
+        candidates = {
+            name: c for name, c in configs.items() if isinstance(issuer, str) and c.issuer == issuer
+        }
+        if not candidates:
+            raise OidcRejected(401, "unknown issuer")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise OidcRejected(401, "token has no key id")
+
+        # Configs sharing an issuer are expected to share its key set; the first one's
+        # jwks_url (or discovery) is used.
+        first = next(iter(candidates.values()))
+        key = self._key_for(first.issuer, first.jwks_url, kid)
+        if key.algorithm_name != alg:
+            raise OidcRejected(401, "algorithm does not match the signing key")
+
+        audiences = list(dict.fromkeys(c.audience for c in candidates.values()))
+        try:
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=[alg],
+                audience=audiences,
+                issuer=first.issuer,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "iat", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise OidcRejected(401, "token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise OidcRejected(401, "token not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise OidcRejected(401, "wrong audience") from None
+        except jwt.InvalidIssuerError:
+            raise OidcRejected(401, "wrong issuer") from None
+        except jwt.MissingRequiredClaimError as e:
+            raise OidcRejected(401, f"missing claim {e.claim}") from None
+        except jwt.InvalidSignatureError:
+            raise OidcRejected(401, "bad signature") from None
+        except jwt.InvalidAlgorithmError:
+            raise OidcRejected(401, "unsupported algorithm") from None
+        except jwt.PyJWTError:
+            raise OidcRejected(401, "invalid token") from None
+
+        for name, config in candidates.items():
+            if config.matches(claims):
+                return name, claims
+        log.info(
+            "oidc token from %s valid but matches no pipeline (%s)",
+            issuer,
+            _describe(claims),
+        )
+        raise OidcRejected(403, "no pipeline matches these claims")
+
+    # -------------------------------------------------------------- keys
+
+    def _key_for(self, issuer: str, jwks_url: str | None, kid: str) -> jwt.PyJWK:
+        with self._sets_lock:
+            ks = self._sets.setdefault((issuer, jwks_url), _KeySet())
+        with ks.lock:
+            now = self._clock()
+            stale = ks.fetched_at is None or now - ks.fetched_at >= self.jwks_max_age
+            unknown = kid not in ks.keys
+            cooled = ks.attempted_at is None or now - ks.attempted_at >= self.cooldown
+            # A stale set is refreshed at most once per cool-down too: an issuer that is down
+            # is not retried on every request, and its last good keys stay in use meanwhile.
+            if (stale or unknown) and cooled:
+                ks.attempted_at = now
+                try:
+                    ks.keys = self._fetch_keys(issuer, jwks_url)
+                    ks.fetched_at = now
+                except _FetchError as e:
+                    log.warning("oidc: cannot fetch the key set of %s: %s", issuer, e)
+            if not ks.keys:  # never fetched successfully (and the last try was just now)
+                raise OidcRejected(503, "issuer keys unavailable")
+            key = ks.keys.get(kid)
+        if key is None:
+            raise OidcRejected(401, "unknown signing key")
+        return key
+
+    def _fetch_keys(self, issuer: str, jwks_url: str | None) -> dict[str, jwt.PyJWK]:
+        if jwks_url is None:
+            discovery = self._get_json(issuer.rstrip("/") + "/.well-known/openid-configuration")
+            if discovery.get("issuer") != issuer:
+                raise _FetchError("discovery document names a different issuer")
+            jwks_url = discovery.get("jwks_uri")
+            if not isinstance(jwks_url, str):
+                raise _FetchError("discovery document has no jwks_uri")
+            try:
+                _check_url(jwks_url, "jwks_uri")
+            except ValueError as e:
+                raise _FetchError(str(e)) from None
+        document = self._get_json(jwks_url)
+        keys: dict[str, jwt.PyJWK] = {}
+        for jwk in document.get("keys") or []:
+            if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
+                continue
+            kid = jwk.get("kid")
+            if not isinstance(kid, str):
+                continue
+            try:
+                key = jwt.PyJWK(jwk)
+            except jwt.PyJWTError:
+                continue  # a key type we do not use (or cannot parse): skip it, keep the rest
+            if key.algorithm_name in ALGORITHMS:
+                keys[kid] = key
+        if not keys:
+            raise _FetchError("key set has no usable RS256/ES256 keys")
+        return keys
+
+    def _get_json(self, url: str) -> dict[str, Any]:
+        try:
+            with self._session.get(
+                url,
+                timeout=self.timeout,
+                allow_redirects=False,
+                stream=True,
+                headers={"Accept": "application/json"},
+            ) as resp:
+                if resp.status_code != 200:
+                    raise _FetchError(f"GET {url}: HTTP {resp.status_code}")
+                body = resp.raw.read(MAX_DOCUMENT_BYTES + 1, decode_content=True)
+        except requests.RequestException as e:
+            raise _FetchError(f"GET {url}: {type(e).__name__}") from None
+        if len(body) > MAX_DOCUMENT_BYTES:
+            raise _FetchError(f"GET {url}: document too large")
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise _FetchError(f"GET {url}: not JSON") from None
+        if not isinstance(data, dict):
+            raise _FetchError(f"GET {url}: not a JSON object")
+        return data
+
+
+class _FetchError(Exception):
+    pass
+
+
+def _describe(claims: Mapping[str, Any]) -> str:
+    """A few identifying claims for logs (never the token itself)."""
+    keys = ("repository", "project_path", "ref", "environment", "aud")
+    return ", ".join(f"{k}={claims[k]!r}" for k in keys if k in claims)
+
+
+# ------------------------------------------------------------------------------ context
+
+
+def _github_server_url(issuer: str) -> str:
+    """Where a GitHub token's runs live: github.com, GHE.com (`token.actions.<sub>.ghe.com`)
+    or GitHub Enterprise Server (`https://<host>/_services/token`). The token has no
+    server-URL claim, so it is derived from the (verified) issuer."""
+    parts = urlsplit(issuer)
+    host = parts.hostname or ""
+    if host.startswith("token.actions.") and host.endswith(".ghe.com"):
+        return "https://" + host.removeprefix("token.actions.")
+    if parts.path.rstrip("/").endswith("/_services/token"):
+        return f"{parts.scheme}://{parts.netloc}"
+    return "https://github.com"
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or value == "" else _claim_text(value)
+
+
+def verified_context(claims: Mapping[str, Any]) -> tuple[dict[str, str], str | None]:
+    """The request context and requester a verified token vouches for.
+
+    GitHub Actions: repository, ref, commit, workflow, run_id, run_attempt, actor,
+    environment, run_url; requested_by = actor. GitLab CI: repository (project_path), ref,
+    commit, pipeline_id, user_login, environment, ci_config_ref_uri, run_url;
+    requested_by = user_login. Missing claims are left out.
+    """
+    iss = str(claims.get("iss") or "")
+    context: dict[str, str | None]
+    if "project_path" in claims:  # GitLab
+        project, pipeline = _text(claims.get("project_path")), _text(claims.get("pipeline_id"))
+        run_url = (
+            f"{iss.rstrip('/')}/{project}/-/pipelines/{pipeline}"
+            if iss and project and pipeline
+            else None
+        )
+        context = {
+            "repository": project,
+            "ref": _text(claims.get("ref")),
+            "commit": _text(claims.get("sha")),
+            "pipeline_id": pipeline,
+            "user_login": _text(claims.get("user_login")),
+            "environment": _text(claims.get("environment")),
+            "ci_config_ref_uri": _text(claims.get("ci_config_ref_uri")),
+            "run_url": run_url,
+        }
+        requested_by = _text(claims.get("user_login"))
+    else:  # GitHub Actions
+        repo, run_id = _text(claims.get("repository")), _text(claims.get("run_id"))
+        run_url = (
+            f"{_github_server_url(iss)}/{repo}/actions/runs/{run_id}" if repo and run_id else None
+        )
+        context = {
+            "repository": repo,
+            "ref": _text(claims.get("ref")),
+            "commit": _text(claims.get("sha")),
+            "workflow": _text(claims.get("workflow")),
+            "run_id": run_id,
+            "run_attempt": _text(claims.get("run_attempt")),
+            "actor": _text(claims.get("actor")),
+            "environment": _text(claims.get("environment")),
+            "run_url": run_url,
+        }
+        requested_by = _text(claims.get("actor"))
+    return {k: v for k, v in context.items() if v is not None}, requested_by

@@ -1,0 +1,214 @@
+"""The `/v1` endpoints pipelines call, plus JWKS, introspection and health checks."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from bot.domain import errors as E
+from bot.domain.clock import now, rfc3339
+from bot.domain.requests import UNDECIDED, Status
+from bot.hook.auth import Unauthorized, any_caller, bearer_token, pipeline_caller
+
+MAX_BODY = 16 * 1024
+MAX_WAIT = 60
+
+bp = Blueprint("hook", __name__)
+
+
+def rt():
+    return current_app.config["JIT_RUNTIME"]
+
+
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    resp = jsonify({"error": code, "message": message})
+    resp.status_code = status
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+@bp.errorhandler(E.JitError)
+def _jit_error(e: E.JitError):
+    headers = None
+    if getattr(e, "retry_after_s", None):
+        headers = {"Retry-After": str(e.retry_after_s)}
+    return error(e.http_status, e.code, e.message, headers)
+
+
+@bp.errorhandler(Unauthorized)
+def _unauthorized(e: Unauthorized):
+    headers = {"WWW-Authenticate": 'Bearer realm="jit"'} if e.status == 401 else None
+    code = {401: "unauthorized", 403: "forbidden"}.get(e.status, "unavailable")
+    return error(e.status, code, e.message, headers)
+
+
+def _oidc():
+    return current_app.config.get("JIT_OIDC")
+
+
+def _read_json() -> Any:
+    ctype = (request.mimetype or "").lower()
+    if ctype != "application/json":
+        raise _Abort(error(415, "unsupported_media_type", "send Content-Type: application/json"))
+    length = request.content_length
+    if length is not None and length > MAX_BODY:
+        raise _Abort(error(413, "too_large", f"the body is larger than {MAX_BODY} bytes"))
+    raw = request.stream.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise _Abort(error(413, "too_large", f"the body is larger than {MAX_BODY} bytes"))
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise _Abort(error(400, "malformed_json", "the body is not valid JSON")) from None
+
+
+class _Abort(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+@bp.errorhandler(_Abort)
+def _abort(e: _Abort):
+    return e.response
+
+
+def _view(req) -> dict[str, Any]:
+    return req.public()
+
+
+# ------------------------------------------------------------------------- requests
+
+
+@bp.post("/v1/requests")
+def create_request():
+    runtime = rt()
+    policy = runtime.policy
+    caller = pipeline_caller(request, policy, _oidc())
+    runtime.limiter.check(caller.pipeline)
+    data = _read_json()
+    body = runtime.access.parse_body(data)
+    idem = request.headers.get("Idempotency-Key")
+    if idem is not None and not (0 < len(idem) <= 255):
+        return error(400, "bad_request", "Idempotency-Key must be 1 to 255 characters")
+    created = runtime.access.create(caller.pipeline, body, idem, caller.verified)
+    out = _view(created.request)
+    out["request_token"] = created.request_token
+    out["url"] = f"{runtime.settings.jit_public_url.rstrip('/')}/v1/requests/{created.request.id}"
+    resp = jsonify(out)
+    resp.status_code = 201 if created.created else 200
+    resp.headers["Location"] = f"/v1/requests/{created.request.id}"
+    return resp
+
+
+def _load(request_id: str):
+    runtime = rt()
+    caller = any_caller(request, runtime.policy, _oidc())
+    return runtime.access.authorize_follow_up(request_id, caller.pipeline, caller.bearer)
+
+
+@bp.get("/v1/requests/<request_id>")
+def get_request(request_id: str):
+    raw_wait = request.args.get("wait", "0")
+    try:
+        wait = float(raw_wait)
+    except ValueError:
+        return error(400, "bad_request", "wait must be a number of seconds (0 to 60)")
+    if not (0 <= wait <= MAX_WAIT) or wait != wait:
+        return error(400, "bad_request", "wait must be between 0 and 60 seconds")
+    req = _load(request_id)
+    if wait > 0 and req.status in UNDECIDED:
+        req = _long_poll(request_id, req.status, wait) or req
+    return jsonify(_view(req))
+
+
+def _long_poll(request_id: str, status: Status, wait: float):
+    runtime = rt()
+    deadline = time.monotonic() + wait
+    waiters = current_app.config["JIT_WAITERS"]
+    req = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return req
+        ev = waiters.register(request_id)
+        try:
+            req = runtime.store.get(request_id)
+            if req is None or req.status != status:
+                return req
+            ev.wait(min(remaining, 2.0))
+        finally:
+            waiters.unregister(request_id, ev)
+        req = runtime.store.get(request_id)
+        if req is None or req.status != status:
+            return req
+
+
+@bp.get("/v1/requests/<request_id>/credential")
+def get_credential(request_id: str):
+    req = _load(request_id)
+    credential, req = rt().access.credential(req)
+    resp = jsonify({"id": req.id, "credential": credential, "expires_at": rfc3339(req.expires_at)})
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.delete("/v1/requests/<request_id>")
+def release_request(request_id: str):
+    req = _load(request_id)
+    req = rt().access.release(req)
+    return jsonify(_view(req))
+
+
+# ------------------------------------------------------------------------- tokens
+
+
+@bp.get("/.well-known/jwks.json")
+def jwks():
+    resp = jsonify(rt().signer.jwks())
+    resp.headers["Cache-Control"] = "public, max-age=300"
+    return resp
+
+
+@bp.post("/v1/introspect")
+def introspect():
+    """RFC 7662: is this token one of ours, and is its grant still active?"""
+    runtime = rt()
+    bearer = bearer_token(request)
+    allowed = runtime.policy.pipeline_for_token(bearer) is not None
+    for t in runtime.settings.introspection_tokens():
+        allowed |= secrets.compare_digest(t.encode(), bearer.encode())
+    if not allowed:
+        raise Unauthorized()
+    token = request.form.get("token", "")
+    if not token:
+        return error(400, "invalid_request", "form field `token` is required")
+    try:
+        claims = runtime.signer.verify(token)
+    except Exception:  # noqa: BLE001 - any invalid token is simply inactive
+        return jsonify({"active": False})
+    req = runtime.store.get(str(claims.get("jti", "")))
+    if req is None or req.status != Status.ACTIVE or req.expires_at is None or req.expires_at <= now():
+        return jsonify({"active": False})
+    return jsonify({"active": True, "token_type": "Bearer", **claims})
+
+
+# ------------------------------------------------------------------------- health
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify({"ok": True})
+
+
+@bp.get("/readyz")
+def readyz():
+    try:
+        rt().redis.ping()
+    except Exception:  # noqa: BLE001
+        return error(503, "redis_unavailable", "Redis is not reachable")
+    return jsonify({"ok": True})

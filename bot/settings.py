@@ -1,0 +1,100 @@
+"""The one Settings class: every setting jit reads, from the environment or `.env`."""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    redis_url: str = Field("redis://localhost:6379/0", alias="REDIS_URL")
+    slack_bot_token: SecretStr = Field(alias="SLACK_BOT_TOKEN")
+    slack_signing_secret: SecretStr = Field(alias="SLACK_SIGNING_SECRET")
+    slack_api_url: str = Field("https://slack.com/api/", alias="SLACK_API_URL")
+    #: When set, clicks and commands from any other workspace are refused.
+    slack_team_id: str | None = Field(None, alias="SLACK_TEAM_ID")
+    jit_policy_file: str = Field("jit-policy.yaml", alias="JIT_POLICY_FILE")
+    jit_secret_key: SecretStr = Field(alias="JIT_SECRET_KEY")
+    #: Earlier secret keys, comma-separated: still decrypt stored credentials and stay
+    #: published in the JWKS until the tokens they signed have expired (key rotation).
+    jit_previous_secret_keys: SecretStr = Field(SecretStr(""), alias="JIT_PREVIOUS_SECRET_KEYS")
+    jit_public_url: str = Field("http://localhost:3000", alias="JIT_PUBLIC_URL")
+    #: Bearer tokens (comma-separated) that resource servers use to call /v1/introspect.
+    jit_introspection_tokens: SecretStr = Field(SecretStr(""), alias="JIT_INTROSPECTION_TOKENS")
+    jit_exec_timeout: float = Field(30.0, alias="JIT_EXEC_TIMEOUT", gt=0)
+    jit_grant_max_attempts: int = Field(5, alias="JIT_GRANT_MAX_ATTEMPTS", ge=1)
+    jit_revoke_alert_after: int = Field(3, alias="JIT_REVOKE_ALERT_AFTER", ge=1)
+    #: How long finished requests stay readable (status, audit context) before Redis drops them.
+    jit_request_retention: int = Field(30 * 86400, alias="JIT_REQUEST_RETENTION", gt=0)
+    #: Request creations allowed per pipeline per minute (0 = unlimited); over it: 429.
+    jit_rate_limit: int = Field(120, alias="JIT_RATE_LIMIT", ge=0)
+    jit_log_level: str = Field("INFO", alias="JIT_LOG_LEVEL")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+        return v
+
+    @field_validator("slack_api_url", "jit_public_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v
+
+    @field_validator("jit_secret_key")
+    @classmethod
+    def _strong_key(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return v
+
+    @field_validator("slack_bot_token", "slack_signing_secret")
+    @classmethod
+    def _not_blank(cls, v: SecretStr) -> SecretStr:
+        if not v.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return v
+
+    def previous_secret_keys(self) -> list[str]:
+        raw = self.jit_previous_secret_keys.get_secret_value()
+        return [k.strip() for k in raw.split(",") if k.strip()]
+
+    def introspection_tokens(self) -> list[str]:
+        raw = self.jit_introspection_tokens.get_secret_value()
+        return [k.strip() for k in raw.split(",") if k.strip()]
+
+
+class SettingsError(SystemExit):
+    """Start-up stops with one line naming the variable; no traceback."""
+
+
+def describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+    if first["type"] == "missing":
+        return f"jit: setting {name} is required but not set"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"jit: setting {name} is invalid: {msg}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        print(describe(e), file=sys.stderr)
+        raise SettingsError(2) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,51 @@
+"""Button clicks: Approve, Deny (opens the reason modal), Revoke now."""
+
+from __future__ import annotations
+
+from slack_bolt import Ack, App
+from slack_sdk import WebClient
+
+from bot.domain.errors import JitError
+from bot.runtime import Runtime
+from bot.slack.blocks import APPROVE, DENY, REVOKE, deny_modal
+from bot.slack.listeners.common import click_channel, tell
+
+
+def register(app: App, rt: Runtime) -> None:
+    def approve(ack: Ack, body: dict) -> None:
+        ack()
+        user = body["user"]["id"]
+        request_id = body["actions"][0]["value"]
+        try:
+            out = rt.access.approve(request_id, user)
+        except JitError as e:
+            tell(rt, click_channel(body), user, e.message)
+            return
+        if out.result == "recorded":
+            left = (rt.store.get(request_id).approvals_required or 0) - (out.count or 0)
+            tell(rt, click_channel(body), user, f"Thanks — your approval is recorded; {left} more needed.")
+
+    def deny(ack: Ack, body: dict, client: WebClient) -> None:
+        ack()
+        user = body["user"]["id"]
+        request_id = body["actions"][0]["value"]
+        try:
+            req = rt.access.check_can_deny(request_id, user)
+        except JitError as e:
+            tell(rt, click_channel(body), user, e.message)
+            return
+        message_ts = (body.get("container") or {}).get("message_ts")
+        client.views_open(trigger_id=body["trigger_id"], view=deny_modal(req, click_channel(body), message_ts))
+
+    def revoke(ack: Ack, body: dict) -> None:
+        ack()
+        user = body["user"]["id"]
+        request_id = body["actions"][0]["value"]
+        try:
+            rt.access.revoke_by_approver(request_id, user)
+        except JitError as e:
+            tell(rt, click_channel(body), user, e.message)
+
+    app.action(APPROVE)(approve)
+    app.action(DENY)(deny)
+    app.action(REVOKE)(revoke)

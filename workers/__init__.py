@@ -1,0 +1,1 @@
+"""jit's effects: RQ jobs, the expiry scheduler, and the grant backends."""

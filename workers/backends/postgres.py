@@ -1,0 +1,441 @@
+"""`postgres`: a short-lived PostgreSQL login role per request.
+
+Policy example::
+
+    grant:
+      type: postgres
+      dsn_env: JIT_PG_ADMIN_DSN          # env var with the admin DSN (never the DSN itself)
+      grant_roles: [deployer]            # the new login is created IN ROLE these
+      username_template: jit_{action}_{id8}
+      on_owned_objects: drop             # or: reassign (then reassign_to is required)
+      reassign_to: migrations_owner
+      connect_host: db.internal          # optional overrides for the DSN handed out
+      connect_port: 5432
+      dbname: app
+
+Grant creates ``ROLE <name> LOGIN PASSWORD … VALID UNTIL <expires_at> IN ROLE <grant_roles>``
+with a fresh random password; a retried grant for the same request finds the role and only
+``ALTER ROLE``s its password and expiry (one identity per request, latest password wins).
+The password is hashed client-side (``PQencryptPasswordConn``, the server's
+``password_encryption``) so the cleartext never appears in server logs or ``pg_stat_activity``.
+
+The role carries ``COMMENT ON ROLE … IS 'jit:<request id>'``, set in the same transaction
+as ``CREATE ROLE``. Grant and revoke only ever touch a role whose comment names the same
+request: a template that happens to produce the name of an existing role (``postgres``…)
+is refused rather than having its password changed or being dropped.
+
+Revoke: ``ALTER ROLE … NOLOGIN``, ``pg_terminate_backend`` of the role's sessions, then
+``REASSIGN OWNED BY … TO reassign_to`` (if configured) and ``DROP OWNED BY …`` (also removes
+the role's privileges), then ``DROP ROLE IF EXISTS``. A missing role is success.
+``REASSIGN/DROP OWNED`` act on the database of the admin DSN only; objects the role owns in
+other databases make ``DROP ROLE`` fail (reported as a GrantError, retried).
+
+The admin role needs: ``CREATEROLE``, ``ADMIN OPTION`` on every role in ``grant_roles``,
+membership in ``pg_signal_backend`` (to end sessions) and, for REASSIGN/DROP OWNED, the
+privileges of the created role (automatic for superusers and, on PostgreSQL 16+, for the
+role that created it when it ``SET``/``INHERIT``s it) — a superuser is simplest.
+
+``username_template`` fields: ``{action}`` and ``{pipeline}`` (lower-cased, anything not
+``[a-z0-9_]`` becomes ``_``; shortened if the name would exceed 63 bytes), ``{id8}`` (first
+8 characters of the request id, lower-cased) and ``{id}`` (the whole request id, same
+treatment). The template must contain ``{id8}`` or ``{id}`` and produce a plain lower-case
+identifier (``[a-z_][a-z0-9_$]*``, at most 63 bytes, not ``pg_…``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import string
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import Field, field_validator, model_validator
+
+from workers.backends.base import (
+    BackendConfig,
+    GrantBackend,
+    GrantError,
+    GrantRequest,
+    register,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_IDENT = 63  # NAMEDATALEN - 1
+_FIELDS = {"action", "pipeline", "id8", "id"}
+_NAME_RE = re.compile(r"^[a-z_][a-z0-9_$]*$")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MARKER_PREFIX = "jit:"
+_CONNECT_TIMEOUT = 10
+_TERMINATE_WAIT = 5.0
+
+
+def _slug(value: str) -> str:
+    return re.sub(r"[^a-z0-9_]", "_", value.lower())
+
+
+def _template_fields(template: str) -> set[str]:
+    fields: set[str] = set()
+    for _literal, name, spec, conv in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if name not in _FIELDS:
+            raise ValueError(f"unknown field {{{name}}} (use {', '.join(sorted(_FIELDS))})")
+        if spec or conv:
+            raise ValueError(f"field {{{name}}} takes no format spec or conversion")
+        fields.add(name)
+    return fields
+
+
+def render_name(template: str, *, action: str, pipeline: str, request_id: str, max_len: int) -> str:
+    """Fill the template; shorten `action`/`pipeline` (longest first) until it fits `max_len` bytes."""
+    values = {
+        "action": _slug(action),
+        "pipeline": _slug(pipeline),
+        "id8": _slug(request_id[:8]),
+        "id": _slug(request_id),
+    }
+    shrinkable = [k for k in ("action", "pipeline") if f"{{{k}}}" in template]
+    name = template.format(**values)
+    while len(name.encode()) > max_len:
+        candidates = [k for k in shrinkable if values[k]]
+        if not candidates:
+            break
+        longest = max(candidates, key=lambda k: len(values[k]))
+        values[longest] = values[longest][:-1]
+        name = template.format(**values)
+    return name
+
+
+def _check_name(name: str) -> str | None:
+    """Why `name` is not a usable role name, or None."""
+    if len(name.encode()) > MAX_IDENT:
+        return f"role name {name!r} is longer than {MAX_IDENT} bytes"
+    if not _NAME_RE.match(name):
+        return f"role name {name!r} is not a plain lower-case identifier ([a-z_][a-z0-9_$]*)"
+    if name.startswith("pg_"):
+        return f"role name {name!r} uses the reserved pg_ prefix"
+    return None
+
+
+_SECRET_PATTERNS = [
+    (re.compile(r"postgres(?:ql)?://\S*", re.I), "postgresql://***"),
+    (re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.I), r"\1***"),
+]
+
+
+def _scrub(message: str, *secrets_: str | None) -> str:
+    for s in secrets_:
+        if s:
+            message = message.replace(s, "***")
+            message = message.replace(quote(s, safe=""), "***")
+    for pattern, repl in _SECRET_PATTERNS:
+        message = pattern.sub(repl, message)
+    return message.strip().splitlines()[0] if message.strip() else "unknown error"
+
+
+def _pg_error(e: psycopg.Error, *secrets_: str | None) -> str:
+    diag = getattr(e, "diag", None)
+    primary = diag.message_primary if diag is not None and diag.message_primary else str(e)
+    state = f" [{e.sqlstate}]" if getattr(e, "sqlstate", None) else ""
+    return _scrub(primary, *secrets_) + state
+
+
+@register
+class PostgresBackend(GrantBackend):
+    type = "postgres"
+    enforces_expiry = True
+
+    class Config(BackendConfig):
+        dsn_env: str
+        grant_roles: list[str]
+        username_template: str = "jit_{action}_{id8}"
+        on_owned_objects: Literal["reassign", "drop"] = "drop"
+        reassign_to: str | None = None
+        connect_host: str | None = None
+        connect_port: int | None = Field(default=None, ge=1, le=65535)
+        dbname: str | None = None
+
+        @field_validator("dsn_env")
+        @classmethod
+        def _env_name(cls, v: str) -> str:
+            if not _ENV_RE.match(v):
+                raise ValueError("must be the name of an environment variable")
+            return v
+
+        @field_validator("grant_roles")
+        @classmethod
+        def _roles(cls, v: list[str]) -> list[str]:
+            for role in v:
+                if not role or "\x00" in role or len(role.encode()) > MAX_IDENT:
+                    raise ValueError(f"{role!r} is not a role name")
+            if len(set(v)) != len(v):
+                raise ValueError("a role is listed twice")
+            return v
+
+        @field_validator("username_template")
+        @classmethod
+        def _template(cls, v: str) -> str:
+            fields = _template_fields(v)
+            if not fields & {"id8", "id"}:
+                raise ValueError("must contain {id8} or {id} so each request gets its own role")
+            # Worst cases: values starting with a digit, and the longest request id we accept.
+            for rid in ("0a1b2c3d", "0" * 36):
+                sample = render_name(
+                    v, action="0a", pipeline="0p", request_id=rid, max_len=MAX_IDENT
+                )
+                if (why := _check_name(sample)) is not None:
+                    raise ValueError(why)
+            return v
+
+        @field_validator("reassign_to", "connect_host", "dbname")
+        @classmethod
+        def _not_empty(cls, v: str | None) -> str | None:
+            if v is not None and (not v or "\x00" in v):
+                raise ValueError("must not be empty")
+            return v
+
+        @model_validator(mode="after")
+        def _reassign(self) -> PostgresBackend.Config:
+            if self.on_owned_objects == "reassign" and not self.reassign_to:
+                raise ValueError("reassign_to is required when on_owned_objects is 'reassign'")
+            if self.on_owned_objects == "drop" and self.reassign_to:
+                raise ValueError("reassign_to is only used when on_owned_objects is 'reassign'")
+            return self
+
+    config: Config
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def username(self, request: GrantRequest) -> str:
+        name = render_name(
+            self.config.username_template,
+            action=request.action,
+            pipeline=request.pipeline,
+            request_id=request.id,
+            max_len=MAX_IDENT,
+        )
+        if (why := _check_name(name)) is not None:
+            raise GrantError(why)
+        return name
+
+    @staticmethod
+    def _marker(request: GrantRequest) -> str:
+        return f"{_MARKER_PREFIX}{request.id}"
+
+    def _dsn(self) -> str:
+        dsn = self.env.environ.get(self.config.dsn_env)
+        if not dsn:
+            raise GrantError(f"environment variable {self.config.dsn_env} is not set")
+        return dsn
+
+    def _connect(self) -> tuple[psycopg.Connection, str | None]:
+        dsn = self._dsn()
+        try:
+            admin_password = conninfo_to_dict(dsn).get("password")
+        except psycopg.Error:
+            raise GrantError(
+                f"the DSN in {self.config.dsn_env} is not a valid PostgreSQL DSN"
+            ) from None
+        try:
+            conn = psycopg.connect(
+                dsn,
+                autocommit=True,
+                connect_timeout=_CONNECT_TIMEOUT,
+                application_name="jit",
+            )
+        except psycopg.Error as e:
+            raise GrantError(
+                f"cannot connect to PostgreSQL ({self.config.dsn_env}): {_pg_error(e, dsn, admin_password)}"
+            ) from None
+        try:
+            conn.execute("SET lock_timeout = '10s'")
+            conn.execute("SET statement_timeout = '60s'")
+        except psycopg.Error as e:
+            conn.close()
+            raise GrantError(
+                f"PostgreSQL session setup failed: {_pg_error(e, dsn, admin_password)}"
+            ) from None
+        return conn, admin_password
+
+    @staticmethod
+    def _role_marker(conn: psycopg.Connection, name: str) -> tuple[bool, str | None]:
+        row = conn.execute(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = %s", (name,)
+        ).fetchone()
+        return (row is not None, row[0] if row else None)
+
+    @staticmethod
+    def _valid_until(expires_at: datetime) -> str:
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+        return expires_at.astimezone(UTC).isoformat()
+
+    # -- contract ------------------------------------------------------------------------
+
+    def grant(self, request: GrantRequest) -> dict[str, Any]:
+        name = self.username(request)
+        password = secrets.token_urlsafe(32)
+        valid_until = self._valid_until(request.expires_at)
+        conn, admin_password = self._connect()
+        with conn:
+            try:
+                algorithm = conn.execute("SHOW password_encryption").fetchone()[0]
+                verifier = conn.pgconn.encrypt_password(
+                    password.encode(), name.encode(), algorithm.encode()
+                ).decode()
+                for attempt in range(2):
+                    try:
+                        self._create_or_update(conn, request, name, verifier, valid_until)
+                        break
+                    except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+                        # A concurrent grant for the same request created it first: update it.
+                        if attempt:
+                            raise
+                host = self.config.connect_host or conn.info.host
+                port = self.config.connect_port or conn.info.port
+                dbname = self.config.dbname or conn.info.dbname
+            except GrantError:
+                raise
+            except psycopg.Error as e:
+                raise GrantError(
+                    f"PostgreSQL grant of role {name} failed: {_pg_error(e, password, admin_password)}"
+                ) from None
+        return {
+            "username": name,
+            "password": password,
+            "host": host,
+            "port": int(port),
+            "dbname": dbname,
+            "dsn": _make_dsn(name, password, host, int(port), dbname),
+            "valid_until": _rfc3339(request.expires_at),
+        }
+
+    def _create_or_update(
+        self,
+        conn: psycopg.Connection,
+        request: GrantRequest,
+        name: str,
+        verifier: str,
+        valid_until: str,
+    ) -> None:
+        ident = sql.Identifier(name)
+        roles = sql.SQL(", ").join(sql.Identifier(r) for r in self.config.grant_roles)
+        with conn.transaction():
+            exists, marker = self._role_marker(conn, name)
+            if exists and marker != self._marker(request):
+                raise GrantError(
+                    f"role {name} already exists and was not created by jit for request {request.id}; "
+                    "refusing to touch it (change username_template)"
+                )
+            if exists:
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {} VALID UNTIL {}").format(
+                        ident, sql.Literal(verifier), sql.Literal(valid_until)
+                    )
+                )
+                if self.config.grant_roles:  # converge if the policy gained roles
+                    conn.execute(sql.SQL("GRANT {} TO {}").format(roles, ident))
+                return
+            query = sql.SQL(
+                "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                "INHERIT PASSWORD {} VALID UNTIL {}"
+            ).format(ident, sql.Literal(verifier), sql.Literal(valid_until))
+            if self.config.grant_roles:
+                query = query + sql.SQL(" IN ROLE {}").format(roles)
+            conn.execute(query)
+            conn.execute(
+                sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                    ident, sql.Literal(self._marker(request))
+                )
+            )
+
+    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> None:
+        names = [self.username(request)]
+        if credential and isinstance(credential.get("username"), str):
+            if credential["username"] not in names:  # template changed since the grant
+                names.append(credential["username"])
+        conn, admin_password = self._connect()
+        with conn:
+            for name in names:
+                try:
+                    self._drop(conn, request, name)
+                except GrantError:
+                    raise
+                except psycopg.Error as e:
+                    raise GrantError(
+                        f"PostgreSQL revoke of role {name} failed: {_pg_error(e, admin_password)}"
+                    ) from None
+
+    def _drop(self, conn: psycopg.Connection, request: GrantRequest, name: str) -> None:
+        ident = sql.Identifier(name)
+        exists, marker = self._role_marker(conn, name)
+        if not exists:
+            return
+        if marker != self._marker(request):
+            # Never created by us for this request (the grant refused it): nothing of ours to remove.
+            log.warning(
+                "postgres revoke: role %s is not jit's role for request %s; left alone",
+                name,
+                request.id,
+            )
+            return
+        try:
+            conn.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(ident))
+        except psycopg.errors.UndefinedObject:
+            return  # dropped concurrently
+        self._terminate_sessions(conn, name)
+        with conn.transaction():
+            if self.config.on_owned_objects == "reassign":
+                conn.execute(
+                    sql.SQL("REASSIGN OWNED BY {} TO {}").format(
+                        ident, sql.Identifier(self.config.reassign_to)
+                    )
+                )
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
+
+    @staticmethod
+    def _terminate_sessions(conn: psycopg.Connection, name: str) -> None:
+        query = (
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE usename = %s AND pid <> pg_backend_pid()"
+        )
+        deadline = time.monotonic() + _TERMINATE_WAIT
+        conn.execute(query, (name,))
+        # pg_terminate_backend only signals; wait (briefly) until the backends are gone so
+        # their locks do not block DROP OWNED.
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
+                (name,),
+            ).fetchone()
+            if not row[0]:
+                return
+            time.sleep(0.05)
+            conn.execute(query, (name,))
+
+
+def _rfc3339(dt: datetime) -> str:
+    from bot.domain.clock import rfc3339
+
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return rfc3339(dt)
+
+
+def _make_dsn(user: str, password: str, host: str, port: int, dbname: str) -> str:
+    auth = f"{quote(user, safe='')}:{quote(password, safe='')}"
+    db = quote(dbname, safe="")
+    if host.startswith("/"):  # Unix-socket directory: goes into the query string
+        return f"postgresql://{auth}@/{db}?host={quote(host, safe='')}&port={port}"
+    if ":" in host and not host.startswith("["):  # IPv6 literal
+        host = f"[{host}]"
+    return f"postgresql://{auth}@{host}:{port}/{db}"

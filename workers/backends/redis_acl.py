@@ -1,0 +1,330 @@
+"""`redis_acl`: a short-lived Redis ACL user per request.
+
+Policy example::
+
+    grant:
+      type: redis_acl
+      url_env: JIT_REDIS_ADMIN_URL       # env var with the admin URL (redis:// or rediss://)
+      rules: ["~cache:*", "+@read", "+@write", "-@dangerous"]
+      username_template: jit-{action}-{id8}
+
+Grant runs ``ACL SETUSER <name> reset on >password <rules…>``. ``reset`` first means a
+retried grant replaces the user (and its password) instead of adding a second password, so
+there is one identity per request and the latest password is the only one. Revoke runs
+``ACL DELUSER <name>``, which also closes the user's open connections; a missing user is
+success.
+
+``rules`` are ACL rules, one token per item (a selector ``(~k* +get)`` is one item). Rules
+that set or clear passwords or switch the user on/off (``>…``, ``<…``, ``#…``, ``!…``,
+``nopass``, ``resetpass``, ``on``, ``off``) and ``reset`` are refused: jit owns those.
+Beware that ``+@all``/``allcommands`` includes ``ACL`` and ``CONFIG`` (use ``-@admin``).
+
+The handed-out URL carries a database number ``/N`` (N from the admin URL, 0 if absent)
+only when the user may run ``SELECT``: clients such as redis-py send ``SELECT N`` on connect
+when the URL has a database, which fails for a user without ``SELECT``. The server decides:
+after ``ACL SETUSER`` jit asks ``ACL DRYRUN <name> SELECT N`` (Redis ≥ 7). On older servers
+the rules are evaluated in order: ``+select``, ``+@all``, ``allcommands`` or ``+@`` of a
+category holding SELECT (``@connection``, ``@fast``, ``@keyspace``) allow it; ``-select``,
+``-@all``, ``nocommands`` or ``-@`` of those categories deny it; a selector allowing it
+counts. If the admin URL names a database other than 0 and the user cannot SELECT it, the
+grant fails (the user is deleted) rather than handing out a credential for database 0.
+
+Redis ACLs are not persisted unless the server uses an ACL file/``CONFIG REWRITE``; jit does
+not call ``ACL SAVE`` (a restart forgets the users, which for short-lived grants is fine).
+``enforces_expiry`` is False: Redis has no expiring users, so the bot's revoke is the only
+end of a credential.
+
+``username_template`` fields as for ``postgres`` (``{action}``, ``{pipeline}``, ``{id8}``,
+``{id}``); it must contain ``{id8}`` or ``{id}``; names are ``[a-z0-9_.:-]`` and not
+``default``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import string
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import redis
+from pydantic import field_validator
+
+from workers.backends.base import (
+    BackendConfig,
+    GrantBackend,
+    GrantError,
+    GrantRequest,
+    register,
+)
+
+log = logging.getLogger(__name__)
+
+_FIELDS = {"action", "pipeline", "id8", "id"}
+_NAME_RE = re.compile(r"^[a-z0-9_][a-z0-9_.:-]*$")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_NAME = 128
+_FORBIDDEN_WORDS = {"nopass", "resetpass", "on", "off", "reset"}
+_FORBIDDEN_PREFIXES = (">", "<", "#", "!")
+#: ACL categories that contain SELECT (Redis 6/7: @connection, @fast; @keyspace in 6.x).
+_SELECT_CATEGORIES = {"connection", "fast", "keyspace"}
+_TIMEOUT = 10.0
+
+
+def _slug(value: str) -> str:
+    return re.sub(r"[^a-z0-9_]", "_", value.lower())
+
+
+def _template_fields(template: str) -> set[str]:
+    fields: set[str] = set()
+    for _literal, name, spec, conv in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if name not in _FIELDS:
+            raise ValueError(f"unknown field {{{name}}} (use {', '.join(sorted(_FIELDS))})")
+        if spec or conv:
+            raise ValueError(f"field {{{name}}} takes no format spec or conversion")
+        fields.add(name)
+    return fields
+
+
+def render_name(template: str, *, action: str, pipeline: str, request_id: str) -> str:
+    values = {
+        "action": _slug(action),
+        "pipeline": _slug(pipeline),
+        "id8": _slug(request_id[:8]),
+        "id": _slug(request_id),
+    }
+    shrinkable = [k for k in ("action", "pipeline") if f"{{{k}}}" in template]
+    name = template.format(**values)
+    while len(name) > MAX_NAME:
+        candidates = [k for k in shrinkable if values[k]]
+        if not candidates:
+            break
+        longest = max(candidates, key=lambda k: len(values[k]))
+        values[longest] = values[longest][:-1]
+        name = template.format(**values)
+    return name
+
+
+def _check_name(name: str) -> str | None:
+    if len(name) > MAX_NAME:
+        return f"user name {name!r} is longer than {MAX_NAME} characters"
+    if not _NAME_RE.match(name):
+        return f"user name {name!r} may only use a-z 0-9 _ . : -"
+    if name == "default":
+        return "user name must not be 'default'"
+    return None
+
+
+def _rule_problem(rule: str, *, in_selector: bool = False) -> str | None:
+    """Why `rule` is not acceptable, or None."""
+    if not rule:
+        return "empty rule"
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in rule):
+        return f"rule {rule!r} contains whitespace or control characters"
+    low = rule.lower()
+    if low.startswith(_FORBIDDEN_PREFIXES):
+        return f"rule {rule!r} sets a password; jit sets passwords itself"
+    if low in _FORBIDDEN_WORDS:
+        return f"rule {rule!r} is not allowed (jit controls on/off, passwords and reset)"
+    if "(" in rule or ")" in rule:
+        return f"rule {rule!r}: parentheses only as a whole selector like '(~key:* +get)'"
+    if in_selector and low in {"clearselectors"}:
+        return f"rule {rule!r} is not allowed inside a selector"
+    return None
+
+
+def validate_rule(rule: str) -> None:
+    if rule.startswith("(") and rule.endswith(")"):
+        inner = rule[1:-1].split()
+        if not inner:
+            raise ValueError("empty selector")
+        for token in inner:
+            if (why := _rule_problem(token, in_selector=True)) is not None:
+                raise ValueError(why)
+        return
+    if (why := _rule_problem(rule)) is not None:
+        raise ValueError(why)
+
+
+def rules_allow_select(rules: list[str]) -> bool:
+    """Static reading of `rules` (after `reset`, i.e. from no commands): may the user SELECT?"""
+
+    def evaluate(tokens: list[str]) -> bool:
+        allowed = False
+        for token in tokens:
+            t = token.lower()
+            if t in ("allcommands", "+@all"):
+                allowed = True
+            elif t in ("nocommands", "-@all"):
+                allowed = False
+            elif t == "+select":
+                allowed = True
+            elif t == "-select":
+                allowed = False
+            elif t.startswith("+@") and t[2:] in _SELECT_CATEGORIES:
+                allowed = True
+            elif t.startswith("-@") and t[2:] in _SELECT_CATEGORIES:
+                allowed = False
+        return allowed
+
+    root = [r for r in rules if not r.startswith("(")]
+    if evaluate(root):
+        return True
+    return any(evaluate(r[1:-1].split()) for r in rules if r.startswith("("))
+
+
+def _scrub(message: str, *secrets_: str | None) -> str:
+    for s in secrets_:
+        if s:
+            message = message.replace(s, "***")
+    message = re.sub(r"rediss?://\S*", "redis://***", message, flags=re.I)
+    message = re.sub(r"(^|\s)>\S+", r"\1>***", message)
+    return message.strip().splitlines()[0] if message.strip() else "unknown error"
+
+
+@register
+class RedisAclBackend(GrantBackend):
+    type = "redis_acl"
+    enforces_expiry = False
+
+    class Config(BackendConfig):
+        url_env: str
+        rules: list[str]
+        username_template: str = "jit-{action}-{id8}"
+
+        @field_validator("url_env")
+        @classmethod
+        def _env_name(cls, v: str) -> str:
+            if not _ENV_RE.match(v):
+                raise ValueError("must be the name of an environment variable")
+            return v
+
+        @field_validator("rules")
+        @classmethod
+        def _rules(cls, v: list[str]) -> list[str]:
+            if not v:
+                raise ValueError("at least one rule is needed (e.g. '~cache:*' and '+get')")
+            for rule in v:
+                validate_rule(rule)
+            return v
+
+        @field_validator("username_template")
+        @classmethod
+        def _template(cls, v: str) -> str:
+            fields = _template_fields(v)
+            if not fields & {"id8", "id"}:
+                raise ValueError("must contain {id8} or {id} so each request gets its own user")
+            for rid in ("0a1b2c3d", "0" * 36):
+                sample = render_name(v, action="a", pipeline="p", request_id=rid)
+                if (why := _check_name(sample)) is not None:
+                    raise ValueError(why)
+            return v
+
+    config: Config
+
+    def username(self, request: GrantRequest) -> str:
+        name = render_name(
+            self.config.username_template,
+            action=request.action,
+            pipeline=request.pipeline,
+            request_id=request.id,
+        )
+        if (why := _check_name(name)) is not None:
+            raise GrantError(why)
+        return name
+
+    def _url(self) -> str:
+        url = self.env.environ.get(self.config.url_env)
+        if not url:
+            raise GrantError(f"environment variable {self.config.url_env} is not set")
+        return url
+
+    def _client(self, url: str) -> redis.Redis:
+        try:
+            return redis.Redis.from_url(
+                url,
+                socket_timeout=_TIMEOUT,
+                socket_connect_timeout=_TIMEOUT,
+                decode_responses=True,
+            )
+        except (ValueError, redis.RedisError):
+            raise GrantError(f"the URL in {self.config.url_env} is not a valid Redis URL") from None
+
+    def _dryrun_select(self, client: redis.Redis, name: str, db: int) -> bool:
+        try:
+            reply = client.execute_command("ACL", "DRYRUN", name, "SELECT", str(db))
+        except redis.ResponseError as e:
+            text = str(e).lower()
+            if "unknown subcommand" in text or "unknown command" in text or "syntax" in text:
+                return rules_allow_select(self.config.rules)  # Redis < 7
+            raise
+        return str(reply).upper() == "OK"
+
+    def grant(self, request: GrantRequest) -> dict[str, Any]:
+        name = self.username(request)
+        password = secrets.token_urlsafe(32)
+        url = self._url()
+        parts = urlsplit(url)
+        admin_password = parts.password
+        client = self._client(url)
+        try:
+            db = int(client.connection_pool.connection_kwargs.get("db") or 0)
+            host = (
+                client.connection_pool.connection_kwargs.get("host")
+                or parts.hostname
+                or "localhost"
+            )
+            port = int(client.connection_pool.connection_kwargs.get("port") or parts.port or 6379)
+            client.execute_command(
+                "ACL", "SETUSER", name, "reset", "on", f">{password}", *self.config.rules
+            )
+            can_select = self._dryrun_select(client, name, db)
+            if db != 0 and not can_select:
+                client.execute_command("ACL", "DELUSER", name)
+                raise GrantError(
+                    f"the admin URL uses database {db} but the rules do not allow SELECT; "
+                    "add '+select' to rules or use database 0"
+                )
+        except GrantError:
+            raise
+        except redis.RedisError as e:
+            raise GrantError(
+                f"Redis ACL grant of user {name} failed: {_scrub(str(e), password, admin_password, url)}"
+            ) from None
+        finally:
+            client.close()
+        scheme = "rediss" if parts.scheme == "rediss" else "redis"
+        netloc_host = f"[{host}]" if ":" in host else host
+        handed = (
+            f"{scheme}://{quote(name, safe='')}:{quote(password, safe='')}@{netloc_host}:{port}"
+        )
+        if can_select:
+            handed += f"/{db}"
+        return {
+            "username": name,
+            "password": password,
+            "host": host,
+            "port": port,
+            "url": handed,
+        }
+
+    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> None:
+        names = [self.username(request)]
+        if credential and isinstance(credential.get("username"), str):
+            if credential["username"] not in names and credential["username"] != "default":
+                names.append(credential["username"])  # template changed since the grant
+        url = self._url()
+        admin_password = urlsplit(url).password
+        client = self._client(url)
+        try:
+            # DELUSER returns how many users it deleted; 0 (already gone) is success too.
+            client.execute_command("ACL", "DELUSER", *names)
+        except redis.RedisError as e:
+            raise GrantError(
+                f"Redis ACL revoke of user {names[0]} failed: {_scrub(str(e), admin_password, url)}"
+            ) from None
+        finally:
+            client.close()

@@ -1,0 +1,172 @@
+"""The expiry queue: a Redis sorted set of due work, and the scheduler loop that fires it.
+
+Members are `kind:request_id` (kinds: grant, expire, revoke, timeout, slack) scored by the
+time they are due, in milliseconds. The scheduler claims due members atomically (re-scoring
+them to now + lease) and hands each to an RQ job; the job removes its member only when it
+succeeded, so a revocation is never lost: a job lost with its worker comes due again when its
+lease runs out, and whatever fell due while no worker ran is claimed on start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+
+from redis import Redis
+from rq import Queue
+
+from bot.domain import keys
+from bot.domain.store import LEASE_MS
+
+log = logging.getLogger("jit.expiry")
+
+ACCESS_QUEUE = "jit-access"  # grants, revokes, timeouts: never behind Slack traffic
+SLACK_QUEUE = "jit-slack"
+
+# KEYS: due   ARGV: now_ms, limit, lease_ms → flat [member, score, member, score, ...]
+_CLAIM = """
+local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+local score = tonumber(ARGV[1]) + tonumber(ARGV[3])
+for _, m in ipairs(items) do
+  redis.call('ZADD', KEYS[1], score, m)
+  table.insert(out, m)
+  table.insert(out, tostring(score))
+end
+return out
+"""
+
+# KEYS: due, attempts   ARGV: member, claimed_score
+_DONE = """
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) == tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# KEYS: due, attempts, wake   ARGV: member, claimed_score, new_score, count_attempt
+_RETRY = """
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local n = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if ARGV[4] == '1' then n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1) end
+if s and tonumber(s) == tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  redis.call('RPUSH', KEYS[3], '1')
+  redis.call('LTRIM', KEYS[3], -16, -1)
+end
+return n
+"""
+
+
+def queue_for(member: str) -> str:
+    return SLACK_QUEUE if member.startswith("slack:") else ACCESS_QUEUE
+
+
+class DueQueue:
+    def __init__(self, redis: Redis) -> None:
+        self.r = redis
+        self._claim = redis.register_script(_CLAIM)
+        self._done = redis.register_script(_DONE)
+        self._retry = redis.register_script(_RETRY)
+
+    def claim(self, now_ms: int, limit: int = 500, lease_ms: int = LEASE_MS) -> list[tuple[str, int]]:
+        flat = self._claim(keys=[keys.due()], args=[now_ms, limit, lease_ms])
+        return [(flat[i], int(float(flat[i + 1]))) for i in range(0, len(flat), 2)]
+
+    def done(self, member: str, claimed_score: int) -> bool:
+        return bool(self._done(keys=[keys.due(), keys.due_attempts()], args=[member, claimed_score]))
+
+    def retry(self, member: str, claimed_score: int, at_ms: int, count_attempt: bool = True) -> int:
+        """Put a member back, due at `at_ms`. Returns the failed attempts so far."""
+        return int(
+            self._retry(
+                keys=[keys.due(), keys.due_attempts(), keys.due_wake()],
+                args=[member, claimed_score, at_ms, "1" if count_attempt else "0"],
+            )
+        )
+
+    def next_due_ms(self) -> int | None:
+        head = self.r.zrange(keys.due(), 0, 0, withscores=True)
+        return int(head[0][1]) if head else None
+
+    def score(self, member: str) -> int | None:
+        s = self.r.zscore(keys.due(), member)
+        return None if s is None else int(s)
+
+    def size(self) -> int:
+        return self.r.zcard(keys.due())
+
+
+class Dispatcher:
+    """Hands due members to RQ jobs (the `Effects` the store calls after a transition)."""
+
+    def __init__(self, raw_redis: Redis) -> None:
+        self.queues = {
+            name: Queue(name, connection=raw_redis) for name in (ACCESS_QUEUE, SLACK_QUEUE)
+        }
+
+    def kick(self, members: list[str], score: int) -> None:
+        for m in members:
+            self.queues[queue_for(m)].enqueue_call(
+                "workers.jobs.run_due",
+                args=(m, score),
+                job_id=f"{m.replace(':', '-')}-{score}-{uuid.uuid4().hex[:6]}",
+                result_ttl=0,
+                failure_ttl=86400,
+                ttl=3600,
+                timeout=600,
+            )
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Scheduler:
+    """Wakes for the next due member (not on a coarse tick) and hands it to a job.
+
+    Waiting: a blocking pop on the wake list (pushed whenever something is scheduled) covers
+    long waits; the last stretch is a local sleep, because Redis only checks blocking timeouts
+    about every 100 ms.
+    """
+
+    def __init__(self, redis: Redis, blocking_redis: Redis, dispatcher: Dispatcher, batch: int = 500) -> None:
+        self.due = DueQueue(redis)
+        self.blocking = blocking_redis
+        self.dispatcher = dispatcher
+        self.batch = batch
+        self.stopping = threading.Event()
+
+    def run_once(self) -> int:
+        """Claim and dispatch everything due now. Returns how many were dispatched."""
+        items = self.due.claim(now_ms(), self.batch)
+        for member, score in items:
+            self.dispatcher.kick([member], score)
+        return len(items)
+
+    def run(self) -> None:
+        log.info("expiry scheduler started")
+        while not self.stopping.is_set():
+            try:
+                if self.run_once() >= self.batch:
+                    continue
+                nxt = self.due.next_due_ms()
+                wait = 5.0 if nxt is None else (nxt - now_ms()) / 1000
+                if wait <= 0:
+                    continue
+                if wait > 0.25:
+                    self.blocking.blpop([keys.due_wake()], timeout=min(wait - 0.15, 5.0))
+                else:
+                    self.stopping.wait(wait)
+            except Exception:  # Redis away: keep trying, never die
+                log.exception("scheduler loop error; retrying")
+                self.stopping.wait(0.5)
+        log.info("expiry scheduler stopped")
+
+    def stop(self) -> None:
+        self.stopping.set()
