@@ -1,0 +1,74 @@
+"""A pipeline that authenticates with a CI OIDC token: verified claims fill the request."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import policy_text
+from test_oidc import EC_KEY, GL_KID, Issuers, github_claims, gitlab_claims, mint
+
+
+@pytest.fixture
+def issuers():
+    i = Issuers()
+    yield i
+    i.close()
+
+
+@pytest.fixture
+def oidc_policy(policy_file, state_dir, issuers):
+    text = policy_text(str(state_dir)).replace(
+        "actions:\n  deploy-prod:",
+        f"""  gh-deploy:
+    oidc:
+      issuer: {issuers.github}
+      audience: jit-bot
+      claims: {{repository: acme/deploy, ref: "refs/heads/*"}}
+    actions: [read-secret]
+  gl-infra:
+    oidc:
+      issuer: {issuers.gitlab}
+      audience: jit-bot
+      claims: {{project_path: acme/infra}}
+    actions: [read-secret]
+actions:
+  deploy-prod:""",
+        1,
+    )
+    policy_file.write_text(text)
+    return policy_file
+
+
+def ask(http, token, **body):
+    return http.post("/v1/requests", json={"action": "read-secret", "reason": "rotate", **body},
+                     headers={"Authorization": f"Bearer {token}"})
+
+
+def test_github_token_creates_a_verified_request(oidc_policy, jit, issuers, slack):
+    token = mint(github_claims(issuers.github))
+    resp = ask(jit.http, token, requested_by="mallory", context={"repository": "evil/repo"})
+    assert resp.status_code == 201, resp.get_json()
+    body = resp.get_json()
+    assert body["pipeline"] == "gh-deploy"
+    assert body["requested_by"] == "octocat"  # the verified actor beats the body
+    assert body["context"]["repository"] == "acme/deploy" and body["context"]["commit"].startswith("c040cae")
+    jit.work()
+    blocks = json.dumps(slack.calls("chat.postMessage")[-1].params["blocks"])
+    assert "verified" in blocks and "evil/repo" not in blocks
+    # follow-ups use the request_token (CI tokens live ~5 minutes)
+    assert jit.status(body["id"], token=body["request_token"]).status_code == 200
+
+
+def test_gitlab_token(oidc_policy, jit, issuers):
+    token = mint(gitlab_claims(issuers.gitlab), key=EC_KEY, kid=GL_KID, alg="ES256")
+    resp = ask(jit.http, token)
+    assert resp.status_code == 201, resp.get_json()
+    assert resp.get_json()["pipeline"] == "gl-infra"
+
+
+def test_rejections_have_the_right_status(oidc_policy, jit, issuers):
+    assert ask(jit.http, mint(github_claims(issuers.github, aud="someone-else"))).status_code == 401
+    assert ask(jit.http, mint(github_claims(issuers.github, exp=1000, iat=900, nbf=900))).status_code == 401
+    assert ask(jit.http, mint(github_claims(issuers.github, repository="acme/other"))).status_code == 403
+    assert jit.rt.redis.zcard("jit:idx:all") == 0
