@@ -2,81 +2,22 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
-
 import pytest
 import redis as redislib
-from slackfake import SlackFake, sign
-
-ROOT = Path(__file__).resolve().parent.parent
-SIGNING_SECRET = "test-signing-secret-0123456789"
-BOT_TOKEN = "xoxb-test-0000-bot-token"
-SECRET_KEY = "test-secret-key-0123456789-abcdefghijklmnop"
-WEB_TOKEN = "pipeline-token-web-ci-0123456789"
-OTHER_TOKEN = "pipeline-token-other-0123456789"
-GRANT_SCRIPT = str(ROOT / "tests" / "fixtures" / "grant.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A throwaway redis-server of our own: tests may flush it, because we created it."""
-
-    def __init__(self, appendonly: bool = False) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server not installed (.ci/run installs it)")
-        self.dir = tempfile.mkdtemp(prefix="jit-redis-")
-        self.port = free_port()
-        self.appendonly = appendonly
-        self.binary = binary
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> RedisServer:
-        args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always", "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log"),
-        ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redislib.Redis(port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                return self
-            except redislib.ConnectionError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+from slackfake import SlackFake
+from support import (  # noqa: F401  (re-exported for older imports)
+    BOT_TOKEN,
+    GRANT_SCRIPT,
+    OTHER_TOKEN,
+    ROOT,
+    SECRET_KEY,
+    SIGNING_SECRET,
+    WEB_TOKEN,
+    Harness,
+    RedisServer,
+    free_port,
+    policy_text,
+)
 
 
 @pytest.fixture(scope="session")
@@ -103,54 +44,6 @@ def slack():
         yield fake
 
 
-def policy_text(state_dir: str, **over) -> str:
-    web = hashlib.sha256(WEB_TOKEN.encode()).hexdigest()
-    other = hashlib.sha256(OTHER_TOKEN.encode()).hexdigest()
-    return f"""\
-defaults:
-  channel: C0APPROVALS
-  pending_timeout: {over.get('pending_timeout', '30m')}
-auditors: [S0SECURITY, U0AUDITOR2]
-people:
-  alice@example.com: U0ALICE
-  alice: U0ALICE
-pipelines:
-  web-ci:
-    token_sha256: {web}
-    actions: [deploy-prod, read-secret, quick]
-  other-ci:
-    token_sha256: {other}
-    actions: [read-secret]
-actions:
-  deploy-prod:
-    description: Deploy a release to production
-    channel: C0PROD
-    approvers: [U0LEAD1, U0LEAD2, U0ALICE, S0PRODLEADS]
-    approvals_required: 2
-    ttl: {{default: 15m, max: 1h}}
-    pending_timeout: 20m
-    grant:
-      type: exec
-      grant_command: ["{sys.executable}", "{GRANT_SCRIPT}", "grant"]
-      revoke_command: ["{sys.executable}", "{GRANT_SCRIPT}", "revoke"]
-      env_passthrough: [JIT_TEST_STATE]
-  read-secret:
-    description: Read the deploy secret
-    approvers: [U0LEAD1, U0ALICE]
-    ttl: {{default: 10m, max: 30m}}
-    grant:
-      type: token
-      audience: secrets-api
-  quick:
-    description: A short-lived grant for timing tests
-    approvers: [U0LEAD1]
-    ttl: {{default: 2s, max: 1m}}
-    grant:
-      type: exec
-      grant_command: ["{sys.executable}", "{GRANT_SCRIPT}", "grant"]
-      revoke_command: ["{sys.executable}", "{GRANT_SCRIPT}", "revoke"]
-      env_passthrough: [JIT_TEST_STATE]
-"""
 
 
 @pytest.fixture
@@ -208,74 +101,6 @@ def app(rt):
 def http(app):
     return app.test_client()
 
-
-class Harness:
-    """Drives the product the way its users do: pipelines over HTTP, approvers through Slack."""
-
-    def __init__(self, rt, http, slack, state_dir: Path) -> None:
-        self.rt = rt
-        self.http = http
-        self.slack = slack
-        self.state_dir = state_dir
-
-    # -- pipeline side
-    def ask(self, action="deploy-prod", token=WEB_TOKEN, expect=201, headers=None, **body):
-        body = {"action": action, "reason": body.pop("reason", "release 4.2"), **body}
-        resp = self.http.post(
-            "/v1/requests", json=body, headers={"Authorization": f"Bearer {token}", **(headers or {})}
-        )
-        assert resp.status_code == expect, resp.get_json()
-        return resp.get_json()
-
-    def status(self, rid, token=WEB_TOKEN, wait=None):
-        q = f"?wait={wait}" if wait is not None else ""
-        return self.http.get(f"/v1/requests/{rid}{q}", headers={"Authorization": f"Bearer {token}"})
-
-    def credential(self, rid, token=WEB_TOKEN):
-        return self.http.get(f"/v1/requests/{rid}/credential", headers={"Authorization": f"Bearer {token}"})
-
-    def release(self, rid, token=WEB_TOKEN):
-        return self.http.delete(f"/v1/requests/{rid}", headers={"Authorization": f"Bearer {token}"})
-
-    # -- Slack side
-    def post_slack(self, built, timestamp=None, secret=SIGNING_SECRET):
-        body, ctype = built
-        headers = sign(secret, body, timestamp, content_type=ctype)
-        return self.http.post("/slack/events", data=body, headers=headers)
-
-    def message_ts(self, rid):
-        self.work()
-        return self.rt.store.get(rid).message_ts
-
-    def click(self, action_id, rid, user, **kw):
-        from slackfake import block_action
-
-        req = self.rt.store.get(rid)
-        ts = kw.pop("message_ts", req.message_ts if req else None)
-        channel = kw.pop("channel", req.channel if req else "C0PROD")
-        resp = self.post_slack(block_action(action_id, rid, user, channel=channel, message_ts=ts, **kw))
-        return resp
-
-    def approve(self, rid, user, **kw):
-        return self.click("jit_approve", rid, user, button_text="Approve", **kw)
-
-    # -- workers
-    def work(self, rounds: int = 20) -> None:
-        """Run everything due now (jobs and timers) in-process until nothing is left."""
-        from rq import SimpleWorker
-
-        from workers.expiry import ACCESS_QUEUE, SLACK_QUEUE, Scheduler
-
-        sched = Scheduler(self.rt.redis, self.rt.redis, self.rt.dispatcher)
-        worker = SimpleWorker([ACCESS_QUEUE, SLACK_QUEUE], connection=self.rt.raw_redis)
-        for _ in range(rounds):
-            worker.work(burst=True, logging_level="ERROR")
-            if sched.run_once() == 0 and not any(q.count for q in self.rt.dispatcher.queues.values()):
-                return
-
-    def grants(self, rid: str, mode: str = "grant") -> list[str]:
-        p = self.state_dir / f"{rid}.{mode}"
-        return p.read_text().splitlines() if p.exists() else []
 
 
 @pytest.fixture

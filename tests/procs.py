@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from conftest import BOT_TOKEN, SECRET_KEY, SIGNING_SECRET, RedisServer, free_port, policy_text
+from support import BOT_TOKEN, SECRET_KEY, SIGNING_SECRET, RedisServer, free_port, policy_text
 from slackfake import SlackFake, sign
 
 JIT = [sys.executable, "-m", "bot.cli"]

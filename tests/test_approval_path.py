@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from conftest import OTHER_TOKEN, WEB_TOKEN
+from support import OTHER_TOKEN, WEB_TOKEN
 from slackfake import view_submission
 
 

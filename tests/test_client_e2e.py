@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import WEB_TOKEN
+from support import WEB_TOKEN
 from procs import Stack, wait_until
 from slackfake import block_action, view_submission
 

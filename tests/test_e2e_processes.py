@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import WEB_TOKEN
+from support import WEB_TOKEN
 from procs import Stack, wait_until
 from slackfake import block_action
 

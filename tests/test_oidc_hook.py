@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import policy_text
+from support import policy_text
 from test_oidc import EC_KEY, GL_KID, Issuers, github_claims, gitlab_claims, mint
 
 

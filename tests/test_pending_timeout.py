@@ -34,7 +34,7 @@ def test_pending_timeout_with_frozen_time(jit, slack):
 
 
 def test_pending_timeout_in_real_time(jit, policy_file, state_dir):
-    from conftest import policy_text
+    from support import policy_text
 
     policy_file.write_text(policy_text(str(state_dir), pending_timeout="1s"))
     jit.rt._policy = None  # reload for this test

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import BOT_TOKEN, SECRET_KEY, SIGNING_SECRET
+from support import BOT_TOKEN, SECRET_KEY, SIGNING_SECRET
 
 
 def run(args, env_over, cwd):
