@@ -49,18 +49,68 @@ end
 return 0
 """
 
-# KEYS: due, attempts, wake   ARGV: member, claimed_score, new_score, count_attempt
+# KEYS: due, attempts, wake
+# ARGV: member, claimed_score, at_ms, count_attempt, now_ms, backoff_base_ms, backoff_cap_ms
+# With count_attempt, the member comes back after an exponential backoff (base * 2^(n-1), capped).
 _RETRY = """
 local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local n = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if ARGV[4] == '1' then n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1) end
+local at = tonumber(ARGV[3])
+if ARGV[4] == '1' then
+  n = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+  at = tonumber(ARGV[5]) + math.min(tonumber(ARGV[6]) * 2 ^ (n - 1), tonumber(ARGV[7]))
+end
 if s and tonumber(s) == tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  redis.call('ZADD', KEYS[1], at, ARGV[1])
   redis.call('RPUSH', KEYS[3], '1')
   redis.call('LTRIM', KEYS[3], -16, -1)
 end
 return n
 """
+
+# KEYS: due   ARGV: member, old_score, new_score → 1 when the lease was still ours and is extended
+_EXTEND = """
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) == tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+BACKOFF_BASE_MS = 1000
+BACKOFF_CAP_MS = 60_000
+
+
+class Lease:
+    """Keeps a claimed member's lease alive while its job runs, so a long grant or revoke is not
+    handed to a second worker; a worker that dies stops extending, and the member comes due."""
+
+    def __init__(self, due: DueQueue, member: str, score: int, lease_ms: int = LEASE_MS) -> None:
+        self.due = due
+        self.member = member
+        self.score = score
+        self.lease_ms = lease_ms
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="jit-lease", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease_ms / 3000):
+            new = now_ms() + self.lease_ms
+            try:
+                if not self.due.extend(self.member, self.score, new):
+                    return  # re-scheduled by someone else: that is new work, leave it
+                self.score = new
+            except Exception:  # noqa: BLE001 - Redis away: the lease may lapse; work is idempotent
+                return
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def queue_for(member: str) -> str:
@@ -73,6 +123,7 @@ class DueQueue:
         self._claim = redis.register_script(_CLAIM)
         self._done = redis.register_script(_DONE)
         self._retry = redis.register_script(_RETRY)
+        self._extend = redis.register_script(_EXTEND)
 
     def claim(self, now_ms: int, limit: int = 500, lease_ms: int = LEASE_MS) -> list[tuple[str, int]]:
         flat = self._claim(keys=[keys.due()], args=[now_ms, limit, lease_ms])
@@ -81,14 +132,24 @@ class DueQueue:
     def done(self, member: str, claimed_score: int) -> bool:
         return bool(self._done(keys=[keys.due(), keys.due_attempts()], args=[member, claimed_score]))
 
-    def retry(self, member: str, claimed_score: int, at_ms: int, count_attempt: bool = True) -> int:
-        """Put a member back, due at `at_ms`. Returns the failed attempts so far."""
+    def retry_at(self, member: str, claimed_score: int, at_ms: int) -> None:
+        """Put a member back, due at `at_ms` (not a failure: Retry-After, a busy lock)."""
+        self._retry(
+            keys=[keys.due(), keys.due_attempts(), keys.due_wake()],
+            args=[member, claimed_score, at_ms, "0", 0, 0, 0],
+        )
+
+    def failed(self, member: str, claimed_score: int, now_ms: int) -> int:
+        """Count a failed attempt and put the member back after its backoff. Returns attempts so far."""
         return int(
             self._retry(
                 keys=[keys.due(), keys.due_attempts(), keys.due_wake()],
-                args=[member, claimed_score, at_ms, "1" if count_attempt else "0"],
+                args=[member, claimed_score, 0, "1", now_ms, BACKOFF_BASE_MS, BACKOFF_CAP_MS],
             )
         )
+
+    def extend(self, member: str, old_score: int, new_score: int) -> bool:
+        return bool(self._extend(keys=[keys.due()], args=[member, old_score, new_score]))
 
     def next_due_ms(self) -> int | None:
         head = self.r.zrange(keys.due(), 0, 0, withscores=True)

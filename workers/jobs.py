@@ -13,7 +13,7 @@ from bot.domain.clock import from_ms, human, now, now_ms, to_ms
 from bot.domain.requests import Status
 from bot.runtime import Runtime, current
 from workers.backends.base import GrantError, GrantRequest
-from workers.expiry import DueQueue
+from workers.expiry import DueQueue, Lease
 
 log = logging.getLogger("jit.jobs")
 
@@ -24,11 +24,6 @@ class RetryLater(Exception):
     def __init__(self, delay_ms: int) -> None:
         super().__init__(f"retry in {delay_ms} ms")
         self.delay_ms = delay_ms
-
-
-def backoff_ms(attempt: int) -> int:
-    """1 s, 2 s, 4 s … capped at 60 s."""
-    return min(1000 * 2 ** max(attempt - 1, 0), 60_000)
 
 
 def grant_request(req) -> GrantRequest:
@@ -162,21 +157,21 @@ def run_due(member: str, claimed_score: int) -> None:
         log.error("unknown due member %s", member)
         due.done(member, claimed_score)
         return
+    lease = Lease(due, member, claimed_score)
     try:
-        handler(rt, rid)
+        with lease:
+            handler(rt, rid)
     except RetryLater as e:
-        due.retry(member, claimed_score, now_ms() + max(e.delay_ms, 1), count_attempt=False)
+        due.retry_at(member, lease.score, now_ms() + max(e.delay_ms, 1))
         return
     except Exception as e:  # noqa: BLE001 - every failure is retried, none is lost
-        attempts = due.retry(member, claimed_score, now_ms() + backoff_ms(1), count_attempt=True)
-        # re-score with the real backoff now that we know the attempt number
-        due.retry(member, claimed_score, now_ms() + backoff_ms(attempts), count_attempt=False)
-        _failed(rt, kind, rid, attempts, e, member, claimed_score)
+        attempts = due.failed(member, lease.score, now_ms())
+        _failed(rt, kind, rid, attempts, e)
         return
-    due.done(member, claimed_score)
+    due.done(member, lease.score)
 
 
-def _failed(rt: Runtime, kind: str, rid: str, attempts: int, error: Exception, member: str, score: int) -> None:
+def _failed(rt: Runtime, kind: str, rid: str, attempts: int, error: Exception) -> None:
     message = str(error) if isinstance(error, GrantError) else f"{type(error).__name__}"
     log.warning("%s %s failed (attempt %d): %s", kind, rid, attempts, message, extra={"request_id": rid},
                 exc_info=not isinstance(error, GrantError))
@@ -194,7 +189,7 @@ def _failed(rt: Runtime, kind: str, rid: str, attempts: int, error: Exception, m
                     "request.failed", request_id=rid, action=action, actor="jit", outcome="error",
                     details={"error": message, "attempts": attempts},
                 )
-            DueQueue(rt.redis).done(member, rt.redis.zscore("jit:due", member) or score)
+            # the grant member's next run finds the request failed and retires itself
     elif kind in ("expire", "revoke"):
         rt.audit.append(
             "revoke.attempt_failed", request_id=rid, action=action, actor="jit", outcome="error",

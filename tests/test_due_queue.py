@@ -1,0 +1,97 @@
+"""The due queue and its scheduler: never early, never lost, leases kept while work runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis as redislib
+
+from bot.domain import keys
+from workers.expiry import DueQueue, Lease, Scheduler, now_ms
+
+
+@pytest.fixture
+def r(redis_url):
+    return redislib.Redis.from_url(redis_url, decode_responses=True)
+
+
+class Recorder:
+    def __init__(self):
+        self.kicked: list[tuple[str, int, int]] = []
+
+    def kick(self, members, score):
+        for m in members:
+            self.kicked.append((m, score, now_ms()))
+
+
+def test_claim_takes_only_due_members_and_leases_them(r):
+    q = DueQueue(r)
+    t = now_ms()
+    r.zadd(keys.due(), {"expire:a": t - 10, "expire:b": t + 60_000})
+    claimed = q.claim(t, lease_ms=5000)
+    assert [m for m, _ in claimed] == ["expire:a"]
+    assert q.score("expire:a") == t + 5000
+    assert q.claim(t) == []  # leased: nobody else takes it
+
+
+def test_done_only_removes_the_claim_it_owns(r):
+    q = DueQueue(r)
+    t = now_ms()
+    r.zadd(keys.due(), {"slack:x": t})
+    (_, score), = q.claim(t)
+    r.zadd(keys.due(), {"slack:x": t + 1})  # new work arrived meanwhile
+    assert q.done("slack:x", score) is False
+    assert q.score("slack:x") == t + 1
+    assert q.done("slack:x", t + 1) is True and q.score("slack:x") is None
+
+
+def test_failures_back_off_exponentially(r):
+    q = DueQueue(r)
+    t = now_ms()
+    r.zadd(keys.due(), {"grant:x": t})
+    delays = []
+    for _ in range(4):
+        (_, score), = q.claim(now_ms() + 10**9)  # claim whatever is there
+        before = now_ms()
+        q.failed("grant:x", score, before)
+        delays.append(q.score("grant:x") - before)
+    assert delays == [1000, 2000, 4000, 8000]
+    assert r.hget(keys.due_attempts(), "grant:x") == "4"
+
+
+def test_lease_is_extended_while_the_job_runs(r):
+    q = DueQueue(r)
+    t = now_ms()
+    r.zadd(keys.due(), {"grant:slow": t})
+    (_, score), = q.claim(t, lease_ms=300)
+    with Lease(q, "grant:slow", score, lease_ms=300) as lease:
+        time.sleep(1.0)
+        assert q.claim(now_ms()) == []  # still ours after three lease lengths
+    assert lease.score > score
+    assert q.done("grant:slow", lease.score)
+
+
+def test_scheduler_fires_on_time_in_real_time(r, redis_url):
+    rec = Recorder()
+    sched = Scheduler(r, redislib.Redis.from_url(redis_url, decode_responses=True), rec)
+    thread = threading.Thread(target=sched.run, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.3)  # the scheduler is now asleep with nothing due
+        due = {f"expire:r{i}": now_ms() + 400 + 150 * i for i in range(5)}
+        pipe = r.pipeline()
+        pipe.zadd(keys.due(), due)
+        pipe.rpush(keys.due_wake(), "1")
+        pipe.execute()
+        deadline = time.time() + 10
+        while len(rec.kicked) < 5 and time.time() < deadline:
+            time.sleep(0.02)
+    finally:
+        sched.stop()
+        r.rpush(keys.due_wake(), "1")
+        thread.join(10)
+    assert sorted(m for m, _, _ in rec.kicked) == sorted(due)
+    for member, _, fired in rec.kicked:
+        assert fired >= due[member], f"{member} fired early"
