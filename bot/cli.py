@@ -42,11 +42,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     class JitServer(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", f"{args.host}:{args.port}")
-            self.cfg.set("worker_class", "gevent")
+            # gevent, closing idle keep-alive connections at shutdown (bot/gevent_worker.py)
+            self.cfg.set("worker_class", "bot.gevent_worker.GracefulGeventWorker")
             self.cfg.set("workers", args.workers)
             self.cfg.set("worker_connections", 4000)
             self.cfg.set("timeout", 90)  # above the 60 s long-poll cap
-            self.cfg.set("graceful_timeout", 30)
+            # SIGTERM: stop accepting, let requests in flight finish (long-polls answer within
+            # their `wait`, at most 60 s), then exit.
+            self.cfg.set("graceful_timeout", 65)
+            self.cfg.set("logger_class", "bot.logs.GunicornLogger")  # its own lines as JSON too
             self.cfg.set("keepalive", 75)
             self.cfg.set("accesslog", None)
             self.cfg.set("loglevel", "warning")
@@ -57,9 +61,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             worker_rt = Runtime(rt.settings, policy_path=rt.policy_path)
             install(worker_rt)
-            return create_app(worker_rt)
+            # Each gunicorn worker watches the policy file itself. SIGHUP to the master makes
+            # gunicorn boot fresh workers, which load the file here (or, if it is invalid now,
+            # keep the last recorded policy): see bot/policy_reload.py.
+            from bot.policy_reload import PolicyReloader
 
-    print(f"jit: serving on http://{args.host}:{args.port} (Slack: /slack/events, pipelines: /v1/requests)", file=sys.stderr)
+            reloader = PolicyReloader(worker_rt)
+            reloader.load_initial()
+            try:
+                worker_rt.record_policy_loaded("start")
+            except Exception:  # noqa: BLE001 - Redis down at boot: the next load records it
+                pass
+            reloader.start()
+            flask_app = create_app(worker_rt)
+            if worker_rt.settings.slack_app_token is not None:
+                # One Socket Mode connection per server process: Slack spreads envelopes
+                # over all of an app's open sockets, and any process can handle any click.
+                from bot.slack.socket_mode import start_socket_mode
+
+                flask_app.config["JIT_SOCKET_MODE"] = start_socket_mode(worker_rt)
+            return flask_app
+
+    slack_in = "Socket Mode and /slack/events" if rt.settings.slack_app_token else "/slack/events"
+    print(f"jit: serving on http://{args.host}:{args.port} (Slack: {slack_in}, pipelines: /v1/requests)", file=sys.stderr)
     JitServer().run()
     return 0
 
@@ -114,8 +138,33 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(f"audit chain BROKEN at entry {broken.seq} (stream id {broken.stream_id}): {broken.reason}")
         return 1
     head = log.head()
-    print(f"audit chain ok: {n} entries, head {head.get('hash', '-')}")
+    anchor = log.anchor()
+    since = f" (entries up to #{anchor['seq']} trimmed; anchored on {anchor['hash']})" if anchor else ""
+    print(f"audit chain ok: {n} entries, head #{head.get('seq', 0)} {head.get('hash', '-')}{since}")
+    # Heads posted to Slack: a rewrite of the whole log still disagrees with them.
+    wanted = dict(_checkpoint(c) for c in args.checkpoint or [])
+    if wanted:
+        seen = {int(anchor["seq"]): anchor["hash"]} if anchor else {}
+        for e in log.entries():
+            if e.seq in wanted:
+                seen[e.seq] = e.hash
+        for seq, digest in sorted(wanted.items()):
+            if anchor and seq < int(anchor["seq"]):
+                print(f"checkpoint #{seq} is older than the retention cut; not checked")
+                continue
+            if seen.get(seq) != digest:
+                found = "is missing" if seq not in seen else f"has hash {seen[seq]}"
+                print(f"audit chain does NOT match checkpoint #{seq} {digest}: entry #{seq} {found}")
+                return 1
+        print(f"audit chain matches {len(wanted)} checkpoint(s)")
     return 0
+
+
+def _checkpoint(value: str) -> tuple[int, str]:
+    seq, _, digest = value.partition(":")
+    if not seq.isdigit() or len(digest) != 64:
+        raise SystemExit(f"jit: --checkpoint takes SEQ:SHA256 as posted in the audit channel, not {value!r}")
+    return int(seq), digest.lower()
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
@@ -179,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     aud = sub.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit_cmd", required=True)
     av = aud.add_parser("verify", help="walk the hash chain; exit 1 naming the first broken entry")
+    av.add_argument("--checkpoint", action="append", metavar="SEQ:SHA256",
+                    help="a chain head posted to the audit channel; the trail must still contain it")
     av.set_defaults(func=cmd_audit_verify)
     ae = aud.add_parser("export", help="write the trail as JSON Lines")
     ae.add_argument("--since", help="a duration (2h) or an RFC 3339 time")

@@ -15,6 +15,7 @@ from bot.domain.access import AccessService
 from bot.domain.audit import AuditLog
 from bot.domain.errors import PolicyError
 from bot.domain.policy import Policy, load_policy
+from bot.domain.policy_store import PolicyStore
 from bot.domain.secrets import TokenSigner, Vault
 from bot.domain.store import Store
 from bot.settings import Settings
@@ -94,7 +95,37 @@ class Runtime:
 
     @cached_property
     def access(self) -> AccessService:
-        return AccessService(self.store, self.audit, lambda: self.policy, self.directory, self.vault)
+        return AccessService(
+            self.store,
+            self.audit,
+            lambda: self.policy,
+            self.directory,
+            self.vault,
+            policies=self.policy_store.get,
+            on_break_glass=self._alert_break_glass,
+        )
+
+    def _alert_break_glass(self, request_id: str) -> None:
+        """Tell the security channel at once (an RQ job: Slack never holds the click)."""
+        from rq import Retry
+
+        from workers.expiry import SLACK_QUEUE
+
+        try:
+            self.dispatcher.queues[SLACK_QUEUE].enqueue_call(
+                "bot.slack.notices.break_glass_alert",
+                args=(request_id,),
+                result_ttl=0,
+                failure_ttl=7 * 86400,
+                ttl=3600,
+                retry=Retry(max=5),
+            )
+        except Exception:  # the approval stands and is audited; say loudly that no alert went out
+            log.exception("could not queue the break-glass alert for %s", request_id)
+
+    @cached_property
+    def policy_store(self) -> PolicyStore:
+        return PolicyStore(self.redis, self.settings.jit_request_retention)
 
     @cached_property
     def limiter(self):
@@ -109,8 +140,28 @@ class Runtime:
         if self._policy is None:
             with self._lock:
                 if self._policy is None:
-                    self._policy = load_policy(self.policy_path or self.settings.jit_policy_file)
+                    policy = load_policy(self.policy_file)
+                    self._keep_version(policy)
+                    self._policy = policy
         return self._policy
+
+    @property
+    def policy_file(self) -> str:
+        return str(self.policy_path or self.settings.jit_policy_file)
+
+    def set_policy(self, policy: Policy) -> Policy | None:
+        """Put `policy` in force (a reload); returns the one it replaces."""
+        self._keep_version(policy)
+        with self._lock:
+            previous, self._policy = self._policy, policy
+        return previous
+
+    def _keep_version(self, policy: Policy) -> None:
+        """Store the version's text by sha, so requests created under it keep its rules."""
+        try:
+            self.policy_store.save(policy)
+        except Exception as e:  # noqa: BLE001 - Redis down: the policy still loads; retried on reload
+            log.warning("could not store policy %s: %s", policy.sha256[:12], type(e).__name__)
 
     def load_policy_or_exit(self) -> Policy:
         """At start-up: a bad policy stops the process with one line per problem."""
@@ -125,23 +176,65 @@ class Runtime:
             raise SystemExit(2) from None
         return policy
 
-    def record_policy_loaded(self) -> None:
-        """Audit the policy in force whenever it differs from the one recorded last."""
-        policy = self.policy
-        previous = self.redis.getset(keys.policy_current(), policy.sha256)
-        if previous != policy.sha256:
-            self.audit.append(
-                "policy.loaded",
-                actor="jit",
-                details={"sha256": policy.sha256, "source": policy.source, "previous_sha256": previous},
-            )
+    def record_policy_loaded(self, trigger: str = "start") -> bool:
+        """Audit the policy in force whenever it differs from the one recorded last, with a
+        summary of what changed, and tell the audit channel. True when this call recorded it
+        (one process does, however many load the same file)."""
+        from bot.policy_reload import describe_changes, policy_diff
 
-    def backend_for(self, action: str):
+        policy = self.policy
+        self._keep_version(policy)
+        previous = self.redis.getset(keys.policy_current(), policy.sha256)
+        if previous == policy.sha256:
+            return False
+        old = self.policy_store.get(previous) if previous else None
+        diff = policy_diff(old, policy)
+        self.audit.append(
+            "policy.loaded",
+            actor="jit",
+            details={
+                "sha256": policy.sha256,
+                "source": policy.source,
+                "previous_sha256": previous,
+                "trigger": trigger,
+                "changes": diff,
+            },
+        )
+        self.post_audit_notice(describe_changes(policy, previous, diff, trigger))
+        return True
+
+    def post_audit_notice(self, text: str) -> None:
+        """A line in the audit channel, posted by a worker."""
+        from rq import Retry
+
+        from workers.expiry import SLACK_QUEUE
+
+        channel = self.policy.audit_channel()
+        if not channel:
+            return
+        try:
+            self.dispatcher.queues[SLACK_QUEUE].enqueue_call(
+                "bot.slack.notices.post_notice",
+                args=(channel, text),
+                result_ttl=0,
+                failure_ttl=7 * 86400,
+                ttl=3600,
+                retry=Retry(max=3),
+            )
+        except Exception as e:  # noqa: BLE001 - the audit trail already has it
+            log.warning("could not queue audit-channel notice: %s", type(e).__name__)
+
+    def backend_for(self, action: str, policy_sha256: str | None = None):
+        """The grant backend for `action` as configured in the policy version `policy_sha256`
+        (the request's), or in the current policy when that version is unknown."""
         import os
 
         from workers.backends.base import BackendEnv, registry
 
-        gtype, cfg = self.policy.grants[action]
+        policy = self.policy
+        if policy_sha256 and policy_sha256 != policy.sha256:
+            policy = self.policy_store.get(policy_sha256) or policy
+        gtype, cfg = policy.grants[action]
         env = BackendEnv(environ=dict(os.environ), exec_timeout=self.settings.jit_exec_timeout, token_signer=self.signer)
         return registry()[gtype](cfg, env)
 

@@ -18,6 +18,13 @@ class Settings(BaseSettings):
     slack_bot_token: SecretStr = Field(alias="SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr = Field(alias="SLACK_SIGNING_SECRET")
     slack_api_url: str = Field("https://slack.com/api/", alias="SLACK_API_URL")
+    #: App-level token (xapp-…): when set, Slack traffic arrives over Socket Mode as well
+    #: (each `jit serve` worker process holds one socket); /slack/events keeps working.
+    slack_app_token: SecretStr | None = Field(None, alias="SLACK_APP_TOKEN")
+    #: Slack posts to one channel are spaced by this many ms (Slack allows ~1 message/s).
+    jit_slack_post_interval_ms: int = Field(1000, alias="JIT_SLACK_POST_INTERVAL_MS", ge=0)
+    #: More new requests than this waiting for one channel: post a digest listing them first.
+    jit_slack_digest_after: int = Field(5, alias="JIT_SLACK_DIGEST_AFTER", ge=1)
     #: When set, clicks and commands from any other workspace are refused.
     slack_team_id: str | None = Field(None, alias="SLACK_TEAM_ID")
     jit_policy_file: str = Field("jit-policy.yaml", alias="JIT_POLICY_FILE")
@@ -56,6 +63,15 @@ class Settings(BaseSettings):
     def _strong_key(cls, v: SecretStr) -> SecretStr:
         if len(v.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters (e.g. `openssl rand -hex 32`)")
+        return v
+
+    @field_validator("slack_app_token")
+    @classmethod
+    def _app_token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        if not v.get_secret_value().startswith("xapp-"):
+            raise ValueError("must be an app-level token starting with xapp-")
         return v
 
     @field_validator("slack_bot_token", "slack_signing_secret")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from urllib.parse import parse_qs
 
 from flask import Flask, Response, jsonify, request
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from slack_bolt.adapter.flask import SlackRequestHandler
+from slack_bolt.adapter.flask.handler import to_bolt_request, to_flask_response
+from slack_bolt.request.internals import parse_body
 from slack_sdk.signature import SignatureVerifier
 
 from bot.domain import keys
@@ -26,6 +25,8 @@ def create_app(rt: Runtime) -> Flask:
     from bot.slack.app import build_app
 
     flask_app = Flask("jit")
+    # `//` in a path is a 404 (JSON), not an HTML redirect: set before any route is added
+    flask_app.url_map.merge_slashes = False
     flask_app.config["JIT_RUNTIME"] = rt
     flask_app.config["JIT_WAITERS"] = Waiters(
         lambda: redis_from_url(rt.settings.redis_url, decode_responses=True, socket_timeout=None)
@@ -37,9 +38,9 @@ def create_app(rt: Runtime) -> Flask:
     except ImportError:
         flask_app.config["JIT_OIDC"] = None
     flask_app.register_blueprint(bp)
+    _mount_operations(flask_app, rt)
 
     bolt = build_app(rt)
-    handler = SlackRequestHandler(bolt)
     verifier = SignatureVerifier(rt.settings.slack_signing_secret.get_secret_value())
 
     @flask_app.post("/slack/events")
@@ -52,7 +53,13 @@ def create_app(rt: Runtime) -> Flask:
         refusal = _guard(rt, raw, request.headers)
         if refusal is not None:
             return refusal
-        return handler.handle(request)
+        try:
+            bolt_request = to_bolt_request(request)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            # Bolt reads ids out of the payload while building its context and assumes
+            # Slack's shapes (e.g. `user` an object): anything else is a malformed payload.
+            return _slack_refusal(400, "malformed payload")
+        return to_flask_response(bolt.dispatch(bolt_request))
 
     @flask_app.errorhandler(RedisConnectionError)
     @flask_app.errorhandler(RedisTimeoutError)
@@ -84,45 +91,65 @@ def _slack_refusal(status: int, message: str) -> Response:
 def _guard(rt: Runtime, raw: bytes, headers) -> Response | None:
     """Checks Bolt does not make: replays, foreign workspaces, malformed payloads, stale buttons."""
     sig = headers.get("X-Slack-Signature", "")
-    if not rt.redis.set(keys.replay(sig), "1", nx=True, ex=600):
-        return _slack_refusal(401, "replayed request")
-    ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
-    payload: dict = {}
-    if ctype == "application/x-www-form-urlencoded":
-        form = parse_qs(raw.decode("utf-8", errors="replace"))
-        if "payload" in form:
-            try:
-                payload = json.loads(form["payload"][0])
-            except ValueError:
-                return _slack_refusal(400, "malformed payload")
-            if not isinstance(payload, dict):
-                return _slack_refusal(400, "malformed payload")
-        else:
-            payload = {k: v[0] for k, v in form.items()}
-    elif ctype == "application/json":
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            return _slack_refusal(400, "malformed JSON")
-        if not isinstance(payload, dict):
-            return _slack_refusal(400, "malformed JSON")
-    else:
+    replayed = not rt.redis.set(keys.replay(sig), "1", nx=True, ex=600)
+    ctype = (headers.get("Content-Type") or "").split(";")[0]
+    if ctype.strip().lower() not in ("application/x-www-form-urlencoded", "application/json"):
         return _slack_refusal(400, "unsupported content type")
+    try:
+        # Bolt's own parser, so these checks see exactly the payload the listeners will get
+        # (Bolt takes the last of repeated fields and reads any body starting with `{` as JSON).
+        payload = parse_body(raw.decode("utf-8", errors="replace"), ctype)
+    except ValueError:
+        return _slack_refusal(400, "malformed payload")
+    if not isinstance(payload, dict) or not _slack_shaped(payload):
+        return _slack_refusal(400, "malformed payload")
 
-    team = _team_of(payload)
+    refusal = payload_refusal(rt, payload, replayed=replayed)
+    return _slack_refusal(*refusal) if refusal else None
+
+
+def payload_refusal(rt: Runtime, payload: dict, *, replayed: bool = False) -> tuple[int, str] | None:
+    """The checks both Slack transports share (HTTP above, Socket Mode in bot/slack/socket_mode.py):
+    malformed shapes, replays, foreign workspaces, buttons naming another message's request.
+    Returns (HTTP status, why) for a refusal, else None."""
+    if not _slack_shaped(payload):
+        return 400, "malformed payload"
+    team = _text(_team_of(payload))
     expected = rt.settings.slack_team_id or rt.redis.get(keys.slack_team())
-    user = (payload.get("user") or {}).get("id") if isinstance(payload.get("user"), dict) else payload.get("user_id")
+    raw_user = payload.get("user")
+    user = _text(raw_user.get("id") if isinstance(raw_user, dict) else payload.get("user_id"))
+    if replayed:  # the signature is genuine, so Slack vouches for the user: worth a trace
+        rt.audit.append("slack.refused", actor=user, outcome="refused", details={"why": "replayed request"})
+        return 401, "replayed request"
     if expected and team and team != expected:
         rt.audit.append(
             "slack.refused", actor=user, outcome="refused", details={"why": "other workspace", "team": team}
         )
-        return _slack_refusal(401, "this workspace may not use jit")
+        return 401, "this workspace may not use jit"
     if payload.get("type") == "block_actions":
         return _check_buttons(rt, payload, user)
     return None
 
 
-def _team_of(payload: dict) -> str | None:
+# Fields Slack always sends as objects; Bolt's routing and logging call `.get` on them.
+_OBJECT_FIELDS = ("user", "view", "container", "channel", "message", "event", "state")
+
+
+def _slack_shaped(payload: dict) -> bool:
+    if any(k in payload and not isinstance(payload[k], dict) for k in _OBJECT_FIELDS):
+        return False
+    if not isinstance(payload.get("team"), dict | None):
+        return False
+    actions = payload.get("actions", [])
+    return isinstance(actions, list) and all(isinstance(a, dict) for a in actions)
+
+
+def _text(value: object) -> str | None:
+    """A field Slack sends as a string; anything else (a hostile payload) counts as absent."""
+    return value if isinstance(value, str) and value else None
+
+
+def _team_of(payload: dict) -> object:
     team = payload.get("team")
     if isinstance(team, dict) and team.get("id"):
         return team["id"]
@@ -131,13 +158,13 @@ def _team_of(payload: dict) -> str | None:
     return payload.get("team_id")
 
 
-def _check_buttons(rt: Runtime, payload: dict, user: str | None) -> Response | None:
+def _check_buttons(rt: Runtime, payload: dict, user: str | None) -> tuple[int, str] | None:
     """A button's value is a lookup key: it must name the request whose message holds it."""
-    from bot.slack.blocks import APPROVE, DENY, REVOKE
+    from bot.slack.blocks import APPROVE, BREAK_GLASS, DENY, REVOKE
 
     container = payload.get("container") or {}
     for act in payload.get("actions") or []:
-        if not isinstance(act, dict) or act.get("action_id") not in (APPROVE, DENY, REVOKE):
+        if not isinstance(act, dict) or act.get("action_id") not in (APPROVE, DENY, REVOKE, BREAK_GLASS):
             continue
         rid = str(act.get("value") or "")
         if container.get("type") != "message":
@@ -145,10 +172,50 @@ def _check_buttons(rt: Runtime, payload: dict, user: str | None) -> Response | N
         req = rt.store.get(rid)
         if req is None:
             continue  # the listener answers "no such request"
-        if req.message_ts and container.get("message_ts") != req.message_ts:
+        # no message of ours holds this request yet, or another message does
+        if container.get("message_ts") != req.message_ts:
             rt.audit.append(
                 "slack.refused", request_id=rid, action=req.action, actor=user, outcome="refused",
                 details={"why": "button value names a request that is not this message's"},
             )
-            return _slack_refusal(400, "this button does not belong to that request")
+            return 400, "this button does not belong to that request"
     return None
+
+
+def _mount_operations(app: Flask, rt: Runtime) -> None:
+    """`/metrics`, the Slack client's error counts, and the ids every log line of a request carries."""
+    import re
+    import secrets
+
+    from flask import g
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    from bot import logs, metrics
+
+    metrics.instrument_slack(rt.slack, rt.redis)
+    registry = metrics.registry_for(rt.redis, rt.raw_redis)
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.before_request
+    def _log_context():
+        given = request.headers.get("X-Request-Id", "")
+        http_id = given if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", given) else secrets.token_hex(8)
+        g.jit_http_request_id = http_id
+        g.jit_log_token = logs.push(request_id=(request.view_args or {}).get("request_id"), http_request_id=http_id)
+
+    @app.after_request
+    def _echo_request_id(resp: Response) -> Response:
+        resp.headers["X-Request-Id"] = g.get("jit_http_request_id", "")
+        return resp
+
+    @app.teardown_request
+    def _log_context_end(exc: BaseException | None) -> None:
+        token = g.pop("jit_log_token", None)
+        if token is not None:
+            try:
+                logs.pop(token)
+            except ValueError:  # reset from another context: nothing left to undo here
+                pass

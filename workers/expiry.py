@@ -78,6 +78,13 @@ end
 return 0
 """
 
+#: How long a member the scheduler handed to RQ may wait in the queue before it is handed out
+#: again. A queued job is not lost with a worker (it waits in Redis for the next one); only a
+#: running job is, and `Lease` shortens the lease to LEASE_MS as soon as the job starts. With
+#: LEASE_MS here instead, a queue backlog over 10 s made the scheduler enqueue every waiting
+#: member again, and again every 10 s: the backlog fed itself (bench/RESULTS.md).
+QUEUED_LEASE_MS = 60_000
+
 BACKOFF_BASE_MS = 1000
 BACKOFF_CAP_MS = 60_000
 
@@ -92,29 +99,46 @@ class Lease:
         self.score = score
         self.lease_ms = lease_ms
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._beat, name="jit-lease", daemon=True)
+
+    def _extend(self) -> bool:
+        new = now_ms() + self.lease_ms
+        try:
+            if not self.due.extend(self.member, self.score, new):
+                return False  # re-scheduled by someone else: that is new work, leave it
+        except Exception:  # noqa: BLE001 - Redis away: the lease may lapse; work is idempotent
+            return False
+        self.score = new
+        return True
 
     def _beat(self) -> None:
         while not self._stop.wait(self.lease_ms / 3000):
-            new = now_ms() + self.lease_ms
-            try:
-                if not self.due.extend(self.member, self.score, new):
-                    return  # re-scheduled by someone else: that is new work, leave it
-                self.score = new
-            except Exception:  # noqa: BLE001 - Redis away: the lease may lapse; work is idempotent
-                return
+            with self._lock:
+                if self._stop.is_set() or not self._extend():
+                    return
 
     def __enter__(self) -> Lease:
+        # The scheduler claimed the member with a queue lease (QUEUED_LEASE_MS): from now on a
+        # lost worker is what to guard against, so the lease becomes the short running one.
+        self._extend()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # No join (a thread hand-off costs milliseconds per job on a busy machine): once we hold
+        # the lock, no extend is in flight and none can start, so `score` is final.
         self._stop.set()
-        self._thread.join()
+        with self._lock:
+            pass
+
+
+#: Kinds that only talk to Slack; everything else (grants, revokes, timeouts) never waits behind them.
+SLACK_KINDS = ("slack:", "dm:", "remind:", "warn:")
 
 
 def queue_for(member: str) -> str:
-    return SLACK_QUEUE if member.startswith("slack:") else ACCESS_QUEUE
+    return SLACK_QUEUE if member.startswith(SLACK_KINDS) else ACCESS_QUEUE
 
 
 class DueQueue:
@@ -205,7 +229,7 @@ class Scheduler:
 
     def run_once(self) -> int:
         """Claim and dispatch everything due now. Returns how many were dispatched."""
-        items = self.due.claim(now_ms(), self.batch)
+        items = self.due.claim(now_ms(), self.batch, QUEUED_LEASE_MS)
         for member, score in items:
             self.dispatcher.kick([member], score)
         return len(items)

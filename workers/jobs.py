@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from bot import logs
 from bot.domain.clock import from_ms, human, now, now_ms, to_ms
 from bot.domain.requests import Status
+from bot.metrics import Metrics
 from bot.runtime import Runtime, current
 from workers.backends.base import GrantError, GrantRequest
 from workers.expiry import DueQueue, Lease
@@ -48,13 +50,14 @@ def do_grant(rt: Runtime, rid: str) -> None:
     req = rt.store.get(rid)
     if req is None or req.status != Status.APPROVED:
         return  # already active, or cancelled (the revoke item cleans up)
-    backend = rt.backend_for(req.action)
+    backend = rt.backend_for(req.action, req.policy_sha256)
     issued = now()
     expires = issued + req.ttl
     greq = grant_request(req)
     greq = GrantRequest(**{**greq.__dict__, "issued_at": issued, "expires_at": expires})
     started = now_ms()
     credential = backend.grant(greq)
+    grant_seconds = (now_ms() - started) / 1000
     out = rt.store.activate(rid, to_ms(issued), to_ms(expires), rt.vault.seal(credential), now_ms())
     if out.ok:
         rt.audit.append(
@@ -70,14 +73,16 @@ def do_grant(rt: Runtime, rid: str) -> None:
                 "grant_ms": now_ms() - started,
             },
         )
+        Metrics(rt.redis).request(req.action, "granted")
+        Metrics(rt.redis).granted(req.action, backend.type, grant_seconds)
     elif out.result == "decided" and out.status != Status.ACTIVE:
         # cancelled while we were granting: take back what we just created
         backend.revoke(greq, credential)
         rt.store.mark_revoked(rid, now_ms())
 
 
-def _revoke(rt: Runtime, rid: str, *, expiry: bool) -> None:
-    req = rt.store.get(rid)
+def _revoke(rt: Runtime, rid: str, *, expiry: bool, req=None) -> None:
+    req = req if req is not None else rt.store.get(rid)
     if req is None:
         return
     if expiry and req.status != Status.ACTIVE:
@@ -87,7 +92,8 @@ def _revoke(rt: Runtime, rid: str, *, expiry: bool) -> None:
         return
     blob = rt.store.credential_blob(rid)
     credential = rt.vault.open(blob) if blob else None
-    backend = rt.backend_for(req.action)
+    backend = rt.backend_for(req.action, req.policy_sha256)
+    started = now_ms()
     backend.revoke(grant_request(req), credential)
     t = now_ms()
     out = rt.store.mark_revoked(rid, t)
@@ -102,6 +108,12 @@ def _revoke(rt: Runtime, rid: str, *, expiry: bool) -> None:
         if credential is None:
             details["cleanup"] = "no credential was issued; cleaned up any partial grant"
         rt.audit.append("grant.revoked", request_id=rid, action=req.action, actor=by, details=details)
+        if out.status in (Status.EXPIRED, Status.REVOKED):
+            lateness = details.get("lateness_ms")
+            Metrics(rt.redis).request(req.action, out.status)
+            Metrics(rt.redis).revoked(
+                req.action, backend.type, (t - started) / 1000, None if lateness is None else lateness / 1000
+            )
 
 
 def greq_time(dt) -> str:
@@ -114,7 +126,7 @@ def do_expire(rt: Runtime, rid: str) -> None:
     req = rt.store.get(rid)
     if req is not None and req.expires_at is not None and now() < req.expires_at:
         raise RetryLater(to_ms(req.expires_at) - now_ms())  # never early
-    _revoke(rt, rid, expiry=True)
+    _revoke(rt, rid, expiry=True, req=req)  # just read: one Redis round trip less per expiry
 
 
 def do_revoke(rt: Runtime, rid: str) -> None:
@@ -131,9 +143,32 @@ def do_timeout(rt: Runtime, rid: str) -> None:
 
 
 def do_slack(rt: Runtime, rid: str) -> None:
+    from bot.slack import followups
     from bot.slack.messages import sync_request_message
 
+    req = rt.store.get(rid)
+    if req is not None:
+        # First, so a message still waiting for its channel's slot never holds up a DM.
+        followups.schedule(rt, req)
     sync_request_message(rt, rid)
+
+
+def do_dm(rt: Runtime, rid: str) -> None:
+    from bot.slack import followups
+
+    followups.do_dm(rt, rid)
+
+
+def do_remind(rt: Runtime, rid: str) -> None:
+    from bot.slack import followups
+
+    followups.do_remind(rt, rid)
+
+
+def do_warn(rt: Runtime, rid: str) -> None:
+    from bot.slack import followups
+
+    followups.do_warn(rt, rid)
 
 
 HANDLERS: dict[str, Callable[[Runtime, str], None]] = {
@@ -142,6 +177,9 @@ HANDLERS: dict[str, Callable[[Runtime, str], None]] = {
     "revoke": do_revoke,
     "timeout": do_timeout,
     "slack": do_slack,
+    "dm": do_dm,  # the requester's DM per outcome (bot/slack/followups.py)
+    "remind": do_remind,  # a pending request's reminder at half its timeout
+    "warn": do_warn,  # "expires in 5 min" in an active grant's thread
 }
 
 
@@ -149,6 +187,12 @@ HANDLERS: dict[str, Callable[[Runtime, str], None]] = {
 
 
 def run_due(member: str, claimed_score: int) -> None:
+    kind, _, rid = member.partition(":")
+    with logs.bind(request_id=rid or None, job=kind):
+        _run_due(member, claimed_score)
+
+
+def _run_due(member: str, claimed_score: int) -> None:
     rt = current()
     kind, _, rid = member.partition(":")
     handler = HANDLERS.get(kind)
@@ -182,6 +226,7 @@ def _failed(rt: Runtime, kind: str, rid: str, attempts: int, error: Exception) -
             "grant.attempt_failed", request_id=rid, action=action, actor="jit", outcome="error",
             details={"attempt": attempts, "error": message},
         )
+        Metrics(rt.redis).grant_failed(action)
         if attempts >= rt.settings.jit_grant_max_attempts:
             out = rt.store.fail(rid, message, now_ms())
             if out.ok:
@@ -189,12 +234,14 @@ def _failed(rt: Runtime, kind: str, rid: str, attempts: int, error: Exception) -
                     "request.failed", request_id=rid, action=action, actor="jit", outcome="error",
                     details={"error": message, "attempts": attempts},
                 )
+                Metrics(rt.redis).request(action or "", "failed")
             # the grant member's next run finds the request failed and retires itself
     elif kind in ("expire", "revoke"):
         rt.audit.append(
             "revoke.attempt_failed", request_id=rid, action=action, actor="jit", outcome="error",
             details={"attempt": attempts, "error": message},
         )
+        Metrics(rt.redis).revoke_failed(action)
         if attempts == rt.settings.jit_revoke_alert_after and req is not None:
             from bot.slack.messages import post_thread_notice
 

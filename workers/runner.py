@@ -7,7 +7,10 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import SimpleWorker
 
 from bot.domain import keys
@@ -17,16 +20,58 @@ from workers.expiry import ACCESS_QUEUE, SLACK_QUEUE, Scheduler
 log = logging.getLogger("jit.worker")
 
 
-def _rq_worker(rt: Runtime, burst: bool) -> None:
+class _GracefulWorker(SimpleWorker):
+    """RQ's warm shutdown on SIGTERM/SIGINT (the job in hand finishes, then the loop stops), also
+    telling the forked children at once rather than after this process's own job is done."""
+
+    on_stop = None
+
+    def request_stop(self, signum, frame):
+        if self.on_stop is not None:
+            self.on_stop()
+        super().request_stop(signum, frame)
+
+
+def _rq_worker(rt: Runtime, burst: bool, on_stop=None) -> None:
     # SimpleWorker runs jobs in-process: a fork per job would cost tens of ms on every grant
     # and revoke. A job that crashes the process is recovered by the due queue's lease.
-    worker = SimpleWorker([ACCESS_QUEUE, SLACK_QUEUE], connection=rt.raw_redis)
-    worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
+    # RQ's worker quits on a Redis error outside its blocking dequeue (a heartbeat, a job's
+    # bookkeeping, its own teardown); Redis coming back must not need `jit worker` restarted,
+    # so a worker that quit without being asked to is replaced after a pause.
+    from bot.metrics import instrument_slack
+
+    instrument_slack(rt.slack, rt.redis)
+    stop = threading.Event()
+    pause = 1.0
+    while True:
+        worker = None
+        started = time.monotonic()
+        try:  # the constructor already talks to Redis
+            worker = _GracefulWorker([ACCESS_QUEUE, SLACK_QUEUE], connection=rt.raw_redis)
+            worker.on_stop = on_stop
+            worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
+        except (RedisConnectionError, RedisTimeoutError) as e:
+            log.warning("RQ worker lost Redis (%s)", type(e).__name__)
+        if burst or stop.is_set() or getattr(worker, "_shutdown_requested_date", None) is not None:
+            return
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):  # RQ's own handlers need Redis
+                signal.signal(sig, lambda *_: stop.set())
+        pause = 1.0 if time.monotonic() - started > 60 else min(pause * 2, 10.0)
+        log.warning("RQ worker quit unasked; starting a new one in %.0f s", pause)
+        if stop.wait(pause):
+            return
 
 
 def _child(settings, policy_path, burst: bool) -> None:
     rt = Runtime(settings, policy_path=policy_path)
     install(rt)
+    if not burst:
+        from bot.policy_reload import PolicyReloader, install_sighup
+
+        reloader = PolicyReloader(rt)
+        reloader.load_initial()
+        install_sighup(reloader.start())
     _rq_worker(rt, burst)
 
 
@@ -46,6 +91,21 @@ def run_worker(rt: Runtime, concurrency: int = 2, burst: bool = False, scheduler
         threading.Thread(target=_learn_team, args=(rt,), daemon=True).start()
 
     children: list[multiprocessing.Process] = []
+    reloader = None
+    if not burst:
+        # SIGHUP or a changed file reloads the policy here and in every child (a child also
+        # watches the file itself); installed before forking so children never die of a HUP.
+        from bot.policy_reload import watch
+
+        def forward_hup() -> None:
+            for p in children:
+                if p.pid:
+                    try:
+                        os.kill(p.pid, signal.SIGHUP)
+                    except ProcessLookupError:
+                        pass
+
+        reloader = watch(rt, sighup=threading.current_thread() is threading.main_thread(), also=[forward_hup])
     ctx = multiprocessing.get_context("fork")
     for _ in range(max(concurrency, 1) - 1):
         p = ctx.Process(target=_child, args=(rt.settings, rt.policy_path, burst), daemon=False)
@@ -63,7 +123,20 @@ def run_worker(rt: Runtime, concurrency: int = 2, burst: bool = False, scheduler
         else:
             threading.Thread(target=sched.run, name="jit-scheduler", daemon=True).start()
 
+    upkeep = None
+    if scheduler and not burst:
+        from workers.periodic import AuditUpkeep
+
+        upkeep = AuditUpkeep(rt)  # audit retention and the periodic chain-head post
+        upkeep.start()
+
+    forwarded = threading.Event()
+
     def forward(signum, frame):  # noqa: ARG001
+        # once only: RQ reads a second SIGTERM as "cold shutdown", which would cut a child's job
+        if forwarded.is_set():
+            return
+        forwarded.set()
         for p in children:
             if p.pid:
                 try:
@@ -73,10 +146,14 @@ def run_worker(rt: Runtime, concurrency: int = 2, burst: bool = False, scheduler
 
     try:
         log.info("worker started", extra={"concurrency": concurrency, "scheduler": scheduler})
-        _rq_worker(rt, burst)
+        _rq_worker(rt, burst, on_stop=lambda: forward(signal.SIGTERM, None))
     finally:
         if sched is not None:
             sched.stop()
+        if reloader is not None:
+            reloader.stop()
+        if upkeep is not None:
+            upkeep.stop()
         forward(signal.SIGTERM, None)
         for p in children:
             p.join(timeout=60)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,32 @@ from bot.domain import keys
 from bot.domain.clock import now, rfc3339, to_ms
 
 GENESIS = "0" * 64
+#: How many stream ids a request's index keeps, and how long it lives after its last event.
+REQUEST_INDEX_LEN = 500
+REQUEST_INDEX_TTL_S = 400 * 86400
+#: The most entries one filtered read walks (newest first) before it gives up.
+SCAN_LIMIT = 20_000
+_INDEXABLE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+# Atomic trim: the anchor only ever moves forward, and the stream is cut exactly after it,
+# so two trims racing (two workers) can never leave an anchor that does not match.
+# KEYS: stream, anchor   ARGV: cut stream id (exclusive)
+_TRIM = """
+local rows = redis.call('XREVRANGE', KEYS[1], '(' .. ARGV[1], '-', 'COUNT', 1)
+if #rows == 0 then return {0} end
+local sid = rows[1][1]
+local f = rows[1][2]
+local data, hash
+for i = 1, #f, 2 do
+  if f[i] == 'data' then data = f[i + 1] elseif f[i] == 'hash' then hash = f[i + 1] end
+end
+local seq = cjson.decode(data)['seq']
+local old = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
+if seq <= old then return {0} end
+redis.call('HSET', KEYS[2], 'seq', seq, 'hash', hash, 'id', sid)
+local n = redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
+return {n, seq, hash, sid}
+"""
 
 #: Keys that must never reach the audit trail, wherever they hide in `details`.
 _SECRET_KEYS = {"credential", "token", "request_token", "password", "secret", "dsn", "authorization"}
@@ -50,7 +77,7 @@ class AuditEntry:
 
     @property
     def seq(self) -> int:
-        return int(self.body["seq"])
+        return int(self.body.get("seq") or 0)
 
 
 @dataclass(frozen=True)
@@ -102,6 +129,11 @@ class AuditLog:
                     pipe.multi()
                     pipe.xadd(keys.audit_stream(), {"data": canonical(body), "hash": h}, id=sid)
                     pipe.hset(head_key, mapping={"seq": seq, "hash": h, "id": sid, "ms": sid_ms})
+                    if request_id and _INDEXABLE_ID.match(request_id):
+                        idx = keys.audit_by_request(request_id)
+                        pipe.rpush(idx, sid)
+                        pipe.ltrim(idx, -REQUEST_INDEX_LEN, -1)
+                        pipe.expire(idx, REQUEST_INDEX_TTL_S)
                     pipe.execute()
                     return AuditEntry(sid, body, h)
                 except WatchError:
@@ -110,7 +142,13 @@ class AuditLog:
     # ---------------------------------------------------------------- reading
 
     def _parse(self, sid: str, fields: dict[str, str]) -> AuditEntry:
-        return AuditEntry(sid, json.loads(fields["data"]), fields["hash"])
+        try:
+            body = json.loads(fields["data"])
+            if not isinstance(body, dict):
+                raise ValueError
+        except (KeyError, ValueError):  # a mangled entry still reads; verify() reports it
+            body = {"event": "unreadable", "seq": None, "prev": None}
+        return AuditEntry(sid, body, fields.get("hash", ""))
 
     def entries(self, since_ms: int | None = None, batch: int = 1000) -> Iterator[AuditEntry]:
         start = f"{since_ms}-0" if since_ms else "-"
@@ -127,6 +165,42 @@ class AuditLog:
         rows = self.r.xrevrange(keys.audit_stream(), count=n)
         return [self._parse(sid, f) for sid, f in rows]
 
+    def newest(self, since_ms: int | None = None, batch: int = 500) -> Iterator[AuditEntry]:
+        """Newest first, back to `since_ms` (inclusive) or the start of the trail."""
+        low = f"{since_ms}-0" if since_ms else "-"
+        high = "+"
+        while True:
+            rows = self.r.xrevrange(keys.audit_stream(), max=high, min=low, count=batch)
+            for sid, fields in rows:
+                yield self._parse(sid, fields)
+            if len(rows) < batch:
+                return
+            high = "(" + rows[-1][0]
+
+    def entries_for_request(self, request_id: str, limit: int = 100) -> list[AuditEntry]:
+        """One request's events, oldest first (its latest `limit`), from its index."""
+        if not _INDEXABLE_ID.match(request_id or ""):
+            return []
+        idx = keys.audit_by_request(request_id)
+        ids = self.r.lrange(idx, -max(limit, 1), -1)
+        if not ids and not self.r.exists(idx):
+            # The index outlived its TTL: fall back to a bounded scan of the recent trail.
+            found = []
+            for scanned, e in enumerate(self.newest(), 1):
+                if e.body.get("request_id") == request_id:
+                    found.append(e)
+                if len(found) >= limit or scanned >= SCAN_LIMIT:
+                    break
+            return found[::-1]
+        pipe = self.r.pipeline(transaction=False)
+        for sid in ids:
+            pipe.xrange(keys.audit_stream(), min=sid, max=sid)
+        out = []
+        for rows in pipe.execute():
+            if rows:  # ids trimmed away by retention read as nothing
+                out.append(self._parse(*rows[0]))
+        return out
+
     def head(self) -> dict[str, str]:
         return self.r.hgetall(keys.audit_head())
 
@@ -140,19 +214,27 @@ class AuditLog:
         anchor = self.r.hgetall(keys.audit_anchor())
         prev = anchor.get("hash", GENESIS)
         expect_seq = int(anchor.get("seq", 0)) + 1
+        # The head as the walk starts: entries appended while we walk only have to chain on.
+        head = self.head()
+        head_seq = int(head.get("seq", 0))
+        at_head = prev if head_seq == expect_seq - 1 else None
         n = 0
         for e in self.entries():
             n += 1
+            seq = e.body.get("seq")
+            if seq != expect_seq:
+                why = (f"found where #{expect_seq} was expected: entries are missing or out of order"
+                       if isinstance(seq, int) else "unreadable")
+                return n, Broken(seq, e.stream_id, why)
             if e.body.get("prev") != prev:
-                return n, Broken(e.body.get("seq"), e.stream_id, "does not follow the entry before it")
-            if e.body.get("seq") != expect_seq:
-                return n, Broken(e.body.get("seq"), e.stream_id, f"sequence {e.body.get('seq')} where {expect_seq} was expected")
+                return n, Broken(seq, e.stream_id, "does not follow the entry before it (an entry was changed or removed)")
             if entry_hash(prev, e.body) != e.hash:
                 return n, Broken(e.body.get("seq"), e.stream_id, "content does not match its hash (edited)")
             prev = e.hash
+            if expect_seq == head_seq:
+                at_head = e.hash
             expect_seq += 1
-        head = self.head()
-        if head and head.get("hash") != prev:
+        if head and head.get("hash") != at_head:
             return n, Broken(int(head.get("seq", 0)), head.get("id", "?"), "the chain head does not match the last entry (entries removed from the end)")
         return n, None
 
@@ -160,12 +242,9 @@ class AuditLog:
 
     def trim(self, older_than_ms: int) -> int:
         """Drop entries older than the cut, keeping the last dropped hash as the anchor."""
-        rows = self.r.xrevrange(keys.audit_stream(), max=f"({older_than_ms}-0", min="-", count=1)
-        if not rows:
-            return 0
-        last = self._parse(*rows[0])
-        with self.r.pipeline() as pipe:
-            pipe.hset(keys.audit_anchor(), mapping={"seq": last.seq, "hash": last.hash, "id": last.stream_id})
-            pipe.xtrim(keys.audit_stream(), minid=f"{older_than_ms}-0")
-            res = pipe.execute()
-        return int(res[1])
+        res = self.r.eval(_TRIM, 2, keys.audit_stream(), keys.audit_anchor(), f"{older_than_ms}-0")
+        return int(res[0])
+
+    def anchor(self) -> dict[str, str]:
+        """The last entry trimmed away ({seq, hash, id}), or {} when nothing was trimmed."""
+        return self.r.hgetall(keys.audit_anchor())

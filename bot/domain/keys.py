@@ -76,6 +76,34 @@ def audit_anchor() -> str:
     return f"{PREFIX}audit:anchor"
 
 
+def audit_by_request(request_id: str) -> str:
+    """List of audit stream ids for one request, oldest first (last 500). TTL 400 d, renewed
+    on each append; ids trimmed from the stream by retention are skipped when read."""
+    return f"{PREFIX}audit:req:{request_id}"
+
+
+def audit_head_posted() -> str:
+    """String lock: the chain head was posted to the audit channel. TTL `post_head_every`,
+    so that however many workers run, one post goes out per interval."""
+    return f"{PREFIX}audit:headposted"
+
+
+def home_viewers() -> str:
+    """Sorted set user_id → last time (ms) they opened App Home; members older than 1 h are
+    dropped on write. TTL 1 h. Their Home is re-published when a request changes."""
+    return f"{PREFIX}home:viewers"
+
+
+def home_refresh_lock() -> str:
+    """String lock held while App Home views are re-published. TTL 60 s."""
+    return f"{PREFIX}lock:home"
+
+
+def home_refresh_pending() -> str:
+    """String flag: something changed since the last App Home refresh. TTL 60 s."""
+    return f"{PREFIX}home:dirty"
+
+
 def usergroup_members(group_id: str) -> str:
     """Set cache of a Slack user group's members. TTL 5 min."""
     return f"{PREFIX}cache:usergroup:{group_id}"
@@ -106,6 +134,24 @@ def policy_current() -> str:
     return f"{PREFIX}policy:current"
 
 
+def policy_version(sha256: str) -> str:
+    """Hash {text, source, stored_ms}: one policy version's YAML, so requests created under it
+    keep its rules after a reload. TTL request retention + 2 days, renewed on every load."""
+    return f"{PREFIX}policy:v:{sha256}"
+
+
+def policy_rejected(sha256: str) -> str:
+    """String flag: this invalid policy file was already reported (one report however many
+    processes watch the file). TTL 1 day."""
+    return f"{PREFIX}policy:rejected:{sha256}"
+
+
+def auto_approvals(pipeline: str, action: str, day: str) -> str:
+    """String counter: auto-approvals of `action` for `pipeline` on UTC `day` (YYYYMMDD).
+    TTL 2 days."""
+    return f"{PREFIX}auto:{pipeline}:{action}:{day}"
+
+
 def rate_limit(pipeline: str) -> str:
     """Sorted set of this pipeline's recent request times (ms). TTL one window (60 s)."""
     return f"{PREFIX}ratelimit:{pipeline}"
@@ -114,3 +160,36 @@ def rate_limit(pipeline: str) -> str:
 def slack_team() -> str:
     """String: the workspace (team id) the bot token belongs to, from auth.test."""
     return f"{PREFIX}slack:team"
+
+
+def metrics() -> str:
+    """Hash: Prometheus counters and histogram buckets (bot/metrics.py), shared by every
+    process so any replica's /metrics shows the whole deployment. No TTL: a few hundred fields."""
+    return f"{PREFIX}metrics"
+
+
+def channel_next_slot(channel: str) -> str:
+    """String: ms of the next free posting slot in `channel` (pacing, ~1 post/s). TTL slot + 60 s."""
+    return f"{PREFIX}slack:slot:{channel}"
+
+
+def channel_outbox(channel: str) -> str:
+    """Sorted set request_id → created (ms): requests whose first message waits for a slot in
+    `channel`, oldest first. A member leaves when its message is posted (or its request is gone),
+    so the key vanishes when the backlog is empty."""
+    return f"{PREFIX}slack:outbox:{channel}"
+
+
+def dm_channel(user_id: str) -> str:
+    """String: the bot's DM channel with a Slack user (from conversations.open). TTL 1 day."""
+    return f"{PREFIX}slack:dm:{user_id}"
+
+
+def notice_lock(request_id: str) -> str:
+    """String lock held while a request's DMs / reminders are sent. TTL 30 s."""
+    return f"{PREFIX}lock:notice:{request_id}"
+
+
+def socket_envelope(envelope_id: str) -> str:
+    """String: a Socket Mode envelope already handled (replay guard). TTL 10 min."""
+    return f"{PREFIX}slack:envelope:{envelope_id}"

@@ -5,21 +5,30 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from bot.domain.clock import parse_duration
 from bot.domain.errors import PolicyError
+from bot.domain.windows import Windows, parse_window
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 SlackUserOrGroup = Annotated[str, Field(pattern=r"^[UWS][A-Z0-9]{2,}$")]
 SlackChannel = Annotated[str, Field(pattern=r"^[CGD][A-Z0-9]{2,}$")]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+def _one_or_many(v: object) -> object:
+    return [v] if isinstance(v, str) else v
+
+
+#: A condition value: one string or a list; each an exact value or an fnmatch glob.
+Patterns = Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], BeforeValidator(_one_or_many)]
 
 
 class _Strict(BaseModel):
@@ -50,10 +59,48 @@ class Pipeline(_Strict):
     actions: list[Name] = Field(min_length=1)
 
 
+class AutoApprove(_Strict):
+    """Approve without a human when every condition holds, against VERIFIED (OIDC) context only."""
+
+    environment: Patterns | None = None
+    ref: Patterns | None = None
+    repository: Patterns | None = None
+    workflow: Patterns | None = None
+    #: Longer requests go to humans. Default: the action's ttl.default.
+    max_ttl: Duration | None = None
+    #: Auto-approvals per pipeline per UTC day for this action; the rest go to humans.
+    max_per_day: int = Field(20, ge=1, le=100_000)
+
+    @property
+    def conditions(self) -> dict[str, list[str]]:
+        return {
+            k: v
+            for k in AUTO_APPROVE_KEYS
+            if (v := getattr(self, k)) is not None
+        }
+
+
+AUTO_APPROVE_KEYS = ("environment", "ref", "repository", "workflow")
+
+
+class BreakGlass(_Strict):
+    """Who may approve alone, outside windows, with a written justification; who hears of it."""
+
+    approvers: list[SlackUserOrGroup] = Field(min_length=1)
+    security_channel: SlackChannel
+    max_ttl: Duration = timedelta(minutes=30)
+
+
 class Action(_Strict):
     description: str = ""
     channel: SlackChannel | None = None
-    approvers: list[SlackUserOrGroup] = Field(min_length=1)
+    #: Default approvers; per-environment lists in approvers_by_environment take precedence.
+    approvers: list[SlackUserOrGroup] = []
+    approvers_by_environment: dict[Name, list[SlackUserOrGroup]] = {}
+    auto_approve: AutoApprove | None = None
+    windows: list[str] = []
+    #: Overrides the top-level break_glass; `false` turns it off for this action.
+    break_glass: BreakGlass | Literal[False] | None = None
     approvals_required: int = Field(1, ge=1)
     allow_self_approval: bool = False
     ttl: Ttl = Ttl()
@@ -68,6 +115,8 @@ class PolicyModel(_Strict):
     pipelines: dict[Name, Pipeline] = {}
     actions: dict[Name, Action]
     audit: AuditConfig = AuditConfig()
+    #: Applies to every action that does not set its own (or `break_glass: false`).
+    break_glass: BreakGlass | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +127,8 @@ class Policy:
     grants: dict[str, tuple[str, Any]]  # action name → (grant type, validated backend config)
     sha256: str
     source: str
+    windows: dict[str, Windows] = field(default_factory=dict)
+    text: str = ""
 
     @property
     def actions(self) -> dict[str, Action]:
@@ -115,6 +166,34 @@ class Policy:
 
     def audit_channel(self) -> str | None:
         return self.model.audit.channel or self.model.defaults.channel
+
+    def approvers_for(self, action: str, environment: str | None = None) -> list[str]:
+        """Who approves `action` for a request in `environment` (its own list, else the default)."""
+        a = self.model.actions.get(action)
+        if a is None:
+            return []
+        if environment is not None and environment in a.approvers_by_environment:
+            return list(a.approvers_by_environment[environment])
+        return list(a.approvers)
+
+    def all_approvers(self, action: str) -> list[str]:
+        """Everyone who approves `action` in some environment."""
+        a = self.model.actions.get(action)
+        if a is None:
+            return []
+        out = list(a.approvers)
+        for people in a.approvers_by_environment.values():
+            out += [p for p in people if p not in out]
+        return out
+
+    def break_glass_for(self, action: str) -> BreakGlass | None:
+        a = self.model.actions.get(action)
+        if a is None or a.break_glass is False:
+            return None
+        return a.break_glass or self.model.break_glass
+
+    def windows_for(self, action: str) -> Windows:
+        return self.windows.get(action) or Windows(())
 
 
 # ---------------------------------------------------------------- loading and errors
@@ -191,6 +270,9 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
 
     backends = registry()
     grants: dict[str, Any] = {}
+    windows: dict[str, Windows] = {}
+    if model.break_glass is not None:
+        errors += _break_glass_errors(source, lines, ("break_glass",), model.break_glass)
     for name, action in model.actions.items():
         base = ("actions", name)
         cfg = dict(action.grant)
@@ -209,19 +291,27 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
                     errors.append(_fmt(source, lines, base + ("grant", *err["loc"]), msg))
         if not action.channel and not model.defaults.channel:
             errors.append(_fmt(source, lines, base, "no channel: set actions.<name>.channel or defaults.channel"))
-        people = [a for a in action.approvers if a[0] in "UW"]
-        groups = [a for a in action.approvers if a[0] == "S"]
-        if len(set(action.approvers)) != len(action.approvers):
-            errors.append(_fmt(source, lines, base + ("approvers",), "an approver is listed twice"))
-        if not groups and action.approvals_required > len(set(people)):
+        if not action.approvers and not action.approvers_by_environment:
             errors.append(
-                _fmt(
-                    source,
-                    lines,
-                    base + ("approvals_required",),
-                    f"needs {action.approvals_required} distinct approvers but only {len(set(people))} can ever approve",
-                )
+                _fmt(source, lines, base, "no approvers: set approvers or approvers_by_environment")
             )
+        approver_sets = [(("approvers",), action.approvers)] if action.approvers else []
+        approver_sets += [
+            (("approvers_by_environment", env), people)
+            for env, people in action.approvers_by_environment.items()
+        ]
+        for loc, approvers in approver_sets:
+            errors += _approver_errors(source, lines, base, loc, approvers, action.approvals_required)
+        errors += _condition_errors(source, lines, base, action)
+        parsed: list = []
+        for i, spec in enumerate(action.windows):
+            try:
+                parsed.append(parse_window(spec))
+            except ValueError as e:
+                errors.append(_fmt(source, lines, base + ("windows", i), str(e)))
+        windows[name] = Windows(tuple(parsed))
+        if isinstance(action.break_glass, BreakGlass):
+            errors += _break_glass_errors(source, lines, base + ("break_glass",), action.break_glass)
         if action.ttl.default > action.ttl.max:
             errors.append(_fmt(source, lines, base + ("ttl",), "default is longer than max"))
 
@@ -257,7 +347,83 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         grants=grants,
         sha256=hashlib.sha256(text.encode()).hexdigest(),
         source=source,
+        windows=windows,
+        text=text,
     )
+
+
+def _approver_errors(
+    source: str, lines: dict, base: tuple, loc: tuple, approvers: list[str], required: int
+) -> list[str]:
+    errors = []
+    people = {a for a in approvers if a[0] in "UW"}
+    groups = [a for a in approvers if a[0] == "S"]
+    if not approvers:
+        errors.append(_fmt(source, lines, base + loc, "the approver list is empty"))
+    if len(set(approvers)) != len(approvers):
+        errors.append(_fmt(source, lines, base + loc, "an approver is listed twice"))
+    if approvers and not groups and required > len(people):
+        where = base + ("approvals_required",) if loc == ("approvers",) else base + loc
+        errors.append(
+            _fmt(
+                source,
+                lines,
+                where,
+                f"needs {required} distinct approvers but only {len(people)} can ever approve",
+            )
+        )
+    return errors
+
+
+def _condition_errors(source: str, lines: dict, base: tuple, action: Action) -> list[str]:
+    auto = action.auto_approve
+    if auto is None:
+        return []
+    loc = base + ("auto_approve",)
+    errors = []
+    if not auto.conditions:
+        errors.append(
+            _fmt(
+                source,
+                lines,
+                loc,
+                "auto_approve needs at least one condition on the verified context "
+                f"({', '.join(AUTO_APPROVE_KEYS)})",
+            )
+        )
+    if auto.max_ttl is not None and auto.max_ttl > action.ttl.max:
+        errors.append(_fmt(source, lines, loc + ("max_ttl",), "is longer than the action's ttl.max"))
+    if action.approvers_by_environment and not action.approvers:
+        # over the caps a request goes to humans: every environment it may match needs approvers
+        known = sorted(action.approvers_by_environment)
+        for i, env in enumerate(auto.environment or []):
+            if env not in action.approvers_by_environment:
+                errors.append(
+                    _fmt(
+                        source,
+                        lines,
+                        loc + ("environment", i),
+                        f"environment {env!r} has no approvers (approvers_by_environment has: "
+                        f"{', '.join(known)}; globs are not allowed here)",
+                    )
+                )
+        if auto.environment is None:
+            errors.append(
+                _fmt(
+                    source,
+                    lines,
+                    loc,
+                    "with approvers_by_environment and no default approvers, auto_approve must "
+                    "list its environments",
+                )
+            )
+    return errors
+
+
+def _break_glass_errors(source: str, lines: dict, loc: tuple, bg: BreakGlass) -> list[str]:
+    if len(set(bg.approvers)) != len(bg.approvers):
+        return [_fmt(source, lines, loc + ("approvers",), "an approver is listed twice")]
+    return []
 
 
 def load_policy(path: str | Path) -> Policy:

@@ -44,6 +44,14 @@ end
 local function changed(id)
   redis.call('PUBLISH', '""" + keys.changed_channel() + """', id)
 end
+-- once decided, a pending request's timers (timeout, reminder) have nothing left to do
+local function undecided_timers_off(due, id)
+  redis.call('ZREM', due, 'timeout:' .. id, 'remind:' .. id)
+end
+-- once a grant has ended, its timers (expiry, "expires soon" note) have nothing left to do
+local function grant_timers_off(due, id)
+  redis.call('ZREM', due, 'expire:' .. id, 'warn:' .. id)
+end
 local function finalize(req, apr, openidx, id, retention)
   redis.call('ZREM', openidx, id)
   redis.call('EXPIRE', req, retention)
@@ -83,13 +91,56 @@ local id = ARGV[1]
 queue(KEYS[3], KEYS[4], 'slack:' .. id, ARGV[4])
 if n >= tonumber(redis.call('HGET', KEYS[1], 'approvals_required')) then
   redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', ARGV[2], 'decided_ms', ARGV[3])
-  redis.call('ZREM', KEYS[3], 'timeout:' .. id)
+  undecided_timers_off(KEYS[3], id)
   queue(KEYS[3], KEYS[4], 'grant:' .. id, ARGV[4])
   changed(id)
   return {'approved', n}
 end
 changed(id)
 return {'recorded', n}
+"""
+
+# A rule approves without a human, within its daily cap (counted here, atomically).
+# KEYS: req, approvals, due, wake, counter   ARGV: id, now_ms, lease_score, cap, counter_ttl_s, rule
+_AUTO_APPROVE = _PRELUDE + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'missing'} end
+if st ~= 'pending' then return {'decided', st} end
+local n = tonumber(redis.call('GET', KEYS[5]) or '0')
+if n >= tonumber(ARGV[4]) then return {'capped', n} end
+n = redis.call('INCR', KEYS[5])
+redis.call('EXPIRE', KEYS[5], ARGV[5])
+local id = ARGV[1]
+redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', 'auto', 'decided_ms', ARGV[2],
+  'auto_rule', ARGV[6])
+undecided_timers_off(KEYS[3], id)
+queue(KEYS[3], KEYS[4], 'grant:' .. id, ARGV[3])
+queue(KEYS[3], KEYS[4], 'slack:' .. id, ARGV[3])
+changed(id)
+return {'approved', n}
+"""
+
+# One break-glass approver approves alone; the TTL is cut to the break-glass max.
+# KEYS: req, approvals, due, wake   ARGV: id, user, now_ms, lease_score, max_ttl_s, justification
+_BREAK_GLASS = _PRELUDE + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'missing'} end
+if st ~= 'pending' then return {'decided', st} end
+if tonumber(ARGV[3]) >= tonumber(redis.call('HGET', KEYS[1], 'pending_until_ms')) then
+  return {'decided', 'timed_out'}
+end
+local id = ARGV[1]
+local asked = tonumber(redis.call('HGET', KEYS[1], 'ttl_s'))
+local ttl = math.min(asked, tonumber(ARGV[5]))
+redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', ARGV[2], 'decided_ms', ARGV[3],
+  'ttl_s', ttl, 'break_glass_by', ARGV[2], 'break_glass_justification', ARGV[6],
+  'break_glass_asked_ttl_s', asked)
+undecided_timers_off(KEYS[3], id)
+queue(KEYS[3], KEYS[4], 'grant:' .. id, ARGV[4])
+queue(KEYS[3], KEYS[4], 'slack:' .. id, ARGV[4])
+changed(id)
+return {'approved', ttl}
 """
 
 # A decision that ends a request before any grant: deny, time out, cancel.
@@ -107,7 +158,7 @@ if ARGV[2] == 'timed_out' and tonumber(ARGV[3]) < tonumber(redis.call('HGET', KE
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'decided_ms', ARGV[3])
 if #ARGV > 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 7)) end
-redis.call('ZREM', KEYS[4], 'timeout:' .. id)
+undecided_timers_off(KEYS[4], id)
 queue(KEYS[4], KEYS[5], 'slack:' .. id, ARGV[4])
 if st == 'approved' then
   -- a grant may be under way: make sure whatever it creates is cleaned up
@@ -126,7 +177,7 @@ if not st then return {'missing'} end
 if st ~= 'active' then return {'decided', st} end
 local id = ARGV[1]
 redis.call('HSET', KEYS[1], 'status', 'revoked', 'revoked_by', ARGV[2], 'revoked_ms', ARGV[3])
-redis.call('ZREM', KEYS[4], 'expire:' .. id)
+grant_timers_off(KEYS[4], id)
 queue(KEYS[4], KEYS[5], 'revoke:' .. id, ARGV[4])
 queue(KEYS[4], KEYS[5], 'slack:' .. id, ARGV[4])
 finalize(KEYS[1], KEYS[2], KEYS[3], id, ARGV[5])
@@ -174,7 +225,7 @@ redis.call('DEL', KEYS[4])
 local id = ARGV[1]
 if st == 'active' then
   redis.call('HSET', KEYS[1], 'status', 'expired', 'revoked_by', 'expiry', 'revoked_ms', ARGV[2])
-  redis.call('ZREM', KEYS[5], 'expire:' .. id)
+  grant_timers_off(KEYS[5], id)
   queue(KEYS[5], KEYS[6], 'slack:' .. id, ARGV[3])
   finalize(KEYS[1], KEYS[2], KEYS[3], id, ARGV[4])
   changed(id)
@@ -207,6 +258,8 @@ class Store:
         self.effects: Effects = effects or NoEffects()
         self._create = redis.register_script(_CREATE)
         self._approve = redis.register_script(_APPROVE)
+        self._auto_approve = redis.register_script(_AUTO_APPROVE)
+        self._break_glass = redis.register_script(_BREAK_GLASS)
         self._close = redis.register_script(_CLOSE)
         self._revoke = redis.register_script(_REVOKE)
         self._activate = redis.register_script(_ACTIVATE)
@@ -245,15 +298,28 @@ class Store:
     def credential_blob(self, request_id: str) -> str | None:
         return self.r.get(keys.credential(request_id))
 
+    def fields(self, request_id: str, *names: str) -> dict[str, str]:
+        """Request fields the AccessRequest model does not carry (break-glass, auto rule)."""
+        if not _valid_id(request_id):
+            return {}
+        values = self.r.hmget(keys.request(request_id), list(names))
+        return {n: v for n, v in zip(names, values, strict=True) if v}
+
     # ---------------------------------------------------------------- transitions
 
     def _kick(self, members: list[str], score: int) -> None:
         self.effects.kick(members, score)
 
-    def create(self, req: AccessRequest, idempotency_key: str | None, now_ms: int) -> tuple[bool, str]:
+    def create(
+        self,
+        req: AccessRequest,
+        idempotency_key: str | None,
+        now_ms: int,
+        extra: dict[str, str] | None = None,
+    ) -> tuple[bool, str]:
         lease = now_ms + LEASE_MS
         flat: list[str] = []
-        for k, v in req.to_hash().items():
+        for k, v in {**req.to_hash(), **(extra or {})}.items():
             flat += [k, v]
         created, rid = self._create(
             keys=[
@@ -267,6 +333,9 @@ class Store:
             args=[req.id, _ms(req.created_at), _ms(req.pending_until), lease, 86400, *flat],
         )
         if created:
+            # Take its place in the channel's queue of first posts now, in creation order,
+            # whichever worker runs its job first (bot/slack/pacing.py; the job adds it too).
+            self.r.zadd(keys.channel_outbox(req.channel), {rid: _ms(req.created_at)}, nx=True)
             self._kick([f"slack:{rid}"], lease)
         return bool(created), rid
 
@@ -281,6 +350,40 @@ class Store:
             self._kick([f"grant:{request_id}", f"slack:{request_id}"], lease)
         elif out.result == "recorded":
             self._kick([f"slack:{request_id}"], lease)
+        return out
+
+    def auto_approve(
+        self, request_id: str, counter_key: str, cap: int, rule: str, now_ms: int
+    ) -> Outcome:
+        """pending → approved by "auto", unless the daily counter already reached `cap`."""
+        lease = now_ms + LEASE_MS
+        res = self._auto_approve(
+            keys=[
+                keys.request(request_id),
+                keys.approvals(request_id),
+                keys.due(),
+                keys.due_wake(),
+                counter_key,
+            ],
+            args=[request_id, now_ms, lease, cap, 2 * 86400, rule],
+        )
+        out = _outcome(res)
+        if out.result == "approved":
+            self._kick([f"grant:{request_id}", f"slack:{request_id}"], lease)
+        return out
+
+    def break_glass(
+        self, request_id: str, user: str, max_ttl_s: int, justification: str, now_ms: int
+    ) -> Outcome:
+        """pending → approved by one break-glass approver; `count` is the (capped) TTL in s."""
+        lease = now_ms + LEASE_MS
+        res = self._break_glass(
+            keys=[keys.request(request_id), keys.approvals(request_id), keys.due(), keys.due_wake()],
+            args=[request_id, user, now_ms, lease, max_ttl_s, justification],
+        )
+        out = _outcome(res)
+        if out.result == "approved":
+            self._kick([f"grant:{request_id}", f"slack:{request_id}"], lease)
         return out
 
     def close(

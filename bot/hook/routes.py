@@ -12,10 +12,12 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from bot.domain import errors as E
 from bot.domain.clock import now, rfc3339
 from bot.domain.requests import UNDECIDED, Status
+from bot.domain.windows import OutsideWindow
 from bot.hook.auth import Unauthorized, any_caller, bearer_token, pipeline_caller
 
 MAX_BODY = 16 * 1024
 MAX_WAIT = 60
+MAX_IDEMPOTENCY_KEY = 255
 
 bp = Blueprint("hook", __name__)
 
@@ -38,6 +40,14 @@ def _jit_error(e: E.JitError):
     if getattr(e, "retry_after_s", None):
         headers = {"Retry-After": str(e.retry_after_s)}
     return error(e.http_status, e.code, e.message, headers)
+
+
+@bp.errorhandler(OutsideWindow)
+def _outside_window(e: OutsideWindow):
+    """403 with the next opening, so a pipeline can say when to retry."""
+    resp = jsonify({"error": e.code, "message": e.message, "next_opening": rfc3339(e.next_opening)})
+    resp.status_code = e.http_status
+    return resp
 
 
 @bp.errorhandler(Unauthorized)
@@ -93,8 +103,8 @@ def create_request():
     data = _read_json()
     body = runtime.access.parse_body(data)
     idem = request.headers.get("Idempotency-Key")
-    if idem is not None and not (0 < len(idem) <= 255):
-        return error(400, "bad_request", "Idempotency-Key must be 1 to 255 characters")
+    if idem is not None and not (0 < len(idem) <= MAX_IDEMPOTENCY_KEY):
+        return error(400, "bad_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
     created = runtime.access.create(caller.pipeline, body, idem, caller.verified)
     out = _view(created.request)
     out["request_token"] = created.request_token
@@ -212,3 +222,10 @@ def readyz():
     except Exception:  # noqa: BLE001
         return error(503, "redis_unavailable", "Redis is not reachable")
     return jsonify({"ok": True})
+
+
+@bp.get("/openapi.json")
+def openapi():
+    from bot.hook.openapi import document
+
+    return jsonify(document(rt().settings.jit_public_url))

@@ -14,6 +14,10 @@ REVOKE = "jit_revoke"
 DENY_MODAL = "jit_deny_modal"
 DENY_REASON_BLOCK = "reason"
 DENY_REASON_INPUT = "reason_input"
+BREAK_GLASS = "jit_break_glass"
+BREAK_GLASS_MODAL = "jit_break_glass_modal"
+JUSTIFICATION_BLOCK = "justification"
+JUSTIFICATION_INPUT = "justification_input"
 
 MAX_TEXT = 3000  # a section's text
 MAX_FIELD = 2000  # a section field
@@ -80,8 +84,23 @@ def request_summary(req: AccessRequest) -> str:
     return f"Access request {req.id}: {req.action} for {req.pipeline} — {req.status.value}"
 
 
-def request_blocks(req: AccessRequest, description: str = "", approvers: list[str] | None = None) -> list[dict[str, Any]]:
+def request_blocks(
+    req: AccessRequest,
+    description: str = "",
+    approvers: list[str] | None = None,
+    *,
+    break_glass: bool = False,
+    break_glass_requested: bool = False,
+    break_glass_by: str | None = None,
+    justification: str | None = None,
+    auto_rule: str | None = None,
+) -> list[dict[str, Any]]:
+    """The request's channel message. `break_glass`: the action has break-glass approvers
+    (show the button); `break_glass_requested`: the pipeline asked for it (no Approve button);
+    `break_glass_by`/`justification`: it was used; `auto_rule`: the rule that auto-approved."""
     ctx = req.context
+    auto = req.decided_by == "auto"
+    rule = auto_rule or f"actions.{req.action}.auto_approve"
     verified = " :lock: _verified_" if req.verified else ""
     fields = [
         f"*Action*\n`{safe(req.action, 64)}`" + (f"\n{safe(description, 300)}" if description else ""),
@@ -102,7 +121,11 @@ def request_blocks(req: AccessRequest, description: str = "", approvers: list[st
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
-            "text": {"type": "plain_text", "text": clip(f"Access request: {req.action}", 150), "emoji": False},
+            "text": {
+                "type": "plain_text",
+                "text": clip(f"{'Auto-approved' if auto else 'Access request'}: {req.action}", 150),
+                "emoji": False,
+            },
         },
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*Reason*\n{safe(req.reason, 500)}"}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": clip(f, MAX_FIELD)} for f in fields[:10]]},
@@ -114,37 +137,56 @@ def request_blocks(req: AccessRequest, description: str = "", approvers: list[st
         ctx_elems.append(f"<{escape(run_url)}|View the run>")
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(ctx_elems)}]})
 
-    progress = f"*Approvals:* {len(req.approvals)} of {req.approvals_required}"
-    if req.approvals:
-        progress += " — " + ", ".join(mention(u) for u in req.approved_by)
-    if req.status == Status.PENDING and approvers:
-        progress += "\n_Approvers:_ " + ", ".join(mention(a) for a in approvers[:20])
+    if auto:
+        progress = f":robot_face: *Auto-approved by rule* `{safe(rule, 120)}` — no human approval needed"
+    elif break_glass_by:
+        progress = (
+            f":rotating_light: *Break glass* by {mention(break_glass_by)} (approved alone)\n"
+            f"*Justification:* {safe(justification or '', 500)}"
+        )
+    else:
+        progress = f"*Approvals:* {len(req.approvals)} of {req.approvals_required}"
+        if req.approvals:
+            progress += " — " + ", ".join(mention(u) for u in req.approved_by)
+        if req.status == Status.PENDING and break_glass_requested:
+            progress += (
+                "\n:rotating_light: *Break glass requested* — only a break-glass approver can "
+                "approve, alone, with a written justification"
+            )
+        elif req.status == Status.PENDING and approvers:
+            progress += "\n_Approvers:_ " + ", ".join(mention(a) for a in approvers[:20])
     blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": clip(progress, MAX_TEXT)}})
     blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": clip(status_line(req), MAX_TEXT)}})
 
     if req.status == Status.PENDING:
-        blocks.append(
+        buttons = [] if break_glass_requested else [
             {
-                "type": "actions",
-                "block_id": f"decide:{req.id}",
-                "elements": [
-                    {
-                        "type": "button",
-                        "action_id": APPROVE,
-                        "text": {"type": "plain_text", "text": "Approve"},
-                        "style": "primary",
-                        "value": req.id,
-                    },
-                    {
-                        "type": "button",
-                        "action_id": DENY,
-                        "text": {"type": "plain_text", "text": "Deny"},
-                        "style": "danger",
-                        "value": req.id,
-                    },
-                ],
+                "type": "button",
+                "action_id": APPROVE,
+                "text": {"type": "plain_text", "text": "Approve"},
+                "style": "primary",
+                "value": req.id,
+            }
+        ]
+        buttons.append(
+            {
+                "type": "button",
+                "action_id": DENY,
+                "text": {"type": "plain_text", "text": "Deny"},
+                "style": "danger",
+                "value": req.id,
             }
         )
+        if break_glass or break_glass_requested:
+            buttons.append(
+                {
+                    "type": "button",
+                    "action_id": BREAK_GLASS,
+                    "text": {"type": "plain_text", "text": "Break glass"},
+                    "value": req.id,
+                }
+            )
+        blocks.append({"type": "actions", "block_id": f"decide:{req.id}", "elements": buttons})
     elif req.status == Status.ACTIVE:
         blocks.append(
             {
@@ -202,3 +244,70 @@ def deny_modal(req: AccessRequest, channel: str | None = None, message_ts: str |
             },
         ],
     }
+
+
+def break_glass_modal(
+    req: AccessRequest, channel: str | None = None, message_ts: str | None = None, max_ttl: str = ""
+) -> dict[str, Any]:
+    """The justification a break-glass approver must write before approving alone."""
+    import json
+
+    cut = f" The TTL is cut to at most {max_ttl}." if max_ttl else ""
+    return {
+        "type": "modal",
+        "callback_id": BREAK_GLASS_MODAL,
+        "private_metadata": json.dumps({"id": req.id, "channel": channel, "ts": message_ts}),
+        "title": {"type": "plain_text", "text": "Break glass"},
+        "submit": {"type": "plain_text", "text": "Break glass"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": clip(
+                        f"Approve *{safe(req.action, 64)}* for *{safe(req.pipeline, 100)}* "
+                        f"(request `{req.id}`) *alone*, bypassing the usual approvals and change "
+                        f"windows?{cut} The security channel is alerted at once and the request "
+                        "is marked for follow-up review.",
+                        MAX_TEXT,
+                    ),
+                },
+            },
+            {
+                "type": "input",
+                "block_id": JUSTIFICATION_BLOCK,
+                "label": {"type": "plain_text", "text": "Justification"},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": JUSTIFICATION_INPUT,
+                    "multiline": True,
+                    "min_length": 10,
+                    "max_length": 500,
+                    "placeholder": {
+                        "type": "plain_text",
+                        "text": "Why this cannot wait for the normal approvals (incident link, impact)",
+                    },
+                },
+            },
+        ],
+    }
+
+
+def break_glass_alert(
+    req: AccessRequest, by: str, justification: str, outside_window: bool, asked_ttl_s: int | None
+) -> str:
+    """The security channel's alert when break glass is used."""
+    cut = ""
+    if asked_ttl_s and asked_ttl_s > int(req.ttl.total_seconds()):
+        cut = f" (asked for {human(asked_ttl_s)}, cut to the break-glass max)"
+    lines = [
+        f":rotating_light: *Break glass* — {mention(by)} approved *{safe(req.action, 64)}* for "
+        f"*{safe(req.pipeline, 100)}* alone (request `{req.id}`).",
+        f"*Justification:* {safe(justification, 500)}",
+        f"*Reason given by the pipeline:* {safe(req.reason, 300)}",
+        f"*TTL:* {human(req.ttl)}{cut}"
+        + (" · *outside the change windows*" if outside_window else ""),
+        "Marked for follow-up review: `/jit audit break-glass`.",
+    ]
+    return clip("\n".join(lines), MAX_TEXT)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import secrets
 import time
@@ -53,6 +55,32 @@ def call_slack(rt, paced_channel: str, fn, **kwargs):
         raise
 
 
+def render(rt, req) -> tuple[str, list]:
+    """The request's message as it should read now: (fallback text, blocks)."""
+    blocks = request_blocks(req, **rt.access.message_facts(req))
+    return request_summary(req), blocks
+
+
+def message_hash(text: str, blocks: list) -> str:
+    """What was last sent, so an update that changes nothing is skipped."""
+    raw = json.dumps([text, blocks], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+#: Held in a request's message lock while an update that timed out may still reach Slack.
+_SETTLING = "settling"
+
+
+def _maybe_applied(error: Exception) -> bool:
+    """A timeout or a dropped connection after sending: Slack may have done it anyway."""
+    import http.client
+    import urllib.error
+
+    if isinstance(error, urllib.error.URLError):
+        error = error.reason if isinstance(error.reason, Exception) else error
+    return isinstance(error, TimeoutError | http.client.RemoteDisconnected | ConnectionResetError)
+
+
 def sync_request_message(rt, request_id: str) -> None:
     """Post the request's message, or update it to the current state. Idempotent."""
     from workers.jobs import RetryLater
@@ -60,27 +88,45 @@ def sync_request_message(rt, request_id: str) -> None:
     req = rt.store.get(request_id)
     if req is None:
         return
+    if not req.message_ts:
+        from bot.slack.pacing import post_in_turn
+
+        post_in_turn(rt, req)  # the first post: paced per channel, oldest request first
     lock = keys.slack_lock(request_id)
     token = secrets.token_hex(8)
     if not rt.redis.set(lock, token, nx=True, px=30_000):
+        if rt.redis.get(lock) == _SETTLING:
+            raise RetryLater(max(rt.redis.pttl(lock), 300))
         raise RetryLater(300)
     try:
         req = rt.store.get(request_id)  # re-read under the lock: render the latest state
         if req is None:
             return
-        action = rt.policy.action(req.action)
-        blocks = request_blocks(req, action.description if action else "", action.approvers if action else None)
-        text = request_summary(req)
-        if not req.message_ts:
-            resp = call_slack(rt, req.channel, rt.slack.chat_postMessage, channel=req.channel, text=text, blocks=blocks)
-            rt.store.set_fields(request_id, message_ts=resp["ts"], message_channel=resp["channel"])
-        else:
+        text, blocks = render(rt, req)
+        digest = message_hash(text, blocks)
+        # Skip an update that would change nothing (the post may already show this state).
+        if req.message_ts and rt.redis.hget(keys.request(request_id), "message_hash") != digest:
             channel = rt.redis.hget(keys.request(request_id), "message_channel") or req.channel
-            call_slack(rt, channel, rt.slack.chat_update, channel=channel, ts=req.message_ts, text=text, blocks=blocks)
+            try:
+                call_slack(rt, channel, rt.slack.chat_update, channel=channel, ts=req.message_ts, text=text, blocks=blocks)
+            except Exception as e:
+                if not _maybe_applied(e):
+                    raise
+                # Slack may still apply this update after we gave up on it, and an update sent now
+                # could land first and be overwritten by the older state. Hold the message until
+                # the late one must have landed, then send the latest state again.
+                settle_ms = int(rt.slack.timeout * 1000)
+                rt.redis.set(lock, _SETTLING, px=settle_ms)
+                rt.redis.hdel(keys.request(request_id), "message_hash")
+                raise RetryLater(settle_ms) from None
+            rt.store.set_fields(request_id, message_hash=digest)
     finally:
         # release only our own lock
         if rt.redis.get(lock) == token:
             rt.redis.delete(lock)
+    from bot.slack.home import refresh_homes_quietly
+
+    refresh_homes_quietly(rt)  # App Home tabs open now show the change too
 
 
 def post_thread_notice(rt, req, text: str) -> None:

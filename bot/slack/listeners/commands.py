@@ -1,43 +1,61 @@
-"""`/jit …` slash commands: help, status, revoke (and audit, see bot/slack/commands_audit)."""
+"""`/jit …` slash commands: help, status, audit, revoke — answered in the ack body (ephemeral)."""
 
 from __future__ import annotations
+
+import logging
 
 from slack_bolt import Ack, App
 
 from bot.domain.errors import JitError
 from bot.runtime import Runtime
 from bot.slack import answers
+from bot.slack.blocks import safe
+
+log = logging.getLogger("jit.slack")
 
 USAGE = (
     "*jit* — just-in-time access for pipelines\n"
     "• `/jit status` — pending requests and active grants\n"
     "• `/jit status <id>` — one request in full, with its history\n"
-    "• `/jit audit [N]` — the last N audit events (auditors and approvers); filters: "
-    "`<request-id>`, `@user`, `action:<name>`, `since:2h`, `break-glass`\n"
+    "• `/jit audit [N]` — the last N audit events (auditors and approvers; default 20, max 100); "
+    "filters: `<request-id>`, `@user`, `action:<name>`, `since:2h`, `break-glass`\n"
     "• `/jit revoke <id>` — end an active grant now (approvers)\n"
     "• `/jit help` — this text"
 )
 
 
+def answer(rt: Runtime, user: str, text: str) -> dict:
+    """The ack body for one `/jit` command: {text, blocks?}. Never raises a JitError."""
+    sub, _, rest = text.strip().partition(" ")
+    sub, rest = sub.lower(), rest.strip()
+    try:
+        if sub == "status":
+            blocks = answers.status(rt, rest) if rest else answers.overview(rt)
+            return {"text": "jit status", "blocks": blocks}
+        if sub == "audit":
+            return {"text": "jit audit", "blocks": answers.audit(rt, user, rest)}
+        if sub == "revoke":
+            if not rest:
+                return {
+                    "text": "Usage: `/jit revoke <id>` — the request id is in its Slack message."
+                }
+            req = rt.access.revoke_by_approver(rest.split()[0], user)
+            return {
+                "text": f"Revoking `{req.id}` ({safe(req.action, 64)}) now; its message updates when it is done."
+            }
+        if sub in ("", "help"):
+            return {"text": USAGE}
+        return {"text": f"I don't know `/jit {safe(sub, 30)}`.\n{USAGE}"}
+    except JitError as e:
+        return {"text": e.message}
+
+
 def register(app: App, rt: Runtime) -> None:
     @app.command("/jit")
     def jit_command(ack: Ack, command: dict) -> None:
-        text = (command.get("text") or "").strip()
-        sub, _, rest = text.partition(" ")
-        sub = sub.lower()
-        user = command["user_id"]
-        rest = rest.strip()
         try:
-            if sub == "status":
-                blocks = answers.status(rt, rest) if rest else answers.overview(rt)
-                ack(blocks=blocks, text="jit status")
-            elif sub == "audit":
-                blocks = answers.audit(rt, user, rest)
-                ack(blocks=blocks, text="jit audit")
-            elif sub == "revoke" and rest:
-                req = rt.access.revoke_by_approver(rest.split()[0], user)
-                ack(text=f"Revoking `{req.id}` ({req.action}) now.")
-            else:
-                ack(text=USAGE)
-        except JitError as e:
-            ack(text=e.message)
+            body = answer(rt, command["user_id"], command.get("text") or "")
+        except Exception:  # noqa: BLE001 - Slack must still get an answer within 3 s
+            log.exception("/jit failed")
+            body = {"text": "Sorry — jit could not answer just now. Please try again in a moment."}
+        ack(response_type="ephemeral", **body)

@@ -1,4 +1,4 @@
-"""Modal submissions: the reason for a denial."""
+"""Modal submissions: the reason for a denial, the justification for breaking glass."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from slack_bolt import Ack, App
 
 from bot.domain.errors import JitError
 from bot.runtime import Runtime
-from bot.slack.blocks import DENY_MODAL, DENY_REASON_BLOCK, DENY_REASON_INPUT
+from bot.slack.blocks import (
+    BREAK_GLASS_MODAL,
+    DENY_MODAL,
+    DENY_REASON_BLOCK,
+    DENY_REASON_INPUT,
+    JUSTIFICATION_BLOCK,
+    JUSTIFICATION_INPUT,
+)
 
 
 def register(app: App, rt: Runtime) -> None:
@@ -31,4 +38,20 @@ def register(app: App, rt: Runtime) -> None:
             return
         ack()
 
+    def break_glass_submitted(ack: Ack, body: dict, view: dict) -> None:
+        values = view.get("state", {}).get("values", {})
+        field = (values.get(JUSTIFICATION_BLOCK) or {}).get(JUSTIFICATION_INPUT) or {}
+        justification = field.get("value") or ""
+        try:
+            meta = json.loads(view.get("private_metadata") or "{}")
+        except ValueError:
+            meta = {}
+        try:
+            rt.access.break_glass(str(meta.get("id", "")), body["user"]["id"], justification)
+        except JitError as e:
+            ack(response_action="errors", errors={JUSTIFICATION_BLOCK: e.message[:150]})
+            return
+        ack()
+
     app.view(DENY_MODAL)(deny_submitted)
+    app.view(BREAK_GLASS_MODAL)(break_glass_submitted)

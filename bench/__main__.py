@@ -1,0 +1,127 @@
+"""`python -m bench` / `jit bench`: run the benchmarks, print a markdown table, write JSON.
+
+    python -m bench                 # the full run (~10 minutes on 2 cores)
+    python -m bench --quick         # tiny sizes (what tests/test_bench_smoke.py runs)
+    python -m bench --only hook     # one section (repeatable)
+
+Needs a source checkout (it reuses tests/procs.py and tests/slackfake.py) and `redis-server`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+SECTIONS = ("click_to_credential", "revocation_lateness", "hook_throughput", "slack_burst")
+
+
+def _memory(res: dict[str, Any]) -> dict[str, Any]:
+    """Section 5, from what the other sections measured while they ran."""
+    per_section: dict[str, Any] = {}
+    peaks = {"serve": {"rss_mb": 0.0, "pss_mb": 0.0}, "worker": {"rss_mb": 0.0, "pss_mb": 0.0}}
+    for name in SECTIONS:
+        sec = res.get(name) or {}
+        mem = dict(sec.get("memory") or {})
+        if name == "revocation_lateness" and "jit" in sec:
+            mem = {"worker": sec["jit"]["worker_memory"]}
+        for proc, m in mem.items():
+            peak = (m or {}).get("peak") or {}
+            per_section.setdefault(name, {})[proc] = peak
+            for k in ("rss_mb", "pss_mb"):
+                peaks[proc][k] = max(peaks[proc][k], float(peak.get(k) or 0))
+    rv = res.get("revocation_lateness") or {}
+    hook = res.get("hook_throughput") or {}
+    keys = (rv.get("jit") or {}).get("sample_grant_key_bytes") or {}
+    return {
+        "method": (
+            "Redis: INFO used_memory before/after making the grants active (revocation section, jit side: "
+            "request hash, approvals hash, sealed credential, index and due-queue entries), divided by the "
+            "grant count; MEMORY USAGE of the audit stream before/after the throughput run, divided by the "
+            "events appended. Processes: VmRSS and Pss summed over each process tree from /proc, sampled "
+            "every 0.5 s during each section (RSS counts pages shared after fork once per process)."
+        ),
+        "redis_bytes_per_active_grant": rv.get("redis_bytes_per_active_grant"),
+        "redis_key_bytes_of_one_grant": keys,
+        "redis_bytes_per_audit_event": hook.get("redis_bytes_per_audit_event"),
+        "serve_peak_rss_mb": peaks["serve"]["rss_mb"],
+        "serve_peak_pss_mb": peaks["serve"]["pss_mb"],
+        "worker_peak_rss_mb": peaks["worker"]["rss_mb"],
+        "worker_peak_pss_mb": peaks["worker"]["pss_mb"],
+        "per_section_peaks": per_section,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="jit bench", description="Benchmarks against real processes on loopback."
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes: a smoke run in well under a minute"
+    )
+    p.add_argument(
+        "--only", action="append", choices=SECTIONS, help="run only this section (repeatable)"
+    )
+    p.add_argument(
+        "--out", default=None, help="JSON file to write (default: bench/results/latest.json)"
+    )
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+
+    from bench import click, hook, revocation, slack_burst
+    from bench.common import ROOT, Sizes, machine
+    from bench.report import table
+
+    sizes = Sizes.quick() if args.quick else Sizes()
+    runners = {
+        "click_to_credential": click.run,
+        "revocation_lateness": revocation.run,
+        "hook_throughput": hook.run,
+        "slack_burst": slack_burst.run,
+    }
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "meta": {
+            "command": "python -m bench"
+            + (" --quick" if args.quick else "")
+            + "".join(f" --only {o}" for o in args.only or []),
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "quick": args.quick,
+            "machine": machine(),
+            "sizes": vars(sizes),
+        }
+    }
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    failed = False
+    for name in args.only or SECTIONS:
+        t = time.monotonic()
+        try:
+            results[name] = runners[name](sizes, log)
+        except Exception as e:  # noqa: BLE001 - one broken section must not hide the others
+            failed = True
+            traceback.print_exc()
+            results[name] = {"error": f"{type(e).__name__}: {e}"}
+        results[name]["duration_s"] = round(time.monotonic() - t, 1)
+        log(f"{name} done in {results[name]['duration_s']}s")
+    results["memory"] = _memory(results)
+    results["meta"]["duration_s"] = round(time.monotonic() - started, 1)
+    results["meta"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+
+    out = Path(args.out) if args.out else ROOT / "bench" / "results" / "latest.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"\nJSON: {out}  ({results['meta']['duration_s']}s)")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

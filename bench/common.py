@@ -1,0 +1,306 @@
+"""What every benchmark shares: the process stack, the bench policy, percentiles, RSS sampling.
+
+The bench drives the real processes the test suite uses (tests/procs.py: redis-server,
+`jit serve`, `jit worker`, and the Slack fake from tests/slackfake.py), so it needs a source
+checkout with tests/ next to bench/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+if not (TESTS / "procs.py").exists():  # pragma: no cover - installed without the source tree
+    raise SystemExit(
+        "jit bench needs a source checkout (it reuses tests/procs.py and tests/slackfake.py)"
+    )
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+from procs import Stack  # noqa: E402
+from slackfake import block_action, sign  # noqa: E402
+from support import SIGNING_SECRET, RedisServer  # noqa: E402
+
+PIPELINE_TOKEN = "bench-pipeline-token-0123456789abcdef"
+APPROVER = "U0BENCHAPPROVER"
+CHANNEL = "C0BENCH"
+BURST_CHANNEL = "C0BURST"
+RECORD_KEY = "bench:record"
+
+
+def policy_text() -> str:
+    digest = hashlib.sha256(PIPELINE_TOKEN.encode()).hexdigest()
+    return f"""\
+defaults:
+  channel: {CHANNEL}
+  pending_timeout: 30m
+pipelines:
+  bench-ci:
+    token_sha256: {digest}
+    actions: [bench-token, bench-record, bench-burst]
+actions:
+  bench-token:
+    description: JWT from the token backend
+    approvers: [{APPROVER}]
+    ttl: {{default: 10m, max: 1h}}
+    grant:
+      type: token
+      audience: bench
+  bench-record:
+    description: No-op grant that records when it was revoked
+    approvers: [{APPROVER}]
+    ttl: {{default: 10m, max: 1h}}
+    grant:
+      type: record
+      key: {RECORD_KEY}
+  bench-burst:
+    description: Requests posted in a burst to one channel
+    channel: {BURST_CHANNEL}
+    approvers: [{APPROVER}]
+    ttl: {{default: 10m, max: 1h}}
+    grant:
+      type: token
+"""
+
+
+def new_stack(redis: RedisServer | None = None, **extra_env: str) -> Stack:
+    # Rate limit off: the bench sends far more than 120 requests a minute from one pipeline.
+    env = {"JIT_RATE_LIMIT": "0", **extra_env}
+    return Stack(policy=policy_text(), extra_env=env, redis=redis)
+
+
+def close_stack(stack: Stack, failed: bool = False) -> None:
+    """Stop the processes and delete the stack's files; on failure, print the logs' tails first."""
+    if failed or sys.exc_info()[0] is not None:
+        for p in stack.procs:
+            tail = "\n".join(p.log().splitlines()[-15:])
+            print(f"--- {p.name} log (last lines) ---\n{tail}", file=sys.stderr)
+    stack.close()
+    shutil.rmtree(stack.tmp, ignore_errors=True)
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {PIPELINE_TOKEN}"}
+
+
+def signed_click(
+    request_id: str, message_ts: str | None, channel: str = CHANNEL
+) -> tuple[bytes, dict[str, str]]:
+    body, ctype = block_action(
+        "jit_approve", request_id, APPROVER, channel=channel, message_ts=message_ts
+    )
+    return body, sign(SIGNING_SECRET, body, content_type=ctype)
+
+
+# ------------------------------------------------------------------------- statistics
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return None
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summary(values: list[float], digits: int = 1) -> dict[str, Any]:
+    """n, p50, p95, p99, max, min, mean of a list of milliseconds."""
+    if not values:
+        return {
+            "n": 0,
+            "p50": None,
+            "p95": None,
+            "p99": None,
+            "max": None,
+            "min": None,
+            "mean": None,
+        }
+    r = lambda v: round(v, digits)  # noqa: E731
+    return {
+        "n": len(values),
+        "p50": r(percentile(values, 50)),
+        "p95": r(percentile(values, 95)),
+        "p99": r(percentile(values, 99)),
+        "max": r(max(values)),
+        "min": r(min(values)),
+        "mean": r(sum(values) / len(values)),
+    }
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# ------------------------------------------------------------------------- memory of processes
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def process_tree(pid: int) -> list[int]:
+    kids = _children()
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def _kb(path: str, field: str) -> int:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_memory(roots: int | list[int]) -> dict[str, float]:
+    """RSS summed over whole process trees (counts pages shared after fork once per process)
+    and PSS (shares them out: the better estimate of what the trees really use), in MB."""
+    pids = [
+        p for root in ([roots] if isinstance(roots, int) else roots) for p in process_tree(root)
+    ]
+    rss = sum(_kb(f"/proc/{p}/status", "VmRSS") for p in pids)
+    pss = sum(_kb(f"/proc/{p}/smaps_rollup", "Pss") for p in pids)
+    return {"processes": len(pids), "rss_mb": round(rss / 1024, 1), "pss_mb": round(pss / 1024, 1)}
+
+
+class RssSampler:
+    """Samples the memory of named process trees every half second; keeps the peaks."""
+
+    def __init__(self, pids: dict[str, int | list[int]], interval: float = 0.5) -> None:
+        self.pids = pids
+        self.interval = interval
+        self.peak: dict[str, dict[str, float]] = {}
+        self.last: dict[str, dict[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        for name, pid in self.pids.items():
+            m = tree_memory(pid)
+            self.last[name] = m
+            p = self.peak.setdefault(name, dict(m))
+            for k in ("rss_mb", "pss_mb", "processes"):
+                p[k] = max(p[k], m[k])
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sample()
+
+    def result(self) -> dict[str, Any]:
+        return {
+            name: {"peak": self.peak.get(name), "end": self.last.get(name)} for name in self.pids
+        }
+
+
+# ------------------------------------------------------------------------- the machine
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+            cpu = m.group(1).strip() if m else cpu
+    except OSError:
+        pass
+    redis_version = ""
+    binary = shutil.which("redis-server")
+    if binary:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, check=False
+        ).stdout
+        m = re.search(r"v=(\S+)", out)
+        redis_version = m.group(1) if m else out.strip()
+    load = os.getloadavg()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "redis": redis_version,
+        "os": f"{platform.system()} {platform.release()}",
+        "loadavg_at_start": [round(x, 2) for x in load],
+    }
+
+
+@dataclass
+class Sizes:
+    """How big each benchmark is: the full run, or --quick (the smoke test's tiny run)."""
+
+    clicks: int = 500
+    poll_subset: int = 30
+    poll_interval_s: float = 5.0
+    grants: int = 10_000
+    spread_s: float = 60.0
+    light_grants: int = 1000  # 0: skip the below-capacity comparison
+    light_spread_s: float = 20.0
+    hook_clients: int = 50
+    hook_seconds: float = 30.0
+    waiters: int = 1000
+    burst: int = 200
+    burst_window_s: float = 1.0
+    burst_deadline_s: float = 420.0
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(
+            clicks=15,
+            poll_subset=3,
+            poll_interval_s=1.0,
+            grants=200,
+            spread_s=2.0,
+            light_grants=0,
+            hook_clients=8,
+            hook_seconds=2.0,
+            waiters=40,
+            burst=8,
+            burst_deadline_s=40.0,
+        )

@@ -1,0 +1,291 @@
+"""Revocation lateness: N grants active at once, expiries spread over a window; how late is each
+revoke (backend call time − expires_at)? jit's due queue + `jit worker` versus RQ's `enqueue_at`.
+
+Grants are not created through N Slack clicks: the bench drives the store's own transitions
+(create → approve → activate, the Lua scripts the product runs) from this process, then removes
+the grant/Slack follow-ups those transitions queue (the grant already happened). What remains
+is exactly an active grant and its `expire:` item. Revocation then goes through the real
+processes: `jit worker` (its scheduler + RQ), or an RQ worker with `with_scheduler=True` for the
+baseline. The `record` backend writes the wall-clock time of every revoke into Redis.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import sys
+import time
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+from bench.common import (
+    APPROVER,
+    CHANNEL,
+    RECORD_KEY,
+    RssSampler,
+    Sizes,
+    close_stack,
+    new_stack,
+    summary,
+    wait_for,
+)
+
+BATCH = 500
+
+
+def _runtime(stack):
+    from bot.runtime import Runtime
+    from bot.settings import Settings
+
+    env = {k: v for k, v in stack.env.items() if k.startswith(("JIT_", "SLACK_", "REDIS_"))}
+    return Runtime(Settings(**env))
+
+
+class Seeder:
+    """Puts active grants in place through the store's transitions, with no follow-up work left."""
+
+    def __init__(self, rt) -> None:
+        from bot.domain.store import NoEffects, Store
+
+        self.rt = rt
+        self.store = Store(rt.redis, rt.settings.jit_request_retention, effects=NoEffects())
+        self.policy = rt.policy
+
+    def _new_request(self, ttl: timedelta):
+        from bot.domain.clock import now
+        from bot.domain.requests import AccessRequest, Status
+        from bot.domain.secrets import new_token, token_hash
+
+        t = now()
+        token = new_token()
+        return AccessRequest(
+            id=secrets.token_hex(8),
+            action="bench-record",
+            pipeline="bench-ci",
+            reason="bench: revocation",
+            ttl=ttl,
+            status=Status.PENDING,
+            created_at=t,
+            pending_until=t + timedelta(minutes=30),
+            approvals_required=1,
+            channel=CHANNEL,
+            requested_by="bench",
+            policy_sha256=self.policy.sha256,
+            request_token_hash=token_hash(token),
+            request_token_enc=self.rt.vault.seal(token),
+        )
+
+    def _drop_follow_ups(self, ids: list[str]) -> None:
+        from bot.domain import keys
+
+        members = [f"{kind}:{i}" for i in ids for kind in ("grant", "slack", "timeout")]
+        self.rt.redis.zrem(keys.due(), *members)
+
+    def approve_many(self, n: int, ttl: timedelta) -> list[str]:
+        """create + approve: n requests in state `approved` (their grant job removed)."""
+        from bot.domain.clock import now_ms
+
+        ids: list[str] = []
+        for start in range(0, n, BATCH):
+            batch = []
+            for _ in range(min(BATCH, n - start)):
+                req = self._new_request(ttl)
+                self.store.create(req, None, now_ms())
+                out = self.store.approve(req.id, APPROVER, now_ms())
+                assert out.result == "approved", out
+                batch.append(req.id)
+            self._drop_follow_ups(batch)
+            ids += batch
+        return ids
+
+    def activate_many(self, ids: list[str], expires_ms: list[int], on_active=None) -> None:
+        from bot.domain.clock import from_ms, now_ms, rfc3339
+
+        for start in range(0, len(ids), BATCH):
+            batch = ids[start : start + BATCH]
+            for rid, exp in zip(batch, expires_ms[start : start + BATCH], strict=True):
+                t = now_ms()
+                blob = self.rt.vault.seal(
+                    {"recorded_at_ms": t, "expires_at": rfc3339(from_ms(exp))}
+                )
+                out = self.store.activate(rid, t, exp, blob, t)
+                assert out.ok, out
+                if on_active is not None:
+                    on_active(rid, exp)
+            self._drop_follow_ups(batch)
+
+
+def _used_memory(r) -> int:
+    return int(r.info("memory")["used_memory"])
+
+
+def _grant_key_bytes(r, rid: str) -> dict[str, int]:
+    from bot.domain import keys
+
+    out = {}
+    for name, key in (
+        ("request", keys.request(rid)),
+        ("approvals", keys.approvals(rid)),
+        ("credential", keys.credential(rid)),
+    ):
+        out[name] = int(r.memory_usage(key, samples=0) or 0)
+    return out
+
+
+def _run_side(side: str, sizes: Sizes, rng_seed: int, log) -> dict[str, Any]:
+    """One side of the comparison on a fresh stack: 'jit' (jit worker) or 'rq' (enqueue_at)."""
+    from procs import Proc
+
+    stack = new_stack()
+    try:
+        rt = _runtime(stack)
+        r = rt.redis
+        if side == "jit":
+            workers = [stack.worker(concurrency=2)]
+        else:
+            workers = []
+            for i in range(2):  # as many RQ workers as `jit worker --concurrency 2` runs
+                p = Proc(
+                    f"rq-baseline-{i}",
+                    [sys.executable, "-m", "bench.rq_baseline"],
+                    stack.env,
+                    stack.tmp,
+                )
+                stack.procs.append(p)
+                workers.append(p)
+        wait_for(lambda: r.scard("rq:workers") >= 2, 60, 0.1, f"{side} workers to register")
+
+        seeder = Seeder(rt)
+        rng = random.Random(rng_seed)  # both sides get the same expiry offsets
+        offsets = sorted(rng.uniform(0, sizes.spread_s * 1000) for _ in range(sizes.grants))
+        mem0 = _used_memory(r)
+        t_seed = time.monotonic()
+        ids = seeder.approve_many(sizes.grants, timedelta(seconds=int(sizes.spread_s) + 60))
+        seed_a = time.monotonic() - t_seed
+        # Activation costs at most what create + approve did (enqueue_at included, for RQ):
+        # leave that long again, plus a margin, before the first expiry.
+        margin = 5.0 if sizes.grants >= 1000 else 2.0
+        t0_ms = time.time_ns() // 1_000_000 + int((1.2 * seed_a + margin) * 1000)
+        expires = [t0_ms + int(o) for o in offsets]
+        order = list(range(sizes.grants))
+        rng.shuffle(order)  # activation order unrelated to expiry order
+        ids = [ids[i] for i in order]
+        expires = [expires[i] for i in order]
+
+        on_active = None
+        if side == "rq":
+            from rq import Queue
+
+            from bench.rq_baseline import QUEUE
+            from bot.domain.clock import from_ms
+
+            q = Queue(QUEUE, connection=rt.raw_redis)
+
+            def on_active(rid: str, exp: int) -> None:
+                q.enqueue_at(
+                    from_ms(exp), "bench.rq_baseline.revoke", rid, result_ttl=0, failure_ttl=86400
+                )
+
+        seeder.activate_many(ids, expires, on_active)
+        seeded_at = time.time_ns() // 1_000_000
+        seed_total = time.monotonic() - t_seed
+        mem1 = _used_memory(r)
+        sample_keys = _grant_key_bytes(r, ids[0])
+        expired_before_seeded = sum(1 for e in expires if e <= seeded_at)
+        log(
+            f"  {side}: {sizes.grants} grants active in {seed_total:.1f}s; first expiry in "
+            f"{(t0_ms - seeded_at) / 1000:.1f}s, last in {(max(expires) - seeded_at) / 1000:.1f}s"
+        )
+
+        deadline_s = (max(expires) - time.time_ns() // 1_000_000) / 1000 + 120
+        with RssSampler({"worker": [w.popen.pid for w in workers]}) as rss:
+
+            def all_revoked() -> bool:
+                return r.hlen(RECORD_KEY) >= 2 * sizes.grants
+
+            try:
+                wait_for(all_revoked, deadline_s, 0.25, "every grant to be revoked")
+            except TimeoutError:
+                log(f"  {side}: not every grant was revoked before the deadline")
+        recorded = r.hgetall(RECORD_KEY)
+        late, missing, dup = [], 0, 0
+        for rid, exp in zip(ids, expires, strict=True):
+            at = recorded.get(f"{rid}:revoke")
+            if at is None:
+                missing += 1
+                continue
+            late.append(int(at) - exp)
+            if int(recorded.get(f"{rid}:revokes", "1")) > 1:
+                dup += 1
+        stats = summary([float(x) for x in late], 1)
+        statuses: dict[str, int] = {}
+        from bot.domain import keys
+
+        pipe = r.pipeline(transaction=False)
+        for rid in ids:
+            pipe.hget(keys.request(rid), "status")
+        for st in pipe.execute():
+            statuses[st or "gone"] = statuses.get(st or "gone", 0) + 1
+        return {
+            "grants": sizes.grants,
+            "spread_s": sizes.spread_s,
+            "lateness_ms": stats,
+            "early": sum(1 for x in late if x < 0),
+            "earliest_ms": min(late) if late else None,
+            "missing": missing,
+            "duplicate_revokes": dup,
+            "final_statuses": statuses,
+            "seeding_s": round(seed_total, 2),
+            "expired_before_seeding_done": expired_before_seeded,
+            "redis_used_memory_delta": mem1 - mem0,
+            "sample_grant_key_bytes": sample_keys,
+            "worker_memory": rss.result()["worker"],
+        }
+    finally:
+        close_stack(stack)
+
+
+def _ratio(jit: dict[str, Any], rq: dict[str, Any]) -> float | None:
+    if jit["lateness_ms"]["p99"] is None or rq["lateness_ms"]["p99"] is None:
+        return None
+    return round(rq["lateness_ms"]["p99"] / max(jit["lateness_ms"]["p99"], 1.0), 1)
+
+
+def run(sizes: Sizes, log=print) -> dict[str, Any]:
+    seed = 7
+    log(f"revocation lateness: {sizes.grants} grants expiring over {sizes.spread_s:g}s")
+    jit = _run_side("jit", sizes, seed, log)
+    rq = _run_side("rq", sizes, seed, log)
+    below = None
+    if sizes.light_grants:
+        # The same comparison where the revokes per second stay inside what two cores can do,
+        # so lateness shows the scheduling itself rather than a queue of work.
+        light = replace(sizes, grants=sizes.light_grants, spread_s=sizes.light_spread_s)
+        log(f"revocation lateness: {light.grants} grants expiring over {light.spread_s:g}s")
+        ljit = _run_side("jit", light, seed, log)
+        lrq = _run_side("rq", light, seed, log)
+        below = {
+            "grants": light.grants,
+            "spread_s": light.spread_s,
+            "jit": ljit,
+            "rq_enqueue_at": lrq,
+            "p99_ratio_rq_over_jit": _ratio(ljit, lrq),
+        }
+    return {
+        "method": (
+            "grants made active through the store's own Lua transitions (create, approve, activate) "
+            "from the bench process, not through Slack clicks; their queued grant/Slack follow-ups "
+            "removed. Revocation: the real `jit worker` process (expiry scheduler + RQ SimpleWorker, "
+            "concurrency 2) vs two RQ SimpleWorkers with with_scheduler=True running the same revoke "
+            "handler via Queue.enqueue_at(expires_at). Lateness = record backend's call time - "
+            "expires_at. Each side on a fresh Redis, one after the other."
+        ),
+        "jit": jit,
+        "rq_enqueue_at": rq,
+        "p99_ratio_rq_over_jit": _ratio(jit, rq),
+        "below_capacity": below,
+        "redis_bytes_per_active_grant": round(
+            jit["redis_used_memory_delta"] / max(sizes.grants, 1)
+        ),
+    }

@@ -1,0 +1,62 @@
+"""gunicorn's gevent worker, with a shutdown that waits for requests in flight but not for idle connections.
+
+On SIGTERM gunicorn stops accepting and waits (up to `graceful_timeout`) until no connection is
+busy. A keep-alive connection idling between two requests counts as busy, so one client that keeps
+a connection open (an HTTP library's pool, a load balancer) holds every shutdown for the whole
+graceful timeout. Here idle connections are closed as soon as shutdown starts; a request being
+served — a long-poll included — still runs to its end.
+"""
+
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+
+import gevent
+from gunicorn.workers.ggevent import GeventWorker
+
+
+class GracefulGeventWorker(GeventWorker):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._idle: dict[object, socket.socket] = {}  # greenlet waiting for its next request → socket
+        self._sockets: dict[object, socket.socket] = {}  # greenlet → the connection it serves
+
+    def handle(self, listener, client, addr) -> None:
+        me = gevent.getcurrent()
+        self._sockets[me] = client
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            self._sockets.pop(me, None)
+            self._idle.pop(me, None)
+
+    @contextmanager
+    def _idle_wait(self):
+        me = gevent.getcurrent()
+        if not self.alive:
+            raise StopIteration("shutting down")  # gunicorn's handle() closes the connection
+        client = self._sockets.get(me)
+        if client is not None:
+            self._idle[me] = client
+        try:
+            with gevent.Timeout(self.cfg.keepalive, False):
+                yield
+        finally:
+            self._idle.pop(me, None)
+
+    def timeout_ctx(self):
+        return self._idle_wait()
+
+    def run(self) -> None:
+        gevent.spawn(self._close_idle_when_stopping)
+        super().run()
+
+    def _close_idle_when_stopping(self) -> None:
+        while self.alive:
+            gevent.sleep(0.2)
+        for client in list(self._idle.values()):
+            try:
+                client.shutdown(socket.SHUT_RDWR)  # its reader sees end-of-stream and closes quietly
+            except OSError:
+                pass

@@ -1,0 +1,333 @@
+"""Reloading the policy without a restart: on SIGHUP and when the file changes.
+
+Every process that serves or works (each gunicorn worker, `jit worker` and its children)
+runs a `PolicyReloader`: a thread that checks the file every 2 s (its stat signature, then its
+SHA-256) and reloads at once when woken by SIGHUP. An invalid file is rejected and the policy
+in force stays; the errors go to the audit trail and the audit channel once, however many
+processes notice. A valid new file is put in force, and one process records it
+(`policy.loaded` with a summary of what changed) and tells the audit channel.
+
+gunicorn: SIGHUP to the master makes gunicorn start fresh workers and retire the old ones
+gracefully; each new worker loads the file as it boots (`load_initial`). If the file is invalid
+by then, the worker starts with the last policy recorded in Redis instead of failing to boot.
+A SIGHUP sent to one gunicorn worker kills it (gunicorn resets the signal) and the master
+replaces it, which reloads the same way. File changes need no signal at all.
+
+Requests in flight keep their rules: each carries its policy's sha256, and every version's
+text is kept in Redis (bot/domain/policy_store.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bot.domain import keys
+from bot.domain.errors import PolicyError
+from bot.domain.policy import Policy, parse_policy
+
+log = logging.getLogger("jit.policy")
+
+POLL_INTERVAL = 2.0
+#: Re-read the file even when its stat looks unchanged (coarse mtimes, same-size rewrites).
+FULL_READ_EVERY = 30.0
+MAX_ERRORS_POSTED = 20
+
+
+# ------------------------------------------------------------------------- what changed
+
+
+def _approver_labels(policy: Policy, action: str) -> set[str]:
+    a = policy.action(action)
+    if a is None:
+        return set()
+    out = set(a.approvers)
+    for env, people in a.approvers_by_environment.items():
+        out |= {f"{env}:{p}" for p in people}
+    bg = policy.break_glass_for(action)
+    if bg is not None:
+        out |= {f"break-glass:{p}" for p in bg.approvers}
+    return out
+
+
+def policy_diff(old: Policy | None, new: Policy) -> dict[str, Any]:
+    """Actions, pipelines and approvers added/removed, and which actions changed otherwise.
+
+    Approvers are labelled `U…` (default), `<env>:U…` (approvers_by_environment) and
+    `break-glass:U…`.
+    """
+    if old is None:
+        return {"first_load": True, "actions": sorted(new.actions), "pipelines": sorted(new.pipelines)}
+    old_a, new_a = set(old.actions), set(new.actions)
+    approvers: dict[str, dict[str, list[str]]] = {}
+    changed: dict[str, list[str]] = {}
+    for name in sorted(old_a | new_a):
+        before, after = _approver_labels(old, name), _approver_labels(new, name)
+        if before != after:
+            entry = {}
+            if after - before:
+                entry["added"] = sorted(after - before)
+            if before - after:
+                entry["removed"] = sorted(before - after)
+            approvers[name] = entry
+        if name in old_a and name in new_a:
+            o = old.actions[name].model_dump()
+            n = new.actions[name].model_dump()
+            fields = sorted(
+                k for k in set(o) | set(n)
+                if k not in ("approvers", "approvers_by_environment") and o.get(k) != n.get(k)
+            )
+            if old.break_glass_for(name) != new.break_glass_for(name):
+                fields = sorted(set(fields) | {"break_glass"})
+            if fields:
+                changed[name] = fields
+    out: dict[str, Any] = {
+        "actions_added": sorted(new_a - old_a),
+        "actions_removed": sorted(old_a - new_a),
+        "pipelines_added": sorted(set(new.pipelines) - set(old.pipelines)),
+        "pipelines_removed": sorted(set(old.pipelines) - set(new.pipelines)),
+        "approvers": approvers,
+        "changed": changed,
+    }
+    if old.model.auditors != new.model.auditors:
+        out["auditors"] = {
+            "added": sorted(set(new.model.auditors) - set(old.model.auditors)),
+            "removed": sorted(set(old.model.auditors) - set(new.model.auditors)),
+        }
+    return out
+
+
+def _who(label: str) -> str:
+    from bot.slack.blocks import mention
+
+    scope, _, ident = label.rpartition(":")
+    return f"{mention(ident)} ({scope})" if scope else mention(ident)
+
+
+def describe_changes(policy: Policy, previous_sha: str | None, diff: dict[str, Any], trigger: str) -> str:
+    """The audit channel's line about a newly loaded policy."""
+    from bot.slack.blocks import escape
+
+    head = (
+        f":scroll: *Policy loaded* ({trigger}) from `{escape(policy.source)}` — sha256 "
+        f"`{policy.sha256[:16]}`"
+    )
+    if diff.get("first_load") or not previous_sha:
+        return (
+            f"{head}: {len(policy.actions)} action(s), {len(policy.pipelines)} pipeline(s)."
+        )
+    lines = [f"{head} (was `{previous_sha[:16]}`)"]
+
+    def names(items: list[str]) -> str:
+        return ", ".join(f"`{escape(i)}`" for i in items)
+
+    if diff["actions_added"]:
+        lines.append(f"• actions added: {names(diff['actions_added'])}")
+    if diff["actions_removed"]:
+        lines.append(f"• actions removed: {names(diff['actions_removed'])}")
+    for action, entry in diff["approvers"].items():
+        if entry.get("added"):
+            lines.append(f"• approvers added to `{action}`: " + ", ".join(_who(x) for x in entry["added"]))
+        if entry.get("removed"):
+            lines.append(f"• approvers removed from `{action}`: " + ", ".join(_who(x) for x in entry["removed"]))
+    for action, fields in diff["changed"].items():
+        lines.append(f"• `{action}` changed: {', '.join(fields)}")
+    if diff["pipelines_added"]:
+        lines.append(f"• pipelines added: {names(diff['pipelines_added'])}")
+    if diff["pipelines_removed"]:
+        lines.append(f"• pipelines removed: {names(diff['pipelines_removed'])}")
+    if "auditors" in diff:
+        a = diff["auditors"]
+        lines.append(
+            "• auditors: "
+            + ", ".join([f"+{_who(x)}" for x in a["added"]] + [f"−{_who(x)}" for x in a["removed"]])
+        )
+    if len(lines) == 1:
+        lines.append("• no change to actions, approvers or pipelines (formatting or comments only)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- the reloader
+
+
+class PolicyReloader:
+    """Watches one runtime's policy file; reloads on change or on `wake()` (SIGHUP)."""
+
+    def __init__(self, rt, interval: float = POLL_INTERVAL) -> None:
+        self.rt = rt
+        self.interval = interval
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stat: tuple | None = None
+        self._last_read = 0.0
+        self._rejected_sha: str | None = None
+
+    # -- one reload
+
+    def reload(self, trigger: str = "file") -> str:
+        """Load the file if it differs from the policy in force: 'loaded', 'unchanged' or
+        'rejected' (the old policy stays)."""
+        path = Path(self.rt.policy_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            self._reject(None, [f"{path}: cannot read policy file: {e.strerror or e}"], trigger)
+            return "rejected"
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        if sha == self.rt.policy.sha256:
+            self._rejected_sha = None
+            return "unchanged"
+        if sha == self._rejected_sha and trigger == "file":
+            return "rejected"
+        try:
+            policy = parse_policy(text, source=str(path))
+        except PolicyError as e:
+            self._reject(sha, e.errors, trigger)
+            return "rejected"
+        self._rejected_sha = None
+        previous = self.rt.set_policy(policy)
+        log.warning(
+            "policy reloaded (%s): %s → %s",
+            trigger,
+            previous.sha256[:12] if previous else "-",
+            policy.sha256[:12],
+        )
+        try:
+            self.rt.record_policy_loaded(trigger)
+        except Exception as e:  # noqa: BLE001 - in force already; the next load records it
+            log.warning("could not record the policy load: %s", type(e).__name__)
+        return "loaded"
+
+    def load_initial(self) -> Policy:
+        """At a worker's boot: the file's policy, or, when the file is invalid now, the last
+        policy recorded in Redis (so a bad edit cannot stop gunicorn from replacing workers)."""
+        try:
+            return self.rt.policy
+        except PolicyError as e:
+            sha = self.rt.redis.get(keys.policy_current())
+            last = self.rt.policy_store.get(sha) if sha else None
+            if last is None:
+                raise
+            try:
+                text = Path(self.rt.policy_file).read_text(encoding="utf-8", errors="replace")
+                file_sha = hashlib.sha256(text.encode()).hexdigest()
+            except OSError:
+                file_sha = None
+            self.rt.set_policy(last)
+            self._reject(file_sha, e.errors, "start")
+            return last
+
+    def _reject(self, sha: str | None, errors: list[str], trigger: str) -> None:
+        self._rejected_sha = sha
+        in_force = self.rt.policy.sha256
+        log.error("policy file rejected (%s); keeping %s: %s", trigger, in_force[:12], errors[0])
+        try:
+            first = self.rt.redis.set(keys.policy_rejected(sha or "unreadable"), in_force, nx=True, ex=86400)
+            if not first:
+                return  # another process reported this file already
+            self.rt.audit.append(
+                "policy.rejected",
+                actor="jit",
+                outcome="refused",
+                details={
+                    "sha256": sha,
+                    "source": self.rt.policy_file,
+                    "errors": errors[:100],
+                    "trigger": trigger,
+                    "in_force_sha256": in_force,
+                },
+            )
+            self.rt.post_audit_notice(describe_rejection(self.rt.policy_file, sha, in_force, errors, trigger))
+        except Exception as e:  # noqa: BLE001 - Redis down: the log line above stands
+            log.warning("could not record the rejected policy: %s", type(e).__name__)
+
+    # -- the watcher
+
+    def _changed(self) -> bool:
+        try:
+            st = os.stat(self.rt.policy_file)
+            sig: tuple | None = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+        except OSError:
+            sig = None
+        due = time.monotonic() - self._last_read >= FULL_READ_EVERY
+        if sig == self._stat and not due:
+            return False
+        self._stat = sig
+        self._last_read = time.monotonic()
+        return True
+
+    def check_once(self) -> str | None:
+        """One poll: reload when woken or when the file looks changed."""
+        if self._wake.is_set():
+            self._wake.clear()
+            return self.reload("sighup")
+        if self._changed():
+            return self.reload("file")
+        return None
+
+    def run(self) -> None:
+        self._changed()  # the file as it is now is the one already loaded
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            if self._stop.is_set():
+                return
+            try:
+                self.check_once()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one failure
+                log.exception("policy reload failed")
+
+    def start(self) -> PolicyReloader:
+        self._thread = threading.Thread(target=self.run, name="jit-policy-reload", daemon=True)
+        self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        """Reload now (the SIGHUP handler calls this: it only sets a flag)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def describe_rejection(source: str, sha: str | None, in_force: str, errors: list[str], trigger: str) -> str:
+    from bot.slack.blocks import escape
+
+    shown = errors[:MAX_ERRORS_POSTED]
+    more = f"\n… and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
+    body = "\n".join(escape(e) for e in shown)
+    return (
+        f":warning: *Policy file rejected* ({trigger}): `{escape(source)}`"
+        + (f" (sha256 `{sha[:16]}`)" if sha else "")
+        + f" has {len(errors)} error(s); the policy in force stays (`{in_force[:16]}`).\n"
+        + f"```{body}{more}```"
+    )
+
+
+def install_sighup(reloader: PolicyReloader, also: list | None = None) -> None:
+    """SIGHUP → reload now. `also` is called with no arguments too (e.g. forward to children).
+    Only the main thread may install signal handlers."""
+
+    def on_hup(signum, frame):  # noqa: ARG001
+        reloader.wake()
+        for fn in also or []:
+            fn()
+
+    signal.signal(signal.SIGHUP, on_hup)
+
+
+def watch(rt, sighup: bool = False, also: list | None = None) -> PolicyReloader:
+    """Start watching `rt`'s policy file (and, in a main thread, SIGHUP)."""
+    reloader = PolicyReloader(rt).start()
+    if sighup:
+        install_sighup(reloader, also)
+    return reloader

@@ -1,0 +1,248 @@
+"""App Home: a live dashboard per viewer — what waits for their approval, what is live, and
+(for auditors) the latest audit events and the chain head. Re-published when opened and
+when a request changes, for whoever opened it recently."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+
+from bot.domain import keys
+from bot.domain.audit import AuditEntry
+from bot.domain.clock import now_ms
+from bot.domain.requests import AccessRequest, Status
+from bot.runtime import Runtime
+from bot.slack.answers import active_line, pending_line
+from bot.slack.audit_view import chunk_lines, event_line
+from bot.slack.blocks import APPROVE, DENY, MAX_TEXT, REVOKE, clip
+
+log = logging.getLogger("jit.slack")
+
+MAX_BLOCKS = 100  # Slack's limit for a Home view
+PENDING_CAP = 20  # two blocks each
+ACTIVE_CAP = 15
+EVENTS_SHOWN = 10
+OPEN_READ = 500
+VIEWER_TTL_MS = 3600_000  # Home is re-published for people who opened it within the hour
+MAX_VIEWERS = 50
+REFRESH_BUDGET_S = 20.0
+
+
+@dataclass
+class HomeData:
+    """What every viewer's Home is built from, read once per refresh."""
+
+    open_requests: list[AccessRequest]
+    open_total: int
+    latest: list[AuditEntry]
+    head: dict[str, str]
+
+
+def load(rt: Runtime) -> HomeData:
+    return HomeData(
+        open_requests=rt.store.get_many(rt.store.open_ids(limit=OPEN_READ)),
+        open_total=rt.redis.zcard(keys.open_requests()),
+        latest=rt.audit.latest(EVENTS_SHOWN),
+        head=rt.audit.head(),
+    )
+
+
+# ------------------------------------------------------------------------- rendering
+
+
+def _section(text: str, accessory: dict[str, Any] | None = None) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "type": "section",
+        "text": {"type": "mrkdwn", "text": clip(text, MAX_TEXT)},
+    }
+    if accessory:
+        block["accessory"] = accessory
+    return block
+
+
+def _context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": clip(text, MAX_TEXT)}]}
+
+
+def _header(text: str) -> dict[str, Any]:
+    return {"type": "header", "text": {"type": "plain_text", "text": clip(text, 150)}}
+
+
+def _decide_buttons(req: AccessRequest) -> dict[str, Any]:
+    return {
+        "type": "actions",
+        "block_id": f"home:decide:{req.id}",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": APPROVE,
+                "style": "primary",
+                "value": req.id,
+                "text": {"type": "plain_text", "text": "Approve"},
+            },
+            {
+                "type": "button",
+                "action_id": DENY,
+                "style": "danger",
+                "value": req.id,
+                "text": {"type": "plain_text", "text": "Deny"},
+            },
+        ],
+    }
+
+
+def _revoke_button(req: AccessRequest) -> dict[str, Any]:
+    return {
+        "type": "button",
+        "action_id": REVOKE,
+        "style": "danger",
+        "value": req.id,
+        "text": {"type": "plain_text", "text": "Revoke now"},
+        "confirm": {
+            "title": {"type": "plain_text", "text": "Revoke this grant?"},
+            "text": {"type": "mrkdwn", "text": "The credential stops working at once."},
+            "confirm": {"type": "plain_text", "text": "Revoke"},
+            "deny": {"type": "plain_text", "text": "Keep it"},
+        },
+    }
+
+
+def _awaits(rt: Runtime, req: AccessRequest, user: str, approver_of: dict[str, bool]) -> bool:
+    """Pending, the viewer may approve it, and their approval would still count."""
+    if req.status != Status.PENDING or user in req.approved_by:
+        return False
+    if req.action not in approver_of:
+        approver_of[req.action] = rt.access.is_approver(req.action, user)
+    if not approver_of[req.action]:
+        return False
+    action = rt.policy.action(req.action)
+    return not (req.requester_slack_id == user and not (action and action.allow_self_approval))
+
+
+def home_view(rt: Runtime, user: str, data: HomeData | None = None) -> dict[str, Any]:
+    data = data or load(rt)
+    approver_of: dict[str, bool] = {}
+    waiting = [r for r in data.open_requests if _awaits(rt, r, user, approver_of)]
+    active = [r for r in data.open_requests if r.status == Status.ACTIVE]
+
+    blocks: list[dict[str, Any]] = [_header("Waiting for your approval")]
+    if waiting:
+        for r in waiting[:PENDING_CAP]:
+            blocks += [_section(pending_line(r)), _decide_buttons(r)]
+        if len(waiting) > PENDING_CAP:
+            blocks.append(
+                _context(
+                    f"…and {len(waiting) - PENDING_CAP} more waiting for you (`/jit status` lists them)"
+                )
+            )
+    else:
+        blocks.append(_section("Nothing is waiting for your approval."))
+
+    blocks += [{"type": "divider"}, _header(f"Active grants ({len(active)})")]
+    if active:
+        for r in active[:ACTIVE_CAP]:
+            if r.action not in approver_of:
+                approver_of[r.action] = rt.access.is_approver(r.action, user)
+            may_revoke = approver_of[r.action]
+            blocks.append(_section(active_line(r), _revoke_button(r) if may_revoke else None))
+        if len(active) > ACTIVE_CAP:
+            blocks.append(_context(f"…and {len(active) - ACTIVE_CAP} more active grants"))
+    else:
+        blocks.append(_section("No grants are active."))
+    if data.open_total > len(data.open_requests):
+        blocks.append(
+            _context(
+                f"Showing the newest {len(data.open_requests)} of {data.open_total} open requests."
+            )
+        )
+
+    if rt.access.is_auditor(user):
+        blocks += [{"type": "divider"}, _header("Audit trail")]
+        head = data.head
+        if head:
+            blocks.append(_section(f"*Chain head* #{head.get('seq')} `{head.get('hash', '')}`"))
+        if data.latest:
+            blocks += chunk_lines([event_line(e.body) for e in data.latest], 4)
+        else:
+            blocks.append(_section("No audit events yet."))
+        blocks.append(_context("`/jit audit` for more; `jit audit verify` checks the whole chain."))
+
+    blocks.append(
+        _context(f"Updated <!date^{now_ms() // 1000}^{{time_secs}}|just now> · `/jit help`")
+    )
+    if len(blocks) > MAX_BLOCKS:  # the caps above keep well inside; never let Slack refuse the view
+        blocks = blocks[: MAX_BLOCKS - 1] + [_context("…more not shown")]
+    return {"type": "home", "blocks": blocks}
+
+
+# ------------------------------------------------------------------------- publishing
+
+
+def publish_home(rt: Runtime, user: str, data: HomeData | None = None) -> bool:
+    """views.publish for one user. Slack trouble is logged, never raised (it is a dashboard)."""
+    try:
+        rt.slack.views_publish(user_id=user, view=home_view(rt, user, data))
+        return True
+    except SlackApiError as e:
+        log.warning("views.publish for %s failed: %s", user, e.response.get("error"))
+    except Exception as e:  # noqa: BLE001
+        log.warning("views.publish for %s failed: %s", user, type(e).__name__)
+    return False
+
+
+def remember_viewer(rt: Runtime, user: str) -> None:
+    """Note who has Home open, so request changes re-publish it for them."""
+    t = now_ms()
+    key = keys.home_viewers()
+    pipe = rt.redis.pipeline()
+    pipe.zadd(key, {user: t})
+    pipe.zremrangebyscore(key, "-inf", t - VIEWER_TTL_MS)
+    pipe.zremrangebyrank(key, 0, -MAX_VIEWERS - 1)
+    pipe.pexpire(key, VIEWER_TTL_MS)
+    pipe.execute()
+
+
+def recent_viewers(rt: Runtime) -> list[str]:
+    return rt.redis.zrangebyscore(keys.home_viewers(), now_ms() - VIEWER_TTL_MS, "+inf")
+
+
+def home_opened(rt: Runtime, user: str) -> None:
+    remember_viewer(rt, user)
+    publish_home(rt, user)
+
+
+def refresh_homes(rt: Runtime) -> int:
+    """Re-publish Home for recent viewers, coalescing bursts: while one worker publishes, others
+    only mark the views stale, and that worker goes round again. Returns views published."""
+    if not rt.redis.exists(keys.home_viewers()):
+        return 0
+    rt.redis.set(keys.home_refresh_pending(), "1", px=60_000)
+    lock, token = keys.home_refresh_lock(), secrets.token_hex(8)
+    published = 0
+    deadline = time.monotonic() + REFRESH_BUDGET_S
+    while time.monotonic() < deadline:
+        if not rt.redis.set(lock, token, nx=True, px=60_000):
+            return published  # the holder sees the stale mark and goes round again
+        try:
+            if not rt.redis.getdel(keys.home_refresh_pending()):
+                return published
+            data = load(rt)
+            for user in recent_viewers(rt):
+                published += publish_home(rt, user, data)
+        finally:
+            if rt.redis.get(lock) == token:
+                rt.redis.delete(lock)
+    return published
+
+
+def refresh_homes_quietly(rt: Runtime) -> None:
+    """For the end of a Slack job: a Home refresh must never fail the job that called it."""
+    try:
+        refresh_homes(rt)
+    except Exception as e:  # noqa: BLE001
+        log.warning("App Home refresh failed: %s", type(e).__name__)

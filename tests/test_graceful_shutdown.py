@@ -1,0 +1,114 @@
+"""SIGTERM (docker stop, a deploy, Ctrl-C): in-flight work finishes or is picked up again; none is lost."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import pytest
+import redis as redislib
+import requests
+from support import WEB_TOKEN
+from procs import Stack, wait_until
+from rq.registry import StartedJobRegistry
+from slackfake import block_action
+
+from workers.expiry import ACCESS_QUEUE
+
+
+@pytest.fixture
+def stack():
+    with Stack() as s:
+        s.serve()
+        yield s
+
+
+def approve_slow_grant(stack: Stack, seconds: float) -> tuple[str, str]:
+    """A pipeline asks, an approver clicks, and the grant command takes `seconds`."""
+    (stack.state_dir / "slow-grant").write_text(str(seconds))
+    r = stack.ask("quick", WEB_TOKEN, ttl="1m", reason="shutdown test")
+    assert r.status_code == 201, r.text
+    rid, rtok = r.json()["id"], r.json()["request_token"]
+    ts = stack.message_ts(rid)
+    resp = stack.slack_post(block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=ts))
+    assert resp.status_code == 200
+    return rid, rtok
+
+
+def grant_in_flight(stack: Stack, rid: str) -> bool:
+    raw = redislib.Redis.from_url(stack.redis.url)
+    return any(j.startswith(f"grant-{rid}-") for j in StartedJobRegistry(ACCESS_QUEUE, connection=raw).get_job_ids())
+
+
+def test_sigterm_to_a_worker_lets_the_grant_in_hand_finish(stack):
+    """What `docker stop` and Kubernetes do: SIGTERM to the worker's main process only."""
+    worker = stack.worker(concurrency=2)  # the job may run in the main process or a forked child
+    rid, rtok = approve_slow_grant(stack, 4)
+    wait_until(lambda: grant_in_flight(stack, rid), timeout=30, message="the grant to start")
+    assert not (stack.state_dir / f"{rid}.grant").exists()  # still sleeping in the grant command
+
+    worker.popen.send_signal(signal.SIGTERM)
+    assert worker.popen.wait(60) == 0, worker.log()
+
+    # the worker finished the grant before it exited: no other worker runs
+    grants = (stack.state_dir / f"{rid}.grant").read_text().splitlines()
+    assert len(grants) == 1
+    body = stack.get(rid, rtok).json()
+    assert body["status"] == "active"
+    assert stack.get(rid, rtok, path="/credential").status_code == 200
+
+
+def test_sigterm_to_the_whole_process_group_loses_no_grant(stack):
+    """Ctrl-C in a terminal or a control-group kill also stops the grant command itself: the
+    attempt fails, stays in the due queue, and the next worker to start completes it."""
+    worker = stack.worker(concurrency=1)
+    rid, rtok = approve_slow_grant(stack, 4)
+    wait_until(lambda: grant_in_flight(stack, rid), timeout=30, message="the grant to start")
+
+    worker.signal(signal.SIGTERM)
+    assert worker.popen.wait(60) == 0, worker.log()
+    # the grant command died with the group (approved, to be retried) — unless the signal
+    # came before the job had started it, in which case the job finished: either way, not lost
+    assert stack.get(rid, rtok).json()["status"] in ("approved", "active")
+
+    (stack.state_dir / "slow-grant").unlink()
+    stack.worker(concurrency=1)
+    body = stack.wait_status(rid, rtok, {"active"}, timeout=60)
+    assert body["status"] == "active"
+    assert len((stack.state_dir / f"{rid}.grant").read_text().splitlines()) == 1
+
+
+def test_sigterm_to_serve_finishes_the_requests_in_flight(stack):
+    r = stack.ask("quick", WEB_TOKEN, reason="long-poll during shutdown")
+    rid, rtok = r.json()["id"], r.json()["request_token"]
+    watcher = redislib.Redis.from_url(stack.redis.url, decode_responses=True)
+    from bot.domain import keys
+
+    # a client that keeps an idle keep-alive connection open (as HTTP pools and load balancers do)
+    idle = requests.Session()
+    assert idle.get(stack.url + "/healthz", timeout=10).status_code == 200
+
+    result: dict = {}
+
+    def long_poll():
+        try:
+            resp = stack.get(rid, rtok, wait=5)
+            result["status"], result["body"] = resp.status_code, resp.json()
+        except Exception as e:  # noqa: BLE001 - the assertion below reports it
+            result["error"] = repr(e)
+
+    t = threading.Thread(target=long_poll)
+    t.start()
+    # the first long-poll of a fresh server opens its wake-up subscription: it is now in flight
+    wait_until(lambda: watcher.pubsub_numsub(keys.changed_channel())[0][1] >= 1, timeout=30,
+               message="the long-poll to be waiting")
+    serve = stack.procs[0]
+    serve.signal(signal.SIGTERM)
+    t.join(60)
+    assert result.get("status") == 200, result
+    assert result["body"]["status"] == "pending"  # it waited its full 5 s and answered
+    # the idle connection does not hold the exit until the graceful timeout (65 s)
+    assert serve.popen.wait(40) == 0, serve.log()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(stack.url + "/healthz", timeout=5)
+    idle.close()

@@ -1,0 +1,136 @@
+"""Slack posts are paced per channel: a burst arrives complete, in order, once each, without a 429 storm."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from procs import Stack, wait_until
+from slackfake import block_action
+from support import WEB_TOKEN
+
+DIGEST = "new access requests"
+
+
+def drain(jit, predicate, timeout=60.0, what="condition"):
+    """Run due jobs in-process (as a worker would) until `predicate()` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jit.work()
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def request_posts(slack, channel):
+    """Top-level request messages in `channel` (not digests, not thread replies), in posting order."""
+    return [
+        c for c in slack.calls("chat.postMessage")
+        if c.ok and c.params.get("channel") == channel and not c.params.get("thread_ts")
+        and c.params.get("text", "").startswith("Access request ")
+    ]
+
+
+def rid_of(call):
+    return call.params["text"].split()[2].rstrip(":")  # "Access request <id>: ..."
+
+
+def test_a_burst_to_one_channel_arrives_whole_in_order_once_each():
+    with Stack(extra_env={"JIT_LOG_LEVEL": "WARNING"}) as stack:
+        stack.slack.enforce_channel_rate(per_second=1)
+        stack.serve()
+        stack.worker(concurrency=3)
+        ids = []
+        for i in range(20):
+            r = stack.ask("read-secret", WEB_TOKEN, reason=f"burst {i}")
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+
+        wait_until(lambda: len(request_posts(stack.slack, "C0APPROVALS")) >= 20, timeout=120,
+                   message="all 20 request messages")
+        time.sleep(1.5)  # anything still in flight would show as a duplicate now
+        posts = request_posts(stack.slack, "C0APPROVALS")
+        posted = [rid_of(c) for c in posts]
+        assert sorted(posted) == sorted(ids)  # nothing lost, nothing twice
+        assert posted == ids  # in the order they were made
+        assert stack.slack.stats.rate_limited <= 2
+        # approvals still work on a request posted late in the burst
+        last = ids[-1]
+        ts = stack.message_ts(last)
+        resp = stack.slack_post(block_action("jit_approve", last, "U0LEAD1", channel="C0APPROVALS", message_ts=ts))
+        assert resp.status_code == 200
+        assert stack.wait_status(last, WEB_TOKEN, {"active"})["status"] == "active"
+
+
+def test_many_waiting_get_a_digest_first_then_their_own_messages(jit, slack):
+    ids = [jit.ask("read-secret", reason=f"release {i}")["id"] for i in range(8)]
+    drain(jit, lambda: len(request_posts(slack, "C0APPROVALS")) == 8, what="8 request messages")
+    posts = [c for c in slack.calls("chat.postMessage") if c.ok and c.params["channel"] == "C0APPROVALS"]
+    digests = [c for c in posts if DIGEST in c.params["text"]]
+    assert len(digests) == 1
+    listed = json.dumps(digests[0].params["blocks"])
+    # the digest takes the first slot and lists all 8; their own messages follow
+    assert all(rid in listed for rid in ids) and "8 new access requests" in listed
+    assert posts[0] is digests[0]
+    assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == ids
+    # each request's own message carries its buttons, and they work
+    msg = slack.message(jit.rt.store.get(ids[5]).message_ts)
+    assert "Approve" in json.dumps(msg["blocks"])
+    jit.approve(ids[5], "U0LEAD1")
+    drain(jit, lambda: jit.status(ids[5]).get_json()["status"] == "active", what="approval")
+    # nothing is re-sent to bring a message up to date that already is
+    assert not [c for c in slack.calls("chat.update") if c.params["ts"] != msg["ts"]]
+
+
+def test_posts_to_one_channel_are_spaced(jit, slack):
+    for i in range(3):
+        jit.ask("read-secret", reason=f"spacing {i}")
+    drain(jit, lambda: len(request_posts(slack, "C0APPROVALS")) == 3, what="3 messages")
+    times = [c.time for c in request_posts(slack, "C0APPROVALS")]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(g >= 0.9 for g in gaps), gaps
+
+
+def test_other_channels_are_not_held_up(jit, slack):
+    for i in range(4):
+        jit.ask("read-secret", reason=f"busy {i}")
+    jit.ask("deploy-prod")  # C0PROD
+    drain(jit, lambda: len(request_posts(slack, "C0APPROVALS")) == 4 and request_posts(slack, "C0PROD"),
+          timeout=60, what="every post")
+    prod = request_posts(slack, "C0PROD")[0]
+    busy = request_posts(slack, "C0APPROVALS")
+    # C0PROD's post did not wait behind C0APPROVALS's queue (paced at one a second)
+    assert prod.time < busy[-1].time
+
+
+def test_retry_after_is_honoured(jit, slack):
+    slack.rate_limit(retry_after=2, times=1, methods="chat.postMessage")
+    ids = [jit.ask("read-secret", reason=f"limited {i}")["id"] for i in range(2)]
+    drain(jit, lambda: len(request_posts(slack, "C0APPROVALS")) == 2, what="both messages")
+    limited = [c for c in slack.calls("chat.postMessage") if c.status == 429]
+    assert len(limited) == 1
+    after = [c for c in slack.calls("chat.postMessage") if c.time > limited[0].time]
+    assert after and min(c.time for c in after) >= limited[0].time + 2.0
+    assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == ids
+
+
+def test_a_request_gone_before_its_post_does_not_block_the_channel(jit, slack):
+    ids = [jit.ask("read-secret", reason=f"gone {i}")["id"] for i in range(5)]
+    jit.work()  # the first is posted, the others wait for their slots (one a second)
+    gone = ids[3]
+    assert jit.rt.redis.zscore("jit:slack:outbox:C0APPROVALS", gone) is not None
+    jit.rt.redis.delete(f"jit:req:{gone}")  # e.g. retention dropped it while it waited
+    drain(jit, lambda: len(request_posts(slack, "C0APPROVALS")) == 4, what="the rest")
+    assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == [i for i in ids if i != gone]
+    assert not jit.rt.redis.exists("jit:slack:outbox:C0APPROVALS")
+
+
+def test_a_message_slack_refuses_does_not_hold_up_the_channel(jit, slack):
+    slack.api_error("invalid_blocks", methods="chat.postMessage", times=1)
+    ids = [jit.ask("read-secret", reason=f"refused {i}")["id"] for i in range(3)]
+    drain(jit, lambda: len(request_posts(slack, "C0APPROVALS")) == 3, timeout=60, what="all three, the refused one retried")
+    posted = [rid_of(c) for c in request_posts(slack, "C0APPROVALS")]
+    assert sorted(posted) == sorted(ids)
+    assert posted[:2] == ids[1:]  # the others went first; the refused one came back after them
