@@ -47,7 +47,10 @@ def write_example_policy(path: Path, data_dir: Path) -> str:
     """Write the commented starter policy with a fresh pipeline token; returns the token."""
     token = "jit_" + secrets.token_urlsafe(24)
     text = EXAMPLE_POLICY.read_text(encoding="utf-8")
-    path.write_text(text.replace(TOKEN_PLACEHOLDER, hashlib.sha256(token.encode()).hexdigest()), encoding="utf-8")
+    path.write_text(
+        text.replace(TOKEN_PLACEHOLDER, hashlib.sha256(token.encode()).hexdigest()),
+        encoding="utf-8",
+    )
     _write_private(data_dir / "pipeline-token", token + "\n")
     return token
 
@@ -62,7 +65,9 @@ def _write_private(path: Path, text: str) -> None:
 # ---------------------------------------------------------------------- settings
 
 
-def dev_environment(data_dir: Path, host: str, port: int) -> tuple[dict[str, str], Settings, list[str]]:
+def dev_environment(
+    data_dir: Path, host: str, port: int
+) -> tuple[dict[str, str], Settings, list[str]]:
     """The environment for the children: the user's settings, plus whatever a first run lacks."""
     env = dict(os.environ)
     made_up: list[str] = []
@@ -72,7 +77,9 @@ def dev_environment(data_dir: Path, host: str, port: int) -> tuple[dict[str, str
         missing = {str(err["loc"][0]).upper() for err in e.errors() if err["type"] == "missing"}
         others = [err for err in e.errors() if err["type"] != "missing"]
         if others:
-            raise DevError(describe(ValidationError.from_exception_data(e.title, others)).removeprefix("jit: ")) from None
+            raise DevError(
+                describe(ValidationError.from_exception_data(e.title, others)).removeprefix("jit: ")
+            ) from None
         if "JIT_SECRET_KEY" in missing:
             key_file = data_dir / "secret-key"
             if not key_file.exists():
@@ -131,11 +138,27 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = [
-        binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-        "--daemonize", "no", "--logfile", "redis.log",
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(folder),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+        "--logfile",
+        "redis.log",
     ]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **_child_kwargs())
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **_child_kwargs()
+    )
     url = f"redis://127.0.0.1:{port}/0"
     from redis import Redis
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -144,7 +167,9 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise DevError(f"redis-server exited (code {proc.returncode}); see {folder / 'redis.log'}")
+            raise DevError(
+                f"redis-server exited (code {proc.returncode}); see {folder / 'redis.log'}"
+            )
         try:
             client.ping()
             return proc, url
@@ -169,7 +194,10 @@ def _child_kwargs() -> dict:
         except (OSError, AttributeError):
             pass
 
-    return {"start_new_session": True, "preexec_fn": die_with_parent if sys.platform == "linux" else None}
+    return {
+        "start_new_session": True,
+        "preexec_fn": die_with_parent if sys.platform == "linux" else None,
+    }
 
 
 def _jit(*argv: str) -> list[str]:
@@ -207,7 +235,9 @@ def main(args: argparse.Namespace) -> int:
     if not policy_path.exists():
         # --example-policy asks for it; a first run in an empty folder gets it too
         write_example_policy(policy_path, data_dir)
-        made_up.append(f"{policy_path}: the commented starter policy (put your Slack ids in; it reloads on save)")
+        made_up.append(
+            f"{policy_path}: the commented starter policy (put your Slack ids in; it reloads on save)"
+        )
     elif args.example_policy:
         made_up.append(f"{policy_path} already exists: kept as it is")
 
@@ -228,20 +258,37 @@ def main(args: argparse.Namespace) -> int:
     try:
         if "redis_url" not in settings.model_fields_set:
             redis_proc, env["REDIS_URL"] = start_redis(data_dir)
-            redis_note = f"{env['REDIS_URL']} (embedded; data and append-only file in {data_dir / 'redis'})"
+            redis_note = (
+                f"{env['REDIS_URL']} (embedded; data and append-only file in {data_dir / 'redis'})"
+            )
         else:
             redis_note = f"{settings.redis_url} (REDIS_URL)"
         local = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
-        procs.append(("server", subprocess.Popen(
-            _jit("serve", "--host", args.host, "--port", str(args.port), "--workers", "1"), env=env, **_child_kwargs()
-        )))
-        procs.append(("worker", subprocess.Popen(_jit("worker", "--concurrency", "1"), env=env, **_child_kwargs())))
+        procs.append(
+            (
+                "server",
+                subprocess.Popen(
+                    _jit("serve", "--host", args.host, "--port", str(args.port), "--workers", "1"),
+                    env=env,
+                    **_child_kwargs(),
+                ),
+            )
+        )
+        procs.append(
+            (
+                "worker",
+                subprocess.Popen(_jit("worker", "--concurrency", "1"), env=env, **_child_kwargs()),
+            )
+        )
 
         deadline = time.monotonic() + 60
         while not _ready(local):
             for name, p in procs:
                 if p.poll() is not None:
-                    print(f"jit dev: the {name} exited (code {p.returncode}) while starting", file=sys.stderr)
+                    print(
+                        f"jit dev: the {name} exited (code {p.returncode}) while starting",
+                        file=sys.stderr,
+                    )
                     return 1
             if stopping.is_set():
                 return 0
@@ -254,12 +301,21 @@ def main(args: argparse.Namespace) -> int:
         while not stopping.wait(0.5):
             for name, p in procs:
                 if p.poll() is not None:
-                    print(f"jit dev: the {name} exited (code {p.returncode}); stopping", file=sys.stderr)
+                    print(
+                        f"jit dev: the {name} exited (code {p.returncode}); stopping",
+                        file=sys.stderr,
+                    )
                     return 1
-        print("jit dev: stopping (the worker finishes the job in hand first)…", file=sys.stderr, flush=True)
+        print(
+            "jit dev: stopping (the worker finishes the job in hand first)…",
+            file=sys.stderr,
+            flush=True,
+        )
         return 0
     finally:
-        threads = [threading.Thread(target=_stop, args=(p, name, STOP_TIMEOUT)) for name, p in procs]
+        threads = [
+            threading.Thread(target=_stop, args=(p, name, STOP_TIMEOUT)) for name, p in procs
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -268,8 +324,15 @@ def main(args: argparse.Namespace) -> int:
             _stop(redis_proc, "redis-server", 20)  # SIGTERM: Redis flushes its append-only file
 
 
-def banner(settings: Settings, env: dict[str, str], policy, local: str, data_dir: Path, redis_note: str,
-           made_up: list[str]) -> str:
+def banner(
+    settings: Settings,
+    env: dict[str, str],
+    policy,
+    local: str,
+    data_dir: Path,
+    redis_note: str,
+    made_up: list[str],
+) -> str:
     public = env.get("JIT_PUBLIC_URL", settings.jit_public_url).rstrip("/")
     token_file = data_dir / "pipeline-token"
     token = f"$(cat {_shown(token_file)})" if token_file.exists() else "$JIT_PIPELINE_TOKEN"
@@ -299,7 +362,7 @@ def banner(settings: Settings, env: dict[str, str], policy, local: str, data_dir
         "A pipeline asks for access:",
         f"  curl -s -X POST {local}/v1/requests \\",
         f'    -H "Authorization: Bearer {token}" -H "Content-Type: application/json" \\',
-        f"    -d '{{\"action\": \"{action}\", \"reason\": \"trying jit\"}}'",
+        f'    -d \'{{"action": "{action}", "reason": "trying jit"}}\'',
         "",
         f"Metrics: {local}/metrics    Ctrl-C stops everything.",
         "",

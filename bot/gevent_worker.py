@@ -19,7 +19,9 @@ from gunicorn.workers.ggevent import GeventWorker
 class GracefulGeventWorker(GeventWorker):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._idle: dict[object, socket.socket] = {}  # greenlet waiting for its next request → socket
+        self._idle: dict[
+            object, socket.socket
+        ] = {}  # greenlet waiting for its next request → socket
         self._sockets: dict[object, socket.socket] = {}  # greenlet → the connection it serves
 
     def handle(self, listener, client, addr) -> None:
@@ -57,6 +59,8 @@ class GracefulGeventWorker(GeventWorker):
             gevent.sleep(0.2)
         for client in list(self._idle.values()):
             try:
-                client.shutdown(socket.SHUT_RDWR)  # its reader sees end-of-stream and closes quietly
+                client.shutdown(
+                    socket.SHUT_RDWR
+                )  # its reader sees end-of-stream and closes quietly
             except OSError:
                 pass

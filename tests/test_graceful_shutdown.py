@@ -8,10 +8,10 @@ import threading
 import pytest
 import redis as redislib
 import requests
-from support import WEB_TOKEN
 from procs import Stack, wait_until
 from rq.registry import StartedJobRegistry
 from slackfake import block_action
+from support import WEB_TOKEN
 
 from workers.expiry import ACCESS_QUEUE
 
@@ -30,14 +30,19 @@ def approve_slow_grant(stack: Stack, seconds: float) -> tuple[str, str]:
     assert r.status_code == 201, r.text
     rid, rtok = r.json()["id"], r.json()["request_token"]
     ts = stack.message_ts(rid)
-    resp = stack.slack_post(block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=ts))
+    resp = stack.slack_post(
+        block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=ts)
+    )
     assert resp.status_code == 200
     return rid, rtok
 
 
 def grant_in_flight(stack: Stack, rid: str) -> bool:
     raw = redislib.Redis.from_url(stack.redis.url)
-    return any(j.startswith(f"grant-{rid}-") for j in StartedJobRegistry(ACCESS_QUEUE, connection=raw).get_job_ids())
+    return any(
+        j.startswith(f"grant-{rid}-")
+        for j in StartedJobRegistry(ACCESS_QUEUE, connection=raw).get_job_ids()
+    )
 
 
 def test_sigterm_to_a_worker_lets_the_grant_in_hand_finish(stack):
@@ -100,8 +105,11 @@ def test_sigterm_to_serve_finishes_the_requests_in_flight(stack):
     t = threading.Thread(target=long_poll)
     t.start()
     # the first long-poll of a fresh server opens its wake-up subscription: it is now in flight
-    wait_until(lambda: watcher.pubsub_numsub(keys.changed_channel())[0][1] >= 1, timeout=30,
-               message="the long-poll to be waiting")
+    wait_until(
+        lambda: watcher.pubsub_numsub(keys.changed_channel())[0][1] >= 1,
+        timeout=30,
+        message="the long-poll to be waiting",
+    )
     serve = stack.procs[0]
     serve.signal(signal.SIGTERM)
     t.join(60)

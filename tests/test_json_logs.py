@@ -60,6 +60,9 @@ def test_http_request_lines_carry_the_callers_request_id(app, json_lines):
     assert fresh and fresh != "<script>"  # an unsafe id is replaced, not echoed
 
     probes = [e for e in json_lines() if e["event"] == "probing"]
-    assert [(e["request_id"], e["http_request_id"]) for e in probes] == [("abc123", "trace-42"), ("def456", fresh)]
+    assert [(e["request_id"], e["http_request_id"]) for e in probes] == [
+        ("abc123", "trace-42"),
+        ("def456", fresh),
+    ]
     logging.getLogger("jit.test").info("after")
     assert "request_id" not in json_lines()[-1]  # the context ended with the request

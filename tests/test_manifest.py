@@ -32,6 +32,8 @@ SCOPES: dict[str, set[str]] = {
     "users.info": {"users:read"},
     "users.lookupByEmail": {"users:read.email"},
     "conversations.open": {"im:write"},
+    # approval channels may be public or private
+    "conversations.history": {"channels:history", "groups:history"},
     "reactions.add": {"reactions:write"},
     # Socket Mode: called with the app-level token (scope connections:write on that token,
     # set when the token is generated, not in the manifest's bot scopes).
@@ -89,7 +91,9 @@ def test_manifest_scopes_are_exactly_the_scopes_used():
         if m["features"].get(feature):
             required |= scopes
     granted = set(m["oauth_config"]["scopes"]["bot"])
-    assert granted == required, f"missing: {sorted(required - granted)}, unused: {sorted(granted - required)}"
+    assert granted == required, (
+        f"missing: {sorted(required - granted)}, unused: {sorted(granted - required)}"
+    )
     assert "user" not in m["oauth_config"]["scopes"]  # the app never acts as a user
 
 
@@ -106,7 +110,10 @@ def test_manifest_wires_commands_events_and_interactivity_to_the_bot():
     assert m["settings"]["interactivity"]["is_enabled"] is True
 
     urls = [c["url"] for c in m["features"]["slash_commands"]]
-    urls += [m["settings"]["event_subscriptions"]["request_url"], m["settings"]["interactivity"]["request_url"]]
+    urls += [
+        m["settings"]["event_subscriptions"]["request_url"],
+        m["settings"]["interactivity"]["request_url"],
+    ]
     for url in urls:  # the one endpoint bot/web.py serves for everything from Slack
         assert url.startswith("https://") and url.endswith("/slack/events"), url
     assert m["settings"]["socket_mode_enabled"] is False  # HTTP by default; docs say how to switch

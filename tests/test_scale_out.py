@@ -12,9 +12,9 @@ import threading
 import pytest
 import redis as redislib
 import requests
-from support import SIGNING_SECRET, WEB_TOKEN, free_port
 from procs import JIT, Proc, Stack, wait_until
 from slackfake import block_action, sign
+from support import SIGNING_SECRET, WEB_TOKEN, free_port
 
 from bot.sentinel import SentinelTarget, parse
 
@@ -22,7 +22,9 @@ from bot.sentinel import SentinelTarget, parse
 def serve_replica(stack: Stack, port: int | None = None) -> tuple[Proc, str]:
     """Another `jit serve` on its own port, sharing the stack's Redis, Slack and policy."""
     port = port or free_port()
-    proc = Proc("serve-b", [*JIT, "serve", "--port", str(port), "--workers", "1"], stack.env, stack.tmp)
+    proc = Proc(
+        "serve-b", [*JIT, "serve", "--port", str(port), "--workers", "1"], stack.env, stack.tmp
+    )
     stack.procs.append(proc)
     url = f"http://127.0.0.1:{port}"
 
@@ -52,21 +54,39 @@ def test_two_replicas_and_two_workers_act_as_one():
         polled: dict = {}
 
         def long_poll_on_b():
-            resp = requests.get(f"{url_b}/v1/requests/{rid}?wait=40",
-                                headers={"Authorization": f"Bearer {rtok}"}, timeout=60)
+            resp = requests.get(
+                f"{url_b}/v1/requests/{rid}?wait=40",
+                headers={"Authorization": f"Bearer {rtok}"},
+                timeout=60,
+            )
             polled["status"], polled["body"] = resp.status_code, resp.json()
 
         t = threading.Thread(target=long_poll_on_b)
         t.start()
         watcher = redislib.Redis.from_url(stack.redis.url)
-        wait_until(lambda: watcher.pubsub_numsub("jit:changed")[0][1] >= 1, timeout=30,
-                   message="replica B's long-poll to be waiting")
+        wait_until(
+            lambda: watcher.pubsub_numsub("jit:changed")[0][1] >= 1,
+            timeout=30,
+            message="replica B's long-poll to be waiting",
+        )
 
         # the click reaches replica A; Slack retries the very same delivery to replica B
-        body, ctype = block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=ts)
+        body, ctype = block_action(
+            "jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=ts
+        )
         headers = sign(SIGNING_SECRET, body, content_type=ctype)
-        assert requests.post(stack.url + "/slack/events", data=body, headers=headers, timeout=10).status_code == 200
-        assert requests.post(url_b + "/slack/events", data=body, headers=headers, timeout=10).status_code == 401
+        assert (
+            requests.post(
+                stack.url + "/slack/events", data=body, headers=headers, timeout=10
+            ).status_code
+            == 200
+        )
+        assert (
+            requests.post(
+                url_b + "/slack/events", data=body, headers=headers, timeout=10
+            ).status_code
+            == 401
+        )
 
         t.join(60)
         assert polled.get("status") == 200, polled
@@ -78,8 +98,11 @@ def test_two_replicas_and_two_workers_act_as_one():
         grants = (stack.state_dir / f"{rid}.grant").read_text().splitlines()
         revokes = (stack.state_dir / f"{rid}.revoke").read_text().splitlines()
         assert (len(grants), len(revokes)) == (1, 1)
-        posts = [c for c in stack.slack.calls("chat.postMessage")
-                 if c.ok and not c.params.get("thread_ts") and rid in json.dumps(c.params)]
+        posts = [
+            c
+            for c in stack.slack.calls("chat.postMessage")
+            if c.ok and not c.params.get("thread_ts") and rid in json.dumps(c.params)
+        ]
         assert len(posts) == 1  # one approval message, updated in place
         approvals = watcher.hgetall(f"jit:req:{rid}:approvals")
         assert list(approvals) == [b"U0LEAD1"]
@@ -91,10 +114,15 @@ def test_two_replicas_and_two_workers_act_as_one():
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("redis+sentinel://sentinel-a/mymaster", SentinelTarget([("sentinel-a", 26379)], "mymaster", 0, None, None, None)),
+        (
+            "redis+sentinel://sentinel-a/mymaster",
+            SentinelTarget([("sentinel-a", 26379)], "mymaster", 0, None, None, None),
+        ),
         (
             "redis+sentinel://:s3cr%40t@10.0.0.1:26380,10.0.0.2:26381/jit/2",
-            SentinelTarget([("10.0.0.1", 26380), ("10.0.0.2", 26381)], "jit", 2, None, "s3cr@t", None),
+            SentinelTarget(
+                [("10.0.0.1", 26380), ("10.0.0.2", 26381)], "jit", 2, None, "s3cr@t", None
+            ),
         ),
         (
             "redis+sentinel://jit:pw@a:1,b:2,c/main/0?sentinel_password=spw",
@@ -129,9 +157,13 @@ def sentinel(redis_server):
     port = free_port()
     conf = os.path.join(tmp, "sentinel.conf")
     with open(conf, "w") as f:
-        f.write(f"port {port}\nbind 127.0.0.1\ndir {tmp}\n"
-                f"sentinel monitor jitmaster 127.0.0.1 {redis_server.port} 1\n")
-    proc = subprocess.Popen([binary, conf, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        f.write(
+            f"port {port}\nbind 127.0.0.1\ndir {tmp}\n"
+            f"sentinel monitor jitmaster 127.0.0.1 {redis_server.port} 1\n"
+        )
+    proc = subprocess.Popen(
+        [binary, conf, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     client = redislib.Redis(port=port, decode_responses=True)
 
     def knows_master() -> bool:
@@ -152,13 +184,19 @@ def sentinel(redis_server):
 def test_redis_url_through_sentinel_reaches_the_master(sentinel, redis_url):
     from bot.runtime import redis_from_url
 
-    via_sentinel = redis_from_url(f"redis+sentinel://127.0.0.1:{sentinel}/jitmaster/0", decode_responses=True)
+    via_sentinel = redis_from_url(
+        f"redis+sentinel://127.0.0.1:{sentinel}/jitmaster/0", decode_responses=True
+    )
     via_sentinel.set("jit:test:sentinel", "hello")
     direct = redislib.Redis.from_url(redis_url, decode_responses=True)
     assert direct.get("jit:test:sentinel") == "hello"
     # the settings accept it, so `jit serve` and `jit worker` start with it
     from bot.settings import Settings
 
-    s = Settings(REDIS_URL=f"redis+sentinel://127.0.0.1:{sentinel}/jitmaster/0", SLACK_BOT_TOKEN="x",
-                 SLACK_SIGNING_SECRET="y", JIT_SECRET_KEY="k" * 32)
+    s = Settings(
+        REDIS_URL=f"redis+sentinel://127.0.0.1:{sentinel}/jitmaster/0",
+        SLACK_BOT_TOKEN="x",
+        SLACK_SIGNING_SECRET="y",
+        JIT_SECRET_KEY="k" * 32,
+    )
     assert s.redis_url.startswith("redis+sentinel://")

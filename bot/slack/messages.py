@@ -71,7 +71,7 @@ def message_hash(text: str, blocks: list) -> str:
 _SETTLING = "settling"
 
 
-def _maybe_applied(error: Exception) -> bool:
+def maybe_applied(error: Exception) -> bool:
     """A timeout or a dropped connection after sending: Slack may have done it anyway."""
     import http.client
     import urllib.error
@@ -110,7 +110,7 @@ def sync_request_message(rt, request_id: str) -> None:
             try:
                 call_slack(rt, channel, rt.slack.chat_update, channel=channel, ts=req.message_ts, text=text, blocks=blocks)
             except Exception as e:
-                if not _maybe_applied(e):
+                if not maybe_applied(e):
                     raise
                 # Slack may still apply this update after we gave up on it, and an update sent now
                 # could land first and be overwritten by the older state. Hold the message until

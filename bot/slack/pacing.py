@@ -174,11 +174,57 @@ def _post_head(rt, pacer: ChannelPacer, channel: str, turn: Turn) -> bool:
         pacer.posted(channel, rid)
         return True
     text, blocks = render(rt, req)
-    resp = call_slack(rt, channel, rt.slack.chat_postMessage, channel=channel, text=text, blocks=blocks)
+    sent_ms, settle_ms = rt.redis.hmget(keys.request(rid), "post_uncertain_ms", "post_settle_ms")
+    if sent_ms:
+        from workers.jobs import RetryLater
+
+        if now_ms() < int(settle_ms or 0):
+            raise RetryLater(int(settle_ms) - now_ms())  # the lost attempt may still land
+        if ts := find_earlier_post(rt, channel, rid, int(sent_ms)):
+            # an earlier attempt timed out on our side but reached Slack: adopt it, never post twice
+            rt.store.set_fields(rid, message_ts=ts, message_channel=channel)
+            pacer.posted(channel, rid)
+            return True
+    try:
+        resp = call_slack(rt, channel, rt.slack.chat_postMessage, channel=channel, text=text, blocks=blocks,
+                          metadata={"event_type": POST_EVENT, "event_payload": {"request_id": rid}})
+    except Exception as e:
+        from bot.slack.messages import maybe_applied
+        from workers.jobs import RetryLater
+
+        if not maybe_applied(e):
+            raise
+        # Slack may still post it after we gave up: look for it (by its metadata) before posting
+        # again, once it must have landed
+        timeout_ms = int(rt.slack.timeout * 1000)
+        rt.store.set_fields(rid, post_uncertain_ms=str(now_ms() - timeout_ms - 5000),
+                            post_settle_ms=str(now_ms() + timeout_ms + 2000))
+        raise RetryLater(timeout_ms + 2000) from None
     rt.store.set_fields(rid, message_ts=resp["ts"], message_channel=resp["channel"],
                         message_hash=message_hash(text, blocks))
     pacer.posted(channel, rid)
     return True
+
+
+#: Message metadata that marks a request's own message, so a lost answer can be recovered.
+POST_EVENT = "jit_access_request"
+
+
+def find_earlier_post(rt, channel: str, request_id: str, since_ms: int) -> str | None:
+    """The ts of a message of ours for `request_id` posted since `since_ms`, if Slack has one."""
+    resp = call_history(rt, channel, since_ms)
+    for m in resp.get("messages") or []:
+        meta = m.get("metadata") or {}
+        if meta.get("event_type") == POST_EVENT and (meta.get("event_payload") or {}).get("request_id") == request_id:
+            return m.get("ts")
+    return None
+
+
+def call_history(rt, channel: str, since_ms: int):
+    from bot.slack.messages import call_slack
+
+    return call_slack(rt, channel, rt.slack.conversations_history, channel=channel,
+                      oldest=f"{since_ms / 1000:.6f}", limit=200, include_all_metadata=True)
 
 
 def _post_digest(rt, channel: str) -> bool:

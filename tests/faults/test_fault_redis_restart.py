@@ -102,6 +102,8 @@ def _restart_redis_under_load(stack: Stack, redis: ShippedRedis) -> None:
     # The worker carries on: the grant that expired during the outage is revoked...
     wait_status(stack, short, {"expired"}, timeout=30)
     assert len(grant_log(stack, short, "revoke")) == 1
+    # the audit entry follows the status change by a moment
+    wait_until(lambda: audit(stack, "grant.revoked", short), 15, 0.05, "the revocation audited")
     assert len(audit(stack, "grant.revoked", short)) == 1
     # ...the half-approved request completes with the approval given before the crash...
     approve(stack, pending, "U0LEAD2")
