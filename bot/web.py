@@ -54,7 +54,7 @@ def create_app(rt: Runtime) -> Flask:
         if refusal is not None:
             return refusal
         try:
-            bolt_request = to_bolt_request(request)
+            bolt_request = _form_safe(to_bolt_request(request))
         except (AttributeError, KeyError, TypeError, ValueError):
             # Bolt reads ids out of the payload while building its context and assumes
             # Slack's shapes (e.g. `user` an object): anything else is a malformed payload.
@@ -84,6 +84,31 @@ def create_app(rt: Runtime) -> Flask:
     return flask_app
 
 
+def slack_body(raw: str, content_type: str | None) -> dict:
+    """Bolt's parser, except that a form body which merely *contains* the word "payload" (a slash
+    command's text, a channel named payload-team) is read as the form it is; Bolt would read it
+    as an empty interaction and drop every field."""
+    from urllib.parse import parse_qsl
+
+    if (content_type or "").strip().lower() == "application/x-www-form-urlencoded" and "payload" in raw:
+        form = dict(parse_qsl(raw, keep_blank_values=True))
+        if "payload" not in form and not raw.startswith("{"):
+            return form
+    return parse_body(raw, content_type)
+
+
+def _form_safe(bolt_request):
+    """Give Bolt the body `slack_body` reads, so our checks and the listeners see the same thing."""
+    from slack_bolt.context import BoltContext
+    from slack_bolt.request.internals import build_context
+
+    body = slack_body(bolt_request.raw_body, bolt_request.content_type)
+    if body is not bolt_request.body and body != bolt_request.body:
+        bolt_request.body = body
+        bolt_request.context = build_context(BoltContext({}), body)
+    return bolt_request
+
+
 def _slack_refusal(status: int, message: str) -> Response:
     return Response(message, status=status, mimetype="text/plain")
 
@@ -98,7 +123,7 @@ def _guard(rt: Runtime, raw: bytes, headers) -> Response | None:
     try:
         # Bolt's own parser, so these checks see exactly the payload the listeners will get
         # (Bolt takes the last of repeated fields and reads any body starting with `{` as JSON).
-        payload = parse_body(raw.decode("utf-8", errors="replace"), ctype)
+        payload = slack_body(raw.decode("utf-8", errors="replace"), ctype)
     except ValueError:
         return _slack_refusal(400, "malformed payload")
     if not isinstance(payload, dict) or not _slack_shaped(payload):

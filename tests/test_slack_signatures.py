@@ -34,3 +34,10 @@ def test_signed_slash_command_is_answered(jit):
     resp = jit.post_slack(slash_command("help", "U0LEAD1"))
     assert resp.status_code == 200
     assert "/jit status" in resp.get_data(as_text=True)
+
+
+def test_slash_command_mentioning_payload_is_still_a_command(jit):
+    # Bolt alone would read this form body as an (empty) interaction payload
+    resp = jit.post_slack(slash_command("help payload", "U0LEAD1", channel_name="payload-team"))
+    assert resp.status_code == 200
+    assert "/jit status" in resp.get_data(as_text=True)

@@ -47,6 +47,10 @@ def audit_events(rt, name: str) -> list[dict]:
 
 def approve_and_wait(jit, rid: str, user: str, timeout: float = 30) -> None:
     """Click Approve and wait until the click is recorded (Bolt runs the listener after its ack)."""
+    if jit.rt.store.get(rid).message_ts is None:  # clicks come from the request's message
+        from bot.slack.messages import sync_request_message
+
+        sync_request_message(jit.rt, rid)
     assert jit.approve(rid, user).status_code == 200
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
