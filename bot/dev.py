@@ -347,7 +347,7 @@ def banner(
     lines += [f"  note:   {m}" for m in made_up]
     lines += [
         "",
-        "Slack app (create it from slack-app-manifest.yml; see docs/operations.md) — three URLs, all the same:",
+        "Slack app (create it from slack-app-manifest.yml; see the README, 'Slack app setup') — three URLs, all the same:",
         f"  Event Subscriptions → Request URL        {public}/slack/events",
         f"  Interactivity & Shortcuts → Request URL  {public}/slack/events",
         f"  Slash Commands → /jit → Request URL      {public}/slack/events",

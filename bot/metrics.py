@@ -5,7 +5,7 @@ pipeline calls in every gunicorn worker of every `jit serve` replica, grants and
 `jit worker` and its forked children. In-process counters (even with `prometheus_client.multiprocess`,
 which only aggregates processes that share one directory on one host) would need every process on
 every host scraped separately. Here each event is one `HINCRBY` into `keys.metrics()`, and
-`/metrics` renders that hash plus live queue depths. Consequences, documented in docs/operations.md:
+`/metrics` renders that hash plus live queue depths. Consequences, documented in the README (Operations → Metrics):
 
 - every replica returns the same numbers: scrape one address (the load balancer) or aggregate
   with `max without (instance)`, never `sum`;

@@ -23,12 +23,21 @@ from bot.settings import Settings
 log = logging.getLogger("jit")
 
 
+#: Connections one process may open. Past it a caller waits (up to POOL_WAIT seconds) for a free
+#: one instead of failing: under gevent, thousands of greenlets may want Redis at once.
+POOL_SIZE = 512
+POOL_WAIT = 20
+
+
 def redis_from_url(url: str, **kw) -> Redis:
     if url.startswith("redis+sentinel://"):
         from bot.sentinel import sentinel_master
 
         return sentinel_master(url, **kw)
-    return Redis.from_url(url, **kw)
+    from redis import BlockingConnectionPool
+
+    pool = BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=POOL_WAIT, **kw)
+    return Redis(connection_pool=pool)
 
 
 @dataclass

@@ -21,8 +21,8 @@ class Recorder:
     def __init__(self):
         self.kicked: list[tuple[str, int, int]] = []
 
-    def kick(self, members, score):
-        for m in members:
+    def kick_many(self, items):
+        for m, score in items:
             self.kicked.append((m, score, now_ms()))
 
 
@@ -95,3 +95,27 @@ def test_scheduler_fires_on_time_in_real_time(r, redis_url):
     assert sorted(m for m, _, _ in rec.kicked) == sorted(due)
     for member, _, fired in rec.kicked:
         assert fired >= due[member], f"{member} fired early"
+
+
+def test_many_due_at_once_share_jobs_and_all_run(jit):
+    """A burst of expiries is batched into fewer RQ jobs, and every member still runs once."""
+    from workers.expiry import ACCESS_QUEUE
+
+    rids = []
+    for i in range(12):
+        rid = jit.ask("quick", ttl="1s", reason=f"burst {i}")["id"]
+        jit.rt.access.approve(rid, "U0LEAD1")
+        rids.append(rid)
+    jit.work()
+    reqs = [jit.rt.store.get(r) for r in rids]
+    assert all(r.issued_at is not None for r in reqs)
+    last = max(r.expires_at for r in reqs).timestamp()
+    time.sleep(max(0.0, last - time.time()) + 0.05)  # all fall due together
+    sched = Scheduler(jit.rt.redis, jit.rt.redis, jit.rt.dispatcher)
+    assert sched.run_once() >= 12
+    queued = jit.rt.dispatcher.queues[ACCESS_QUEUE].count
+    assert 1 < queued < 12  # batched, yet spread over several jobs for several workers
+    jit.work()
+    assert [jit.rt.store.get(r).status for r in rids] == ["expired"] * 12
+    revoked = [e.body["request_id"] for e in jit.rt.audit.latest(200) if e.body["event"] == "grant.revoked"]
+    assert sorted(revoked) == sorted(rids)

@@ -196,16 +196,37 @@ class Dispatcher:
         }
 
     def kick(self, members: list[str], score: int) -> None:
-        for m in members:
-            self.queues[queue_for(m)].enqueue_call(
-                "workers.jobs.run_due",
-                args=(m, score),
-                job_id=f"{m.replace(':', '-')}-{score}-{uuid.uuid4().hex[:6]}",
-                result_ttl=0,
-                failure_ttl=86400,
-                ttl=3600,
-                timeout=600,
-            )
+        self.kick_many([(m, score) for m in members])
+
+    def kick_many(self, items: list[tuple[str, int]]) -> None:
+        """Enqueue the items in one round trip. When many are due at once, several share a job
+        (fewer per job than there are items per worker), which spares RQ's per-job overhead."""
+        if not items:
+            return
+        by_queue: dict[str, list[tuple[str, int]]] = {}
+        for item in items:
+            by_queue.setdefault(queue_for(item[0]), []).append(item)
+        first = next(iter(self.queues.values()))
+        with first.connection.pipeline() as pipe:
+            for name, group in by_queue.items():
+                size = max(1, min(MAX_BATCH, -(-len(group) // 4)))
+                for i in range(0, len(group), size):
+                    chunk = group[i : i + size]
+                    tag = uuid.uuid4().hex[:6]
+                    if len(chunk) == 1:
+                        (m, score), = chunk
+                        func, args, job_id = "workers.jobs.run_due", (m, score), f"{m.replace(':', '-')}-{score}-{tag}"
+                    else:
+                        func, args, job_id = "workers.jobs.run_due_batch", (chunk,), f"batch-{len(chunk)}-{tag}"
+                    self.queues[name].enqueue_call(
+                        func, args=args, job_id=job_id, result_ttl=0, failure_ttl=86400, ttl=3600,
+                        timeout=600, pipeline=pipe,
+                    )
+            pipe.execute()
+
+
+#: Most due items one job carries.
+MAX_BATCH = 20
 
 
 def now_ms() -> int:
@@ -230,8 +251,7 @@ class Scheduler:
     def run_once(self) -> int:
         """Claim and dispatch everything due now. Returns how many were dispatched."""
         items = self.due.claim(now_ms(), self.batch, QUEUED_LEASE_MS)
-        for member, score in items:
-            self.dispatcher.kick([member], score)
+        self.dispatcher.kick_many(items)
         return len(items)
 
     def run(self) -> None:

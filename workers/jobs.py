@@ -186,6 +186,12 @@ HANDLERS: dict[str, Callable[[Runtime, str], None]] = {
 # ------------------------------------------------------------------------- the job
 
 
+def run_due_batch(items: list[tuple[str, int]]) -> None:
+    """Several due members in one job (the scheduler batches when many fall due at once)."""
+    for member, score in items:
+        run_due(member, score)
+
+
 def run_due(member: str, claimed_score: int) -> None:
     kind, _, rid = member.partition(":")
     with logs.bind(request_id=rid or None, job=kind):

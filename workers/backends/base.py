@@ -97,13 +97,23 @@ def register(cls: type[GrantBackend]) -> type[GrantBackend]:
     return cls
 
 
+_discovered = False
+
+
 def registry() -> dict[str, type[GrantBackend]]:
-    """All known backends, including those from the `jit.backends` entry-point group."""
-    from importlib.metadata import entry_points
+    """All known backends, including those from the `jit.backends` entry-point group.
 
-    import workers.backends  # noqa: F401  (imports the built-in backends so they register)
+    Entry points are discovered once per process: scanning every installed distribution costs
+    milliseconds, and this sits on the path of every grant and revoke.
+    """
+    global _discovered
+    if not _discovered:
+        from importlib.metadata import entry_points
 
-    for ep in entry_points(group="jit.backends"):
-        if ep.name not in _REGISTRY:
-            register(ep.load())
+        import workers.backends  # noqa: F401  (imports the built-in backends so they register)
+
+        for ep in entry_points(group="jit.backends"):
+            if ep.name not in _REGISTRY:
+                register(ep.load())
+        _discovered = True
     return dict(_REGISTRY)
