@@ -166,7 +166,12 @@ def _slack_shaped(payload: dict) -> bool:
     if not isinstance(payload.get("team"), dict | None):
         return False
     actions = payload.get("actions", [])
-    return isinstance(actions, list) and all(isinstance(a, dict) for a in actions)
+    if payload.get("type") == "block_actions" and not actions:
+        return False  # Bolt reads actions[0] of every block_actions payload
+    # Bolt's matchers index `action_id` (and `block_id`) directly: a button without one is malformed
+    return isinstance(actions, list) and all(
+        isinstance(a, dict) and isinstance(a.get("action_id"), str) for a in actions
+    )
 
 
 def _text(value: object) -> str | None:

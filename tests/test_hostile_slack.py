@@ -206,7 +206,7 @@ _json = st.recursive(_json_leaf, lambda c: st.lists(c, max_size=3) | st.dictiona
                      max_leaves=10)
 
 
-@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     kind=st.sampled_from(["block_actions", "view_submission", "shortcut", "message_action", "x"]),
     user=st.one_of(_json, st.fixed_dictionaries({"id": _json, "team_id": _json})),

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import WatchError
 
 from bot.domain import keys
 from bot.domain.clock import now, rfc3339, to_ms
@@ -89,9 +88,35 @@ class Broken:
     reason: str
 
 
+# Append one entry if the head is still the one the caller chained onto (optimistic: one round
+# trip when this process wrote the last entry; otherwise the real head comes back for a retry).
+# KEYS: head, stream, per-request index ('' for none)
+# ARGV: expected seq, expected hash, data, hash, stream-id ms, index length, index ttl
+_APPEND = """
+local h = redis.call('HMGET', KEYS[1], 'seq', 'hash', 'ms')
+local seq = tonumber(h[1] or '0')
+local hash = h[2] or '""" + GENESIS + """'
+local ms = tonumber(h[3] or '0')
+if seq ~= tonumber(ARGV[1]) or hash ~= ARGV[2] or ms > tonumber(ARGV[5]) then
+  return {0, tostring(seq), hash, tostring(ms)}
+end
+local sid = ARGV[5] .. '-' .. (seq + 1)
+redis.call('XADD', KEYS[2], sid, 'data', ARGV[3], 'hash', ARGV[4])
+redis.call('HSET', KEYS[1], 'seq', seq + 1, 'hash', ARGV[4], 'id', sid, 'ms', ARGV[5])
+if KEYS[3] ~= '' then
+  redis.call('RPUSH', KEYS[3], sid)
+  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[6]), -1)
+  redis.call('EXPIRE', KEYS[3], ARGV[7])
+end
+return {1, sid}
+"""
+
+
 class AuditLog:
     def __init__(self, redis: Redis) -> None:
         self.r = redis
+        self._append = redis.register_script(_APPEND)
+        self._head: tuple[int, str, int] = (0, GENESIS, 0)  # our guess of (seq, hash, ms)
 
     def append(
         self,
@@ -113,31 +138,23 @@ class AuditLog:
             "outcome": outcome,
             "details": _scrub(details or {}),
         }
-        head_key = keys.audit_head()
+        index = keys.audit_by_request(request_id) if request_id and _INDEXABLE_ID.match(request_id) else ""
         while True:
-            with self.r.pipeline() as pipe:
-                try:
-                    pipe.watch(head_key)
-                    head = pipe.hgetall(head_key)
-                    seq = int(head.get("seq", 0)) + 1
-                    prev = head.get("hash", GENESIS)
-                    body = {**body_base, "seq": seq, "prev": prev}
-                    h = entry_hash(prev, body)
-                    # Stream ids carry the event time so `since` filters are range reads.
-                    sid_ms = max(to_ms(t), int(head.get("ms", 0)))
-                    sid = f"{sid_ms}-{seq}"
-                    pipe.multi()
-                    pipe.xadd(keys.audit_stream(), {"data": canonical(body), "hash": h}, id=sid)
-                    pipe.hset(head_key, mapping={"seq": seq, "hash": h, "id": sid, "ms": sid_ms})
-                    if request_id and _INDEXABLE_ID.match(request_id):
-                        idx = keys.audit_by_request(request_id)
-                        pipe.rpush(idx, sid)
-                        pipe.ltrim(idx, -REQUEST_INDEX_LEN, -1)
-                        pipe.expire(idx, REQUEST_INDEX_TTL_S)
-                    pipe.execute()
-                    return AuditEntry(sid, body, h)
-                except WatchError:
-                    continue
+            seq_prev, prev, ms_prev = self._head
+            seq = seq_prev + 1
+            body = {**body_base, "seq": seq, "prev": prev}
+            h = entry_hash(prev, body)
+            # Stream ids carry the event time so `since` filters are range reads.
+            sid_ms = max(to_ms(t), ms_prev)
+            res = self._append(
+                keys=[keys.audit_head(), keys.audit_stream(), index],
+                args=[seq_prev, prev, canonical(body), h, sid_ms, REQUEST_INDEX_LEN, REQUEST_INDEX_TTL_S],
+            )
+            if int(res[0]) == 1:
+                self._head = (seq, h, sid_ms)
+                return AuditEntry(res[1], body, h)
+            # another writer appended first: chain onto the head it left, and try again
+            self._head = (int(res[1]), res[2], int(res[3]))
 
     # ---------------------------------------------------------------- reading
 

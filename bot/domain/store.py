@@ -59,8 +59,11 @@ local function finalize(req, apr, openidx, id, retention)
 end
 """
 
-# KEYS: req, idem, open, all, due, wake
-# ARGV: id, created_ms, timeout_ms, lease_score, idem_ttl, field, value, ...
+# The first Slack post is due at once and left to the scheduler, which batches bursts; the
+# request also takes its place, in creation order, in its channel's queue of first posts
+# (bot/slack/pacing.py).
+# KEYS: req, idem, open, all, due, wake, channel outbox
+# ARGV: id, created_ms, timeout_ms, now_ms, idem_ttl, field, value, ...
 _CREATE = _PRELUDE + """
 if KEYS[2] ~= '' then
   local existing = redis.call('GET', KEYS[2])
@@ -72,6 +75,7 @@ redis.call('ZADD', KEYS[3], ARGV[2], id)
 redis.call('ZADD', KEYS[4], ARGV[2], id)
 queue(KEYS[5], KEYS[6], 'timeout:' .. id, ARGV[3])
 queue(KEYS[5], KEYS[6], 'slack:' .. id, ARGV[4])
+redis.call('ZADD', KEYS[7], 'NX', ARGV[2], id)
 if KEYS[2] ~= '' then redis.call('SET', KEYS[2], id, 'EX', ARGV[5]) end
 changed(id)
 return {1, id}
@@ -317,7 +321,6 @@ class Store:
         now_ms: int,
         extra: dict[str, str] | None = None,
     ) -> tuple[bool, str]:
-        lease = now_ms + LEASE_MS
         flat: list[str] = []
         for k, v in {**req.to_hash(), **(extra or {})}.items():
             flat += [k, v]
@@ -329,14 +332,10 @@ class Store:
                 keys.all_requests(),
                 keys.due(),
                 keys.due_wake(),
+                keys.channel_outbox(req.channel),
             ],
-            args=[req.id, _ms(req.created_at), _ms(req.pending_until), lease, 86400, *flat],
+            args=[req.id, _ms(req.created_at), _ms(req.pending_until), now_ms, 86400, *flat],
         )
-        if created:
-            # Take its place in the channel's queue of first posts now, in creation order,
-            # whichever worker runs its job first (bot/slack/pacing.py; the job adds it too).
-            self.r.zadd(keys.channel_outbox(req.channel), {rid: _ms(req.created_at)}, nx=True)
-            self._kick([f"slack:{rid}"], lease)
         return bool(created), rid
 
     def approve(self, request_id: str, user: str, now_ms: int) -> Outcome:
