@@ -100,7 +100,14 @@ class Runtime:
     def directory(self):
         from bot.slack.directory import SlackDirectory
 
-        return SlackDirectory(self.slack, self.redis)
+        # Group lookups can happen while a click waits for its answer (cache cold): keep them
+        # well inside Slack's 3 s; a failed lookup counts nobody in (fail closed).
+        quick = WebClient(
+            token=self.settings.slack_bot_token.get_secret_value(),
+            base_url=self.settings.slack_api_url,
+            timeout=2,
+        )
+        return SlackDirectory(quick, self.redis)
 
     @cached_property
     def access(self) -> AccessService:

@@ -98,14 +98,16 @@ def slack_body(raw: str, content_type: str | None) -> dict:
 
 
 def _form_safe(bolt_request):
-    """Give Bolt the body `slack_body` reads, so our checks and the listeners see the same thing."""
+    """Give Bolt the body `slack_body` reads, so our checks and the listeners see the same thing.
+    (Only a form that mentions "payload" without being an interaction needs it.)"""
     from slack_bolt.context import BoltContext
     from slack_bolt.request.internals import build_context
 
-    body = slack_body(bolt_request.raw_body, bolt_request.content_type)
-    if body is not bolt_request.body and body != bolt_request.body:
-        bolt_request.body = body
-        bolt_request.context = build_context(BoltContext({}), body)
+    if bolt_request.body == {} and "payload" in bolt_request.raw_body:
+        body = slack_body(bolt_request.raw_body, bolt_request.content_type)
+        if body:
+            bolt_request.body = body
+            bolt_request.context = build_context(BoltContext({}), body)
     return bolt_request
 
 
@@ -168,6 +170,12 @@ def _slack_shaped(payload: dict) -> bool:
     actions = payload.get("actions", [])
     if payload.get("type") == "block_actions" and not actions:
         return False  # Bolt reads actions[0] of every block_actions payload
+    if payload.get("type") in ("block_actions", "view_submission"):
+        user = payload.get("user")
+        if not isinstance(user, dict) or not isinstance(user.get("id"), str):
+            return False  # every click and submission names its user
+        if any(not isinstance(a.get("value", ""), str) for a in actions if isinstance(a, dict)):
+            return False  # button values are strings
     # Bolt's matchers index `action_id` (and `block_id`) directly: a button without one is malformed
     return isinstance(actions, list) and all(
         isinstance(a, dict) and isinstance(a.get("action_id"), str) for a in actions

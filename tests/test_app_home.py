@@ -14,6 +14,7 @@ MAX_HOME_BLOCKS = 100
 def open_home(jit, user: str, tab: str = "home"):
     resp = jit.post_slack(app_home_opened(user, tab=tab))
     assert resp.status_code == 200
+    jit.work()  # a worker publishes the view
 
 
 def wait_home(slack, user: str, predicate=lambda view: True, timeout: float = 30) -> dict:

@@ -509,4 +509,6 @@ def _ms(dt) -> int:
 
 
 def _valid_id(request_id: str) -> bool:
+    if not isinstance(request_id, str):
+        return False
     return 0 < len(request_id) <= 64 and all(c.isalnum() or c in "-_" for c in request_id)

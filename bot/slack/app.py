@@ -19,7 +19,10 @@ def build_app(rt: Runtime) -> App:
         client=WebClient(base_url=rt.settings.slack_api_url, timeout=10),
         signing_secret=rt.settings.slack_signing_secret.get_secret_value(),
         authorize=authorize,
-        process_before_response=False,
+        # Listeners do their Redis work and ack within milliseconds; anything slow (Slack posts,
+        # grants) is handed to RQ. Answering after the listener returns avoids Bolt's 10 ms
+        # polling for the ack, and the state has changed by the time Slack hears back.
+        process_before_response=True,
         request_verification_enabled=True,
         ssl_check_enabled=True,
         url_verification_enabled=True,

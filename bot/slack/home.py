@@ -216,6 +216,13 @@ def home_opened(rt: Runtime, user: str) -> None:
     publish_home(rt, user)
 
 
+def publish_home_job(user: str) -> None:
+    """RQ job: publish one user's Home tab (the `app_home_opened` listener enqueues it)."""
+    from bot.runtime import current
+
+    publish_home(current(), user)
+
+
 def refresh_homes(rt: Runtime) -> int:
     """Re-publish Home for recent viewers, coalescing bursts: while one worker publishes, others
     only mark the views stale, and that worker goes round again. Returns views published."""
