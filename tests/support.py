@@ -173,10 +173,29 @@ class Harness:
         from slackfake import block_action
 
         req = self.rt.store.get(rid)
+        if req is not None and req.message_ts is None and "message_ts" not in kw:
+            req = self.wait_for_message(rid)
         ts = kw.pop("message_ts", req.message_ts if req else None)
         channel = kw.pop("channel", req.channel if req else "C0PROD")
         resp = self.post_slack(block_action(action_id, rid, user, channel=channel, message_ts=ts, **kw))
         return resp
+
+    def wait_for_message(self, rid, timeout: float = 30):
+        """A person clicks on the request's message: post it (only it, and older ones waiting in
+        its channel, as pacing demands), as the worker would."""
+        from bot.slack.messages import sync_request_message
+        from workers.jobs import RetryLater
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                sync_request_message(self.rt, rid)
+            except RetryLater as e:
+                time.sleep(min(e.delay_ms, 1000) / 1000)
+            req = self.rt.store.get(rid)
+            if req.message_ts:
+                return req
+        raise AssertionError(f"{rid}'s message was never posted")
 
     def approve(self, rid, user, **kw):
         return self.click("jit_approve", rid, user, button_text="Approve", **kw)
@@ -194,6 +213,27 @@ class Harness:
             worker.work(burst=True, logging_level="ERROR")
             if sched.run_once() == 0 and not any(q.count for q in self.rt.dispatcher.queues.values()):
                 return
+
+    def drain(self, predicate, timeout: float = 60.0, what: str = "condition"):
+        """Run due jobs in-process (as a worker would) until `predicate()` holds; return its value."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.work()
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def approve_and_wait(self, rid: str, user: str, timeout: float = 30) -> None:
+        """Click Approve on the request's message and wait until the click is in the audit trail."""
+        assert self.approve(rid, user).status_code == 200
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(e.body["actor"] == user for e in self.rt.audit.entries_for_request(rid)):
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"the click of {user} on {rid} was never recorded")
 
     def grants(self, rid: str, mode: str = "grant") -> list[str]:
         p = self.state_dir / f"{rid}.{mode}"

@@ -28,15 +28,6 @@ def wait_home(slack, user: str, predicate=lambda view: True, timeout: float = 30
     raise AssertionError(f"App Home for {user} never matched; last: {json.dumps(view)[:2000]}")
 
 
-def approve_and_wait(jit, rid: str, user: str, timeout: float = 30) -> None:
-    """Click Approve and wait until the click is recorded (Bolt runs the listener after its ack)."""
-    assert jit.approve(rid, user).status_code == 200
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(e.body["actor"] == user for e in jit.rt.audit.entries_for_request(rid)):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"the click of {user} on {rid} was never recorded")
 
 
 def text_of(view: dict) -> str:
@@ -117,7 +108,7 @@ def test_a_stranger_sees_nothing_to_approve_and_no_trail(jit, slack):
 def test_an_auditor_sees_the_latest_events_and_the_chain_head(jit, slack):
     rid = jit.ask("deploy-prod", reason="audit me")["id"]
     jit.work()  # the request's message is posted: clicks come from it
-    approve_and_wait(jit, rid, "U0STRANGER")
+    jit.approve_and_wait(rid, "U0STRANGER")
     jit.work()
     open_home(jit, "U0AUDITOR")  # a member of the S0SECURITY auditors group
     view = wait_home(slack, "U0AUDITOR")

@@ -39,15 +39,6 @@ def some_history(rt, n: int = 6) -> None:
         )
 
 
-def approve_and_wait(jit, rid: str, user: str, timeout: float = 30) -> None:
-    """Click Approve and wait until the click is recorded (Bolt runs the listener after its ack)."""
-    assert jit.approve(rid, user).status_code == 200
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(e.body["actor"] == user for e in jit.rt.audit.entries_for_request(rid)):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"the click of {user} on {rid} was never recorded")
 
 
 def cli(capsys, *argv: str) -> tuple[int, str]:
@@ -66,15 +57,15 @@ def test_a_request_leaves_every_step_in_the_trail_and_no_secret(jit, slack):
     )
     rid = created["id"]
     jit.work()
-    approve_and_wait(jit, rid, "U0STRANGER")  # not an approver: refused, and recorded
-    approve_and_wait(jit, rid, "U0LEAD1")
+    jit.approve_and_wait(rid, "U0STRANGER")  # not an approver: refused, and recorded
+    jit.approve_and_wait(rid, "U0LEAD1")
     jit.work()
     cred = jit.credential(rid)
     assert cred.status_code == 200
     token = cred.get_json()["credential"]["token"]
     assert jit.release(rid).status_code in (200, 202)
     jit.work()
-    approve_and_wait(jit, rid, "U0ALICE")  # a click on a finished request: refused, and recorded
+    jit.approve_and_wait(rid, "U0ALICE")  # a click on a finished request: refused, and recorded
 
     trail = events(rt)
     by_event = {}

@@ -18,15 +18,6 @@ def policy_file(tmp_path, state_dir):
     return p
 
 
-def drain(jit, predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        jit.work()
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def dms(slack, user=ALICE):
@@ -47,7 +38,7 @@ def test_approval_then_expiry(jit, slack):
     assert jit.rt.store.get(rid).requester_slack_id == ALICE
     jit.work()
     jit.approve(rid, "U0LEAD1")
-    got = drain(jit, lambda: len(dms(slack)) >= 2 and dms(slack), timeout=30, what="approved and expired DMs")
+    got = jit.drain(lambda: len(dms(slack)) >= 2 and dms(slack), timeout=30, what="approved and expired DMs")
     assert "was approved by <@U0LEAD1>" in got[0] and rid in got[0]
     assert "expired and was revoked" in got[1]
     settle(jit)
@@ -59,7 +50,7 @@ def test_denial_with_its_reason(jit, slack):
     rid = jit.ask("read-secret", requested_by="alice@example.com")["id"]
     jit.work()
     jit.rt.access.deny(rid, "U0LEAD1", "not during the freeze")
-    got = drain(jit, lambda: dms(slack), what="denied DM")
+    got = jit.drain(lambda: dms(slack), what="denied DM")
     assert "was denied by <@U0LEAD1>: not during the freeze" in got[0]
     settle(jit)
     assert len(dms(slack)) == 1
@@ -67,7 +58,7 @@ def test_denial_with_its_reason(jit, slack):
 
 def test_timed_out(jit, slack):
     rid = jit.ask("read-secret", requested_by="alice@example.com")["id"]
-    got = drain(jit, lambda: [t for t in dms(slack) if "timed out" in t], timeout=30, what="timed-out DM")
+    got = jit.drain(lambda: [t for t in dms(slack) if "timed out" in t], timeout=30, what="timed-out DM")
     assert rid in got[0] and "3s" in got[0]
     settle(jit)
     assert len(dms(slack)) == 1
@@ -77,7 +68,7 @@ def test_pipeline_release_is_no_news_to_its_requester(jit, slack):
     rid = jit.ask("read-secret", requested_by="alice")["id"]
     jit.work()
     jit.approve(rid, "U0LEAD1")
-    drain(jit, lambda: dms(slack), what="approved DM")
+    jit.drain(lambda: dms(slack), what="approved DM")
     jit.release(rid)
     settle(jit)
     assert len(dms(slack)) == 1 and "approved" in dms(slack)[0]
@@ -123,7 +114,7 @@ def test_a_user_slack_refuses_is_not_retried_forever(jit, slack):
     rid = jit.ask("read-secret", requested_by="alice@example.com")["id"]
     jit.work()
     jit.rt.access.deny(rid, "U0LEAD1", "no")
-    drain(jit, lambda: jit.rt.redis.hget(f"jit:req:{rid}", "dm_denied"), what="the DM given up")
+    jit.drain(lambda: jit.rt.redis.hget(f"jit:req:{rid}", "dm_denied"), what="the DM given up")
     assert jit.rt.redis.hget(f"jit:req:{rid}", "dm_denied") == "error:user_not_found"
     assert jit.rt.redis.zscore("jit:due", f"dm:{rid}") is None
     calls = len(slack.calls("conversations.open"))

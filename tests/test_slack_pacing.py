@@ -12,16 +12,6 @@ from support import WEB_TOKEN
 DIGEST = "new access requests"
 
 
-def drain(jit, predicate, timeout=60.0, what="condition"):
-    """Run due jobs in-process (as a worker would) until `predicate()` holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        jit.work()
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def request_posts(slack, channel):
@@ -66,7 +56,7 @@ def test_a_burst_to_one_channel_arrives_whole_in_order_once_each():
 
 def test_many_waiting_get_a_digest_first_then_their_own_messages(jit, slack):
     ids = [jit.ask("read-secret", reason=f"release {i}")["id"] for i in range(8)]
-    drain(jit, lambda: len(request_posts(slack, "C0APPROVALS")) == 8, what="8 request messages")
+    jit.drain(lambda: len(request_posts(slack, "C0APPROVALS")) == 8, what="8 request messages")
     posts = [c for c in slack.calls("chat.postMessage") if c.ok and c.params["channel"] == "C0APPROVALS"]
     digests = [c for c in posts if DIGEST in c.params["text"]]
     assert len(digests) == 1
@@ -79,7 +69,7 @@ def test_many_waiting_get_a_digest_first_then_their_own_messages(jit, slack):
     msg = slack.message(jit.rt.store.get(ids[5]).message_ts)
     assert "Approve" in json.dumps(msg["blocks"])
     jit.approve(ids[5], "U0LEAD1")
-    drain(jit, lambda: jit.status(ids[5]).get_json()["status"] == "active", what="approval")
+    jit.drain(lambda: jit.status(ids[5]).get_json()["status"] == "active", what="approval")
     # nothing is re-sent to bring a message up to date that already is
     assert not [c for c in slack.calls("chat.update") if c.params["ts"] != msg["ts"]]
 
@@ -87,7 +77,7 @@ def test_many_waiting_get_a_digest_first_then_their_own_messages(jit, slack):
 def test_posts_to_one_channel_are_spaced(jit, slack):
     for i in range(3):
         jit.ask("read-secret", reason=f"spacing {i}")
-    drain(jit, lambda: len(request_posts(slack, "C0APPROVALS")) == 3, what="3 messages")
+    jit.drain(lambda: len(request_posts(slack, "C0APPROVALS")) == 3, what="3 messages")
     times = [c.time for c in request_posts(slack, "C0APPROVALS")]
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert all(g >= 0.9 for g in gaps), gaps
@@ -97,7 +87,7 @@ def test_other_channels_are_not_held_up(jit, slack):
     for i in range(4):
         jit.ask("read-secret", reason=f"busy {i}")
     jit.ask("deploy-prod")  # C0PROD
-    drain(jit, lambda: len(request_posts(slack, "C0APPROVALS")) == 4 and request_posts(slack, "C0PROD"),
+    jit.drain(lambda: len(request_posts(slack, "C0APPROVALS")) == 4 and request_posts(slack, "C0PROD"),
           timeout=60, what="every post")
     prod = request_posts(slack, "C0PROD")[0]
     busy = request_posts(slack, "C0APPROVALS")
@@ -108,7 +98,7 @@ def test_other_channels_are_not_held_up(jit, slack):
 def test_retry_after_is_honoured(jit, slack):
     slack.rate_limit(retry_after=2, times=1, methods="chat.postMessage")
     ids = [jit.ask("read-secret", reason=f"limited {i}")["id"] for i in range(2)]
-    drain(jit, lambda: len(request_posts(slack, "C0APPROVALS")) == 2, what="both messages")
+    jit.drain(lambda: len(request_posts(slack, "C0APPROVALS")) == 2, what="both messages")
     limited = [c for c in slack.calls("chat.postMessage") if c.status == 429]
     assert len(limited) == 1
     after = [c for c in slack.calls("chat.postMessage") if c.time > limited[0].time]
@@ -122,7 +112,7 @@ def test_a_request_gone_before_its_post_does_not_block_the_channel(jit, slack):
     gone = ids[3]
     assert jit.rt.redis.zscore("jit:slack:outbox:C0APPROVALS", gone) is not None
     jit.rt.redis.delete(f"jit:req:{gone}")  # e.g. retention dropped it while it waited
-    drain(jit, lambda: len(request_posts(slack, "C0APPROVALS")) == 4, what="the rest")
+    jit.drain(lambda: len(request_posts(slack, "C0APPROVALS")) == 4, what="the rest")
     assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == [i for i in ids if i != gone]
     assert not jit.rt.redis.exists("jit:slack:outbox:C0APPROVALS")
 
@@ -130,7 +120,7 @@ def test_a_request_gone_before_its_post_does_not_block_the_channel(jit, slack):
 def test_a_message_slack_refuses_does_not_hold_up_the_channel(jit, slack):
     slack.api_error("invalid_blocks", methods="chat.postMessage", times=1)
     ids = [jit.ask("read-secret", reason=f"refused {i}")["id"] for i in range(3)]
-    drain(jit, lambda: len(request_posts(slack, "C0APPROVALS")) == 3, timeout=60, what="all three, the refused one retried")
+    jit.drain(lambda: len(request_posts(slack, "C0APPROVALS")) == 3, timeout=60, what="all three, the refused one retried")
     posted = [rid_of(c) for c in request_posts(slack, "C0APPROVALS")]
     assert sorted(posted) == sorted(ids)
     assert posted[:2] == ids[1:]  # the others went first; the refused one came back after them

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from freezegun import freeze_time
@@ -45,19 +44,6 @@ def audit_events(rt, name: str) -> list[dict]:
     return [e.body for e in rt.audit.entries() if e.body["event"] == name]
 
 
-def approve_and_wait(jit, rid: str, user: str, timeout: float = 30) -> None:
-    """Click Approve and wait until the click is recorded (Bolt runs the listener after its ack)."""
-    if jit.rt.store.get(rid).message_ts is None:  # clicks come from the request's message
-        from bot.slack.messages import sync_request_message
-
-        sync_request_message(jit.rt, rid)
-    assert jit.approve(rid, user).status_code == 200
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(e.body["actor"] == user for e in jit.rt.audit.entries_for_request(rid)):
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"the click of {user} on {rid} was never recorded")
 
 
 def make_active(jit, n: int = 1, reason: str = "read it") -> list[str]:
@@ -132,8 +118,8 @@ def test_status_caps_long_lists_and_counts_the_rest(jit):
 def test_status_of_one_request_in_full_with_its_history(jit):
     rid = jit.ask("deploy-prod", reason="release 4.3", context={"repository": "acme/web"})["id"]
     jit.work()
-    approve_and_wait(jit, rid, "U0STRANGER")
-    approve_and_wait(jit, rid, "U0LEAD1")
+    jit.approve_and_wait(rid, "U0STRANGER")
+    jit.approve_and_wait(rid, "U0LEAD1")
     jit.work()
     body = slash(jit, f"status {rid}", "U0LEAD2")
     text = text_of(body)
@@ -262,7 +248,7 @@ def test_audit_filters(jit):
     one = jit.ask("deploy-prod")["id"]
     two = jit.ask("read-secret")["id"]
     rt.access.approve(two, "U0LEAD1")
-    approve_and_wait(jit, one, "U0STRANGER")
+    jit.approve_and_wait(one, "U0STRANGER")
     rt.audit.append(
         "test.override",
         request_id=two,

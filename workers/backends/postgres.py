@@ -47,7 +47,6 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import string
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -58,6 +57,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, field_validator, model_validator
 
+from workers.backends import naming
 from workers.backends.base import (
     BackendConfig,
     GrantBackend,
@@ -68,8 +68,9 @@ from workers.backends.base import (
 
 log = logging.getLogger(__name__)
 
+render_name = naming.render_name
+
 MAX_IDENT = 63  # NAMEDATALEN - 1
-_FIELDS = {"action", "pipeline", "id8", "id"}
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_$]*$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MARKER_PREFIX = "jit:"
@@ -77,41 +78,9 @@ _CONNECT_TIMEOUT = 10
 _TERMINATE_WAIT = 5.0
 
 
-def _slug(value: str) -> str:
-    return re.sub(r"[^a-z0-9_]", "_", value.lower())
 
 
-def _template_fields(template: str) -> set[str]:
-    fields: set[str] = set()
-    for _literal, name, spec, conv in string.Formatter().parse(template):
-        if name is None:
-            continue
-        if name not in _FIELDS:
-            raise ValueError(f"unknown field {{{name}}} (use {', '.join(sorted(_FIELDS))})")
-        if spec or conv:
-            raise ValueError(f"field {{{name}}} takes no format spec or conversion")
-        fields.add(name)
-    return fields
 
-
-def render_name(template: str, *, action: str, pipeline: str, request_id: str, max_len: int) -> str:
-    """Fill the template; shorten `action`/`pipeline` (longest first) until it fits `max_len` bytes."""
-    values = {
-        "action": _slug(action),
-        "pipeline": _slug(pipeline),
-        "id8": _slug(request_id[:8]),
-        "id": _slug(request_id),
-    }
-    shrinkable = [k for k in ("action", "pipeline") if f"{{{k}}}" in template]
-    name = template.format(**values)
-    while len(name.encode()) > max_len:
-        candidates = [k for k in shrinkable if values[k]]
-        if not candidates:
-            break
-        longest = max(candidates, key=lambda k: len(values[k]))
-        values[longest] = values[longest][:-1]
-        name = template.format(**values)
-    return name
 
 
 def _check_name(name: str) -> str | None:
@@ -183,7 +152,7 @@ class PostgresBackend(GrantBackend):
         @field_validator("username_template")
         @classmethod
         def _template(cls, v: str) -> str:
-            fields = _template_fields(v)
+            fields = naming.template_fields(v)
             if not fields & {"id8", "id"}:
                 raise ValueError("must contain {id8} or {id} so each request gets its own role")
             # Worst cases: values starting with a digit, and the longest request id we accept.

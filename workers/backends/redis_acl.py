@@ -44,13 +44,13 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import string
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import redis
 from pydantic import field_validator
 
+from workers.backends import naming
 from workers.backends.base import (
     BackendConfig,
     GrantBackend,
@@ -61,7 +61,6 @@ from workers.backends.base import (
 
 log = logging.getLogger(__name__)
 
-_FIELDS = {"action", "pipeline", "id8", "id"}
 _NAME_RE = re.compile(r"^[a-z0-9_][a-z0-9_.:-]*$")
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_NAME = 128
@@ -72,40 +71,11 @@ _SELECT_CATEGORIES = {"connection", "fast", "keyspace"}
 _TIMEOUT = 10.0
 
 
-def _slug(value: str) -> str:
-    return re.sub(r"[^a-z0-9_]", "_", value.lower())
 
-
-def _template_fields(template: str) -> set[str]:
-    fields: set[str] = set()
-    for _literal, name, spec, conv in string.Formatter().parse(template):
-        if name is None:
-            continue
-        if name not in _FIELDS:
-            raise ValueError(f"unknown field {{{name}}} (use {', '.join(sorted(_FIELDS))})")
-        if spec or conv:
-            raise ValueError(f"field {{{name}}} takes no format spec or conversion")
-        fields.add(name)
-    return fields
 
 
 def render_name(template: str, *, action: str, pipeline: str, request_id: str) -> str:
-    values = {
-        "action": _slug(action),
-        "pipeline": _slug(pipeline),
-        "id8": _slug(request_id[:8]),
-        "id": _slug(request_id),
-    }
-    shrinkable = [k for k in ("action", "pipeline") if f"{{{k}}}" in template]
-    name = template.format(**values)
-    while len(name) > MAX_NAME:
-        candidates = [k for k in shrinkable if values[k]]
-        if not candidates:
-            break
-        longest = max(candidates, key=lambda k: len(values[k]))
-        values[longest] = values[longest][:-1]
-        name = template.format(**values)
-    return name
+    return naming.render_name(template, action=action, pipeline=pipeline, request_id=request_id, max_len=MAX_NAME)
 
 
 def _check_name(name: str) -> str | None:
@@ -214,7 +184,7 @@ class RedisAclBackend(GrantBackend):
         @field_validator("username_template")
         @classmethod
         def _template(cls, v: str) -> str:
-            fields = _template_fields(v)
+            fields = naming.template_fields(v)
             if not fields & {"id8", "id"}:
                 raise ValueError("must contain {id8} or {id} so each request gets its own user")
             for rid in ("0a1b2c3d", "0" * 36):
