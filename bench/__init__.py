@@ -3,5 +3,5 @@
 They start redis-server, `jit serve` and `jit worker` through the test suite's process harness
 (tests/procs.py) and answer Slack with its fake (tests/slackfake.py), so they need a source
 checkout, not an installed package. Results: a markdown table on stdout and
-bench/results/latest.json; bench/RESULTS.md holds the last full run.
+bench/results/latest.json; the README's "Performance" section holds the last full run.
 """

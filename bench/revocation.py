@@ -79,8 +79,11 @@ class Seeder:
     def _drop_follow_ups(self, ids: list[str]) -> None:
         from bot.domain import keys
 
-        members = [f"{kind}:{i}" for i in ids for kind in ("grant", "slack", "timeout")]
-        self.rt.redis.zrem(keys.due(), *members)
+        members = [f"{kind}:{i}" for i in ids for kind in ("grant", "slack", "timeout", "remind", "warn")]
+        pipe = self.rt.redis.pipeline(transaction=False)
+        pipe.zrem(keys.due(), *members)
+        pipe.zrem(keys.channel_outbox(CHANNEL), *ids)
+        pipe.execute()
 
     def approve_many(self, n: int, ttl: timedelta) -> list[str]:
         """create + approve: n requests in state `approved` (their grant job removed)."""
@@ -92,6 +95,8 @@ class Seeder:
             for _ in range(min(BATCH, n - start)):
                 req = self._new_request(ttl)
                 self.store.create(req, None, now_ms())
+                # a new request's first post is due at once: take it back before a worker does
+                self._drop_follow_ups([req.id])
                 out = self.store.approve(req.id, APPROVER, now_ms())
                 assert out.result == "approved", out
                 batch.append(req.id)
