@@ -52,6 +52,23 @@ end
 local function grant_timers_off(due, id)
   redis.call('ZREM', due, 'expire:' .. id, 'warn:' .. id)
 end
+-- nil while the request is pending (and, given `now`, inside its pending timeout); else the reply
+local function not_pending(req, now)
+  local st = redis.call('HGET', req, 'status')
+  if not st then return {'missing'} end
+  if st ~= 'pending' then return {'decided', st} end
+  if now and tonumber(now) >= tonumber(redis.call('HGET', req, 'pending_until_ms')) then
+    return {'decided', 'timed_out'}
+  end
+  return nil
+end
+-- after a request turned `approved`: its pending timers stop, its grant and message update queue
+local function approval_complete(due, wake, id, lease)
+  undecided_timers_off(due, id)
+  queue(due, wake, 'grant:' .. id, lease)
+  queue(due, wake, 'slack:' .. id, lease)
+  changed(id)
+end
 local function finalize(req, apr, openidx, id, retention)
   redis.call('ZREM', openidx, id)
   redis.call('EXPIRE', req, retention)
@@ -83,23 +100,17 @@ return {1, id}
 
 # KEYS: req, approvals, due, wake   ARGV: id, user, now_ms, lease_score
 _APPROVE = _PRELUDE + """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {'missing'} end
-if st ~= 'pending' then return {'decided', st} end
-if tonumber(ARGV[3]) >= tonumber(redis.call('HGET', KEYS[1], 'pending_until_ms')) then
-  return {'decided', 'timed_out'}
-end
+local refused = not_pending(KEYS[1], ARGV[3])
+if refused then return refused end
 if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3]) == 0 then return {'duplicate'} end
 local n = redis.call('HLEN', KEYS[2])
 local id = ARGV[1]
-queue(KEYS[3], KEYS[4], 'slack:' .. id, ARGV[4])
 if n >= tonumber(redis.call('HGET', KEYS[1], 'approvals_required')) then
   redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', ARGV[2], 'decided_ms', ARGV[3])
-  undecided_timers_off(KEYS[3], id)
-  queue(KEYS[3], KEYS[4], 'grant:' .. id, ARGV[4])
-  changed(id)
+  approval_complete(KEYS[3], KEYS[4], id, ARGV[4])
   return {'approved', n}
 end
+queue(KEYS[3], KEYS[4], 'slack:' .. id, ARGV[4])
 changed(id)
 return {'recorded', n}
 """
@@ -107,9 +118,8 @@ return {'recorded', n}
 # A rule approves without a human, within its daily cap (counted here, atomically).
 # KEYS: req, approvals, due, wake, counter   ARGV: id, now_ms, lease_score, cap, counter_ttl_s, rule
 _AUTO_APPROVE = _PRELUDE + """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {'missing'} end
-if st ~= 'pending' then return {'decided', st} end
+local refused = not_pending(KEYS[1], nil)
+if refused then return refused end
 local n = tonumber(redis.call('GET', KEYS[5]) or '0')
 if n >= tonumber(ARGV[4]) then return {'capped', n} end
 n = redis.call('INCR', KEYS[5])
@@ -117,22 +127,15 @@ redis.call('EXPIRE', KEYS[5], ARGV[5])
 local id = ARGV[1]
 redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', 'auto', 'decided_ms', ARGV[2],
   'auto_rule', ARGV[6])
-undecided_timers_off(KEYS[3], id)
-queue(KEYS[3], KEYS[4], 'grant:' .. id, ARGV[3])
-queue(KEYS[3], KEYS[4], 'slack:' .. id, ARGV[3])
-changed(id)
+approval_complete(KEYS[3], KEYS[4], id, ARGV[3])
 return {'approved', n}
 """
 
 # One break-glass approver approves alone; the TTL is cut to the break-glass max.
 # KEYS: req, approvals, due, wake   ARGV: id, user, now_ms, lease_score, max_ttl_s, justification
 _BREAK_GLASS = _PRELUDE + """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {'missing'} end
-if st ~= 'pending' then return {'decided', st} end
-if tonumber(ARGV[3]) >= tonumber(redis.call('HGET', KEYS[1], 'pending_until_ms')) then
-  return {'decided', 'timed_out'}
-end
+local refused = not_pending(KEYS[1], ARGV[3])
+if refused then return refused end
 local id = ARGV[1]
 local asked = tonumber(redis.call('HGET', KEYS[1], 'ttl_s'))
 local ttl = math.min(asked, tonumber(ARGV[5]))
@@ -140,10 +143,7 @@ redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3])
 redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', ARGV[2], 'decided_ms', ARGV[3],
   'ttl_s', ttl, 'break_glass_by', ARGV[2], 'break_glass_justification', ARGV[6],
   'break_glass_asked_ttl_s', asked)
-undecided_timers_off(KEYS[3], id)
-queue(KEYS[3], KEYS[4], 'grant:' .. id, ARGV[4])
-queue(KEYS[3], KEYS[4], 'slack:' .. id, ARGV[4])
-changed(id)
+approval_complete(KEYS[3], KEYS[4], id, ARGV[4])
 return {'approved', ttl}
 """
 
