@@ -394,13 +394,7 @@ class Store:
         for k, v in fields.items():
             flat += [k, v]
         res = self._close(
-            keys=[
-                keys.request(request_id),
-                keys.approvals(request_id),
-                keys.open_requests(),
-                keys.due(),
-                keys.due_wake(),
-            ],
+            keys=_ending_keys(request_id),
             args=[
                 request_id,
                 to.value,
@@ -423,13 +417,7 @@ class Store:
         """active → revoked at once; the backend revoke follows in a job."""
         lease = now_ms + LEASE_MS
         res = self._revoke(
-            keys=[
-                keys.request(request_id),
-                keys.approvals(request_id),
-                keys.open_requests(),
-                keys.due(),
-                keys.due_wake(),
-            ],
+            keys=_ending_keys(request_id),
             args=[request_id, by, now_ms, lease, self.retention_s],
         )
         out = _outcome(res)
@@ -454,13 +442,7 @@ class Store:
     def fail(self, request_id: str, error: str, now_ms: int) -> Outcome:
         lease = now_ms + LEASE_MS
         res = self._fail(
-            keys=[
-                keys.request(request_id),
-                keys.approvals(request_id),
-                keys.open_requests(),
-                keys.due(),
-                keys.due_wake(),
-            ],
+            keys=_ending_keys(request_id),
             args=[request_id, error[:500], now_ms, lease, self.retention_s],
         )
         out = _outcome(res)
@@ -490,6 +472,17 @@ class Store:
     def set_fields(self, request_id: str, **fields: str) -> None:
         if self.r.exists(keys.request(request_id)):
             self.r.hset(keys.request(request_id), mapping=fields)
+
+
+def _ending_keys(request_id: str) -> list[str]:
+    """KEYS of the scripts that may end a request: it, its approvals, the open index, due queue."""
+    return [
+        keys.request(request_id),
+        keys.approvals(request_id),
+        keys.open_requests(),
+        keys.due(),
+        keys.due_wake(),
+    ]
 
 
 def _outcome(res: list) -> Outcome:
