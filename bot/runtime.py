@@ -57,15 +57,30 @@ class Runtime:
 
     @cached_property
     def raw_redis(self) -> Redis:
-        """For RQ, which stores pickles (no decoding)."""
-        return redis_from_url(self.settings.redis_url, socket_timeout=30, health_check_interval=15)
+        """For RQ, which stores pickles (no decoding).
+
+        No socket timeout of our own: RQ's worker blocks in its dequeue for up to
+        `worker_ttl - 15` s (≈ 405 s) and sets the pool's timeout to that plus 10 s — but only
+        for connections opened after it starts. A shorter timeout on connections opened before
+        (the dispatcher's) made every idle stretch end in "Timeout reading from socket", which
+        RQ takes for a lost connection and answers with sleeps of 1, 2, 4 … 60 s while due work
+        waits (a revocation 33 s late after a few idle minutes). TCP keepalive and the health
+        check still find connections whose peer vanished."""
+        return redis_from_url(
+            self.settings.redis_url, socket_timeout=None, socket_keepalive=True, health_check_interval=15
+        )
 
     @cached_property
     def slack(self) -> WebClient:
+        # retry_handlers=[]: slack_sdk's default ConnectionErrorRetryHandler re-sends a request
+        # after a reset connection, chat.postMessage included, which Slack may already have
+        # posted. Retries are decided in one place: the due queue (RetryLater, backoff), where
+        # a post whose answer was lost is looked up before it is sent again.
         return WebClient(
             token=self.settings.slack_bot_token.get_secret_value(),
             base_url=self.settings.slack_api_url,
             timeout=10,
+            retry_handlers=[],
         )
 
     # ---------------------------------------------------------------- domain
@@ -90,7 +105,7 @@ class Runtime:
 
     @cached_property
     def store(self) -> Store:
-        return Store(self.redis, self.settings.jit_request_retention, effects=self.dispatcher)
+        return Store(self.redis, self.audit, self.settings.jit_request_retention, effects=self.dispatcher)
 
     @cached_property
     def audit(self) -> AuditLog:
@@ -106,6 +121,7 @@ class Runtime:
             token=self.settings.slack_bot_token.get_secret_value(),
             base_url=self.settings.slack_api_url,
             timeout=2,
+            retry_handlers=[],
         )
         return SlackDirectory(quick, self.redis)
 
@@ -118,26 +134,7 @@ class Runtime:
             self.directory,
             self.vault,
             policies=self.policy_store.get,
-            on_break_glass=self._alert_break_glass,
         )
-
-    def _alert_break_glass(self, request_id: str) -> None:
-        """Tell the security channel at once (an RQ job: Slack never holds the click)."""
-        from rq import Retry
-
-        from workers.expiry import SLACK_QUEUE
-
-        try:
-            self.dispatcher.queues[SLACK_QUEUE].enqueue_call(
-                "bot.slack.notices.break_glass_alert",
-                args=(request_id,),
-                result_ttl=0,
-                failure_ttl=7 * 86400,
-                ttl=3600,
-                retry=Retry(max=5),
-            )
-        except Exception:  # the approval stands and is audited; say loudly that no alert went out
-            log.exception("could not queue the break-glass alert for %s", request_id)
 
     @cached_property
     def policy_store(self) -> PolicyStore:
@@ -220,24 +217,15 @@ class Runtime:
         return True
 
     def post_audit_notice(self, text: str) -> None:
-        """A line in the audit channel, posted by a worker."""
-        from rq import Retry
-
-        from workers.expiry import SLACK_QUEUE
+        """A line in the audit channel, owed through the due queue (retried until posted)."""
+        from bot.slack.notices import queue_notice
 
         channel = self.policy.audit_channel()
         if not channel:
             return
         try:
-            self.dispatcher.queues[SLACK_QUEUE].enqueue_call(
-                "bot.slack.notices.post_notice",
-                args=(channel, text),
-                result_ttl=0,
-                failure_ttl=7 * 86400,
-                ttl=3600,
-                retry=Retry(max=3),
-            )
-        except Exception as e:  # noqa: BLE001 - the audit trail already has it
+            queue_notice(self, channel, text)
+        except Exception as e:  # noqa: BLE001 - Redis away: the audit trail already has it
             log.warning("could not queue audit-channel notice: %s", type(e).__name__)
 
     def backend_for(self, action: str, policy_sha256: str | None = None):

@@ -5,11 +5,11 @@ when a request changes, for whoever opened it recently."""
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import LockError
 from slack_sdk.errors import SlackApiError
 
 from bot.domain import keys
@@ -229,11 +229,11 @@ def refresh_homes(rt: Runtime) -> int:
     if not rt.redis.exists(keys.home_viewers()):
         return 0
     rt.redis.set(keys.home_refresh_pending(), "1", px=60_000)
-    lock, token = keys.home_refresh_lock(), secrets.token_hex(8)
     published = 0
     deadline = time.monotonic() + REFRESH_BUDGET_S
     while time.monotonic() < deadline:
-        if not rt.redis.set(lock, token, nx=True, px=60_000):
+        lock = rt.redis.lock(keys.home_refresh_lock(), timeout=60, blocking=False)
+        if not lock.acquire():
             return published  # the holder sees the stale mark and goes round again
         try:
             if not rt.redis.getdel(keys.home_refresh_pending()):
@@ -242,8 +242,10 @@ def refresh_homes(rt: Runtime) -> int:
             for user in recent_viewers(rt):
                 published += publish_home(rt, user, data)
         finally:
-            if rt.redis.get(lock) == token:
-                rt.redis.delete(lock)
+            try:
+                lock.release()
+            except LockError:  # it expired (a slow refresh) and maybe someone else holds it now
+                pass
     return published
 
 
