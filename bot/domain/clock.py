@@ -34,7 +34,9 @@ def rfc3339_ms(ms: int | str | None) -> str | None:
     return None if ms in (None, "") else rfc3339(from_ms(ms))
 
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
+_DURATION = re.compile(r"^\s*(\d{1,12})\s*([smhd]?)\s*$")
+#: The longest duration jit reads (longer ones are errors, not overflows): ten years.
+MAX_DURATION_S = 10 * 366 * 86400
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -50,6 +52,8 @@ def parse_duration(value: object) -> timedelta:
         raise ValueError(f"{value!r} is not a duration (use 90s, 15m, 2h or integer seconds)")
     if seconds <= 0:
         raise ValueError("a duration must be positive")
+    if seconds > MAX_DURATION_S:
+        raise ValueError("that duration is longer than ten years")
     return timedelta(seconds=seconds)
 
 

@@ -18,6 +18,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from bot.domain import errors as E
+from bot.domain.identity import encodable, visible, visible_length
 from bot.domain.policy import Policy
 
 #: Justifications shorter than this are refused: break glass needs a written reason.
@@ -126,9 +127,11 @@ def check_environment(policy: Policy, action: str, context: dict[str, str]) -> N
 
 
 def check_justification(text: str) -> str:
-    text = (text or "").strip()
-    if len(text) < MIN_JUSTIFICATION:
+    """The justification as people will read it: normalised, invisible characters removed, and
+    at least MIN_JUSTIFICATION characters a person can see."""
+    text = visible(text or "") if encodable(text or "") else ""
+    if visible_length(text) < MIN_JUSTIFICATION:
         raise E.BadRequest(
-            f"Break glass needs a written justification (at least {MIN_JUSTIFICATION} characters)."
+            f"Break glass needs a written justification (at least {MIN_JUSTIFICATION} visible characters)."
         )
     return text[:MAX_JUSTIFICATION]

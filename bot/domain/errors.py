@@ -99,3 +99,31 @@ class WrongWorkspace(JitError):
 
     code = "wrong_workspace"
     http_status = 403
+
+
+class IdempotencyKeyReused(JitError):
+    """This Idempotency-Key was already used for a different request."""
+
+    code = "idempotency_key_reused"
+    http_status = 422
+
+
+class RequesterUnknown(JitError):
+    """The requester is not a known person, and this action forbids self-approval."""
+
+    code = "requester_unknown"
+    http_status = 403
+
+
+class WindowClosed(JitError):
+    """The action's change window is closed; the request can be approved once it opens."""
+
+    code = "window_closed"
+    http_status = 403
+
+
+class Forbidden(JitError):
+    """You may not see this."""
+
+    code = "forbidden"
+    http_status = 403

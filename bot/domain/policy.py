@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from bot.domain.clock import parse_duration
 from bot.domain.errors import PolicyError
+from bot.domain.identity import normalize
 from bot.domain.windows import Windows, parse_window
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -35,9 +36,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+UnknownRequester = Literal["allow", "refuse"]
+StatusVisibility = Literal["involved", "everyone"]
+
+
 class Defaults(_Strict):
     channel: SlackChannel | None = None
     pending_timeout: Duration = timedelta(minutes=30)
+    #: When an action forbids self-approval and the requester is not a known person (no
+    #: requested_by, or one not in `people`): `allow` lets any approver approve and the message
+    #: says plainly that self-approval cannot be ruled out; `refuse` refuses such requests (403).
+    unknown_requester: UnknownRequester = "allow"
+    #: Who may read one request with `/jit status <id>`: `involved` (its approvers, auditors and
+    #: its requester) or `everyone` in the workspace.
+    status_visibility: StatusVisibility = "involved"
 
 
 class Ttl(_Strict):
@@ -103,6 +115,8 @@ class Action(_Strict):
     break_glass: BreakGlass | Literal[False] | None = None
     approvals_required: int = Field(1, ge=1)
     allow_self_approval: bool = False
+    #: Overrides defaults.unknown_requester for this action.
+    unknown_requester: UnknownRequester | None = None
     ttl: Ttl = Ttl()
     pending_timeout: Duration | None = None
     grant: dict[str, Any]
@@ -158,11 +172,20 @@ class Policy:
         return found
 
     def slack_user_for(self, requested_by: str | None) -> str | None:
+        """The Slack user `requested_by` names, through `people` only: text shaped like a Slack id
+        names nobody (a pipeline must not be able to make an approver "the requester")."""
         if not requested_by:
             return None
-        if re.fullmatch(r"[UW][A-Z0-9]{2,}", requested_by):
-            return requested_by
-        return self.model.people.get(requested_by) or self.model.people.get(requested_by.lower())
+        return self.people.get(normalize(requested_by))
+
+    @cached_property
+    def people(self) -> dict[str, str]:
+        """`people` keyed by normalised identity (bot/domain/identity.py)."""
+        return {normalize(k): v for k, v in self.model.people.items()}
+
+    def unknown_requester_for(self, action: str) -> str:
+        a = self.model.actions.get(action)
+        return (a.unknown_requester if a and a.unknown_requester else None) or self.model.defaults.unknown_requester
 
     def audit_channel(self) -> str | None:
         return self.model.audit.channel or self.model.defaults.channel
@@ -314,6 +337,17 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
             errors += _break_glass_errors(source, lines, base + ("break_glass",), action.break_glass)
         if action.ttl.default > action.ttl.max:
             errors.append(_fmt(source, lines, base + ("ttl",), "default is longer than max"))
+
+    seen_people: dict[str, str] = {}
+    for person in model.people:
+        key = normalize(person)
+        if not key:
+            errors.append(_fmt(source, lines, ("people", person), "an empty identity names nobody"))
+        elif key in seen_people:
+            errors.append(
+                _fmt(source, lines, ("people", person), f"names the same person as {seen_people[key]!r}")
+            )
+        seen_people.setdefault(key, person)
 
     hashes: dict[str, str] = {}
     for name, p in model.pipelines.items():

@@ -44,7 +44,10 @@ class AccessRequest:
     requested_by: str | None = None
     requester_slack_id: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
-    verified: bool = False  # context came from a verified OIDC token
+    verified: bool = False  # created with a verified OIDC token
+    #: Which of `context` (and `requested_by`) came from verified claims; the rest the pipeline
+    #: merely said.
+    verified_keys: tuple[str, ...] = ()
     policy_sha256: str = ""
     request_token_hash: str = ""
     request_token_enc: str = ""
@@ -59,6 +62,8 @@ class AccessRequest:
     revoke_done_at: datetime | None = None
     error: str | None = None
     message_ts: str | None = None
+    #: Something a grant issued (or may have issued) is still to be revoked.
+    revoke_pending: bool = False
 
     # -------------------------------------------------------------- redis mapping
 
@@ -79,6 +84,7 @@ class AccessRequest:
             "requester_slack_id": self.requester_slack_id or "",
             "context": json.dumps(self.context, sort_keys=True),
             "verified": "1" if self.verified else "",
+            "verified_keys": ",".join(self.verified_keys),
             "policy_sha256": self.policy_sha256,
             "request_token_hash": self.request_token_hash,
             "request_token_enc": self.request_token_enc,
@@ -106,6 +112,7 @@ class AccessRequest:
             requester_slack_id=h.get("requester_slack_id") or None,
             context=json.loads(h.get("context") or "{}"),
             verified=bool(h.get("verified")),
+            verified_keys=tuple(k for k in (h.get("verified_keys") or "").split(",") if k),
             policy_sha256=h.get("policy_sha256", ""),
             request_token_hash=h.get("request_token_hash", ""),
             request_token_enc=h.get("request_token_enc", ""),
@@ -120,6 +127,7 @@ class AccessRequest:
             revoke_done_at=t("revoke_done_ms"),
             error=h.get("error") or None,
             message_ts=h.get("message_ts") or None,
+            revoke_pending=bool(h.get("revoke_pending")),
         )
 
     # -------------------------------------------------------------- views
@@ -151,6 +159,8 @@ class AccessRequest:
             "issued_at": rfc3339(self.issued_at),
             "expires_at": rfc3339(self.expires_at),
             "revoked_by": self.revoked_by,
+            "revoke_pending": self.revoke_pending,
+            "verified_fields": sorted(self.verified_keys),
             "error": self.error,
         }
 

@@ -77,6 +77,19 @@ class Window:
                     return True
         return False
 
+    def open_until(self, at: datetime) -> datetime | None:
+        """When the opening that contains `at` closes; None when closed at `at`."""
+        local_day = at.astimezone(self.tz).date()
+        at = at.astimezone(UTC)
+        ends = []
+        for back in (0, 1):
+            day = local_day - timedelta(days=back)
+            if day.weekday() in self.days:
+                start, end = self._bounds(day)
+                if start <= at < end:
+                    ends.append(end)
+        return max(ends) if ends else None
+
     def next_opening(self, after: datetime) -> datetime | None:
         local_day = after.astimezone(self.tz).date()
         after = after.astimezone(UTC)
@@ -160,6 +173,19 @@ class Windows:
 
     def is_open(self, at: datetime) -> bool:
         return not self.windows or any(w.is_open(at) for w in self.windows)
+
+    def open_until(self, at: datetime) -> datetime | None:
+        """When the windows stop being open, counting back-to-back openings as one; None when
+        they are closed at `at`. (Without windows an action is always open: check `__bool__`.)"""
+        until = None
+        cursor = at
+        for _ in range(16):  # adjacent windows chain; a week of them is plenty
+            ends = [e for w in self.windows if (e := w.open_until(cursor)) is not None]
+            if not ends:
+                break
+            until = max(ends)
+            cursor = until
+        return until
 
     def next_opening(self, after: datetime) -> datetime | None:
         """The earliest instant after `after` at which a window opens (None: never)."""
