@@ -67,6 +67,7 @@ class Stack:
 
     def __init__(self, *, appendonly: bool = False, extra_env: dict[str, str] | None = None,
                  policy: str | None = None, redis: RedisServer | None = None) -> None:
+        self.request_tokens: dict[tuple[str, str], str] = {}
         self.tmp = Path(tempfile.mkdtemp(prefix="jit-stack-"))
         self.state_dir = self.tmp / "grants"
         self.state_dir.mkdir()
@@ -145,12 +146,21 @@ class Stack:
     def ask(self, action: str, token: str, **body: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"}
         headers.update(body.pop("headers", {}))
-        return requests.post(self.url + "/v1/requests", json={"action": action, "reason": body.pop("reason", "release"), **body},
+        resp = requests.post(self.url + "/v1/requests", json={"action": action, "reason": body.pop("reason", "release"), **body},
                              headers=headers, timeout=10)
+        if resp.status_code in (200, 201):
+            self.request_tokens[(resp.json()["id"], token)] = resp.json()["request_token"]
+        return resp
+
+    def follow_token(self, rid: str, token: str) -> str:
+        """A pipeline follows its request up with the request_token it got when it asked (the
+        pipeline token alone no longer reads a request); any other token is sent as it is."""
+        return self.request_tokens.get((rid, token), token)
 
     def get(self, rid: str, token: str, wait: float | None = None, path: str = "") -> requests.Response:
         q = f"?wait={wait}" if wait is not None else ""
-        return requests.get(f"{self.url}/v1/requests/{rid}{path}{q}", headers={"Authorization": f"Bearer {token}"},
+        bearer = self.follow_token(rid, token)
+        return requests.get(f"{self.url}/v1/requests/{rid}{path}{q}", headers={"Authorization": f"Bearer {bearer}"},
                             timeout=(wait or 0) + 15)
 
     def slack_post(self, built: tuple[bytes, str]) -> requests.Response:

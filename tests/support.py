@@ -163,6 +163,7 @@ class Harness:
         self.http = http
         self.slack = slack
         self.state_dir = state_dir
+        self.request_tokens: dict[tuple[str, str], str] = {}
 
     # -- pipeline side
     def ask(self, action="deploy-prod", token=WEB_TOKEN, expect=201, headers=None, **body):
@@ -171,17 +172,26 @@ class Harness:
             "/v1/requests", json=body, headers={"Authorization": f"Bearer {token}", **(headers or {})}
         )
         assert resp.status_code == expect, resp.get_json()
+        if resp.status_code in (200, 201):
+            self.request_tokens[(resp.get_json()["id"], token)] = resp.get_json()["request_token"]
         return resp.get_json()
+
+    def follow_token(self, rid, token):
+        """A pipeline follows its request up with the request_token it got when it asked (the
+        pipeline token alone no longer reads a request); any other token is sent as it is."""
+        return self.request_tokens.get((rid, token), token)
 
     def status(self, rid, token=WEB_TOKEN, wait=None):
         q = f"?wait={wait}" if wait is not None else ""
-        return self.http.get(f"/v1/requests/{rid}{q}", headers={"Authorization": f"Bearer {token}"})
+        return self.http.get(f"/v1/requests/{rid}{q}", headers={"Authorization": f"Bearer {self.follow_token(rid, token)}"})
 
     def credential(self, rid, token=WEB_TOKEN):
-        return self.http.get(f"/v1/requests/{rid}/credential", headers={"Authorization": f"Bearer {token}"})
+        return self.http.get(
+            f"/v1/requests/{rid}/credential", headers={"Authorization": f"Bearer {self.follow_token(rid, token)}"}
+        )
 
     def release(self, rid, token=WEB_TOKEN):
-        return self.http.delete(f"/v1/requests/{rid}", headers={"Authorization": f"Bearer {token}"})
+        return self.http.delete(f"/v1/requests/{rid}", headers={"Authorization": f"Bearer {self.follow_token(rid, token)}"})
 
     # -- Slack side
     def post_slack(self, built, timestamp=None, secret=SIGNING_SECRET):

@@ -122,8 +122,13 @@ def test_concurrent_clicks_one_grant(jit):
     results = []
 
     def click(user):
+        from bot.domain.errors import AlreadyDecided
+
         barrier.wait()
-        results.append(jit.rt.store.approve(rid, user, int(time.time() * 1000)))
+        try:
+            results.append(jit.rt.access.approve(rid, user))
+        except AlreadyDecided as e:
+            results.append(type("Refused", (), {"result": "decided", "status": e.status})())
 
     threads = [threading.Thread(target=click, args=(u,)) for u in ("U0LEAD1", "U0ALICE")]
     for t in threads:

@@ -39,23 +39,45 @@ def test_claim_takes_only_due_members_and_leases_them(r):
 def test_done_only_removes_the_claim_it_owns(r):
     q = DueQueue(r)
     t = now_ms()
-    r.zadd(keys.due(), {"slack:x": t})
-    (_, score), = q.claim(t)
-    r.zadd(keys.due(), {"slack:x": t + 1})  # new work arrived meanwhile
-    assert q.done("slack:x", score) is False
+    q.schedule("slack:x", t)
+    (_, token), = q.claim(t)
+    q.schedule("slack:x", t + 1)  # new work arrived meanwhile: the running job's claim is void
+    assert q.done("slack:x", token) is False
     assert q.score("slack:x") == t + 1
-    assert q.done("slack:x", t + 1) is True and q.score("slack:x") is None
+    (_, again), = q.claim(t + 1)
+    assert again != token
+    assert q.done("slack:x", again) is True and q.score("slack:x") is None
+
+
+def test_a_stale_claim_can_neither_extend_retry_nor_finish(r):
+    """Fencing: a job that waited in RQ longer than its lease finds its member claimed again;
+    it must not run, and nothing it says changes the member."""
+    q = DueQueue(r)
+    t = now_ms()
+    q.schedule("grant:x", t)
+    (_, first), = q.claim(t, lease_ms=50)
+    (_, second), = q.claim(t + 100)  # the lease ran out: handed out again
+    assert first != second
+    with Lease(q, "grant:x", first) as stale:
+        assert stale.held is False
+    assert q.extend("grant:x", first, t + 10**9) is False
+    assert q.failed("grant:x", first, t) == -1
+    assert q.done("grant:x", first) is False
+    assert q.score("grant:x") == t + 100 + 10_000  # still the current claim's lease
+    with Lease(q, "grant:x", second) as current:
+        assert current.held is True
+    assert q.done("grant:x", second) is True
 
 
 def test_failures_back_off_exponentially(r):
     q = DueQueue(r)
     t = now_ms()
-    r.zadd(keys.due(), {"grant:x": t})
+    q.schedule("grant:x", t)
     delays = []
     for _ in range(4):
-        (_, score), = q.claim(now_ms() + 10**9)  # claim whatever is there
+        (_, token), = q.claim(now_ms() + 10**9)  # claim whatever is there
         before = now_ms()
-        q.failed("grant:x", score, before)
+        q.failed("grant:x", token, before)
         delays.append(q.score("grant:x") - before)
     assert delays == [1000, 2000, 4000, 8000]
     assert r.hget(keys.due_attempts(), "grant:x") == "4"
@@ -64,13 +86,16 @@ def test_failures_back_off_exponentially(r):
 def test_lease_is_extended_while_the_job_runs(r):
     q = DueQueue(r)
     t = now_ms()
-    r.zadd(keys.due(), {"grant:slow": t})
-    (_, score), = q.claim(t, lease_ms=300)
-    with Lease(q, "grant:slow", score, lease_ms=300) as lease:
-        time.sleep(1.0)
-        assert q.claim(now_ms()) == []  # still ours after three lease lengths
-    assert lease.score > score
-    assert q.done("grant:slow", lease.score)
+    q.schedule("grant:slow", t)
+    (_, token), = q.claim(t, lease_ms=300)
+    with Lease(q, "grant:slow", token, lease_ms=300) as lease:
+        assert lease.held
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:  # three lease lengths and more
+            assert q.claim(now_ms()) == []  # still ours
+            time.sleep(0.05)
+    assert q.score("grant:slow") > t + 300
+    assert q.done("grant:slow", token)
 
 
 def test_scheduler_fires_on_time_in_real_time(r, redis_url):
@@ -103,14 +128,19 @@ def test_many_due_at_once_share_jobs_and_all_run(jit):
 
     rids = []
     for i in range(12):
-        rid = jit.ask("quick", ttl="1s", reason=f"burst {i}")["id"]
+        rid = jit.ask("quick", ttl="1m", reason=f"burst {i}")["id"]
         jit.rt.access.approve(rid, "U0LEAD1")
         rids.append(rid)
     jit.work()
     reqs = [jit.rt.store.get(r) for r in rids]
     assert all(r.issued_at is not None for r in reqs)
-    last = max(r.expires_at for r in reqs).timestamp()
-    time.sleep(max(0.0, last - time.time()) + 0.05)  # all fall due together
+    # A minute passes, as far as these grants know: all twelve fall due at the same moment,
+    # however long the grants above took on a busy machine.
+    due = DueQueue(jit.rt.redis)
+    past = now_ms() - 1
+    for r in rids:
+        jit.rt.redis.hset(keys.request(r), "expires_ms", past)
+        due.schedule(f"expire:{r}", past)
     sched = Scheduler(jit.rt.redis, jit.rt.redis, jit.rt.dispatcher)
     assert sched.run_once() >= 12
     queued = jit.rt.dispatcher.queues[ACCESS_QUEUE].count

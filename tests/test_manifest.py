@@ -105,7 +105,11 @@ def test_manifest_wires_commands_events_and_interactivity_to_the_bot():
     commands = {c["command"] for c in m["features"]["slash_commands"]}
     assert commands == set(re.findall(r'\.command\("(/[a-z-]+)"\)', code)) == {"/jit"}
     events = set(m["settings"]["event_subscriptions"]["bot_events"])
-    assert events == set(re.findall(r'\.event\("([a-z_]+)"\)', code)) == {"app_home_opened"}
+    assert events == set(re.findall(r'\.event\("([a-z_]+)"\)', code)) == {
+        "app_home_opened",
+        "subteam_members_changed",  # off-boarding: group membership is re-read at once
+        "subteam_updated",
+    }
     assert m["features"]["app_home"]["home_tab_enabled"] is True
     assert m["settings"]["interactivity"]["is_enabled"] is True
 

@@ -1,17 +1,19 @@
-"""RQ jobs: each runs one due-queue member (grant, expire, revoke, timeout, slack) and moves state on.
+"""RQ jobs: each runs one due-queue member (grant, expire, revoke, timeout, slack, …) and moves state on.
 
-A job may run twice or die half-way; every handler is idempotent. A handler that fails puts its
-member back with backoff; only success removes it from the due queue.
+A job may run twice or die half-way; every handler is idempotent. A job runs only while it holds
+its member's current claim (`Lease.held`): a copy handed out again after a long wait in RQ does
+nothing. A handler that fails puts its member back with backoff; only success removes it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 
 from bot import logs
-from bot.domain.clock import from_ms, human, now, now_ms, to_ms
-from bot.domain.requests import Status
+from bot.domain.clock import now, now_ms, rfc3339, to_ms
+from bot.domain.requests import AccessRequest, Status
 from bot.metrics import Metrics
 from bot.runtime import Runtime, current
 from workers.backends.base import GrantError, GrantRequest
@@ -28,17 +30,18 @@ class RetryLater(Exception):
         self.delay_ms = delay_ms
 
 
-def grant_request(req) -> GrantRequest:
-    issued = req.issued_at or now()
+def grant_request(req: AccessRequest, issued: datetime | None = None, expires: datetime | None = None) -> GrantRequest:
+    issued = issued or req.issued_at or now()
+    expires = expires or req.expires_at or issued + req.ttl
     return GrantRequest(
         id=req.id,
         action=req.action,
         pipeline=req.pipeline,
         requested_by=req.requested_by,
         reason=req.reason,
-        ttl_seconds=int(req.ttl.total_seconds()),
+        ttl_seconds=max(int((expires - issued).total_seconds()), 0),
         issued_at=issued,
-        expires_at=req.expires_at or issued + req.ttl,
+        expires_at=expires,
         context=req.context,
     )
 
@@ -46,94 +49,113 @@ def grant_request(req) -> GrantRequest:
 # ------------------------------------------------------------------------- handlers
 
 
-def do_grant(rt: Runtime, rid: str) -> None:
+def do_grant(rt: Runtime, rid: str, token: str) -> None:
+    """Issue the credential of an approved request, fenced by the job's claim `token`."""
     req = rt.store.get(rid)
-    if req is None or req.status != Status.APPROVED:
-        return  # already active, or cancelled (the revoke item cleans up)
-    backend = rt.backend_for(req.action, req.policy_sha256)
+    if req is None:
+        return
     issued = now()
+    cap = None
+    if req.status == Status.APPROVED:
+        cap, refusal = rt.access.grant_terms(req, issued)
+        if refusal:
+            rt.access.fail_grant(req, refusal)  # the begin below settles any earlier attempt
+    begin = rt.store.begin_grant(rid, token, to_ms(issued))
+    if begin.result != "ok":
+        return  # stale claim, already granted, or ended (a settle queued the revoke it owes)
     expires = issued + req.ttl
-    greq = grant_request(req)
-    greq = GrantRequest(**{**greq.__dict__, "issued_at": issued, "expires_at": expires})
+    cut = cap is not None and cap < expires
+    if cut:
+        expires = cap
+    greq = grant_request(req, issued, expires)
+    backend = rt.backend_for(req.action, req.policy_sha256)
     started = now_ms()
-    credential = backend.grant(greq)
-    grant_seconds = (now_ms() - started) / 1000
-    out = rt.store.activate(rid, to_ms(issued), to_ms(expires), rt.vault.seal(credential), now_ms())
-    if out.ok:
-        rt.audit.append(
+    try:
+        credential = backend.grant(greq)
+    except BaseException:
+        rt.store.grant_attempt_failed(rid, token, now_ms())
+        raise
+    grant_ms = now_ms() - started
+    details = {
+        "backend": backend.type,
+        "expires_at": rfc3339(expires),
+        "ttl_seconds": greq.ttl_seconds,
+        "target_enforces_expiry": bool(getattr(backend.config, "enforces_expiry", backend.enforces_expiry)),
+        "grant_ms": grant_ms,
+        **({"cut_by_window": True} if cut else {}),
+    }
+    out = rt.store.finish_grant(
+        rid,
+        token,
+        to_ms(issued),
+        to_ms(expires),
+        rt.vault.seal(credential),
+        now_ms(),
+        issued=rt.audit.event_body("grant.issued", request_id=rid, action=req.action, actor="jit", details=details),
+        late=rt.audit.event_body(
             "grant.issued",
             request_id=rid,
             action=req.action,
             actor="jit",
-            details={
-                "backend": backend.type,
-                "expires_at": greq.as_json()["expires_at"],
-                "ttl_seconds": greq.ttl_seconds,
-                "target_enforces_expiry": bool(getattr(backend.config, "enforces_expiry", backend.enforces_expiry)),
-                "grant_ms": now_ms() - started,
-            },
-        )
+            outcome="late",
+            details={**details, "why": "the request ended while the backend worked: revoking at once"},
+        ),
+    )
+    if out.result == "ok":
+        if cut:
+            rt.store.set_fields(rid, cut_by_window="1")
         Metrics(rt.redis).request(req.action, "granted")
-        Metrics(rt.redis).granted(req.action, backend.type, grant_seconds)
-    elif out.result == "decided" and out.status != Status.ACTIVE:
-        # cancelled while we were granting: take back what we just created
-        backend.revoke(greq, credential)
-        rt.store.mark_revoked(rid, now_ms())
+        Metrics(rt.redis).granted(req.action, backend.type, grant_ms / 1000)
+    elif out.result == "stale":
+        log.warning("grant %s finished after its claim moved on; its result is not used", rid)
 
 
-def _revoke(rt: Runtime, rid: str, *, expiry: bool, req=None) -> None:
+def _revoke(rt: Runtime, rid: str, *, expiry: bool, req: AccessRequest | None = None) -> None:
     req = req if req is not None else rt.store.get(rid)
     if req is None:
         return
     if expiry and req.status != Status.ACTIVE:
         return  # ended some other way; its own revoke item does the work
-    if req.revoke_done_at is not None:
-        rt.store.mark_revoked(rid, now_ms())  # deletes any leftover credential blob
-        return
     blob = rt.store.credential_blob(rid)
     credential = rt.vault.open(blob) if blob else None
+    if req.revoke_done_at is not None and not req.revoke_pending and credential is None:
+        return  # done already
     backend = rt.backend_for(req.action, req.policy_sha256)
     started = now_ms()
     backend.revoke(grant_request(req), credential)
     t = now_ms()
-    out = rt.store.mark_revoked(rid, t)
-    if out.ok:
-        details = {"backend": backend.type}
-        by = "expiry" if out.status == Status.EXPIRED else (req.revoked_by or "jit")
-        if req.expires_at is not None:
-            details["expires_at"] = greq_time(req.expires_at)
-            if out.status == Status.EXPIRED:
-                details["lateness_ms"] = t - to_ms(req.expires_at)
-        details["status"] = out.status
-        if credential is None:
-            details["cleanup"] = "no credential was issued; cleaned up any partial grant"
-        rt.audit.append("grant.revoked", request_id=rid, action=req.action, actor=by, details=details)
-        if out.status in (Status.EXPIRED, Status.REVOKED):
-            lateness = details.get("lateness_ms")
-            Metrics(rt.redis).request(req.action, out.status)
-            Metrics(rt.redis).revoked(
-                req.action, backend.type, (t - started) / 1000, None if lateness is None else lateness / 1000
-            )
+    by = "expiry" if req.status == Status.ACTIVE else (req.revoked_by or "jit")
+    details: dict = {"backend": backend.type}
+    lateness = None
+    if req.expires_at is not None:
+        details["expires_at"] = rfc3339(req.expires_at)
+        if req.status == Status.ACTIVE:
+            lateness = t - to_ms(req.expires_at)
+            details["lateness_ms"] = lateness
+    if credential is None:
+        details["cleanup"] = "no credential was recorded; cleaned up any partial grant"
+    out = rt.store.mark_revoked(
+        rid, t, rt.audit.event_body("grant.revoked", request_id=rid, action=req.action, actor=by, details=details)
+    )
+    if out.result == "ok" and out.status in (Status.EXPIRED, Status.REVOKED):
+        Metrics(rt.redis).request(req.action, out.status)
+        Metrics(rt.redis).revoked(
+            req.action, backend.type, (t - started) / 1000, None if lateness is None else lateness / 1000
+        )
 
 
-def greq_time(dt) -> str:
-    from bot.domain.clock import rfc3339
-
-    return rfc3339(dt)
-
-
-def do_expire(rt: Runtime, rid: str) -> None:
+def do_expire(rt: Runtime, rid: str, token: str) -> None:
     req = rt.store.get(rid)
     if req is not None and req.expires_at is not None and now() < req.expires_at:
         raise RetryLater(to_ms(req.expires_at) - now_ms())  # never early
     _revoke(rt, rid, expiry=True, req=req)  # just read: one Redis round trip less per expiry
 
 
-def do_revoke(rt: Runtime, rid: str) -> None:
+def do_revoke(rt: Runtime, rid: str, token: str) -> None:
     _revoke(rt, rid, expiry=False)
 
 
-def do_timeout(rt: Runtime, rid: str) -> None:
+def do_timeout(rt: Runtime, rid: str, token: str) -> None:
     req = rt.store.get(rid)
     if req is None or req.status != Status.PENDING:
         return
@@ -142,7 +164,7 @@ def do_timeout(rt: Runtime, rid: str) -> None:
     rt.access.time_out(rid)
 
 
-def do_slack(rt: Runtime, rid: str) -> None:
+def do_slack(rt: Runtime, rid: str, token: str) -> None:
     from bot.slack import followups
     from bot.slack.messages import sync_request_message
 
@@ -153,25 +175,37 @@ def do_slack(rt: Runtime, rid: str) -> None:
     sync_request_message(rt, rid)
 
 
-def do_dm(rt: Runtime, rid: str) -> None:
+def do_dm(rt: Runtime, rid: str, token: str) -> None:
     from bot.slack import followups
 
     followups.do_dm(rt, rid)
 
 
-def do_remind(rt: Runtime, rid: str) -> None:
+def do_remind(rt: Runtime, rid: str, token: str) -> None:
     from bot.slack import followups
 
     followups.do_remind(rt, rid)
 
 
-def do_warn(rt: Runtime, rid: str) -> None:
+def do_warn(rt: Runtime, rid: str, token: str) -> None:
     from bot.slack import followups
 
     followups.do_warn(rt, rid)
 
 
-HANDLERS: dict[str, Callable[[Runtime, str], None]] = {
+def do_break_glass_alert(rt: Runtime, rid: str, token: str) -> None:
+    from bot.slack import notices
+
+    notices.send_break_glass_alert(rt, rid)
+
+
+def do_notice(rt: Runtime, nid: str, token: str) -> None:
+    from bot.slack import notices
+
+    notices.send_notice(rt, nid)
+
+
+HANDLERS: dict[str, Callable[[Runtime, str, str], None]] = {
     "grant": do_grant,
     "expire": do_expire,
     "revoke": do_revoke,
@@ -180,52 +214,57 @@ HANDLERS: dict[str, Callable[[Runtime, str], None]] = {
     "dm": do_dm,  # the requester's DM per outcome (bot/slack/followups.py)
     "remind": do_remind,  # a pending request's reminder at half its timeout
     "warn": do_warn,  # "expires in 5 min" in an active grant's thread
+    "bgalert": do_break_glass_alert,  # the security channel hears of a break glass
+    "notice": do_notice,  # one owed Slack message (alerts, audit-channel lines, refusals)
 }
 
 
 # ------------------------------------------------------------------------- the job
 
 
-def run_due_batch(items: list[tuple[str, int]]) -> None:
+def run_due_batch(items: list[tuple[str, str]]) -> None:
     """Several due members in one job (the scheduler batches when many fall due at once)."""
-    for member, score in items:
-        run_due(member, score)
+    for member, token in items:
+        run_due(member, token)
 
 
-def run_due(member: str, claimed_score: int) -> None:
+def run_due(member: str, token: str) -> None:
     kind, _, rid = member.partition(":")
     with logs.bind(request_id=rid or None, job=kind):
-        _run_due(member, claimed_score)
+        _run_due(member, token)
 
 
-def _run_due(member: str, claimed_score: int) -> None:
+def _run_due(member: str, token: str) -> None:
     rt = current()
     kind, _, rid = member.partition(":")
     handler = HANDLERS.get(kind)
     due = DueQueue(rt.redis)
     if handler is None:
         log.error("unknown due member %s", member)
-        due.done(member, claimed_score)
+        due.done(member, token)
         return
-    lease = Lease(due, member, claimed_score)
+    lease = Lease(due, member, token)
     try:
         with lease:
-            handler(rt, rid)
+            if not lease.held:
+                return  # this claim was handed out again meanwhile: the current one does the work
+            handler(rt, rid, token)
     except RetryLater as e:
-        due.retry_at(member, lease.score, now_ms() + max(e.delay_ms, 1))
+        due.retry_at(member, token, now_ms() + max(e.delay_ms, 1))
         return
     except Exception as e:  # noqa: BLE001 - every failure is retried, none is lost
-        attempts = due.failed(member, lease.score, now_ms())
-        _failed(rt, kind, rid, attempts, e)
+        attempts = due.failed(member, token, now_ms())
+        if attempts >= 0:
+            _failed(rt, kind, rid, attempts, e)
         return
-    due.done(member, lease.score)
+    due.done(member, token)
 
 
 def _failed(rt: Runtime, kind: str, rid: str, attempts: int, error: Exception) -> None:
     message = str(error) if isinstance(error, GrantError) else f"{type(error).__name__}"
     log.warning("%s %s failed (attempt %d): %s", kind, rid, attempts, message, extra={"request_id": rid},
                 exc_info=not isinstance(error, GrantError))
-    req = rt.store.get(rid)
+    req = rt.store.get(rid) if kind in ("grant", "expire", "revoke") else None
     action = req.action if req else None
     if kind == "grant":
         rt.audit.append(
@@ -233,29 +272,20 @@ def _failed(rt: Runtime, kind: str, rid: str, attempts: int, error: Exception) -
             details={"attempt": attempts, "error": message},
         )
         Metrics(rt.redis).grant_failed(action)
-        if attempts >= rt.settings.jit_grant_max_attempts:
-            out = rt.store.fail(rid, message, now_ms())
-            if out.ok:
-                rt.audit.append(
-                    "request.failed", request_id=rid, action=action, actor="jit", outcome="error",
-                    details={"error": message, "attempts": attempts},
-                )
-                Metrics(rt.redis).request(action or "", "failed")
-            # the grant member's next run finds the request failed and retires itself
+        if req is not None and attempts >= rt.settings.jit_grant_max_attempts:
+            rt.access.fail_grant(req, message, attempts)
     elif kind in ("expire", "revoke"):
         rt.audit.append(
             "revoke.attempt_failed", request_id=rid, action=action, actor="jit", outcome="error",
             details={"attempt": attempts, "error": message},
         )
         Metrics(rt.redis).revoke_failed(action)
-        if attempts == rt.settings.jit_revoke_alert_after and req is not None:
-            from bot.slack.messages import post_thread_notice
+        if req is not None:
+            rt.store.set_fields(rid, revoke_pending="1")
+            if attempts == rt.settings.jit_revoke_alert_after:
+                from bot.slack import notices
 
-            post_thread_notice(
-                rt, req,
-                f":rotating_light: Revoking this grant has failed {attempts} times ({message}). "
-                "jit keeps retrying; please check the target.",
-            )
+                notices.revoke_failing(rt, req, attempts, message)
 
 
-__all__ = ["run_due", "RetryLater", "HANDLERS", "from_ms", "human"]
+__all__ = ["run_due", "RetryLater", "HANDLERS"]

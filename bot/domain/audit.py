@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from redis import Redis
@@ -88,11 +89,13 @@ class Broken:
     reason: str
 
 
-# Append one entry if the head is still the one the caller chained onto (optimistic: one round
-# trip when this process wrote the last entry; otherwise the real head comes back for a retry).
-# KEYS: head, stream, per-request index ('' for none)
-# ARGV: expected seq, expected hash, data, hash, stream-id ms, index length, index ttl
+# Chain the outbox's first event if the head is still the one the caller chained onto and the
+# event is still first (optimistic: one round trip when this process wrote the last entry;
+# otherwise the real head comes back for a retry).
+# KEYS: head, stream, per-request index ('' for none), outbox
+# ARGV: expected seq, expected hash, data, hash, stream-id ms, index length, index ttl, raw item
 _APPEND = """
+if redis.call('LINDEX', KEYS[4], 0) ~= ARGV[8] then return {2} end
 local h = redis.call('HMGET', KEYS[1], 'seq', 'hash', 'ms')
 local seq = tonumber(h[1] or '0')
 local hash = h[2] or '""" + GENESIS + """'
@@ -102,6 +105,7 @@ if seq ~= tonumber(ARGV[1]) or hash ~= ARGV[2] or ms > tonumber(ARGV[5]) then
 end
 local sid = ARGV[5] .. '-' .. (seq + 1)
 redis.call('XADD', KEYS[2], sid, 'data', ARGV[3], 'hash', ARGV[4])
+redis.call('LPOP', KEYS[4])
 redis.call('HSET', KEYS[1], 'seq', seq + 1, 'hash', ARGV[4], 'id', sid, 'ms', ARGV[5])
 if KEYS[3] ~= '' then
   redis.call('RPUSH', KEYS[3], sid)
@@ -118,6 +122,29 @@ class AuditLog:
         self._append = redis.register_script(_APPEND)
         self._head: tuple[int, str, int] = (0, GENESIS, 0)  # our guess of (seq, hash, ms)
 
+    def event_body(
+        self,
+        event: str,
+        *,
+        request_id: str | None = None,
+        action: str | None = None,
+        actor: str | None = None,
+        outcome: str = "ok",
+        details: dict[str, Any] | None = None,
+    ) -> str:
+        """An event as the store's scripts push it onto the outbox (JSON)."""
+        return canonical(
+            {
+                "time": rfc3339(now()),
+                "event": event,
+                "request_id": request_id,
+                "action": action,
+                "actor": actor,
+                "outcome": outcome,
+                "details": _scrub(details or {}),
+            }
+        )
+
     def append(
         self,
         event: str,
@@ -127,34 +154,45 @@ class AuditLog:
         actor: str | None = None,
         outcome: str = "ok",
         details: dict[str, Any] | None = None,
-    ) -> AuditEntry:
-        t = now()
-        body_base = {
-            "time": rfc3339(t),
-            "event": event,
-            "request_id": request_id,
-            "action": action,
-            "actor": actor,
-            "outcome": outcome,
-            "details": _scrub(details or {}),
-        }
-        index = keys.audit_by_request(request_id) if request_id and _INDEXABLE_ID.match(request_id) else ""
-        while True:
-            seq_prev, prev, ms_prev = self._head
-            seq = seq_prev + 1
-            body = {**body_base, "seq": seq, "prev": prev}
-            h = entry_hash(prev, body)
-            # Stream ids carry the event time so `since` filters are range reads.
-            sid_ms = max(to_ms(t), ms_prev)
-            res = self._append(
-                keys=[keys.audit_head(), keys.audit_stream(), index],
-                args=[seq_prev, prev, canonical(body), h, sid_ms, REQUEST_INDEX_LEN, REQUEST_INDEX_TTL_S],
-            )
-            if int(res[0]) == 1:
-                self._head = (seq, h, sid_ms)
-                return AuditEntry(res[1], body, h)
-            # another writer appended first: chain onto the head it left, and try again
-            self._head = (int(res[1]), res[2], int(res[3]))
+    ) -> None:
+        body = self.event_body(
+            event, request_id=request_id, action=action, actor=actor, outcome=outcome, details=details
+        )
+        self.r.rpush(keys.audit_outbox(), '{"body":' + body + ',"patch":{}}')
+        self.flush()
+
+    def flush(self, limit: int = 10_000) -> int:
+        """Chain what waits in the outbox into the stream, in order. Returns entries chained."""
+        chained = 0
+        while chained < limit:
+            raw = self.r.lindex(keys.audit_outbox(), 0)
+            if raw is None:
+                return chained
+            item = json.loads(raw)
+            base = item["body"]
+            patch = item.get("patch") or {}
+            if patch:
+                base = {**base, "details": {**(base.get("details") or {}), **patch}}
+            request_id = base.get("request_id")
+            index = keys.audit_by_request(request_id) if request_id and _INDEXABLE_ID.match(request_id) else ""
+            t_ms = to_ms(datetime.fromisoformat(base["time"].replace("Z", "+00:00")))
+            while True:
+                seq_prev, prev, ms_prev = self._head
+                body = {**base, "seq": seq_prev + 1, "prev": prev}
+                h = entry_hash(prev, body)
+                sid_ms = max(t_ms, ms_prev)
+                res = self._append(
+                    keys=[keys.audit_head(), keys.audit_stream(), index, keys.audit_outbox()],
+                    args=[seq_prev, prev, canonical(body), h, sid_ms, REQUEST_INDEX_LEN, REQUEST_INDEX_TTL_S, raw],
+                )
+                if int(res[0]) == 1:
+                    self._head = (seq_prev + 1, h, sid_ms)
+                    chained += 1
+                    break
+                if int(res[0]) == 2:
+                    break  # someone else chained it: look at the outbox again
+                self._head = (int(res[1]), res[2], int(res[3]))
+        return chained
 
     # ---------------------------------------------------------------- reading
 

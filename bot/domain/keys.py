@@ -46,6 +46,17 @@ def due() -> str:
     return f"{PREFIX}due"
 
 
+def due_claims() -> str:
+    """Hash `kind:request_id` → token of the claim that may run it now (fencing). A job whose
+    token is no longer here does nothing; re-scheduling a member voids its claim."""
+    return f"{PREFIX}due:claims"
+
+
+def due_claim_seq() -> str:
+    """Counter: the source of claim tokens."""
+    return f"{PREFIX}due:seq"
+
+
 def due_attempts() -> str:
     """Hash `kind:request_id` → failed attempts so far (for backoff and alerts)."""
     return f"{PREFIX}due:attempts"
@@ -64,6 +75,12 @@ def changed_channel() -> str:
 def audit_stream() -> str:
     """Stream: the hash-chained audit trail. Trimmed by age (retention)."""
     return f"{PREFIX}audit"
+
+
+def audit_outbox() -> str:
+    """List of audit events (JSON) pushed by state transitions in the same atomic step, waiting
+    to be chained into the stream (bot/domain/audit.py). Empty but for a few milliseconds."""
+    return f"{PREFIX}audit:outbox"
 
 
 def audit_head() -> str:
@@ -188,6 +205,18 @@ def dm_channel(user_id: str) -> str:
 def notice_lock(request_id: str) -> str:
     """String lock held while a request's DMs / reminders are sent. TTL 30 s."""
     return f"{PREFIX}lock:notice:{request_id}"
+
+
+def notice(notice_id: str) -> str:
+    """String (JSON): one owed Slack message waiting for its `notice:<id>` due item
+    (bot/slack/notices.py). Deleted once posted; TTL 30 days."""
+    return f"{PREFIX}notice:{notice_id}"
+
+
+def undelivered_alerts() -> str:
+    """Sorted set due member (`bgalert:<id>`, `notice:<id>`) → ms since the alert is owed; a
+    member leaves when Slack took the alert. Read by metrics and App Home."""
+    return f"{PREFIX}alerts:undelivered"
 
 
 def socket_envelope(envelope_id: str) -> str:

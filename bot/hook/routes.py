@@ -115,10 +115,11 @@ def create_request():
     return resp
 
 
-def _load(request_id: str):
+def _follow_up(request_id: str):
+    """Who may read or use this request: its request_token, or an OIDC token of the same run."""
     runtime = rt()
     caller = any_caller(request, runtime.policy, _oidc())
-    return runtime.access.authorize_follow_up(request_id, caller.pipeline, caller.bearer)
+    return runtime.access.authorize_follow_up(request_id, caller.bearer, caller.verified, caller.pipeline)
 
 
 @bp.get("/v1/requests/<request_id>")
@@ -130,7 +131,7 @@ def get_request(request_id: str):
         return error(400, "bad_request", "wait must be a number of seconds (0 to 60)")
     if not (0 <= wait <= MAX_WAIT) or wait != wait:
         return error(400, "bad_request", "wait must be between 0 and 60 seconds")
-    req = _load(request_id)
+    req = _follow_up(request_id).request
     if wait > 0 and req.status in UNDECIDED:
         req = _long_poll(request_id, req.status, wait) or req
     return jsonify(_view(req))
@@ -160,8 +161,7 @@ def _long_poll(request_id: str, status: Status, wait: float):
 
 @bp.get("/v1/requests/<request_id>/credential")
 def get_credential(request_id: str):
-    req = _load(request_id)
-    credential, req = rt().access.credential(req)
+    credential, req = rt().access.credential(_follow_up(request_id))
     resp = jsonify({"id": req.id, "credential": credential, "expires_at": rfc3339(req.expires_at)})
     resp.headers["Cache-Control"] = "no-store"
     return resp
@@ -169,8 +169,7 @@ def get_credential(request_id: str):
 
 @bp.delete("/v1/requests/<request_id>")
 def release_request(request_id: str):
-    req = _load(request_id)
-    req = rt().access.release(req)
+    req = rt().access.release(_follow_up(request_id))
     return jsonify(_view(req))
 
 

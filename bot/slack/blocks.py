@@ -94,29 +94,40 @@ def request_blocks(
     break_glass_by: str | None = None,
     justification: str | None = None,
     auto_rule: str | None = None,
+    self_approval: str = "enforced",
+    cut_by_window: bool = False,
 ) -> list[dict[str, Any]]:
     """The request's channel message. `break_glass`: the action has break-glass approvers
     (show the button); `break_glass_requested`: the pipeline asked for it (no Approve button);
-    `break_glass_by`/`justification`: it was used; `auto_rule`: the rule that auto-approved."""
+    `break_glass_by`/`justification`: it was used; `auto_rule`: the rule that auto-approved;
+    `self_approval`: "enforced", "allowed" or "unknown_requester" (the requester is no known
+    person, so self-approval cannot be ruled out); `cut_by_window`: the grant ends with its
+    change window rather than after its full TTL."""
     ctx = req.context
     auto = req.decided_by == "auto"
     rule = auto_rule or f"actions.{req.action}.auto_approve"
-    verified = " :lock: _verified_" if req.verified else ""
+
+    def said(key: str) -> str:
+        """On a verified request, which values the token vouches for and which the pipeline said."""
+        if not req.verified:
+            return ""
+        return " :lock: _verified_" if key in req.verified_keys else " _(said by the pipeline, unverified)_"
+
     fields = [
         f"*Action*\n`{safe(req.action, 64)}`" + (f"\n{safe(description, 300)}" if description else ""),
         f"*Pipeline*\n{safe(req.pipeline, 100)}",
-        f"*Requested by*\n{safe(req.requested_by or '—', 200)}{verified if req.requested_by else ''}",
+        f"*Requested by*\n{safe(req.requested_by or '—', 200)}{said('requested_by') if req.requested_by else ''}",
         f"*TTL*\n{human(req.ttl)}",
     ]
     repo_bits = []
     if ctx.get("repository"):
-        repo_bits.append(f"*Repository*\n{safe(ctx['repository'], 200)}{verified}")
+        repo_bits.append(f"*Repository*\n{safe(ctx['repository'], 200)}{said('repository')}")
     if ctx.get("ref"):
-        repo_bits.append(f"*Ref*\n`{safe(ctx['ref'], 200)}`")
+        repo_bits.append(f"*Ref*\n`{safe(ctx['ref'], 200)}`{said('ref')}")
     if ctx.get("commit"):
-        repo_bits.append(f"*Commit*\n`{safe(ctx['commit'][:12], 40)}`")
+        repo_bits.append(f"*Commit*\n`{safe(ctx['commit'][:12], 40)}`{said('commit')}")
     if ctx.get("environment"):
-        repo_bits.append(f"*Environment*\n{safe(ctx['environment'], 100)}")
+        repo_bits.append(f"*Environment*\n{safe(ctx['environment'], 100)}{said('environment')}")
     fields += repo_bits
     blocks: list[dict[str, Any]] = [
         {
@@ -155,8 +166,18 @@ def request_blocks(
             )
         elif req.status == Status.PENDING and approvers:
             progress += "\n_Approvers:_ " + ", ".join(mention(a) for a in approvers[:20])
+        if req.status == Status.PENDING and self_approval == "unknown_requester":
+            progress += (
+                "\n:warning: *The requester is not a known person* (no `requested_by`, or one the "
+                "policy's `people` does not list), so jit cannot stop them from approving their own request."
+            )
     blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": clip(progress, MAX_TEXT)}})
-    blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": clip(status_line(req), MAX_TEXT)}})
+    status = status_line(req)
+    if cut_by_window and req.status == Status.ACTIVE:
+        status += " — cut to end with its change window"
+    if req.revoke_pending:
+        status += "\n:hourglass: *Revoking the credential* — jit retries until the target confirms"
+    blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": clip(status, MAX_TEXT)}})
 
     if req.status == Status.PENDING:
         buttons = [] if break_glass_requested else [

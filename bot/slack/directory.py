@@ -12,7 +12,9 @@ from bot.domain import keys
 
 log = logging.getLogger("jit.slack")
 
-CACHE_SECONDS = 300
+#: A click is never counted against membership older than this (off-boarding must bite at
+#: once); Slack's `subteam_members_changed` / `subteam_updated` events drop the cache sooner.
+CACHE_SECONDS = 60
 EMPTY = "\x00"  # marks a cached empty group, so a failing lookup is not retried on every click
 
 
@@ -20,6 +22,10 @@ class SlackDirectory:
     def __init__(self, client: WebClient, redis: Redis) -> None:
         self.client = client
         self.r = redis
+
+    def forget(self, group_id: str) -> None:
+        """The group changed (a Slack event said so): the next lookup asks Slack again."""
+        self.r.delete(keys.usergroup_members(group_id))
 
     def members(self, group_id: str) -> set[str]:
         key = keys.usergroup_members(group_id)

@@ -15,6 +15,7 @@ import logging
 import secrets
 from datetime import timedelta
 
+from redis.exceptions import LockError
 from slack_sdk.errors import SlackApiError
 
 from bot.domain import keys
@@ -135,7 +136,9 @@ def schedule(rt, req: AccessRequest) -> None:
     rt.redis.ltrim(keys.due_wake(), -16, -1)
     for member in new:
         if member.startswith("dm:"):
-            rt.dispatcher.kick([member], at[member])
+            token = secrets.token_hex(8)  # claimed for the job kicked now; its lease covers a loss
+            rt.redis.hset(keys.due_claims(), member, token)
+            rt.dispatcher.kick([member], token)
 
 
 # ------------------------------------------------------------------ the due handlers
@@ -197,21 +200,23 @@ def do_dm(rt, rid: str) -> None:
 
 
 class _NoticeLock:
+    """redis-py's Lock (token-checked release); busy → come back in 300 ms."""
+
     def __init__(self, rt, rid: str) -> None:
-        self.r = rt.redis
-        self.key = keys.notice_lock(rid)
-        self.token = secrets.token_hex(8)
+        self.lock = rt.redis.lock(keys.notice_lock(rid), timeout=30, blocking=False)
 
     def __enter__(self):
         from workers.jobs import RetryLater
 
-        if not self.r.set(self.key, self.token, nx=True, px=30_000):
+        if not self.lock.acquire():
             raise RetryLater(300)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.r.get(self.key) == self.token:
-            self.r.delete(self.key)
+        try:
+            self.lock.release()
+        except LockError:  # expired (a slow Slack call) and maybe taken by someone else: not ours
+            pass
 
 
 def _send_once(rt, req: AccessRequest, mark: str, send) -> None:

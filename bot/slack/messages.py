@@ -6,11 +6,10 @@ import hashlib
 import json
 import logging
 import secrets
-import time
 
 from slack_sdk.errors import SlackApiError
 
-from bot.domain import keys
+from bot.domain import keys, locks
 from bot.domain.clock import now_ms
 from bot.slack.blocks import request_blocks, request_summary
 
@@ -121,46 +120,7 @@ def sync_request_message(rt, request_id: str) -> None:
                 raise RetryLater(settle_ms) from None
             rt.store.set_fields(request_id, message_hash=digest)
     finally:
-        # release only our own lock
-        if rt.redis.get(lock) == token:
-            rt.redis.delete(lock)
+        locks.release(rt.redis, lock, token)
     from bot.slack.home import refresh_homes_quietly
 
     refresh_homes_quietly(rt)  # App Home tabs open now show the change too
-
-
-def post_thread_notice(rt, req, text: str) -> None:
-    """A short note in the request's thread (alerts, reminders). Best effort, but retried by Slack SDK."""
-    channel = rt.redis.hget(keys.request(req.id), "message_channel") or req.channel
-    kwargs = {"channel": channel, "text": text}
-    if req.message_ts:
-        kwargs["thread_ts"] = req.message_ts
-    for _ in range(3):
-        try:
-            rt.slack.chat_postMessage(**kwargs)
-            return
-        except SlackApiError as e:
-            delay = _retry_after_ms(e)
-            if delay is None:
-                log.warning("thread notice failed: %s", e.response.get("error"))
-                return
-            time.sleep(min(delay / 1000, 5))
-        except Exception as e:  # noqa: BLE001
-            log.warning("thread notice failed: %s", type(e).__name__)
-            return
-
-
-def post_ephemeral(channel: str, user: str, text: str) -> None:
-    """RQ job: an ephemeral note to one user (refusals). A job, so Slack never blocks a click."""
-    from bot.runtime import current
-
-    rt = current()
-    try:
-        rt.slack.chat_postEphemeral(channel=channel, user=user, text=text)
-    except SlackApiError as e:
-        delay = _retry_after_ms(e)
-        if delay is None:
-            log.warning("ephemeral failed: %s", e.response.get("error"))
-            return
-        time.sleep(min(delay / 1000, 10))  # in a job: sleeping here is fine
-        rt.slack.chat_postEphemeral(channel=channel, user=user, text=text)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from slack_sdk.errors import SlackApiError
 
-from bot.domain import keys
+from bot.domain import keys, locks
 from bot.domain.clock import now_ms, to_ms
 from bot.slack.blocks import safe
 
@@ -117,9 +117,7 @@ class ChannelPacer:
         return int(res[1]) if res[0] == "wait" else 0
 
     def release(self, request_id: str, token: str) -> None:
-        lock = keys.slack_lock(request_id)
-        if self.r.get(lock) == token:
-            self.r.delete(lock)
+        locks.release(self.r, keys.slack_lock(request_id), token)
 
     def to_back(self, channel: str, request_id: str) -> None:
         self.r.zadd(keys.channel_outbox(channel), {request_id: now_ms()}, xx=True)

@@ -13,3 +13,4 @@ def register(app: App, rt: Runtime) -> None:
     views.register(app, rt)
     commands.register(app, rt)
     events.register(app, rt)
+    events.register_directory_events(app, rt)

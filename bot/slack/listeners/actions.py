@@ -24,7 +24,8 @@ def register(app: App, rt: Runtime) -> None:
             tell(rt, click_channel(body), user, e.message)
             return
         if out.result == "recorded":
-            left = (rt.store.get(request_id).approvals_required or 0) - (out.count or 0)
+            req = rt.store.get(request_id)
+            left = max(rt.access.approvals_required(req) - (out.count or 0), 0) if req else 0
             tell(rt, click_channel(body), user, f"Thanks — your approval is recorded; {left} more needed.")
 
     def deny(ack: Ack, body: dict, client: WebClient) -> None:
