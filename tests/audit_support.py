@@ -25,16 +25,26 @@ def cli(capsys, *argv: str) -> tuple[int, str]:
 
 def some_history(audit, n: int = 6, prefix: str = "req") -> None:
     for i in range(n):
-        audit.append("test.event", request_id=f"{prefix}{i:04d}", action="deploy-prod",
-                     actor="U0LEAD1", details={"i": i})
+        audit.append(
+            "test.event",
+            request_id=f"{prefix}{i:04d}",
+            action="deploy-prod",
+            actor="U0LEAD1",
+            details={"i": i},
+        )
 
 
 def bodies(r: Redis) -> list[Body]:
     return [json.loads(f["data"]) for _, f in r.xrange(keys.audit_stream())]
 
 
-def rechain(r: Redis, change: Callable[[list[Body]], list[Body]], *, from_genesis: bool = False,
-            sign: Callable[[str], str] | None = None) -> None:
+def rechain(
+    r: Redis,
+    change: Callable[[list[Body]], list[Body]],
+    *,
+    from_genesis: bool = False,
+    sign: Callable[[str], str] | None = None,
+) -> None:
     """Rewrite the whole trail the way someone without the key would: `change` edits the bodies,
     then every seq, prev and hash is recomputed with SHA-256, and the head (and, `from_genesis`,
     the anchor) made to match. Each row keeps the other fields it had at its position (a copied
@@ -68,19 +78,30 @@ def rechain(r: Redis, change: Callable[[list[Body]], list[Body]], *, from_genesi
     head = r.hgetall(keys.audit_head())
     r.delete(keys.audit_head())
     if last:
-        r.hset(keys.audit_head(), mapping={**{k: v for k, v in head.items() if k not in last}, **last})
+        r.hset(
+            keys.audit_head(), mapping={**{k: v for k, v in head.items() if k not in last}, **last}
+        )
 
 
-def append_forged(r: Redis, event: str = "approval.given", actor: str = "U0LEAD1",
-                  request_id: str = "req9999") -> int:
+def append_forged(
+    r: Redis, event: str = "approval.given", actor: str = "U0LEAD1", request_id: str = "req9999"
+) -> int:
     """Chain one made-up entry onto the head: right seq, right prev, right SHA-256, the head
     moved on, and the fields of the real last entry (its signature) copied. Returns its seq."""
     head = r.hgetall(keys.audit_head())
     seq, prev = int(head["seq"]) + 1, head["hash"]
     last_sid, last = r.xrevrange(keys.audit_stream(), count=1)[0]
     real = json.loads(last["data"])
-    body = {**real, "event": event, "actor": actor, "request_id": request_id, "outcome": "ok",
-            "details": {}, "seq": seq, "prev": prev}
+    body = {
+        **real,
+        "event": event,
+        "actor": actor,
+        "request_id": request_id,
+        "outcome": "ok",
+        "details": {},
+        "seq": seq,
+        "prev": prev,
+    }
     h = entry_hash(prev, body)
     ms = int(last_sid.split("-")[0])
     sid = f"{ms}-{seq}"

@@ -19,7 +19,9 @@ from bot.domain.secrets import AuditSigner
 
 
 def audit_log(redis_url: str) -> AuditLog:
-    return AuditLog(redislib.Redis.from_url(redis_url, decode_responses=True), signer=AuditSigner(SECRET_KEY))
+    return AuditLog(
+        redislib.Redis.from_url(redis_url, decode_responses=True), signer=AuditSigner(SECRET_KEY)
+    )
 
 
 def test_racing_writers_keep_one_unbroken_chain(redis_url):
@@ -65,15 +67,21 @@ ts = [threading.Thread(target=work, args=(t,)) for t in range(int(threads))]
 """
 
 
-def start_children(redis_url: str, specs: list[tuple[str, str, int, int]]) -> list[subprocess.Popen]:
+def start_children(
+    redis_url: str, specs: list[tuple[str, str, int, int]]
+) -> list[subprocess.Popen]:
     """Start writer processes and release them together once all are ready."""
     r = redislib.Redis.from_url(redis_url, decode_responses=True)
     procs = [
-        subprocess.Popen([sys.executable, "-c", CHILD, redis_url, SECRET_KEY, name, mode, str(threads), str(n)],
-                         cwd=str(ROOT))
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, redis_url, SECRET_KEY, name, mode, str(threads), str(n)],
+            cwd=str(ROOT),
+        )
         for name, mode, threads, n in specs
     ]
-    wait_until(lambda: r.llen("test:ready") == len(specs), timeout=60, message="writer processes ready")
+    wait_until(
+        lambda: r.llen("test:ready") == len(specs), timeout=60, message="writer processes ready"
+    )
     for name, *_ in specs:
         r.rpush(f"test:go:{name}", "1")
     return procs
@@ -82,8 +90,14 @@ def start_children(redis_url: str, specs: list[tuple[str, str, int, int]]) -> li
 def test_appenders_in_threads_and_processes_keep_one_chain_in_each_writers_order(redis_url):
     procs = start_children(redis_url, [("p1", "append", 3, 40), ("p2", "append", 3, 40)])
     here = audit_log(redis_url)
-    mine = [threading.Thread(target=lambda t=t: [here.append("test.race", actor=f"main-{t}", details={"i": i})
-                                                  for i in range(40)]) for t in range(2)]
+    mine = [
+        threading.Thread(
+            target=lambda t=t: [
+                here.append("test.race", actor=f"main-{t}", details={"i": i}) for i in range(40)
+            ]
+        )
+        for t in range(2)
+    ]
     for t in mine:
         t.start()
     for t in mine:
@@ -110,8 +124,10 @@ def test_racing_flushers_chain_the_outbox_in_its_order(redis_url):
         pipe.rpush(keys.audit_outbox(), '{"body":' + body + ',"patch":{"n":' + str(i) + "}}")
     pipe.execute()
     procs = start_children(redis_url, [("f1", "flush", 2, 40), ("f2", "flush", 2, 40)])
-    flushers = [threading.Thread(target=lambda: [audit_log(redis_url).flush(limit=7) for _ in range(10)])
-                for _ in range(2)]
+    flushers = [
+        threading.Thread(target=lambda: [audit_log(redis_url).flush(limit=7) for _ in range(10)])
+        for _ in range(2)
+    ]
     for t in flushers:
         t.start()
     for t in flushers:

@@ -87,10 +87,15 @@ def test_a_trim_point_made_up_in_redis_does_not_verify(rt, capsys):
     some_history(rt.audit, 5)
     rows = rt.redis.xrange(keys.audit_stream())
     sid3, third = rows[2]
-    rt.redis.hset(keys.audit_anchor(), mapping={
-        "seq": 3, "hash": third["hash"], "id": sid3,
-        **{k: v for k, v in third.items() if k not in ("data", "hash")},
-    })
+    rt.redis.hset(
+        keys.audit_anchor(),
+        mapping={
+            "seq": 3,
+            "hash": third["hash"],
+            "id": sid3,
+            **{k: v for k, v in third.items() if k not in ("data", "hash")},
+        },
+    )
     rt.redis.xtrim(keys.audit_stream(), minid=rows[3][0], approximate=False)
     out = verify_fails_at(rt, capsys, 3)
     assert "anchor" in out
@@ -130,18 +135,22 @@ def test_a_checkpoint_older_than_the_trim_fails_unless_its_export_is_given(rt, c
     code, out = cli(capsys, "audit", "verify", "--checkpoint", f"{old_seq}:{old_hash}")
     assert code == 1 and f"checkpoint #{old_seq}" in out and "--trimmed" in out, out
 
-    code, out = cli(capsys, "audit", "verify", "--checkpoint", f"{old_seq}:{old_hash}",
-                    "--trimmed", str(export))
+    code, out = cli(
+        capsys, "audit", "verify", "--checkpoint", f"{old_seq}:{old_hash}", "--trimmed", str(export)
+    )
     assert code == 0, out
     assert "1 checkpoint" in out
 
     # the export does not vouch for a head the trail never had
-    code, out = cli(capsys, "audit", "verify", "--checkpoint", f"{old_seq}:{'0' * 64}",
-                    "--trimmed", str(export))
+    code, out = cli(
+        capsys, "audit", "verify", "--checkpoint", f"{old_seq}:{'0' * 64}", "--trimmed", str(export)
+    )
     assert code == 1 and f"checkpoint #{old_seq}" in out
 
 
-def test_export_then_trim_then_verify_joins_the_export_to_what_redis_still_holds(rt, capsys, tmp_path):
+def test_export_then_trim_then_verify_joins_the_export_to_what_redis_still_holds(
+    rt, capsys, tmp_path
+):
     from workers.periodic import AuditUpkeep
 
     with freeze_time("2020-01-01T00:00:00Z"):
@@ -158,8 +167,17 @@ def test_export_then_trim_then_verify_joins_the_export_to_what_redis_still_holds
 
     code, out = cli(capsys, "audit", "verify", "--trimmed", str(export))
     assert code == 0, out
-    code, out = cli(capsys, "audit", "verify", "--checkpoint", f"2:{rows[1]['hash']}",
-                    "--checkpoint", f"6:{rows[5]['hash']}", "--trimmed", str(export))
+    code, out = cli(
+        capsys,
+        "audit",
+        "verify",
+        "--checkpoint",
+        f"2:{rows[1]['hash']}",
+        "--checkpoint",
+        f"6:{rows[5]['hash']}",
+        "--trimmed",
+        str(export),
+    )
     assert code == 0, out
 
     # a second export, taken now, overlaps nothing trimmed; both files together still join
@@ -176,22 +194,43 @@ def test_export_then_trim_then_verify_joins_the_export_to_what_redis_still_holds
         rs[1]["actor"] = "U0MALLORY"
         return [json.dumps(r) for r in rs]
 
-    code, out = cli(capsys, "audit", "verify", "--checkpoint", f"2:{rows[1]['hash']}",
-                    "--trimmed", rewritten(edit_second))
+    code, out = cli(
+        capsys,
+        "audit",
+        "verify",
+        "--checkpoint",
+        f"2:{rows[1]['hash']}",
+        "--trimmed",
+        rewritten(edit_second),
+    )
     assert code == 1 and "entry 2 " in out, out
 
     def drop_fourth(rs):  # a hole between the checkpoint and what Redis holds
         return [json.dumps(r) for r in rs[:3] + rs[4:]]
 
-    code, out = cli(capsys, "audit", "verify", "--checkpoint", f"2:{rows[1]['hash']}",
-                    "--trimmed", rewritten(drop_fourth))
+    code, out = cli(
+        capsys,
+        "audit",
+        "verify",
+        "--checkpoint",
+        f"2:{rows[1]['hash']}",
+        "--trimmed",
+        rewritten(drop_fourth),
+    )
     assert code == 1 and "entry 5 " in out, out
 
     def stop_early(rs):  # ends before the trim point: does not join
         return [json.dumps(r) for r in rs[:4]]
 
-    code, out = cli(capsys, "audit", "verify", "--checkpoint", f"2:{rows[1]['hash']}",
-                    "--trimmed", rewritten(stop_early))
+    code, out = cli(
+        capsys,
+        "audit",
+        "verify",
+        "--checkpoint",
+        f"2:{rows[1]['hash']}",
+        "--trimmed",
+        rewritten(stop_early),
+    )
     assert code == 1 and "#6" in out, out
 
     def junk(rs):
@@ -212,8 +251,10 @@ def test_an_export_that_disagrees_with_redis_where_they_overlap_fails(rt, capsys
     rt.redis.delete(keys.audit_stream())  # the backup ended at #2
     for sid, fields in rows[:2]:
         rt.redis.xadd(keys.audit_stream(), fields, id=sid)
-    rt.redis.hset(keys.audit_head(), mapping={"seq": 2, "hash": second["hash"], "id": sid2,
-                                               "ms": sid2.split("-")[0]})
+    rt.redis.hset(
+        keys.audit_head(),
+        mapping={"seq": 2, "hash": second["hash"], "id": sid2, "ms": sid2.split("-")[0]},
+    )
     some_history(rt.audit, 2, prefix="after")
     assert cli(capsys, "audit", "verify")[0] == 0
     code, out = cli(capsys, "audit", "verify", "--trimmed", str(export))
@@ -264,8 +305,14 @@ def test_the_audit_public_keys_are_published_with_the_previous_ones(rt, http, mo
 def run_jit(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess:
     """`jit …` in a fresh process whose environment holds exactly `env` (no Slack settings)."""
     base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
-    return subprocess.run([sys.executable, "-m", "bot.cli", *argv], env={**base, **env},
-                          cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *argv],
+        env={**base, **env},
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 class _Serve(BaseHTTPRequestHandler):
@@ -282,7 +329,9 @@ class _Serve(BaseHTTPRequestHandler):
         pass
 
 
-def test_verify_needs_only_redis_and_keys_from_the_secret_a_file_or_a_url(rt, http, redis_url, tmp_path):
+def test_verify_needs_only_redis_and_keys_from_the_secret_a_file_or_a_url(
+    rt, http, redis_url, tmp_path
+):
     some_history(rt.audit, 3)
     jwks = http.get("/.well-known/jit-audit-keys.json").get_data()
     keyfile = tmp_path / "keys.json"

@@ -56,7 +56,15 @@ _INDEXABLE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 FIELDS = ("time", "event", "request_id", "action", "actor", "outcome", "details")
 
 #: Keys that must never reach the audit trail, wherever they hide in `details`.
-_SECRET_KEYS = {"credential", "token", "request_token", "password", "secret", "dsn", "authorization"}
+_SECRET_KEYS = {
+    "credential",
+    "token",
+    "request_token",
+    "password",
+    "secret",
+    "dsn",
+    "authorization",
+}
 
 
 def canonical(obj: Any) -> str:
@@ -86,8 +94,14 @@ def _scrub(details: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _new_event(event: str, request_id: str | None, action: str | None, actor: str | None,
-               outcome: str, details: dict[str, Any] | None) -> dict[str, Any]:
+def _new_event(
+    event: str,
+    request_id: str | None,
+    action: str | None,
+    actor: str | None,
+    outcome: str,
+    details: dict[str, Any] | None,
+) -> dict[str, Any]:
     return {
         "time": rfc3339(now()),
         "event": event,
@@ -142,7 +156,9 @@ class Checkpoint:
         seq, _, rest = value.partition(":")
         digest, _, sig = rest.partition(":")
         if not seq.isdigit() or int(seq) < 1 or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
-            raise ValueError(f"a checkpoint is SEQ:SHA256[:SIG] as posted in the audit channel, not {value!r}")
+            raise ValueError(
+                f"a checkpoint is SEQ:SHA256[:SIG] as posted in the audit channel, not {value!r}"
+            )
         return cls(int(seq), digest.lower(), sig or None)
 
 
@@ -162,7 +178,9 @@ class AuditKeys:
         for k in jwks.get("keys", []) if isinstance(jwks, Mapping) else []:
             if isinstance(k, Mapping) and k.get("kty") == "OKP" and k.get("crv") == "Ed25519":
                 try:
-                    self._keys[str(k["kid"])] = Ed25519PublicKey.from_public_bytes(_b64(str(k["x"])))
+                    self._keys[str(k["kid"])] = Ed25519PublicKey.from_public_bytes(
+                        _b64(str(k["x"]))
+                    )
                 except (KeyError, ValueError):
                     continue
         if not self._keys:
@@ -210,7 +228,9 @@ class _Walk:
         seq = e.body.get("seq")
         if seq != self.seq + 1:
             if isinstance(seq, int):
-                return f"found where #{self.seq + 1} was expected: entries are missing or out of order"
+                return (
+                    f"found where #{self.seq + 1} was expected: entries are missing or out of order"
+                )
             return "unreadable"
         if e.body.get("prev") != self.prev:
             return "does not follow the entry before it (an entry was changed or removed)"
@@ -269,11 +289,14 @@ def read_export(lines: Iterable[str], source: str = "export") -> list[AuditEntry
 #       stream-id ms, nonce ('' for none)
 # Returns {chained 0|1, seq of the pushed item (0: none), seq, hash, ms, outbox length, first
 #          items, position of an item whose nonce was already chained (0: none)}
-_CHAIN = """
+_CHAIN = (
+    """
 local W = 7
 local h = redis.call('HMGET', KEYS[1], 'seq', 'hash', 'ms')
 local seq = tonumber(h[1] or '0')
-local hash = h[2] or '""" + GENESIS + """'
+local hash = h[2] or '"""
+    + GENESIS
+    + """'
 local ms = h[3] or '0'
 local pushed = 0
 if ARGV[1] ~= '' then pushed = seq + redis.call('RPUSH', KEYS[3], ARGV[1]) end
@@ -317,6 +340,7 @@ local first = {}
 if waiting > 0 then first = redis.call('LRANGE', KEYS[3], 0, tonumber(ARGV[5]) - 1) end
 return {ok, pushed, tostring(seq), hash, ms, waiting, first, dup}
 """
+)
 
 # Atomic trim up to an entry the caller verified and signed as the new anchor: only if the anchor
 # is still the one it walked from and the entry is unchanged, so racing trims (two workers) can
@@ -354,7 +378,9 @@ class AuditLog:
     """The trail. With a `signer` (JIT_SECRET_KEY) it writes, flushes, trims and verifies; with
     only `keys` (public) it reads and verifies, leaving the outbox to a process with the key."""
 
-    def __init__(self, redis: Redis, signer: AuditSigner | None = None, keys: AuditKeys | None = None) -> None:
+    def __init__(
+        self, redis: Redis, signer: AuditSigner | None = None, keys: AuditKeys | None = None
+    ) -> None:
         self.r = redis
         self.signer = signer
         self.keys = keys or (AuditKeys(signer.jwks()) if signer else None)
@@ -365,7 +391,9 @@ class AuditLog:
 
     def _signing(self) -> AuditSigner:
         if self.signer is None:
-            raise RuntimeError("this AuditLog has no signer (JIT_SECRET_KEY): it reads and verifies only")
+            raise RuntimeError(
+                "this AuditLog has no signer (JIT_SECRET_KEY): it reads and verifies only"
+            )
         return self.signer
 
     # ---------------------------------------------------------------- writing
@@ -411,7 +439,9 @@ class AuditLog:
             _, found = self._drain(state, target=pushed, want=pushed, own=own)
             mine = found or self._find(pushed, _time_ms(made["time"]))
         if mine is None:
-            log.error("audit event #%s (%s) left the outbox without reaching the stream", pushed, event)
+            log.error(
+                "audit event #%s (%s) left the outbox without reaching the stream", pushed, event
+            )
             return AuditEntry("", made, "")
         return mine
 
@@ -455,8 +485,14 @@ class AuditLog:
         self._head = (state.seq, state.hash, state.ms)
         return state
 
-    def _drain(self, state: _State, target: int, limit: int = 1 << 62, want: int | None = None,
-               own: tuple[str, dict[str, Any]] | None = None) -> tuple[int, AuditEntry | None]:
+    def _drain(
+        self,
+        state: _State,
+        target: int,
+        limit: int = 1 << 62,
+        want: int | None = None,
+        own: tuple[str, dict[str, Any]] | None = None,
+    ) -> tuple[int, AuditEntry | None]:
         n, found = 0, None
         while state.seq < target and n < limit and state.items:
             state.items = state.items[: min(BATCH, limit - n)]
@@ -465,8 +501,9 @@ class AuditLog:
             found = found or next((e for e in chained if e.seq == want), None)
         return n, found
 
-    def _step(self, state: _State, push: str = "", own: tuple[str, dict[str, Any]] | None = None
-              ) -> tuple[_State, int, list[AuditEntry]]:
+    def _step(
+        self, state: _State, push: str = "", own: tuple[str, dict[str, Any]] | None = None
+    ) -> tuple[_State, int, list[AuditEntry]]:
         """One script call: chain `state.items` onto `state`'s head (pushing `push` first).
         Returns the state after it, the pushed item's seq, and the entries it chained."""
         signer = self._signing()
@@ -477,7 +514,9 @@ class AuditLog:
             event = own[1] if own is not None and raw == own[0] else self._event(raw)
             nonce = event.get("nonce") if isinstance(event.get("nonce"), str) else ""
             if raw in self._duplicates or (nonce and nonce in nonces):
-                event = self._rejected(raw, "duplicate: this event was chained already (pushed twice)")
+                event = self._rejected(
+                    raw, "duplicate: this event was chained already (pushed twice)"
+                )
                 nonce = event["nonce"]
             nonces.add(nonce)
             body = {**event, "seq": seq, "prev": prev}
@@ -486,14 +525,34 @@ class AuditLog:
             digest = hashlib.sha256((prev + data).encode()).hexdigest()
             sig = signer.sign(entry_message(digest))
             rid = body.get("request_id")
-            index_keys.append(keys.audit_by_request(rid) if isinstance(rid, str) and _INDEXABLE_ID.match(rid) else "")
+            index_keys.append(
+                keys.audit_by_request(rid)
+                if isinstance(rid, str) and _INDEXABLE_ID.match(rid)
+                else ""
+            )
             args += [raw, data, digest, sig, signer.kid, ms, nonce]
             entries.append(AuditEntry(f"{ms}-{seq}", body, digest, sig, signer.kid))
             prev = digest
         res = self._chain(
-            keys=[keys.audit_head(), keys.audit_stream(), keys.audit_outbox(), keys.audit_nonces(), *index_keys],
-            args=[push, state.seq, state.hash, len(state.items), BATCH, REQUEST_INDEX_LEN,
-                  REQUEST_INDEX_TTL_S, now_ms(), NONCE_WINDOW_MS, *args],
+            keys=[
+                keys.audit_head(),
+                keys.audit_stream(),
+                keys.audit_outbox(),
+                keys.audit_nonces(),
+                *index_keys,
+            ],
+            args=[
+                push,
+                state.seq,
+                state.hash,
+                len(state.items),
+                BATCH,
+                REQUEST_INDEX_LEN,
+                REQUEST_INDEX_TTL_S,
+                now_ms(),
+                NONCE_WINDOW_MS,
+                *args,
+            ],
         )
         ok, pushed, seq_s, digest, ms_s, waiting, items, dup = res
         if int(dup):
@@ -513,7 +572,9 @@ class AuditLog:
             body, patch = item["body"], item.get("patch") or {}  # cjson may encode {} as []
             if isinstance(body, dict) and isinstance(patch, dict):
                 seal = body.pop("seal", None)
-                why = "not sealed by jit (pushed by something without the key, or changed on the way)"
+                why = (
+                    "not sealed by jit (pushed by something without the key, or changed on the way)"
+                )
                 if isinstance(seal, str) and self._signing().sealed(canonical(body).encode(), seal):
                     details = body.get("details") if isinstance(body.get("details"), dict) else {}
                     event = {k: body.get(k) for k in FIELDS}
@@ -535,7 +596,11 @@ class AuditLog:
             "action": None,
             "actor": "jit",
             "outcome": "rejected",
-            "details": {"why": why, "sha256": hashlib.sha256(raw.encode()).hexdigest(), "bytes": len(raw)},
+            "details": {
+                "why": why,
+                "sha256": hashlib.sha256(raw.encode()).hexdigest(),
+                "bytes": len(raw),
+            },
             "nonce": secrets.token_urlsafe(12),
         }
 
@@ -555,7 +620,9 @@ class AuditLog:
                 raise ValueError
         except (KeyError, ValueError):  # a mangled entry still reads; verify() reports it
             body = {"event": "unreadable", "seq": None, "prev": None}
-        return AuditEntry(sid, body, fields.get("hash", ""), fields.get("sig", ""), fields.get("kid", ""))
+        return AuditEntry(
+            sid, body, fields.get("hash", ""), fields.get("sig", ""), fields.get("kid", "")
+        )
 
     def _read(self, start: str, batch: int = 1000) -> Iterator[AuditEntry]:
         while True:
@@ -622,7 +689,11 @@ class AuditLog:
     def head_entry(self) -> AuditEntry | None:
         """The entry the head points at, if it is signed by one of our keys (None otherwise)."""
         head = self.head()
-        rows = self.r.xrange(keys.audit_stream(), min=head["id"], max=head["id"]) if head.get("id") else []
+        rows = (
+            self.r.xrange(keys.audit_stream(), min=head["id"], max=head["id"])
+            if head.get("id")
+            else []
+        )
         if not rows:
             return None
         e = self._parse(*rows[0])
@@ -648,23 +719,32 @@ class AuditLog:
         problem or None)."""
         ks = self.keys
         if ks is None:
-            raise ValueError("no audit keys to verify with (JIT_SECRET_KEY or the published key set)")
+            raise ValueError(
+                "no audit keys to verify with (JIT_SECRET_KEY or the published key set)"
+            )
         self._settle()
         checkpoints = list(checkpoints)
         wanted = {cp.seq for cp in checkpoints}
         nonces: set[str] = set()
         anchor = self.r.hgetall(keys.audit_anchor())
         a_seq, a_hash = int(anchor.get("seq", 0)), anchor.get("hash", GENESIS)
-        if anchor and not ks.verify(anchor_message(a_seq, a_hash), anchor.get("sig"), anchor.get("kid")):
-            return 0, Broken(a_seq, anchor.get("id", "anchor"),
-                             "the retention anchor (where the trail was cut) is not signed by a known "
-                             "key: the oldest entries were removed by someone other than jit")
+        if anchor and not ks.verify(
+            anchor_message(a_seq, a_hash), anchor.get("sig"), anchor.get("kid")
+        ):
+            return 0, Broken(
+                a_seq,
+                anchor.get("id", "anchor"),
+                "the retention anchor (where the trail was cut) is not signed by a known "
+                "key: the oldest entries were removed by someone other than jit",
+            )
 
         # 1. exported entries retention removed: checked on their own, then joined to the anchor
         old: dict[int, AuditEntry] = {}
         for e in sorted(trimmed, key=lambda e: e.seq):
             if e.seq in old and old[e.seq].hash != e.hash:
-                return 0, Broken(e.seq, e.stream_id, f"two different entries #{e.seq} in the exports given")
+                return 0, Broken(
+                    e.seq, e.stream_id, f"two different entries #{e.seq} in the exports given"
+                )
             old[e.seq] = e
         below = [old[s] for s in sorted(old) if s <= a_seq]
         if below:
@@ -673,10 +753,18 @@ class AuditLog:
                 if why := walk.step(e):
                     return 0, Broken(e.seq, e.stream_id, f"in an export: {why}")
             if walk.seq < a_seq:
-                return 0, Broken(walk.seq + 1, "export", f"the exports given end at #{walk.seq}, but Redis "
-                                 f"was trimmed up to #{a_seq}: #{walk.seq + 1} to #{a_seq} are in none of them")
+                return 0, Broken(
+                    walk.seq + 1,
+                    "export",
+                    f"the exports given end at #{walk.seq}, but Redis "
+                    f"was trimmed up to #{a_seq}: #{walk.seq + 1} to #{a_seq} are in none of them",
+                )
             if walk.prev != a_hash:
-                return 0, Broken(a_seq, "export", f"the exported entry #{a_seq} is not the one the trail was cut at")
+                return 0, Broken(
+                    a_seq,
+                    "export",
+                    f"the exported entry #{a_seq} is not the one the trail was cut at",
+                )
 
         # 2. what Redis holds, from the anchor. The head as the walk starts: entries appended
         # while we walk only have to chain on.
@@ -691,40 +779,67 @@ class AuditLog:
             if why := walk.step(e):
                 return n, Broken(e.body.get("seq"), e.stream_id, why)
             if e.seq in old and old[e.seq].hash != e.hash:
-                return n, Broken(e.seq, e.stream_id, "differs from the exported copy of this entry "
-                                 "(--trimmed): the trail forked or was rewritten since the export")
+                return n, Broken(
+                    e.seq,
+                    e.stream_id,
+                    "differs from the exported copy of this entry "
+                    "(--trimmed): the trail forked or was rewritten since the export",
+                )
             if e.seq in wanted:
                 seen[e.seq] = e.hash
             if e.seq == head_seq:
                 at_head = e.hash
         if head and head.get("hash") != at_head:
-            return n, Broken(head_seq, head.get("id", "?"),
-                             "the chain head does not match the last entry (entries removed from the end)")
+            return n, Broken(
+                head_seq,
+                head.get("id", "?"),
+                "the chain head does not match the last entry (entries removed from the end)",
+            )
         if old and max(old) > walk.seq:
-            return n, Broken(walk.seq + 1, "export", f"entries #{walk.seq + 1} to #{max(old)} are in an export "
-                             "but no longer in Redis (entries removed from the end)")
+            return n, Broken(
+                walk.seq + 1,
+                "export",
+                f"entries #{walk.seq + 1} to #{max(old)} are in an export "
+                "but no longer in Redis (entries removed from the end)",
+            )
 
         # 3. checkpoints kept outside Redis
         for cp in sorted(checkpoints, key=lambda c: c.seq):
             if cp.sig is not None and not ks.verify(entry_message(cp.hash), cp.sig):
-                return n, Broken(cp.seq, "checkpoint", f"checkpoint #{cp.seq}: its signature does not "
-                                 "verify with the audit keys, so jit did not post it")
+                return n, Broken(
+                    cp.seq,
+                    "checkpoint",
+                    f"checkpoint #{cp.seq}: its signature does not "
+                    "verify with the audit keys, so jit did not post it",
+                )
             if cp.seq > a_seq:
                 have = seen.get(cp.seq)
                 if have is None:
-                    return n, Broken(cp.seq, "checkpoint", f"checkpoint #{cp.seq} {cp.hash}: entry #{cp.seq} is "
-                                     f"missing (the trail ends at #{walk.seq}): entries were removed")
+                    return n, Broken(
+                        cp.seq,
+                        "checkpoint",
+                        f"checkpoint #{cp.seq} {cp.hash}: entry #{cp.seq} is "
+                        f"missing (the trail ends at #{walk.seq}): entries were removed",
+                    )
             elif cp.seq == a_seq:
                 have = a_hash
             elif cp.seq in old:
                 have = old[cp.seq].hash
             else:
-                return n, Broken(cp.seq, "checkpoint", f"checkpoint #{cp.seq} is older than what Redis still "
-                                 f"holds (trimmed up to #{a_seq}) and cannot be checked: pass the export "
-                                 "that holds it with --trimmed FILE")
+                return n, Broken(
+                    cp.seq,
+                    "checkpoint",
+                    f"checkpoint #{cp.seq} is older than what Redis still "
+                    f"holds (trimmed up to #{a_seq}) and cannot be checked: pass the export "
+                    "that holds it with --trimmed FILE",
+                )
             if have != cp.hash:
-                return n, Broken(cp.seq, "checkpoint", f"checkpoint #{cp.seq} {cp.hash}: entry #{cp.seq} has "
-                                 f"hash {have}: the trail was rewritten")
+                return n, Broken(
+                    cp.seq,
+                    "checkpoint",
+                    f"checkpoint #{cp.seq} {cp.hash}: entry #{cp.seq} has "
+                    f"hash {have}: the trail was rewritten",
+                )
         return n, None
 
     # ---------------------------------------------------------------- retention
@@ -743,21 +858,35 @@ class AuditLog:
             if not rows:
                 return 0
             a_seq, a_hash = int(anchor.get("seq", 0)), anchor.get("hash", GENESIS)
-            if anchor and not ks.verify(anchor_message(a_seq, a_hash), anchor.get("sig"), anchor.get("kid")):
-                log.error("audit trail not trimmed: its anchor #%s is not signed by our keys", a_seq)
+            if anchor and not ks.verify(
+                anchor_message(a_seq, a_hash), anchor.get("sig"), anchor.get("kid")
+            ):
+                log.error(
+                    "audit trail not trimmed: its anchor #%s is not signed by our keys", a_seq
+                )
                 return 0
             walk = _Walk(ks, a_seq, a_hash, set())
             for sid, fields in rows:
                 e = self._parse(sid, fields)
                 if why := walk.step(e):
-                    log.error("audit trail not trimmed: entry #%s (%s) %s", e.body.get("seq"), sid, why)
+                    log.error(
+                        "audit trail not trimmed: entry #%s (%s) %s", e.body.get("seq"), sid, why
+                    )
                     return 0
             sid = rows[-1][0]
             ms, _, seq_part = sid.partition("-")
             sig = signer.sign(anchor_message(walk.seq, walk.prev))
             res = self._trim(
                 keys=[keys.audit_stream(), keys.audit_anchor()],
-                args=[a_seq, sid, walk.prev, walk.seq, sig, signer.kid, f"{ms}-{int(seq_part) + 1}"],
+                args=[
+                    a_seq,
+                    sid,
+                    walk.prev,
+                    walk.seq,
+                    sig,
+                    signer.kid,
+                    f"{ms}-{int(seq_part) + 1}",
+                ],
             )
             if int(res[0]) >= 0:
                 return int(res[0])
