@@ -127,53 +127,88 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------- audit
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from bot.domain.audit import AuditLog
+def _audit_log(keys_from: str | None = None):
+    """The trail from REDIS_URL, with JIT_SECRET_KEY (+ previous) when set: the audit tools need
+    nothing else, in particular no Slack settings."""
+    from bot.domain.audit import AuditKeys, AuditLog
+    from bot.domain.secrets import AuditSigner
     from bot.runtime import redis_from_url
+    from bot.settings import Settings
 
-    url = os.environ.get("REDIS_URL") or _settings().redis_url
-    log = AuditLog(redis_from_url(url, decode_responses=True))
-    n, broken = log.verify()
+    url = os.environ.get("REDIS_URL") or Settings.model_fields["redis_url"].default
+    secret = os.environ.get("JIT_SECRET_KEY", "").strip()
+    previous = [k.strip() for k in os.environ.get("JIT_PREVIOUS_SECRET_KEYS", "").split(",") if k.strip()]
+    signer = AuditSigner(secret, previous) if secret else None
+    keys = AuditKeys(_load_key_set(keys_from)) if keys_from else None
+    return AuditLog(redis_from_url(url, decode_responses=True), signer=signer, keys=keys)
+
+
+def _load_key_set(source: str) -> dict:
+    """A JWKS from a file or an http(s) URL (jit serves it at /.well-known/jit-audit-keys.json)."""
+    import json
+
+    try:
+        if source.startswith(("http://", "https://")):
+            import requests
+
+            resp = requests.get(source, timeout=10, allow_redirects=False)
+            resp.raise_for_status()
+            return resp.json()
+        with open(source, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:  # requests' errors are OSErrors, bad JSON ValueErrors
+        raise SystemExit(f"jit: cannot read audit keys from {source}: {e}") from None
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from bot.domain.audit import Checkpoint, read_export
+
+    try:
+        checkpoints = [Checkpoint.parse(c) for c in args.checkpoint or []]
+    except ValueError as e:
+        raise SystemExit(f"jit: --checkpoint: {e}") from None
+    log = _audit_log(args.keys)
+    if log.keys is None:
+        print("jit: no audit keys: set JIT_SECRET_KEY (and JIT_PREVIOUS_SECRET_KEYS after a rotation) "
+              "or pass --keys FILE_OR_URL (the key set jit publishes at /.well-known/jit-audit-keys.json)",
+              file=sys.stderr)
+        return 2
+    trimmed = []
+    for path in args.trimmed or []:
+        try:
+            with open(path, encoding="utf-8") as f:
+                trimmed += read_export(f, source=path)
+        except (OSError, ValueError) as e:
+            print(f"audit export NOT usable: {e}")
+            return 1
+    n, broken = log.verify(checkpoints, trimmed)
+    if broken and broken.stream_id == "checkpoint":
+        print(f"audit chain does NOT match {broken.reason}")
+        return 1
     if broken:
-        print(f"audit chain BROKEN at entry {broken.seq} (stream id {broken.stream_id}): {broken.reason}")
+        where = f"stream id {broken.stream_id}" if broken.stream_id[:1].isdigit() else broken.stream_id
+        print(f"audit chain BROKEN at entry {broken.seq} ({where}): {broken.reason}")
         return 1
     head = log.head()
     anchor = log.anchor()
     since = f" (entries up to #{anchor['seq']} trimmed; anchored on {anchor['hash']})" if anchor else ""
-    print(f"audit chain ok: {n} entries, head #{head.get('seq', 0)} {head.get('hash', '-')}{since}")
-    # Heads posted to Slack: a rewrite of the whole log still disagrees with them.
-    wanted = dict(_checkpoint(c) for c in args.checkpoint or [])
-    if wanted:
-        seen = {int(anchor["seq"]): anchor["hash"]} if anchor else {}
-        for e in log.entries():
-            if e.seq in wanted:
-                seen[e.seq] = e.hash
-        for seq, digest in sorted(wanted.items()):
-            if anchor and seq < int(anchor["seq"]):
-                print(f"checkpoint #{seq} is older than the retention cut; not checked")
-                continue
-            if seen.get(seq) != digest:
-                found = "is missing" if seq not in seen else f"has hash {seen[seq]}"
-                print(f"audit chain does NOT match checkpoint #{seq} {digest}: entry #{seq} {found}")
-                return 1
-        print(f"audit chain matches {len(wanted)} checkpoint(s)")
+    print(f"audit chain ok: {n} entries, head #{head.get('seq', 0)} {head.get('hash', '-')}, every entry "
+          f"signed by a known key ({', '.join(log.keys.kids)}){since}")
+    if trimmed:
+        print(f"the {len(trimmed)} exported entries given join the trail")
+    if checkpoints:
+        print(f"audit chain matches {len(checkpoints)} checkpoint(s)")
+    if waiting := log.pending():
+        print(f"note: {waiting} event(s) wait in the audit outbox, not chained yet "
+              "(a jit process holding JIT_SECRET_KEY chains them)")
     return 0
 
 
-def _checkpoint(value: str) -> tuple[int, str]:
-    seq, _, digest = value.partition(":")
-    if not seq.isdigit() or len(digest) != 64:
-        raise SystemExit(f"jit: --checkpoint takes SEQ:SHA256 as posted in the audit channel, not {value!r}")
-    return int(seq), digest.lower()
-
-
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    from bot.domain.audit import AuditLog, canonical
+    from bot.domain.audit import export_line
     from bot.domain.clock import now, parse_duration, to_ms
-    from bot.runtime import redis_from_url
 
-    url = os.environ.get("REDIS_URL") or _settings().redis_url
-    log = AuditLog(redis_from_url(url, decode_responses=True))
+    log = _audit_log()
     since_ms = None
     if args.since:
         since_ms = _parse_since(args.since, now, parse_duration, to_ms)
@@ -182,7 +217,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         for e in log.entries(since_ms=since_ms):
             if args.request and e.body.get("request_id") != args.request:
                 continue
-            out.write(canonical({**e.body, "hash": e.hash}) + "\n")
+            out.write(export_line(e) + "\n")
     finally:
         if args.output:
             out.close()
@@ -227,11 +262,15 @@ def build_parser() -> argparse.ArgumentParser:
     pc.set_defaults(func=cmd_policy_check)
 
     aud = sub.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit_cmd", required=True)
-    av = aud.add_parser("verify", help="walk the hash chain; exit 1 naming the first broken entry")
-    av.add_argument("--checkpoint", action="append", metavar="SEQ:SHA256",
+    av = aud.add_parser("verify", help="check every link and signature; exit 1 naming the first bad entry")
+    av.add_argument("--checkpoint", action="append", metavar="SEQ:SHA256[:SIG]",
                     help="a chain head posted to the audit channel; the trail must still contain it")
+    av.add_argument("--trimmed", action="append", metavar="FILE",
+                    help="an earlier `jit audit export` holding entries retention removed from Redis")
+    av.add_argument("--keys", metavar="FILE_OR_URL",
+                    help="the audit key set (/.well-known/jit-audit-keys.json); default: from JIT_SECRET_KEY")
     av.set_defaults(func=cmd_audit_verify)
-    ae = aud.add_parser("export", help="write the trail as JSON Lines")
+    ae = aud.add_parser("export", help="write the trail as JSON Lines (with hashes and signatures)")
     ae.add_argument("--since", help="a duration (2h) or an RFC 3339 time")
     ae.add_argument("--request", help="only this request id")
     ae.add_argument("--output", "-o", help="file to write (default: stdout)")

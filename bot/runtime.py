@@ -16,7 +16,7 @@ from bot.domain.audit import AuditLog
 from bot.domain.errors import PolicyError
 from bot.domain.policy import Policy, load_policy
 from bot.domain.policy_store import PolicyStore
-from bot.domain.secrets import TokenSigner, Vault
+from bot.domain.secrets import AuditSigner, TokenSigner, Vault
 from bot.domain.store import Store
 from bot.settings import Settings
 
@@ -109,7 +109,8 @@ class Runtime:
 
     @cached_property
     def audit(self) -> AuditLog:
-        return AuditLog(self.redis)
+        signer = AuditSigner(self.settings.jit_secret_key.get_secret_value(), self.settings.previous_secret_keys())
+        return AuditLog(self.redis, signer=signer)
 
     @cached_property
     def directory(self):

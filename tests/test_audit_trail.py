@@ -9,9 +9,12 @@ import time
 
 import pytest
 from freezegun import freeze_time
+from support import SECRET_KEY
 
 from bot.cli import main as jit_cli
 from bot.domain import keys
+from bot.domain.audit import anchor_message
+from bot.domain.secrets import AuditSigner
 
 
 def events(rt) -> list[dict]:
@@ -149,7 +152,7 @@ def test_an_edited_entry_is_named(rt, capsys):
     assert code == 1 and "BROKEN at entry 3" in out
 
 
-def test_an_edit_with_a_recomputed_hash_still_breaks_the_next_link(rt, capsys):
+def test_an_edit_with_a_recomputed_hash_is_named_by_its_signature(rt, capsys):
     from bot.domain.audit import canonical, entry_hash
 
     some_history(rt)
@@ -162,10 +165,11 @@ def test_an_edit_with_a_recomputed_hash_still_breaks_the_next_link(rt, capsys):
         return rows
 
     rewrite_stream(rt.redis, forge)
+    # the edited entry itself: its hash is no longer the one jit signed
     _, broken = rt.audit.verify()
-    assert broken.seq == 4 and "does not follow" in broken.reason
+    assert broken.seq == 3 and "signature" in broken.reason
     code, out = cli(capsys, "audit", "verify")
-    assert code == 1 and "entry 4" in out
+    assert code == 1 and "entry 3" in out
 
 
 def test_a_deleted_entry_is_named(rt, capsys):
@@ -241,7 +245,9 @@ def test_retention_trim_records_its_anchor_and_the_rest_still_verifies(rt, capsy
 
     assert AuditUpkeep(rt).trim() == 5
     anchor = rt.audit.anchor()
-    assert anchor == {"seq": "5", "hash": old_hash, "id": old[0]}
+    signer = AuditSigner(SECRET_KEY)
+    assert anchor == {"seq": "5", "hash": old_hash, "id": old[0], "kid": signer.kid,
+                      "sig": signer.sign(anchor_message(5, old_hash))}
     trail = events(rt)
     assert [e["event"] for e in trail] == ["test.recent", "audit.trimmed"]
     assert trail[1]["details"]["anchor_hash"] == old_hash and trail[1]["details"]["removed"] == 5
@@ -345,6 +351,11 @@ def test_two_workers_post_the_chain_head_once_per_interval(audit_policy, slack, 
     posts = [c for c in slack.calls("chat.postMessage") if is_head_post(c)]
     assert len(posts) == 2 and "#4" in posts[1].params["text"]
 
+    # the post carries the head's signature, so it is a checkpoint anyone can check offline
+    sig3 = rt.redis.xrange(keys.audit_stream())[2][1]["sig"]
+    assert f"--checkpoint 3:{head3}:{sig3}`" in posts[0].params["text"]
+    assert cli(capsys, "audit", "verify", "--checkpoint", f"3:{head3}:{sig3}")[0] == 0
+
     # the posted heads check the trail from the shell; a rewritten trail fails them
     assert cli(capsys, "audit", "verify", "--checkpoint", f"3:{head3}")[0] == 0
     code, out = cli(capsys, "audit", "verify", "--checkpoint", f"3:{'0' * 64}")
@@ -360,6 +371,44 @@ def test_a_failed_head_post_is_retried_at_the_next_tick(audit_policy, slack):
     assert upkeep.post_head() is False
     assert upkeep.post_head() is True
     assert len([c for c in slack.calls("chat.postMessage") if c.ok and is_head_post(c)]) == 1
+
+
+def test_a_failed_head_post_never_releases_another_workers_lock(audit_policy, slack, monkeypatch):
+    """Worker A's post is slow; its lock expires and worker B takes the next one and posts.
+    When A's post then fails, A must not delete B's lock (a third post would follow)."""
+    from bot.runtime import Runtime
+    from workers.periodic import AuditUpkeep
+
+    rt = audit_policy
+    some_history(rt, 2)
+    other = Runtime(rt.settings, policy_path=str(rt.settings.jit_policy_file))
+    other._policy = rt.policy
+    a, b = AuditUpkeep(rt), AuditUpkeep(other)
+    b_result = []
+
+    def slow_then_failing_post(**kwargs):
+        rt.redis.delete(keys.audit_head_posted())  # A's lock runs out while Slack is slow
+        b_result.append(b.post_head())  # B takes the next interval's lock and posts
+        raise TimeoutError("Slack did not answer in time")
+
+    monkeypatch.setattr(rt.slack, "chat_postMessage", slow_then_failing_post)
+    assert a.post_head() is False and b_result == [True]
+    held = rt.redis.pttl(keys.audit_head_posted())
+    assert held > 1000, "B's lock was deleted by A"
+    assert b.post_head() is False  # still B's interval
+    assert len([c for c in slack.calls("chat.postMessage") if c.ok and is_head_post(c)]) == 1
+
+
+def test_a_head_jit_did_not_sign_is_posted_as_a_warning_not_as_a_checkpoint(audit_policy, slack):
+    from audit_support import append_forged
+
+    from workers.periodic import AuditUpkeep
+
+    some_history(audit_policy, 2)
+    append_forged(audit_policy.redis)
+    assert AuditUpkeep(audit_policy).post_head() is True
+    (post,) = [c for c in slack.calls("chat.postMessage") if c.ok and is_head_post(c)]
+    assert "NOT carry a valid signature" in post.params["text"] and "--checkpoint" not in post.params["text"]
 
 
 def test_the_upkeep_loop_trims_and_posts_on_its_own(audit_policy, slack):

@@ -77,20 +77,29 @@ def audit_stream() -> str:
     return f"{PREFIX}audit"
 
 
-def audit_outbox() -> str:
-    """List of audit events (JSON) pushed by state transitions in the same atomic step, waiting
-    to be chained into the stream (bot/domain/audit.py). Empty but for a few milliseconds."""
-    return f"{PREFIX}audit:outbox"
-
-
 def audit_head() -> str:
     """Hash {seq, hash, id}: the chain's current head."""
     return f"{PREFIX}audit:head"
 
 
 def audit_anchor() -> str:
-    """Hash {seq, hash}: the last entry trimmed away; verification starts from it."""
+    """Hash {seq, hash, id, sig, kid}: the last entry trimmed away, signed as a trim point;
+    verification starts from it."""
     return f"{PREFIX}audit:anchor"
+
+
+def audit_outbox() -> str:
+    """List of JSON strings `{"body": {...}, "patch": {...}}`: audit events pushed by a state
+    change in the same atomic step, waiting to be chained into the stream (oldest first). An
+    item leaves in the same Lua step that chains it, so the list is empty between flushes."""
+    return f"{PREFIX}audit:outbox"
+
+
+def audit_nonces() -> str:
+    """Sorted set nonce → ms chained: events chained in the last 10 minutes, so an outbox item
+    pushed twice (a retried script, a replay) is recorded as a duplicate instead of chained as
+    the event again. Older members are dropped on write; TTL 10 min."""
+    return f"{PREFIX}audit:nonces"
 
 
 def audit_by_request(request_id: str) -> str:

@@ -1,9 +1,10 @@
-"""Keys derived from JIT_SECRET_KEY: encryption of credentials at rest, and token signing."""
+"""Keys derived from JIT_SECRET_KEY: encryption of credentials at rest, token and audit signing."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import secrets
 from typing import Any
@@ -19,6 +20,18 @@ def _derive(secret: str, purpose: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"jit/v1", info=purpose).derive(
         secret.encode()
     )
+
+
+def _ed25519(secret: str, purpose: bytes) -> tuple[str, Ed25519PrivateKey, dict[str, str]]:
+    """An Ed25519 key derived from `secret` for one purpose: (kid, private key, public JWK).
+    The kid is the RFC 7638 thumbprint, so it changes when the secret rotates."""
+    private = Ed25519PrivateKey.from_private_bytes(_derive(secret, purpose))
+    raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    thumb = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"), sort_keys=True)
+    kid = base64.urlsafe_b64encode(hashlib.sha256(thumb.encode()).digest()).rstrip(b"=").decode()
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}
+    return kid, private, jwk
 
 
 def new_token() -> str:
@@ -62,13 +75,7 @@ class TokenSigner:
 
     @staticmethod
     def _key(secret: str) -> tuple[str, Ed25519PrivateKey, dict[str, str]]:
-        private = Ed25519PrivateKey.from_private_bytes(_derive(secret, b"token-signing"))
-        raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-        thumb = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"), sort_keys=True)
-        kid = base64.urlsafe_b64encode(hashlib.sha256(thumb.encode()).digest()).rstrip(b"=").decode()
-        jwk = {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"}
-        return kid, private, jwk
+        return _ed25519(secret, b"token-signing")
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [jwk for _, _, jwk in self._keys]}
@@ -89,3 +96,35 @@ class TokenSigner:
                     options={"require": ["exp", "jti", "sub"], "verify_aud": False},
                 )
         raise jwt.InvalidKeyError("unknown kid")
+
+
+class AuditSigner:
+    """Signs the audit chain with Ed25519 and seals audit events on their way through the outbox.
+
+    Its own key (purpose `audit-signing`, not the token key) is derived from JIT_SECRET_KEY, so
+    every replica signs alike and the key rotates with the secret. Previous secrets' public keys
+    stay in `jwks()` so what they signed keeps verifying. The seal is an HMAC (purpose
+    `audit-outbox`): only a holder of the secret can make an outbox item jit will chain as itself.
+    """
+
+    def __init__(self, secret: str, previous: list[str] | None = None) -> None:
+        secrets_ = [secret, *(previous or [])]
+        self._keys = [_ed25519(s, b"audit-signing") for s in secrets_]
+        self.kid, self._private, _ = self._keys[0]
+        self._seal_keys = [_derive(s, b"audit-outbox") for s in secrets_]
+
+    def jwks(self) -> dict[str, Any]:
+        return {"keys": [jwk for _, _, jwk in self._keys]}
+
+    def sign(self, message: bytes) -> str:
+        """Ed25519 signature of `message` with the current key, base64url without padding."""
+        return base64.urlsafe_b64encode(self._private.sign(message)).rstrip(b"=").decode()
+
+    def seal(self, data: bytes) -> str:
+        return hmac.new(self._seal_keys[0], data, hashlib.sha256).hexdigest()
+
+    def sealed(self, data: bytes, seal: str) -> bool:
+        """Was `data` sealed with the current or a previous secret?"""
+        return any(
+            hmac.compare_digest(hmac.new(k, data, hashlib.sha256).hexdigest(), seal) for k in self._seal_keys
+        )

@@ -376,6 +376,14 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                     "responses": {"200": _json(_ref("Jwks"), "the key set")},
                 }
             },
+            "/.well-known/jit-audit-keys.json": {
+                "get": {
+                    "operationId": "auditKeys",
+                    "summary": "Public keys that verify the audit trail's signatures",
+                    "security": public,
+                    "responses": {"200": _json(_ref("Jwks"), "the key set")},
+                }
+            },
             "/healthz": {
                 "get": {
                     "operationId": "healthz",

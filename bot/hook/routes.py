@@ -183,6 +183,14 @@ def jwks():
     return resp
 
 
+@bp.get("/.well-known/jit-audit-keys.json")
+def audit_keys():
+    """Public keys that verify the audit trail's signatures (`jit audit verify --keys URL`)."""
+    resp = jsonify(rt().audit.signer.jwks())
+    resp.headers["Cache-Control"] = "public, max-age=300"
+    return resp
+
+
 @bp.post("/v1/introspect")
 def introspect():
     """RFC 7662: is this token one of ours, and is its grant still active?"""

@@ -9,7 +9,7 @@ from typing import Any
 import redis as redislib
 from procs import Stack, wait_until
 from slackfake import block_action
-from support import ROOT, SIGNING_SECRET, WEB_TOKEN, RedisServer, policy_text
+from support import ROOT, SECRET_KEY, SIGNING_SECRET, WEB_TOKEN, RedisServer, policy_text
 
 #: Deadline for "within a few seconds" promises, generous for a loaded 2-core machine.
 FEW_SECONDS = 15.0
@@ -138,8 +138,9 @@ def audit(stack: Stack, event: str | None = None, rid: str | None = None) -> lis
 
 def audit_verifies(stack: Stack) -> int:
     from bot.domain.audit import AuditLog
+    from bot.domain.secrets import AuditSigner
 
-    n, broken = AuditLog(rdb(stack)).verify()
+    n, broken = AuditLog(rdb(stack), signer=AuditSigner(SECRET_KEY)).verify()
     assert broken is None, broken
     return n
 
