@@ -24,16 +24,31 @@ as ``CREATE ROLE``. Grant and revoke only ever touch a role whose comment names 
 request: a template that happens to produce the name of an existing role (``postgres``…)
 is refused rather than having its password changed or being dropped.
 
-Revoke: ``ALTER ROLE … NOLOGIN``, ``pg_terminate_backend`` of the role's sessions, then
-``REASSIGN OWNED BY … TO reassign_to`` (if configured) and ``DROP OWNED BY …`` (also removes
-the role's privileges), then ``DROP ROLE IF EXISTS``. A missing role is success.
-``REASSIGN/DROP OWNED`` act on the database of the admin DSN only; objects the role owns in
-other databases make ``DROP ROLE`` fail (reported as a GrantError, retried).
+Revoke, in this order, so that a revoke that gets stuck leaves no access behind:
+
+1. ``ALTER ROLE … NOLOGIN`` and ``REVOKE`` of every membership of the role (its
+   ``grant_roles``, and anyone made a member of it), in one transaction;
+2. ``pg_terminate_backend`` of the role's sessions;
+3. in every *other* database where ``pg_shdepend`` shows the role owning objects or holding
+   privileges (PostgreSQL <= 14 lets every login create in ``public``), connect with the same
+   admin credentials and run ``REASSIGN OWNED`` (if configured) and ``DROP OWNED``; a database
+   that does not allow connections is a GrantError naming it;
+4. the same in the admin DSN's database, then ``DROP ROLE IF EXISTS``. A missing role is success.
+
+``on_owned_objects: reassign`` refuses (GrantError, retried and alerted by the job layer)
+while the role owns anything that would run with ``reassign_to``'s rights once reassigned —
+SECURITY DEFINER functions, views without ``security_invoker``, materialized views, rules,
+event triggers, and functions called by triggers, indexes, defaults, constraints, policies,
+operators or casts (see ``postgres_owned``) — and names them. Refusing rather than rewriting
+them: a rewrite would silently change what a migration built and cannot cover everything; while
+refused, they belong to a role without login or memberships, i.e. they run with PUBLIC's rights.
+An operator drops them or gives them an owner deliberately, and the next attempt completes.
 
 The admin role needs: ``CREATEROLE``, ``ADMIN OPTION`` on every role in ``grant_roles``,
-membership in ``pg_signal_backend`` (to end sessions) and, for REASSIGN/DROP OWNED, the
-privileges of the created role (automatic for superusers and, on PostgreSQL 16+, for the
-role that created it when it ``SET``/``INHERIT``s it) — a superuser is simplest.
+membership in ``pg_signal_backend`` (to end sessions), ``CONNECT`` on every database and,
+for REASSIGN/DROP OWNED, the privileges of the created role (automatic for superusers and,
+on PostgreSQL 16+, for the role that created it when it ``SET``/``INHERIT``s it) — a
+superuser is simplest.
 
 ``username_template`` fields: ``{action}`` and ``{pipeline}`` (lower-cased, anything not
 ``[a-z0-9_]`` becomes ``_``; shortened if the name would exceed 63 bytes), ``{id8}`` (first
@@ -54,10 +69,11 @@ from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field, field_validator, model_validator
 
 from workers.backends import naming
+from workers.backends import postgres_owned as owned
 from workers.backends.base import (
     BackendConfig,
     GrantBackend,
@@ -76,11 +92,6 @@ _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MARKER_PREFIX = "jit:"
 _CONNECT_TIMEOUT = 10
 _TERMINATE_WAIT = 5.0
-
-
-
-
-
 
 
 def _check_name(name: str) -> str | None:
@@ -107,7 +118,9 @@ def _scrub(message: str, *secrets_: str | None) -> str:
             message = message.replace(quote(s, safe=""), "***")
     for pattern, repl in _SECRET_PATTERNS:
         message = pattern.sub(repl, message)
-    return message.strip().splitlines()[0] if message.strip() else "unknown error"
+    # Messages can quote names the temporary role chose; they end up in Slack.
+    message = owned.plain(message.strip().splitlines()[0], limit=500) if message.strip() else ""
+    return message or "unknown error"
 
 
 def _pg_error(e: psycopg.Error, *secrets_: str | None) -> str:
@@ -205,14 +218,18 @@ class PostgresBackend(GrantBackend):
             raise GrantError(f"environment variable {self.config.dsn_env} is not set")
         return dsn
 
-    def _connect(self) -> tuple[psycopg.Connection, str | None]:
+    def _connect(self, dbname: str | None = None) -> tuple[psycopg.Connection, str | None]:
+        """An admin session on the DSN's database, or on `dbname` with the same credentials."""
         dsn = self._dsn()
         try:
             admin_password = conninfo_to_dict(dsn).get("password")
+            if dbname is not None:
+                dsn = make_conninfo(dsn, dbname=dbname)
         except psycopg.Error:
             raise GrantError(
                 f"the DSN in {self.config.dsn_env} is not a valid PostgreSQL DSN"
             ) from None
+        where = self.config.dsn_env + (f", database {owned.plain(dbname)}" if dbname else "")
         try:
             conn = psycopg.connect(
                 dsn,
@@ -222,7 +239,7 @@ class PostgresBackend(GrantBackend):
             )
         except psycopg.Error as e:
             raise GrantError(
-                f"cannot connect to PostgreSQL ({self.config.dsn_env}): {_pg_error(e, dsn, admin_password)}"
+                f"cannot connect to PostgreSQL ({where}): {_pg_error(e, dsn, admin_password)}"
             ) from None
         try:
             conn.execute("SET lock_timeout = '10s'")
@@ -356,20 +373,80 @@ class PostgresBackend(GrantBackend):
                 request.id,
             )
             return
-        try:
-            conn.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(ident))
-        except psycopg.errors.UndefinedObject:
-            return  # dropped concurrently
+        # First take away every way in, so that a revoke that gets stuck below (objects it may
+        # not reassign, a database it cannot reach) leaves a role nobody can use.
+        self._disarm(conn, name)
         self._terminate_sessions(conn, name)
-        with conn.transaction():
-            if self.config.on_owned_objects == "reassign":
-                conn.execute(
-                    sql.SQL("REASSIGN OWNED BY {} TO {}").format(
-                        ident, sql.Identifier(self.config.reassign_to)
-                    )
+        for dbname, allows_connections in owned.other_databases(conn, name):
+            if not allows_connections:
+                raise GrantError(
+                    f"role {name} owns objects or holds privileges in database {owned.plain(dbname)}, "
+                    "which does not allow connections; allow connections or remove them by hand "
+                    "(the role can no longer log in and has no memberships)"
                 )
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+            other, admin_password = self._connect(dbname)
+            with other:
+                try:
+                    with other.transaction():
+                        self._dispose_owned(other, name)
+                except psycopg.Error as e:
+                    raise GrantError(
+                        f"PostgreSQL revoke of role {name} in database {owned.plain(dbname)} failed: "
+                        f"{_pg_error(e, admin_password)}"
+                    ) from None
+        with conn.transaction():
+            self._dispose_owned(conn, name)
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
+
+    def _disarm(self, conn: psycopg.Connection, name: str) -> None:
+        """NOLOGIN, and no memberships either way: the role keeps nothing but its own objects."""
+        ident = sql.Identifier(name)
+        by_grantor = conn.info.server_version >= 160000  # 16+: a REVOKE names the grant's grantor
+        with conn.transaction():
+            conn.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(ident))
+            rows = conn.execute(
+                "SELECT r.rolname, m.rolname, g.rolname FROM pg_auth_members a "
+                "JOIN pg_roles r ON r.oid = a.roleid JOIN pg_roles m ON m.oid = a.member "
+                "LEFT JOIN pg_roles g ON g.oid = a.grantor "
+                "WHERE r.rolname = %s OR m.rolname = %s",
+                (name, name),
+            ).fetchall()
+            for role, member, grantor in rows:
+                query = sql.SQL("REVOKE {} FROM {}").format(
+                    sql.Identifier(role), sql.Identifier(member)
+                )
+                if by_grantor and grantor:
+                    query += sql.SQL(" GRANTED BY {}").format(sql.Identifier(grantor))
+                conn.execute(query)
+            left = conn.execute(
+                "SELECT count(*) FROM pg_auth_members a JOIN pg_roles x "
+                "ON x.oid = a.roleid OR x.oid = a.member WHERE x.rolname = %s",
+                (name,),
+            ).fetchone()[0]
+            if left:
+                raise GrantError(f"could not revoke the role memberships of {name}")
+
+    def _dispose_owned(self, conn: psycopg.Connection, name: str) -> None:
+        """REASSIGN (if configured) and DROP OWNED in `conn`'s database, inside its transaction.
+
+        Reassigning refuses what would run with `reassign_to`'s rights (module docstring).
+        """
+        ident = sql.Identifier(name)
+        if self.config.on_owned_objects == "reassign":
+            target = self.config.reassign_to
+            found = owned.owner_rights_objects(conn, name)
+            if found:
+                raise GrantError(
+                    f"refusing to REASSIGN OWNED BY {name} TO {target} in database "
+                    f"{owned.plain(conn.info.dbname)}: it owns objects that would run with "
+                    f"{target}'s rights: {owned.describe(found)}. Review them, then drop them or "
+                    "change their owner yourself; the revoke is retried (the role can no longer "
+                    "log in and has no memberships)"
+                )
+            conn.execute(
+                sql.SQL("REASSIGN OWNED BY {} TO {}").format(ident, sql.Identifier(target))
+            )
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
 
     @staticmethod
     def _terminate_sessions(conn: psycopg.Connection, name: str) -> None:
