@@ -19,6 +19,17 @@ with a fresh random password; a retried grant for the same request finds the rol
 The password is hashed client-side (``PQencryptPasswordConn``, the server's
 ``password_encryption``) so the cleartext never appears in server logs or ``pg_stat_activity``.
 
+``VALID UNTIL`` refuses new logins after the window but does not end open sessions; only
+revoke's ``pg_terminate_backend`` does. So that a session a client forgets does not outlive
+the window while no worker runs, the role also gets ``ALTER ROLE … SET`` defaults equal to the
+TTL: ``idle_session_timeout`` (the server closes a session idle that long),
+``idle_in_transaction_session_timeout`` (same, inside a transaction) and ``statement_timeout``
+(one statement is cancelled, the session stays). They bound forgetful clients, not hostile
+ones: a session can ``SET`` them off, and one that keeps working lives until revoke ends it.
+
+Supported servers: PostgreSQL 14 or newer (``idle_session_timeout``); tested on 15. Grants on
+older servers are refused.
+
 The role carries ``COMMENT ON ROLE … IS 'jit:<request id>'``, set in the same transaction
 as ``CREATE ROLE``. Grant and revoke only ever touch a role whose comment names the same
 request: a template that happens to produce the name of an existing role (``postgres``…)
@@ -60,6 +71,7 @@ identifier (``[a-z_][a-z0-9_$]*``, at most 63 bytes, not ``pg_…``).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import time
@@ -92,6 +104,15 @@ _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MARKER_PREFIX = "jit:"
 _CONNECT_TIMEOUT = 10
 _TERMINATE_WAIT = 5.0
+#: The oldest server jit grants on: idle_session_timeout (a session bound below) came in 14.
+MIN_SERVER_VERSION = 140000
+#: Per-role defaults, each set to the grant's TTL: a session PostgreSQL ends (or a statement it
+#: cancels) without any worker, for clients that forget a session open past the window.
+_SESSION_BOUNDS = (
+    "idle_session_timeout",
+    "idle_in_transaction_session_timeout",
+    "statement_timeout",
+)
 
 
 def _check_name(name: str) -> str | None:
@@ -272,6 +293,11 @@ class PostgresBackend(GrantBackend):
         valid_until = self._valid_until(request.expires_at)
         conn, admin_password = self._connect()
         with conn:
+            if conn.info.server_version < MIN_SERVER_VERSION:
+                raise GrantError(
+                    f"PostgreSQL {conn.info.server_version // 10000} is older than 14, "
+                    "the oldest version the postgres backend supports"
+                )
             try:
                 algorithm = conn.execute("SHOW password_encryption").fetchone()[0]
                 verifier = conn.pgconn.encrypt_password(
@@ -329,19 +355,26 @@ class PostgresBackend(GrantBackend):
                 )
                 if self.config.grant_roles:  # converge if the policy gained roles
                     conn.execute(sql.SQL("GRANT {} TO {}").format(roles, ident))
-                return
-            query = sql.SQL(
-                "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-                "INHERIT PASSWORD {} VALID UNTIL {}"
-            ).format(ident, sql.Literal(verifier), sql.Literal(valid_until))
-            if self.config.grant_roles:
-                query = query + sql.SQL(" IN ROLE {}").format(roles)
-            conn.execute(query)
-            conn.execute(
-                sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                    ident, sql.Literal(self._marker(request))
+            else:
+                query = sql.SQL(
+                    "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                    "INHERIT PASSWORD {} VALID UNTIL {}"
+                ).format(ident, sql.Literal(verifier), sql.Literal(valid_until))
+                if self.config.grant_roles:
+                    query = query + sql.SQL(" IN ROLE {}").format(roles)
+                conn.execute(query)
+                conn.execute(
+                    sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                        ident, sql.Literal(self._marker(request))
+                    )
                 )
-            )
+            bound_ms = _session_bound_seconds(request) * 1000
+            for setting in _SESSION_BOUNDS:
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                        ident, sql.SQL(setting), sql.Literal(bound_ms)
+                    )
+                )
 
     def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> None:
         names = [self.username(request)]
@@ -467,6 +500,15 @@ class PostgresBackend(GrantBackend):
                 return
             time.sleep(0.05)
             conn.execute(query, (name,))
+
+
+def _session_bound_seconds(request: GrantRequest) -> int:
+    """The grant's TTL, or the time left until its expiry if that is shorter (at least 1 s)."""
+    expires_at = request.expires_at
+    if expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=UTC)
+    left = math.ceil((expires_at - datetime.now(UTC)).total_seconds())
+    return max(1, min(request.ttl_seconds, left))
 
 
 def _rfc3339(dt: datetime) -> str:
