@@ -75,6 +75,7 @@ import math
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
@@ -113,6 +114,79 @@ _SESSION_BOUNDS = (
     "idle_in_transaction_session_timeout",
     "statement_timeout",
 )
+
+
+#: Roles whose members can act as the server's OS user or read/write any of its files.
+SUPERUSER_EQUIVALENT = {
+    "postgres": "the default superuser",
+    "pg_execute_server_program": "runs programs on the server as its OS user",
+    "pg_write_server_files": "writes any file the server's OS user can",
+    "pg_read_server_files": "reads any file the server's OS user can",
+}
+_CHECK_CONNECT_TIMEOUT = 3  # seconds: `jit policy check` must not wait long for a database
+
+
+def _powerful_roles(dsn: str, dsn_env: str, roles: list[str]) -> list[str]:
+    """Warnings for `roles` that are, or belong to, a role with SUPERUSER, CREATEROLE or
+    BYPASSRLS or a superuser-equivalent one; never raises."""
+    if not roles:
+        return []
+    try:
+        admin_password = conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        return [f"could not look up grant_roles with {dsn_env}: not a valid PostgreSQL DSN"]
+    try:
+        with psycopg.connect(
+            dsn,
+            autocommit=True,
+            connect_timeout=_CHECK_CONNECT_TIMEOUT,
+            application_name="jit policy check",
+        ) as conn:
+            conn.execute("SET statement_timeout = '5s'")
+            rows = conn.execute(
+                "SELECT g.rolname, s.rolname, s.rolsuper, s.rolcreaterole, s.rolbypassrls "
+                "FROM pg_roles g JOIN pg_roles s ON pg_has_role(g.oid, s.oid, 'MEMBER') "
+                "WHERE g.rolname = ANY(%s) AND (s.rolsuper OR s.rolcreaterole OR s.rolbypassrls "
+                "OR s.rolname = ANY(%s)) ORDER BY 1, 2",
+                (roles, list(SUPERUSER_EQUIVALENT)),
+            ).fetchall()
+            known = {
+                r
+                for (r,) in conn.execute(
+                    "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (roles,)
+                )
+            }
+    except psycopg.Error as e:
+        return [
+            f"could not look up grant_roles with {dsn_env}: {_pg_error(e, dsn, admin_password)}; "
+            "only their names were checked"
+        ]
+    found = []
+    for role, via, superuser, createrole, bypassrls in rows:
+        powers = [
+            name
+            for name, has in (
+                ("SUPERUSER", superuser),
+                ("CREATEROLE", createrole),
+                ("BYPASSRLS", bypassrls),
+            )
+            if has
+        ]
+        if role == via:
+            found.append(f"grant role {role!r} has {', '.join(powers)}")
+        elif powers:
+            found.append(
+                f"grant role {role!r} is a member of {via!r}, which has {', '.join(powers)}"
+            )
+        else:
+            found.append(
+                f"grant role {role!r} is a member of {via!r}, which is superuser-equivalent "
+                f"({SUPERUSER_EQUIVALENT[via]})"
+            )
+    found += [
+        f"grant role {role!r} does not exist ({dsn_env})" for role in roles if role not in known
+    ]
+    return found
 
 
 def _check_name(name: str) -> str | None:
@@ -204,6 +278,20 @@ class PostgresBackend(GrantBackend):
             if v is not None and (not v or "\x00" in v):
                 raise ValueError("must not be empty")
             return v
+
+        def warnings(self, environ: Mapping[str, str] | None = None) -> list[str]:
+            """grant_roles that amount to superuser: by name, and (when `dsn_env` is set in
+            `environ`) by what the server says about them and the roles they belong to."""
+            found = [
+                f"grant role {role!r} is superuser-equivalent ({why})"
+                for role in self.grant_roles
+                if (why := SUPERUSER_EQUIVALENT.get(role))
+            ]
+            dsn = (environ or {}).get(self.dsn_env)
+            if dsn:
+                unnamed = [r for r in self.grant_roles if r not in SUPERUSER_EQUIVALENT]
+                found += _powerful_roles(dsn, self.dsn_env, unnamed)
+            return found
 
         @model_validator(mode="after")
         def _reassign(self) -> PostgresBackend.Config:
