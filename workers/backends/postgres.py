@@ -496,7 +496,10 @@ class PostgresBackend(GrantBackend):
             return
         # First take away every way in, so that a revoke that gets stuck below (objects it may
         # not reassign, a database it cannot reach) leaves a role nobody can use.
-        self._disarm(conn, name)
+        try:
+            self._disarm(conn, name)
+        except psycopg.errors.UndefinedObject:
+            return  # dropped concurrently
         self._terminate_sessions(conn, name)
         for dbname, allows_connections in owned.other_databases(conn, name):
             if not allows_connections:
@@ -520,32 +523,35 @@ class PostgresBackend(GrantBackend):
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
 
     def _disarm(self, conn: psycopg.Connection, name: str) -> None:
-        """NOLOGIN, and no memberships either way: the role keeps nothing but its own objects."""
+        """NOLOGIN, and no memberships either way: the role keeps nothing but its own objects.
+
+        Each statement commits on its own (autocommit): whatever fails later, what was taken
+        away stays taken away.
+        """
         ident = sql.Identifier(name)
         by_grantor = conn.info.server_version >= 160000  # 16+: a REVOKE names the grant's grantor
-        with conn.transaction():
-            conn.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(ident))
-            rows = conn.execute(
-                "SELECT r.rolname, m.rolname, g.rolname FROM pg_auth_members a "
-                "JOIN pg_roles r ON r.oid = a.roleid JOIN pg_roles m ON m.oid = a.member "
-                "LEFT JOIN pg_roles g ON g.oid = a.grantor "
-                "WHERE r.rolname = %s OR m.rolname = %s",
-                (name, name),
-            ).fetchall()
-            for role, member, grantor in rows:
-                query = sql.SQL("REVOKE {} FROM {}").format(
-                    sql.Identifier(role), sql.Identifier(member)
-                )
-                if by_grantor and grantor:
-                    query += sql.SQL(" GRANTED BY {}").format(sql.Identifier(grantor))
-                conn.execute(query)
-            left = conn.execute(
-                "SELECT count(*) FROM pg_auth_members a JOIN pg_roles x "
-                "ON x.oid = a.roleid OR x.oid = a.member WHERE x.rolname = %s",
-                (name,),
-            ).fetchone()[0]
-            if left:
-                raise GrantError(f"could not revoke the role memberships of {name}")
+        conn.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(ident))
+        rows = conn.execute(
+            "SELECT r.rolname, m.rolname, g.rolname FROM pg_auth_members a "
+            "JOIN pg_roles r ON r.oid = a.roleid JOIN pg_roles m ON m.oid = a.member "
+            "LEFT JOIN pg_roles g ON g.oid = a.grantor "
+            "WHERE r.rolname = %s OR m.rolname = %s",
+            (name, name),
+        ).fetchall()
+        for role, member, grantor in rows:
+            query = sql.SQL("REVOKE {} FROM {}").format(
+                sql.Identifier(role), sql.Identifier(member)
+            )
+            if by_grantor and grantor:
+                query += sql.SQL(" GRANTED BY {}").format(sql.Identifier(grantor))
+            conn.execute(query)
+        left = conn.execute(
+            "SELECT count(*) FROM pg_auth_members a JOIN pg_roles x "
+            "ON x.oid = a.roleid OR x.oid = a.member WHERE x.rolname = %s",
+            (name,),
+        ).fetchone()[0]
+        if left:
+            raise GrantError(f"could not revoke the role memberships of {name}")
 
     def _dispose_owned(self, conn: psycopg.Connection, name: str) -> None:
         """REASSIGN (if configured) and DROP OWNED in `conn`'s database, inside its transaction.
