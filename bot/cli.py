@@ -121,6 +121,9 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
         f"{path}: ok — {len(policy.actions)} action(s), {len(policy.pipelines)} pipeline(s), "
         f"sha256 {policy.sha256}"
     )
+    for name, (_gtype, config) in policy.grants.items():
+        for warning in config.warnings(os.environ):
+            print(f"{path}: actions.{name}.grant: warning: {warning}")
     return 0
 
 

@@ -250,3 +250,95 @@ def test_errors_never_carry_secrets(make_backend, make_request, redis_server):
     )
     with pytest.raises(GrantError, match="NOPE_NOT_SET is not set"):
         missing.grant(make_request())
+
+
+# -- ownership: jit only ever touches users it made for this request ------------------------------
+
+
+def getuser(client: redis.Redis, name: str):
+    return client.execute_command("ACL", "GETUSER", name)
+
+
+def selectors(reply) -> list[dict]:
+    out = []
+    for sel in reply.get("selectors") or []:
+        out.append(sel if isinstance(sel, dict) else dict(zip(sel[::2], sel[1::2], strict=True)))
+    return out
+
+
+def test_jits_users_carry_a_marker_that_grants_nothing(make_backend, make_request, redis_admin):
+    backend = make_backend(rules=[*RULES, "clearselectors", "(~x:* +get)"])
+    request = make_request()
+    cred = backend.grant(request)
+    marker = f"~jit-owner:{request.id}"
+    sels = selectors(getuser(redis_admin, cred["username"]))
+    assert {"commands": "-@all", "keys": marker, "channels": ""} in sels
+    assert {s["keys"] for s in sels} == {marker, "~x:*"}  # the policy's selector kept too
+    key = marker[1:]
+    for command in (["GET", key], ["SET", key, "1"], ["DEL", key], ["PUBLISH", key, "m"]):
+        reply = redis_admin.execute_command("ACL", "DRYRUN", cred["username"], *command)
+        assert reply != "OK", command
+    client = connect(cred["url"])
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        client.set(key, "1")
+    client.close()
+    backend.revoke(request, cred)
+    assert cred["username"] not in redis_admin.acl_users()
+
+
+def test_a_foreign_user_with_the_same_name_is_never_touched(
+    make_backend, make_request, redis_admin, redis_server
+):
+    backend = make_backend()
+    request = make_request()
+    name = backend.username(request)
+    redis_admin.execute_command("ACL", "SETUSER", name, "on", ">theirs", "~*", "+@all")
+    before = getuser(redis_admin, name)
+
+    with pytest.raises(GrantError, match="not created by jit"):
+        backend.grant(request)
+    backend.revoke(request, None)
+    backend.revoke(request, {"username": name, "password": "not-theirs"})
+
+    assert getuser(redis_admin, name) == before
+    theirs = connect(f"redis://{name}:theirs@127.0.0.1:{redis_server.port}")
+    assert theirs.ping()
+    theirs.close()
+
+
+def test_another_requests_user_is_never_touched(make_backend, make_request, redis_admin):
+    """Two request ids with the same first 8 characters give the same `{id8}` name."""
+    backend = make_backend()
+    first = make_request(request_id="abcdef12" + "0" * 24)
+    second = make_request(request_id="abcdef12" + "1" * 24)
+    cred = backend.grant(first)
+    assert backend.username(second) == cred["username"]
+    before = getuser(redis_admin, cred["username"])
+
+    with pytest.raises(GrantError, match="not created by jit"):
+        backend.grant(second)
+    backend.revoke(second, None)
+
+    assert getuser(redis_admin, cred["username"]) == before
+    connect(cred["url"]).close()  # the first grant still works
+    backend.revoke(first, cred)
+    assert redis_admin.acl_users() == ["default"]
+
+
+def test_a_user_made_before_markers_existed_is_revoked_by_its_credential(
+    make_backend, make_request, redis_admin, redis_server
+):
+    """Grants active across the upgrade: the stored password proves the user is jit's."""
+    backend = make_backend()
+    request, unproven = make_request(), make_request()
+    for req in (request, unproven):
+        redis_admin.execute_command(
+            "ACL", "SETUSER", backend.username(req), "reset", "on", ">old-grant-pw", *RULES
+        )
+    name = backend.username(request)
+
+    backend.revoke(request, {"username": name, "password": "old-grant-pw"})
+    backend.revoke(unproven, None)  # nothing proves it is ours: left alone
+
+    assert name not in redis_admin.acl_users()
+    assert backend.username(unproven) in redis_admin.acl_users()

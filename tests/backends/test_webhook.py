@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -244,3 +245,245 @@ def test_verify_signature_helper():
     assert not verify_signature("s3cret", now, body, None, now=now)
     assert verify_signature("s3cret", now, body, good, tolerance=10, now=now + 10)
     assert not verify_signature("s3cret", now, body, good, tolerance=10, now=now + 11)
+
+
+# -- a receiver that answers slowly or too much: one deadline, one size cap -----------------------
+
+
+class RawReceiver:
+    """A TCP server that reads one HTTP request per connection and answers with `answer(sock)`."""
+
+    def __init__(self, answer, tls: ssl.SSLContext | None = None) -> None:
+        self.answer, self.tls = answer, tls
+        self.stop = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except OSError:
+                conn.close()
+                return
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            while len(body) < length:
+                body += conn.recv(65536)
+            try:
+                self.answer(conn, self.stop)
+            except OSError:
+                pass  # the client hung up: what we want it to do
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+
+
+def dribble_headers(conn, stop):
+    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    while not stop.wait(0.05):  # a header byte every 50 ms, never done
+        conn.sendall(b"X")
+
+
+def dribble_body(conn, stop):
+    """No length (the body ends when the connection does), then a byte every 50 ms."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{")
+    while not stop.wait(0.05):
+        conn.sendall(b" ")
+
+
+def endless_body(conn, stop):
+    """No length, just more and more JSON (capped at 8 MiB so a test of old code ends)."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+    conn.sendall(b'{"pad": "')
+    for _ in range(128):
+        if stop.is_set():
+            return
+        conn.sendall(b"x" * 65536)
+    conn.sendall(b'"}')
+
+
+def announced_big(conn, stop):
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n"
+    )
+    conn.sendall(b'{"pad": "' + b"x" * 65536)
+
+
+def exactly_the_cap(conn, stop):
+    body = b'{"pad": "' + b"x" * (64 * 1024 - 11) + b'"}'
+    assert len(body) == 64 * 1024
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+@pytest.fixture
+def raw_receiver():
+    made = []
+
+    def make(answer, tls: ssl.SSLContext | None = None) -> RawReceiver:
+        made.append(RawReceiver(answer, tls))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def call_in_thread(fn, within: float = 60.0):
+    """Run fn in a thread; (finished?, exception or result)."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["result"] = fn()
+        except Exception as e:  # noqa: BLE001  (reported to the test)
+            out["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=within)
+    return not thread.is_alive(), out.get("error", out.get("result"))
+
+
+@pytest.mark.parametrize("answer", [dribble_headers, dribble_body], ids=["headers", "body"])
+@pytest.mark.parametrize("event", ["grant", "revoke"])
+def test_a_dribbling_receiver_cannot_hold_a_worker_past_the_timeout(
+    raw_receiver, make_request, answer, event
+):
+    backend = make_backend(raw_receiver(answer).url, timeout=1)
+    request = make_request()
+    call = (
+        (lambda: backend.grant(request))
+        if event == "grant"
+        else (lambda: backend.revoke(request, None))
+    )
+    finished, outcome = call_in_thread(call)
+    assert finished, "the call outlived its timeout by far: each read was bounded, not the call"
+    if event == "revoke" and answer is dribble_body:
+        assert outcome is None  # a 2xx status is all revoke needs; the body is not read
+    else:
+        assert isinstance(outcome, GrantError) and "timed out after 1s" in str(outcome)
+
+
+@pytest.mark.parametrize("answer", [endless_body, announced_big], ids=["unannounced", "announced"])
+def test_a_grant_answer_over_64_kib_is_refused(raw_receiver, make_request, answer):
+    backend = make_backend(raw_receiver(answer).url, timeout=30)
+    finished, outcome = call_in_thread(lambda: backend.grant(make_request()))
+    assert finished
+    assert isinstance(outcome, GrantError) and "more than 64 KiB" in str(outcome)
+
+
+def test_a_grant_answer_of_exactly_64_kib_is_accepted(raw_receiver, make_request):
+    backend = make_backend(raw_receiver(exactly_the_cap).url)
+    assert backend.grant(make_request())["pad"] == "x" * (64 * 1024 - 11)
+
+
+# -- the same over TLS ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (key and cert in PEM files)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "jit test receiver")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    d = tmp_path_factory.mktemp("tls")
+    (d / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (d / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return d / "cert.pem", d / "key.pem"
+
+
+@pytest.fixture
+def tls_receiver(receiver, tls_files):
+    """The signature-checking receiver above, behind TLS."""
+    cert, key = tls_files
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    receiver.server.socket = context.wrap_socket(receiver.server.socket, server_side=True)
+    return receiver
+
+
+def https_url(receiver) -> str:
+    return receiver.url.replace("http://", "https://")
+
+
+def test_an_untrusted_certificate_is_refused(tls_receiver, make_request):
+    with pytest.raises(GrantError, match="TLS verification failed"):
+        make_backend(https_url(tls_receiver)).grant(make_request())
+    assert tls_receiver.calls == []
+
+
+def test_grant_over_tls_and_a_dribbling_tls_receiver(
+    tls_receiver, tls_files, make_request, monkeypatch, raw_receiver
+):
+    from workers.backends import webhook
+
+    trusting = ssl.create_default_context(cafile=str(tls_files[0]))
+    monkeypatch.setattr(webhook, "_tls_context", lambda: trusting)
+    request = make_request()
+    assert make_backend(https_url(tls_receiver)).grant(request)["token"] == f"tok-{request.id}"
+
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(*tls_files)
+    dribbler = raw_receiver(dribble_body, tls=server_side)
+    backend = make_backend(dribbler.url.replace("http://", "https://"), timeout=1)
+    finished, outcome = call_in_thread(lambda: backend.grant(make_request()))
+    assert finished
+    assert isinstance(outcome, GrantError) and "timed out after 1s" in str(outcome)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
@@ -13,6 +14,15 @@ class BackendConfig(BaseModel):
     """Base of every backend's `grant:` block in the policy; unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def warnings(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """Valid but risky settings, which `jit policy check` prints without failing.
+
+        Without `environ` a backend checks the policy text alone, with no network access. With
+        it (the checking process's environment), a backend may also ask its target, briefly,
+        and must turn any failure to do so into a warning rather than an exception.
+        """
+        return []
 
 
 class GrantError(Exception):

@@ -19,21 +19,47 @@ with a fresh random password; a retried grant for the same request finds the rol
 The password is hashed client-side (``PQencryptPasswordConn``, the server's
 ``password_encryption``) so the cleartext never appears in server logs or ``pg_stat_activity``.
 
+``VALID UNTIL`` refuses new logins after the window but does not end open sessions; only
+revoke's ``pg_terminate_backend`` does. So that a session a client forgets does not outlive
+the window while no worker runs, the role also gets ``ALTER ROLE … SET`` defaults equal to the
+TTL: ``idle_session_timeout`` (the server closes a session idle that long),
+``idle_in_transaction_session_timeout`` (same, inside a transaction) and ``statement_timeout``
+(one statement is cancelled, the session stays). They bound forgetful clients, not hostile
+ones: a session can ``SET`` them off, and one that keeps working lives until revoke ends it.
+
+Supported servers: PostgreSQL 14 or newer (``idle_session_timeout``); tested on 15. Grants on
+older servers are refused.
+
 The role carries ``COMMENT ON ROLE … IS 'jit:<request id>'``, set in the same transaction
 as ``CREATE ROLE``. Grant and revoke only ever touch a role whose comment names the same
 request: a template that happens to produce the name of an existing role (``postgres``…)
 is refused rather than having its password changed or being dropped.
 
-Revoke: ``ALTER ROLE … NOLOGIN``, ``pg_terminate_backend`` of the role's sessions, then
-``REASSIGN OWNED BY … TO reassign_to`` (if configured) and ``DROP OWNED BY …`` (also removes
-the role's privileges), then ``DROP ROLE IF EXISTS``. A missing role is success.
-``REASSIGN/DROP OWNED`` act on the database of the admin DSN only; objects the role owns in
-other databases make ``DROP ROLE`` fail (reported as a GrantError, retried).
+Revoke, in this order, so that a revoke that gets stuck leaves no access behind:
+
+1. ``ALTER ROLE … NOLOGIN`` and ``REVOKE`` of every membership of the role (its
+   ``grant_roles``, and anyone made a member of it), in one transaction;
+2. ``pg_terminate_backend`` of the role's sessions;
+3. in every *other* database where ``pg_shdepend`` shows the role owning objects or holding
+   privileges (PostgreSQL <= 14 lets every login create in ``public``), connect with the same
+   admin credentials and run ``REASSIGN OWNED`` (if configured) and ``DROP OWNED``; a database
+   that does not allow connections is a GrantError naming it;
+4. the same in the admin DSN's database, then ``DROP ROLE IF EXISTS``. A missing role is success.
+
+``on_owned_objects: reassign`` refuses (GrantError, retried and alerted by the job layer)
+while the role owns anything that would run with ``reassign_to``'s rights once reassigned —
+SECURITY DEFINER functions, views without ``security_invoker``, materialized views, rules,
+event triggers, and functions called by triggers, indexes, defaults, constraints, policies,
+operators or casts (see ``postgres_owned``) — and names them. Refusing rather than rewriting
+them: a rewrite would silently change what a migration built and cannot cover everything; while
+refused, they belong to a role without login or memberships, i.e. they run with PUBLIC's rights.
+An operator drops them or gives them an owner deliberately, and the next attempt completes.
 
 The admin role needs: ``CREATEROLE``, ``ADMIN OPTION`` on every role in ``grant_roles``,
-membership in ``pg_signal_backend`` (to end sessions) and, for REASSIGN/DROP OWNED, the
-privileges of the created role (automatic for superusers and, on PostgreSQL 16+, for the
-role that created it when it ``SET``/``INHERIT``s it) — a superuser is simplest.
+membership in ``pg_signal_backend`` (to end sessions), ``CONNECT`` on every database and,
+for REASSIGN/DROP OWNED, the privileges of the created role (automatic for superusers and,
+on PostgreSQL 16+, for the role that created it when it ``SET``/``INHERIT``s it) — a
+superuser is simplest.
 
 ``username_template`` fields: ``{action}`` and ``{pipeline}`` (lower-cased, anything not
 ``[a-z0-9_]`` becomes ``_``; shortened if the name would exceed 63 bytes), ``{id8}`` (first
@@ -45,19 +71,22 @@ identifier (``[a-z_][a-z0-9_$]*``, at most 63 bytes, not ``pg_…``).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field, field_validator, model_validator
 
 from workers.backends import naming
+from workers.backends import postgres_owned as owned
 from workers.backends.base import (
     BackendConfig,
     GrantBackend,
@@ -76,11 +105,88 @@ _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MARKER_PREFIX = "jit:"
 _CONNECT_TIMEOUT = 10
 _TERMINATE_WAIT = 5.0
+#: The oldest server jit grants on: idle_session_timeout (a session bound below) came in 14.
+MIN_SERVER_VERSION = 140000
+#: Per-role defaults, each set to the grant's TTL: a session PostgreSQL ends (or a statement it
+#: cancels) without any worker, for clients that forget a session open past the window.
+_SESSION_BOUNDS = (
+    "idle_session_timeout",
+    "idle_in_transaction_session_timeout",
+    "statement_timeout",
+)
 
 
+#: Roles whose members can act as the server's OS user or read/write any of its files.
+SUPERUSER_EQUIVALENT = {
+    "postgres": "the default superuser",
+    "pg_execute_server_program": "runs programs on the server as its OS user",
+    "pg_write_server_files": "writes any file the server's OS user can",
+    "pg_read_server_files": "reads any file the server's OS user can",
+}
+_CHECK_CONNECT_TIMEOUT = 3  # seconds: `jit policy check` must not wait long for a database
 
 
-
+def _powerful_roles(dsn: str, dsn_env: str, roles: list[str]) -> list[str]:
+    """Warnings for `roles` that are, or belong to, a role with SUPERUSER, CREATEROLE or
+    BYPASSRLS or a superuser-equivalent one; never raises."""
+    if not roles:
+        return []
+    try:
+        admin_password = conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        return [f"could not look up grant_roles with {dsn_env}: not a valid PostgreSQL DSN"]
+    try:
+        with psycopg.connect(
+            dsn,
+            autocommit=True,
+            connect_timeout=_CHECK_CONNECT_TIMEOUT,
+            application_name="jit policy check",
+        ) as conn:
+            conn.execute("SET statement_timeout = '5s'")
+            rows = conn.execute(
+                "SELECT g.rolname, s.rolname, s.rolsuper, s.rolcreaterole, s.rolbypassrls "
+                "FROM pg_roles g JOIN pg_roles s ON pg_has_role(g.oid, s.oid, 'MEMBER') "
+                "WHERE g.rolname = ANY(%s) AND (s.rolsuper OR s.rolcreaterole OR s.rolbypassrls "
+                "OR s.rolname = ANY(%s)) ORDER BY 1, 2",
+                (roles, list(SUPERUSER_EQUIVALENT)),
+            ).fetchall()
+            known = {
+                r
+                for (r,) in conn.execute(
+                    "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (roles,)
+                )
+            }
+    except psycopg.Error as e:
+        return [
+            f"could not look up grant_roles with {dsn_env}: {_pg_error(e, dsn, admin_password)}; "
+            "only their names were checked"
+        ]
+    found = []
+    for role, via, superuser, createrole, bypassrls in rows:
+        powers = [
+            name
+            for name, has in (
+                ("SUPERUSER", superuser),
+                ("CREATEROLE", createrole),
+                ("BYPASSRLS", bypassrls),
+            )
+            if has
+        ]
+        if role == via:
+            found.append(f"grant role {role!r} has {', '.join(powers)}")
+        elif powers:
+            found.append(
+                f"grant role {role!r} is a member of {via!r}, which has {', '.join(powers)}"
+            )
+        else:
+            found.append(
+                f"grant role {role!r} is a member of {via!r}, which is superuser-equivalent "
+                f"({SUPERUSER_EQUIVALENT[via]})"
+            )
+    found += [
+        f"grant role {role!r} does not exist ({dsn_env})" for role in roles if role not in known
+    ]
+    return found
 
 
 def _check_name(name: str) -> str | None:
@@ -107,7 +213,9 @@ def _scrub(message: str, *secrets_: str | None) -> str:
             message = message.replace(quote(s, safe=""), "***")
     for pattern, repl in _SECRET_PATTERNS:
         message = pattern.sub(repl, message)
-    return message.strip().splitlines()[0] if message.strip() else "unknown error"
+    # Messages can quote names the temporary role chose; they end up in Slack.
+    message = owned.plain(message.strip().splitlines()[0], limit=500) if message.strip() else ""
+    return message or "unknown error"
 
 
 def _pg_error(e: psycopg.Error, *secrets_: str | None) -> str:
@@ -171,6 +279,20 @@ class PostgresBackend(GrantBackend):
                 raise ValueError("must not be empty")
             return v
 
+        def warnings(self, environ: Mapping[str, str] | None = None) -> list[str]:
+            """grant_roles that amount to superuser: by name, and (when `dsn_env` is set in
+            `environ`) by what the server says about them and the roles they belong to."""
+            found = [
+                f"grant role {role!r} is superuser-equivalent ({why})"
+                for role in self.grant_roles
+                if (why := SUPERUSER_EQUIVALENT.get(role))
+            ]
+            dsn = (environ or {}).get(self.dsn_env)
+            if dsn:
+                unnamed = [r for r in self.grant_roles if r not in SUPERUSER_EQUIVALENT]
+                found += _powerful_roles(dsn, self.dsn_env, unnamed)
+            return found
+
         @model_validator(mode="after")
         def _reassign(self) -> PostgresBackend.Config:
             if self.on_owned_objects == "reassign" and not self.reassign_to:
@@ -205,14 +327,18 @@ class PostgresBackend(GrantBackend):
             raise GrantError(f"environment variable {self.config.dsn_env} is not set")
         return dsn
 
-    def _connect(self) -> tuple[psycopg.Connection, str | None]:
+    def _connect(self, dbname: str | None = None) -> tuple[psycopg.Connection, str | None]:
+        """An admin session on the DSN's database, or on `dbname` with the same credentials."""
         dsn = self._dsn()
         try:
             admin_password = conninfo_to_dict(dsn).get("password")
+            if dbname is not None:
+                dsn = make_conninfo(dsn, dbname=dbname)
         except psycopg.Error:
             raise GrantError(
                 f"the DSN in {self.config.dsn_env} is not a valid PostgreSQL DSN"
             ) from None
+        where = self.config.dsn_env + (f", database {owned.plain(dbname)}" if dbname else "")
         try:
             conn = psycopg.connect(
                 dsn,
@@ -222,7 +348,7 @@ class PostgresBackend(GrantBackend):
             )
         except psycopg.Error as e:
             raise GrantError(
-                f"cannot connect to PostgreSQL ({self.config.dsn_env}): {_pg_error(e, dsn, admin_password)}"
+                f"cannot connect to PostgreSQL ({where}): {_pg_error(e, dsn, admin_password)}"
             ) from None
         try:
             conn.execute("SET lock_timeout = '10s'")
@@ -255,6 +381,11 @@ class PostgresBackend(GrantBackend):
         valid_until = self._valid_until(request.expires_at)
         conn, admin_password = self._connect()
         with conn:
+            if conn.info.server_version < MIN_SERVER_VERSION:
+                raise GrantError(
+                    f"PostgreSQL {conn.info.server_version // 10000} is older than 14, "
+                    "the oldest version the postgres backend supports"
+                )
             try:
                 algorithm = conn.execute("SHOW password_encryption").fetchone()[0]
                 verifier = conn.pgconn.encrypt_password(
@@ -312,19 +443,26 @@ class PostgresBackend(GrantBackend):
                 )
                 if self.config.grant_roles:  # converge if the policy gained roles
                     conn.execute(sql.SQL("GRANT {} TO {}").format(roles, ident))
-                return
-            query = sql.SQL(
-                "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-                "INHERIT PASSWORD {} VALID UNTIL {}"
-            ).format(ident, sql.Literal(verifier), sql.Literal(valid_until))
-            if self.config.grant_roles:
-                query = query + sql.SQL(" IN ROLE {}").format(roles)
-            conn.execute(query)
-            conn.execute(
-                sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                    ident, sql.Literal(self._marker(request))
+            else:
+                query = sql.SQL(
+                    "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                    "INHERIT PASSWORD {} VALID UNTIL {}"
+                ).format(ident, sql.Literal(verifier), sql.Literal(valid_until))
+                if self.config.grant_roles:
+                    query = query + sql.SQL(" IN ROLE {}").format(roles)
+                conn.execute(query)
+                conn.execute(
+                    sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                        ident, sql.Literal(self._marker(request))
+                    )
                 )
-            )
+            bound_ms = _session_bound_seconds(request) * 1000
+            for setting in _SESSION_BOUNDS:
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                        ident, sql.SQL(setting), sql.Literal(bound_ms)
+                    )
+                )
 
     def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> None:
         names = [self.username(request)]
@@ -356,20 +494,86 @@ class PostgresBackend(GrantBackend):
                 request.id,
             )
             return
+        # First take away every way in, so that a revoke that gets stuck below (objects it may
+        # not reassign, a database it cannot reach) leaves a role nobody can use.
         try:
-            conn.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(ident))
+            self._disarm(conn, name)
         except psycopg.errors.UndefinedObject:
             return  # dropped concurrently
         self._terminate_sessions(conn, name)
-        with conn.transaction():
-            if self.config.on_owned_objects == "reassign":
-                conn.execute(
-                    sql.SQL("REASSIGN OWNED BY {} TO {}").format(
-                        ident, sql.Identifier(self.config.reassign_to)
-                    )
+        for dbname, allows_connections in owned.other_databases(conn, name):
+            if not allows_connections:
+                raise GrantError(
+                    f"role {name} owns objects or holds privileges in database {owned.plain(dbname)}, "
+                    "which does not allow connections; allow connections or remove them by hand "
+                    "(the role can no longer log in and has no memberships)"
                 )
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
+            other, admin_password = self._connect(dbname)
+            with other:
+                try:
+                    with other.transaction():
+                        self._dispose_owned(other, name)
+                except psycopg.Error as e:
+                    raise GrantError(
+                        f"PostgreSQL revoke of role {name} in database {owned.plain(dbname)} failed: "
+                        f"{_pg_error(e, admin_password)}"
+                    ) from None
+        with conn.transaction():
+            self._dispose_owned(conn, name)
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
+
+    def _disarm(self, conn: psycopg.Connection, name: str) -> None:
+        """NOLOGIN, and no memberships either way: the role keeps nothing but its own objects.
+
+        Each statement commits on its own (autocommit): whatever fails later, what was taken
+        away stays taken away.
+        """
+        ident = sql.Identifier(name)
+        by_grantor = conn.info.server_version >= 160000  # 16+: a REVOKE names the grant's grantor
+        conn.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(ident))
+        rows = conn.execute(
+            "SELECT r.rolname, m.rolname, g.rolname FROM pg_auth_members a "
+            "JOIN pg_roles r ON r.oid = a.roleid JOIN pg_roles m ON m.oid = a.member "
+            "LEFT JOIN pg_roles g ON g.oid = a.grantor "
+            "WHERE r.rolname = %s OR m.rolname = %s",
+            (name, name),
+        ).fetchall()
+        for role, member, grantor in rows:
+            query = sql.SQL("REVOKE {} FROM {}").format(
+                sql.Identifier(role), sql.Identifier(member)
+            )
+            if by_grantor and grantor:
+                query += sql.SQL(" GRANTED BY {}").format(sql.Identifier(grantor))
+            conn.execute(query)
+        left = conn.execute(
+            "SELECT count(*) FROM pg_auth_members a JOIN pg_roles x "
+            "ON x.oid = a.roleid OR x.oid = a.member WHERE x.rolname = %s",
+            (name,),
+        ).fetchone()[0]
+        if left:
+            raise GrantError(f"could not revoke the role memberships of {name}")
+
+    def _dispose_owned(self, conn: psycopg.Connection, name: str) -> None:
+        """REASSIGN (if configured) and DROP OWNED in `conn`'s database, inside its transaction.
+
+        Reassigning refuses what would run with `reassign_to`'s rights (module docstring).
+        """
+        ident = sql.Identifier(name)
+        if self.config.on_owned_objects == "reassign":
+            target = self.config.reassign_to
+            found = owned.owner_rights_objects(conn, name)
+            if found:
+                raise GrantError(
+                    f"refusing to REASSIGN OWNED BY {name} TO {target} in database "
+                    f"{owned.plain(conn.info.dbname)}: it owns objects that would run with "
+                    f"{target}'s rights: {owned.describe(found)}. Review them, then drop them or "
+                    "change their owner yourself; the revoke is retried (the role can no longer "
+                    "log in and has no memberships)"
+                )
+            conn.execute(
+                sql.SQL("REASSIGN OWNED BY {} TO {}").format(ident, sql.Identifier(target))
+            )
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
 
     @staticmethod
     def _terminate_sessions(conn: psycopg.Connection, name: str) -> None:
@@ -390,6 +594,15 @@ class PostgresBackend(GrantBackend):
                 return
             time.sleep(0.05)
             conn.execute(query, (name,))
+
+
+def _session_bound_seconds(request: GrantRequest) -> int:
+    """The grant's TTL, or the time left until its expiry if that is shorter (at least 1 s)."""
+    expires_at = request.expires_at
+    if expires_at.tzinfo is None:
+        expires_at = expires_at.replace(tzinfo=UTC)
+    left = math.ceil((expires_at - datetime.now(UTC)).total_seconds())
+    return max(1, min(request.ttl_seconds, left))
 
 
 def _rfc3339(dt: datetime) -> str:

@@ -8,11 +8,23 @@ Policy example::
       rules: ["~cache:*", "+@read", "+@write", "-@dangerous"]
       username_template: jit-{action}-{id8}
 
-Grant runs ``ACL SETUSER <name> reset on >password <rules…>``. ``reset`` first means a
-retried grant replaces the user (and its password) instead of adding a second password, so
-there is one identity per request and the latest password is the only one. Revoke runs
-``ACL DELUSER <name>``, which also closes the user's open connections; a missing user is
-success.
+Grant runs ``ACL SETUSER <name> reset on >password <rules…> (~jit-owner:<request id>
+resetchannels -@all)``. ``reset`` first means a retried grant replaces the user (and its
+password) instead of adding a second password, so there is one identity per request and the
+latest password is the only one. Revoke runs ``ACL DELUSER <name>``, which also closes the
+user's open connections; a missing user is success.
+
+The last rule is jit's ownership marker: a selector that allows no command (so it grants
+nothing: a selector only ever adds permissions, and this one has none), which Redis stores
+and shows back in ``ACL GETUSER``/``ACL LIST``. It comes after the policy's rules, so
+``clearselectors``, ``allkeys`` or ``allchannels`` there cannot remove or conflict with it
+(a key or channel pattern as a marker would clash with ``~*``/``&*`` and grant a real key).
+Grant and revoke only touch a user whose marker names the same request: a user someone else
+made, or jit's user for another request whose name clashes (a template change, two ids with
+the same first 8 characters), is refused by grant and left alone by revoke. A user made
+before markers existed is deleted by revoke only when the stored credential's password still
+authenticates as it. (Between the check and the change there is no lock: Redis has no
+conditional ``ACL SETUSER``.) Selectors need Redis 7 or newer.
 
 ``rules`` are ACL rules, one token per item (a selector ``(~k* +get)`` is one item). Rules
 that set or clear passwords or switch the user on/off (``>…``, ``<…``, ``#…``, ``!…``,
@@ -22,11 +34,12 @@ Beware that ``+@all``/``allcommands`` includes ``ACL`` and ``CONFIG`` (use ``-@a
 The handed-out URL carries a database number ``/N`` (N from the admin URL, 0 if absent)
 only when the user may run ``SELECT``: clients such as redis-py send ``SELECT N`` on connect
 when the URL has a database, which fails for a user without ``SELECT``. The server decides:
-after ``ACL SETUSER`` jit asks ``ACL DRYRUN <name> SELECT N`` (Redis ≥ 7). On older servers
-the rules are evaluated in order: ``+select``, ``+@all``, ``allcommands`` or ``+@`` of a
+after ``ACL SETUSER`` jit asks ``ACL DRYRUN <name> SELECT N``. (Without DRYRUN, i.e. before
+Redis 7, the rules would be evaluated in order: ``+select``, ``+@all``, ``allcommands`` or ``+@`` of a
 category holding SELECT (``@connection``, ``@fast``, ``@keyspace``) allow it; ``-select``,
 ``-@all``, ``nocommands`` or ``-@`` of those categories deny it; a selector allowing it
-counts. If the admin URL names a database other than 0 and the user cannot SELECT it, the
+counts; kept for reference, since grants now need Redis 7.) If the admin URL names a
+database other than 0 and the user cannot SELECT it, the
 grant fails (the user is deleted) rather than handing out a credential for database 0.
 
 Redis ACLs are not persisted unless the server uses an ACL file/``CONFIG REWRITE``; jit does
@@ -69,13 +82,14 @@ _FORBIDDEN_PREFIXES = (">", "<", "#", "!")
 #: ACL categories that contain SELECT (Redis 6/7: @connection, @fast; @keyspace in 6.x).
 _SELECT_CATEGORIES = {"connection", "fast", "keyspace"}
 _TIMEOUT = 10.0
-
-
-
+_MARKER_PREFIX = "jit-owner:"
+_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
 def render_name(template: str, *, action: str, pipeline: str, request_id: str) -> str:
-    return naming.render_name(template, action=action, pipeline=pipeline, request_id=request_id, max_len=MAX_NAME)
+    return naming.render_name(
+        template, action=action, pipeline=pipeline, request_id=request_id, max_len=MAX_NAME
+    )
 
 
 def _check_name(name: str) -> str | None:
@@ -223,6 +237,54 @@ class RedisAclBackend(GrantBackend):
         except (ValueError, redis.RedisError):
             raise GrantError(f"the URL in {self.config.url_env} is not a valid Redis URL") from None
 
+    @staticmethod
+    def _marker_keys(request: GrantRequest) -> str:
+        """The key pattern of jit's marker selector for `request` (see the module docstring)."""
+        if not _ID_RE.match(request.id):
+            raise GrantError(f"request id {request.id!r} cannot be written into an ACL rule")
+        return f"~{_MARKER_PREFIX}{request.id}"
+
+    def _marker_rule(self, request: GrantRequest) -> str:
+        return f"({self._marker_keys(request)} resetchannels -@all)"
+
+    def _state(self, client: redis.Redis, name: str, request: GrantRequest) -> str:
+        """ "absent", "ours" (carries this request's marker) or "foreign"."""
+        reply = client.execute_command("ACL", "GETUSER", name)
+        if reply is None:
+            return "absent"
+        if isinstance(reply, list):  # RESP2 without redis-py's parser: [field, value, …]
+            reply = dict(zip(reply[::2], reply[1::2], strict=False))
+        wanted = self._marker_keys(request)
+        for selector in reply.get("selectors") or []:
+            if isinstance(selector, list):
+                selector = dict(zip(selector[::2], selector[1::2], strict=False))
+            if selector.get("keys") == wanted and selector.get("commands") == "-@all":
+                return "ours"
+        return "foreign"
+
+    @staticmethod
+    def _password_proves(client: redis.Redis, name: str, password: Any) -> bool:
+        """True if `password` (a credential jit handed out) authenticates as `name`."""
+        if not isinstance(password, str) or not password:
+            return False
+        pool = client.connection_pool
+        proof = redis.Redis(
+            connection_pool=redis.ConnectionPool(
+                connection_class=pool.connection_class,
+                **{**pool.connection_kwargs, "username": name, "password": password, "db": 0},
+            )
+        )
+        try:
+            proof.ping()
+        except redis.exceptions.NoPermissionError:
+            pass  # authenticated; PING itself is simply not among its rules
+        except redis.AuthenticationError:
+            return False
+        finally:
+            proof.close()
+            proof.connection_pool.disconnect()
+        return True
+
     def _dryrun_select(self, client: redis.Redis, name: str, db: int) -> bool:
         try:
             reply = client.execute_command("ACL", "DRYRUN", name, "SELECT", str(db))
@@ -248,8 +310,20 @@ class RedisAclBackend(GrantBackend):
                 or "localhost"
             )
             port = int(client.connection_pool.connection_kwargs.get("port") or parts.port or 6379)
+            if self._state(client, name, request) == "foreign":
+                raise GrantError(
+                    f"user {name} already exists and was not created by jit for request "
+                    f"{request.id}; refusing to touch it (change username_template)"
+                )
             client.execute_command(
-                "ACL", "SETUSER", name, "reset", "on", f">{password}", *self.config.rules
+                "ACL",
+                "SETUSER",
+                name,
+                "reset",
+                "on",
+                f">{password}",
+                *self.config.rules,
+                self._marker_rule(request),
             )
             can_select = self._dryrun_select(client, name, db)
             if db != 0 and not can_select:
@@ -290,8 +364,22 @@ class RedisAclBackend(GrantBackend):
         admin_password = urlsplit(url).password
         client = self._client(url)
         try:
-            # DELUSER returns how many users it deleted; 0 (already gone) is success too.
-            client.execute_command("ACL", "DELUSER", *names)
+            for name in names:
+                state = self._state(client, name, request)
+                if state == "absent":
+                    continue
+                if state == "foreign" and not (
+                    credential
+                    and credential.get("username") == name
+                    and self._password_proves(client, name, credential.get("password"))
+                ):
+                    log.warning(
+                        "redis_acl revoke: user %s is not jit's user for request %s; left alone",
+                        name,
+                        request.id,
+                    )
+                    continue
+                client.execute_command("ACL", "DELUSER", name)  # 0 (gone meanwhile) is fine too
         except redis.RedisError as e:
             raise GrantError(
                 f"Redis ACL revoke of user {names[0]} failed: {_scrub(str(e), admin_password, url)}"

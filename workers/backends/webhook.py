@@ -6,7 +6,7 @@ Policy example::
       type: webhook
       url: https://vault-bridge.internal/jit
       secret_env: JIT_WEBHOOK_SECRET     # env var with the shared HMAC secret
-      timeout: 10                        # seconds, per request (connect and read)
+      timeout: 10                        # seconds for the whole call (connect, send, answer)
       retries: 3                         # immediate re-tries of failed *connections* only
 
 What jit sends (``POST``, ``Content-Type: application/json``)::
@@ -32,37 +32,44 @@ a re-serialised body) and reject anything older than 5 minutes::
     ok = verify_signature(secret, headers["X-Jit-Request-Timestamp"], raw_body,
                           headers["X-Jit-Signature"])
 
-A ``grant`` must answer 2xx with a JSON object: that object *is* the credential handed to
-the pipeline (and passed back as ``"credential"`` on revoke). ``revoke`` needs any 2xx.
-Everything else — another status (redirects are not followed), a timeout, a connection
-failure, a grant body that is not a JSON object — is a GrantError naming the status only
-(never the body); the job layer retries with backoff and the same request id.
+A ``grant`` must answer 2xx with a JSON object of at most 64 KiB: that object *is* the
+credential handed to the pipeline (and passed back as ``"credential"`` on revoke). ``revoke``
+needs any 2xx (its body is not read). Everything else — another status (redirects are not
+followed), a timeout, a connection failure, a grant body over 64 KiB or not a JSON object — is
+a GrantError naming the status only (never the body); the job layer retries with backoff and
+the same request id.
 
-Each call makes ONE request: there is no backoff inside a call (the job layer owns retries).
-``retries`` only re-tries, immediately, a *connection* that could not be established (the
-request never reached your endpoint, so this is always safe; a connect timeout counts, so
-one call can take up to (retries + 1) x timeout); a read timeout or 5xx is never re-sent
-within the call, since your endpoint may already have acted.
+``timeout`` bounds the whole call: connecting (and its retries), sending, and reading the
+status line, headers and body: every wait on the socket is bounded by the time left, so a
+receiver that dribbles bytes cannot hold a worker longer than ``timeout``. Not covered: name
+resolution, and a host name with several addresses gets the time left once per address. Each call makes ONE request: there is no backoff inside
+a call (the job layer owns retries). ``retries`` only re-tries, immediately and within the same
+``timeout``, a *connection* that could not be established (the request never reached your
+endpoint, so this is always safe); a timeout or 5xx is never re-sent within the call, since
+your endpoint may already have acted.
 
-``url`` must be ``https://`` (TLS certificates are verified); plain ``http://`` is accepted
+``url`` must be ``https://`` (certificates are verified against the system's trust store, host
+names checked; no proxy from the environment is used); plain ``http://`` is accepted
 only for loopback hosts (``127.0.0.0/8``, ``::1``, ``localhost``), for tests.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import http.client
+import io
 import ipaddress
 import json
 import re
+import socket
+import ssl
 import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
-import requests
 from pydantic import Field, field_validator
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from workers.backends.base import (
     BackendConfig,
@@ -73,7 +80,69 @@ from workers.backends.base import (
 )
 
 SIGNATURE_VERSION = "v0"
+#: A grant answer is a credential, not a download: anything longer is refused unread.
+MAX_RESPONSE_BYTES = 64 * 1024
 _ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """Certificates verified against the system's trust store, host names checked."""
+    return ssl.create_default_context()
+
+
+class _Deadline:
+    """One deadline for a whole call."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        """Seconds left; TimeoutError once there are none (a 0 timeout would not block)."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the call's deadline passed")
+        return left
+
+
+class _DeadlineSocket:
+    """The part of a connected socket http.client uses (`sendall`, `makefile`, `close`), with
+    every wait bounded by the time left until one deadline. A per-read timeout alone restarts
+    on each byte, so a receiver dribbling one byte at a time could hold a worker for ever."""
+
+    def __init__(self, sock: socket.socket, deadline: _Deadline) -> None:
+        self._sock, self._deadline = sock, deadline
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.settimeout(self._deadline.left())  # bounds the whole sendall (Python 3.5+)
+        self._sock.sendall(data)
+
+    def makefile(self, mode: str = "rb", *args: Any, **kwargs: Any) -> io.BufferedReader:
+        if mode != "rb":
+            raise ValueError(f"unsupported mode {mode!r}")
+        # The socket's own (unbuffered) file keeps the socket open until the response is read,
+        # as http.client expects when it closes the connection of a `Connection: close` answer.
+        raw = self._sock.makefile("rb", buffering=0)
+        return io.BufferedReader(_DeadlineReader(raw, self._sock, self._deadline))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, raw: Any, sock: socket.socket, deadline: _Deadline) -> None:
+        self._raw, self._sock, self._deadline = raw, sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self._sock.settimeout(self._deadline.left())
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def _as_bytes(value: str | bytes) -> bytes:
@@ -171,9 +240,14 @@ class WebhookBackend(GrantBackend):
         # Host only in messages: a path or query string may carry a token.
         return urlsplit(self.config.url).hostname or "webhook"
 
-    def _post(
-        self, event: str, request: GrantRequest, payload: dict[str, Any]
-    ) -> requests.Response:
+    def _post(self, event: str, request: GrantRequest, payload: dict[str, Any]) -> bytes | None:
+        """POST the event; the body of a 2xx answer to `grant` (None for `revoke`).
+
+        The whole call — connecting (with its retries), sending, the status line, headers and
+        body — ends within `timeout`: a watchdog shuts the socket down at the deadline, so a
+        receiver that dribbles bytes cannot hold the worker (a per-read timeout would not stop
+        it). Name resolution is the one step it cannot cut short.
+        """
         secret = self.env.environ.get(self.config.secret_env)
         if not secret:
             raise GrantError(f"environment variable {self.config.secret_env} is not set")
@@ -182,68 +256,97 @@ class WebhookBackend(GrantBackend):
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "jit-webhook/1",
+            "Connection": "close",
             "X-Jit-Event": event,
             "X-Jit-Request-Id": request.id,
             "X-Jit-Request-Timestamp": timestamp,
             "X-Jit-Signature": sign(secret, timestamp, body),
         }
-        retry = Retry(
-            total=None,
-            connect=self.config.retries,
-            read=False,  # never re-send once the request may have reached the receiver
-            status=0,
-            other=0,
-            redirect=0,
-            backoff_factor=0,
-            raise_on_status=False,
-            raise_on_redirect=False,
-        )
-        with requests.Session() as session:
-            session.trust_env = False  # no proxies or .netrc credentials from the environment
-            session.mount("https://", HTTPAdapter(max_retries=retry))
-            session.mount("http://", HTTPAdapter(max_retries=retry))
-            try:
-                return session.post(
-                    self.config.url,
-                    data=body,
-                    headers=headers,
-                    timeout=self.config.timeout,
-                    verify=True,
-                    allow_redirects=False,
-                )
-            except requests.Timeout:
+        parts = urlsplit(self.config.url)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        deadline = _Deadline(self.config.timeout)
+        conn = self._connect(event, parts, deadline)
+        try:
+            conn.request("POST", target, body=body, headers=headers)
+            response = conn.getresponse()
+            if not 200 <= response.status < 300:
                 raise GrantError(
-                    f"webhook {event} to {self._where()} timed out after {self.config.timeout:g}s"
-                ) from None
-            except requests.exceptions.SSLError:
+                    f"webhook {event} to {self._where()} answered HTTP {response.status}"
+                )
+            if event != "grant":
+                return None  # revoke needs the status only: its body is never read
+            if response.length is not None and response.length > MAX_RESPONSE_BYTES:
+                raise self._too_big(event)
+            data = response.read(MAX_RESPONSE_BYTES + 1)
+            if len(data) > MAX_RESPONSE_BYTES:
+                raise self._too_big(event)
+            return data
+        except TimeoutError:
+            raise self._timed_out(event) from None
+        except OSError:
+            raise GrantError(f"webhook {event} to {self._where()}: connection failed") from None
+        except http.client.HTTPException as e:
+            raise GrantError(
+                f"webhook {event} to {self._where()} failed: {type(e).__name__}"
+            ) from None
+        finally:
+            conn.close()
+
+    def _connect(
+        self, event: str, parts: SplitResult, deadline: _Deadline
+    ) -> http.client.HTTPConnection:
+        """A connected socket, re-trying (at once) connections that could not be established:
+        the request never reached the receiver, so that is always safe."""
+        host, port = parts.hostname or "", parts.port
+        for attempt in range(self.config.retries + 1):
+            try:
+                # The socket's timeout bounds the TCP connect and, as one deadline, the TLS
+                # handshake; then every later wait is bounded by _DeadlineSocket.
+                if parts.scheme == "https":
+                    conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                        host, port, timeout=deadline.left(), context=_tls_context()
+                    )
+                else:
+                    conn = http.client.HTTPConnection(host, port, timeout=deadline.left())
+                conn.connect()
+            except TimeoutError:
+                raise self._timed_out(event) from None
+            except ssl.SSLError:
                 raise GrantError(
                     f"webhook {event} to {self._where()}: TLS verification failed"
                 ) from None
-            except requests.ConnectionError:
-                raise GrantError(f"webhook {event} to {self._where()}: connection failed") from None
-            except requests.RequestException as e:
-                raise GrantError(
-                    f"webhook {event} to {self._where()} failed: {type(e).__name__}"
-                ) from None
+            except OSError:
+                if attempt == self.config.retries:
+                    raise GrantError(
+                        f"webhook {event} to {self._where()}: connection failed"
+                    ) from None
+                continue
+            conn.sock = _DeadlineSocket(conn.sock, deadline)
+            return conn
+        raise AssertionError("unreachable")  # the loop returns or raises
 
-    def _check_status(self, event: str, response: requests.Response) -> None:
-        if not 200 <= response.status_code < 300:
-            raise GrantError(
-                f"webhook {event} to {self._where()} answered HTTP {response.status_code}"
-            )
+    def _timed_out(self, event: str) -> GrantError:
+        return GrantError(
+            f"webhook {event} to {self._where()} timed out after {self.config.timeout:g}s"
+        )
+
+    def _too_big(self, event: str) -> GrantError:
+        return GrantError(
+            f"webhook {event} to {self._where()} answered with more than "
+            f"{MAX_RESPONSE_BYTES // 1024} KiB"
+        )
 
     def grant(self, request: GrantRequest) -> dict[str, Any]:
-        response = self._post("grant", request, {"event": "grant", "request": request.as_json()})
-        self._check_status("grant", response)
+        data = self._post("grant", request, {"event": "grant", "request": request.as_json()})
         try:
-            credential = response.json()
+            credential = json.loads(data or b"")
         except ValueError:
             raise GrantError(
-                f"webhook grant to {self._where()} answered HTTP {response.status_code} without a JSON body"
+                f"webhook grant to {self._where()} answered without a JSON body"
             ) from None
         if not isinstance(credential, dict):
             raise GrantError(
-                f"webhook grant to {self._where()} answered HTTP {response.status_code} "
+                f"webhook grant to {self._where()} answered "
                 f"with a JSON {type(credential).__name__}, not an object"
             )
         return credential
@@ -252,5 +355,4 @@ class WebhookBackend(GrantBackend):
         payload: dict[str, Any] = {"event": "revoke", "request": request.as_json()}
         if credential is not None:
             payload["credential"] = credential
-        response = self._post("revoke", request, payload)
-        self._check_status("revoke", response)
+        self._post("revoke", request, payload)
