@@ -31,6 +31,8 @@ from bot.domain import keys
 log = logging.getLogger("jit.metrics")
 
 MAX_LABEL = 64
+#: An alert still undelivered this long after it was owed counts as late (bot/slack/notices.py).
+ALERT_LATE_MS = 60_000
 
 
 @dataclass(frozen=True)
@@ -285,6 +287,12 @@ class JitCollector(Collector):
         )
         oldest.add_metric([], max(0.0, (now - head[0][1]) / 1000) if head else 0.0)
         yield oldest
+        late = GaugeMetricFamily(
+            "jit_undelivered_alerts",
+            "Alerts (break glass, failing revokes) Slack has not taken for over a minute.",
+        )
+        late.add_metric([], self.r.zcount(keys.undelivered_alerts(), "-inf", now - ALERT_LATE_MS))
+        yield late
         open_ = GaugeMetricFamily(
             "jit_open_requests", "Requests not yet final (pending, approved or active)."
         )

@@ -45,9 +45,7 @@ def rules(policy_file, state_dir):
 def ask(jit, action="deploy-prod", **body):
     """deploy-prod: no windows, two approvals; asked for 1h (the break-glass max is 10m)."""
     body = {"action": action, "reason": "db is down", "ttl": "1h", **body}
-    resp = jit.http.post("/v1/requests", json=body, headers={"Authorization": f"Bearer {WEB_TOKEN}"})
-    assert resp.status_code == 201, resp.get_json()
-    return resp.get_json()["id"]
+    return jit.ask(token=WEB_TOKEN, **body)["id"]
 
 
 def until(check, what: str, jit=None, timeout: float = 20.0):
@@ -181,13 +179,13 @@ def test_ordinary_approvers_may_still_deny_a_break_glass_request(rules, jit):
 
 
 def test_the_alert_is_posted_once_however_often_its_job_runs(rules, jit, slack):
-    from bot.slack.notices import break_glass_alert
+    from bot.slack.notices import send_break_glass_alert
 
     rid = ask(jit)
     jit.rt.access.break_glass(rid, "U0ONCALL", "restore service after outage")
     jit.work()
-    break_glass_alert(rid)
-    break_glass_alert(rid)
+    send_break_glass_alert(jit.rt, rid)
+    send_break_glass_alert(jit.rt, rid)
     alerts = [c for c in slack.calls("chat.postMessage") if c.params["channel"] == "C0SECURITY"]
     assert len(alerts) == 1
 

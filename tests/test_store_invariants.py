@@ -266,6 +266,20 @@ class Lifecycle(RuleBasedStateMachine):
         finally:
             self.backend.during_grant.clear()
 
+    @precondition(lambda self: any(m.startswith("grant:") for m in self._access_work()))
+    @rule(data=st.data())
+    def a_stale_copy_of_a_grant_job_runs_late(self, data) -> None:
+        """A grant job waited in RQ past its lease; the item was handed out again and the new
+        copy ran. The old copy then runs: it must not call the backend (fencing)."""
+        from workers import jobs
+
+        member = data.draw(st.sampled_from([m for m in self._access_work() if m.startswith("grant:")]))
+        old = self._claim(member)
+        jobs.run_due(member, self._claim(member))
+        calls = sum(self.backend.grant_calls.values())
+        jobs.run_due(member, old)
+        assert sum(self.backend.grant_calls.values()) == calls, "a stale grant job called the backend"
+
     # ------------------------------------------------------------------ invariants
 
     @invariant()

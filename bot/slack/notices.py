@@ -23,6 +23,7 @@ import secrets
 
 from slack_sdk.errors import SlackApiError
 
+from bot import metrics
 from bot.domain import keys
 from bot.domain.clock import human, now_ms
 from bot.domain.requests import AccessRequest
@@ -31,7 +32,7 @@ from bot.slack.blocks import break_glass_alert, escape
 log = logging.getLogger("jit.slack.notices")
 
 #: An alert still waiting this long after it was owed is reported as late.
-ALERT_LATE_MS = 60_000
+ALERT_LATE_MS = metrics.ALERT_LATE_MS
 #: How long an undelivered notice's text is kept (it is retried all along).
 NOTICE_TTL_S = 30 * 86400
 

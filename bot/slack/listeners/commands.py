@@ -30,6 +30,14 @@ def answer(rt: Runtime, user: str, text: str) -> dict:
     sub, rest = sub.lower(), rest.strip()
     try:
         if sub == "status":
+            if rest:
+                req = rt.store.get(rest.split()[0])
+                if req is not None and not rt.access.may_view(req, user):
+                    rt.audit.append(
+                        "status.refused", request_id=req.id, action=req.action, actor=user,
+                        outcome="refused", details={"why": "not an approver, auditor or the requester"},
+                    )
+                    return {"text": "Only this request's approvers, auditors and requester can see it."}
             blocks = answers.status(rt, rest) if rest else answers.overview(rt)
             return {"text": "jit status", "blocks": blocks}
         if sub == "audit":
