@@ -14,6 +14,7 @@ from bot.domain.clock import from_ms, human, now, now_ms, to_ms
 from bot.domain.requests import Status
 from bot.metrics import Metrics
 from bot.runtime import Runtime, current
+from bot.slack.blocks import revoke_failure_alert
 from workers.backends.base import GrantError, GrantRequest
 from workers.expiry import DueQueue, Lease
 
@@ -251,11 +252,7 @@ def _failed(rt: Runtime, kind: str, rid: str, attempts: int, error: Exception) -
         if attempts == rt.settings.jit_revoke_alert_after and req is not None:
             from bot.slack.messages import post_thread_notice
 
-            post_thread_notice(
-                rt, req,
-                f":rotating_light: Revoking this grant has failed {attempts} times ({message}). "
-                "jit keeps retrying; please check the target.",
-            )
+            post_thread_notice(rt, req, revoke_failure_alert(attempts, message))
 
 
 __all__ = ["run_due", "RetryLater", "HANDLERS", "from_ms", "human"]
