@@ -31,6 +31,16 @@ from typing import Any
 from bot.domain import keys
 from bot.domain.errors import PolicyError
 from bot.domain.policy import Policy, parse_policy
+from bot.slack.text import (
+    MAX_MESSAGE_TEXT,
+    code,
+    code_text,
+    fit,
+    is_slack_id,
+    literal,
+    mention,
+    width,
+)
 
 log = logging.getLogger("jit.policy")
 
@@ -104,28 +114,25 @@ def policy_diff(old: Policy | None, new: Policy) -> dict[str, Any]:
 
 
 def _who(label: str) -> str:
-    from bot.slack.blocks import mention
-
+    """`U…`, `<env>:U…` or `break-glass:U…` (see policy_diff) as a mention and its scope."""
     scope, _, ident = label.rpartition(":")
-    return f"{mention(ident)} ({scope})" if scope else mention(ident)
+    if not (scope and is_slack_id(ident)):
+        return mention(label)
+    return f"{mention(ident)} ({code(scope, 80)})"
 
 
 def describe_changes(policy: Policy, previous_sha: str | None, diff: dict[str, Any], trigger: str) -> str:
     """The audit channel's line about a newly loaded policy."""
-    from bot.slack.blocks import escape
-
     head = (
-        f":scroll: *Policy loaded* ({trigger}) from `{escape(policy.source)}` — sha256 "
-        f"`{policy.sha256[:16]}`"
+        f":scroll: *Policy loaded* ({literal(trigger, 20)}) from {code(policy.source, 300)} — sha256 "
+        f"{code(policy.sha256[:16], 16)}"
     )
     if diff.get("first_load") or not previous_sha:
-        return (
-            f"{head}: {len(policy.actions)} action(s), {len(policy.pipelines)} pipeline(s)."
-        )
-    lines = [f"{head} (was `{previous_sha[:16]}`)"]
+        return fit(f"{head}: {len(policy.actions)} action(s), {len(policy.pipelines)} pipeline(s).", MAX_MESSAGE_TEXT)
+    lines = [f"{head} (was {code(previous_sha[:16], 16)})"]
 
     def names(items: list[str]) -> str:
-        return ", ".join(f"`{escape(i)}`" for i in items)
+        return ", ".join(code(i, 64) for i in items)
 
     if diff["actions_added"]:
         lines.append(f"• actions added: {names(diff['actions_added'])}")
@@ -133,11 +140,11 @@ def describe_changes(policy: Policy, previous_sha: str | None, diff: dict[str, A
         lines.append(f"• actions removed: {names(diff['actions_removed'])}")
     for action, entry in diff["approvers"].items():
         if entry.get("added"):
-            lines.append(f"• approvers added to `{action}`: " + ", ".join(_who(x) for x in entry["added"]))
+            lines.append(f"• approvers added to {code(action, 64)}: " + ", ".join(_who(x) for x in entry["added"]))
         if entry.get("removed"):
-            lines.append(f"• approvers removed from `{action}`: " + ", ".join(_who(x) for x in entry["removed"]))
+            lines.append(f"• approvers removed from {code(action, 64)}: " + ", ".join(_who(x) for x in entry["removed"]))
     for action, fields in diff["changed"].items():
-        lines.append(f"• `{action}` changed: {', '.join(fields)}")
+        lines.append(f"• {code(action, 64)} changed: {', '.join(code(f, 40) for f in fields)}")
     if diff["pipelines_added"]:
         lines.append(f"• pipelines added: {names(diff['pipelines_added'])}")
     if diff["pipelines_removed"]:
@@ -150,7 +157,7 @@ def describe_changes(policy: Policy, previous_sha: str | None, diff: dict[str, A
         )
     if len(lines) == 1:
         lines.append("• no change to actions, approvers or pipelines (formatting or comments only)")
-    return "\n".join(lines)
+    return fit("\n".join(lines), MAX_MESSAGE_TEXT)
 
 
 # ------------------------------------------------------------------------- the reloader
@@ -300,17 +307,16 @@ class PolicyReloader:
 
 
 def describe_rejection(source: str, sha: str | None, in_force: str, errors: list[str], trigger: str) -> str:
-    from bot.slack.blocks import escape
-
     shown = errors[:MAX_ERRORS_POSTED]
     more = f"\n… and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
-    body = "\n".join(escape(e) for e in shown)
-    return (
-        f":warning: *Policy file rejected* ({trigger}): `{escape(source)}`"
-        + (f" (sha256 `{sha[:16]}`)" if sha else "")
-        + f" has {len(errors)} error(s); the policy in force stays (`{in_force[:16]}`).\n"
-        + f"```{body}{more}```"
+    # one line per error (an error may quote the file: no backtick in it can close the block)
+    body = "\n".join(code_text(e, 300) or "—" for e in shown)
+    head = (
+        f":warning: *Policy file rejected* ({literal(trigger, 20)}): {code(source, 300)}"
+        + (f" (sha256 {code(sha[:16], 16)})" if sha else "")
+        + f" has {len(errors)} error(s); the policy in force stays ({code(in_force[:16], 16)}).\n"
     )
+    return head + f"```{fit(body + more, MAX_MESSAGE_TEXT - width(head) - 6)}```"
 
 
 def install_sighup(reloader: PolicyReloader, also: list | None = None) -> None:

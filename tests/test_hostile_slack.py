@@ -238,7 +238,7 @@ LIVE_FORBIDDEN = ("<!channel", "<!here", "<!everyone", "<https://evil", "<#C0PRO
 #: The only live `<…>` forms jit itself writes: mentions of approvers and deciders, user groups,
 #: localised dates, and the validated run URL.
 OWN_TOKEN = re.compile(r"^(@[UW][A-Z0-9]+|!subteam\^S[A-Z0-9]+|!date\^\d+\^[^|<>]*\|[^<>]*|"
-                       r"https://ci\.example/run/1\|View the run)$")
+                       r"https://ci\.example/run/1\|View the run on ci\.example)$")
 
 
 def hostile(limit: int) -> str:

@@ -232,10 +232,10 @@ def test_audit_count_defaults_to_20_and_caps_at_100(jit):
     )
     # each read is itself recorded (audit.read), and shows in the next read
     text = text_of(slash(jit, "audit 5", "U0AUDITOR"))
-    assert "5 events" in text and text.count("*audit.read*") == 1
+    assert "5 events" in text and text.count("`audit.read`") == 1
     assert "event-146" in text and "event-145" not in text
     text = text_of(slash(jit, "audit 500", "U0AUDITOR"))
-    assert "100 events" in text and "at most 100" in text and text.count("*audit.read*") == 2
+    assert "100 events" in text and "at most 100" in text and text.count("`audit.read`") == 2
     assert "event-052" in text and "event-051" not in text
 
 
@@ -261,7 +261,7 @@ def test_audit_filters(jit):
     def events_for(args: str) -> list[str]:
         body = slash(jit, f"audit {args}", "U0AUDITOR")
         lines = [line for line in text_of(body).splitlines() if line.startswith("`20")]
-        return [line.split("*")[1] for line in lines]
+        return [line.split("`")[3] for line in lines]  # `time` `event` …
 
     assert events_for(one) == ["approval.refused", "request.created"]
     assert set(events_for("<@U0LEAD1|lead1>")) == {
@@ -308,7 +308,7 @@ def test_audit_answers_stay_inside_slack_limits_for_long_events(jit):
     body = slash(jit, "audit 100", "U0AUDITOR")
     text = text_of(body)
     assert "<!channel>" not in text and "&lt;!channel&gt;" in text
-    assert text.count("*test.event*") == 100 and "more not shown" not in text
+    assert text.count("`test.event`") == 100 and "more not shown" not in text
     assert json.dumps(body).count("r00099x") == 1
 
 

@@ -9,34 +9,37 @@ from bot.domain.clock import human, now
 from bot.domain.requests import AccessRequest, Status
 from bot.runtime import Runtime
 from bot.slack.audit_view import chunk_lines, event_line
-from bot.slack.blocks import MAX_TEXT, clip, mention, safe, slack_date, status_line
+from bot.slack.blocks import RUN_LINK_LABEL, status_line
+from bot.slack.text import (
+    MAX_MESSAGE_BLOCKS,
+    code,
+    code_text,
+    context,
+    link,
+    literal,
+    mention,
+    section,
+)
+from bot.slack.text import date as slack_date
 
-MAX_BLOCKS = 50
+MAX_BLOCKS = MAX_MESSAGE_BLOCKS
 LIST_CAP = 20  # requests shown per list; the rest are counted
 OPEN_READ = 1000  # open requests read for one overview
 HISTORY_CAP = 60  # events shown with one request
 
 
-def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": clip(text, MAX_TEXT)}}
-
-
-def _context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": clip(text, MAX_TEXT)}]}
-
-
 def pending_line(r: AccessRequest) -> str:
     waiting = " (approved, issuing…)" if r.status == Status.APPROVED else ""
     return (
-        f"`{r.id}` *{safe(r.action, 64)}* · {safe(r.pipeline, 64)} · "
+        f"{code(r.id, 64)} {code(r.action, 64)} · {code(r.pipeline, 64)} · "
         f"{len(r.approvals)} of {r.approvals_required} approvals{waiting} · "
-        f"{human(now() - r.created_at)} ago\n> {safe(r.reason, 200)}"
+        f"{human(now() - r.created_at)} ago\n> {literal(r.reason, 200) or '—'}"
     )
 
 
 def active_line(r: AccessRequest) -> str:
     left = human(r.expires_at - now()) + " left" if r.expires_at else "no expiry recorded"
-    return f"`{r.id}` *{safe(r.action, 64)}* · {safe(r.pipeline, 64)} · {left}"
+    return f"{code(r.id, 64)} {code(r.action, 64)} · {code(r.pipeline, 64)} · {left}"
 
 
 def overview(rt: Runtime) -> list[dict[str, Any]]:
@@ -47,19 +50,19 @@ def overview(rt: Runtime) -> list[dict[str, Any]]:
     pending = [r for r in reqs if r.status in (Status.PENDING, Status.APPROVED)]
     active = [r for r in reqs if r.status == Status.ACTIVE]
     if not pending and not active and not unread:
-        return [_section("Nothing pending and no active grants.")]
-    blocks: list[dict[str, Any]] = [_section(f"*Pending* ({len(pending)})")]
-    blocks += [_section(pending_line(r)) for r in pending[:LIST_CAP]]
+        return [section("Nothing pending and no active grants.")]
+    blocks: list[dict[str, Any]] = [section(f"*Pending* ({len(pending)})")]
+    blocks += [section(pending_line(r)) for r in pending[:LIST_CAP]]
     if len(pending) > LIST_CAP:
-        blocks.append(_context(f"…and {len(pending) - LIST_CAP} more pending (oldest not shown)"))
+        blocks.append(context(f"…and {len(pending) - LIST_CAP} more pending (oldest not shown)"))
     blocks.append({"type": "divider"})
-    blocks.append(_section(f"*Active grants* ({len(active)})"))
-    blocks += [_section(active_line(r)) for r in active[:LIST_CAP]]
+    blocks.append(section(f"*Active grants* ({len(active)})"))
+    blocks += [section(active_line(r)) for r in active[:LIST_CAP]]
     if len(active) > LIST_CAP:
-        blocks.append(_context(f"…and {len(active) - LIST_CAP} more active (oldest not shown)"))
+        blocks.append(context(f"…and {len(active) - LIST_CAP} more active (oldest not shown)"))
     if unread:
-        blocks.append(_context(f"…and {unread} older open requests not counted above"))
-    blocks.append(_context("Newest first · `/jit status <id>` for one request in full"))
+        blocks.append(context(f"…and {unread} older open requests not counted above"))
+    blocks.append(context("Newest first · `/jit status &lt;id&gt;` for one request in full"))
     return blocks[:MAX_BLOCKS]
 
 
@@ -69,14 +72,14 @@ def status(rt: Runtime, request_id: str) -> list[dict[str, Any]]:
     r = rt.store.get(rid)
     if r is None:
         return [
-            _section(
-                f"No request `{safe(rid, 64)}` (unknown, or finished long enough ago to be forgotten)."
+            section(
+                f"No request {code(rid, 64)} (unknown, or finished long enough ago to be forgotten)."
             )
         ]
     lines = [
-        f"*Request* `{r.id}` — *{safe(r.action, 64)}* for {safe(r.pipeline, 64)}",
-        f"*Reason:* {safe(r.reason, 500)}",
-        f"*Requested by:* {safe(r.requested_by or '—', 200)}"
+        f"*Request* {code(r.id, 64)} — {code(r.action, 64)} for {code(r.pipeline, 64)}",
+        f"*Reason:* {literal(r.reason, 500) or '—'}",
+        f"*Requested by:* {code(r.requested_by, 200)}"
         + (" :lock: _verified_" if r.verified else "")
         + f" · *TTL:* {human(r.ttl)}",
         f"*Created:* {slack_date(r.created_at)} ({human(now() - r.created_at)} ago)",
@@ -88,21 +91,25 @@ def status(rt: Runtime, request_id: str) -> list[dict[str, Any]]:
         lines.append(f"*Times out:* {slack_date(r.pending_until)}")
     if r.issued_at:
         lines.append(f"*Issued:* {slack_date(r.issued_at)}")
-    blocks = [_section("\n".join(lines))]
+    blocks = [section("\n".join(lines))]
     if r.context:
-        ctx = " · ".join(f"*{safe(k, 40)}:* {safe(v, 200)}" for k, v in sorted(r.context.items()))
-        blocks.append(_context(ctx))
+        blocks.append(context(" · ".join(_context_item(k, v) for k, v in sorted(r.context.items()))))
     history = rt.audit.entries_for_request(r.id, limit=HISTORY_CAP)
     if history:
         title = "*History*" + (
-            f" (latest {HISTORY_CAP}; `/jit audit {r.id} 100` for more)"
+            f" (latest {HISTORY_CAP}; `/jit audit {code_text(r.id, 64)} 100` for more)"
             if len(history) >= HISTORY_CAP
             else ""
         )
-        blocks.append(_section(title))
+        blocks.append(section(title))
         lines = [event_line(e.body) for e in history]
         blocks += chunk_lines(lines, MAX_BLOCKS - len(blocks))
     return blocks[:MAX_BLOCKS]
+
+
+def _context_item(key: str, value: object) -> str:
+    shown = link(value, RUN_LINK_LABEL) if key == "run_url" else code(value, 200)
+    return f"{code(key, 40)}: {shown}"
 
 
 def audit(rt: Runtime, user: str, args: str) -> list[dict[str, Any]]:

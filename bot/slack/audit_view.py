@@ -10,15 +10,25 @@ from typing import Any
 from bot.domain.audit import REQUEST_INDEX_LEN, SCAN_LIMIT, AuditEntry
 from bot.domain.clock import human, now, parse_duration, to_ms
 from bot.runtime import Runtime
-from bot.slack.blocks import MAX_TEXT, clip, mention, safe
+from bot.slack.text import (
+    MAX_MESSAGE_BLOCKS,
+    MAX_TEXT,
+    code,
+    context,
+    fit,
+    literal,
+    mention,
+    section,
+    width,
+)
 
 DEFAULT_N = 20
 MAX_N = 100
-MAX_BLOCKS = 50
+MAX_BLOCKS = MAX_MESSAGE_BLOCKS
 
 AUDIT_USAGE = (
     "Usage: `/jit audit [N]` — the last N events (default 20, max 100). Filters, combinable: "
-    "`<request-id>`, `@user`, `action:<name>`, `since:2h`, `break-glass`."
+    "`&lt;request-id&gt;`, `@user`, `action:&lt;name&gt;`, `since:2h`, `break-glass`."
 )
 
 _MENTION = re.compile(r"^<@([UW][A-Z0-9]{2,})(?:\|[^>]*)?>$")
@@ -59,11 +69,11 @@ class AuditQuery:
     def describe(self) -> str:
         parts = []
         if self.request_id:
-            parts.append(f"request `{safe(self.request_id, 64)}`")
+            parts.append(f"request {code(self.request_id, 64)}")
         if self.actor:
             parts.append(f"by {mention(self.actor)}")
         if self.action:
-            parts.append(f"action `{safe(self.action, 64)}`")
+            parts.append(f"action {code(self.action, 64)}")
         if self.since:
             parts.append(f"since {human(self.since)} ago")
         if self.break_glass:
@@ -97,12 +107,12 @@ def parse_query(args: str) -> AuditQuery:
             fields["break_glass"] = True
         elif token.startswith("@"):
             raise QueryError(
-                f"I can't tell who `{safe(token, 40)}` is: pick the person from the @-mention menu."
+                f"I can't tell who {code(token, 40)} is: pick the person from the @-mention menu."
             )
         elif _REQUEST_ID.match(token):
             fields["request_id"] = token
         else:
-            raise QueryError(f"I don't understand `{safe(token, 40)}`.")
+            raise QueryError(f"I don't understand {code(token, 40)}.")
     return AuditQuery(**fields)
 
 
@@ -144,7 +154,7 @@ def audit_answer(rt: Runtime, user: str, args: str) -> list[dict[str, Any]]:
             details={"why": "not an auditor or approver", "args": args[:200]},
         )
         return [
-            _section(
+            section(
                 "Sorry — only auditors and approvers can read the audit trail. "
                 "Ask in your security channel if you need an extract."
             )
@@ -152,7 +162,7 @@ def audit_answer(rt: Runtime, user: str, args: str) -> list[dict[str, Any]]:
     try:
         q = parse_query(args)
     except QueryError as e:
-        return [_section(f"{e}\n{AUDIT_USAGE}")]
+        return [section(f"{e}\n{AUDIT_USAGE}")]
     entries, cut_short = find(rt, q)
     head = rt.audit.head()
     rt.audit.append(
@@ -161,7 +171,7 @@ def audit_answer(rt: Runtime, user: str, args: str) -> list[dict[str, Any]]:
 
     what = f"matching {q.describe()}" if q.filtered else ""
     if not entries:
-        return [_section(f"No audit events {what}".rstrip() + ".")]
+        return [section(f"No audit events {what}".rstrip() + ".")]
     title = f"*Audit trail* — {len(entries)} event{'s' if len(entries) != 1 else ''}"
     title += f" {what}" if what else ", newest first"
     if q.clamped:
@@ -172,31 +182,18 @@ def audit_answer(rt: Runtime, user: str, args: str) -> list[dict[str, Any]]:
             f"searched the latest {SCAN_LIMIT:,} events only; narrow with `since:` or a request id"
         )
     if head:
-        notes.append(f"chain head #{head.get('seq')} `{head.get('hash', '')[:16]}`")
-    blocks = [_section(title)]
+        notes.append(f"chain head #{literal(head.get('seq'), 20)} {code(head.get('hash', '')[:16], 16)}")
+    blocks = [section(title)]
     if notes:
-        blocks.append(
-            {
-                "type": "context",
-                "elements": [{"type": "mrkdwn", "text": clip(" · ".join(notes), MAX_TEXT)}],
-            }
-        )
+        blocks.append(context(" · ".join(notes)))
     return blocks + chunk_lines([event_line(e.body) for e in entries], MAX_BLOCKS - len(blocks))
 
 
 # ------------------------------------------------------------------------- rendering
 
 
-def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": clip(text, MAX_TEXT)}}
-
-
 def _who(actor: str | None) -> str:
-    if not actor:
-        return "—"
-    if re.fullmatch(r"[UW][A-Z0-9]{2,}", actor):
-        return mention(actor)
-    return safe(actor, 80)
+    return mention(actor) if actor else "—"
 
 
 def _detail_summary(body: dict[str, Any]) -> str:
@@ -204,33 +201,33 @@ def _detail_summary(body: dict[str, Any]) -> str:
     bits = []
     if d.get("break_glass") is True:
         bits.append(":rotating_light: break-glass")
-    for key, limit in (
-        ("why", 120),
-        ("reason", 120),
-        ("error", 160),
-        ("backend", 30),
-        ("source", 80),
+    for key, limit, shown in (
+        ("why", 120, literal),
+        ("reason", 120, literal),
+        ("error", 160, literal),
+        ("backend", 30, code),
+        ("source", 80, code),
     ):
         if d.get(key):
-            bits.append(f"{key}: {safe(d[key], limit)}")
+            bits.append(f"{key}: {shown(d[key], limit)}")
     if d.get("sha256"):
-        bits.append(f"sha256 `{safe(d['sha256'], 64)[:12]}`")
+        bits.append(f"sha256 {code(str(d['sha256'])[:12], 12)}")
     return " · ".join(bits)
 
 
 def event_line(body: dict[str, Any], *, details: bool = True) -> str:
     """One audit event as one mrkdwn line (never longer than ~700 characters)."""
     t = str(body.get("time") or "")
-    stamp = f"{t[:10]} {t[11:19]}" if len(t) >= 19 else safe(t, 30)
-    parts = [f"`{stamp}` *{safe(body.get('event') or '?', 40)}*"]
+    stamp = f"{t[:10]} {t[11:19]}" if len(t) >= 19 else t
+    parts = [f"{code(stamp, 30)} {code(body.get('event') or '?', 40)}"]
     if body.get("request_id"):
-        parts.append(f"`{safe(body['request_id'], 64)}`")
+        parts.append(code(body["request_id"], 64))
     if body.get("action"):
-        parts.append(safe(body["action"], 64))
+        parts.append(code(body["action"], 64))
     parts.append(_who(body.get("actor")))
     line = " ".join(parts[:2]) + (" · " + " · ".join(parts[2:]) if len(parts) > 2 else "")
     if body.get("outcome") and body["outcome"] != "ok":
-        line += f" · _{safe(body['outcome'], 20)}_"
+        line += f" · {code(body['outcome'], 20)}"
     if details and (summary := _detail_summary(body)):
         line += f" — {summary}"
     return line
@@ -242,16 +239,16 @@ def chunk_lines(lines: list[str], max_blocks: int, limit: int = MAX_TEXT) -> lis
     buf: list[str] = []
     size = 0
     for i, line in enumerate(lines):
-        line = clip(line, limit - 100)
-        if buf and size + len(line) + 1 > limit - 100:
+        line = fit(line, limit - 100)
+        if buf and size + width(line) + 1 > limit - 100:
             if len(blocks) == max_blocks - 2:  # keep room for the last chunk and the summary line
-                blocks.append(_section("\n".join(buf)))
-                blocks.append(_section(f"…and {len(lines) - i} more not shown."))
+                blocks.append(section("\n".join(buf)))
+                blocks.append(section(f"…and {len(lines) - i} more not shown."))
                 return blocks
-            blocks.append(_section("\n".join(buf)))
+            blocks.append(section("\n".join(buf)))
             buf, size = [], 0
         buf.append(line)
-        size += len(line) + 1
+        size += width(line) + 1
     if buf:
-        blocks.append(_section("\n".join(buf)))
+        blocks.append(section("\n".join(buf)))
     return blocks

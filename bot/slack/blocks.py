@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
 from typing import Any
 
 from bot.domain.clock import human, now
 from bot.domain.requests import AccessRequest, Status
+from bot.slack.text import (
+    EMPTY,
+    MAX_MESSAGE_TEXT,
+    button,
+    code,
+    context,
+    fields,
+    fit,
+    header,
+    link,
+    literal,
+    mention,
+    mrkdwn,
+    plain_text,
+    section,
+)
+from bot.slack.text import date as slack_date
 
 APPROVE = "jit_approve"
 DENY = "jit_deny"
@@ -19,34 +36,8 @@ BREAK_GLASS_MODAL = "jit_break_glass_modal"
 JUSTIFICATION_BLOCK = "justification"
 JUSTIFICATION_INPUT = "justification_input"
 
-MAX_TEXT = 3000  # a section's text
-MAX_FIELD = 2000  # a section field
-
-
-def escape(text: object) -> str:
-    """Neutralise Slack mrkdwn control characters in text we did not write."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def safe(text: object, limit: int = 500) -> str:
-    """Escape then clip, never cutting an entity in half."""
-    raw = str(text)
-    out = escape(raw[:limit])
-    return out + ("…" if len(raw) > limit else "")
-
-
-def mention(slack_id: str) -> str:
-    return f"<!subteam^{slack_id}>" if slack_id.startswith("S") else f"<@{slack_id}>"
-
-
-def slack_date(dt: datetime) -> str:
-    """A time every reader sees in their own time zone, with a UTC fallback."""
-    ts = int(dt.timestamp())
-    return f"<!date^{ts}^{{date_short_pretty}} {{time_secs}}|{dt.strftime('%Y-%m-%d %H:%M:%S UTC')}>"
+#: Shown for a run URL from the pipeline (https only, with its host; see text.link).
+RUN_LINK_LABEL = "View the run"
 
 
 _STATUS_LINE = {
@@ -66,22 +57,24 @@ def status_line(req: AccessRequest) -> str:
     line = _STATUS_LINE[req.status]
     if req.status == Status.DENIED:
         who = mention(req.decided_by) if req.decided_by else "an approver"
-        line += f" by {who}: {safe(req.deny_reason or '', 500)}"
+        line += f" by {who}: {literal(req.deny_reason, 500) or EMPTY}"
     elif req.status == Status.ACTIVE and req.expires_at:
         left = max((req.expires_at - now()).total_seconds(), 0)
         line += f" until {slack_date(req.expires_at)} ({human(left)} left)"
-    elif req.status == Status.REVOKED:
-        by = req.revoked_by or ""
-        who = mention(by) if by[:1] in ("U", "W") else safe(by, 80)
-        line += f" by {who}" if by else ""
+    elif req.status == Status.REVOKED and req.revoked_by:
+        line += f" by {mention(req.revoked_by)}"
     elif req.status == Status.FAILED and req.error:
-        line += f": {safe(req.error, 300)}"
+        line += f": {literal(req.error, 300)}"
     return line
 
 
 def request_summary(req: AccessRequest) -> str:
-    """Plain-text fallback (notifications, screen readers)."""
-    return f"Access request {req.id}: {req.action} for {req.pipeline} — {req.status.value}"
+    """Plain-text fallback (notifications, screen readers: no code spans, which show as backticks)."""
+    return fit(
+        f"Access request {literal(req.id, 64)}: {literal(req.action, 64)} for "
+        f"{literal(req.pipeline, 100)} — {req.status.value}",
+        MAX_MESSAGE_TEXT,
+    )
 
 
 def request_blocks(
@@ -113,47 +106,39 @@ def request_blocks(
             return ""
         return " :lock: _verified_" if key in req.verified_keys else " _(said by the pipeline, unverified)_"
 
-    fields = [
-        f"*Action*\n`{safe(req.action, 64)}`" + (f"\n{safe(description, 300)}" if description else ""),
-        f"*Pipeline*\n{safe(req.pipeline, 100)}",
-        f"*Requested by*\n{safe(req.requested_by or '—', 200)}{said('requested_by') if req.requested_by else ''}",
+    items = [
+        f"*Action*\n{code(req.action, 64)}"
+        + (f"\n{literal(description, 300)}" if description else ""),
+        f"*Pipeline*\n{code(req.pipeline, 100)}",
+        f"*Requested by*\n{code(req.requested_by, 200)}{said('requested_by') if req.requested_by else ''}",
         f"*TTL*\n{human(req.ttl)}",
     ]
-    repo_bits = []
     if ctx.get("repository"):
-        repo_bits.append(f"*Repository*\n{safe(ctx['repository'], 200)}{said('repository')}")
+        items.append(f"*Repository*\n{code(ctx['repository'], 200)}{said('repository')}")
     if ctx.get("ref"):
-        repo_bits.append(f"*Ref*\n`{safe(ctx['ref'], 200)}`{said('ref')}")
+        items.append(f"*Ref*\n{code(ctx['ref'], 200)}{said('ref')}")
     if ctx.get("commit"):
-        repo_bits.append(f"*Commit*\n`{safe(ctx['commit'][:12], 40)}`{said('commit')}")
+        items.append(f"*Commit*\n{code(str(ctx['commit'])[:12], 40)}{said('commit')}")
     if ctx.get("environment"):
-        repo_bits.append(f"*Environment*\n{safe(ctx['environment'], 100)}{said('environment')}")
-    fields += repo_bits
+        items.append(f"*Environment*\n{code(ctx['environment'], 100)}{said('environment')}")
     blocks: list[dict[str, Any]] = [
-        {
-            "type": "header",
-            "text": {
-                "type": "plain_text",
-                "text": clip(f"{'Auto-approved' if auto else 'Access request'}: {req.action}", 150),
-                "emoji": False,
-            },
-        },
-        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Reason*\n{safe(req.reason, 500)}"}},
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": clip(f, MAX_FIELD)} for f in fields[:10]]},
+        header(f"{'Auto-approved' if auto else 'Access request'}: {req.action}"),
+        section(f"*Reason*\n{literal(req.reason, 500) or EMPTY}"),
+        fields(items),
     ]
-    run_url = ctx.get("run_url")
-    ctx_elems = [f"Request `{req.id}`"]
-    if run_url and run_url.startswith(("https://", "http://")):
-        # the URL was validated (no spaces, <, >, |); escape & so it stays one link
-        ctx_elems.append(f"<{escape(run_url)}|View the run>")
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(ctx_elems)}]})
+    ctx_elems = [f"Request {code(req.id, 64)}"]
+    if ctx.get("run_url"):
+        ctx_elems.append(link(ctx["run_url"], RUN_LINK_LABEL))
+    blocks.append(context(" · ".join(ctx_elems)))
 
     if auto:
-        progress = f":robot_face: *Auto-approved by rule* `{safe(rule, 120)}` — no human approval needed"
+        progress = (
+            f":robot_face: *Auto-approved by rule* {code(rule, 120)} — no human approval needed"
+        )
     elif break_glass_by:
         progress = (
             f":rotating_light: *Break glass* by {mention(break_glass_by)} (approved alone)\n"
-            f"*Justification:* {safe(justification or '', 500)}"
+            f"*Justification:* {literal(justification, 500) or EMPTY}"
         )
     else:
         progress = f"*Approvals:* {len(req.approvals)} of {req.approvals_required}"
@@ -168,151 +153,128 @@ def request_blocks(
             progress += "\n_Approvers:_ " + ", ".join(mention(a) for a in approvers[:20])
         if req.status == Status.PENDING and self_approval == "unknown_requester":
             progress += (
-                "\n:warning: *The requester is not a known person* (no `requested_by`, or one the "
-                "policy's `people` does not list), so jit cannot stop them from approving their own request."
+                "\n:warning: *The requester is not a known person* (no requested_by, or one the "
+                "policy's people does not list), so jit cannot stop them from approving their own request."
             )
-    blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": clip(progress, MAX_TEXT)}})
+    blocks.append(section(progress))
     status = status_line(req)
     if cut_by_window and req.status == Status.ACTIVE:
         status += " — cut to end with its change window"
     if req.revoke_pending:
         status += "\n:hourglass: *Revoking the credential* — jit retries until the target confirms"
-    blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": clip(status, MAX_TEXT)}})
+    blocks.append(section(status))
 
     if req.status == Status.PENDING:
-        buttons = [] if break_glass_requested else [
-            {
-                "type": "button",
-                "action_id": APPROVE,
-                "text": {"type": "plain_text", "text": "Approve"},
-                "style": "primary",
-                "value": req.id,
-            }
-        ]
-        buttons.append(
-            {
-                "type": "button",
-                "action_id": DENY,
-                "text": {"type": "plain_text", "text": "Deny"},
-                "style": "danger",
-                "value": req.id,
-            }
-        )
+        buttons = [] if break_glass_requested else [button(APPROVE, "Approve", req.id, "primary")]
+        buttons.append(button(DENY, "Deny", req.id, "danger"))
         if break_glass or break_glass_requested:
-            buttons.append(
-                {
-                    "type": "button",
-                    "action_id": BREAK_GLASS,
-                    "text": {"type": "plain_text", "text": "Break glass"},
-                    "value": req.id,
-                }
-            )
+            buttons.append(button(BREAK_GLASS, "Break glass", req.id))
         blocks.append({"type": "actions", "block_id": f"decide:{req.id}", "elements": buttons})
     elif req.status == Status.ACTIVE:
         blocks.append(
-            {
-                "type": "actions",
-                "block_id": f"grant:{req.id}",
-                "elements": [
-                    {
-                        "type": "button",
-                        "action_id": REVOKE,
-                        "text": {"type": "plain_text", "text": "Revoke now"},
-                        "style": "danger",
-                        "value": req.id,
-                        "confirm": {
-                            "title": {"type": "plain_text", "text": "Revoke this grant?"},
-                            "text": {"type": "mrkdwn", "text": "The credential stops working at once."},
-                            "confirm": {"type": "plain_text", "text": "Revoke"},
-                            "deny": {"type": "plain_text", "text": "Keep it"},
-                        },
-                    }
-                ],
-            }
+            {"type": "actions", "block_id": f"grant:{req.id}", "elements": [revoke_button(req)]}
         )
     return blocks
 
 
-def deny_modal(req: AccessRequest, channel: str | None = None, message_ts: str | None = None) -> dict[str, Any]:
-    import json
+def revoke_button(req: AccessRequest) -> dict[str, Any]:
+    """The "Revoke now" button, with a confirmation (the request's message and the Home tab)."""
+    return button(
+        REVOKE,
+        "Revoke now",
+        req.id,
+        "danger",
+        confirm={
+            "title": plain_text("Revoke this grant?"),
+            "text": mrkdwn("The credential stops working at once."),
+            "confirm": plain_text("Revoke"),
+            "deny": plain_text("Keep it"),
+        },
+    )
 
+
+def _modal(
+    callback_id: str, title: str, submit: str, meta: dict[str, Any], blocks: list[dict[str, Any]]
+) -> dict[str, Any]:
     return {
         "type": "modal",
-        "callback_id": DENY_MODAL,
-        "private_metadata": json.dumps({"id": req.id, "channel": channel, "ts": message_ts}),
-        "title": {"type": "plain_text", "text": "Deny access"},
-        "submit": {"type": "plain_text", "text": "Deny"},
-        "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": [
-            {
-                "type": "section",
-                "text": {
-                    "type": "mrkdwn",
-                    "text": clip(f"Deny *{safe(req.action, 64)}* for *{safe(req.pipeline, 100)}* (request `{req.id}`)?", MAX_TEXT),
-                },
-            },
-            {
-                "type": "input",
-                "block_id": DENY_REASON_BLOCK,
-                "label": {"type": "plain_text", "text": "Reason"},
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": DENY_REASON_INPUT,
-                    "multiline": True,
-                    "max_length": 500,
-                    "placeholder": {"type": "plain_text", "text": "Shown to the pipeline and in the channel"},
-                },
-            },
-        ],
+        "callback_id": callback_id,
+        "private_metadata": json.dumps(meta),
+        "title": plain_text(title, 24),
+        "submit": plain_text(submit, 24),
+        "close": plain_text("Cancel", 24),
+        "blocks": blocks,
     }
+
+
+def _text_input(
+    block_id: str, action_id: str, label: str, placeholder: str, **limits: int
+) -> dict[str, Any]:
+    return {
+        "type": "input",
+        "block_id": block_id,
+        "label": plain_text(label, 2000),
+        "element": {
+            "type": "plain_text_input",
+            "action_id": action_id,
+            "multiline": True,
+            **limits,
+            "placeholder": plain_text(placeholder, 150),
+        },
+    }
+
+
+def deny_modal(
+    req: AccessRequest, channel: str | None = None, message_ts: str | None = None
+) -> dict[str, Any]:
+    return _modal(
+        DENY_MODAL,
+        "Deny access",
+        "Deny",
+        {"id": req.id, "channel": channel, "ts": message_ts},
+        [
+            section(
+                f"Deny {code(req.action, 64)} for {code(req.pipeline, 100)} "
+                f"(request {code(req.id, 64)})?"
+            ),
+            _text_input(
+                DENY_REASON_BLOCK,
+                DENY_REASON_INPUT,
+                "Reason",
+                "Shown to the pipeline and in the channel",
+                max_length=500,
+            ),
+        ],
+    )
 
 
 def break_glass_modal(
     req: AccessRequest, channel: str | None = None, message_ts: str | None = None, max_ttl: str = ""
 ) -> dict[str, Any]:
     """The justification a break-glass approver must write before approving alone."""
-    import json
-
-    cut = f" The TTL is cut to at most {max_ttl}." if max_ttl else ""
-    return {
-        "type": "modal",
-        "callback_id": BREAK_GLASS_MODAL,
-        "private_metadata": json.dumps({"id": req.id, "channel": channel, "ts": message_ts}),
-        "title": {"type": "plain_text", "text": "Break glass"},
-        "submit": {"type": "plain_text", "text": "Break glass"},
-        "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": [
-            {
-                "type": "section",
-                "text": {
-                    "type": "mrkdwn",
-                    "text": clip(
-                        f"Approve *{safe(req.action, 64)}* for *{safe(req.pipeline, 100)}* "
-                        f"(request `{req.id}`) *alone*, bypassing the usual approvals and change "
-                        f"windows?{cut} The security channel is alerted at once and the request "
-                        "is marked for follow-up review.",
-                        MAX_TEXT,
-                    ),
-                },
-            },
-            {
-                "type": "input",
-                "block_id": JUSTIFICATION_BLOCK,
-                "label": {"type": "plain_text", "text": "Justification"},
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": JUSTIFICATION_INPUT,
-                    "multiline": True,
-                    "min_length": 10,
-                    "max_length": 500,
-                    "placeholder": {
-                        "type": "plain_text",
-                        "text": "Why this cannot wait for the normal approvals (incident link, impact)",
-                    },
-                },
-            },
+    cut = f" The TTL is cut to at most {literal(max_ttl, 40)}." if max_ttl else ""
+    return _modal(
+        BREAK_GLASS_MODAL,
+        "Break glass",
+        "Break glass",
+        {"id": req.id, "channel": channel, "ts": message_ts},
+        [
+            section(
+                f"Approve {code(req.action, 64)} for {code(req.pipeline, 100)} "
+                f"(request {code(req.id, 64)}) *alone*, bypassing the usual approvals and change "
+                f"windows?{cut} The security channel is alerted at once and the request "
+                "is marked for follow-up review."
+            ),
+            _text_input(
+                JUSTIFICATION_BLOCK,
+                JUSTIFICATION_INPUT,
+                "Justification",
+                "Why this cannot wait for the normal approvals (incident link, impact)",
+                min_length=10,
+                max_length=500,
+            ),
         ],
-    }
+    )
 
 
 def break_glass_alert(
@@ -323,12 +285,21 @@ def break_glass_alert(
     if asked_ttl_s and asked_ttl_s > int(req.ttl.total_seconds()):
         cut = f" (asked for {human(asked_ttl_s)}, cut to the break-glass max)"
     lines = [
-        f":rotating_light: *Break glass* — {mention(by)} approved *{safe(req.action, 64)}* for "
-        f"*{safe(req.pipeline, 100)}* alone (request `{req.id}`).",
-        f"*Justification:* {safe(justification, 500)}",
-        f"*Reason given by the pipeline:* {safe(req.reason, 300)}",
+        f":rotating_light: *Break glass* — {mention(by)} approved {code(req.action, 64)} for "
+        f"{code(req.pipeline, 100)} alone (request {code(req.id, 64)}).",
+        f"*Justification:* {literal(justification, 500) or EMPTY}",
+        f"*Reason given by the pipeline:* {literal(req.reason, 300) or EMPTY}",
         f"*TTL:* {human(req.ttl)}{cut}"
         + (" · *outside the change windows*" if outside_window else ""),
         "Marked for follow-up review: `/jit audit break-glass`.",
     ]
-    return clip("\n".join(lines), MAX_TEXT)
+    return fit("\n".join(lines), MAX_MESSAGE_TEXT)
+
+
+def revoke_failure_alert(attempts: int, error: str) -> str:
+    """The request thread's alert when revoking keeps failing (`error`: the backend's words)."""
+    return fit(
+        f":rotating_light: Revoking this grant has failed {attempts} times "
+        f"({literal(error, 300) or 'no detail'}). jit keeps retrying; please check the target.",
+        MAX_MESSAGE_TEXT,
+    )

@@ -22,7 +22,8 @@ from bot.domain import keys
 from bot.domain.clock import human, now, now_ms, to_ms
 from bot.domain.requests import AccessRequest, Status
 from bot.domain.store import LEASE_MS
-from bot.slack.blocks import mention, safe, slack_date
+from bot.slack.text import MAX_MESSAGE_TEXT, code, fit, literal, mention
+from bot.slack.text import date as slack_date
 
 log = logging.getLogger("jit.slack.notices")
 
@@ -67,40 +68,48 @@ def warning_at(req: AccessRequest):
 
 
 def dm_text(req: AccessRequest, outcome: str) -> str:
-    what = f"Your access request `{safe(req.id, 64)}` for *{safe(req.action, 64)}* ({safe(req.pipeline, 64)})"
+    return fit(_dm_text(req, outcome), MAX_MESSAGE_TEXT)
+
+
+def _dm_text(req: AccessRequest, outcome: str) -> str:
+    what = f"access request {code(req.id, 64)} for {code(req.action, 64)} ({code(req.pipeline, 64)})"
     if outcome == "approved":
         if req.decided_by == "auto":
-            return f":white_check_mark: {what} was approved automatically by policy."
+            return f":white_check_mark: Your {what} was approved automatically by policy."
         who = ", ".join(mention(u) for u in req.approved_by) or (mention(req.decided_by) if req.decided_by else "")
-        return f":white_check_mark: {what} was approved{' by ' + who if who else ''}."
+        return f":white_check_mark: Your {what} was approved{' by ' + who if who else ''}."
     if outcome == "denied":
         who = mention(req.decided_by) if req.decided_by else "an approver"
-        return f":x: {what} was denied by {who}: {safe(req.deny_reason or '', 500)}"
+        return f":x: Your {what} was denied by {who}: {literal(req.deny_reason, 500) or '—'}"
     if outcome == "timed_out":
         waited = human(req.pending_until - req.created_at)
-        return f":alarm_clock: {what} timed out: nobody decided within {waited}."
+        return f":alarm_clock: Your {what} timed out: nobody decided within {waited}."
     if outcome == "expired":
-        return f":lock: The grant from {what[5:]} expired and was revoked."
+        return f":lock: The grant from your {what} expired and was revoked."
     if outcome == "revoked":
-        by = req.revoked_by or ""
-        who = mention(by) if by[:1] in ("U", "W") else safe(by, 80)
-        return f":no_entry: The grant from {what[5:]} was revoked early{' by ' + who if by else ''}."
-    return f":warning: {what} was approved, but the credential could not be issued: {safe(req.error or '', 300)}"
+        by = f" by {mention(req.revoked_by)}" if req.revoked_by else ""
+        return f":no_entry: The grant from your {what} was revoked early{by}."
+    return (
+        f":warning: Your {what} was approved, but the credential could not be issued: "
+        f"{literal(req.error, 300) or '—'}"
+    )
 
 
 def reminder_text(req: AccessRequest, approvers: list[str] | None) -> str:
     left = human(req.pending_until - now())
     who = " ".join(mention(a) for a in approvers or [] if a not in req.approved_by)
     got = f"{len(req.approvals)} of {req.approvals_required} approvals"
-    return (
+    return fit(
         f":bell: Still waiting for approval ({got}); this request times out in {left}."
-        + (f" {who}" if who else "")
+        + (f" {who}" if who else ""),
+        MAX_MESSAGE_TEXT,
     )
 
 
 def warning_text(req: AccessRequest) -> str:
     left = human(max(req.expires_at - now(), timedelta(0))) if req.expires_at else "?"
-    return f":hourglass: This grant expires in {left} (at {slack_date(req.expires_at)})."
+    at = f" (at {slack_date(req.expires_at)})" if req.expires_at else ""
+    return f":hourglass: This grant expires in {left}{at}."
 
 
 # ------------------------------------------------------------------ scheduling

@@ -19,11 +19,12 @@ from bot.domain.requests import AccessRequest, Status
 from bot.runtime import Runtime
 from bot.slack.answers import active_line, pending_line
 from bot.slack.audit_view import chunk_lines, event_line
-from bot.slack.blocks import APPROVE, DENY, MAX_TEXT, REVOKE, clip
+from bot.slack.blocks import APPROVE, DENY, revoke_button
+from bot.slack.text import MAX_VIEW_BLOCKS, button, code, context, header, literal, section
 
 log = logging.getLogger("jit.slack")
 
-MAX_BLOCKS = 100  # Slack's limit for a Home view
+MAX_BLOCKS = MAX_VIEW_BLOCKS  # Slack's limit for a Home view
 PENDING_CAP = 20  # two blocks each
 ACTIVE_CAP = 15
 EVENTS_SHOWN = 10
@@ -55,60 +56,11 @@ def load(rt: Runtime) -> HomeData:
 # ------------------------------------------------------------------------- rendering
 
 
-def _section(text: str, accessory: dict[str, Any] | None = None) -> dict[str, Any]:
-    block: dict[str, Any] = {
-        "type": "section",
-        "text": {"type": "mrkdwn", "text": clip(text, MAX_TEXT)},
-    }
-    if accessory:
-        block["accessory"] = accessory
-    return block
-
-
-def _context(text: str) -> dict[str, Any]:
-    return {"type": "context", "elements": [{"type": "mrkdwn", "text": clip(text, MAX_TEXT)}]}
-
-
-def _header(text: str) -> dict[str, Any]:
-    return {"type": "header", "text": {"type": "plain_text", "text": clip(text, 150)}}
-
-
 def _decide_buttons(req: AccessRequest) -> dict[str, Any]:
     return {
         "type": "actions",
         "block_id": f"home:decide:{req.id}",
-        "elements": [
-            {
-                "type": "button",
-                "action_id": APPROVE,
-                "style": "primary",
-                "value": req.id,
-                "text": {"type": "plain_text", "text": "Approve"},
-            },
-            {
-                "type": "button",
-                "action_id": DENY,
-                "style": "danger",
-                "value": req.id,
-                "text": {"type": "plain_text", "text": "Deny"},
-            },
-        ],
-    }
-
-
-def _revoke_button(req: AccessRequest) -> dict[str, Any]:
-    return {
-        "type": "button",
-        "action_id": REVOKE,
-        "style": "danger",
-        "value": req.id,
-        "text": {"type": "plain_text", "text": "Revoke now"},
-        "confirm": {
-            "title": {"type": "plain_text", "text": "Revoke this grant?"},
-            "text": {"type": "mrkdwn", "text": "The credential stops working at once."},
-            "confirm": {"type": "plain_text", "text": "Revoke"},
-            "deny": {"type": "plain_text", "text": "Keep it"},
-        },
+        "elements": [button(APPROVE, "Approve", req.id, "primary"), button(DENY, "Deny", req.id, "danger")],
     }
 
 
@@ -130,53 +82,55 @@ def home_view(rt: Runtime, user: str, data: HomeData | None = None) -> dict[str,
     waiting = [r for r in data.open_requests if _awaits(rt, r, user, approver_of)]
     active = [r for r in data.open_requests if r.status == Status.ACTIVE]
 
-    blocks: list[dict[str, Any]] = [_header("Waiting for your approval")]
+    blocks: list[dict[str, Any]] = [header("Waiting for your approval")]
     if waiting:
         for r in waiting[:PENDING_CAP]:
-            blocks += [_section(pending_line(r)), _decide_buttons(r)]
+            blocks += [section(pending_line(r)), _decide_buttons(r)]
         if len(waiting) > PENDING_CAP:
             blocks.append(
-                _context(
+                context(
                     f"…and {len(waiting) - PENDING_CAP} more waiting for you (`/jit status` lists them)"
                 )
             )
     else:
-        blocks.append(_section("Nothing is waiting for your approval."))
+        blocks.append(section("Nothing is waiting for your approval."))
 
-    blocks += [{"type": "divider"}, _header(f"Active grants ({len(active)})")]
+    blocks += [{"type": "divider"}, header(f"Active grants ({len(active)})")]
     if active:
         for r in active[:ACTIVE_CAP]:
             if r.action not in approver_of:
                 approver_of[r.action] = rt.access.is_approver(r.action, user)
             may_revoke = approver_of[r.action]
-            blocks.append(_section(active_line(r), _revoke_button(r) if may_revoke else None))
+            blocks.append(section(active_line(r), revoke_button(r) if may_revoke else None))
         if len(active) > ACTIVE_CAP:
-            blocks.append(_context(f"…and {len(active) - ACTIVE_CAP} more active grants"))
+            blocks.append(context(f"…and {len(active) - ACTIVE_CAP} more active grants"))
     else:
-        blocks.append(_section("No grants are active."))
+        blocks.append(section("No grants are active."))
     if data.open_total > len(data.open_requests):
         blocks.append(
-            _context(
+            context(
                 f"Showing the newest {len(data.open_requests)} of {data.open_total} open requests."
             )
         )
 
     if rt.access.is_auditor(user):
-        blocks += [{"type": "divider"}, _header("Audit trail")]
+        blocks += [{"type": "divider"}, header("Audit trail")]
         head = data.head
         if head:
-            blocks.append(_section(f"*Chain head* #{head.get('seq')} `{head.get('hash', '')}`"))
+            blocks.append(
+                section(f"*Chain head* #{literal(head.get('seq'), 20)} {code(head.get('hash', ''), 64)}")
+            )
         if data.latest:
             blocks += chunk_lines([event_line(e.body) for e in data.latest], 4)
         else:
-            blocks.append(_section("No audit events yet."))
-        blocks.append(_context("`/jit audit` for more; `jit audit verify` checks the whole chain."))
+            blocks.append(section("No audit events yet."))
+        blocks.append(context("`/jit audit` for more; `jit audit verify` checks the whole chain."))
 
     blocks.append(
-        _context(f"Updated <!date^{now_ms() // 1000}^{{time_secs}}|just now> · `/jit help`")
+        context(f"Updated <!date^{now_ms() // 1000}^{{time_secs}}|just now> · `/jit help`")
     )
     if len(blocks) > MAX_BLOCKS:  # the caps above keep well inside; never let Slack refuse the view
-        blocks = blocks[: MAX_BLOCKS - 1] + [_context("…more not shown")]
+        blocks = blocks[: MAX_BLOCKS - 1] + [context("…more not shown")]
     return {"type": "home", "blocks": blocks}
 
 

@@ -27,7 +27,7 @@ from bot import metrics
 from bot.domain import keys
 from bot.domain.clock import human, now_ms
 from bot.domain.requests import AccessRequest
-from bot.slack.blocks import break_glass_alert, escape
+from bot.slack.blocks import break_glass_alert, revoke_failure_alert
 
 log = logging.getLogger("jit.slack.notices")
 
@@ -163,11 +163,9 @@ def send_break_glass_alert(rt, request_id: str) -> None:
 def revoke_failing(rt, req: AccessRequest, attempts: int, error: str) -> str:
     """Tell the request's thread that revoking keeps failing (jit keeps retrying)."""
     channel = rt.redis.hget(keys.request(req.id), "message_channel") or req.channel
-    text = (
-        f":rotating_light: Revoking this grant has failed {attempts} times "
-        f"({escape(error[:300])}). jit keeps retrying; please check the target."
+    return queue_notice(
+        rt, channel, revoke_failure_alert(attempts, error), thread_ts=req.message_ts, alert=True
     )
-    return queue_notice(rt, channel, text, thread_ts=req.message_ts, alert=True)
 
 
 def tell(rt, channel: str | None, user: str, text: str, *, within_ms: int = 60_000) -> str:

@@ -33,7 +33,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.domain import keys, locks
 from bot.domain.clock import now_ms, to_ms
-from bot.slack.blocks import safe
+from bot.slack.text import MAX_TEXT, code, literal, section, width
 
 log = logging.getLogger("jit.slack.pacing")
 
@@ -256,14 +256,17 @@ def digest_blocks(reqs) -> tuple[str, list[dict]]:
     """The digest message (pure): N new requests, one line each, their own messages follow."""
     n = len(reqs)
     lines = [
-        f"• `{safe(r.id, 64)}` *{safe(r.action, 64)}* for {safe(r.pipeline, 64)} — {safe(r.reason, 120)}"
+        f"• {code(r.id, 64)} {code(r.action, 64)} for {code(r.pipeline, 64)} — {literal(r.reason, 120) or '—'}"
         for r in reqs[:DIGEST_LINES]
     ]
-    if n > DIGEST_LINES:
-        lines.append(f"…and {n - DIGEST_LINES} more")
+
+    def listing(shown: int) -> str:
+        more = [f"…and {n - shown} more"] if n > shown else []
+        return "\n".join(lines[:shown] + more)
+
+    shown = len(lines)
+    while width(listing(shown)) > MAX_TEXT:  # whole lines only: never cut one mid-way
+        shown -= 1
     head = f":inbox_tray: *{n} new access requests* are waiting here. Each one's own message, with its buttons, follows below in order."
     text = f"{n} new access requests are waiting for approval"
-    return text, [
-        {"type": "section", "text": {"type": "mrkdwn", "text": head}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:2900]}},
-    ]
+    return text, [section(head), section(listing(shown))]

@@ -9,17 +9,17 @@ from slack_bolt import Ack, App
 from bot.domain.errors import JitError
 from bot.runtime import Runtime
 from bot.slack import answers
-from bot.slack.blocks import safe
+from bot.slack.text import code
 
 log = logging.getLogger("jit.slack")
 
 USAGE = (
     "*jit* — just-in-time access for pipelines\n"
     "• `/jit status` — pending requests and active grants\n"
-    "• `/jit status <id>` — one request in full, with its history\n"
+    "• `/jit status &lt;id&gt;` — one request in full, with its history\n"
     "• `/jit audit [N]` — the last N audit events (auditors and approvers; default 20, max 100); "
-    "filters: `<request-id>`, `@user`, `action:<name>`, `since:2h`, `break-glass`\n"
-    "• `/jit revoke <id>` — end an active grant now (approvers)\n"
+    "filters: `&lt;request-id&gt;`, `@user`, `action:&lt;name&gt;`, `since:2h`, `break-glass`\n"
+    "• `/jit revoke &lt;id&gt;` — end an active grant now (approvers)\n"
     "• `/jit help` — this text"
 )
 
@@ -45,15 +45,15 @@ def answer(rt: Runtime, user: str, text: str) -> dict:
         if sub == "revoke":
             if not rest:
                 return {
-                    "text": "Usage: `/jit revoke <id>` — the request id is in its Slack message."
+                    "text": "Usage: `/jit revoke &lt;id&gt;` — the request id is in its Slack message."
                 }
             req = rt.access.revoke_by_approver(rest.split()[0], user)
             return {
-                "text": f"Revoking `{req.id}` ({safe(req.action, 64)}) now; its message updates when it is done."
+                "text": f"Revoking {code(req.id, 64)} ({code(req.action, 64)}) now; its message updates when it is done."
             }
         if sub in ("", "help"):
             return {"text": USAGE}
-        return {"text": f"I don't know `/jit {safe(sub, 30)}`.\n{USAGE}"}
+        return {"text": f"I don't know {code('/jit ' + sub, 40)}.\n{USAGE}"}
     except JitError as e:
         return {"text": e.message}
 
