@@ -143,7 +143,10 @@ class StandIn:
         ]
         entries = [AuditEntry(f"{i}-0", audit_body(value), "h") for i in range(12)]
         by_id = {RID: reqs[0]}
-        self.redis = SimpleNamespace(zcard=lambda key: len(reqs) + 2000)
+        self.redis = SimpleNamespace(
+            zcard=lambda key: len(reqs) + 2000,
+            zrangebyscore=lambda key, lo, hi, withscores=False: [("bgalert:" + RID, 0.0)],
+        )
         self.store = SimpleNamespace(
             open_ids=lambda limit: [RID] * min(limit, len(reqs)),
             get_many=lambda ids: reqs,
@@ -159,6 +162,8 @@ class StandIn:
         self.access = SimpleNamespace(
             is_auditor=lambda user: True,
             is_approver=lambda action, user, req=None: True,
+            may_view=lambda req, user: True,
+            self_approval_allowed=lambda req: False,
             revoke_by_approver=self._revoke,
         )
         self.policy = SimpleNamespace(actions={"deploy-prod": None}, action=lambda name: None)
@@ -463,7 +468,9 @@ def test_the_revoke_failure_alert_from_the_worker_is_literal(monkeypatch):
     from workers.backends.base import GrantError
 
     sent: list[str] = []
-    monkeypatch.setattr("bot.slack.messages.post_thread_notice", lambda rt, req, t: sent.append(t))
+    monkeypatch.setattr(
+        "bot.slack.notices.queue_notice", lambda rt, channel, t, **kw: sent.append(t) or "notice:x"
+    )
     rt = MagicMock()
     rt.settings.jit_revoke_alert_after = 3
     rt.store.get.return_value = request("x", Status.ACTIVE)

@@ -79,7 +79,9 @@ def test_status_lists_pending_and_active_newest_first(jit):
     jit.rt.access.approve(newer, "U0LEAD1")
     [active] = make_active(jit)
 
-    body = slash(jit, "status", "U0STRANGER")
+    # someone with no part in these requests sees none of them (defaults.status_visibility)
+    assert "Nothing pending" in text_of(slash(jit, "status", "U0STRANGER"))
+    body = slash(jit, "status", "U0LEAD1")  # an approver of both actions
     text = text_of(body)
     assert "*Pending* (2)" in text and "*Active grants* (1)" in text
     assert text.index(newer) < text.index(older)

@@ -42,10 +42,13 @@ def active_line(r: AccessRequest) -> str:
     return f"{code(r.id, 64)} {code(r.action, 64)} · {code(r.pipeline, 64)} · {left}"
 
 
-def overview(rt: Runtime) -> list[dict[str, Any]]:
-    """Pending requests and active grants, newest first, each list capped with a count of the rest."""
+def overview(rt: Runtime, user: str | None = None) -> list[dict[str, Any]]:
+    """Pending requests and active grants, newest first, each list capped with a count of the rest.
+    With `user`, only the requests that user may see (defaults.status_visibility)."""
     total_open = rt.redis.zcard(keys.open_requests())
     reqs = rt.store.get_many(rt.store.open_ids(limit=OPEN_READ))
+    if user is not None:
+        reqs = [r for r in reqs if rt.access.may_view(r, user)]
     unread = max(total_open - OPEN_READ, 0)
     pending = [r for r in reqs if r.status in (Status.PENDING, Status.APPROVED)]
     active = [r for r in reqs if r.status == Status.ACTIVE]

@@ -20,6 +20,7 @@ from bot.runtime import Runtime
 from bot.slack.answers import active_line, pending_line
 from bot.slack.audit_view import chunk_lines, event_line
 from bot.slack.blocks import APPROVE, DENY, revoke_button
+from bot.slack.notices import undelivered_alerts
 from bot.slack.text import MAX_VIEW_BLOCKS, button, code, context, header, literal, section
 
 log = logging.getLogger("jit.slack")
@@ -70,10 +71,9 @@ def _awaits(rt: Runtime, req: AccessRequest, user: str, approver_of: dict[str, b
         return False
     if req.action not in approver_of:
         approver_of[req.action] = rt.access.is_approver(req.action, user)
-    if not approver_of[req.action]:
+    if not approver_of[req.action] or not rt.access.is_approver(req.action, user, req):
         return False
-    action = rt.policy.action(req.action)
-    return not (req.requester_slack_id == user and not (action and action.allow_self_approval))
+    return not (req.requester_slack_id == user and not rt.access.self_approval_allowed(req))
 
 
 def home_view(rt: Runtime, user: str, data: HomeData | None = None) -> dict[str, Any]:
@@ -114,6 +114,15 @@ def home_view(rt: Runtime, user: str, data: HomeData | None = None) -> dict[str,
         )
 
     if rt.access.is_auditor(user):
+        late = undelivered_alerts(rt)
+        if late:
+            blocks += [
+                {"type": "divider"},
+                section(
+                    f":rotating_light: *{len(late)} alert(s) not delivered* — Slack has not taken "
+                    "them for over a minute; jit keeps retrying (`jit_undelivered_alerts`)."
+                ),
+            ]
         blocks += [{"type": "divider"}, header("Audit trail")]
         head = data.head
         if head:

@@ -38,7 +38,7 @@ def answer(rt: Runtime, user: str, text: str) -> dict:
                         outcome="refused", details={"why": "not an approver, auditor or the requester"},
                     )
                     return {"text": "Only this request's approvers, auditors and requester can see it."}
-            blocks = answers.status(rt, rest) if rest else answers.overview(rt)
+            blocks = answers.status(rt, rest) if rest else answers.overview(rt, user)
             return {"text": "jit status", "blocks": blocks}
         if sub == "audit":
             return {"text": "jit audit", "blocks": answers.audit(rt, user, rest)}
