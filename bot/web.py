@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import parse_qsl
 
 from flask import Flask, Response, jsonify, request
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from slack_bolt.adapter.flask.handler import to_bolt_request, to_flask_response
-from slack_bolt.request.internals import parse_body
+from slack_bolt.adapter.flask.handler import to_flask_response
+from slack_bolt.request import BoltRequest
 from slack_sdk.signature import SignatureVerifier
 
+from bot import bounded_input
 from bot.domain import keys
 from bot.runtime import Runtime, redis_from_url
 
 log = logging.getLogger("jit.web")
 
 MAX_SLACK_BODY = 512 * 1024
+#: Deeper than any payload Slack sends (Block Kit and rich-text lists nest, but nowhere near this).
+MAX_SLACK_JSON_DEPTH = 64
 
 
 def create_app(rt: Runtime) -> Flask:
@@ -45,8 +49,11 @@ def create_app(rt: Runtime) -> Flask:
 
     @flask_app.post("/slack/events")
     def slack_events():
-        raw = request.get_data(cache=True)
-        if len(raw) > MAX_SLACK_BODY:
+        # Nothing is verified yet: refuse an oversize body on its Content-Length, and never hold
+        # more than the cap of one sent without (chunked).
+        try:
+            raw = bounded_input.read_body(request.stream, request.content_length, MAX_SLACK_BODY)
+        except bounded_input.TooLarge:
             return _slack_refusal(400, "request body too large")
         if not verifier.is_valid_request(raw, dict(request.headers)):
             return _slack_refusal(401, "invalid or stale Slack signature")
@@ -54,7 +61,13 @@ def create_app(rt: Runtime) -> Flask:
         if refusal is not None:
             return refusal
         try:
-            bolt_request = _form_safe(to_bolt_request(request))
+            bolt_request = _form_safe(
+                BoltRequest(
+                    body=raw.decode("utf-8", errors="replace"),
+                    query=request.query_string.decode("utf-8"),
+                    headers=request.headers,  # type: ignore[arg-type]
+                )
+            )
         except (AttributeError, KeyError, TypeError, ValueError):
             # Bolt reads ids out of the payload while building its context and assumes
             # Slack's shapes (e.g. `user` an object): anything else is a malformed payload.
@@ -85,16 +98,19 @@ def create_app(rt: Runtime) -> Flask:
 
 
 def slack_body(raw: str, content_type: str | None) -> dict:
-    """Bolt's parser, except that a form body which merely *contains* the word "payload" (a slash
-    command's text, a channel named payload-team) is read as the form it is; Bolt would read it
-    as an empty interaction and drop every field."""
-    from urllib.parse import parse_qsl
-
-    if (content_type or "").strip().lower() == "application/x-www-form-urlencoded" and "payload" in raw:
-        form = dict(parse_qsl(raw, keep_blank_values=True))
-        if "payload" not in form and not raw.startswith("{"):
-            return form
-    return parse_body(raw, content_type)
+    """The body as Bolt's parser reads it (JSON when declared so or when it starts with `{`; else a
+    form whose `payload` field, when present, is the JSON), with two differences: JSON nested
+    deeper than MAX_SLACK_JSON_DEPTH is refused (ValueError) before it is parsed, and a form that
+    merely *mentions* "payload" (a slash command's text, a channel named payload-team) is read as
+    the form it is, where Bolt would read it as an empty interaction and drop every field."""
+    if not raw:
+        return {}
+    if (content_type or "").strip().lower() == "application/json" or raw.startswith("{"):
+        return bounded_input.loads(raw, MAX_SLACK_JSON_DEPTH)
+    form = dict(parse_qsl(raw, keep_blank_values=True))
+    if "payload" in form:
+        return bounded_input.loads(form["payload"], MAX_SLACK_JSON_DEPTH)
+    return form
 
 
 def _form_safe(bolt_request):

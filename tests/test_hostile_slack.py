@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -356,3 +356,29 @@ def test_mrkdwn_injection_renders_harmlessly_within_limits(jit, slack):
     assert "&lt;!channel&gt;" in denied and "Denied" in denied
     assert "&lt;!channel&gt;" in json.dumps(answer)
     assert any("&lt;!channel&gt;" in json.dumps(p) for p in payloads if "view" in p and p["view"].get("type") == "home")
+
+
+# ------------------------------------------------------------------------ nesting depth
+
+
+def _deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [100, 8000])
+def test_deeply_nested_slack_json_is_400(jit, depth):
+    """A signed body nested deeper than any Slack payload is refused before it is parsed:
+    as a JSON event, and as the `payload=` field of a click."""
+    rid = pending(jit)
+    ts = jit.rt.store.get(rid).message_ts
+    body, ctype = block_action("jit_approve", rid, "U0LEAD1", channel="C0PROD", message_ts=ts)
+    click = dict(parse_qsl(body.decode()))["payload"]
+    deep_click = click[:-1] + ', "deep": ' + _deep(depth) + "}"
+    event = ('{"type": "event_callback", "team_id": "' + TEAM_ID + '", '
+             '"event": {"type": "app_home_opened", "user": "U0LEAD1", "deep": ' + _deep(depth) + "}}")
+    with Unchanged(jit):
+        assert jit.post_slack((event.encode(), "application/json")).status_code == 400
+        assert jit.post_slack((urlencode({"payload": deep_click}).encode(), ctype)).status_code == 400
+    jit.work()
+    assert jit.status(rid).get_json()["approvals"]["count"] == 0
+    assert jit.slack.home("U0LEAD1") is None

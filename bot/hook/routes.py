@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from bot import bounded_input
 from bot.domain import errors as E
 from bot.domain.clock import now, rfc3339
 from bot.domain.requests import UNDECIDED, Status
@@ -16,6 +16,8 @@ from bot.domain.windows import OutsideWindow
 from bot.hook.auth import Unauthorized, any_caller, bearer_token, pipeline_caller
 
 MAX_BODY = 16 * 1024
+#: Deeper than any body the hook accepts (its deepest field, `context`, is one level down).
+MAX_JSON_DEPTH = 32
 MAX_WAIT = 60
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -65,15 +67,14 @@ def _read_json() -> Any:
     ctype = (request.mimetype or "").lower()
     if ctype != "application/json":
         raise _Abort(error(415, "unsupported_media_type", "send Content-Type: application/json"))
-    length = request.content_length
-    if length is not None and length > MAX_BODY:
-        raise _Abort(error(413, "too_large", f"the body is larger than {MAX_BODY} bytes"))
-    raw = request.stream.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise _Abort(error(413, "too_large", f"the body is larger than {MAX_BODY} bytes"))
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
+        raw = bounded_input.read_body(request.stream, request.content_length, MAX_BODY)
+        return bounded_input.loads(raw, MAX_JSON_DEPTH)
+    except bounded_input.TooLarge:
+        raise _Abort(error(413, "too_large", f"the body is larger than {MAX_BODY} bytes")) from None
+    except bounded_input.TooDeep as e:
+        raise _Abort(error(400, "malformed_json", str(e))) from None
+    except ValueError:  # UnicodeDecodeError and json's errors included
         raise _Abort(error(400, "malformed_json", "the body is not valid JSON")) from None
 
 
