@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import time
+import secrets
 
 from redis import Redis
 
 from bot.domain import errors as E
 from bot.domain import keys
+from bot.domain.clock import now_ms
 
 # KEYS: zset   ARGV: now_ms, window_ms, limit, member → 0 when allowed, else ms until a slot frees
 _SLIDE = """
@@ -39,15 +40,14 @@ class PipelineRateLimiter:
         self.r = redis
         self.per_minute = per_minute
         self._script = redis.register_script(_SLIDE)
-        self._n = 0
 
     def check(self, pipeline: str | None) -> None:
         if not pipeline or self.per_minute <= 0:
             return
-        self._n += 1
-        now = time.time_ns() // 1_000_000
-        wait_ms = self._script(
-            keys=[keys.rate_limit(pipeline)], args=[now, 60_000, self.per_minute, f"{now}-{self._n}-{id(self)}"]
-        )
+        now = now_ms()
+        # A random member: creations in the same millisecond in other processes (or threads)
+        # must never overwrite each other's entry and go uncounted.
+        member = f"{now}-{secrets.token_hex(8)}"
+        wait_ms = self._script(keys=[keys.rate_limit(pipeline)], args=[now, 60_000, self.per_minute, member])
         if wait_ms:
             raise RateLimited(max(1, -(-int(wait_ms) // 1000)))
