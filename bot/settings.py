@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     jit_request_retention: int = Field(30 * 86400, alias="JIT_REQUEST_RETENTION", gt=0)
     #: Request creations allowed per pipeline per minute (0 = unlimited); over it: 429.
     jit_rate_limit: int = Field(120, alias="JIT_RATE_LIMIT", ge=0)
+    #: Long-polls (`GET /v1/requests/{id}?wait=N`) one pipeline may hold open at once, counted
+    #: across every server process (0 = unlimited); over it: 429 + Retry-After.
+    jit_max_long_polls_per_pipeline: int = Field(200, alias="JIT_MAX_LONG_POLLS_PER_PIPELINE", ge=0)
     jit_log_level: str = Field("INFO", alias="JIT_LOG_LEVEL")
 
     @field_validator("redis_url")

@@ -24,6 +24,7 @@ MAX_SLACK_JSON_DEPTH = 64
 
 
 def create_app(rt: Runtime) -> Flask:
+    from bot.hook.ratelimit import LongPollLeases
     from bot.hook.routes import bp
     from bot.hook.waiters import Waiters
     from bot.slack.app import build_app
@@ -35,6 +36,7 @@ def create_app(rt: Runtime) -> Flask:
     flask_app.config["JIT_WAITERS"] = Waiters(
         lambda: redis_from_url(rt.settings.redis_url, decode_responses=True, socket_timeout=None)
     )
+    flask_app.config["JIT_LONG_POLLS"] = LongPollLeases(rt.redis, rt.settings.jit_max_long_polls_per_pipeline)
     try:
         from bot.hook.oidc import OidcVerifier
 

@@ -1,4 +1,5 @@
-"""The hook's per-pipeline limits, counted in Redis across processes."""
+"""The hook's per-pipeline limits, counted in Redis across processes: creations per minute and
+long-polls open at once."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import redis as redislib
 from freezegun import freeze_time
 
 from bot.domain import keys
-from bot.hook.ratelimit import PipelineRateLimiter, RateLimited
+from bot.hook.ratelimit import LongPollLeases, PipelineRateLimiter, RateLimited, TooManyLongPolls
 
 PROCESSES = 4
 THREADS = 5
@@ -74,3 +75,34 @@ def test_rate_limit_refuses_over_the_limit_and_frees_a_slot_after_a_minute(redis
         limiter.check("other-ci")  # per pipeline
         frozen.tick(60.001)
         limiter.check("web-ci")
+
+
+def test_long_poll_lease_of_a_dead_process_ends_with_its_wait(redis_url):
+    r = redislib.Redis.from_url(redis_url, decode_responses=True)
+    leases = LongPollLeases(r, per_pipeline=2)
+    with freeze_time("2030-01-01T00:00:00Z") as frozen:
+        # two polls whose process died mid-wait: taken, never given back
+        dead = [leases.hold("web-ci", rid, 30) for rid in ("r1", "r2")]
+        for poll in dead:
+            poll.__enter__()
+        with pytest.raises(TooManyLongPolls) as refused, leases.hold("web-ci", "r3", 30):
+            pass
+        assert refused.value.retry_after_s == 10
+        assert 0 < r.pttl(keys.long_polls_of_pipeline("web-ci")) <= 35_000  # the key goes too
+        frozen.tick(35.001)  # their wait plus the margin
+        with leases.hold("web-ci", "r3", 30):
+            assert r.zcard(keys.long_polls_of_pipeline("web-ci")) == 1
+    assert r.zcard(keys.long_polls_of_pipeline("web-ci")) == 0
+    assert r.zcard(keys.long_polls_of_request("r3")) == 0
+
+
+def test_long_polls_unbounded_per_pipeline_when_the_setting_is_zero(redis_url):
+    r = redislib.Redis.from_url(redis_url, decode_responses=True)
+    leases = LongPollLeases(r, per_pipeline=0, per_request=1)
+    with (
+        leases.hold("web-ci", "a", 5),
+        leases.hold("web-ci", "b", 5),
+        leases.hold("web-ci", "c", 5),
+    ):
+        with pytest.raises(TooManyLongPolls), leases.hold("web-ci", "a", 5):
+            pass

@@ -157,6 +157,16 @@ def rate_limit(pipeline: str) -> str:
     return f"{PREFIX}ratelimit:{pipeline}"
 
 
+def long_polls_of_pipeline(pipeline: str) -> str:
+    """Sorted set lease id → end (ms): long-polls open on this pipeline's requests. TTL: its last lease."""
+    return f"{PREFIX}longpolls:pipeline:{pipeline}"
+
+
+def long_polls_of_request(request_id: str) -> str:
+    """Sorted set lease id → end (ms): long-polls open on one request. TTL: its last lease."""
+    return f"{PREFIX}longpolls:req:{request_id}"
+
+
 def slack_team() -> str:
     """String: the workspace (team id) the bot token belongs to, from auth.test."""
     return f"{PREFIX}slack:team"

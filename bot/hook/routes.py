@@ -133,7 +133,9 @@ def get_request(request_id: str):
         return error(400, "bad_request", "wait must be between 0 and 60 seconds")
     req = _load(request_id)
     if wait > 0 and req.status in UNDECIDED:
-        req = _long_poll(request_id, req.status, wait) or req
+        # each open poll holds a connection and a greenlet: bounded per pipeline and per request
+        with current_app.config["JIT_LONG_POLLS"].hold(req.pipeline, req.id, wait):
+            req = _long_poll(request_id, req.status, wait) or req
     return jsonify(_view(req))
 
 
