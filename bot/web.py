@@ -14,6 +14,7 @@ from slack_sdk.signature import SignatureVerifier
 
 from bot import bounded_input
 from bot.domain import keys
+from bot.domain.refusals import record_refusal
 from bot.runtime import Runtime, redis_from_url
 
 log = logging.getLogger("jit.web")
@@ -164,11 +165,11 @@ def payload_refusal(rt: Runtime, payload: dict, *, replayed: bool = False) -> tu
     raw_user = payload.get("user")
     user = _text(raw_user.get("id") if isinstance(raw_user, dict) else payload.get("user_id"))
     if replayed:  # the signature is genuine, so Slack vouches for the user: worth a trace
-        rt.audit.append("slack.refused", actor=user, outcome="refused", details={"why": "replayed request"})
+        record_refusal(rt.redis, rt.audit, "slack.refused", actor=user, details={"why": "replayed request"})
         return 401, "replayed request"
     if expected and team and team != expected:
-        rt.audit.append(
-            "slack.refused", actor=user, outcome="refused", details={"why": "other workspace", "team": team}
+        record_refusal(
+            rt.redis, rt.audit, "slack.refused", actor=user, details={"why": "other workspace", "team": team}
         )
         return 401, "this workspace may not use jit"
     if payload.get("type") == "block_actions":
@@ -230,8 +231,8 @@ def _check_buttons(rt: Runtime, payload: dict, user: str | None) -> tuple[int, s
             continue  # the listener answers "no such request"
         # no message of ours holds this request yet, or another message does
         if container.get("message_ts") != req.message_ts:
-            rt.audit.append(
-                "slack.refused", request_id=rid, action=req.action, actor=user, outcome="refused",
+            record_refusal(
+                rt.redis, rt.audit, "slack.refused", request_id=rid, action=req.action, actor=user,
                 details={"why": "button value names a request that is not this message's"},
             )
             return 400, "this button does not belong to that request"

@@ -15,8 +15,9 @@ from redis_state import snapshot
 from slackfake import TEAM_ID, app_home_opened, block_action, sign, slash_command, view_submission
 from support import SIGNING_SECRET, WEB_TOKEN
 
-# Keys a refused request may legitimately write: its own signature (replay guard).
-IGNORED = ("jit:slack:seen:",)
+# Keys a refused request may legitimately write: its own signature (replay guard) and the
+# count of its actor's refusals (bot/domain/refusals.py: bounds how many reach the audit trail).
+IGNORED = ("jit:slack:seen:", "jit:refusals:")
 
 
 def settle(jit, done, timeout: float = 30.0):

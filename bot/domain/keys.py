@@ -203,3 +203,20 @@ def notice_lock(request_id: str) -> str:
 def socket_envelope(envelope_id: str) -> str:
     """String: a Socket Mode envelope already handled (replay guard). TTL 10 min."""
     return f"{PREFIX}slack:envelope:{envelope_id}"
+
+
+def refusals(event: str, actor: str) -> str:
+    """Hash start (ms), n: refusals of one kind by one actor in the current window. TTL one window."""
+    return f"{PREFIX}refusals:{event}:{actor}"
+
+
+def refusals_suppressed() -> str:
+    """Hash [event, actor] (JSON) → refusals not written to the audit trail in a window that is
+    over or running. A field leaves when its summary entry is written."""
+    return f"{PREFIX}refusals:suppressed"
+
+
+def refusals_due() -> str:
+    """Sorted set [event, actor] (JSON) → end of the window (ms) whose suppressed refusals still
+    need their summary entry. A member leaves when the summary is written."""
+    return f"{PREFIX}refusals:due"
