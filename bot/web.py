@@ -10,6 +10,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from slack_bolt.adapter.flask.handler import to_flask_response
 from slack_bolt.request import BoltRequest
+from slack_sdk import WebClient
 from slack_sdk.signature import SignatureVerifier
 
 from bot import bounded_input
@@ -136,8 +137,6 @@ def _slack_refusal(status: int, message: str) -> Response:
 
 def _guard(rt: Runtime, raw: bytes, headers) -> Response | None:
     """Checks Bolt does not make: replays, foreign workspaces, malformed payloads, stale buttons."""
-    sig = headers.get("X-Slack-Signature", "")
-    replayed = not rt.redis.set(keys.replay(sig), "1", nx=True, ex=600)
     ctype = (headers.get("Content-Type") or "").split(";")[0]
     if ctype.strip().lower() not in ("application/x-www-form-urlencoded", "application/json"):
         return _slack_refusal(400, "unsupported content type")
@@ -150,31 +149,73 @@ def _guard(rt: Runtime, raw: bytes, headers) -> Response | None:
     if not isinstance(payload, dict) or not _slack_shaped(payload):
         return _slack_refusal(400, "malformed payload")
 
-    refusal = payload_refusal(rt, payload, replayed=replayed)
+    refusal = payload_refusal(rt, payload, seen_key=keys.replay(headers.get("X-Slack-Signature", "")))
     return _slack_refusal(*refusal) if refusal else None
 
 
-def payload_refusal(rt: Runtime, payload: dict, *, replayed: bool = False) -> tuple[int, str] | None:
+#: How long the serving process waits for `auth.test` when it must learn its workspace.
+AUTH_TEST_TIMEOUT_S = 2.0
+#: How long a request (signature) or envelope id is remembered: twice Slack's retry window.
+SEEN_FOR_S = 600
+
+
+def payload_refusal(rt: Runtime, payload: dict, *, seen_key: str) -> tuple[int, str] | None:
     """The checks both Slack transports share (HTTP above, Socket Mode in bot/slack/socket_mode.py):
-    malformed shapes, replays, foreign workspaces, buttons naming another message's request.
-    Returns (HTTP status, why) for a refusal, else None."""
+    malformed shapes, an unknown home workspace, replays, foreign workspaces, buttons naming another
+    message's request. `seen_key` remembers this request (its signature, or its envelope id) so that
+    a replay is refused. Returns (HTTP status, why) for a refusal, else None."""
     if not _slack_shaped(payload):
         return 400, "malformed payload"
-    team = _text(_team_of(payload))
-    expected = rt.settings.slack_team_id or rt.redis.get(keys.slack_team())
+    if _names_no_workspace(payload):
+        return None  # Bolt answers these itself and runs no listener
+    expected = home_team(rt)
+    if expected is None:
+        # Fail closed, but not for good: Slack retries, and nothing is marked seen yet.
+        return 503, "jit cannot tell its Slack workspace yet (auth.test failed); retry shortly"
     raw_user = payload.get("user")
     user = _text(raw_user.get("id") if isinstance(raw_user, dict) else payload.get("user_id"))
-    if replayed:  # the signature is genuine, so Slack vouches for the user: worth a trace
+    if not rt.redis.set(seen_key, "1", nx=True, ex=SEEN_FOR_S):
+        # the request is genuine (signed, or on our socket), so Slack vouches for the user: a trace
         record_refusal(rt.redis, rt.audit, "slack.refused", actor=user, details={"why": "replayed request"})
         return 401, "replayed request"
-    if expected and team and team != expected:
-        record_refusal(
-            rt.redis, rt.audit, "slack.refused", actor=user, details={"why": "other workspace", "team": team}
-        )
+    team = _text(_team_of(payload))
+    if team != expected:
+        why = {"why": "other workspace", "team": team} if team else {"why": "no workspace"}
+        record_refusal(rt.redis, rt.audit, "slack.refused", actor=user, details=why)
         return 401, "this workspace may not use jit"
     if payload.get("type") == "block_actions":
         return _check_buttons(rt, payload, user)
     return None
+
+
+def _names_no_workspace(payload: dict) -> bool:
+    """Slack's URL check and SSL check carry no workspace; Bolt's middleware answers both before
+    any listener (the challenge echoed, an empty 200)."""
+    return payload.get("type") == "url_verification" or payload.get("ssl_check") == "1"
+
+
+def home_team(rt: Runtime) -> str | None:
+    """The workspace jit serves: SLACK_TEAM_ID, else the team of the bot token as `auth.test` said
+    (kept in Redis by whichever process asked first, a worker or a server), else asked now.
+    None when Slack cannot say: the caller then refuses, as a foreign workspace cannot be told apart."""
+    known = rt.settings.slack_team_id or rt.redis.get(keys.slack_team())
+    if known:
+        return known
+    client = WebClient(
+        token=rt.settings.slack_bot_token.get_secret_value(),
+        base_url=rt.settings.slack_api_url,
+        timeout=AUTH_TEST_TIMEOUT_S,
+        retry_handlers=[],  # Slack waits 3 s for our answer: one short try, it will retry
+    )
+    try:
+        team = client.auth_test().get("team_id")
+    except Exception as e:  # noqa: BLE001 - Slack down, token refused: the workspace stays unknown
+        log.warning("auth.test failed (%s): Slack traffic is refused until the workspace is known", type(e).__name__)
+        return None
+    if not isinstance(team, str) or not team:
+        return None
+    rt.redis.set(keys.slack_team(), team)
+    return team
 
 
 # Fields Slack always sends as objects; Bolt's routing and logging call `.get` on them.
