@@ -347,7 +347,8 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                 "post": {
                     "operationId": "introspect",
                     "summary": "RFC 7662 token introspection",
-                    "description": "Bearer: any pipeline's token or a JIT_INTROSPECTION_TOKENS token.",
+                    "description": "Bearer: a JIT_INTROSPECTION_TOKENS token (AUDIENCE=TOKEN); a token issued for another "
+                    "audience answers {\"active\": false}, like an unknown one.",
                     "requestBody": {
                         "required": True,
                         "content": {

@@ -189,13 +189,10 @@ def jwks():
 
 @bp.post("/v1/introspect")
 def introspect():
-    """RFC 7662: is this token one of ours, and is its grant still active?"""
+    """RFC 7662: is this token one of ours, meant for the caller, and is its grant still active?"""
     runtime = rt()
-    bearer = bearer_token(request)
-    allowed = runtime.policy.pipeline_for_token(bearer) is not None
-    for t in runtime.settings.introspection_tokens():
-        allowed |= secrets.compare_digest(t.encode(), bearer.encode())
-    if not allowed:
+    audiences = _introspection_audiences(bearer_token(request))
+    if not audiences:
         raise Unauthorized()
     token = request.form.get("token", "")
     if not token:
@@ -204,10 +201,28 @@ def introspect():
         claims = runtime.signer.verify(token)
     except Exception:  # noqa: BLE001 - any invalid token is simply inactive
         return jsonify({"active": False})
+    if not _meant_for(claims, audiences):
+        return jsonify({"active": False})  # what an unknown token gets: nothing to learn
     req = runtime.store.get(str(claims.get("jti", "")))
     if req is None or req.status != Status.ACTIVE or req.expires_at is None or req.expires_at <= now():
         return jsonify({"active": False})
     return jsonify({"active": True, "token_type": "Bearer", **claims})
+
+
+def _introspection_audiences(bearer: str) -> set[str]:
+    """The audiences a resource server holding `bearer` may ask about (JIT_INTROSPECTION_TOKENS);
+    empty for anyone else. Pipeline tokens are not introspection credentials."""
+    found = set()
+    for audience, token in rt().settings.introspection_credentials():
+        if secrets.compare_digest(token.encode(), bearer.encode()):
+            found.add(audience)
+    return found
+
+
+def _meant_for(claims: dict[str, Any], audiences: set[str]) -> bool:
+    aud = claims.get("aud")
+    named = aud if isinstance(aud, list) else [aud]
+    return "*" in audiences or any(isinstance(a, str) and a in audiences for a in named)
 
 
 # ------------------------------------------------------------------------- health
