@@ -12,6 +12,7 @@ from slack_bolt.adapter.flask.handler import to_flask_response
 from slack_bolt.request import BoltRequest
 from slack_sdk import WebClient
 from slack_sdk.signature import SignatureVerifier
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from bot import bounded_input
 from bot.domain import keys
@@ -21,6 +22,8 @@ from bot.runtime import Runtime, redis_from_url
 log = logging.getLogger("jit.web")
 
 MAX_SLACK_BODY = 512 * 1024
+#: No endpoint reads a body larger than this (each has its own, smaller cap).
+MAX_ANY_BODY = 1024 * 1024
 #: Deeper than any payload Slack sends (Block Kit and rich-text lists nest, but nowhere near this).
 MAX_SLACK_JSON_DEPTH = 64
 
@@ -34,6 +37,9 @@ def create_app(rt: Runtime) -> Flask:
     flask_app = Flask("jit")
     # `//` in a path is a 404 (JSON), not an HTML redirect: set before any route is added
     flask_app.url_map.merge_slashes = False
+    # A backstop for every body Flask reads itself (the introspection form): a declared length
+    # over it is refused unread, a chunked body is cut there (413). Above every cap of our own.
+    flask_app.config["MAX_CONTENT_LENGTH"] = MAX_ANY_BODY
     flask_app.config["JIT_RUNTIME"] = rt
     flask_app.config["JIT_WAITERS"] = Waiters(
         lambda: redis_from_url(rt.settings.redis_url, decode_responses=True, socket_timeout=None)
@@ -57,7 +63,7 @@ def create_app(rt: Runtime) -> Flask:
         # more than the cap of one sent without (chunked).
         try:
             raw = bounded_input.read_body(request.stream, request.content_length, MAX_SLACK_BODY)
-        except bounded_input.TooLarge:
+        except (bounded_input.TooLarge, RequestEntityTooLarge):  # the latter: over MAX_ANY_BODY
             return _slack_refusal(400, "request body too large")
         if not verifier.is_valid_request(raw, dict(request.headers)):
             return _slack_refusal(401, "invalid or stale Slack signature")

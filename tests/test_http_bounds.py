@@ -12,7 +12,7 @@ import redis as redislib
 import requests
 from procs import Stack, wait_until
 from slackfake import slash_command
-from support import WEB_TOKEN
+from support import INTROSPECTION_TOKEN, WEB_TOKEN
 
 from bot.domain import keys
 
@@ -22,7 +22,11 @@ MB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def stack():
-    with Stack(extra_env={"JIT_MAX_LONG_POLLS_PER_PIPELINE": str(PER_PIPELINE)}) as s:
+    env = {
+        "JIT_MAX_LONG_POLLS_PER_PIPELINE": str(PER_PIPELINE),
+        "JIT_INTROSPECTION_TOKENS": f"secrets-api={INTROSPECTION_TOKEN}",
+    }
+    with Stack(extra_env=env) as s:
         s.serve(workers=1)
         yield s
 
@@ -79,10 +83,12 @@ def _answer(sock: socket.socket, timeout: float) -> int | None:
     return int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else None
 
 
-def stream_body(port: int, framing: str, limit: int = 128 * MB) -> int | None:
-    """POST an unsigned body to /slack/events without end: as a declared 1.5 GB Content-Length, or
-    chunked. Keep sending (up to `limit` bytes) until the server answers; return its status."""
-    head = "POST /slack/events HTTP/1.1\r\nHost: jit\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+def stream_body(
+    port: int, framing: str, path: str = "/slack/events", headers: str = "", limit: int = 128 * MB
+) -> int | None:
+    """POST a form body to `path` without end: as a declared 1.5 GB Content-Length, or chunked.
+    Keep sending (up to `limit` bytes) until the server answers; return its status."""
+    head = f"POST {path} HTTP/1.1\r\nHost: jit\r\nContent-Type: application/x-www-form-urlencoded\r\n{headers}"
     head += (
         "Content-Length: 1500000000\r\n"
         if framing == "length"
@@ -119,6 +125,24 @@ def test_huge_unsigned_slack_body_is_refused_without_holding_it(stack, framing):
     # the server still answers, Slack included
     assert requests.get(stack.url + "/healthz", timeout=10).status_code == 200
     assert stack.slack_post(slash_command("help", "U0LEAD1")).status_code == 200
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_huge_form_on_any_other_endpoint_is_refused_without_holding_it(stack, framing):
+    """Every body Flask itself parses (the introspection form) has a cap too."""
+    auth = f"Authorization: Bearer {INTROSPECTION_TOKEN}\r\n"
+    for _ in range(2):
+        assert stream_body(stack.port, framing, "/v1/introspect", auth, limit=2 * MB) == 413
+    with PeakMemory(stack) as peak:
+        status = stream_body(stack.port, framing, "/v1/introspect", auth)
+    assert status == 413
+    assert peak.grew_kb < 8 * 1024, f"a worker grew by {peak.grew_kb} kB"
+    assert requests.post(
+        stack.url + "/v1/introspect",
+        data={"token": "x"},
+        timeout=10,
+        headers={"Authorization": f"Bearer {INTROSPECTION_TOKEN}"},
+    ).json() == {"active": False}
 
 
 # ------------------------------------------------------------------------ long-polls

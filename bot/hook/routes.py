@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
@@ -76,6 +77,17 @@ def _read_json() -> Any:
         raise _Abort(error(400, "malformed_json", str(e))) from None
     except ValueError:  # UnicodeDecodeError and json's errors included
         raise _Abort(error(400, "malformed_json", "the body is not valid JSON")) from None
+
+
+def _read_form() -> dict[str, str]:
+    """An `application/x-www-form-urlencoded` body (RFC 7662's), within the hook's cap; else {}."""
+    if (request.mimetype or "").lower() != "application/x-www-form-urlencoded":
+        return {}
+    try:
+        raw = bounded_input.read_body(request.stream, request.content_length, MAX_BODY)
+    except bounded_input.TooLarge:
+        raise _Abort(error(413, "too_large", f"the body is larger than {MAX_BODY} bytes")) from None
+    return dict(parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True))
 
 
 class _Abort(Exception):
@@ -194,7 +206,7 @@ def introspect():
     audiences = _introspection_audiences(bearer_token(request))
     if not audiences:
         raise Unauthorized()
-    token = request.form.get("token", "")
+    token = _read_form().get("token", "")
     if not token:
         return error(400, "invalid_request", "form field `token` is required")
     try:
