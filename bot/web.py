@@ -17,6 +17,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from bot import bounded_input
 from bot.domain import keys
 from bot.domain.refusals import record_refusal
+from bot.hook.ratelimit import LongPollLeases
 from bot.runtime import Runtime, redis_from_url
 
 log = logging.getLogger("jit.web")
@@ -29,7 +30,6 @@ MAX_SLACK_JSON_DEPTH = 64
 
 
 def create_app(rt: Runtime) -> Flask:
-    from bot.hook.ratelimit import LongPollLeases
     from bot.hook.routes import bp
     from bot.hook.waiters import Waiters
     from bot.slack.app import build_app
