@@ -23,6 +23,13 @@ def _runtime(policy_file: str | None = None):
 
 # ------------------------------------------------------------------------- serve
 
+#: gunicorn limits of `jit serve` (see cmd_serve): seconds an idle keep-alive connection stays open;
+#: bytes in the request line; header fields; bytes in one header field (an OIDC token fits).
+KEEPALIVE_S = 5
+LIMIT_REQUEST_LINE = 2048
+LIMIT_REQUEST_FIELDS = 32
+LIMIT_REQUEST_FIELD_SIZE = 8190
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
     # Long-polls hold a connection each: gevent greenlets make thousands cheap. Patch before
@@ -51,7 +58,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # their `wait`, at most 60 s), then exit.
             self.cfg.set("graceful_timeout", 65)
             self.cfg.set("logger_class", "bot.logs.GunicornLogger")  # its own lines as JSON too
-            self.cfg.set("keepalive", 75)
+            # An idle keep-alive connection is closed after this many seconds. The same timer
+            # bounds how long a client may take to send a request line and headers (the gevent
+            # worker reads them under it), so a slow or silent client cannot pin connections.
+            self.cfg.set("keepalive", KEEPALIVE_S)
+            # What one request may make the server hold before any of jit's code runs.
+            self.cfg.set("limit_request_line", LIMIT_REQUEST_LINE)
+            self.cfg.set("limit_request_fields", LIMIT_REQUEST_FIELDS)
+            self.cfg.set("limit_request_field_size", LIMIT_REQUEST_FIELD_SIZE)
             self.cfg.set("accesslog", None)
             self.cfg.set("loglevel", "warning")
 

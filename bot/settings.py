@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     #: published in the JWKS until the tokens they signed have expired (key rotation).
     jit_previous_secret_keys: SecretStr = Field(SecretStr(""), alias="JIT_PREVIOUS_SECRET_KEYS")
     jit_public_url: str = Field("http://localhost:3000", alias="JIT_PUBLIC_URL")
-    #: Bearer tokens (comma-separated) that resource servers use to call /v1/introspect.
+    #: Credentials of the resource servers that call /v1/introspect, comma-separated
+    #: `AUDIENCE=TOKEN` entries: each token may ask only about tokens issued for its audience(s);
+    #: `*=TOKEN` about any. A bare token is a start-up error.
     jit_introspection_tokens: SecretStr = Field(SecretStr(""), alias="JIT_INTROSPECTION_TOKENS")
     jit_exec_timeout: float = Field(30.0, alias="JIT_EXEC_TIMEOUT", gt=0)
     jit_grant_max_attempts: int = Field(5, alias="JIT_GRANT_MAX_ATTEMPTS", ge=1)
@@ -42,6 +44,9 @@ class Settings(BaseSettings):
     jit_request_retention: int = Field(30 * 86400, alias="JIT_REQUEST_RETENTION", gt=0)
     #: Request creations allowed per pipeline per minute (0 = unlimited); over it: 429.
     jit_rate_limit: int = Field(120, alias="JIT_RATE_LIMIT", ge=0)
+    #: Long-polls (`GET /v1/requests/{id}?wait=N`) one pipeline may hold open at once, counted
+    #: across every server process (0 = unlimited); over it: 429 + Retry-After.
+    jit_max_long_polls_per_pipeline: int = Field(200, alias="JIT_MAX_LONG_POLLS_PER_PIPELINE", ge=0)
     jit_log_level: str = Field("INFO", alias="JIT_LOG_LEVEL")
 
     @field_validator("redis_url")
@@ -78,6 +83,12 @@ class Settings(BaseSettings):
             raise ValueError("must be an app-level token starting with xapp-")
         return v
 
+    @field_validator("jit_introspection_tokens")
+    @classmethod
+    def _audience_tokens(cls, v: SecretStr) -> SecretStr:
+        _introspection_entries(v.get_secret_value())  # one line naming the setting, never the token
+        return v
+
     @field_validator("slack_bot_token", "slack_signing_secret")
     @classmethod
     def _not_blank(cls, v: SecretStr) -> SecretStr:
@@ -89,9 +100,29 @@ class Settings(BaseSettings):
         raw = self.jit_previous_secret_keys.get_secret_value()
         return [k.strip() for k in raw.split(",") if k.strip()]
 
-    def introspection_tokens(self) -> list[str]:
-        raw = self.jit_introspection_tokens.get_secret_value()
-        return [k.strip() for k in raw.split(",") if k.strip()]
+    def introspection_credentials(self) -> list[tuple[str, str]]:
+        """(audience, token) pairs from JIT_INTROSPECTION_TOKENS; audience `*` means any."""
+        return _introspection_entries(self.jit_introspection_tokens.get_secret_value())
+
+
+#: An introspection token shorter than this is a mistake (e.g. a bare base64 token read as AUD=…).
+MIN_INTROSPECTION_TOKEN = 16
+
+
+def _introspection_entries(raw: str) -> list[tuple[str, str]]:
+    entries = []
+    for entry in raw.split(","):
+        if not entry.strip():
+            continue
+        audience, sep, token = entry.partition("=")
+        audience, token = audience.strip(), token.strip()
+        if not sep or not audience or len(token) < MIN_INTROSPECTION_TOKEN:
+            raise ValueError(
+                "each comma-separated entry must be AUDIENCE=TOKEN (*=TOKEN for every audience), "
+                f"with a token of at least {MIN_INTROSPECTION_TOKEN} characters"
+            )
+        entries.append((audience, token))
+    return entries
 
 
 class SettingsError(SystemExit):

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import parse_qsl
 
 from flask import Flask, Response, jsonify, request
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from slack_bolt.adapter.flask.handler import to_bolt_request, to_flask_response
-from slack_bolt.request.internals import parse_body
+from slack_bolt.adapter.flask.handler import to_flask_response
+from slack_bolt.request import BoltRequest
+from slack_sdk import WebClient
 from slack_sdk.signature import SignatureVerifier
+from werkzeug.exceptions import RequestEntityTooLarge
 
+from bot import bounded_input
 from bot.domain import keys
+from bot.domain.refusals import record_refusal
+from bot.hook.ratelimit import LongPollLeases
 from bot.runtime import Runtime, redis_from_url
 
 log = logging.getLogger("jit.web")
 
 MAX_SLACK_BODY = 512 * 1024
+#: No endpoint reads a body larger than this (each has its own, smaller cap).
+MAX_ANY_BODY = 1024 * 1024
+#: Deeper than any payload Slack sends (Block Kit and rich-text lists nest, but nowhere near this).
+MAX_SLACK_JSON_DEPTH = 64
 
 
 def create_app(rt: Runtime) -> Flask:
@@ -27,10 +37,14 @@ def create_app(rt: Runtime) -> Flask:
     flask_app = Flask("jit")
     # `//` in a path is a 404 (JSON), not an HTML redirect: set before any route is added
     flask_app.url_map.merge_slashes = False
+    # A backstop for every body Flask reads itself (the introspection form): a declared length
+    # over it is refused unread, a chunked body is cut there (413). Above every cap of our own.
+    flask_app.config["MAX_CONTENT_LENGTH"] = MAX_ANY_BODY
     flask_app.config["JIT_RUNTIME"] = rt
     flask_app.config["JIT_WAITERS"] = Waiters(
         lambda: redis_from_url(rt.settings.redis_url, decode_responses=True, socket_timeout=None)
     )
+    flask_app.config["JIT_LONG_POLLS"] = LongPollLeases(rt.redis, rt.settings.jit_max_long_polls_per_pipeline)
     try:
         from bot.hook.oidc import OidcVerifier
 
@@ -45,8 +59,11 @@ def create_app(rt: Runtime) -> Flask:
 
     @flask_app.post("/slack/events")
     def slack_events():
-        raw = request.get_data(cache=True)
-        if len(raw) > MAX_SLACK_BODY:
+        # Nothing is verified yet: refuse an oversize body on its Content-Length, and never hold
+        # more than the cap of one sent without (chunked).
+        try:
+            raw = bounded_input.read_body(request.stream, request.content_length, MAX_SLACK_BODY)
+        except (bounded_input.TooLarge, RequestEntityTooLarge):  # the latter: over MAX_ANY_BODY
             return _slack_refusal(400, "request body too large")
         if not verifier.is_valid_request(raw, dict(request.headers)):
             return _slack_refusal(401, "invalid or stale Slack signature")
@@ -54,7 +71,13 @@ def create_app(rt: Runtime) -> Flask:
         if refusal is not None:
             return refusal
         try:
-            bolt_request = _form_safe(to_bolt_request(request))
+            bolt_request = _form_safe(
+                BoltRequest(
+                    body=raw.decode("utf-8", errors="replace"),
+                    query=request.query_string.decode("utf-8"),
+                    headers=request.headers,  # type: ignore[arg-type]
+                )
+            )
         except (AttributeError, KeyError, TypeError, ValueError):
             # Bolt reads ids out of the payload while building its context and assumes
             # Slack's shapes (e.g. `user` an object): anything else is a malformed payload.
@@ -85,16 +108,19 @@ def create_app(rt: Runtime) -> Flask:
 
 
 def slack_body(raw: str, content_type: str | None) -> dict:
-    """Bolt's parser, except that a form body which merely *contains* the word "payload" (a slash
-    command's text, a channel named payload-team) is read as the form it is; Bolt would read it
-    as an empty interaction and drop every field."""
-    from urllib.parse import parse_qsl
-
-    if (content_type or "").strip().lower() == "application/x-www-form-urlencoded" and "payload" in raw:
-        form = dict(parse_qsl(raw, keep_blank_values=True))
-        if "payload" not in form and not raw.startswith("{"):
-            return form
-    return parse_body(raw, content_type)
+    """The body as Bolt's parser reads it (JSON when declared so or when it starts with `{`; else a
+    form whose `payload` field, when present, is the JSON), with two differences: JSON nested
+    deeper than MAX_SLACK_JSON_DEPTH is refused (ValueError) before it is parsed, and a form that
+    merely *mentions* "payload" (a slash command's text, a channel named payload-team) is read as
+    the form it is, where Bolt would read it as an empty interaction and drop every field."""
+    if not raw:
+        return {}
+    if (content_type or "").strip().lower() == "application/json" or raw.startswith("{"):
+        return bounded_input.loads(raw, MAX_SLACK_JSON_DEPTH)
+    form = dict(parse_qsl(raw, keep_blank_values=True))
+    if "payload" in form:
+        return bounded_input.loads(form["payload"], MAX_SLACK_JSON_DEPTH)
+    return form
 
 
 def _form_safe(bolt_request):
@@ -117,8 +143,6 @@ def _slack_refusal(status: int, message: str) -> Response:
 
 def _guard(rt: Runtime, raw: bytes, headers) -> Response | None:
     """Checks Bolt does not make: replays, foreign workspaces, malformed payloads, stale buttons."""
-    sig = headers.get("X-Slack-Signature", "")
-    replayed = not rt.redis.set(keys.replay(sig), "1", nx=True, ex=600)
     ctype = (headers.get("Content-Type") or "").split(";")[0]
     if ctype.strip().lower() not in ("application/x-www-form-urlencoded", "application/json"):
         return _slack_refusal(400, "unsupported content type")
@@ -131,31 +155,73 @@ def _guard(rt: Runtime, raw: bytes, headers) -> Response | None:
     if not isinstance(payload, dict) or not _slack_shaped(payload):
         return _slack_refusal(400, "malformed payload")
 
-    refusal = payload_refusal(rt, payload, replayed=replayed)
+    refusal = payload_refusal(rt, payload, seen_key=keys.replay(headers.get("X-Slack-Signature", "")))
     return _slack_refusal(*refusal) if refusal else None
 
 
-def payload_refusal(rt: Runtime, payload: dict, *, replayed: bool = False) -> tuple[int, str] | None:
+#: How long the serving process waits for `auth.test` when it must learn its workspace.
+AUTH_TEST_TIMEOUT_S = 2.0
+#: How long a request (signature) or envelope id is remembered: twice Slack's retry window.
+SEEN_FOR_S = 600
+
+
+def payload_refusal(rt: Runtime, payload: dict, *, seen_key: str) -> tuple[int, str] | None:
     """The checks both Slack transports share (HTTP above, Socket Mode in bot/slack/socket_mode.py):
-    malformed shapes, replays, foreign workspaces, buttons naming another message's request.
-    Returns (HTTP status, why) for a refusal, else None."""
+    malformed shapes, an unknown home workspace, replays, foreign workspaces, buttons naming another
+    message's request. `seen_key` remembers this request (its signature, or its envelope id) so that
+    a replay is refused. Returns (HTTP status, why) for a refusal, else None."""
     if not _slack_shaped(payload):
         return 400, "malformed payload"
-    team = _text(_team_of(payload))
-    expected = rt.settings.slack_team_id or rt.redis.get(keys.slack_team())
+    if _names_no_workspace(payload):
+        return None  # Bolt answers these itself and runs no listener
+    expected = home_team(rt)
+    if expected is None:
+        # Fail closed, but not for good: Slack retries, and nothing is marked seen yet.
+        return 503, "jit cannot tell its Slack workspace yet (auth.test failed); retry shortly"
     raw_user = payload.get("user")
     user = _text(raw_user.get("id") if isinstance(raw_user, dict) else payload.get("user_id"))
-    if replayed:  # the signature is genuine, so Slack vouches for the user: worth a trace
-        rt.audit.append("slack.refused", actor=user, outcome="refused", details={"why": "replayed request"})
+    if not rt.redis.set(seen_key, "1", nx=True, ex=SEEN_FOR_S):
+        # the request is genuine (signed, or on our socket), so Slack vouches for the user: a trace
+        record_refusal(rt.redis, rt.audit, "slack.refused", actor=user, details={"why": "replayed request"})
         return 401, "replayed request"
-    if expected and team and team != expected:
-        rt.audit.append(
-            "slack.refused", actor=user, outcome="refused", details={"why": "other workspace", "team": team}
-        )
+    team = _text(_team_of(payload))
+    if team != expected:
+        why = {"why": "other workspace", "team": team} if team else {"why": "no workspace"}
+        record_refusal(rt.redis, rt.audit, "slack.refused", actor=user, details=why)
         return 401, "this workspace may not use jit"
     if payload.get("type") == "block_actions":
         return _check_buttons(rt, payload, user)
     return None
+
+
+def _names_no_workspace(payload: dict) -> bool:
+    """Slack's URL check and SSL check carry no workspace; Bolt's middleware answers both before
+    any listener (the challenge echoed, an empty 200)."""
+    return payload.get("type") == "url_verification" or payload.get("ssl_check") == "1"
+
+
+def home_team(rt: Runtime) -> str | None:
+    """The workspace jit serves: SLACK_TEAM_ID, else the team of the bot token as `auth.test` said
+    (kept in Redis by whichever process asked first, a worker or a server), else asked now.
+    None when Slack cannot say: the caller then refuses, as a foreign workspace cannot be told apart."""
+    known = rt.settings.slack_team_id or rt.redis.get(keys.slack_team())
+    if known:
+        return known
+    client = WebClient(
+        token=rt.settings.slack_bot_token.get_secret_value(),
+        base_url=rt.settings.slack_api_url,
+        timeout=AUTH_TEST_TIMEOUT_S,
+        retry_handlers=[],  # Slack waits 3 s for our answer: one short try, it will retry
+    )
+    try:
+        team = client.auth_test().get("team_id")
+    except Exception as e:  # noqa: BLE001 - Slack down, token refused: the workspace stays unknown
+        log.warning("auth.test failed (%s): Slack traffic is refused until the workspace is known", type(e).__name__)
+        return None
+    if not isinstance(team, str) or not team:
+        return None
+    rt.redis.set(keys.slack_team(), team)
+    return team
 
 
 # Fields Slack always sends as objects; Bolt's routing and logging call `.get` on them.
@@ -212,8 +278,8 @@ def _check_buttons(rt: Runtime, payload: dict, user: str | None) -> tuple[int, s
             continue  # the listener answers "no such request"
         # no message of ours holds this request yet, or another message does
         if container.get("message_ts") != req.message_ts:
-            rt.audit.append(
-                "slack.refused", request_id=rid, action=req.action, actor=user, outcome="refused",
+            record_refusal(
+                rt.redis, rt.audit, "slack.refused", request_id=rid, action=req.action, actor=user,
                 details={"why": "button value names a request that is not this message's"},
             )
             return 400, "this button does not belong to that request"

@@ -8,6 +8,7 @@ from slackfake import SlackFake
 from support import (  # noqa: F401  (re-exported for older imports)
     BOT_TOKEN,
     GRANT_SCRIPT,
+    INTROSPECTION_TOKEN,
     OTHER_TOKEN,
     ROOT,
     SECRET_KEY,
@@ -72,6 +73,7 @@ def jit_env(monkeypatch, redis_url, slack, policy_file, state_dir):
         "JIT_PUBLIC_URL": "http://127.0.0.1:3000",
         "JIT_TEST_STATE": str(state_dir),
         "JIT_GRANT_MAX_ATTEMPTS": "3",
+        "JIT_INTROSPECTION_TOKENS": f"secrets-api={INTROSPECTION_TOKEN}",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)

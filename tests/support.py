@@ -23,6 +23,8 @@ BOT_TOKEN = "xoxb-test-0000-bot-token"
 SECRET_KEY = "test-secret-key-0123456789-abcdefghijklmnop"
 WEB_TOKEN = "pipeline-token-web-ci-0123456789"
 OTHER_TOKEN = "pipeline-token-other-0123456789"
+#: The resource server `secrets-api` asking /v1/introspect (JIT_INTROSPECTION_TOKENS in jit_env).
+INTROSPECTION_TOKEN = "introspection-token-secrets-api-0123"
 GRANT_SCRIPT = str(ROOT / "tests" / "fixtures" / "grant.py")
 
 

@@ -6,7 +6,7 @@ import json
 import time
 
 from slackfake import view_submission
-from support import OTHER_TOKEN, WEB_TOKEN
+from support import INTROSPECTION_TOKEN, OTHER_TOKEN, WEB_TOKEN
 
 from bot.domain.clock import now
 
@@ -227,9 +227,11 @@ def test_token_backend_jwks_and_introspection(jit):
     key = next(k for k in jwks["keys"] if k["kid"] == header["kid"])
     claims = jwt.decode(token, jwt.PyJWK(key).key, algorithms=["EdDSA"], audience="secrets-api")
     assert claims["sub"] == "web-ci" and claims["act"] == "read-secret" and claims["jti"] == rid
-    auth = {"Authorization": f"Bearer {WEB_TOKEN}"}
+    auth = {"Authorization": f"Bearer {INTROSPECTION_TOKEN}"}  # the resource server of secrets-api
     live = jit.http.post("/v1/introspect", data={"token": token}, headers=auth).get_json()
     assert live["active"] is True and live["jti"] == rid
     assert jit.http.post("/v1/introspect", data={"token": token}).status_code == 401
+    as_pipeline = {"Authorization": f"Bearer {WEB_TOKEN}"}  # a pipeline token is no introspection credential
+    assert jit.http.post("/v1/introspect", data={"token": token}, headers=as_pipeline).status_code == 401
     jit.release(rid)
     assert jit.http.post("/v1/introspect", data={"token": token}, headers=auth).get_json() == {"active": False}

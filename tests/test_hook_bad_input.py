@@ -89,3 +89,27 @@ def test_times_are_rfc3339_utc_millis(jit):
 def test_health_endpoints(jit):
     assert jit.http.get("/healthz").status_code == 200
     assert jit.http.get("/readyz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 8000 + b"]" * 8000,  # 16 KB: used to end in a RecursionError (500)
+        b'{"action": "deploy-prod", "reason": "x", "context": ' + b'{"a": ' * 40 + b"1" + b"}" * 41,
+        b'{"a": "' + b"[" * 100 + b'", "b": ' + b"[" * 33 + b"]" * 33 + b"}",  # brackets in strings do not count
+    ],
+)
+def test_deeply_nested_json_is_400_malformed(jit, body):
+    before = snapshot(jit.rt)
+    resp = jit.http.post("/v1/requests", data=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.get_data(as_text=True)
+    assert resp.get_json()["error"] == "malformed_json" and "nested" in resp.get_json()["message"]
+    assert snapshot(jit.rt) == before
+
+
+def test_json_nesting_within_the_bound_is_parsed(jit):
+    # brackets inside strings (escaped quotes too) are text, not nesting
+    reason = '[[[[ "quoted" \\" ]]]] {{{{' * 20
+    body = json.dumps({"action": "deploy-prod", "reason": reason[:500]}).encode()
+    resp = jit.http.post("/v1/requests", data=body, headers={**AUTH, "Content-Type": "application/json"})
+    assert resp.status_code == 201, resp.get_data(as_text=True)

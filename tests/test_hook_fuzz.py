@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 from redis_state import snapshot
-from support import OTHER_TOKEN, WEB_TOKEN
+from support import INTROSPECTION_TOKEN, OTHER_TOKEN, WEB_TOKEN
 
 FUZZ = settings(max_examples=120, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -294,10 +294,12 @@ def test_accepted_answers_match_the_document(hook):
     as_request = {"Authorization": f"Bearer {created.get_json()['request_token']}"}
     assert hook.call("GET", f"/v1/requests/{rid}?wait=0.1", headers=as_request).get_json()["status"] == "active"
     token = hook.call("GET", f"/v1/requests/{rid}/credential", headers=as_request).get_json()["credential"]["token"]
-    active = hook.call("POST", "/v1/introspect", data={"token": token}, headers=auth).get_json()
+    resource_server = {"Authorization": f"Bearer {INTROSPECTION_TOKEN}"}
+    active = hook.call("POST", "/v1/introspect", data={"token": token}, headers=resource_server).get_json()
     assert active["active"] is True and active["jti"] == rid
     assert hook.call("DELETE", f"/v1/requests/{rid}", headers=auth).get_json()["status"] == "revoked"
-    assert hook.call("POST", "/v1/introspect", data={"token": token}, headers=auth).get_json() == {"active": False}
+    assert hook.call("POST", "/v1/introspect", data={"token": token},
+                     headers=resource_server).get_json() == {"active": False}
     assert hook.call("GET", f"/v1/requests/{rid}/credential", headers=auth).status_code == 410
     for path in ("/.well-known/jwks.json", "/healthz", "/readyz", "/openapi.json", "/metrics"):
         assert hook.call("GET", path).status_code == 200

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,8 +15,10 @@ from redis_state import snapshot
 from slackfake import TEAM_ID, app_home_opened, block_action, sign, slash_command, view_submission
 from support import SIGNING_SECRET, WEB_TOKEN
 
-# Keys a refused request may legitimately write: its own signature (replay guard).
-IGNORED = ("jit:slack:seen:",)
+# Keys a refused request may legitimately write: its own signature (replay guard), the count of
+# its actor's refusals (bot/domain/refusals.py: bounds how many reach the audit trail), and the
+# home workspace, learned from auth.test the first time a Slack request needs it.
+IGNORED = ("jit:slack:seen:", "jit:refusals:", "jit:slack:team")
 
 
 def settle(jit, done, timeout: float = 30.0):
@@ -160,10 +162,70 @@ def test_click_from_another_workspace_is_401_and_audited(pinned_team, jit):
     jit.work()
     assert jit.status(rid).get_json()["status"] == "pending"
     assert jit.grants(rid) == [] and jit.slack.calls("chat.postEphemeral") == []
+    assert jit.slack.calls("auth.test") == []  # known already: Slack is not asked
     # the home workspace still works
     assert jit.approve(rid, "U0LEAD1").status_code == 200
     jit.work()
     assert jit.status(rid).get_json()["status"] == "active"
+
+
+def test_click_from_another_workspace_is_refused_before_any_worker_learned_the_workspace(jit):
+    """No SLACK_TEAM_ID and no worker has run auth.test yet: the server asks Slack itself."""
+    from bot.domain import keys
+
+    rid = pending(jit, "read-secret")
+    ts = jit.rt.store.get(rid).message_ts
+    assert jit.rt.redis.get(keys.slack_team()) is None
+    built = block_action("jit_approve", rid, "U0LEAD1", team_id="T0EVIL", channel="C0APPROVALS", message_ts=ts)
+    assert jit.post_slack(built).status_code == 401
+    assert refusals(jit)[-1]["details"] == {"why": "other workspace", "team": "T0EVIL"}
+    assert jit.rt.redis.get(keys.slack_team()) == TEAM_ID  # learned, and kept like the worker does
+    assert jit.post_slack(slash_command("status", "U0LEAD1", team_id="T0EVIL")).status_code == 401
+    assert len(jit.slack.calls("auth.test")) == 1
+    jit.work()
+    assert jit.status(rid).get_json()["approvals"]["count"] == 0
+    assert jit.approve(rid, "U0LEAD1").status_code == 200  # the home workspace still works
+    jit.work()
+    assert jit.status(rid).get_json()["status"] == "active"
+
+
+@pytest.mark.parametrize("fault", ["down", "invalid_auth"])
+def test_slack_traffic_waits_with_503_while_the_workspace_cannot_be_known(jit, fault):
+    from bot.domain import keys
+
+    rid = pending(jit, "read-secret")
+    ts = jit.rt.store.get(rid).message_ts
+    if fault == "down":
+        jit.slack.fail_with(503, methods="auth.test")
+    else:
+        jit.slack.api_error("invalid_auth", methods="auth.test")
+    home = block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=ts)
+    foreign = block_action("jit_approve", rid, "U0LEAD1", team_id="T0EVIL", channel="C0APPROVALS", message_ts=ts)
+    with Unchanged(jit):
+        for built in (foreign, home, slash_command("status", "U0LEAD1")):
+            resp = jit.post_slack(built)
+            assert resp.status_code == 503, resp.data
+            assert b"workspace" in resp.data
+    assert jit.rt.redis.get(keys.slack_team()) is None
+    # Slack retries; once auth.test answers, the same click goes through (it was not marked seen)
+    jit.slack.clear_faults()
+    assert jit.post_slack(home).status_code == 200
+    jit.work()
+    assert jit.status(rid).get_json()["status"] == "active"
+
+
+def test_signed_payload_naming_no_workspace_is_refused(jit):
+    rid = pending(jit, "read-secret")
+    ts = jit.rt.store.get(rid).message_ts
+    body, ctype = block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=ts)
+    payload = json.loads(dict(parse_qsl(body.decode()))["payload"])
+    payload.pop("team")
+    payload["user"].pop("team_id")
+    with Unchanged(jit, audited=1):
+        assert jit.post_slack((urlencode({"payload": json.dumps(payload)}).encode(), ctype)).status_code == 401
+    assert refusals(jit)[-1]["details"] == {"why": "no workspace"}
+    jit.work()
+    assert jit.status(rid).get_json()["approvals"]["count"] == 0
 
 
 @pytest.mark.parametrize(
@@ -356,3 +418,29 @@ def test_mrkdwn_injection_renders_harmlessly_within_limits(jit, slack):
     assert "&lt;!channel&gt;" in denied and "Denied" in denied
     assert "&lt;!channel&gt;" in json.dumps(answer)
     assert any("&lt;!channel&gt;" in json.dumps(p) for p in payloads if "view" in p and p["view"].get("type") == "home")
+
+
+# ------------------------------------------------------------------------ nesting depth
+
+
+def _deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [100, 8000])
+def test_deeply_nested_slack_json_is_400(jit, depth):
+    """A signed body nested deeper than any Slack payload is refused before it is parsed:
+    as a JSON event, and as the `payload=` field of a click."""
+    rid = pending(jit)
+    ts = jit.rt.store.get(rid).message_ts
+    body, ctype = block_action("jit_approve", rid, "U0LEAD1", channel="C0PROD", message_ts=ts)
+    click = dict(parse_qsl(body.decode()))["payload"]
+    deep_click = click[:-1] + ', "deep": ' + _deep(depth) + "}"
+    event = ('{"type": "event_callback", "team_id": "' + TEAM_ID + '", '
+             '"event": {"type": "app_home_opened", "user": "U0LEAD1", "deep": ' + _deep(depth) + "}}")
+    with Unchanged(jit):
+        assert jit.post_slack((event.encode(), "application/json")).status_code == 400
+        assert jit.post_slack((urlencode({"payload": deep_click}).encode(), ctype)).status_code == 400
+    jit.work()
+    assert jit.status(rid).get_json()["approvals"]["count"] == 0
+    assert jit.slack.home("U0LEAD1") is None

@@ -15,7 +15,15 @@ from pathlib import Path
 import requests
 from procs import Stack
 from slackfake import block_action, view_submission
-from support import BOT_TOKEN, OTHER_TOKEN, ROOT, SECRET_KEY, SIGNING_SECRET, WEB_TOKEN
+from support import (
+    BOT_TOKEN,
+    INTROSPECTION_TOKEN,
+    OTHER_TOKEN,
+    ROOT,
+    SECRET_KEY,
+    SIGNING_SECRET,
+    WEB_TOKEN,
+)
 
 from bot.logs import JsonFormatter
 
@@ -99,7 +107,8 @@ def test_no_secret_in_slack_logs_audit_or_redis(jit, slack, caplog, state_dir):
     token = jit.credential(b["id"]).get_json()["credential"]["token"]
     secrets["issued JWT"] = token
     secrets["issued JWT signature"] = token.rsplit(".", 1)[1]
-    active = jit.http.post("/v1/introspect", data={"token": token}, headers={"Authorization": f"Bearer {WEB_TOKEN}"})
+    active = jit.http.post("/v1/introspect", data={"token": token},
+                           headers={"Authorization": f"Bearer {INTROSPECTION_TOKEN}"})
     assert active.get_json()["active"] is True
     # the revoke-now button in Slack
     assert jit.click("jit_revoke", b["id"], "U0LEAD1", button_text="Revoke now").status_code == 200

@@ -113,6 +113,38 @@ def test_other_workspace_refused(jit, socket, connected):
     assert jit.status(rid).get_json()["approvals"]["count"] == 0
 
 
+def test_other_workspace_refused_before_any_worker_learned_the_workspace(jit, slack, socket, connected):
+    assert jit.rt.redis.get("jit:slack:team") is None
+    rid = jit.ask("read-secret")["id"]
+    ts = jit.message_ts(rid)
+    eid = socket.send_built(
+        block_action("jit_approve", rid, "U0LEAD1", team_id="T0EVIL", channel="C0APPROVALS", message_ts=ts)
+    )
+    assert socket.wait_ack(eid) == {"envelope_id": eid}
+    refused = wait_for(lambda: audit_events(jit.rt, "slack.refused"), what="refusal audited")
+    assert refused[0]["details"] == {"why": "other workspace", "team": "T0EVIL"}
+    assert jit.rt.redis.get("jit:slack:team") == TEAM_ID and len(slack.calls("auth.test")) == 1
+    jit.work()
+    assert jit.status(rid).get_json()["approvals"]["count"] == 0
+
+
+def test_envelopes_stay_unacked_while_the_workspace_cannot_be_known(jit, slack, socket, connected, caplog):
+    rid = jit.ask("read-secret")["id"]
+    ts = jit.message_ts(rid)
+    slack.fail_with(503, methods="auth.test")
+    click = block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=ts)
+    eid = socket.send_built(click)
+    wait_for(lambda: "workspace" in caplog.text and eid in caplog.text, what="the envelope refused")
+    assert socket.acks(eid) == []  # unacked: Slack sends it again
+    assert jit.rt.store.get(rid).approvals == [] and not audit_events(jit.rt, "slack.refused")
+    # Slack's retry of the same envelope, once auth.test answers: handled (it was not marked seen)
+    slack.clear_faults()
+    socket.send_built(click, envelope_id=eid)
+    assert socket.wait_ack(eid) == {"envelope_id": eid}
+    wait_for(lambda: jit.rt.store.get(rid).status != "pending", what="the approval")
+    assert len(audit_events(jit.rt, "approval.given")) == 1
+
+
 def test_button_naming_another_request_refused(jit, socket, connected):
     victim = jit.ask("read-secret")["id"]
     decoy = jit.ask("read-secret", reason="decoy")["id"]

@@ -183,6 +183,16 @@ def rate_limit(pipeline: str) -> str:
     return f"{PREFIX}ratelimit:{pipeline}"
 
 
+def long_polls_of_pipeline(pipeline: str) -> str:
+    """Sorted set lease id → end (ms): long-polls open on this pipeline's requests. TTL: its last lease."""
+    return f"{PREFIX}longpolls:pipeline:{pipeline}"
+
+
+def long_polls_of_request(request_id: str) -> str:
+    """Sorted set lease id → end (ms): long-polls open on one request. TTL: its last lease."""
+    return f"{PREFIX}longpolls:req:{request_id}"
+
+
 def slack_team() -> str:
     """String: the workspace (team id) the bot token belongs to, from auth.test."""
     return f"{PREFIX}slack:team"
@@ -231,3 +241,20 @@ def undelivered_alerts() -> str:
 def socket_envelope(envelope_id: str) -> str:
     """String: a Socket Mode envelope already handled (replay guard). TTL 10 min."""
     return f"{PREFIX}slack:envelope:{envelope_id}"
+
+
+def refusals(event: str, actor: str) -> str:
+    """Hash start (ms), n: refusals of one kind by one actor in the current window. TTL one window."""
+    return f"{PREFIX}refusals:{event}:{actor}"
+
+
+def refusals_suppressed() -> str:
+    """Hash [event, actor] (JSON) → refusals not written to the audit trail in a window that is
+    over or running. A field leaves when its summary entry is written."""
+    return f"{PREFIX}refusals:suppressed"
+
+
+def refusals_due() -> str:
+    """Sorted set [event, actor] (JSON) → end of the window (ms) whose suppressed refusals still
+    need their summary entry. A member leaves when the summary is written."""
+    return f"{PREFIX}refusals:due"

@@ -308,6 +308,11 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                         "400": _err("wait is not a number from 0 to 60"),
                         "401": _UNAUTHORIZED,
                         "404": _NOT_FOUND,
+                        "429": _err(
+                            "too many long-polls open (JIT_MAX_LONG_POLLS_PER_PIPELINE per pipeline, "
+                            "4 per request)",
+                            _RETRY_AFTER,
+                        ),
                         "503": _UNAVAILABLE,
                     },
                 },
@@ -347,7 +352,8 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                 "post": {
                     "operationId": "introspect",
                     "summary": "RFC 7662 token introspection",
-                    "description": "Bearer: any pipeline's token or a JIT_INTROSPECTION_TOKENS token.",
+                    "description": "Bearer: a JIT_INTROSPECTION_TOKENS token (AUDIENCE=TOKEN); a token issued for another "
+                    "audience answers {\"active\": false}, like an unknown one.",
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -364,6 +370,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                         "200": _json(_ref("Introspection"), "whether the token's grant is active"),
                         "400": _err("form field `token` is missing"),
                         "401": _UNAUTHORIZED,
+                        "413": _err(f"body larger than {MAX_BODY} bytes"),
                         "503": _UNAVAILABLE,
                     },
                 }

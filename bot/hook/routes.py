@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from typing import Any
+from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+from bot import bounded_input
 from bot.domain import errors as E
 from bot.domain.clock import now, rfc3339
 from bot.domain.requests import UNDECIDED, Status
@@ -16,6 +17,8 @@ from bot.domain.windows import OutsideWindow
 from bot.hook.auth import Unauthorized, any_caller, bearer_token, pipeline_caller
 
 MAX_BODY = 16 * 1024
+#: Deeper than any body the hook accepts (its deepest field, `context`, is one level down).
+MAX_JSON_DEPTH = 32
 MAX_WAIT = 60
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -65,16 +68,26 @@ def _read_json() -> Any:
     ctype = (request.mimetype or "").lower()
     if ctype != "application/json":
         raise _Abort(error(415, "unsupported_media_type", "send Content-Type: application/json"))
-    length = request.content_length
-    if length is not None and length > MAX_BODY:
-        raise _Abort(error(413, "too_large", f"the body is larger than {MAX_BODY} bytes"))
-    raw = request.stream.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise _Abort(error(413, "too_large", f"the body is larger than {MAX_BODY} bytes"))
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
+        raw = bounded_input.read_body(request.stream, request.content_length, MAX_BODY)
+        return bounded_input.loads(raw, MAX_JSON_DEPTH)
+    except bounded_input.TooLarge:
+        raise _Abort(error(413, "too_large", f"the body is larger than {MAX_BODY} bytes")) from None
+    except bounded_input.TooDeep as e:
+        raise _Abort(error(400, "malformed_json", str(e))) from None
+    except ValueError:  # UnicodeDecodeError and json's errors included
         raise _Abort(error(400, "malformed_json", "the body is not valid JSON")) from None
+
+
+def _read_form() -> dict[str, str]:
+    """An `application/x-www-form-urlencoded` body (RFC 7662's), within the hook's cap; else {}."""
+    if (request.mimetype or "").lower() != "application/x-www-form-urlencoded":
+        return {}
+    try:
+        raw = bounded_input.read_body(request.stream, request.content_length, MAX_BODY)
+    except bounded_input.TooLarge:
+        raise _Abort(error(413, "too_large", f"the body is larger than {MAX_BODY} bytes")) from None
+    return dict(parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True))
 
 
 class _Abort(Exception):
@@ -133,7 +146,9 @@ def get_request(request_id: str):
         return error(400, "bad_request", "wait must be between 0 and 60 seconds")
     req = _follow_up(request_id).request
     if wait > 0 and req.status in UNDECIDED:
-        req = _long_poll(request_id, req.status, wait) or req
+        # each open poll holds a connection and a greenlet: bounded per pipeline and per request
+        with current_app.config["JIT_LONG_POLLS"].hold(req.pipeline, req.id, wait):
+            req = _long_poll(request_id, req.status, wait) or req
     return jsonify(_view(req))
 
 
@@ -193,25 +208,40 @@ def audit_keys():
 
 @bp.post("/v1/introspect")
 def introspect():
-    """RFC 7662: is this token one of ours, and is its grant still active?"""
+    """RFC 7662: is this token one of ours, meant for the caller, and is its grant still active?"""
     runtime = rt()
-    bearer = bearer_token(request)
-    allowed = runtime.policy.pipeline_for_token(bearer) is not None
-    for t in runtime.settings.introspection_tokens():
-        allowed |= secrets.compare_digest(t.encode(), bearer.encode())
-    if not allowed:
+    audiences = _introspection_audiences(bearer_token(request))
+    if not audiences:
         raise Unauthorized()
-    token = request.form.get("token", "")
+    token = _read_form().get("token", "")
     if not token:
         return error(400, "invalid_request", "form field `token` is required")
     try:
         claims = runtime.signer.verify(token)
     except Exception:  # noqa: BLE001 - any invalid token is simply inactive
         return jsonify({"active": False})
+    if not _meant_for(claims, audiences):
+        return jsonify({"active": False})  # what an unknown token gets: nothing to learn
     req = runtime.store.get(str(claims.get("jti", "")))
     if req is None or req.status != Status.ACTIVE or req.expires_at is None or req.expires_at <= now():
         return jsonify({"active": False})
     return jsonify({"active": True, "token_type": "Bearer", **claims})
+
+
+def _introspection_audiences(bearer: str) -> set[str]:
+    """The audiences a resource server holding `bearer` may ask about (JIT_INTROSPECTION_TOKENS);
+    empty for anyone else. Pipeline tokens are not introspection credentials."""
+    found = set()
+    for audience, token in rt().settings.introspection_credentials():
+        if secrets.compare_digest(token.encode(), bearer.encode()):
+            found.add(audience)
+    return found
+
+
+def _meant_for(claims: dict[str, Any], audiences: set[str]) -> bool:
+    aud = claims.get("aud")
+    named = aud if isinstance(aud, list) else [aud]
+    return "*" in audiences or any(isinstance(a, str) and a in audiences for a in named)
 
 
 # ------------------------------------------------------------------------- health

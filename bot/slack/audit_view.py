@@ -9,6 +9,7 @@ from typing import Any
 
 from bot.domain.audit import REQUEST_INDEX_LEN, SCAN_LIMIT, AuditEntry
 from bot.domain.clock import human, now, parse_duration, to_ms
+from bot.domain.refusals import record_refusal
 from bot.runtime import Runtime
 from bot.slack.text import (
     MAX_MESSAGE_BLOCKS,
@@ -147,10 +148,11 @@ def find(rt: Runtime, q: AuditQuery) -> tuple[list[AuditEntry], bool]:
 
 def audit_answer(rt: Runtime, user: str, args: str) -> list[dict[str, Any]]:
     if not may_read_audit(rt, user):
-        rt.audit.append(
+        record_refusal(
+            rt.redis,
+            rt.audit,
             "audit.read_refused",
             actor=user,
-            outcome="refused",
             details={"why": "not an auditor or approver", "args": args[:200]},
         )
         return [

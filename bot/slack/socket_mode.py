@@ -5,7 +5,8 @@ process (`apps.connections.open` → a WebSocket URL). Slack spreads envelopes o
 sockets of the app, so every replica handles any click: all state is in Redis. Socket Mode
 skips request signing (the socket is authenticated by the app-level token); the checks Bolt
 does not make (replays, foreign workspaces, buttons naming another message's request) run
-here exactly as for HTTP, via `bot.web.payload_refusal`.
+here exactly as for HTTP, via `bot.web.payload_refusal`. While the home workspace cannot be
+known (no SLACK_TEAM_ID, auth.test failing) an envelope is left unacked, so Slack re-sends it.
 
 The client is slack_sdk's built-in one (no dependency beyond slack_sdk); it reconnects on its
 own when Slack closes a socket (`disconnect` messages, deploys).
@@ -28,10 +29,6 @@ from bot.runtime import Runtime
 
 log = logging.getLogger("jit.slack.socket")
 
-#: How long an envelope id is remembered: twice Slack's retry window.
-ENVELOPE_MEMORY_S = 600
-
-
 class JitSocketModeHandler(SocketModeHandler):
     """Bolt's Socket Mode handler with jit's guards in front of the listeners."""
 
@@ -44,9 +41,13 @@ class JitSocketModeHandler(SocketModeHandler):
 
     def handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:  # type: ignore[override]
         refusal = envelope_refusal(self.rt, req)
+        if refusal is not None and refusal[0] == 503:
+            # Not now (the workspace is unknown): no ack, so Slack sends the envelope again.
+            log.warning("socket mode envelope %s not handled yet: %s", req.envelope_id, refusal[1])
+            return
         if refusal is not None:
             # Ack anyway: an unacked envelope is re-sent, and the answer would not change.
-            log.warning("socket mode envelope refused: %s", refusal[1])
+            log.warning("socket mode envelope %s refused: %s", req.envelope_id, refusal[1])
             client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
             return
         super().handle(client, req)
@@ -58,9 +59,8 @@ def envelope_refusal(rt: Runtime, req: SocketModeRequest) -> tuple[int, str] | N
 
     if not isinstance(req.payload, dict):
         return 400, "malformed payload"
-    # The same envelope handled twice (Slack re-sends what it thinks was not acked).
-    replayed = not rt.redis.set(keys.socket_envelope(req.envelope_id), "1", nx=True, ex=ENVELOPE_MEMORY_S)
-    return payload_refusal(rt, req.payload, replayed=replayed)
+    # The same envelope handled twice (Slack re-sends what it thinks was not acked) is a replay.
+    return payload_refusal(rt, req.payload, seen_key=keys.socket_envelope(req.envelope_id))
 
 
 def start_socket_mode(rt: Runtime, app: App | None = None, **kw) -> JitSocketModeHandler:
