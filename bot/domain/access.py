@@ -35,6 +35,7 @@ from bot.domain.conditions import (
 )
 from bot.domain.identity import encodable
 from bot.domain.policy import Policy
+from bot.domain.refusals import record_refusal
 from bot.domain.requests import UNDECIDED, AccessRequest, Status
 from bot.domain.secrets import Vault, new_token, token_hash
 from bot.domain.store import Outcome, Store
@@ -473,12 +474,15 @@ class AccessService:
             raise E.NotAnApprover(f"You are not an approver for *{req.action}*, so your {verb} does not count.")
 
     def _refused(self, req: AccessRequest, user: str, verb: str, why: str, **details: Any) -> None:
-        self.audit.append(
+        """Audited, at most so many per user and minute (bot/domain/refusals.py): clicking a
+        refused button in a loop cannot grow the trail without bound."""
+        record_refusal(
+            self.store.r,
+            self.audit,
             f"{verb}.refused",
+            actor=user,
             request_id=req.id,
             action=req.action,
-            actor=user,
-            outcome="refused",
             details={"why": why, **details},
         )
 

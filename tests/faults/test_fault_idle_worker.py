@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from faultkit import FEW_SECONDS, approve, ask, audit, policy_with, wait_status
+from faultkit import FEW_SECONDS, approve, ask, audit, policy_with, rdb, wait_status
 from procs import Stack, wait_until
 from support import GRANT_SCRIPT
 
@@ -38,8 +38,11 @@ def test_after_minutes_idle_a_revocation_is_on_time_and_a_post_goes_out_at_once(
         stack.policy_file.write_text(
             policy_with(str(stack.state_dir), LONG_ACTION.replace("{python}", sys.executable), ["long"])
         )
-        stack.serve()
+        # The worker starts first, so it is the process that records the policy and queues the
+        # audit-channel notice: its RQ connection pool holds a connection from before RQ started.
         stack.worker(concurrency=1)
+        wait_until(lambda: rdb(stack).get("jit:policy:current"), FEW_SECONDS, message="the policy recorded")
+        stack.serve()
         rid, _ = ask(stack, "long", reason="idle test")
         stack.message_ts(rid)
         approve(stack, rid)

@@ -7,6 +7,7 @@ import logging
 from slack_bolt import Ack, App
 
 from bot.domain.errors import JitError
+from bot.domain.refusals import record_refusal
 from bot.runtime import Runtime
 from bot.slack import answers
 from bot.slack.text import code
@@ -33,9 +34,9 @@ def answer(rt: Runtime, user: str, text: str) -> dict:
             if rest:
                 req = rt.store.get(rest.split()[0])
                 if req is not None and not rt.access.may_view(req, user):
-                    rt.audit.append(
-                        "status.refused", request_id=req.id, action=req.action, actor=user,
-                        outcome="refused", details={"why": "not an approver, auditor or the requester"},
+                    record_refusal(
+                        rt.redis, rt.audit, "status.refused", actor=user, request_id=req.id,
+                        action=req.action, details={"why": "not an approver, auditor or the requester"},
                     )
                     return {"text": "Only this request's approvers, auditors and requester can see it."}
             blocks = answers.status(rt, rest) if rest else answers.overview(rt, user)
