@@ -350,6 +350,25 @@ def test_not_yet_valid(issuers, verifier):
     assert (e.status, e.reason) == (401, "token not yet valid")
 
 
+def test_issued_in_the_future(issuers, verifier):
+    """A token that claims to be issued a year from now is refused, even with a valid exp and
+    no nbf (PyJWT checks `iat` against the clock from 2.6; the pin relies on it)."""
+    later = int(time.time()) + 365 * 86400
+    claims = github_claims(issuers.github, iat=later, nbf=None, exp=later + 300)
+    e = rejected(verifier, mint(claims), configs(issuers))
+    assert (e.status, e.reason) == (401, "token not yet valid")
+
+
+@pytest.mark.parametrize("claim", ["iat", "exp", "nbf"])
+@pytest.mark.parametrize("value", [[1], None, {"t": 1}, "soon"])
+def test_time_claims_that_are_not_numbers(issuers, verifier, claim, value):
+    """Refused as a bad token, never an unhandled error (PyJWT before 2.15 raised TypeError)."""
+    claims = github_claims(issuers.github)
+    claims[claim] = value
+    e = rejected(verifier, mint(claims), configs(issuers))
+    assert e.status == 401
+
+
 def test_required_claims(issuers, verifier):
     e = rejected(verifier, mint(github_claims(issuers.github, exp=None)), configs(issuers))
     assert (e.status, e.reason) == (401, "missing claim exp")
