@@ -14,6 +14,7 @@ from policy_rules_support import entries
 from procs import Stack, wait_until
 from slackfake import block_action
 from support import WEB_TOKEN, policy_text
+from test_policy_file import alias_bomb
 
 from bot.domain import errors as E
 from bot.domain.errors import PolicyError
@@ -109,6 +110,15 @@ def test_an_invalid_file_is_rejected_and_the_old_policy_stays(rt, jit, reloader,
     # fixing the file loads it
     policy_file.write_text(changed_policy(policy_text(str(policy_file.parent / "grants"))))
     assert reloader.reload("file") == "loaded"
+
+
+def test_an_alias_bomb_is_rejected_on_reload(rt, reloader, policy_file):
+    old = rt.policy.sha256
+    policy_file.write_text(alias_bomb())
+    assert reloader.reload("file") == "rejected"
+    assert rt.policy.sha256 == old
+    errors = entries(rt, "policy.rejected")[0]["details"]["errors"]
+    assert errors == [f"{policy_file}:1: YAML anchors and aliases are not allowed in a policy"]
 
 
 def test_an_unreadable_file_is_rejected(rt, reloader, policy_file):
