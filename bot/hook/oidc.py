@@ -354,13 +354,37 @@ def _text(value: Any) -> str | None:
     return None if value is None or value == "" else _claim_text(value)
 
 
+#: A GitLab token's `ref_type` → the prefix of its full ref (`ref_path`).
+_GITLAB_REF_PREFIX = {"branch": "refs/heads/", "tag": "refs/tags/"}
+
+
+def _gitlab_ref(claims: Mapping[str, Any]) -> str | None:
+    """GitLab's `ref` is a bare name (`main`), the same for a branch and a tag: use `ref_path`
+    (`refs/heads/main` / `refs/tags/main`), or build it from `ref_type` when an older GitLab
+    sends no `ref_path`. Without either the ref's kind is unknown, so there is no `ref`."""
+    ref_path = _text(claims.get("ref_path"))
+    if ref_path is not None:
+        return ref_path
+    prefix = _GITLAB_REF_PREFIX.get(_text(claims.get("ref_type")) or "")
+    ref = _text(claims.get("ref"))
+    return prefix + ref if prefix and ref else None
+
+
 def verified_context(claims: Mapping[str, Any]) -> tuple[dict[str, str], str | None]:
     """The request context and requester a verified token vouches for.
 
-    GitHub Actions: repository, ref, commit, workflow, run_id, run_attempt, actor,
-    environment, run_url; requested_by = actor. GitLab CI: repository (project_path), ref,
-    commit, pipeline_id, user_login, environment, ci_config_ref_uri, run_url;
-    requested_by = user_login. Missing claims are left out.
+    `ref` is always the full ref, for both providers: `refs/heads/main` for the branch main,
+    `refs/tags/main` for a tag named main (GitLab's bare `ref` claim is replaced by its
+    `ref_path`), so an `auto_approve` rule on `ref: refs/heads/main` never matches a tag.
+    `ref_type` (branch / tag) and `ref_protected` ("true" / "false") come along as claimed.
+
+    GitHub Actions: repository, repository_id, ref, ref_type, ref_protected, commit, workflow,
+    job_workflow_ref, run_id, run_attempt, actor, environment, run_url; requested_by = actor.
+    GitLab CI: repository (project_path), project_id, ref, ref_type, ref_protected, commit,
+    pipeline_id, job_id, user_login, environment, ci_config_ref_uri, run_url;
+    requested_by = user_login. The claims naming one run — GitHub repository_id + run_id +
+    run_attempt (+ job_workflow_ref), GitLab project_id + pipeline_id + job_id — are kept so
+    a request can be tied to the run that made it. Missing claims are left out.
     """
     iss = str(claims.get("iss") or "")
     context: dict[str, str | None]
@@ -373,9 +397,13 @@ def verified_context(claims: Mapping[str, Any]) -> tuple[dict[str, str], str | N
         )
         context = {
             "repository": project,
-            "ref": _text(claims.get("ref")),
+            "project_id": _text(claims.get("project_id")),
+            "ref": _gitlab_ref(claims),
+            "ref_type": _text(claims.get("ref_type")),
+            "ref_protected": _text(claims.get("ref_protected")),
             "commit": _text(claims.get("sha")),
             "pipeline_id": pipeline,
+            "job_id": _text(claims.get("job_id")),
             "user_login": _text(claims.get("user_login")),
             "environment": _text(claims.get("environment")),
             "ci_config_ref_uri": _text(claims.get("ci_config_ref_uri")),
@@ -389,9 +417,13 @@ def verified_context(claims: Mapping[str, Any]) -> tuple[dict[str, str], str | N
         )
         context = {
             "repository": repo,
+            "repository_id": _text(claims.get("repository_id")),
             "ref": _text(claims.get("ref")),
+            "ref_type": _text(claims.get("ref_type")),
+            "ref_protected": _text(claims.get("ref_protected")),
             "commit": _text(claims.get("sha")),
             "workflow": _text(claims.get("workflow")),
+            "job_workflow_ref": _text(claims.get("job_workflow_ref")),
             "run_id": run_id,
             "run_attempt": _text(claims.get("run_attempt")),
             "actor": _text(claims.get("actor")),
