@@ -474,6 +474,12 @@ def test_an_unreachable_issuer_is_a_503(verifier):
     assert (e.status, e.reason) == (503, "issuer keys unavailable")
 
 
+def test_a_key_set_over_the_size_limit_is_not_used(issuers, verifier):
+    issuers.jwks["github"] = [{"kty": "oct", "padding": "x" * 600_000}, public_jwk(RSA_KEY, GH_KID)]
+    e = rejected(verifier, mint(github_claims(issuers.github)), configs(issuers))
+    assert (e.status, e.reason) == (503, "issuer keys unavailable")
+
+
 # ------------------------------------------------------------------ choosing the pipeline
 
 
