@@ -21,7 +21,7 @@ class GracefulGeventWorker(GeventWorker):
         super().__init__(*args, **kwargs)
         self._idle: dict[
             object, socket.socket
-        ] = {}  # greenlet waiting for its next request → socket
+        ] = {}  # greenlet waiting for its connection's next (not first) request → socket
         self._sockets: dict[object, socket.socket] = {}  # greenlet → the connection it serves
         self._served: set[object] = set()  # greenlets whose connection has had a request already
 
@@ -48,14 +48,17 @@ class GracefulGeventWorker(GeventWorker):
 
     def timeout_ctx(self):
         me = gevent.getcurrent()
-        if not self.alive and me in self._served:
+        if me not in self._served:
+            # A new connection's first request is always served, shutting down or not: the
+            # worker accepts for up to a second after shutdown starts, and that client has sent
+            # (or is sending) its request to us. It is not "idle", so it is never swept.
+            self._served.add(me)
+            return gevent.Timeout(self.cfg.keepalive, False)
+        if not self.alive:
             # Between two requests of a keep-alive connection while shutting down: gunicorn's
             # handle() catches StopIteration and closes the connection quietly. Raised here, not
             # inside the generator: there PEP 479 turns it into a RuntimeError, i.e. a 500.
-            # A connection's first request is served: the worker accepts for up to a second
-            # after shutdown starts, and that client sent its request to us.
             raise StopIteration("shutting down")
-        self._served.add(me)
         return self._idle_wait(me)
 
     def run(self) -> None:
