@@ -21,8 +21,9 @@ class GracefulGeventWorker(GeventWorker):
         super().__init__(*args, **kwargs)
         self._idle: dict[
             object, socket.socket
-        ] = {}  # greenlet waiting for its next request → socket
+        ] = {}  # greenlet waiting for its connection's next (not first) request → socket
         self._sockets: dict[object, socket.socket] = {}  # greenlet → the connection it serves
+        self._served: set[object] = set()  # greenlets whose connection has had a request already
 
     def handle(self, listener, client, addr) -> None:
         me = gevent.getcurrent()
@@ -32,12 +33,10 @@ class GracefulGeventWorker(GeventWorker):
         finally:
             self._sockets.pop(me, None)
             self._idle.pop(me, None)
+            self._served.discard(me)
 
     @contextmanager
-    def _idle_wait(self):
-        me = gevent.getcurrent()
-        if not self.alive:
-            raise StopIteration("shutting down")  # gunicorn's handle() closes the connection
+    def _idle_wait(self, me):
         client = self._sockets.get(me)
         if client is not None:
             self._idle[me] = client
@@ -48,7 +47,19 @@ class GracefulGeventWorker(GeventWorker):
             self._idle.pop(me, None)
 
     def timeout_ctx(self):
-        return self._idle_wait()
+        me = gevent.getcurrent()
+        if me not in self._served:
+            # A new connection's first request is always served, shutting down or not: the
+            # worker accepts for up to a second after shutdown starts, and that client has sent
+            # (or is sending) its request to us. It is not "idle", so it is never swept.
+            self._served.add(me)
+            return gevent.Timeout(self.cfg.keepalive, False)
+        if not self.alive:
+            # Between two requests of a keep-alive connection while shutting down: gunicorn's
+            # handle() catches StopIteration and closes the connection quietly. Raised here, not
+            # inside the generator: there PEP 479 turns it into a RuntimeError, i.e. a 500.
+            raise StopIteration("shutting down")
+        return self._idle_wait(me)
 
     def run(self) -> None:
         gevent.spawn(self._close_idle_when_stopping)

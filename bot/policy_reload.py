@@ -7,6 +7,10 @@ in force stays; the errors go to the audit trail and the audit channel once, how
 processes notice. A valid new file is put in force, and one process records it
 (`policy.loaded` with a summary of what changed) and tells the audit channel.
 
+A changed file is read only once it holds still (SETTLE): a file being written in place is
+never put in force halfway. Editing by atomic replace — write a temporary file in the same
+directory, then rename it over the policy — means a reader only ever sees a whole file.
+
 gunicorn: SIGHUP to the master makes gunicorn start fresh workers and retire the old ones
 gracefully; each new worker loads the file as it boots (`load_initial`). If the file is invalid
 by then, the worker starts with the last policy recorded in Redis instead of failing to boot.
@@ -25,12 +29,11 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from bot.domain import keys
 from bot.domain.errors import PolicyError
-from bot.domain.policy import Policy, parse_policy
+from bot.domain.policy import MAX_POLICY_BYTES, Policy, decode_policy, parse_policy
 from bot.slack.text import (
     MAX_MESSAGE_TEXT,
     code,
@@ -45,6 +48,13 @@ from bot.slack.text import (
 log = logging.getLogger("jit.policy")
 
 POLL_INTERVAL = 2.0
+#: A changed file is read as a policy only once it has stayed the same this long: two reads
+#: this far apart agree, and its size, mtime and inode did not move in between. A writer
+#: that truncates the file and writes it in pieces is not caught halfway — a prefix of a
+#: policy is often a valid policy with weaker rules.
+SETTLE = 0.5
+#: A file still changing after this long is left for the next check.
+SETTLE_MAX = 10.0
 #: Re-read the file even when its stat looks unchanged (coarse mtimes, same-size rewrites).
 FULL_READ_EVERY = 30.0
 MAX_ERRORS_POSTED = 20
@@ -163,12 +173,36 @@ def describe_changes(policy: Policy, previous_sha: str | None, diff: dict[str, A
 # ------------------------------------------------------------------------- the reloader
 
 
-class PolicyReloader:
-    """Watches one runtime's policy file; reloads on change or on `wake()` (SIGHUP)."""
+class _StillChanging(Exception):
+    """The file did not hold still for SETTLE seconds within SETTLE_MAX."""
 
-    def __init__(self, rt, interval: float = POLL_INTERVAL) -> None:
+
+def _stat_signature(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(MAX_POLICY_BYTES + 1)
+
+
+class PolicyReloader:
+    """Watches one runtime's policy file; reloads on change or on `wake()` (SIGHUP).
+
+    A file is put in force only once it has settled (SETTLE): edit it by writing a temporary
+    file next to it and renaming it over the policy (what most editors, `install` and
+    configuration-management tools do); a rename is atomic, so every read sees the old file or
+    the new one whole.
+    """
+
+    def __init__(self, rt, interval: float = POLL_INTERVAL, settle: float = SETTLE) -> None:
         self.rt = rt
         self.interval = interval
+        self.settle = settle
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -176,25 +210,51 @@ class PolicyReloader:
         self._last_read = 0.0
         self._rejected_sha: str | None = None
 
+    # -- reading a file that may be being written
+
+    def _settled(self, path: str, data: bytes) -> bytes:
+        """The file's bytes once two reads `settle` seconds apart agree and its stat signature
+        did not change around them. `data` is a first read. OSError if it cannot be read."""
+        give_up = time.monotonic() + max(SETTLE_MAX, 2 * self.settle)
+        before = _stat_signature(path)
+        while True:
+            if self._stop.wait(self.settle) or time.monotonic() > give_up:
+                raise _StillChanging(path)
+            again = _read_bytes(path)
+            after = _stat_signature(path)
+            if again == data and before == after and after is not None and after[1] == len(again):
+                return again
+            data, before = again, after
+
     # -- one reload
 
     def reload(self, trigger: str = "file") -> str:
-        """Load the file if it differs from the policy in force: 'loaded', 'unchanged' or
-        'rejected' (the old policy stays)."""
-        path = Path(self.rt.policy_file)
+        """Load the file if it differs from the policy in force: 'loaded', 'unchanged',
+        'rejected' (the old policy stays) or 'changing' (still being written: the next check
+        looks again)."""
+        path = str(self.rt.policy_file)
         try:
-            text = path.read_text(encoding="utf-8")
+            data = _read_bytes(path)
+            sha = hashlib.sha256(data).hexdigest()
+            if sha == self.rt.policy.sha256:
+                self._rejected_sha = None
+                return "unchanged"
+            if sha == self._rejected_sha and trigger == "file":
+                return "rejected"
+            data = self._settled(path, data)
         except OSError as e:
             self._reject(None, [f"{path}: cannot read policy file: {e.strerror or e}"], trigger)
             return "rejected"
-        sha = hashlib.sha256(text.encode()).hexdigest()
+        except _StillChanging:
+            log.warning("policy file %s still changing; trying again at the next check", path)
+            self._stat = None  # the next poll reads it whatever its stat says
+            return "changing"
+        sha = hashlib.sha256(data).hexdigest()
         if sha == self.rt.policy.sha256:
             self._rejected_sha = None
             return "unchanged"
-        if sha == self._rejected_sha and trigger == "file":
-            return "rejected"
         try:
-            policy = parse_policy(text, source=str(path))
+            policy = parse_policy(decode_policy(data, path), source=path)
         except PolicyError as e:
             self._reject(sha, e.errors, trigger)
             return "rejected"
@@ -213,23 +273,31 @@ class PolicyReloader:
         return "loaded"
 
     def load_initial(self) -> Policy:
-        """At a worker's boot: the file's policy, or, when the file is invalid now, the last
-        policy recorded in Redis (so a bad edit cannot stop gunicorn from replacing workers)."""
+        """At a worker's boot: the file's policy once it has settled, or, when the file is
+        invalid (or unreadable, or never holds still) now, the last policy recorded in Redis
+        (so a bad edit cannot stop gunicorn from replacing workers)."""
+        path = str(self.rt.policy_file)
+        file_sha = None
         try:
-            return self.rt.policy
-        except PolicyError as e:
+            data = self._settled(path, _read_bytes(path))
+            file_sha = hashlib.sha256(data).hexdigest()
+            policy = parse_policy(decode_policy(data, path), source=path)
+        except (OSError, _StillChanging, PolicyError) as e:
+            if isinstance(e, PolicyError):
+                errors = e.errors
+            elif isinstance(e, OSError):
+                errors = [f"{path}: cannot read policy file: {e.strerror or e}"]
+            else:
+                errors = [f"{path}: the file kept changing for {SETTLE_MAX:.0f} s"]
             sha = self.rt.redis.get(keys.policy_current())
             last = self.rt.policy_store.get(sha) if sha else None
             if last is None:
-                raise
-            try:
-                text = Path(self.rt.policy_file).read_text(encoding="utf-8", errors="replace")
-                file_sha = hashlib.sha256(text.encode()).hexdigest()
-            except OSError:
-                file_sha = None
+                raise PolicyError(errors) from None
             self.rt.set_policy(last)
-            self._reject(file_sha, e.errors, "start")
+            self._reject(file_sha, errors, "start")
             return last
+        self.rt.set_policy(policy)
+        return policy
 
     def _reject(self, sha: str | None, errors: list[str], trigger: str) -> None:
         self._rejected_sha = sha
@@ -258,11 +326,7 @@ class PolicyReloader:
     # -- the watcher
 
     def _changed(self) -> bool:
-        try:
-            st = os.stat(self.rt.policy_file)
-            sig: tuple | None = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
-        except OSError:
-            sig = None
+        sig = _stat_signature(self.rt.policy_file)
         due = time.monotonic() - self._last_read >= FULL_READ_EVERY
         if sig == self._stat and not due:
             return False

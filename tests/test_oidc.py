@@ -255,9 +255,13 @@ def test_a_github_actions_token_names_its_pipeline_and_context(issuers, verifier
     assert requested_by == "octocat"
     assert context == {
         "repository": "acme/deploy",
+        "repository_id": "424242",
         "ref": "refs/heads/main",
+        "ref_type": "branch",
+        "ref_protected": "true",
         "commit": "c040cae0f0dc81641728557b80f09cfa23b83fe5",
         "workflow": "deploy",
+        "job_workflow_ref": "acme/deploy/.github/workflows/deploy.yml@refs/heads/main",
         "run_id": "22259804324",
         "run_attempt": "1",
         "actor": "octocat",
@@ -276,9 +280,13 @@ def test_a_gitlab_id_token_signed_with_es256(issuers, verifier):
     assert requested_by == "alice"
     assert context == {
         "repository": "acme/infra",
-        "ref": "main",
+        "project_id": "46573356",
+        "ref": "refs/heads/main",  # the full ref_path, as GitHub's `ref`: a branch, not a tag
+        "ref_type": "branch",
+        "ref_protected": "true",
         "commit": "8fe1b322a576d59fe6257052a4107df7dc1b8c78",
         "pipeline_id": "1519139981",
+        "job_id": "8222997048",
         "user_login": "alice",
         "environment": "production",
         "ci_config_ref_uri": "gitlab.example.com/acme/infra//.gitlab-ci.yml@refs/heads/main",
@@ -348,6 +356,25 @@ def test_not_yet_valid(issuers, verifier):
     claims = github_claims(issuers.github, nbf=now + 600, iat=now, exp=now + 900)
     e = rejected(verifier, mint(claims), configs(issuers))
     assert (e.status, e.reason) == (401, "token not yet valid")
+
+
+def test_issued_in_the_future(issuers, verifier):
+    """A token that claims to be issued a year from now is refused, even with a valid exp and
+    no nbf (PyJWT checks `iat` against the clock from 2.6; the pin relies on it)."""
+    later = int(time.time()) + 365 * 86400
+    claims = github_claims(issuers.github, iat=later, nbf=None, exp=later + 300)
+    e = rejected(verifier, mint(claims), configs(issuers))
+    assert (e.status, e.reason) == (401, "token not yet valid")
+
+
+@pytest.mark.parametrize("claim", ["iat", "exp", "nbf"])
+@pytest.mark.parametrize("value", [[1], None, {"t": 1}, "soon"])
+def test_time_claims_that_are_not_numbers(issuers, verifier, claim, value):
+    """Refused as a bad token, never an unhandled error (PyJWT before 2.15 raised TypeError)."""
+    claims = github_claims(issuers.github)
+    claims[claim] = value
+    e = rejected(verifier, mint(claims), configs(issuers))
+    assert e.status == 401
 
 
 def test_required_claims(issuers, verifier):
@@ -444,6 +471,12 @@ def test_an_unreachable_issuer_is_a_503(verifier):
     }
     token = mint(github_claims("http://127.0.0.1:9"))
     e = rejected(verifier, token, cfg)
+    assert (e.status, e.reason) == (503, "issuer keys unavailable")
+
+
+def test_a_key_set_over_the_size_limit_is_not_used(issuers, verifier):
+    issuers.jwks["github"] = [{"kty": "oct", "padding": "x" * 600_000}, public_jwk(RSA_KEY, GH_KID)]
+    e = rejected(verifier, mint(github_claims(issuers.github)), configs(issuers))
     assert (e.status, e.reason) == (503, "issuer keys unavailable")
 
 
@@ -554,6 +587,29 @@ def test_context_for_github_enterprise_issuers():
     assert verified_context(ghe)[0]["run_url"] == "https://acme.ghe.com/acme/app/actions/runs/7"
     ghes = {"iss": "https://git.acme.internal/_services/token", "repository": "a/b", "run_id": "7"}
     assert verified_context(ghes)[0]["run_url"] == "https://git.acme.internal/a/b/actions/runs/7"
+
+
+def test_a_gitlab_tag_and_a_branch_of_the_same_name_have_different_refs():
+    branch = verified_context(gitlab_claims("https://gitlab.example.com"))[0]
+    tag = verified_context(
+        gitlab_claims(
+            "https://gitlab.example.com", ref_type="tag", ref_path="refs/tags/main", ref_protected="false"
+        )
+    )[0]
+    assert (branch["ref"], branch["ref_type"]) == ("refs/heads/main", "branch")
+    assert (tag["ref"], tag["ref_type"], tag["ref_protected"]) == ("refs/tags/main", "tag", "false")
+
+
+@pytest.mark.parametrize(
+    ("ref_type", "expected"),
+    [("branch", "refs/heads/main"), ("tag", "refs/tags/main"), (None, None), ("weird", None)],
+)
+def test_a_gitlab_token_without_ref_path(ref_type, expected):
+    """Older GitLab versions send no ref_path: the full ref comes from ref_type, and without a
+    known type the bare name is never offered as `ref` (it could be a branch or a tag)."""
+    claims = gitlab_claims("https://gitlab.example.com", ref_path=None, ref_type=ref_type)
+    context = verified_context(claims)[0]
+    assert context.get("ref") == expected
 
 
 def test_context_leaves_out_missing_claims():

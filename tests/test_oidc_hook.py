@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from policy_rules_support import rules_policy_text
 from support import policy_text
 from test_oidc import EC_KEY, GL_KID, Issuers, github_claims, gitlab_claims, mint
 
@@ -72,3 +73,49 @@ def test_rejections_have_the_right_status(oidc_policy, jit, issuers):
     assert ask(jit.http, mint(github_claims(issuers.github, exp=1000, iat=900, nbf=900))).status_code == 401
     assert ask(jit.http, mint(github_claims(issuers.github, repository="acme/other"))).status_code == 403
     assert jit.rt.redis.zcard("jit:idx:all") == 0
+
+
+@pytest.fixture
+def gitlab_auto_approve(policy_file, state_dir, issuers):
+    """deploy-staging auto-approves `ref: refs/heads/main` in staging; gl-infra may ask for it."""
+    text = rules_policy_text(str(state_dir)).replace(
+        "  other-ci:\n",
+        f"""  gl-infra:
+    oidc:
+      issuer: {issuers.gitlab}
+      audience: jit-bot
+      claims: {{project_path: acme/infra}}
+    actions: [deploy-staging]
+  other-ci:
+""",
+        1,
+    )
+    policy_file.write_text(text)
+    return policy_file
+
+
+def gitlab_token(issuers, **over) -> str:
+    claims = gitlab_claims(issuers.gitlab, environment="staging", **over)
+    return mint(claims, key=EC_KEY, kid=GL_KID, alg="ES256")
+
+
+def test_auto_approve_on_a_gitlab_branch_never_matches_a_tag_of_the_same_name(
+    gitlab_auto_approve, jit, issuers
+):
+    branch = ask(jit.http, gitlab_token(issuers), action="deploy-staging")
+    assert branch.status_code == 201, branch.get_json()
+    body = branch.get_json()
+    assert body["status"] == "approved" and body["decided_by"] == "auto"
+    ctx = body["context"]
+    assert (ctx["ref"], ctx["ref_type"], ctx["ref_protected"]) == ("refs/heads/main", "branch", "true")
+    assert (ctx["project_id"], ctx["pipeline_id"], ctx["job_id"]) == ("46573356", "1519139981", "8222997048")
+
+    tag = gitlab_token(issuers, ref_type="tag", ref_path="refs/tags/main")
+    resp = ask(jit.http, tag, action="deploy-staging", context={"ref": "refs/heads/main"})
+    assert resp.status_code == 201, resp.get_json()
+    body = resp.get_json()
+    assert body["status"] == "pending" and body["context"]["ref"] == "refs/tags/main"
+
+    # a GitLab too old to send ref_path: its type still decides
+    old_tag = gitlab_token(issuers, ref_type="tag", ref_path=None)
+    assert ask(jit.http, old_tag, action="deploy-staging").get_json()["status"] == "pending"

@@ -236,3 +236,96 @@ def test_policy_check_as_a_command(tmp_path):
     p = subprocess.run([sys.executable, "-m", "bot.cli", "policy", "check", str(bad)],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert p.returncode == 1 and "carrier-pigeon" in p.stdout and "Traceback" not in p.stderr
+
+
+# ------------------------------------------------------------------ YAML a policy never needs
+
+
+def alias_bomb() -> str:
+    """The 'billion laughs' in YAML: under 500 bytes, 9**9 values once its aliases expand."""
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    return "\n".join(lines) + "\nactions: {}\n"
+
+
+def test_an_alias_bomb_is_refused_before_anything_expands_it():
+    text = alias_bomb()
+    assert len(text) < 500
+    assert errors_of(text) == ["p.yaml:1: YAML anchors and aliases are not allowed in a policy"]
+
+
+@pytest.mark.parametrize(
+    "yaml_text",
+    [
+        # a merge key: the one everyday use of aliases
+        "defaults: &d {channel: C0APPROVALS}\nactions:\n  a:\n    <<: *d\n",
+        # an anchor nobody refers to
+        "defaults:\n  channel: &c C0APPROVALS\nactions: {}\n",
+    ],
+    ids=["merge-key", "unused-anchor"],
+)
+def test_any_anchor_or_alias_is_refused(yaml_text):
+    line = 1 if yaml_text.startswith("defaults: &") else 2
+    expected = f"p.yaml:{line}: YAML anchors and aliases are not allowed in a policy"
+    assert errors_of(yaml_text) == [expected]
+
+
+def test_the_bomb_is_refused_by_policy_check_at_load_and_on_reload(tmp_path, capsys):
+    path = write(tmp_path, alias_bomb())
+    assert jit_cli(["policy", "check", str(path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"{path}:1: YAML anchors and aliases are not allowed in a policy"]
+    with pytest.raises(PolicyError) as e:
+        load_policy(path)
+    assert e.value.errors == out
+
+
+def test_deep_nesting_is_refused_not_a_crash():
+    text = BASE + "  deep:\n    grant: {type: exec, x: " + "[" * 5000 + "]" * 5000 + "}\n"
+    errs = errors_of(text)
+    assert len(errs) == 1 and errs[0].startswith(f"p.yaml:{line_of(text, '  deep:') + 1}: ")
+    assert errs[0].endswith("values nested deeper than 32 levels are not allowed in a policy")
+
+
+def test_too_many_values_are_refused():
+    many = "auditors: [" + "U0X, " * 200_000 + "U0X]"
+    text = BASE.replace("auditors: [S0SECURITY, U0AUDITOR2]", many)
+    errs = errors_of(text)
+    assert len(errs) == 1 and errs[0].startswith(f"p.yaml:{line_of(text, 'auditors:')}: ")
+    assert errs[0].endswith("a policy has at most 100000 values")
+
+
+def test_a_file_over_a_mebibyte_is_refused(tmp_path, capsys):
+    path = write(tmp_path, BASE + "#" * (1024 * 1024) + "\n")
+    assert jit_cli(["policy", "check", str(path)]) == 1
+    assert capsys.readouterr().out == f"{path}:1: the policy file is larger than 1024 KiB\n"
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        (
+            "actions: !!python/object/apply:os.system ['true']\n",
+            "p.yaml:1: not valid YAML: could not determine a constructor",
+        ),
+        ("? [a, b]\n: 1\nactions: {}\n", "p.yaml:1: not valid YAML: found unhashable key"),
+        (
+            "actions: {}\nauditors: [" + "1" * 5000 + "]\n",
+            "p.yaml:2: not valid YAML: Exceeds the limit",
+        ),
+        ("actions: {}\n---\nactions: {}\n", "p.yaml:2: not valid YAML: but found another document"),
+    ],
+    ids=["python-tag", "list-as-key", "huge-integer", "two-documents"],
+)
+def test_other_yaml_oddities_are_errors_with_a_line_not_crashes(yaml_text, expected):
+    errs = errors_of(yaml_text)
+    assert len(errs) == 1 and errs[0].startswith(expected), errs
+
+
+def test_a_file_that_is_not_utf8(tmp_path, capsys):
+    path = tmp_path / "jit-policy.yaml"
+    path.write_bytes(BASE.encode() + b"# caf\xe9\n")
+    assert jit_cli(["policy", "check", str(path)]) == 1
+    line = BASE.count("\n") + 1
+    assert capsys.readouterr().out == f"{path}:{line}: the policy is not UTF-8 text\n"

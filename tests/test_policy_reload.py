@@ -3,9 +3,11 @@ keep the rules they were created under."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -14,9 +16,11 @@ from policy_rules_support import entries
 from procs import Stack, wait_until
 from slackfake import block_action
 from support import WEB_TOKEN, policy_text
+from test_policy_file import alias_bomb
 
 from bot.domain import errors as E
 from bot.domain.errors import PolicyError
+from bot.domain.policy import parse_policy
 from bot.policy_reload import PolicyReloader, install_sighup
 from bot.runtime import Runtime
 
@@ -111,6 +115,15 @@ def test_an_invalid_file_is_rejected_and_the_old_policy_stays(rt, jit, reloader,
     assert reloader.reload("file") == "loaded"
 
 
+def test_an_alias_bomb_is_rejected_on_reload(rt, reloader, policy_file):
+    old = rt.policy.sha256
+    policy_file.write_text(alias_bomb())
+    assert reloader.reload("file") == "rejected"
+    assert rt.policy.sha256 == old
+    errors = entries(rt, "policy.rejected")[0]["details"]["errors"]
+    assert errors == [f"{policy_file}:1: YAML anchors and aliases are not allowed in a policy"]
+
+
 def test_an_unreadable_file_is_rejected(rt, reloader, policy_file):
     old = rt.policy.sha256
     policy_file.unlink()
@@ -133,6 +146,68 @@ def test_many_processes_reloading_one_file_record_it_once(rt, reloader, policy_f
         assert PolicyReloader(r).reload("file") == "loaded"
     assert len(entries(rt, "policy.loaded")) == 2  # the start and this one
     assert len({r.policy.sha256 for r in [rt, *others]}) == 1
+
+
+# ------------------------------------------------------------------ files being written
+
+
+def stricter_at_the_end(text: str) -> tuple[str, str]:
+    """A policy whose last line makes `quick` need two approvals, and its prefix without that
+    line: a valid policy with weaker rules, as a reader catching the file halfway sees it."""
+    text = text.replace("approvers: [U0LEAD1]\n", "approvers: [U0LEAD1, U0LEAD2]\n")
+    full = text + "    approvals_required: 2\n"
+    half = full[: full.rindex("    approvals_required: 2\n")]
+    assert parse_policy(half).action("quick").approvals_required == 1
+    assert parse_policy(full).action("quick").approvals_required == 2
+    return full, half
+
+
+def write_in_two_halves(path, first: str, rest: str, pause: float) -> None:
+    """What an editor or `cat > file` does: truncate, write some, pause, write the rest."""
+    with open(path, "w") as f:
+        f.write(first)
+        f.flush()
+        time.sleep(pause)  # the pause being tested, not a synchronisation
+        f.write(rest)
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_a_file_written_in_two_halves_is_never_put_in_force_half_written(rt, policy_file):
+    rt.record_policy_loaded()
+    full, half = stricter_at_the_end(policy_file.read_text())
+    reloader = PolicyReloader(rt, interval=0.01, settle=2.0)
+    reloader.start()
+    try:
+        time.sleep(0.1)  # let it take the file's current state as loaded
+        write_in_two_halves(policy_file, half, full[len(half) :], pause=0.2)
+        wait_until(lambda: rt.policy.sha256 == sha(full), timeout=30, message="the full file loaded")
+    finally:
+        reloader.stop()
+    # neither the empty file nor the weaker half was ever in force, stored or reported
+    assert rt.policy_store.get(sha(half)) is None
+    assert [e["details"]["sha256"] for e in entries(rt, "policy.loaded")][-1] == sha(full)
+    assert sha(half) not in [e["details"]["sha256"] for e in entries(rt, "policy.loaded")]
+    assert entries(rt, "policy.rejected") == []
+
+
+def test_a_worker_booting_while_the_file_is_written_waits_for_the_whole_file(rt, policy_file):
+    rt.record_policy_loaded()
+    full, half = stricter_at_the_end(policy_file.read_text())
+    writer = threading.Thread(
+        target=write_in_two_halves, args=(policy_file, half, full[len(half) :], 0.2)
+    )
+    writer.start()
+    try:
+        wait_until(lambda: policy_file.stat().st_size == len(half.encode()), message="half written")
+        booting = Runtime(rt.settings)
+        assert PolicyReloader(booting, settle=2.0).load_initial().sha256 == sha(full)
+    finally:
+        writer.join(30)
+    assert booting.policy.action("quick").approvals_required == 2
+    assert entries(rt, "policy.rejected") == []
 
 
 # ------------------------------------------------------------------ requests in flight

@@ -222,8 +222,76 @@ class Policy:
 # ---------------------------------------------------------------- loading and errors
 
 
+#: A policy is a few hundred lines. These bounds refuse, before anything is built, documents
+#: that would take the loader minutes or all the memory there is.
+MAX_POLICY_BYTES = 1024 * 1024
+MAX_NODES = 100_000
+MAX_DEPTH = 32
+NO_ALIASES = "YAML anchors and aliases are not allowed in a policy"
+_TOO_LARGE = f"the policy file is larger than {MAX_POLICY_BYTES // 1024} KiB"
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Something a policy never needs, refused while composing (reported without the
+    'not valid YAML' prefix: the YAML is valid, the policy is not)."""
+
+
 class _LineLoader(yaml.SafeLoader):
-    pass
+    """SafeLoader for policies: refuses anchors and aliases (a policy needs none, and
+    expanding them turns a few hundred bytes into billions of values), more than MAX_NODES
+    values and nesting deeper than MAX_DEPTH — each at the event that breaks the rule,
+    before the composer builds anything from it."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._nodes = 0
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(problem=NO_ALIASES, problem_mark=event.start_mark)
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise _Refused(
+                problem=f"a policy has at most {MAX_NODES} values", problem_mark=event.start_mark
+            )
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(
+                problem=f"values nested deeper than {MAX_DEPTH} levels are not allowed in a policy",
+                problem_mark=event.start_mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError) as e:  # e.g. an integer of 5 000 digits
+            raise yaml.constructor.ConstructorError(
+                problem=str(e)[:200], problem_mark=node.start_mark
+            ) from None
+
+
+def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    """The document's node tree (for line numbers) and its data, built from that one tree."""
+    loader = _LineLoader(text)
+    try:
+        node = loader.get_single_node()
+        return node, None if node is None else loader.construct_document(node)
+    except _Refused as e:
+        raise PolicyError([f"{source}:{e.problem_mark.line + 1}: {e.problem}"]) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else "?"
+        raise PolicyError(
+            [f"{source}:{line}: not valid YAML: {getattr(e, 'problem', e)}"]
+        ) from None
+    finally:
+        loader.dispose()
 
 
 def _node_lines(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:
@@ -268,17 +336,13 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
     """Validate a policy's YAML text. Raises PolicyError listing every problem with its line."""
     from workers.backends.base import registry
 
-    try:
-        node = yaml.compose(text, Loader=_LineLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else "?"
-        raise PolicyError([f"{source}:{line}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
+    if len(text) > MAX_POLICY_BYTES:
+        raise PolicyError([f"{source}:1: {_TOO_LARGE}"])
+    node, data = _compose(text, source)
     if node is None:
         raise PolicyError([f"{source}:1: the policy is empty"])
     lines = _node_lines(node)
     errors = [_fmt(source, lines, loc, msg) for loc, _, msg in lines.pop("__dupes__", [])]
-    data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
     if not isinstance(data, dict):
         raise PolicyError([f"{source}:1: the policy must be a mapping"])
     try:
@@ -460,14 +524,26 @@ def _break_glass_errors(source: str, lines: dict, loc: tuple, bg: BreakGlass) ->
     return []
 
 
+def decode_policy(data: bytes, source: str) -> str:
+    """A policy file's bytes as text: PolicyError when too large or not UTF-8."""
+    if len(data) > MAX_POLICY_BYTES:
+        raise PolicyError([f"{source}:1: {_TOO_LARGE}"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise PolicyError([f"{source}:{line}: the policy is not UTF-8 text"]) from None
+
+
 def load_policy(path: str | Path) -> Policy:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            data = f.read(MAX_POLICY_BYTES + 1)
     except FileNotFoundError:
         raise PolicyError([f"{p}: policy file not found (set JIT_POLICY_FILE)"]) from None
     except OSError as e:
         raise PolicyError([f"{p}: cannot read policy file: {e.strerror}"]) from None
-    return parse_policy(text, source=str(p))
+    return parse_policy(decode_policy(data, str(p)), source=str(p))
 
 
