@@ -14,7 +14,16 @@ import random
 import time
 from typing import Any
 
-from bench.common import RssSampler, Sizes, auth, close_stack, new_stack, signed_click, summary
+from bench.common import (
+    RssSampler,
+    Sizes,
+    auth,
+    close_stack,
+    new_stack,
+    remember,
+    signed_click,
+    summary,
+)
 from bench.http import Connection
 
 FINAL_OR_ACTIVE = {"active", "denied", "expired", "revoked", "timed_out", "cancelled", "failed"}
@@ -29,7 +38,7 @@ async def _create(conn: Connection, action: str = "bench-token") -> dict[str, An
     )
     if resp.status != 201:
         raise RuntimeError(f"create failed: {resp.status} {resp.body[:200]!r}")
-    return resp.json()
+    return remember(resp.json())
 
 
 async def _message_ts(r, rid: str, timeout: float = 30.0) -> str:
@@ -47,12 +56,12 @@ async def _message_ts(r, rid: str, timeout: float = 30.0) -> str:
 async def _long_poll_until_active(conn: Connection, rid: str) -> tuple[float, float, str]:
     """As `jit request` waits: long-poll until a final/active status, then fetch the credential."""
     while True:
-        resp = await conn.request("GET", f"/v1/requests/{rid}?wait=30", headers=auth())
+        resp = await conn.request("GET", f"/v1/requests/{rid}?wait=30", headers=auth(rid))
         status = resp.json()["status"]
         if status in FINAL_OR_ACTIVE:
             break
     t_active = time.perf_counter()
-    cred = await conn.request("GET", f"/v1/requests/{rid}/credential", headers=auth())
+    cred = await conn.request("GET", f"/v1/requests/{rid}/credential", headers=auth(rid))
     if cred.status != 200 or "token" not in cred.json()["credential"]:
         raise RuntimeError(f"no credential for {rid}: {cred.status} {cred.body[:200]!r}")
     return t_active, time.perf_counter(), status
@@ -66,12 +75,12 @@ async def _poll_every(
     polls = 0
     while True:
         started = time.perf_counter()
-        resp = await conn.request("GET", f"/v1/requests/{rid}", headers=auth())
+        resp = await conn.request("GET", f"/v1/requests/{rid}", headers=auth(rid))
         polls += 1
         if resp.json()["status"] in FINAL_OR_ACTIVE:
             break
         await asyncio.sleep(max(0.0, interval - (time.perf_counter() - started)))
-    cred = await conn.request("GET", f"/v1/requests/{rid}/credential", headers=auth())
+    cred = await conn.request("GET", f"/v1/requests/{rid}/credential", headers=auth(rid))
     if cred.status != 200:
         raise RuntimeError(f"no credential for {rid}: {cred.status}")
     return time.perf_counter(), polls

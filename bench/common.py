@@ -93,8 +93,21 @@ def close_stack(stack: Stack, failed: bool = False) -> None:
     shutil.rmtree(stack.tmp, ignore_errors=True)
 
 
-def auth() -> dict[str, str]:
-    return {"Authorization": f"Bearer {PIPELINE_TOKEN}"}
+#: request id → the request_token it was created with: a pipeline follows its request up with it
+#: (the pipeline's own token reads no request).
+REQUEST_TOKENS: dict[str, str] = {}
+
+
+def auth(rid: str | None = None) -> dict[str, str]:
+    """The pipeline's bearer: its token to create, the request's token to follow one up."""
+    return {"Authorization": f"Bearer {REQUEST_TOKENS.get(rid, PIPELINE_TOKEN) if rid else PIPELINE_TOKEN}"}
+
+
+def remember(created: dict) -> dict:
+    """Keep a created request's token for its follow-ups."""
+    if "id" in created and "request_token" in created:
+        REQUEST_TOKENS[created["id"]] = created["request_token"]
+    return created
 
 
 def signed_click(

@@ -15,6 +15,7 @@ from bench.common import (
     auth,
     close_stack,
     new_stack,
+    remember,
     signed_click,
     summary,
     wait_for,
@@ -34,7 +35,7 @@ async def _create_many(port: int, n: int, concurrency: int = 20) -> list[str]:
         )
         if resp.status != 201:
             raise RuntimeError(f"create failed: {resp.status} {resp.body[:200]!r}")
-        return resp.json()["id"]
+        return remember(resp.json())["id"]
 
     ids = await asyncio.gather(*(one() for _ in range(n)))
     await pool.close()
@@ -67,7 +68,7 @@ async def _waiters(
 
     async def wait_one(rid: str) -> None:
         try:
-            resp = await conns[rid].request("GET", f"/v1/requests/{rid}?wait=60", headers=auth())
+            resp = await conns[rid].request("GET", f"/v1/requests/{rid}?wait=60", headers=auth(rid))
         except (ConnectionError, OSError) as e:
             errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
             return

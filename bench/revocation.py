@@ -49,7 +49,7 @@ class Seeder:
         from bot.domain.store import NoEffects, Store
 
         self.rt = rt
-        self.store = Store(rt.redis, rt.settings.jit_request_retention, effects=NoEffects())
+        self.store = Store(rt.redis, rt.audit, rt.settings.jit_request_retention, effects=NoEffects())
         self.policy = rt.policy
 
     def _new_request(self, ttl: timedelta):
@@ -82,8 +82,12 @@ class Seeder:
         members = [f"{kind}:{i}" for i in ids for kind in ("grant", "slack", "timeout", "remind", "warn")]
         pipe = self.rt.redis.pipeline(transaction=False)
         pipe.zrem(keys.due(), *members)
+        pipe.hdel(keys.due_claims(), *[m for m in members if not m.startswith("grant:")])
         pipe.zrem(keys.channel_outbox(CHANNEL), *ids)
         pipe.execute()
+
+    def _event(self, event: str, rid: str, actor: str) -> str:
+        return self.rt.audit.event_body(event, request_id=rid, action="bench-record", actor=actor)
 
     def approve_many(self, n: int, ttl: timedelta) -> list[str]:
         """create + approve: n requests in state `approved` (their grant job removed)."""
@@ -94,10 +98,14 @@ class Seeder:
             batch = []
             for _ in range(min(BATCH, n - start)):
                 req = self._new_request(ttl)
-                self.store.create(req, None, now_ms())
+                self.store.create(req, None, now_ms(), self._event("request.created", req.id, "pipeline:bench-ci"))
                 # a new request's first post is due at once: take it back before a worker does
                 self._drop_follow_ups([req.id])
-                out = self.store.approve(req.id, APPROVER, now_ms())
+                out = self.store.approve(
+                    req.id, APPROVER, now_ms(), required=1, discounted=[],
+                    given=self._event("approval.given", req.id, APPROVER),
+                    approved=self._event("request.approved", req.id, APPROVER),
+                )
                 assert out.result == "approved", out
                 batch.append(req.id)
             self._drop_follow_ups(batch)
@@ -105,6 +113,7 @@ class Seeder:
         return ids
 
     def activate_many(self, ids: list[str], expires_ms: list[int], on_active=None) -> None:
+        from bot.domain import keys
         from bot.domain.clock import from_ms, now_ms, rfc3339
 
         for start in range(0, len(ids), BATCH):
@@ -114,7 +123,11 @@ class Seeder:
                 blob = self.rt.vault.seal(
                     {"recorded_at_ms": t, "expires_at": rfc3339(from_ms(exp))}
                 )
-                out = self.store.activate(rid, t, exp, blob, t)
+                # as a grant job would: record the intent under the grant's claim, then the result
+                token = self.rt.redis.hget(keys.due_claims(), f"grant:{rid}")
+                assert self.store.begin_grant(rid, token, t).result == "ok"
+                issued = self._event("grant.issued", rid, "jit")
+                out = self.store.finish_grant(rid, token, t, exp, blob, t, issued=issued, late=issued)
                 assert out.ok, out
                 if on_active is not None:
                     on_active(rid, exp)

@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any
 
-from bench.common import BURST_CHANNEL, RssSampler, Sizes, auth, close_stack, new_stack
+from bench.common import BURST_CHANNEL, RssSampler, Sizes, auth, close_stack, new_stack, remember
 from bench.http import Pool
 
 
@@ -28,7 +28,7 @@ async def _burst(port: int, n: int, window_s: float) -> tuple[list[str], float, 
         )
         if resp.status != 201:
             raise RuntimeError(f"create failed: {resp.status} {resp.body[:200]!r}")
-        return resp.json()["id"]
+        return remember(resp.json())["id"]
 
     t0 = time.time()
     ids = await asyncio.gather(*(one(i) for i in range(n)))
