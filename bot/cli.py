@@ -312,9 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _client(argv: list[str]) -> int:
-    from bot import client
+    import jit_client
 
-    return client.main(argv)
+    return jit_client.main(argv)
 
 
 def _dev(args: argparse.Namespace) -> int:

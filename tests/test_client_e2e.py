@@ -12,7 +12,7 @@ from procs import Stack, wait_until
 from slackfake import block_action, view_submission
 from support import WEB_TOKEN
 
-from bot import client
+import jit_client as client
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from bot import client
-from bot.client import (
+import jit_client as client
+from jit_client import (
     EXIT_DENIED,
     EXIT_ERROR,
     EXIT_GONE,
