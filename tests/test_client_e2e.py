@@ -13,6 +13,7 @@ from slackfake import block_action, view_submission
 from support import WEB_TOKEN
 
 import jit_client as client
+from bot.domain import keys
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,13 @@ def newest_request(stack, before: set[str]) -> str:
     return wait_until(find, message="the client's request")
 
 
+def stored_status(stack, rid: str) -> str:
+    """The request's status as the store holds it (the client that timed out kept no token)."""
+    import redis
+
+    return redis.Redis.from_url(stack.redis.url, decode_responses=True).hget(keys.request(rid), "status")
+
+
 def known_ids(stack) -> set[str]:
     import redis
 
@@ -71,9 +79,10 @@ def test_granted_prints_env_and_exits_0(stack):
     assert f"export JIT_REQUEST_ID={rid}" in out and "export JIT_USERNAME=" in out
     assert "s3cr3t" not in err  # secrets go to stdout only
     rtoken = next(line.split("=", 1)[1] for line in out.splitlines() if line.startswith("export JIT_REQUEST_TOKEN="))
-    code, _, _ = run_client(stack, ["release", rid, "--request-token", rtoken.strip("'"), "--quiet"], env={"JIT_TOKEN": ""})
+    rtoken = rtoken.strip("'")
+    code, _, _ = run_client(stack, ["release", rid, "--request-token", rtoken, "--quiet"], env={"JIT_TOKEN": ""})
     assert code == 0
-    assert stack.get(rid, WEB_TOKEN).json()["status"] == "revoked"
+    assert stack.get(rid, rtoken).json()["status"] == "revoked"
 
 
 def test_denied_exits_10_with_who_and_why(stack):
@@ -97,16 +106,22 @@ def test_client_timeout_exits_11_and_cancels(stack):
     code, _, _ = run_client(stack, ["request", "deploy-prod", "--reason", "slow", "--timeout", "2s", "--quiet"])
     assert code == 11
     rid = newest_request(stack, before)
-    assert stack.get(rid, WEB_TOKEN).json()["status"] == "cancelled"
+    assert stored_status(stack, rid) == "cancelled"
 
 
 def test_cancelled_elsewhere_exits_12(stack):
     import requests
 
     before = known_ids(stack)
-    t, res = in_background(stack, ["request", "deploy-prod", "--reason", "x", "--quiet"])
+    key = f"cancel-elsewhere-{time.time_ns()}"
+    t, res = in_background(stack, ["request", "deploy-prod", "--reason", "x", "--quiet", "--idempotency-key", key])
     rid = newest_request(stack, before)
-    requests.delete(f"{stack.url}/v1/requests/{rid}", headers={"Authorization": f"Bearer {WEB_TOKEN}"}, timeout=10)
+    # another step of the same job asks with the same key, gets the request token, and cancels
+    again = stack.ask("deploy-prod", WEB_TOKEN, reason="x", headers={"Idempotency-Key": key})
+    assert again.status_code == 200 and again.json()["id"] == rid
+    resp = requests.delete(f"{stack.url}/v1/requests/{rid}", timeout=10,
+                           headers={"Authorization": f"Bearer {again.json()['request_token']}"})
+    assert resp.status_code == 200
     t.join(60)
     assert res["value"][0] == 12
 
