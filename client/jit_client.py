@@ -1,13 +1,31 @@
 #!/usr/bin/env python3
 """The pipeline side of jit: ask for a credential, wait for approval, print it, release it.
 
-Standard library only, so this file also works on its own:
+Standard library only, one file: install it alone (`pip install jit-client`, command
+`jit-client`), use it as `jit request`/`jit release` from the server's package, or fetch it
+from the server itself and run it with no install at all:
 
-    python3 client.py request deploy-db --reason "migrate orders" --format env
-    python3 client.py release "$JIT_REQUEST_ID"
+    curl -fsS "$JIT_URL/v1/client.py" -o jit_client.py
+    python3 jit_client.py request deploy-db --reason "migrate orders" --format env
+    python3 jit_client.py release "$JIT_REQUEST_ID"
 
 Exit codes: 0 granted (or released), 10 denied, 11 timed out, 12 expired / revoked /
 cancelled before the credential was fetched, 2 usage error, 1 anything else.
+
+Variables. The client reads its own settings from CLIENT_ENV: JIT_URL, JIT_TOKEN,
+JIT_AUDIENCE, JIT_IDEMPOTENCY_KEY, JIT_ENVIRONMENT, JIT_ID_TOKEN (--oidc gitlab),
+JIT_REQUEST_ID and JIT_REQUEST_TOKEN (release). `--format env|github|gitlab` exports:
+
+    JIT_CREDENTIAL_<KEY>  each credential field: `password` -> JIT_CREDENTIAL_PASSWORD,
+                          `db-host` -> JIT_CREDENTIAL_DB_HOST, the `token` backend's `token`
+                          -> JIT_CREDENTIAL_TOKEN (gitlab: a multi-line value goes to a 0600
+                          file named by JIT_CREDENTIAL_<KEY>_FILE)
+    JIT_CREDENTIAL        the whole credential as one line of JSON (env and github only)
+    JIT_REQUEST_ID, JIT_REQUEST_TOKEN   what a later `release` reads
+    JIT_EXPIRES_AT        when the credential stops working (RFC 3339)
+
+A credential field is never exported under one of the client's own names, so a second
+`jit request` in the same shell still authenticates as the pipeline.
 """
 
 from __future__ import annotations
@@ -55,6 +73,24 @@ MAX_BACKOFF_SECONDS = 10.0
 CREATE_RETRY_SECONDS = 300.0
 RELEASE_RETRY_SECONDS = 60.0
 USER_AGENT = "jit-client/1"
+
+#: Every environment variable the client reads for its own settings.
+CLIENT_ENV = frozenset(
+    {
+        "JIT_URL",
+        "JIT_TOKEN",
+        "JIT_AUDIENCE",
+        "JIT_IDEMPOTENCY_KEY",
+        "JIT_ENVIRONMENT",
+        "JIT_ID_TOKEN",
+        "JIT_REQUEST_ID",
+        "JIT_REQUEST_TOKEN",
+    }
+)
+#: Credential fields are exported under this prefix, which none of CLIENT_ENV starts with;
+#: the whole credential (JSON) goes to CREDENTIAL_VAR.
+CREDENTIAL_PREFIX = "JIT_CREDENTIAL_"
+CREDENTIAL_VAR = "JIT_CREDENTIAL"
 
 
 class UsageError(Exception):
@@ -171,8 +207,13 @@ def exit_code_for_status(status: str) -> int | None:
 
 
 def env_name(key: str) -> str:
-    """`password` → `JIT_PASSWORD`, `db-host` → `JIT_DB_HOST`."""
-    return "JIT_" + re.sub(r"[^A-Za-z0-9]", "_", str(key)).upper()
+    """`password` → `JIT_CREDENTIAL_PASSWORD`, `db-host` → `JIT_CREDENTIAL_DB_HOST`."""
+    return CREDENTIAL_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", str(key)).upper()
+
+
+def credential_json(credential: Mapping[str, Any]) -> str:
+    """The whole credential on one line, field names as the server sent them."""
+    return json.dumps(dict(credential), separators=(",", ":"), ensure_ascii=False)
 
 
 def value_text(value: Any) -> str:
@@ -192,20 +233,26 @@ def credential_vars(
     credential: Mapping[str, Any],
     expires_at: str | None,
     request_token: str | None = None,
+    *,
+    whole: bool = True,
 ) -> list[tuple[str, str]]:
-    """The variables a credential becomes: one per credential key, then the request id, the
-    expiry and (when given) the request token a later `jit release` needs."""
+    """The variables a credential becomes: JIT_CREDENTIAL_<KEY> per credential key, then (with
+    `whole`) JIT_CREDENTIAL, then the request id, the expiry and (when given) the request token
+    a later `jit release` needs. No credential key can produce one of CLIENT_ENV's names."""
     out = [(env_name(k), value_text(v)) for k, v in credential.items()]
-    meta = [("JIT_REQUEST_ID", request_id), ("JIT_EXPIRES_AT", expires_at or "")]
+    if whole:
+        out.append((CREDENTIAL_VAR, credential_json(credential)))
+    out += [("JIT_REQUEST_ID", request_id), ("JIT_EXPIRES_AT", expires_at or "")]
     if request_token:
-        meta.append(("JIT_REQUEST_TOKEN", request_token))
-    names = {n for n, _ in meta}
-    return [(n, v) for n, v in out if n not in names] + meta
+        out.append(("JIT_REQUEST_TOKEN", request_token))
+    return out
 
 
 def secret_values(credential: Mapping[str, Any]) -> list[str]:
-    """Every credential value is treated as secret (we cannot tell a host from a password)."""
-    return [t for t in (value_text(v) for v in credential.values()) if t]
+    """Every credential value is treated as secret (we cannot tell a host from a password),
+    and so is the JSON of all of them (JIT_CREDENTIAL), escapes and all."""
+    values = [t for t in (value_text(v) for v in credential.values()) if t]
+    return [*values, credential_json(credential)] if credential else values
 
 
 def format_json(
@@ -633,7 +680,9 @@ class Runner:
         a, rid = self.args, self.req_id
         # github already has the request token in $GITHUB_ENV (written at creation)
         token = None if a.format == "github" else self.req_token
-        variables = credential_vars(rid, credential, expires_at, token)
+        # A GitLab dotenv report is small (5 KB by default): the fields only, not their JSON too.
+        whole = a.format != "gitlab"
+        variables = credential_vars(rid, credential, expires_at, token, whole=whole)
         names = ", ".join(n for n, _ in variables)
         if a.format == "json":
             self.out.write(format_json(rid, credential, expires_at, self.req_token))
