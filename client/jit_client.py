@@ -35,6 +35,7 @@ import hashlib
 import http.client
 import ipaddress
 import json
+import math
 import os
 import re
 import shlex
@@ -47,6 +48,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
 
 EXIT_GRANTED = 0
@@ -334,6 +336,11 @@ def _write_private(path: str, text: str) -> None:
         f.write(text)
 
 
+def _span(seconds: int) -> str:
+    """90 → `1m30s`, 5 → `5s`."""
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 def _is_loopback(host: str | None) -> bool:
     if not host:
         return False
@@ -474,8 +481,11 @@ class Runner:
 
     def call(self, method: str, path: str, deadline: float, what: str, **kw: Any) -> Any:
         """`http` with retries (exponential backoff up to MAX_BACKOFF_SECONDS) on Transient,
-        until `deadline`; the request is identical every time, so a retry never asks twice."""
+        until `deadline`; the request is identical every time, so a retry never asks twice.
+        The first failure is announced with the deadline even under --quiet: minutes of
+        silence in a CI log look like a hang."""
         delay = 1.0
+        announced = False
         while True:
             try:
                 return self.http(method, self.base + path, **kw)
@@ -484,13 +494,22 @@ class Runner:
                 if now >= deadline:
                     raise ClientError(f"{what}: giving up after retries ({e})") from None
                 wait = min(e.retry_after or delay, MAX_BACKOFF_SECONDS, max(0.0, deadline - now))
-                self.say(f"{what}: {e}; retrying in {wait:.0f}s")
+                if not announced:
+                    announced = True
+                    left = math.ceil(deadline - now)
+                    until = datetime.now(timezone.utc) + timedelta(seconds=left)  # noqa: UP017 - 3.10
+                    self.say(
+                        f"{what}: waiting for {self.base} ({e}); retrying for up to "
+                        f"{_span(left)}, until {until:%Y-%m-%dT%H:%M:%SZ}",
+                        always=True,
+                    )
+                else:
+                    self.say(f"{what}: {e}; retrying in {wait:.0f}s")
                 self.sleep(wait)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
     def elapsed(self) -> str:
-        s = int(self.clock() - self.started)
-        return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+        return _span(int(self.clock() - self.started))
 
     # -------------------------------------------------------------- request
 
@@ -763,13 +782,48 @@ class Runner:
 # ------------------------------------------------------------------------ CLI
 
 
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+_EXIT_CODES = """\
+exit codes: 0 granted (or released), 10 denied, 11 timed out, 12 expired/revoked/cancelled
+  before the credential was fetched, 2 usage error, 1 anything else"""
+
+_REQUEST_EPILOG = f"""\
+retries: network errors, HTTP 5xx, 408 and 429 are retried with the same request and
+  Idempotency-Key (a retry never asks twice), backing off up to {MAX_BACKOFF_SECONDS:.0f} s between tries.
+  Creating the request is retried for up to {CREATE_RETRY_SECONDS:.0f} s (CREATE_RETRY_SECONDS), or until
+  --timeout if that comes first; then the client gives up with exit code 1. Its first failure
+  prints one line on stderr, even with --quiet, naming the server and the deadline. Waiting
+  for a decision is retried until --timeout.
+
+variables: each credential field is exported as JIT_CREDENTIAL_<KEY> (JIT_CREDENTIAL holds
+  the whole credential as JSON), never under the client's own JIT_TOKEN, JIT_URL, ...; plus
+  JIT_REQUEST_ID, JIT_REQUEST_TOKEN (what release reads) and JIT_EXPIRES_AT.
+
+{_EXIT_CODES}"""
+
+_RELEASE_EPILOG = f"""\
+retries: network errors, HTTP 5xx, 408 and 429 are retried for up to
+  {RELEASE_RETRY_SECONDS:.0f} s (RELEASE_RETRY_SECONDS). A request that is already over exits 0.
+
+{_EXIT_CODES}"""
+
+
+def build_parser(env: Mapping[str, str], prog: str | None = None) -> argparse.ArgumentParser:
+    """The client's command line; `prog` is how usage lines name it (default: how it was run)."""
     p = argparse.ArgumentParser(
-        prog="jit", description="Ask jit for a just-in-time credential from a CI pipeline."
+        prog=prog,
+        description="Ask jit for a just-in-time credential from a CI pipeline.",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("request", help="ask for a credential and wait for approval")
+    r = sub.add_parser(
+        "request",
+        help="ask for a credential and wait for approval",
+        description="Ask for a credential, wait for approval, print or export it.",
+        epilog=_REQUEST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument("action")
     r.add_argument("--reason", required=True)
     r.add_argument("--ttl", type=_duration_arg, help="how long the credential lives (15m, 2h)")
@@ -796,7 +850,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--insecure-http", action="store_true", help="allow http:// to a non-local server"
     )
 
-    rel = sub.add_parser("release", help="end a request: cancel it, or revoke its credential")
+    rel = sub.add_parser(
+        "release",
+        help="end a request: cancel it, or revoke its credential",
+        description="End a request: cancel it while pending, or revoke its credential now.",
+        epilog=_RELEASE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     rel.add_argument("id", nargs="?", default=env.get("JIT_REQUEST_ID"))
     rel.add_argument("--url", default=env.get("JIT_URL"))
     rel.add_argument(
@@ -831,12 +891,14 @@ def main(
     stderr: TextIO | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    prog: str | None = None,
 ) -> int:
-    """Run the client; returns the exit code (see the module docstring)."""
+    """Run the client; returns the exit code (see the module docstring). `prog` names the
+    command in usage lines (`jit` when the server's `jit request` runs it)."""
     env = os.environ if env is None else env
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    parser = build_parser(env)
+    parser = build_parser(env, prog)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse prints its own message
