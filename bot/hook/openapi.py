@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.domain.access import CONTEXT_KEYS, MAX_REASON, RequestBody
+from bot.domain.access import MAX_REASON, RequestBody
 from bot.domain.requests import Status
 from bot.hook.routes import MAX_BODY, MAX_IDEMPOTENCY_KEY, MAX_WAIT
 
 OPENAPI_VERSION = "3.1.0"
 
 _REF = "#/components/schemas/"
+#: The context keys CI clients send (jit_client.ci_context); any other valid key is accepted too.
+CONTEXT_KEYS = ("repository", "ref", "commit", "run_url", "environment")
 
 
 def _ref(name: str) -> dict[str, str]:
