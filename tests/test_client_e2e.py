@@ -165,7 +165,11 @@ def test_retried_step_does_not_ask_twice_and_github_format(stack, tmp_path):
     password = f"pw-{rid}-s3cr3t"
     assert f"::add-mask::{password}" in out
     assert password in written and f"JIT_REQUEST_ID={rid}" in written
-    assert password not in out.replace(f"::add-mask::{password}", "")
+    # on stdout the password is only in mask commands (its own, and JIT_CREDENTIAL's)
+    masks = [line for line in out.splitlines() if line.startswith("::add-mask::")]
+    assert f"::add-mask::{password}" in masks
+    assert any(line.startswith("::add-mask::{") and password in line for line in masks)
+    assert password not in "\n".join(line for line in out.splitlines() if line not in masks)
 
 
 def test_long_poll_answers_as_soon_as_status_changes(stack):
@@ -269,6 +273,12 @@ def test_the_server_serves_the_client_file_byte_for_byte(stack):
     assert headers["X-Content-Type-Options"] == "nosniff"
     again, _, body = fetch(stack.url + "/v1/client.py", {"If-None-Match": headers["ETag"]})
     assert again == 304 and body == b""
+    # the published document says the same
+    documented = json.loads(fetch(stack.url + "/openapi.json")[2])["paths"]["/v1/client.py"]["get"]
+    ok = documented["responses"]["200"]
+    assert "text/x-python" in ok["content"] and "304" in documented["responses"]
+    assert re.fullmatch(ok["headers"]["ETag"]["schema"]["pattern"], headers["ETag"])
+    assert ok["headers"]["Cache-Control"]["schema"]["const"] == headers["Cache-Control"]
 
 
 def test_curl_the_client_and_run_it_with_no_install(stack, tmp_path):
@@ -309,10 +319,12 @@ def client_venv(tmp_path_factory) -> Path:
     """A fresh venv with `./client` installed and nothing else. Building it needs a build backend:
     a fresh venv's own setuptools cannot build a wheel without `wheel` (Python 3.11) or has none
     (3.12+), so pip's isolated build fetches setuptools from the index pip is configured with."""
-    venv = tmp_path_factory.mktemp("client-venv") / "v"
+    where = tmp_path_factory.mktemp("client-venv")
+    venv = where / "v"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    source = shutil.copytree(ROOT / "client", where / "client")  # the build writes beside its source
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    done = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT / "client")],
+    done = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(source)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     return venv
