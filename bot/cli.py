@@ -293,10 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--output", "-o", help="file to write (default: stdout)")
     ae.set_defaults(func=cmd_audit_export)
 
-    for name in ("request", "release"):
-        c = sub.add_parser(name, help=f"pipeline client: {name} access", add_help=False)
-        c.add_argument("rest", nargs=argparse.REMAINDER)
-        c.set_defaults(func=lambda a, _n=name: _client([_n, *a.rest]))
+    # request, release and bench parse their own arguments: main() hands them the rest of the
+    # line before this parser sees it. These entries only list them in `jit --help`.
+    sub.add_parser("request", help="pipeline client: ask for access (jit request --help)", add_help=False)
+    sub.add_parser("release", help="pipeline client: end a request (jit release --help)", add_help=False)
 
     d = sub.add_parser("dev", help="server, worker and Redis in one command, for trying it out")
     d.add_argument("--port", type=int, default=3000)
@@ -305,16 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", default=".jit")
     d.set_defaults(func=lambda a: _dev(a))
 
-    b = sub.add_parser("bench", help="run the benchmarks (see bench/)", add_help=False)
-    b.add_argument("rest", nargs=argparse.REMAINDER)
-    b.set_defaults(func=lambda a: _bench(a.rest))
+    sub.add_parser("bench", help="run the benchmarks (jit bench --help)", add_help=False)
     return p
 
 
 def _client(argv: list[str]) -> int:
-    from bot import client
+    import jit_client  # stdlib urllib/ssl: never imported before `jit serve` lets gevent patch
 
-    return client.main(argv)
+    return jit_client.main(argv, prog="jit")
 
 
 def _dev(args: argparse.Namespace) -> int:
@@ -329,8 +327,19 @@ def _bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
+#: Commands with a parser of their own, each handed the rest of the command line untouched
+#: (argparse.REMAINDER would refuse options before the first positional: `jit request --help`).
+PASSTHROUGH = {
+    "request": lambda rest: _client(["request", *rest]),
+    "release": lambda rest: _client(["release", *rest]),
+    "bench": lambda rest: _bench(rest),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASSTHROUGH:
+        return int(PASSTHROUGH[argv[0]](argv[1:]) or 0)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from bot import client
-from bot.client import (
+import jit_client as client
+from jit_client import (
     EXIT_DENIED,
     EXIT_ERROR,
     EXIT_GONE,
@@ -167,17 +169,19 @@ def parse_github_env(text: str) -> dict[str, str]:
 def test_variables_are_named_after_the_credential_keys():
     names = [n for n, _ in credential_vars("req_1", CREDENTIAL, EXPIRES)]
     assert names == [
-        "JIT_USERNAME",
-        "JIT_PASSWORD",
-        "JIT_PORT",
-        "JIT_SSL",
-        "JIT_CA_CERT",
-        "JIT_DB_HOST",
+        "JIT_CREDENTIAL_USERNAME",
+        "JIT_CREDENTIAL_PASSWORD",
+        "JIT_CREDENTIAL_PORT",
+        "JIT_CREDENTIAL_SSL",
+        "JIT_CREDENTIAL_CA_CERT",
+        "JIT_CREDENTIAL_DB_HOST",
+        "JIT_CREDENTIAL",
         "JIT_REQUEST_ID",
         "JIT_EXPIRES_AT",
     ]
     values = dict(credential_vars("req_1", CREDENTIAL, EXPIRES))
-    assert values["JIT_PORT"] == "5432" and values["JIT_SSL"] == "true"
+    assert values["JIT_CREDENTIAL_PORT"] == "5432" and values["JIT_CREDENTIAL_SSL"] == "true"
+    assert json.loads(values["JIT_CREDENTIAL"]) == CREDENTIAL  # all of it, names as sent
 
 
 def test_json_format():
@@ -187,10 +191,10 @@ def test_json_format():
 
 def test_env_format_survives_the_shell():
     script = format_env(credential_vars("req_1", CREDENTIAL, EXPIRES))
-    assert script.startswith("export JIT_USERNAME=jit_deploy_7f3a\n")
-    assert f"export JIT_PASSWORD={shlex.quote(CREDENTIAL['password'])}\n" in script
+    assert script.startswith("export JIT_CREDENTIAL_USERNAME=jit_deploy_7f3a\n")
+    assert f"export JIT_CREDENTIAL_PASSWORD={shlex.quote(CREDENTIAL['password'])}\n" in script
     shown = subprocess.run(
-        ["sh", "-c", script + 'printf "%s|%s|%s" "$JIT_PASSWORD" "$JIT_CA_CERT" "$JIT_REQUEST_ID"'],
+        ["sh", "-c", script + 'printf "%s|%s|%s" "$JIT_CREDENTIAL_PASSWORD" "$JIT_CREDENTIAL_CA_CERT" "$JIT_REQUEST_ID"'],
         capture_output=True,
         text=True,
         check=True,
@@ -217,14 +221,15 @@ def test_github_format_masks_everything_first_then_writes_github_env(tmp_path):
     for key in ("username", "password", "db-host"):
         assert CREDENTIAL[key] in masked
     assert {"5432", "true"} <= masked
+    assert json.dumps(CREDENTIAL, separators=(",", ":")) in masked  # JIT_CREDENTIAL, all of it
     # A multi-line secret is masked line by line (the runner matches one log line at a time).
     for line in CREDENTIAL["ca_cert"].splitlines():
         assert line in masked
 
     written = parse_github_env(env_file.read_text())
     assert written["EARLIER"] == "kept"
-    assert written["JIT_PASSWORD"] == CREDENTIAL["password"]
-    assert written["JIT_CA_CERT"] == CREDENTIAL["ca_cert"]
+    assert written["JIT_CREDENTIAL_PASSWORD"] == CREDENTIAL["password"]
+    assert written["JIT_CREDENTIAL_CA_CERT"] == CREDENTIAL["ca_cert"]
     assert written["JIT_REQUEST_ID"] == "req_1"
     assert written["JIT_EXPIRES_AT"] == EXPIRES
     assert "ghadelimiter_" in env_file.read_text()
@@ -247,11 +252,13 @@ def test_gitlab_dotenv_puts_multi_line_values_in_files(tmp_path):
         path.write_text(value)
         return str(path)
 
-    text = client.dotenv_block(credential_vars("req_1", CREDENTIAL, EXPIRES), side_file)
+    # --format gitlab exports the fields, not the whole JSON: dotenv reports are small (5 KB)
+    text = client.dotenv_block(credential_vars("req_1", CREDENTIAL, EXPIRES, whole=False), side_file)
     lines = text.splitlines()
-    assert f"JIT_PASSWORD={CREDENTIAL['password']}" in lines
-    assert f"JIT_CA_CERT_FILE={tmp_path / 'jit_ca_cert.secret'}" in lines
-    assert (tmp_path / "jit_ca_cert.secret").read_text() == CREDENTIAL["ca_cert"]
+    assert not any(line.startswith("JIT_CREDENTIAL=") for line in lines)
+    assert f"JIT_CREDENTIAL_PASSWORD={CREDENTIAL['password']}" in lines
+    assert f"JIT_CREDENTIAL_CA_CERT_FILE={tmp_path / 'jit_credential_ca_cert.secret'}" in lines
+    assert (tmp_path / "jit_credential_ca_cert.secret").read_text() == CREDENTIAL["ca_cert"]
     assert all(line and "=" in line for line in lines)
 
 
@@ -423,14 +430,20 @@ def test_github_format_hands_over_the_request_then_the_credential(tmp_path):
     )
     assert code == EXIT_GRANTED
     lines = out.splitlines()
-    assert lines[:3] == ["::add-mask::rt_secret", "::add-mask::s3cret", "::add-mask::u1"]
-    assert "s3cret" not in "\n".join(lines[3:]) and "s3cret" not in err
+    assert lines[:4] == [
+        "::add-mask::rt_secret",
+        "::add-mask::s3cret",
+        "::add-mask::u1",
+        '::add-mask::{"password":"s3cret","user":"u1"}',
+    ]
+    assert "s3cret" not in "\n".join(lines[4:]) and "s3cret" not in err
     written = parse_github_env(env_file.read_text())
     assert written == {
         "JIT_REQUEST_ID": "req_1",
         "JIT_REQUEST_TOKEN": "rt_secret",
-        "JIT_PASSWORD": "s3cret",
-        "JIT_USER": "u1",
+        "JIT_CREDENTIAL_PASSWORD": "s3cret",
+        "JIT_CREDENTIAL_USER": "u1",
+        "JIT_CREDENTIAL": '{"password":"s3cret","user":"u1"}',
         "JIT_EXPIRES_AT": EXPIRES,
     }
 
@@ -523,8 +536,91 @@ def test_env_format_from_the_loop_carries_what_release_needs():
     )
     assert code == EXIT_GRANTED and err == ""
     assert out.splitlines() == [
-        "export JIT_TOKEN=t",
+        "export JIT_CREDENTIAL_TOKEN=t",
+        """export JIT_CREDENTIAL='{"token":"t"}'""",
         "export JIT_REQUEST_ID=req_1",
         f"export JIT_EXPIRES_AT={EXPIRES}",
         "export JIT_REQUEST_TOKEN=rt_secret",
     ]
+
+
+# ------------------------------------------------------------------ the client's own variables
+
+#: Credential keys that would land on the client's own settings under a plain `JIT_<KEY>`.
+CLASHING = {
+    "token": "eyJhbGciOi.jwt.sig",
+    "url": "https://elsewhere.example",
+    "request_id": "req_other",
+    "request_token": "rt_other",
+    "audience": "other",
+    "idempotency_key": "k",
+    "environment": "prod",
+    "id_token": "i",
+    "expires_at": "never",
+    "Token": "T",
+}
+
+
+def test_the_client_names_every_variable_it_reads():
+    source = Path(client.__file__).read_text(encoding="utf-8")
+    read = set(re.findall(r'env(?:\.get\(|\[)"(JIT_[A-Z0-9_]+)"', source))
+    read |= set(re.findall(r'default="(JIT_[A-Z0-9_]+)"', source))
+    assert {"JIT_URL", "JIT_TOKEN", "JIT_REQUEST_ID", "JIT_REQUEST_TOKEN"} <= read
+    assert read == client.CLIENT_ENV
+
+
+def test_credential_fields_never_take_the_clients_own_variable_names():
+    variables = credential_vars("req_1", CLASHING, EXPIRES, "rt_secret")
+    exported = dict(variables)
+    assert len(exported) == len(variables) - 1  # `token` and `Token` share a name, nothing else
+    own = client.CLIENT_ENV & set(exported)
+    assert own == {"JIT_REQUEST_ID", "JIT_REQUEST_TOKEN"}  # the handle `jit release` reads
+    assert exported["JIT_REQUEST_ID"] == "req_1" and exported["JIT_REQUEST_TOKEN"] == "rt_secret"
+    assert exported["JIT_EXPIRES_AT"] == EXPIRES
+    assert exported["JIT_CREDENTIAL_URL"] == "https://elsewhere.example"
+    assert exported["JIT_CREDENTIAL_EXPIRES_AT"] == "never"
+    assert json.loads(exported["JIT_CREDENTIAL"]) == CLASHING
+
+
+def test_eval_of_a_token_grant_keeps_the_pipelines_own_token():
+    """`eval "$(jit request … --format env)"` and then a second `jit request` in the same job."""
+    script = format_env(credential_vars("req_1", CLASHING, EXPIRES, "rt_secret"))
+    shown = subprocess.run(
+        ["sh", "-c", script + 'printf "%s|%s|%s" "$JIT_TOKEN" "$JIT_URL" "$JIT_CREDENTIAL_TOKEN"'],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "JIT_TOKEN": "pipeline-token", "JIT_URL": "https://jit"},
+    ).stdout
+    assert shown == "pipeline-token|https://jit|T"  # `Token` came last and won its own name
+
+
+# ------------------------------------------------------------------ a server that does not answer
+
+DOWN = Transient("URLError: [Errno 111] Connection refused")
+GRANTED = [(201, CREATED), status("active", 2), (200, {"credential": {"p": "s"}, "expires_at": EXPIRES})]
+UNTIL = re.compile(r"until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
+def test_waiting_for_a_server_that_does_not_answer_is_said_once_with_its_deadline():
+    code, _, _, err = run(BASE + ["--quiet"], [DOWN, DOWN, DOWN, *GRANTED])
+    assert code == EXIT_GRANTED
+    lines = err.splitlines()
+    assert len(lines) == 1, err  # even with --quiet: a silent 5-minute wait looks like a hang
+    assert "https://jit.example" in lines[0] and "Connection refused" in lines[0]
+    assert "5m00s" in lines[0] and UNTIL.search(lines[0])
+
+
+def test_the_announced_deadline_is_the_timeout_when_that_is_shorter():
+    code, _, _, err = run(BASE + ["--timeout", "2m"], [DOWN, DOWN, *GRANTED])
+    assert code == EXIT_GRANTED
+    announced = [line for line in err.splitlines() if UNTIL.search(line)]
+    assert len(announced) == 1 and "2m00s" in announced[0]
+    assert "retrying in" in err  # without --quiet each retry is still shown
+
+
+def test_help_says_how_long_an_unreachable_server_is_retried(capsys):
+    assert client.main(["request", "--help"], env={}) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "CREATE_RETRY_SECONDS" in text
+    assert f"{int(client.CREATE_RETRY_SECONDS)} s" in text

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.domain.access import CONTEXT_KEYS, MAX_REASON, RequestBody
+from bot.domain.access import MAX_REASON, RequestBody
 from bot.domain.requests import Status
-from bot.hook.routes import MAX_BODY, MAX_IDEMPOTENCY_KEY, MAX_WAIT
+from bot.hook.routes import (
+    CLIENT_CACHE_CONTROL,
+    CLIENT_CONTENT_TYPE,
+    MAX_BODY,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_WAIT,
+)
 
 OPENAPI_VERSION = "3.1.0"
 
 _REF = "#/components/schemas/"
+#: The context keys CI clients send (jit_client.ci_context); any other valid key is accepted too.
+CONTEXT_KEYS = ("repository", "ref", "commit", "run_url", "environment")
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -372,6 +380,39 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                         "401": _UNAUTHORIZED,
                         "413": _err(f"body larger than {MAX_BODY} bytes"),
                         "503": _UNAVAILABLE,
+                    },
+                }
+            },
+            "/v1/client.py": {
+                "get": {
+                    "operationId": "getClient",
+                    "summary": "The pipeline client as one stdlib-only Python file",
+                    "description": "Byte for byte the `jit_client` module this server ships (`client/jit_client.py`, "
+                    "also the `jit-client` package), for a CI job with nothing installed: "
+                    "`curl -fsS $JIT_URL/v1/client.py -o jit_client.py && python3 jit_client.py request …`.",
+                    "security": public,
+                    "parameters": [
+                        {
+                            "name": "If-None-Match",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                            "description": "an ETag from an earlier answer: 304 while the file is the same",
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the file",
+                            "headers": {
+                                "ETag": {
+                                    "description": "the file's sha256 (hex), quoted",
+                                    "schema": {"type": "string", "pattern": '^"[0-9a-f]{64}"$'},
+                                },
+                                "Cache-Control": {"schema": {"const": CLIENT_CACHE_CONTROL}},
+                            },
+                            "content": {CLIENT_CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}},
+                        },
+                        "304": {"description": "unchanged since the ETag given in If-None-Match"},
                     },
                 }
             },

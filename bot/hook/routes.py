@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import secrets
 import time
+from functools import cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -21,6 +25,12 @@ MAX_BODY = 16 * 1024
 MAX_JSON_DEPTH = 32
 MAX_WAIT = 60
 MAX_IDEMPOTENCY_KEY = 255
+
+#: The pipeline client (client/jit_client.py), shipped with the server as this module and
+#: served as one file at /v1/client.py.
+CLIENT_MODULE = "jit_client"
+CLIENT_CONTENT_TYPE = "text/x-python; charset=utf-8"
+CLIENT_CACHE_CONTROL = "public, max-age=300"
 
 bp = Blueprint("hook", __name__)
 
@@ -242,6 +252,31 @@ def _meant_for(claims: dict[str, Any], audiences: set[str]) -> bool:
     aud = claims.get("aud")
     named = aud if isinstance(aud, list) else [aud]
     return "*" in audiences or any(isinstance(a, str) and a in audiences for a in named)
+
+
+# ------------------------------------------------------------------------- the client
+
+
+@cache
+def client_file() -> tuple[bytes, str]:
+    """The pipeline client's file as installed with this server, and its sha256 (read once:
+    what a process serves matches the client it runs `jit request` with)."""
+    spec = importlib.util.find_spec(CLIENT_MODULE)  # found, not imported: no client code runs here
+    if spec is None or not spec.origin:
+        raise RuntimeError(f"the {CLIENT_MODULE} module is not installed with the server")
+    data = Path(spec.origin).read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+@bp.get("/v1/client.py")
+def client_source():
+    """The client as one stdlib-only file: `curl -fsS $JIT_URL/v1/client.py -o jit_client.py`."""
+    data, sha256 = client_file()
+    resp = Response(data, content_type=CLIENT_CONTENT_TYPE)
+    resp.set_etag(sha256)
+    resp.headers["Cache-Control"] = CLIENT_CACHE_CONTROL
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    return resp.make_conditional(request)
 
 
 # ------------------------------------------------------------------------- health

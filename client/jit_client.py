@@ -1,13 +1,31 @@
 #!/usr/bin/env python3
 """The pipeline side of jit: ask for a credential, wait for approval, print it, release it.
 
-Standard library only, so this file also works on its own:
+Standard library only, one file: install it alone (`pip install jit-client`, command
+`jit-client`), use it as `jit request`/`jit release` from the server's package, or fetch it
+from the server itself and run it with no install at all:
 
-    python3 client.py request deploy-db --reason "migrate orders" --format env
-    python3 client.py release "$JIT_REQUEST_ID"
+    curl -fsS "$JIT_URL/v1/client.py" -o jit_client.py
+    python3 jit_client.py request deploy-db --reason "migrate orders" --format env
+    python3 jit_client.py release "$JIT_REQUEST_ID"
 
 Exit codes: 0 granted (or released), 10 denied, 11 timed out, 12 expired / revoked /
 cancelled before the credential was fetched, 2 usage error, 1 anything else.
+
+Variables. The client reads its own settings from CLIENT_ENV: JIT_URL, JIT_TOKEN,
+JIT_AUDIENCE, JIT_IDEMPOTENCY_KEY, JIT_ENVIRONMENT, JIT_ID_TOKEN (--oidc gitlab),
+JIT_REQUEST_ID and JIT_REQUEST_TOKEN (release). `--format env|github|gitlab` exports:
+
+    JIT_CREDENTIAL_<KEY>  each credential field: `password` -> JIT_CREDENTIAL_PASSWORD,
+                          `db-host` -> JIT_CREDENTIAL_DB_HOST, the `token` backend's `token`
+                          -> JIT_CREDENTIAL_TOKEN (gitlab: a multi-line value goes to a 0600
+                          file named by JIT_CREDENTIAL_<KEY>_FILE)
+    JIT_CREDENTIAL        the whole credential as one line of JSON (env and github only)
+    JIT_REQUEST_ID, JIT_REQUEST_TOKEN   what a later `release` reads
+    JIT_EXPIRES_AT        when the credential stops working (RFC 3339)
+
+A credential field is never exported under one of the client's own names, so a second
+`jit request` in the same shell still authenticates as the pipeline.
 """
 
 from __future__ import annotations
@@ -17,6 +35,7 @@ import hashlib
 import http.client
 import ipaddress
 import json
+import math
 import os
 import re
 import shlex
@@ -29,6 +48,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any, TextIO
 
 EXIT_GRANTED = 0
@@ -55,6 +75,24 @@ MAX_BACKOFF_SECONDS = 10.0
 CREATE_RETRY_SECONDS = 300.0
 RELEASE_RETRY_SECONDS = 60.0
 USER_AGENT = "jit-client/1"
+
+#: Every environment variable the client reads for its own settings.
+CLIENT_ENV = frozenset(
+    {
+        "JIT_URL",
+        "JIT_TOKEN",
+        "JIT_AUDIENCE",
+        "JIT_IDEMPOTENCY_KEY",
+        "JIT_ENVIRONMENT",
+        "JIT_ID_TOKEN",
+        "JIT_REQUEST_ID",
+        "JIT_REQUEST_TOKEN",
+    }
+)
+#: Credential fields are exported under this prefix, which none of CLIENT_ENV starts with;
+#: the whole credential (JSON) goes to CREDENTIAL_VAR.
+CREDENTIAL_PREFIX = "JIT_CREDENTIAL_"
+CREDENTIAL_VAR = "JIT_CREDENTIAL"
 
 
 class UsageError(Exception):
@@ -171,8 +209,13 @@ def exit_code_for_status(status: str) -> int | None:
 
 
 def env_name(key: str) -> str:
-    """`password` → `JIT_PASSWORD`, `db-host` → `JIT_DB_HOST`."""
-    return "JIT_" + re.sub(r"[^A-Za-z0-9]", "_", str(key)).upper()
+    """`password` → `JIT_CREDENTIAL_PASSWORD`, `db-host` → `JIT_CREDENTIAL_DB_HOST`."""
+    return CREDENTIAL_PREFIX + re.sub(r"[^A-Za-z0-9]", "_", str(key)).upper()
+
+
+def credential_json(credential: Mapping[str, Any]) -> str:
+    """The whole credential on one line, field names as the server sent them."""
+    return json.dumps(dict(credential), separators=(",", ":"), ensure_ascii=False)
 
 
 def value_text(value: Any) -> str:
@@ -192,20 +235,26 @@ def credential_vars(
     credential: Mapping[str, Any],
     expires_at: str | None,
     request_token: str | None = None,
+    *,
+    whole: bool = True,
 ) -> list[tuple[str, str]]:
-    """The variables a credential becomes: one per credential key, then the request id, the
-    expiry and (when given) the request token a later `jit release` needs."""
+    """The variables a credential becomes: JIT_CREDENTIAL_<KEY> per credential key, then (with
+    `whole`) JIT_CREDENTIAL, then the request id, the expiry and (when given) the request token
+    a later `jit release` needs. No credential key can produce one of CLIENT_ENV's names."""
     out = [(env_name(k), value_text(v)) for k, v in credential.items()]
-    meta = [("JIT_REQUEST_ID", request_id), ("JIT_EXPIRES_AT", expires_at or "")]
+    if whole:
+        out.append((CREDENTIAL_VAR, credential_json(credential)))
+    out += [("JIT_REQUEST_ID", request_id), ("JIT_EXPIRES_AT", expires_at or "")]
     if request_token:
-        meta.append(("JIT_REQUEST_TOKEN", request_token))
-    names = {n for n, _ in meta}
-    return [(n, v) for n, v in out if n not in names] + meta
+        out.append(("JIT_REQUEST_TOKEN", request_token))
+    return out
 
 
 def secret_values(credential: Mapping[str, Any]) -> list[str]:
-    """Every credential value is treated as secret (we cannot tell a host from a password)."""
-    return [t for t in (value_text(v) for v in credential.values()) if t]
+    """Every credential value is treated as secret (we cannot tell a host from a password),
+    and so is the JSON of all of them (JIT_CREDENTIAL), escapes and all."""
+    values = [t for t in (value_text(v) for v in credential.values()) if t]
+    return [*values, credential_json(credential)] if credential else values
 
 
 def format_json(
@@ -285,6 +334,11 @@ def _write_private(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def _span(seconds: int) -> str:
+    """90 → `1m30s`, 5 → `5s`."""
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -427,8 +481,11 @@ class Runner:
 
     def call(self, method: str, path: str, deadline: float, what: str, **kw: Any) -> Any:
         """`http` with retries (exponential backoff up to MAX_BACKOFF_SECONDS) on Transient,
-        until `deadline`; the request is identical every time, so a retry never asks twice."""
+        until `deadline`; the request is identical every time, so a retry never asks twice.
+        The first failure is announced with the deadline even under --quiet: minutes of
+        silence in a CI log look like a hang."""
         delay = 1.0
+        announced = False
         while True:
             try:
                 return self.http(method, self.base + path, **kw)
@@ -437,13 +494,22 @@ class Runner:
                 if now >= deadline:
                     raise ClientError(f"{what}: giving up after retries ({e})") from None
                 wait = min(e.retry_after or delay, MAX_BACKOFF_SECONDS, max(0.0, deadline - now))
-                self.say(f"{what}: {e}; retrying in {wait:.0f}s")
+                if not announced:
+                    announced = True
+                    left = math.ceil(deadline - now)
+                    until = datetime.now(timezone.utc) + timedelta(seconds=left)  # noqa: UP017 - 3.10
+                    self.say(
+                        f"{what}: waiting for {self.base} ({e}); retrying for up to "
+                        f"{_span(left)}, until {until:%Y-%m-%dT%H:%M:%SZ}",
+                        always=True,
+                    )
+                else:
+                    self.say(f"{what}: {e}; retrying in {wait:.0f}s")
                 self.sleep(wait)
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
     def elapsed(self) -> str:
-        s = int(self.clock() - self.started)
-        return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+        return _span(int(self.clock() - self.started))
 
     # -------------------------------------------------------------- request
 
@@ -633,7 +699,9 @@ class Runner:
         a, rid = self.args, self.req_id
         # github already has the request token in $GITHUB_ENV (written at creation)
         token = None if a.format == "github" else self.req_token
-        variables = credential_vars(rid, credential, expires_at, token)
+        # A GitLab dotenv report is small (5 KB by default): the fields only, not their JSON too.
+        whole = a.format != "gitlab"
+        variables = credential_vars(rid, credential, expires_at, token, whole=whole)
         names = ", ".join(n for n, _ in variables)
         if a.format == "json":
             self.out.write(format_json(rid, credential, expires_at, self.req_token))
@@ -714,13 +782,48 @@ class Runner:
 # ------------------------------------------------------------------------ CLI
 
 
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+_EXIT_CODES = """\
+exit codes: 0 granted (or released), 10 denied, 11 timed out, 12 expired/revoked/cancelled
+  before the credential was fetched, 2 usage error, 1 anything else"""
+
+_REQUEST_EPILOG = f"""\
+retries: network errors, HTTP 5xx, 408 and 429 are retried with the same request and
+  Idempotency-Key (a retry never asks twice), backing off up to {MAX_BACKOFF_SECONDS:.0f} s between tries.
+  Creating the request is retried for up to {CREATE_RETRY_SECONDS:.0f} s (CREATE_RETRY_SECONDS), or until
+  --timeout if that comes first; then the client gives up with exit code 1. Its first failure
+  prints one line on stderr, even with --quiet, naming the server and the deadline. Waiting
+  for a decision is retried until --timeout.
+
+variables: each credential field is exported as JIT_CREDENTIAL_<KEY> (JIT_CREDENTIAL holds
+  the whole credential as JSON), never under the client's own JIT_TOKEN, JIT_URL, ...; plus
+  JIT_REQUEST_ID, JIT_REQUEST_TOKEN (what release reads) and JIT_EXPIRES_AT.
+
+{_EXIT_CODES}"""
+
+_RELEASE_EPILOG = f"""\
+retries: network errors, HTTP 5xx, 408 and 429 are retried for up to
+  {RELEASE_RETRY_SECONDS:.0f} s (RELEASE_RETRY_SECONDS). A request that is already over exits 0.
+
+{_EXIT_CODES}"""
+
+
+def build_parser(env: Mapping[str, str], prog: str | None = None) -> argparse.ArgumentParser:
+    """The client's command line; `prog` is how usage lines name it (default: how it was run)."""
     p = argparse.ArgumentParser(
-        prog="jit", description="Ask jit for a just-in-time credential from a CI pipeline."
+        prog=prog,
+        description="Ask jit for a just-in-time credential from a CI pipeline.",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("request", help="ask for a credential and wait for approval")
+    r = sub.add_parser(
+        "request",
+        help="ask for a credential and wait for approval",
+        description="Ask for a credential, wait for approval, print or export it.",
+        epilog=_REQUEST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     r.add_argument("action")
     r.add_argument("--reason", required=True)
     r.add_argument("--ttl", type=_duration_arg, help="how long the credential lives (15m, 2h)")
@@ -747,7 +850,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--insecure-http", action="store_true", help="allow http:// to a non-local server"
     )
 
-    rel = sub.add_parser("release", help="end a request: cancel it, or revoke its credential")
+    rel = sub.add_parser(
+        "release",
+        help="end a request: cancel it, or revoke its credential",
+        description="End a request: cancel it while pending, or revoke its credential now.",
+        epilog=_RELEASE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     rel.add_argument("id", nargs="?", default=env.get("JIT_REQUEST_ID"))
     rel.add_argument("--url", default=env.get("JIT_URL"))
     rel.add_argument(
@@ -782,12 +891,14 @@ def main(
     stderr: TextIO | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    prog: str | None = None,
 ) -> int:
-    """Run the client; returns the exit code (see the module docstring)."""
+    """Run the client; returns the exit code (see the module docstring). `prog` names the
+    command in usage lines (`jit` when the server's `jit request` runs it)."""
     env = os.environ if env is None else env
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    parser = build_parser(env)
+    parser = build_parser(env, prog)
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse prints its own message
