@@ -17,7 +17,7 @@ def revoke(request_id: str) -> None:
     from bot.runtime import current
     from workers.jobs import do_revoke
 
-    do_revoke(current(), request_id)
+    do_revoke(current(), request_id, "")  # no due-queue claim: RQ scheduled it
 
 
 def main() -> int:

@@ -210,6 +210,15 @@ def _request_properties() -> dict[str, Any]:
         "issued_at": _nullable(_TIME),
         "expires_at": {**_nullable(_TIME), "description": "fixed when the credential is issued; final"},
         "revoked_by": _nullable(s),
+        "revoke_pending": {
+            "type": "boolean",
+            "description": "a credential issued (or possibly issued) is still being revoked",
+        },
+        "verified_fields": {
+            "type": "array",
+            "items": s,
+            "description": "context keys (and requested_by) that came from a verified OIDC token",
+        },
         "error": _nullable(s),
     }
 
@@ -287,10 +296,14 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                         "200": _json(_ref("CreatedRequest"), "an earlier request with this Idempotency-Key"),
                         "400": _err("malformed JSON, a missing/over-long/unknown field, a bad ttl"),
                         "401": _UNAUTHORIZED,
-                        "403": _err("this pipeline may not request that action (or OIDC claims refused)"),
+                        "403": _err(
+                            "this pipeline may not request that action, OIDC claims refused, outside the "
+                            "change windows, or the requester is unknown where the policy refuses that"
+                        ),
                         "404": _err("unknown action"),
                         "413": _err(f"body larger than {MAX_BODY} bytes"),
                         "415": _err("Content-Type is not application/json"),
+                        "422": _err("this Idempotency-Key was already used with another body"),
                         "429": _err("rate limited (JIT_RATE_LIMIT per pipeline per minute)", _RETRY_AFTER),
                         "503": _UNAVAILABLE,
                     },
