@@ -283,24 +283,28 @@ def test_accepted_answers_match_the_document(hook):
                                                       "context": {"repository": "acme/web", "custom": "1"}},
                         headers={**auth, "Idempotency-Key": "one"})
     assert created.status_code == 201 and created.headers["Location"].endswith(created.get_json()["id"])
-    again = hook.call("POST", "/v1/requests", json={"action": "read-secret", "reason": "r", "ttl": "5m"},
+    again = hook.call("POST", "/v1/requests", json={"action": "read-secret", "reason": "r", "ttl": "5m",
+                                                    "context": {"repository": "acme/web", "custom": "1"}},
                       headers={**auth, "Idempotency-Key": "one"})
     assert again.status_code == 200 and again.get_json()["id"] == created.get_json()["id"]
+    other = hook.call("POST", "/v1/requests", json={"action": "read-secret", "reason": "r", "ttl": "5m"},
+                      headers={**auth, "Idempotency-Key": "one"})
+    assert other.status_code == 422
     rid = created.get_json()["id"]
+    as_request = {"Authorization": f"Bearer {created.get_json()['request_token']}"}
     jit.work()
-    assert hook.call("GET", f"/v1/requests/{rid}/credential", headers=auth).status_code == 409
+    assert hook.call("GET", f"/v1/requests/{rid}/credential", headers=as_request).status_code == 409
     jit.approve(rid, "U0LEAD1")
     jit.work()
-    as_request = {"Authorization": f"Bearer {created.get_json()['request_token']}"}
     assert hook.call("GET", f"/v1/requests/{rid}?wait=0.1", headers=as_request).get_json()["status"] == "active"
     token = hook.call("GET", f"/v1/requests/{rid}/credential", headers=as_request).get_json()["credential"]["token"]
     resource_server = {"Authorization": f"Bearer {INTROSPECTION_TOKEN}"}
     active = hook.call("POST", "/v1/introspect", data={"token": token}, headers=resource_server).get_json()
     assert active["active"] is True and active["jti"] == rid
-    assert hook.call("DELETE", f"/v1/requests/{rid}", headers=auth).get_json()["status"] == "revoked"
+    assert hook.call("DELETE", f"/v1/requests/{rid}", headers=as_request).get_json()["status"] == "revoked"
     assert hook.call("POST", "/v1/introspect", data={"token": token},
                      headers=resource_server).get_json() == {"active": False}
-    assert hook.call("GET", f"/v1/requests/{rid}/credential", headers=auth).status_code == 410
+    assert hook.call("GET", f"/v1/requests/{rid}/credential", headers=as_request).status_code == 410
     for path in ("/.well-known/jwks.json", "/healthz", "/readyz", "/openapi.json", "/metrics"):
         assert hook.call("GET", path).status_code == 200
 
