@@ -8,8 +8,8 @@ import threading
 import time
 
 import pytest
+from fakes.slack import block_action, view_submission
 from procs import Stack, wait_until
-from slackfake import block_action, view_submission
 from support import WEB_TOKEN
 
 from bot import client
