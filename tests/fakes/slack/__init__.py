@@ -38,20 +38,9 @@ A pytest fixture is a two-liner::
 Stdlib only.
 """
 
-from .web_api import (
-    APP_ID,
-    BOT_ID,
-    BOT_USER_ID,
-    TEAM_DOMAIN,
-    TEAM_ID,
-    VERIFICATION_TOKEN,
-    Call,
-    SlackFake,
-    SocketModeServer,
-    Stats,
+from .payloads import (
     app_home_opened,
     block_action,
-    envelope_payload,
     event_callback,
     sign,
     signed,
@@ -59,6 +48,9 @@ from .web_api import (
     url_verification,
     view_submission,
 )
+from .socket_mode import SocketModeServer, envelope_payload
+from .web_api import Call, SlackFake, Stats
+from .wire import APP_ID, BOT_ID, BOT_USER_ID, TEAM_DOMAIN, TEAM_ID, VERIFICATION_TOKEN
 
 __all__ = [
     "APP_ID",
