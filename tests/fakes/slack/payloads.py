@@ -351,4 +351,3 @@ def app_home_opened(
     if view is not None:
         event["view"] = dict(view)
     return event_callback(event, team_id)
-

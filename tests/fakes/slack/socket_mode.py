@@ -63,7 +63,10 @@ class SocketModeServer:
 
         self._tcp = TCP(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(
-            target=self._tcp.serve_forever, name="slackfake-ws", kwargs={"poll_interval": 0.05}, daemon=True
+            target=self._tcp.serve_forever,
+            name="slackfake-ws",
+            kwargs={"poll_interval": 0.05},
+            daemon=True,
         )
         self._thread.start()
 
@@ -81,7 +84,13 @@ class SocketModeServer:
         with self._cond:
             self._tickets.add(ticket)
         host, port = self._tcp.server_address[:2]
-        return Reply(200, {"ok": True, "url": f"ws://{host}:{port}/link/?ticket={ticket}&app_id={self.fake.app_id}"})
+        return Reply(
+            200,
+            {
+                "ok": True,
+                "url": f"ws://{host}:{port}/link/?ticket={ticket}&app_id={self.fake.app_id}",
+            },
+        )
 
     # ---- test API -----------------------------------------------------------------
 
@@ -96,7 +105,9 @@ class SocketModeServer:
             while sum(1 for c in self._conns if c.open) < n:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"fewer than {n} Socket Mode connection(s) after {timeout}s")
+                    raise AssertionError(
+                        f"fewer than {n} Socket Mode connection(s) after {timeout}s"
+                    )
                 self._cond.wait(left)
 
     def send(
@@ -195,7 +206,9 @@ class SocketModeServer:
             self._tickets.discard(ticket)  # one connection per ticket, as Slack's URLs
         key = hdrs.get("sec-websocket-key", "")
         if not valid or hdrs.get("upgrade", "").lower() != "websocket" or not key:
-            sock.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            sock.sendall(
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
             return
         accept = base64.b64encode(hashlib.sha1((key + self.GUID).encode()).digest()).decode()
         sock.sendall(
@@ -212,7 +225,11 @@ class SocketModeServer:
         hello = {
             "type": "hello",
             "num_connections": self.connected(),
-            "debug_info": {"host": "slackfake", "build_number": 1, "approximate_connection_time": 3600},
+            "debug_info": {
+                "host": "slackfake",
+                "build_number": 1,
+                "approximate_connection_time": 3600,
+            },
             "connection_info": {"app_id": self.fake.app_id},
         }
         try:

@@ -64,7 +64,8 @@ def _conversations_history(fake: SlackFake, p: dict[str, Any]) -> dict[str, Any]
     limit = int(p.get("limit") or 100)
     with_meta = truthy(p.get("include_all_metadata"))
     found = [
-        m for m in fake._messages.values()
+        m
+        for m in fake._messages.values()
         if m["channel"] == channel and not m.get("thread_ts") and oldest < float(m["ts"]) <= latest
     ]
     found.sort(key=lambda m: float(m["ts"]), reverse=True)
@@ -74,8 +75,13 @@ def _conversations_history(fake: SlackFake, p: dict[str, Any]) -> dict[str, Any]
         if not with_meta:
             obj.pop("metadata", None)
         out.append(obj)
-    return {"ok": True, "messages": out, "has_more": len(found) > limit, "pin_count": 0,
-            "response_metadata": {"next_cursor": ""}}
+    return {
+        "ok": True,
+        "messages": out,
+        "has_more": len(found) > limit,
+        "pin_count": 0,
+        "response_metadata": {"next_cursor": ""},
+    }
 
 
 def _find_message(fake: SlackFake, p: dict[str, Any]) -> dict[str, Any] | None:
@@ -279,4 +285,3 @@ METHODS: dict[str, Callable[[SlackFake, dict[str, Any]], dict[str, Any] | Reply]
     "conversations.open": _conversations_open,
     "conversations.history": _conversations_history,
 }
-
