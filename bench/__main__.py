@@ -4,7 +4,7 @@
     python -m bench --quick         # tiny sizes (what tests/test_bench_smoke.py runs)
     python -m bench --only hook     # one section (repeatable)
 
-Needs a source checkout (it reuses tests/procs.py and tests/slackfake.py) and `redis-server`.
+Needs a source checkout (it reuses tests/procs.py and tests/fakes/slack/) and `redis-server`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What every benchmark shares: the process stack, the bench policy, percentiles, RSS sampling.
 
 The bench drives the real processes the test suite uses (tests/procs.py: redis-server,
-`jit serve`, `jit worker`, and the Slack fake from tests/slackfake.py), so it needs a source
+`jit serve`, `jit worker`, and the Slack fake from tests/fakes/slack/), so it needs a source
 checkout with tests/ next to bench/.
 """
 
@@ -25,13 +25,13 @@ ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 if not (TESTS / "procs.py").exists():  # pragma: no cover - installed without the source tree
     raise SystemExit(
-        "jit bench needs a source checkout (it reuses tests/procs.py and tests/slackfake.py)"
+        "jit bench needs a source checkout (it reuses tests/procs.py and tests/fakes/slack/)"
     )
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
+from fakes.slack import block_action, sign  # noqa: E402
 from procs import Stack  # noqa: E402
-from slackfake import block_action, sign  # noqa: E402
 from support import SIGNING_SECRET, RedisServer  # noqa: E402
 
 PIPELINE_TOKEN = "bench-pipeline-token-0123456789abcdef"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import redis as redislib
-from slackfake import SlackFake
+from fakes.slack import SlackFake
 from support import (  # noqa: F401  (re-exported for older imports)
     BOT_TOKEN,
     GRANT_SCRIPT,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from slackfake import SlackFake, sign
+from fakes.slack import SlackFake, sign
 from support import BOT_TOKEN, SECRET_KEY, SIGNING_SECRET, RedisServer, free_port, policy_text
 
 JIT = [sys.executable, "-m", "bot.cli"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis as redislib
-from slackfake import sign
+from fakes.slack import block_action, sign
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGNING_SECRET = "test-signing-secret-0123456789"
@@ -206,8 +206,6 @@ class Harness:
         return self.rt.store.get(rid).message_ts
 
     def click(self, action_id, rid, user, **kw):
-        from slackfake import block_action
-
         req = self.rt.store.get(rid)
         if req is not None and req.message_ts is None and "message_ts" not in kw:
             req = self.wait_for_message(rid)

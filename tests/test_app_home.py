@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from slackfake import app_home_opened, block_action
+from fakes.slack import app_home_opened, block_action
 from support import OTHER_TOKEN
 
 MAX_HOME_BLOCKS = 100

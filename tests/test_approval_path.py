@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from slackfake import view_submission
+from fakes.slack import view_submission
 from support import INTROSPECTION_TOKEN, OTHER_TOKEN, WEB_TOKEN
 
 from bot.domain.clock import now

@@ -7,8 +7,8 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from fakes.slack import view_submission
 from policy_rules_support import EXEC_GRANT, entries, rules_policy_text
-from slackfake import view_submission
 from support import WEB_TOKEN
 
 from bot.domain import errors as E

@@ -18,8 +18,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from fakes.slack import block_action, view_submission
 from procs import Stack, wait_until
-from slackfake import block_action, view_submission
 from support import ROOT, WEB_TOKEN, free_port
 
 import jit_client as client

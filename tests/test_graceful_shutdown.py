@@ -8,9 +8,9 @@ import threading
 import pytest
 import redis as redislib
 import requests
+from fakes.slack import block_action
 from procs import Stack, wait_until
 from rq.registry import StartedJobRegistry
-from slackfake import block_action
 from support import WEB_TOKEN
 
 from workers.expiry import ACCESS_QUEUE

@@ -9,10 +9,10 @@ import time
 from urllib.parse import parse_qsl, urlencode
 
 import pytest
+from fakes.slack import TEAM_ID, app_home_opened, block_action, sign, slash_command, view_submission
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis_state import snapshot
-from slackfake import TEAM_ID, app_home_opened, block_action, sign, slash_command, view_submission
 from support import SIGNING_SECRET, WEB_TOKEN
 
 # Keys a refused request may legitimately write: its own signature (replay guard), the count of

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import redis as redislib
 import requests
+from fakes.slack import slash_command
 from procs import Stack, wait_until
-from slackfake import slash_command
 from support import INTROSPECTION_TOKEN, WEB_TOKEN
 
 from bot.domain import keys

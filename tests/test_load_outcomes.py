@@ -17,9 +17,9 @@ from pathlib import Path
 
 import redis as redislib
 import requests
+from fakes.slack import block_action, sign
 from procs import Stack, wait_until
 from redis_state import orphans
-from slackfake import block_action, sign
 from support import BOT_TOKEN, ROOT, SECRET_KEY, SIGNING_SECRET, WEB_TOKEN
 
 from bot.domain import keys

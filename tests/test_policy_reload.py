@@ -12,9 +12,9 @@ import time
 
 import pytest
 import redis as redislib
+from fakes.slack import block_action
 from policy_rules_support import entries
 from procs import Stack, wait_until
-from slackfake import block_action
 from support import WEB_TOKEN, policy_text
 from test_policy_file import alias_bomb
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from fakes.slack import TEAM_ID, block_action, sign, slash_command
 from freezegun import freeze_time
-from slackfake import TEAM_ID, block_action, sign, slash_command
 from support import SIGNING_SECRET
 
 from bot.domain import keys

@@ -12,8 +12,8 @@ import threading
 import pytest
 import redis as redislib
 import requests
+from fakes.slack import block_action, sign
 from procs import JIT, Proc, Stack, wait_until
-from slackfake import block_action, sign
 from support import SIGNING_SECRET, WEB_TOKEN, free_port
 
 from bot.sentinel import SentinelTarget, parse

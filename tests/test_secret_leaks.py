@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import requests
+from fakes.slack import block_action, view_submission
 from procs import Stack
-from slackfake import block_action, view_submission
 from support import (
     BOT_TOKEN,
     INTROSPECTION_TOKEN,

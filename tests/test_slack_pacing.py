@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+from fakes.slack import block_action
 from procs import Stack, wait_until
-from slackfake import block_action
 from support import WEB_TOKEN
 
 DIGEST = "new access requests"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from slackfake import block_action, slash_command
+from fakes.slack import block_action, slash_command
 
 
 def test_forged_signature_is_401(jit):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from fakes.slack import slash_command
 from freezegun import freeze_time
-from slackfake import slash_command
 
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000

@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from slackfake import TEAM_ID, block_action, slash_command
+from fakes.slack import TEAM_ID, block_action, slash_command
 
 APP_TOKEN = "xapp-1-A0JITAPP-1-sockettest"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from fakes.slack import event_callback, slash_command
 from support import WEB_TOKEN, policy_text
 from test_oidc import Issuers, github_claims, mint
 
@@ -165,8 +166,6 @@ def test_a_user_removed_from_a_group_stops_counting_when_slack_says_so(jit, slac
     jit.work()
     assert jit.rt.access.is_approver("deploy-prod", "U0LEAD3", jit.rt.store.get(rid))  # cached now
     slack.usergroups["S0PRODLEADS"] = ["U0LEAD4"]
-    from slackfake import event_callback
-
     assert jit.post_slack(event_callback({"type": "subteam_members_changed", "subteam_id": "S0PRODLEADS",
                                           "removed_users": ["U0LEAD3"]})).status_code == 200
     jit.approve(rid, "U0LEAD3")
@@ -274,8 +273,6 @@ def test_the_message_says_which_values_the_token_vouches_for(oidc_policy, jit, i
 
 
 def test_status_of_one_request_is_for_its_approvers_auditors_and_requester(jit, slack, policy_file):
-    from slackfake import slash_command
-
     rid = jit.ask("deploy-prod", reason="secret project", requested_by="alice@example.com")["id"]
     jit.work()
 

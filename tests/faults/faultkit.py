@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import redis as redislib
+from fakes.slack import block_action
 from procs import Stack, wait_until
-from slackfake import block_action
 from support import ROOT, SECRET_KEY, SIGNING_SECRET, WEB_TOKEN, RedisServer, policy_text
 
 #: Deadline for "within a few seconds" promises, generous for a loaded 2-core machine.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import requests
+from fakes.slack import block_action, sign
 from faultkit import (
     FEW_SECONDS,
     ShippedRedis,
@@ -24,7 +25,6 @@ from faultkit import (
     wait_status,
 )
 from procs import Stack, wait_until
-from slackfake import block_action
 from support import WEB_TOKEN
 
 
@@ -139,7 +139,6 @@ def _answers_503_while_redis_is_away(stack: Stack, token: str) -> None:
         r = requests.get(stack.url + path, headers={"Authorization": f"Bearer {token}"}, timeout=FEW_SECONDS)
         assert r.status_code == 503, (path, r.status_code, r.text)
     body, ctype = block_action("jit_approve", "x" * 20, "U0LEAD2", channel="C0PROD", message_ts="1.000001")
-    from slackfake import sign
     from support import SIGNING_SECRET
 
     r = requests.post(stack.url + "/slack/events", data=body, headers=sign(SIGNING_SECRET, body, content_type=ctype),

@@ -15,7 +15,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.webhook import WebhookClient
-from slackfake import (
+
+from fakes.slack import (
     APP_ID,
     BOT_USER_ID,
     TEAM_ID,
