@@ -42,7 +42,7 @@ async def _create(conn: Connection, action: str = "bench-token") -> dict[str, An
 
 
 async def _message_ts(r, rid: str, timeout: float = 30.0) -> str:
-    from bot.domain import keys
+    from bot.store import keys
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -87,7 +87,7 @@ async def _poll_every(
 
 
 async def _long_poll_run(stack, r, n: int, log) -> dict[str, Any]:
-    from bot.domain import keys
+    from bot.store import keys
 
     create, poll, click = (Connection("127.0.0.1", stack.port) for _ in range(3))
     total, ack, seen, fetch = [], [], [], []

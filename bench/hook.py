@@ -43,7 +43,7 @@ async def _create_many(port: int, n: int, concurrency: int = 20) -> list[str]:
 
 
 def _wait_messages(r, ids: list[str], timeout: float) -> dict[str, str]:
-    from bot.domain import keys
+    from bot.store import keys
 
     def all_posted():
         pipe = r.pipeline(transaction=False)
@@ -58,7 +58,7 @@ def _wait_messages(r, ids: list[str], timeout: float) -> dict[str, str]:
 async def _waiters(
     port: int, r, ids: list[str], ts: dict[str, str], settle_s: float
 ) -> dict[str, Any]:
-    from bot.domain import keys
+    from bot.store import keys
 
     sent: dict[str, float] = {}
     got: dict[str, tuple[float, str, float]] = {}
@@ -173,7 +173,7 @@ def _queues_drained(r) -> bool:
 def run(sizes: Sizes, log=print) -> dict[str, Any]:
     import redis as redislib
 
-    from bot.domain import keys
+    from bot.store import keys
 
     log(
         f"hook: {sizes.waiters} long-polls while approvals happen; then {sizes.hook_clients} clients "

@@ -35,7 +35,7 @@ BATCH = 500
 
 
 def _runtime(stack):
-    from bot.runtime import Runtime
+    from bot.wiring import Runtime
     from bot.settings import Settings
 
     env = {k: v for k, v in stack.env.items() if k.startswith(("JIT_", "SLACK_", "REDIS_"))}
@@ -46,16 +46,16 @@ class Seeder:
     """Puts active grants in place through the store's transitions, with no follow-up work left."""
 
     def __init__(self, rt) -> None:
-        from bot.domain.store import NoEffects, Store
+        from bot.store.requests import NoEffects, Store
 
         self.rt = rt
         self.store = Store(rt.redis, rt.audit, rt.settings.jit_request_retention, effects=NoEffects())
         self.policy = rt.policy
 
     def _new_request(self, ttl: timedelta):
-        from bot.domain.clock import now
-        from bot.domain.requests import AccessRequest, Status
-        from bot.domain.secrets import new_token, token_hash
+        from bot.core.clock import now
+        from bot.core.model import AccessRequest, Status
+        from bot.core.crypto import new_token, token_hash
 
         t = now()
         token = new_token()
@@ -77,7 +77,7 @@ class Seeder:
         )
 
     def _drop_follow_ups(self, ids: list[str]) -> None:
-        from bot.domain import keys
+        from bot.store import keys
 
         members = [f"{kind}:{i}" for i in ids for kind in ("grant", "slack", "timeout", "remind", "warn")]
         pipe = self.rt.redis.pipeline(transaction=False)
@@ -91,7 +91,7 @@ class Seeder:
 
     def approve_many(self, n: int, ttl: timedelta) -> list[str]:
         """create + approve: n requests in state `approved` (their grant job removed)."""
-        from bot.domain.clock import now_ms
+        from bot.core.clock import now_ms
 
         ids: list[str] = []
         for start in range(0, n, BATCH):
@@ -113,8 +113,8 @@ class Seeder:
         return ids
 
     def activate_many(self, ids: list[str], expires_ms: list[int], on_active=None) -> None:
-        from bot.domain import keys
-        from bot.domain.clock import from_ms, now_ms, rfc3339
+        from bot.store import keys
+        from bot.core.clock import from_ms, now_ms, rfc3339
 
         for start in range(0, len(ids), BATCH):
             batch = ids[start : start + BATCH]
@@ -139,7 +139,7 @@ def _used_memory(r) -> int:
 
 
 def _grant_key_bytes(r, rid: str) -> dict[str, int]:
-    from bot.domain import keys
+    from bot.store import keys
 
     out = {}
     for name, key in (
@@ -196,7 +196,7 @@ def _run_side(side: str, sizes: Sizes, rng_seed: int, log) -> dict[str, Any]:
             from rq import Queue
 
             from bench.rq_baseline import QUEUE
-            from bot.domain.clock import from_ms
+            from bot.core.clock import from_ms
 
             q = Queue(QUEUE, connection=rt.raw_redis)
 
@@ -238,7 +238,7 @@ def _run_side(side: str, sizes: Sizes, rng_seed: int, log) -> dict[str, Any]:
                 dup += 1
         stats = summary([float(x) for x in late], 1)
         statuses: dict[str, int] = {}
-        from bot.domain import keys
+        from bot.store import keys
 
         pipe = r.pipeline(transaction=False)
         for rid in ids:

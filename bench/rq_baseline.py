@@ -14,7 +14,7 @@ QUEUE = "bench-rq-revoke"
 
 def revoke(request_id: str) -> None:
     """RQ job: revoke one grant now (what a naive `enqueue_at(expires_at, revoke)` design runs)."""
-    from bot.runtime import current
+    from bot.wiring import current
     from workers.jobs import do_revoke
 
     do_revoke(current(), request_id, "")  # no due-queue claim: RQ scheduled it
@@ -23,9 +23,9 @@ def revoke(request_id: str) -> None:
 def main() -> int:
     from rq import SimpleWorker
 
-    from bot.runtime import Runtime, install
+    from bot.wiring import Runtime, install
     from bot.settings import load_settings
-    from workers.expiry import SLACK_QUEUE
+    from workers.queue.scheduler import SLACK_QUEUE
 
     rt = Runtime(load_settings())
     install(rt)

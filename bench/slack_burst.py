@@ -96,7 +96,7 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
             own, digests = _posted(fake, ids)
             import redis as redislib
 
-            from bot.domain import keys
+            from bot.store import keys
 
             r = redislib.Redis.from_url(stack.redis.url, decode_responses=True)
             pipe = r.pipeline(transaction=False)

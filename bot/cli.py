@@ -14,7 +14,7 @@ def _settings():
 
 
 def _runtime(policy_file: str | None = None):
-    from bot.runtime import Runtime, install
+    from bot.wiring import Runtime, install
 
     rt = Runtime(_settings(), policy_path=policy_file)
     install(rt)
@@ -49,8 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     class JitServer(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", f"{args.host}:{args.port}")
-            # gevent, closing idle keep-alive connections at shutdown (bot/gevent_worker.py)
-            self.cfg.set("worker_class", "bot.gevent_worker.GracefulGeventWorker")
+            # gevent, closing idle keep-alive connections at shutdown (bot/web/gevent_worker.py)
+            self.cfg.set("worker_class", "bot.web.gevent_worker.GracefulGeventWorker")
             self.cfg.set("workers", args.workers)
             self.cfg.set("worker_connections", 4000)
             self.cfg.set("timeout", 90)  # above the 60 s long-poll cap
@@ -70,8 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             self.cfg.set("loglevel", "warning")
 
         def load(self):
-            from bot.runtime import Runtime, install
-            from bot.web import create_app
+            from bot.wiring import Runtime, install
+            from bot.web.app import create_app
 
             worker_rt = Runtime(rt.settings, policy_path=rt.policy_path)
             install(worker_rt)
@@ -91,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if worker_rt.settings.slack_app_token is not None:
                 # One Socket Mode connection per server process: Slack spreads envelopes
                 # over all of an app's open sockets, and any process can handle any click.
-                from bot.slack.socket_mode import start_socket_mode
+                from bot.decision.slack.socket_mode import start_socket_mode
 
                 flask_app.config["JIT_SOCKET_MODE"] = start_socket_mode(worker_rt)
             return flask_app
@@ -106,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from workers.runner import run_worker
+    from workers.run import run_worker
 
     rt = _runtime()
     from bot import logs
@@ -120,8 +120,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    from bot.domain.errors import PolicyError
-    from bot.domain.policy import load_policy
+    from bot.core.errors import PolicyError
+    from bot.core.policy.load import load_policy
 
     path = args.file or os.environ.get("JIT_POLICY_FILE") or "jit-policy.yaml"
     try:
@@ -147,9 +147,9 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 def _audit_log(keys_from: str | None = None):
     """The trail from REDIS_URL, with JIT_SECRET_KEY (+ previous) when set: the audit tools need
     nothing else, in particular no Slack settings."""
-    from bot.domain.audit import AuditKeys, AuditLog
-    from bot.domain.secrets import AuditSigner
-    from bot.runtime import redis_from_url
+    from bot.store.audit import AuditKeys, AuditLog
+    from bot.core.crypto import AuditSigner
+    from bot.wiring import redis_from_url
     from bot.settings import Settings
 
     url = os.environ.get("REDIS_URL") or Settings.model_fields["redis_url"].default
@@ -178,7 +178,7 @@ def _load_key_set(source: str) -> dict:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from bot.domain.audit import Checkpoint, read_export
+    from bot.store.audit import Checkpoint, read_export
 
     try:
         checkpoints = [Checkpoint.parse(c) for c in args.checkpoint or []]
@@ -222,8 +222,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
-    from bot.domain.audit import export_line
-    from bot.domain.clock import now, parse_duration, to_ms
+    from bot.store.audit import export_line
+    from bot.core.clock import now, parse_duration, to_ms
 
     log = _audit_log()
     since_ms = None

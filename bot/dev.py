@@ -241,8 +241,8 @@ def main(args: argparse.Namespace) -> int:
     elif args.example_policy:
         made_up.append(f"{policy_path} already exists: kept as it is")
 
-    from bot.domain.errors import PolicyError
-    from bot.domain.policy import load_policy
+    from bot.core.errors import PolicyError
+    from bot.core.policy.load import load_policy
 
     try:
         policy = load_policy(policy_path)

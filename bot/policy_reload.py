@@ -18,7 +18,7 @@ A SIGHUP sent to one gunicorn worker kills it (gunicorn resets the signal) and t
 replaces it, which reloads the same way. File changes need no signal at all.
 
 Requests in flight keep their rules: each carries its policy's sha256, and every version's
-text is kept in Redis (bot/domain/policy_store.py).
+text is kept in Redis (bot/store/policy_versions.py).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ import threading
 import time
 from typing import Any
 
-from bot.domain import keys
-from bot.domain.errors import PolicyError
-from bot.domain.policy import MAX_POLICY_BYTES, Policy, decode_policy, parse_policy
-from bot.slack.text import (
+from bot.store import keys
+from bot.core.errors import PolicyError
+from bot.core.policy.load import MAX_POLICY_BYTES, Policy, decode_policy, parse_policy
+from bot.decision.slack.views.text import (
     MAX_MESSAGE_TEXT,
     code,
     code_text,

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         if not v.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
             raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
         if v.startswith("redis+sentinel://"):
-            from bot.sentinel import parse
+            from bot.store.sentinel import parse
 
             parse(v)  # a malformed Sentinel URL is a one-line start-up error, not a traceback
         return v

@@ -11,8 +11,8 @@ from typing import Any
 from redis import Redis
 
 from bot.cli import main as jit_cli
-from bot.domain import keys
-from bot.domain.audit import GENESIS, canonical, entry_hash
+from bot.store import keys
+from bot.store.audit import GENESIS, canonical, entry_hash
 
 Body = dict[str, Any]
 

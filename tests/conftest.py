@@ -83,7 +83,7 @@ def jit_env(monkeypatch, redis_url, slack, policy_file, state_dir):
 
 @pytest.fixture
 def rt(jit_env):
-    from bot.runtime import Runtime, install
+    from bot.wiring import Runtime, install
     from bot.settings import load_settings
 
     runtime = Runtime(load_settings())
@@ -94,7 +94,7 @@ def rt(jit_env):
 
 @pytest.fixture
 def app(rt):
-    from bot.web import create_app
+    from bot.web.app import create_app
 
     return create_app(rt)
 

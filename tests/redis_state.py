@@ -1,6 +1,6 @@
 """What jit keeps in Redis, read for tests: a comparable snapshot, and orphaned-key detection.
 
-Key shapes come from `bot/domain/keys.py` itself (each helper is called with placeholders), so
+Key shapes come from `bot/store/keys.py` itself (each helper is called with placeholders), so
 a key added there is classified without touching this file.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from bot.domain import keys
+from bot.store import keys
 
 _MARK = "\x00{}\x00"
 
@@ -67,7 +67,7 @@ def orphans(r: Redis) -> list[str]:
     for key in jit_keys(r):
         found = classify(key, shapes)
         if found is None:
-            problems.append(f"{key}: not named by any helper in bot/domain/keys.py")
+            problems.append(f"{key}: not named by any helper in bot/store/keys.py")
             continue
         shape, params = found
         if r.ttl(key) > 0 or not shape.params:

@@ -217,7 +217,7 @@ class Harness:
     def wait_for_message(self, rid, timeout: float = 30):
         """A person clicks on the request's message: post it (only it, and older ones waiting in
         its channel, as pacing demands), as the worker would."""
-        from bot.slack.messages import sync_request_message
+        from workers.jobs.notify.message import sync_request_message
         from workers.jobs import RetryLater
 
         deadline = time.monotonic() + timeout
@@ -239,7 +239,7 @@ class Harness:
         """Run everything due now (jobs and timers) in-process until nothing is left."""
         from rq import SimpleWorker
 
-        from workers.expiry import ACCESS_QUEUE, SLACK_QUEUE, Scheduler
+        from workers.queue.scheduler import ACCESS_QUEUE, SLACK_QUEUE, Scheduler
 
         sched = Scheduler(self.rt.redis, self.rt.redis, self.rt.dispatcher)
         worker = SimpleWorker([ACCESS_QUEUE, SLACK_QUEUE], connection=self.rt.raw_redis)

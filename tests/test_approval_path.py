@@ -8,7 +8,7 @@ import time
 from fakes.slack import view_submission
 from support import INTROSPECTION_TOKEN, OTHER_TOKEN, WEB_TOKEN
 
-from bot.domain.clock import now
+from bot.core.clock import now
 
 
 def test_happy_path_two_approvers_then_expiry(jit, slack):
@@ -122,7 +122,7 @@ def test_concurrent_clicks_one_grant(jit):
     results = []
 
     def click(user):
-        from bot.domain.errors import AlreadyDecided
+        from bot.core.errors import AlreadyDecided
 
         barrier.wait()
         try:

@@ -13,9 +13,9 @@ import redis as redislib
 from procs import wait_until
 from support import ROOT, SECRET_KEY
 
-from bot.domain import keys
-from bot.domain.audit import AuditLog
-from bot.domain.secrets import AuditSigner
+from bot.store import keys
+from bot.store.audit import AuditLog
+from bot.core.crypto import AuditSigner
 
 
 def audit_log(redis_url: str) -> AuditLog:
@@ -48,8 +48,8 @@ def test_racing_writers_keep_one_unbroken_chain(redis_url):
 # `threads` threads at once.
 CHILD = """
 import sys, threading, redis
-from bot.domain.audit import AuditLog
-from bot.domain.secrets import AuditSigner
+from bot.store.audit import AuditLog
+from bot.core.crypto import AuditSigner
 url, key, name, mode, threads, n = sys.argv[1:7]
 r = redis.Redis.from_url(url, decode_responses=True)
 r.rpush("test:ready", name)

@@ -16,7 +16,7 @@ from audit_support import append_forged, b64url, bodies, cli, rechain, some_hist
 from freezegun import freeze_time
 from support import ROOT, SECRET_KEY
 
-from bot.domain import keys
+from bot.store import keys
 
 NEW_KEY = "rotated-secret-key-9876543210-zyxwvutsrqponm"
 
@@ -60,7 +60,7 @@ def test_an_edit_of_the_first_entry_with_every_hash_recomputed_is_named(rt, caps
 def test_a_rewrite_signed_with_another_ed25519_key_does_not_verify(rt, capsys):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from bot.domain.audit import entry_message
+    from bot.store.audit import entry_message
 
     some_history(rt.audit, 4)
     mallory = Ed25519PrivateKey.generate()
@@ -102,7 +102,7 @@ def test_a_trim_point_made_up_in_redis_does_not_verify(rt, capsys):
 
 
 def test_retention_never_turns_a_forged_entry_into_a_signed_trim_point(rt, capsys):
-    from workers.periodic import AuditUpkeep
+    from workers.upkeep import AuditUpkeep
 
     with freeze_time("2020-01-01T00:00:00Z"):
         some_history(rt.audit, 3)
@@ -121,7 +121,7 @@ def head_of(rt) -> tuple[int, str]:
 
 
 def test_a_checkpoint_older_than_the_trim_fails_unless_its_export_is_given(rt, capsys, tmp_path):
-    from workers.periodic import AuditUpkeep
+    from workers.upkeep import AuditUpkeep
 
     with freeze_time("2020-01-01T00:00:00Z"):
         some_history(rt.audit, 3)
@@ -151,7 +151,7 @@ def test_a_checkpoint_older_than_the_trim_fails_unless_its_export_is_given(rt, c
 def test_export_then_trim_then_verify_joins_the_export_to_what_redis_still_holds(
     rt, capsys, tmp_path
 ):
-    from workers.periodic import AuditUpkeep
+    from workers.upkeep import AuditUpkeep
 
     with freeze_time("2020-01-01T00:00:00Z"):
         some_history(rt.audit, 6)
@@ -265,7 +265,7 @@ def test_an_export_that_disagrees_with_redis_where_they_overlap_fails(rt, capsys
 
 
 def test_a_rotated_key_still_verifies_what_the_previous_key_signed(rt, capsys, monkeypatch):
-    from bot.runtime import Runtime
+    from bot.wiring import Runtime
     from bot.settings import load_settings
 
     some_history(rt.audit, 3)

@@ -9,9 +9,9 @@ import pytest
 from audit_support import bodies
 from freezegun import freeze_time
 
-from bot.domain import keys
+from bot.store import keys
 
-# How a transition's Lua script builds its outbox item (bot/domain/store.py): the body JSON
+# How a transition's Lua script builds its outbox item (bot/store/requests.py): the body JSON
 # comes from Python (AuditLog.event_body), the patch is a Lua table encoded by Redis's cjson.
 PUSH = """
 local patch = cjson.decode(ARGV[2])
@@ -61,7 +61,7 @@ def test_event_body_is_the_scrubbed_event_at_the_clock_time(rt):
 
 
 def test_an_event_left_by_a_crashed_transition_is_chained_by_the_worker_upkeep(rt):
-    from workers.periodic import AuditUpkeep
+    from workers.upkeep import AuditUpkeep
 
     body = rt.audit.event_body(
         "request.created",
@@ -181,8 +181,8 @@ def test_the_running_worker_chains_an_orphaned_outbox_item(tmp_path):
     from procs import Stack, wait_until
     from support import SECRET_KEY, policy_text
 
-    from bot.domain.audit import AuditLog
-    from bot.domain.secrets import AuditSigner
+    from bot.store.audit import AuditLog
+    from bot.core.crypto import AuditSigner
 
     policy = policy_text(str(tmp_path)) + "audit:\n  channel: C0AUDIT\n  post_head_every: 4s\n"
     with Stack(policy=policy) as stack:

@@ -12,9 +12,9 @@ from freezegun import freeze_time
 from support import SECRET_KEY
 
 from bot.cli import main as jit_cli
-from bot.domain import keys
-from bot.domain.audit import anchor_message
-from bot.domain.secrets import AuditSigner
+from bot.store import keys
+from bot.store.audit import anchor_message
+from bot.core.crypto import AuditSigner
 
 
 def events(rt) -> list[dict]:
@@ -153,7 +153,7 @@ def test_an_edited_entry_is_named(rt, capsys):
 
 
 def test_an_edit_with_a_recomputed_hash_is_named_by_its_signature(rt, capsys):
-    from bot.domain.audit import canonical, entry_hash
+    from bot.store.audit import canonical, entry_hash
 
     some_history(rt)
 
@@ -235,7 +235,7 @@ def test_verify_while_events_are_appended_is_not_a_false_alarm(rt):
 
 
 def test_retention_trim_records_its_anchor_and_the_rest_still_verifies(rt, capsys):
-    from workers.periodic import AuditUpkeep
+    from workers.upkeep import AuditUpkeep
 
     with freeze_time("2020-01-01T00:00:00Z"):
         some_history(rt, 5)  # far beyond the default retention of 365 days
@@ -267,7 +267,7 @@ def test_retention_trim_records_its_anchor_and_the_rest_still_verifies(rt, capsy
 def test_racing_trims_keep_a_matching_anchor(rt):
     from datetime import UTC, datetime, timedelta
 
-    from bot.domain.clock import to_ms
+    from bot.core.clock import to_ms
 
     base = datetime(2020, 1, 1, tzinfo=UTC)
     for day in range(40):  # one entry a day, so every cut below removes a different amount
@@ -309,8 +309,8 @@ def audit_policy(rt, policy_file):
 
 
 def test_two_workers_post_the_chain_head_once_per_interval(audit_policy, slack, capsys):
-    from bot.runtime import Runtime
-    from workers.periodic import AuditUpkeep
+    from bot.wiring import Runtime
+    from workers.upkeep import AuditUpkeep
 
     rt = audit_policy
     some_history(rt, 3)
@@ -363,7 +363,7 @@ def test_two_workers_post_the_chain_head_once_per_interval(audit_policy, slack, 
 
 
 def test_a_failed_head_post_is_retried_at_the_next_tick(audit_policy, slack):
-    from workers.periodic import AuditUpkeep
+    from workers.upkeep import AuditUpkeep
 
     some_history(audit_policy, 1)
     slack.fail_with(500, methods="chat.postMessage", times=1)
@@ -376,8 +376,8 @@ def test_a_failed_head_post_is_retried_at_the_next_tick(audit_policy, slack):
 def test_a_failed_head_post_never_releases_another_workers_lock(audit_policy, slack, monkeypatch):
     """Worker A's post is slow; its lock expires and worker B takes the next one and posts.
     When A's post then fails, A must not delete B's lock (a third post would follow)."""
-    from bot.runtime import Runtime
-    from workers.periodic import AuditUpkeep
+    from bot.wiring import Runtime
+    from workers.upkeep import AuditUpkeep
 
     rt = audit_policy
     some_history(rt, 2)
@@ -402,7 +402,7 @@ def test_a_failed_head_post_never_releases_another_workers_lock(audit_policy, sl
 def test_a_head_jit_did_not_sign_is_posted_as_a_warning_not_as_a_checkpoint(audit_policy, slack):
     from audit_support import append_forged
 
-    from workers.periodic import AuditUpkeep
+    from workers.upkeep import AuditUpkeep
 
     some_history(audit_policy, 2)
     append_forged(audit_policy.redis)
@@ -412,7 +412,7 @@ def test_a_head_jit_did_not_sign_is_posted_as_a_warning_not_as_a_checkpoint(audi
 
 
 def test_the_upkeep_loop_trims_and_posts_on_its_own(audit_policy, slack):
-    from workers.periodic import AuditUpkeep
+    from workers.upkeep import AuditUpkeep
 
     rt = audit_policy
     with freeze_time("2020-01-01T00:00:00Z"):

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot import bounded_input
-from bot.bounded_input import TooDeep, TooLarge, nests_deeper_than, read_body
+from bot.web import bounded_input
+from bot.web.bounded_input import TooDeep, TooLarge, nests_deeper_than, read_body
 
 
 class EndlessStream:

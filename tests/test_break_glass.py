@@ -11,9 +11,9 @@ from fakes.slack import view_submission
 from policy_rules_support import EXEC_GRANT, entries, rules_policy_text
 from support import WEB_TOKEN
 
-from bot.domain import errors as E
-from bot.domain.conditions import BreakGlassOnly, NotBreakGlassApprover
-from bot.slack.blocks import BREAK_GLASS, JUSTIFICATION_BLOCK, JUSTIFICATION_INPUT, request_blocks
+from bot.core import errors as E
+from bot.core.policy.rules import BreakGlassOnly, NotBreakGlassApprover
+from bot.decision.slack.views.blocks import BREAK_GLASS, JUSTIFICATION_BLOCK, JUSTIFICATION_INPUT, request_blocks
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -179,7 +179,7 @@ def test_ordinary_approvers_may_still_deny_a_break_glass_request(rules, jit):
 
 
 def test_the_alert_is_posted_once_however_often_its_job_runs(rules, jit, slack):
-    from bot.slack.notices import send_break_glass_alert
+    from workers.jobs.notify.notices import send_break_glass_alert
 
     rid = ask(jit)
     jit.rt.access.break_glass(rid, "U0ONCALL", "restore service after outage")

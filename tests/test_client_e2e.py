@@ -23,7 +23,7 @@ from procs import Stack, wait_until
 from support import ROOT, WEB_TOKEN, free_port
 
 import jit_client as client
-from bot.domain import keys
+from bot.store import keys
 
 CLIENT_FILE = ROOT / "client" / "jit_client.py"
 

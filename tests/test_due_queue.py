@@ -8,8 +8,8 @@ import time
 import pytest
 import redis as redislib
 
-from bot.domain import keys
-from workers.expiry import DueQueue, Lease, Scheduler, now_ms
+from bot.store import keys
+from workers.queue.scheduler import DueQueue, Lease, Scheduler, now_ms
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ def test_scheduler_fires_on_time_in_real_time(r, redis_url):
 
 def test_many_due_at_once_share_jobs_and_all_run(jit):
     """A burst of expiries is batched into fewer RQ jobs, and every member still runs once."""
-    from workers.expiry import ACCESS_QUEUE
+    from workers.queue.scheduler import ACCESS_QUEUE
 
     rids = []
     for i in range(12):

@@ -37,7 +37,7 @@ def test_pipeline_gets_and_loses_a_credential(stack):
     revoked_at = json.loads(revokes[0])["at"]
     from datetime import datetime
 
-    from bot.domain.clock import from_ms  # noqa: F401
+    from bot.core.clock import from_ms  # noqa: F401
 
     expires = datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00")).timestamp()
     assert revoked_at >= expires  # never early

@@ -13,7 +13,7 @@ from procs import Stack, wait_until
 from rq.registry import StartedJobRegistry
 from support import WEB_TOKEN
 
-from workers.expiry import ACCESS_QUEUE
+from workers.queue.scheduler import ACCESS_QUEUE
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_sigterm_to_serve_finishes_the_requests_in_flight(stack):
     r = stack.ask("quick", WEB_TOKEN, reason="long-poll during shutdown")
     rid, rtok = r.json()["id"], r.json()["request_token"]
     watcher = redislib.Redis.from_url(stack.redis.url, decode_responses=True)
-    from bot.domain import keys
+    from bot.store import keys
 
     # a client that keeps an idle keep-alive connection open (as HTTP pools and load balancers do)
     idle = requests.Session()

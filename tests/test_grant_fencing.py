@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from bot.domain import keys
-from workers.expiry import QUEUED_LEASE_MS, DueQueue, now_ms
+from bot.store import keys
+from workers.queue.scheduler import QUEUED_LEASE_MS, DueQueue, now_ms
 
 
 def flag(state_dir, name, value=""):
@@ -101,7 +101,7 @@ def test_a_worker_dying_between_the_backend_and_the_record_still_leads_to_a_revo
 def test_a_grant_job_that_waited_past_its_lease_does_not_grant_again(jit, state_dir):
     """A backlog longer than the queue lease: the scheduler hands the grant out a second time.
     Two workers run both copies; the backend is called once."""
-    from workers.expiry import ACCESS_QUEUE
+    from workers.queue.scheduler import ACCESS_QUEUE
 
     rid = approved(jit)  # the grant's first job waits in RQ (no worker runs yet)
     due = DueQueue(jit.rt.redis)

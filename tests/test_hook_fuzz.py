@@ -330,8 +330,8 @@ def test_openapi_document_is_valid_and_covers_every_hook_route(hook):
         for name in re.findall(r"\{([^}]+)\}", path):
             assert any(p["name"] == name and p["in"] == "path" for p in item.get("parameters", [])), path
     # the request body's schema lists exactly the fields the server accepts, with its limits
-    from bot.domain.access import MAX_REASON, RequestBody
-    from bot.domain.requests import AccessRequest, Status
+    from bot.decision.service import MAX_REASON, RequestBody
+    from bot.core.model import AccessRequest, Status
 
     create = doc["components"]["schemas"]["CreateRequest"]
     assert set(create["properties"]) == set(RequestBody.model_fields)
@@ -357,7 +357,7 @@ def test_tokens_are_compared_in_constant_time_against_every_pipeline(hook, monke
     after a match, so neither the result nor the work done depends on where the token matched."""
     import hmac
 
-    from bot.domain import policy as policy_mod
+    from bot.core.policy import load as policy
 
     calls = []
     real = hmac.compare_digest
@@ -379,7 +379,7 @@ def test_tokens_are_compared_in_constant_time_against_every_pipeline(hook, monke
         assert {b for _, b in calls} == {pol.model.pipelines[n].token_sha256 for n in configured}
 
     # request tokens: compared as hashes with secrets.compare_digest, never with ==
-    from bot.domain import access as access_mod
+    from bot.decision import service as access
 
     seen = []
     real_secrets = access_mod._secrets.compare_digest

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from support import WEB_TOKEN
 
-from bot.domain import keys
+from bot.store import keys
 
 AUTH = {"Authorization": f"Bearer {WEB_TOKEN}", "Content-Type": "application/json"}
 

@@ -16,7 +16,7 @@ from redis_state import snapshot
 from support import SIGNING_SECRET, WEB_TOKEN
 
 # Keys a refused request may legitimately write: its own signature (replay guard), the count of
-# its actor's refusals (bot/domain/refusals.py: bounds how many reach the audit trail), and the
+# its actor's refusals (bot/store/refusals.py: bounds how many reach the audit trail), and the
 # home workspace, learned from auth.test the first time a Slack request needs it.
 IGNORED = ("jit:slack:seen:", "jit:refusals:", "jit:slack:team")
 
@@ -144,7 +144,7 @@ def pinned_team(request, jit_env, monkeypatch):
 
 @pytest.mark.parametrize("pinned_team", ["setting", "learned"], indirect=True)
 def test_click_from_another_workspace_is_401_and_audited(pinned_team, jit):
-    from bot.domain import keys
+    from bot.store import keys
 
     if pinned_team == "learned":
         jit.rt.redis.set(keys.slack_team(), TEAM_ID)
@@ -171,7 +171,7 @@ def test_click_from_another_workspace_is_401_and_audited(pinned_team, jit):
 
 def test_click_from_another_workspace_is_refused_before_any_worker_learned_the_workspace(jit):
     """No SLACK_TEAM_ID and no worker has run auth.test yet: the server asks Slack itself."""
-    from bot.domain import keys
+    from bot.store import keys
 
     rid = pending(jit, "read-secret")
     ts = jit.rt.store.get(rid).message_ts
@@ -191,7 +191,7 @@ def test_click_from_another_workspace_is_refused_before_any_worker_learned_the_w
 
 @pytest.mark.parametrize("fault", ["down", "invalid_auth"])
 def test_slack_traffic_waits_with_503_while_the_workspace_cannot_be_known(jit, fault):
-    from bot.domain import keys
+    from bot.store import keys
 
     rid = pending(jit, "read-secret")
     ts = jit.rt.store.get(rid).message_ts

@@ -14,7 +14,7 @@ from fakes.slack import slash_command
 from procs import Stack, wait_until
 from support import INTROSPECTION_TOKEN, WEB_TOKEN
 
-from bot.domain import keys
+from bot.store import keys
 
 PER_PIPELINE = 6
 MB = 1024 * 1024

@@ -22,7 +22,7 @@ from procs import Stack, wait_until
 from redis_state import orphans
 from support import BOT_TOKEN, ROOT, SECRET_KEY, SIGNING_SECRET, WEB_TOKEN
 
-from bot.domain import keys
+from bot.store import keys
 
 N = 500
 AT_ONCE = 50

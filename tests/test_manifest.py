@@ -118,6 +118,6 @@ def test_manifest_wires_commands_events_and_interactivity_to_the_bot():
         m["settings"]["event_subscriptions"]["request_url"],
         m["settings"]["interactivity"]["request_url"],
     ]
-    for url in urls:  # the one endpoint bot/web.py serves for everything from Slack
+    for url in urls:  # the one endpoint bot/web/app.py serves for everything from Slack
         assert url.startswith("https://") and url.endswith("/slack/events"), url
     assert m["settings"]["socket_mode_enabled"] is False  # HTTP by default; docs say how to switch

@@ -121,8 +121,8 @@ def test_slack_errors_and_429s_are_counted(jit, http, slack):
 
 def test_metrics_are_shared_by_every_process(rt, http):
     """Counters live in Redis: what one process records, another replica's /metrics shows."""
-    from bot.metrics import Metrics
-    from bot.runtime import redis_from_url
+    from bot.store.metrics import Metrics
+    from bot.wiring import redis_from_url
 
     other_process = Metrics(redis_from_url(rt.settings.redis_url, decode_responses=True))
     other_process.request("deploy-prod", "denied")
@@ -143,7 +143,7 @@ def test_metrics_are_shared_by_every_process(rt, http):
 def test_a_metric_write_never_breaks_the_caller():
     from redis import Redis
 
-    from bot.metrics import Metrics
+    from bot.store.metrics import Metrics
 
     dead = Redis(port=1, socket_connect_timeout=0.2)  # nothing listens on port 1
     Metrics(dead).request("x", "created")  # must not raise

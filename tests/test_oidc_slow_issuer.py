@@ -28,7 +28,7 @@ from test_oidc import (
     public_jwk,
 )
 
-from bot.hook.oidc import OidcConfig, OidcRejected, OidcVerifier
+from bot.request.http.oidc import OidcConfig, OidcRejected, OidcVerifier
 
 #: The verifier's deadline for one fetch (discovery + key set), in seconds.
 DEADLINE = 3.0

@@ -11,9 +11,9 @@ import time
 import pytest
 from test_break_glass import ask, rules  # noqa: F401 (rules is a fixture)
 
-from bot.domain import keys
-from bot.domain.clock import now_ms
-from bot.slack import notices
+from bot.store import keys
+from bot.core.clock import now_ms
+from workers.jobs.notify import notices
 
 
 def security_alerts(slack):
@@ -118,7 +118,7 @@ def test_a_post_whose_connection_was_reset_is_not_sent_again_by_the_client(rt):
         client = type(rt.slack)(token="xoxb-x", base_url=server.url, timeout=5, retry_handlers=[])
         rt.__dict__["slack"] = client
         assert rt.slack.retry_handlers == []
-        from bot.runtime import Runtime
+        from bot.wiring import Runtime
 
         assert Runtime.slack.func(rt).retry_handlers == []  # the product's own client
         with pytest.raises(Exception):  # noqa: B017 - any connection error will do

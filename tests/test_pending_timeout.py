@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from freezegun import freeze_time
 
-from bot.domain.clock import now
+from bot.core.clock import now
 
 
 def test_pending_timeout_with_frozen_time(jit, slack):

@@ -10,8 +10,8 @@ from policy_rules_support import entries, rules_policy_text, verified
 from test_oidc import Issuers, github_claims, mint
 
 import workers.backends  # noqa: F401 - load C extensions before freezegun fakes datetime
-from bot.domain import errors as E
-from bot.domain.access import RequestBody
+from bot.core import errors as E
+from bot.decision.service import RequestBody
 
 
 @pytest.fixture

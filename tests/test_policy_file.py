@@ -12,8 +12,8 @@ from policy_rules_support import rules_policy_text
 from support import OTHER_TOKEN, ROOT, policy_text
 
 from bot.cli import main as jit_cli
-from bot.domain.errors import PolicyError
-from bot.domain.policy import load_policy, parse_policy
+from bot.core.errors import PolicyError
+from bot.core.policy.load import load_policy, parse_policy
 
 
 def errors_of(text: str) -> list[str]:

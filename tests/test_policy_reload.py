@@ -18,11 +18,11 @@ from procs import Stack, wait_until
 from support import WEB_TOKEN, policy_text
 from test_policy_file import alias_bomb
 
-from bot.domain import errors as E
-from bot.domain.errors import PolicyError
-from bot.domain.policy import parse_policy
+from bot.core import errors as E
+from bot.core.errors import PolicyError
+from bot.core.policy.load import parse_policy
 from bot.policy_reload import PolicyReloader, install_sighup
-from bot.runtime import Runtime
+from bot.wiring import Runtime
 
 
 def changed_policy(text: str) -> str:

@@ -10,7 +10,7 @@ from policy_rules_support import entries, rules_policy_text
 from support import WEB_TOKEN
 
 import workers.backends  # noqa: F401 - load C extensions before freezegun fakes datetime
-from bot.domain.windows import Windows, parse_window
+from bot.core.policy.windows import Windows, parse_window
 
 
 def utc(text: str) -> datetime:

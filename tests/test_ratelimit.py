@@ -11,8 +11,8 @@ import pytest
 import redis as redislib
 from freezegun import freeze_time
 
-from bot.domain import keys
-from bot.hook.ratelimit import LongPollLeases, PipelineRateLimiter, RateLimited, TooManyLongPolls
+from bot.store import keys
+from bot.store.ratelimit import LongPollLeases, PipelineRateLimiter, RateLimited, TooManyLongPolls
 
 PROCESSES = 4
 THREADS = 5

@@ -9,8 +9,8 @@ from fakes.slack import TEAM_ID, block_action, sign, slash_command
 from freezegun import freeze_time
 from support import SIGNING_SECRET
 
-from bot.domain import keys
-from bot.domain.refusals import REFUSALS_PER_WINDOW, record_refusal
+from bot.store import keys
+from bot.store.refusals import REFUSALS_PER_WINDOW, record_refusal
 
 T0 = "2030-01-01T00:00:00Z"
 

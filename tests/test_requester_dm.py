@@ -84,7 +84,7 @@ def test_no_slack_user_no_dm(jit, slack):
 
 
 def test_concurrent_and_repeated_jobs_send_once(jit, slack):
-    from bot.slack import followups
+    from workers.jobs.notify import followups
     from workers.jobs import RetryLater
 
     rid = jit.ask("read-secret", requested_by="alice@example.com")["id"]

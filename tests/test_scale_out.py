@@ -16,7 +16,7 @@ from fakes.slack import block_action, sign
 from procs import JIT, Proc, Stack, wait_until
 from support import SIGNING_SECRET, WEB_TOKEN, free_port
 
-from bot.sentinel import SentinelTarget, parse
+from bot.store.sentinel import SentinelTarget, parse
 
 
 def serve_replica(stack: Stack, port: int | None = None) -> tuple[Proc, str]:
@@ -182,7 +182,7 @@ def sentinel(redis_server):
 
 
 def test_redis_url_through_sentinel_reaches_the_master(sentinel, redis_url):
-    from bot.runtime import redis_from_url
+    from bot.wiring import redis_from_url
 
     via_sentinel = redis_from_url(
         f"redis+sentinel://127.0.0.1:{sentinel}/jitmaster/0", decode_responses=True

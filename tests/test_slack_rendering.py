@@ -18,13 +18,19 @@ from unittest.mock import MagicMock
 import pytest
 from support import policy_text
 
-from bot.domain.audit import AuditEntry
-from bot.domain.errors import NotFound
-from bot.domain.policy import parse_policy
-from bot.domain.requests import AccessRequest, Status
+from bot.store.audit import AuditEntry
+from bot.core.errors import NotFound
+from bot.core.policy.load import parse_policy
+from bot.core.model import AccessRequest, Status
 from bot.policy_reload import describe_changes, describe_rejection
-from bot.slack import answers, audit_view, blocks, followups, home, pacing, text
-from bot.slack.listeners import commands
+from bot.decision.slack.views import answers
+from bot.decision.slack.views import audit_view
+from bot.decision.slack.views import blocks
+from workers.jobs.notify import followups
+from bot.decision.slack.views import home
+from workers.jobs.notify import pacing
+from bot.decision.slack.views import text
+from bot.decision.slack.listeners import commands
 
 RID = "0123456789abcdef"
 RUN_URL = "https://ci.example/run/1"
@@ -469,7 +475,7 @@ def test_the_revoke_failure_alert_from_the_worker_is_literal(monkeypatch):
 
     sent: list[str] = []
     monkeypatch.setattr(
-        "bot.slack.notices.queue_notice", lambda rt, channel, t, **kw: sent.append(t) or "notice:x"
+        "workers.jobs.notify.notices.queue_notice", lambda rt, channel, t, **kw: sent.append(t) or "notice:x"
     )
     rt = MagicMock()
     rt.settings.jit_revoke_alert_after = 3

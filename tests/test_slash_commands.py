@@ -315,7 +315,7 @@ def test_audit_answers_stay_inside_slack_limits_for_long_events(jit):
 
 
 def test_what_does_not_fit_is_summarised_not_cut():
-    from bot.slack.audit_view import chunk_lines
+    from bot.decision.slack.views.audit_view import chunk_lines
 
     lines = [f"line {i:03d} " + "q" * 990 for i in range(200)]  # ~200 000 characters
     blocks = chunk_lines(lines, 48)

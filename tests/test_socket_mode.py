@@ -24,7 +24,7 @@ def socket(slack):
 
 @pytest.fixture
 def connected(rt, socket):
-    from bot.slack.socket_mode import start_socket_mode
+    from bot.decision.slack.socket_mode import start_socket_mode
 
     handler = start_socket_mode(rt)
     socket.wait_connected(1, timeout=20)

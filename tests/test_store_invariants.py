@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from support import SECRET_KEY, policy_text
 
-from bot.domain import keys
-from bot.domain.requests import FINAL, Status
-from workers.expiry import DueQueue, now_ms
+from bot.store import keys
+from bot.core.model import FINAL, Status
+from workers.queue.scheduler import DueQueue, now_ms
 
 #: The audit event that records reaching each status.
 STATUS_EVENTS = {
@@ -93,7 +93,7 @@ class FakeBackend:
 
 @pytest.fixture(scope="module")
 def machine_runtime(redis_server, tmp_path_factory):
-    from bot.runtime import Runtime, install
+    from bot.wiring import Runtime, install
     from bot.settings import load_settings
 
     d = tmp_path_factory.mktemp("invariants")
@@ -146,7 +146,7 @@ class Lifecycle(RuleBasedStateMachine):
 
     @rule(action=st.sampled_from(["read-secret", "deploy-prod"]))
     def create(self, action: str) -> None:
-        from bot.domain.access import RequestBody
+        from bot.decision.service import RequestBody
 
         body = RequestBody.model_validate({"action": action, "reason": "property"})
         self.rids.append(self.rt.access.create("web-ci", body).request.id)
@@ -174,7 +174,7 @@ class Lifecycle(RuleBasedStateMachine):
             self._cancel(self._pick(data))
 
     def _cancel(self, rid: str) -> None:
-        from bot.domain.access import FollowUp
+        from bot.decision.service import FollowUp
 
         req = self.rt.store.get(rid)
         if req is not None:
@@ -337,7 +337,7 @@ class Lifecycle(RuleBasedStateMachine):
 
     @staticmethod
     def _quietly(fn, *args) -> None:
-        from bot.domain.errors import JitError
+        from bot.core.errors import JitError
 
         try:
             fn(*args)

@@ -9,7 +9,7 @@ from fakes.slack import event_callback, slash_command
 from support import WEB_TOKEN, policy_text
 from test_oidc import Issuers, github_claims, mint
 
-from bot.domain import keys
+from bot.store import keys
 
 
 def refusals(jit, rid):
@@ -56,7 +56,7 @@ def test_an_unknown_requester_is_said_plainly_in_the_message(jit, slack):
 
 
 def test_policy_can_refuse_requests_from_unknown_people(jit, policy_file):
-    from bot.domain.policy import load_policy
+    from bot.core.policy.load import load_policy
 
     policy_file.write_text(policy_file.read_text().replace(
         "  pending_timeout: 30m\n", "  pending_timeout: 30m\n  unknown_requester: refuse\n", 1))
@@ -68,8 +68,8 @@ def test_policy_can_refuse_requests_from_unknown_people(jit, policy_file):
 
 
 def test_two_people_entries_that_normalise_alike_are_a_policy_error(tmp_path, state_dir):
-    from bot.domain.errors import PolicyError
-    from bot.domain.policy import parse_policy
+    from bot.core.errors import PolicyError
+    from bot.core.policy.load import parse_policy
 
     text = policy_text(str(state_dir)).replace(
         "  alice: U0ALICE\n", "  alice: U0ALICE\n  ' ALICE': U0LEAD1\n", 1)
@@ -82,7 +82,7 @@ def test_two_people_entries_that_normalise_alike_are_a_policy_error(tmp_path, st
 
 
 def reload_with(jit, policy_file, old, new):
-    from bot.domain.policy import load_policy
+    from bot.core.policy.load import load_policy
 
     policy_file.write_text(policy_file.read_text().replace(old, new, 1))
     jit.rt.set_policy(load_policy(policy_file))
@@ -150,7 +150,7 @@ def test_an_action_removed_from_the_policy_cannot_be_approved_or_granted(jit, po
         .replace("actions: [deploy-prod, read-secret, quick]", "actions: [deploy-prod, quick]")
         .replace("    actions: [read-secret]\n", "    actions: [quick]\n")
     )
-    from bot.domain.policy import load_policy
+    from bot.core.policy.load import load_policy
 
     jit.rt.set_policy(load_policy(policy_file))
     jit.approve(pending, "U0LEAD1")
@@ -174,7 +174,7 @@ def test_a_user_removed_from_a_group_stops_counting_when_slack_says_so(jit, slac
 
 
 def test_group_membership_is_never_read_from_a_cache_older_than_a_minute(jit):
-    from bot.slack.directory import CACHE_SECONDS
+    from bot.decision.slack.directory import CACHE_SECONDS
 
     jit.rt.directory.members("S0PRODLEADS")
     assert 0 < jit.rt.redis.ttl(keys.usergroup_members("S0PRODLEADS")) <= CACHE_SECONDS <= 60
@@ -295,7 +295,7 @@ def test_status_of_one_request_is_for_its_approvers_auditors_and_requester(jit, 
 
 
 def test_a_justification_of_invisible_characters_is_refused(jit, policy_file):
-    from bot.domain.errors import BadRequest
+    from bot.core.errors import BadRequest
 
     reload_with(jit, policy_file, "auditors: [S0SECURITY, U0AUDITOR2]\n",
                 "auditors: [S0SECURITY, U0AUDITOR2]\nbreak_glass:\n  approvers: [U0ONCALL]\n"

@@ -9,9 +9,9 @@ import pytest
 from freezegun import freeze_time
 
 import workers.backends  # noqa: F401 - load C extensions before freezegun fakes datetime
-from bot.domain import errors as E
-from bot.domain.clock import now, now_ms
-from workers.expiry import DueQueue
+from bot.core import errors as E
+from bot.core.clock import now, now_ms
+from workers.queue.scheduler import DueQueue
 
 WINDOWED = """\
   office-hours:
@@ -87,7 +87,7 @@ def test_break_glass_is_not_bound_by_windows(windowed, jit, policy_file):
         "auditors: [S0SECURITY, U0AUDITOR2]\n",
         "auditors: [S0SECURITY, U0AUDITOR2]\nbreak_glass:\n  approvers: [U0ONCALL]\n"
         "  security_channel: C0SECURITY\n  max_ttl: 10m\n", 1))
-    from bot.domain.policy import load_policy
+    from bot.core.policy.load import load_policy
 
     jit.rt.set_policy(load_policy(policy_file))
     with freeze_time("2026-12-02 22:00:00"):

@@ -128,7 +128,7 @@ def grant_commands_running(stack: Stack, needle: str) -> list[int]:
 
 
 def audit(stack: Stack, event: str | None = None, rid: str | None = None) -> list[dict[str, Any]]:
-    from bot.domain.audit import AuditLog
+    from bot.store.audit import AuditLog
 
     return [
         e.body for e in AuditLog(rdb(stack)).entries()
@@ -137,8 +137,8 @@ def audit(stack: Stack, event: str | None = None, rid: str | None = None) -> lis
 
 
 def audit_verifies(stack: Stack) -> int:
-    from bot.domain.audit import AuditLog
-    from bot.domain.secrets import AuditSigner
+    from bot.store.audit import AuditLog
+    from bot.core.crypto import AuditSigner
 
     n, broken = AuditLog(rdb(stack), signer=AuditSigner(SECRET_KEY)).verify()
     assert broken is None, broken

@@ -47,7 +47,7 @@ class GrantRequest:
     context: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        from bot.domain.clock import rfc3339
+        from bot.core.clock import rfc3339
 
         return {
             "id": self.id,

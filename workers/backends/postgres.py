@@ -606,7 +606,7 @@ def _session_bound_seconds(request: GrantRequest) -> int:
 
 
 def _rfc3339(dt: datetime) -> str:
-    from bot.domain.clock import rfc3339
+    from bot.core.clock import rfc3339
 
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)

@@ -33,7 +33,7 @@ def _client(url: str) -> Redis:
     with _lock:
         client = _clients.get(url)
         if client is None:
-            from bot.runtime import redis_from_url
+            from bot.wiring import redis_from_url
 
             client = _clients[url] = redis_from_url(url, socket_timeout=10)
         return client

@@ -1,0 +1,169 @@
+"""The access request: its statuses, its fields, and how it reads from and to Redis."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from bot.core.clock import from_ms, rfc3339
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"  # threshold met, grant queued
+    ACTIVE = "active"  # credential issued
+    EXPIRED = "expired"  # TTL ran out, revoked
+    REVOKED = "revoked"  # ended early by an approver or the pipeline
+    DENIED = "denied"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    FAILED = "failed"  # grant kept failing
+
+
+OPEN = frozenset({Status.PENDING, Status.APPROVED, Status.ACTIVE})
+FINAL = frozenset(Status) - OPEN
+#: Statuses a long-poll keeps waiting through.
+UNDECIDED = frozenset({Status.PENDING, Status.APPROVED})
+
+
+@dataclass
+class AccessRequest:
+    id: str
+    action: str
+    pipeline: str
+    reason: str
+    ttl: timedelta
+    status: Status
+    created_at: datetime
+    pending_until: datetime
+    approvals_required: int
+    channel: str
+    requested_by: str | None = None
+    requester_slack_id: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    verified: bool = False  # created with a verified OIDC token
+    #: Which of `context` (and `requested_by`) came from verified claims; the rest the pipeline
+    #: merely said.
+    verified_keys: tuple[str, ...] = ()
+    policy_sha256: str = ""
+    request_token_hash: str = ""
+    request_token_enc: str = ""
+    approvals: list[tuple[str, datetime]] = field(default_factory=list)
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    deny_reason: str | None = None
+    issued_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_by: str | None = None
+    revoked_at: datetime | None = None
+    revoke_done_at: datetime | None = None
+    error: str | None = None
+    message_ts: str | None = None
+    #: Something a grant issued (or may have issued) is still to be revoked.
+    revoke_pending: bool = False
+
+    # -------------------------------------------------------------- redis mapping
+
+    def to_hash(self) -> dict[str, str]:
+        """The fields written at creation (later fields are set by the transitions)."""
+        return {
+            "id": self.id,
+            "action": self.action,
+            "pipeline": self.pipeline,
+            "reason": self.reason,
+            "ttl_s": str(int(self.ttl.total_seconds())),
+            "status": self.status.value,
+            "created_ms": _ms(self.created_at),
+            "pending_until_ms": _ms(self.pending_until),
+            "approvals_required": str(self.approvals_required),
+            "channel": self.channel,
+            "requested_by": self.requested_by or "",
+            "requester_slack_id": self.requester_slack_id or "",
+            "context": json.dumps(self.context, sort_keys=True),
+            "verified": "1" if self.verified else "",
+            "verified_keys": ",".join(self.verified_keys),
+            "policy_sha256": self.policy_sha256,
+            "request_token_hash": self.request_token_hash,
+            "request_token_enc": self.request_token_enc,
+        }
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str], approvals: dict[str, str] | None = None) -> AccessRequest:
+        def t(name: str) -> datetime | None:
+            v = h.get(name)
+            return from_ms(v) if v else None
+
+        apr = sorted(((u, from_ms(ms)) for u, ms in (approvals or {}).items()), key=lambda a: a[1])
+        return cls(
+            id=h["id"],
+            action=h["action"],
+            pipeline=h["pipeline"],
+            reason=h.get("reason", ""),
+            ttl=timedelta(seconds=int(h["ttl_s"])),
+            status=Status(h["status"]),
+            created_at=from_ms(h["created_ms"]),
+            pending_until=from_ms(h["pending_until_ms"]),
+            approvals_required=int(h["approvals_required"]),
+            channel=h.get("channel", ""),
+            requested_by=h.get("requested_by") or None,
+            requester_slack_id=h.get("requester_slack_id") or None,
+            context=json.loads(h.get("context") or "{}"),
+            verified=bool(h.get("verified")),
+            verified_keys=tuple(k for k in (h.get("verified_keys") or "").split(",") if k),
+            policy_sha256=h.get("policy_sha256", ""),
+            request_token_hash=h.get("request_token_hash", ""),
+            request_token_enc=h.get("request_token_enc", ""),
+            approvals=apr,
+            decided_by=h.get("decided_by") or None,
+            decided_at=t("decided_ms"),
+            deny_reason=h.get("deny_reason") or None,
+            issued_at=t("issued_ms"),
+            expires_at=t("expires_ms"),
+            revoked_by=h.get("revoked_by") or None,
+            revoked_at=t("revoked_ms"),
+            revoke_done_at=t("revoke_done_ms"),
+            error=h.get("error") or None,
+            message_ts=h.get("message_ts") or None,
+            revoke_pending=bool(h.get("revoke_pending")),
+        )
+
+    # -------------------------------------------------------------- views
+
+    @property
+    def approved_by(self) -> list[str]:
+        return [u for u, _ in self.approvals]
+
+    def public(self) -> dict[str, Any]:
+        """The pipeline's view (GET /v1/requests/{id}); never a credential or token."""
+        return {
+            "id": self.id,
+            "action": self.action,
+            "pipeline": self.pipeline,
+            "status": self.status.value,
+            "reason": self.reason,
+            "requested_by": self.requested_by,
+            "ttl": int(self.ttl.total_seconds()),
+            "context": self.context,
+            "approvals": {
+                "count": len(self.approvals),
+                "required": self.approvals_required,
+                "by": self.approved_by,
+            },
+            "decided_by": self.decided_by,
+            "deny_reason": self.deny_reason,
+            "created_at": rfc3339(self.created_at),
+            "pending_until": rfc3339(self.pending_until),
+            "issued_at": rfc3339(self.issued_at),
+            "expires_at": rfc3339(self.expires_at),
+            "revoked_by": self.revoked_by,
+            "revoke_pending": self.revoke_pending,
+            "verified_fields": sorted(self.verified_keys),
+            "error": self.error,
+        }
+
+
+def _ms(dt: datetime) -> str:
+    return str(int(round(dt.timestamp() * 1000)))

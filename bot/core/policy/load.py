@@ -1,0 +1,549 @@
+"""The policy file: who may ask for what, who approves it, and how the credential is made."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from bot.core.clock import parse_duration
+from bot.core.errors import PolicyError
+from bot.core.identity import normalize
+from bot.core.policy.windows import Windows, parse_window
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+SlackUserOrGroup = Annotated[str, Field(pattern=r"^[UWS][A-Z0-9]{2,}$")]
+SlackChannel = Annotated[str, Field(pattern=r"^[CGD][A-Z0-9]{2,}$")]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+def _one_or_many(v: object) -> object:
+    return [v] if isinstance(v, str) else v
+
+
+#: A condition value: one string or a list; each an exact value or an fnmatch glob.
+Patterns = Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], BeforeValidator(_one_or_many)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+UnknownRequester = Literal["allow", "refuse"]
+StatusVisibility = Literal["involved", "everyone"]
+
+
+class Defaults(_Strict):
+    channel: SlackChannel | None = None
+    pending_timeout: Duration = timedelta(minutes=30)
+    #: When an action forbids self-approval and the requester is not a known person (no
+    #: requested_by, or one not in `people`): `allow` lets any approver approve and the message
+    #: says plainly that self-approval cannot be ruled out; `refuse` refuses such requests (403).
+    unknown_requester: UnknownRequester = "allow"
+    #: Who may read one request with `/jit status <id>`: `involved` (its approvers, auditors and
+    #: its requester) or `everyone` in the workspace.
+    status_visibility: StatusVisibility = "involved"
+
+
+class Ttl(_Strict):
+    default: Duration = timedelta(minutes=15)
+    max: Duration = timedelta(hours=1)
+
+
+class AuditConfig(_Strict):
+    channel: SlackChannel | None = None
+    #: How often the chain head is posted to the audit channel.
+    post_head_every: Duration = timedelta(hours=1)
+    #: Entries older than this are trimmed (the trim point's hash is kept as the anchor).
+    retention: Duration = timedelta(days=365)
+
+
+class Pipeline(_Strict):
+    token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    oidc: dict[str, Any] | None = None
+    actions: list[Name] = Field(min_length=1)
+
+
+class AutoApprove(_Strict):
+    """Approve without a human when every condition holds, against VERIFIED (OIDC) context only."""
+
+    environment: Patterns | None = None
+    ref: Patterns | None = None
+    repository: Patterns | None = None
+    workflow: Patterns | None = None
+    #: Longer requests go to humans. Default: the action's ttl.default.
+    max_ttl: Duration | None = None
+    #: Auto-approvals per pipeline per UTC day for this action; the rest go to humans.
+    max_per_day: int = Field(20, ge=1, le=100_000)
+
+    @property
+    def conditions(self) -> dict[str, list[str]]:
+        return {
+            k: v
+            for k in AUTO_APPROVE_KEYS
+            if (v := getattr(self, k)) is not None
+        }
+
+
+AUTO_APPROVE_KEYS = ("environment", "ref", "repository", "workflow")
+
+
+class BreakGlass(_Strict):
+    """Who may approve alone, outside windows, with a written justification; who hears of it."""
+
+    approvers: list[SlackUserOrGroup] = Field(min_length=1)
+    security_channel: SlackChannel
+    max_ttl: Duration = timedelta(minutes=30)
+
+
+class Action(_Strict):
+    description: str = ""
+    channel: SlackChannel | None = None
+    #: Default approvers; per-environment lists in approvers_by_environment take precedence.
+    approvers: list[SlackUserOrGroup] = []
+    approvers_by_environment: dict[Name, list[SlackUserOrGroup]] = {}
+    auto_approve: AutoApprove | None = None
+    windows: list[str] = []
+    #: Overrides the top-level break_glass; `false` turns it off for this action.
+    break_glass: BreakGlass | Literal[False] | None = None
+    approvals_required: int = Field(1, ge=1)
+    allow_self_approval: bool = False
+    #: Overrides defaults.unknown_requester for this action.
+    unknown_requester: UnknownRequester | None = None
+    ttl: Ttl = Ttl()
+    pending_timeout: Duration | None = None
+    grant: dict[str, Any]
+
+
+class PolicyModel(_Strict):
+    defaults: Defaults = Defaults()
+    auditors: list[SlackUserOrGroup] = []
+    people: dict[str, Annotated[str, Field(pattern=r"^[UW][A-Z0-9]{2,}$")]] = {}
+    pipelines: dict[Name, Pipeline] = {}
+    actions: dict[Name, Action]
+    audit: AuditConfig = AuditConfig()
+    #: Applies to every action that does not set its own (or `break_glass: false`).
+    break_glass: BreakGlass | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A loaded, validated policy. Immutable; a reload builds a new one."""
+
+    model: PolicyModel
+    grants: dict[str, tuple[str, Any]]  # action name → (grant type, validated backend config)
+    sha256: str
+    source: str
+    windows: dict[str, Windows] = field(default_factory=dict)
+    text: str = ""
+
+    @property
+    def actions(self) -> dict[str, Action]:
+        return self.model.actions
+
+    @property
+    def pipelines(self) -> dict[str, Pipeline]:
+        return self.model.pipelines
+
+    def action(self, name: str) -> Action | None:
+        return self.model.actions.get(name)
+
+    def channel_for(self, action: str) -> str:
+        a = self.model.actions[action]
+        return a.channel or self.model.defaults.channel  # validated: one of them is set
+
+    def pending_timeout_for(self, action: str) -> timedelta:
+        return self.model.actions[action].pending_timeout or self.model.defaults.pending_timeout
+
+    def pipeline_for_token(self, token: str) -> str | None:
+        """The pipeline whose token_sha256 matches, compared in constant time against all."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        found = None
+        for name, p in self.model.pipelines.items():
+            if p.token_sha256 is not None and hmac.compare_digest(digest, p.token_sha256):
+                found = name
+        return found
+
+    def slack_user_for(self, requested_by: str | None) -> str | None:
+        """The Slack user `requested_by` names, through `people` only: text shaped like a Slack id
+        names nobody (a pipeline must not be able to make an approver "the requester")."""
+        if not requested_by:
+            return None
+        return self.people.get(normalize(requested_by))
+
+    @cached_property
+    def people(self) -> dict[str, str]:
+        """`people` keyed by normalised identity (bot/core/identity.py)."""
+        return {normalize(k): v for k, v in self.model.people.items()}
+
+    def unknown_requester_for(self, action: str) -> str:
+        a = self.model.actions.get(action)
+        return (a.unknown_requester if a and a.unknown_requester else None) or self.model.defaults.unknown_requester
+
+    def audit_channel(self) -> str | None:
+        return self.model.audit.channel or self.model.defaults.channel
+
+    def approvers_for(self, action: str, environment: str | None = None) -> list[str]:
+        """Who approves `action` for a request in `environment` (its own list, else the default)."""
+        a = self.model.actions.get(action)
+        if a is None:
+            return []
+        if environment is not None and environment in a.approvers_by_environment:
+            return list(a.approvers_by_environment[environment])
+        return list(a.approvers)
+
+    def all_approvers(self, action: str) -> list[str]:
+        """Everyone who approves `action` in some environment."""
+        a = self.model.actions.get(action)
+        if a is None:
+            return []
+        out = list(a.approvers)
+        for people in a.approvers_by_environment.values():
+            out += [p for p in people if p not in out]
+        return out
+
+    def break_glass_for(self, action: str) -> BreakGlass | None:
+        a = self.model.actions.get(action)
+        if a is None or a.break_glass is False:
+            return None
+        return a.break_glass or self.model.break_glass
+
+    def windows_for(self, action: str) -> Windows:
+        return self.windows.get(action) or Windows(())
+
+
+# ---------------------------------------------------------------- loading and errors
+
+
+#: A policy is a few hundred lines. These bounds refuse, before anything is built, documents
+#: that would take the loader minutes or all the memory there is.
+MAX_POLICY_BYTES = 1024 * 1024
+MAX_NODES = 100_000
+MAX_DEPTH = 32
+NO_ALIASES = "YAML anchors and aliases are not allowed in a policy"
+_TOO_LARGE = f"the policy file is larger than {MAX_POLICY_BYTES // 1024} KiB"
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Something a policy never needs, refused while composing (reported without the
+    'not valid YAML' prefix: the YAML is valid, the policy is not)."""
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader for policies: refuses anchors and aliases (a policy needs none, and
+    expanding them turns a few hundred bytes into billions of values), more than MAX_NODES
+    values and nesting deeper than MAX_DEPTH — each at the event that breaks the rule,
+    before the composer builds anything from it."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._nodes = 0
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(problem=NO_ALIASES, problem_mark=event.start_mark)
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise _Refused(
+                problem=f"a policy has at most {MAX_NODES} values", problem_mark=event.start_mark
+            )
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(
+                problem=f"values nested deeper than {MAX_DEPTH} levels are not allowed in a policy",
+                problem_mark=event.start_mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError) as e:  # e.g. an integer of 5 000 digits
+            raise yaml.constructor.ConstructorError(
+                problem=str(e)[:200], problem_mark=node.start_mark
+            ) from None
+
+
+def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
+    """The document's node tree (for line numbers) and its data, built from that one tree."""
+    loader = _LineLoader(text)
+    try:
+        node = loader.get_single_node()
+        return node, None if node is None else loader.construct_document(node)
+    except _Refused as e:
+        raise PolicyError([f"{source}:{e.problem_mark.line + 1}: {e.problem}"]) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else "?"
+        raise PolicyError(
+            [f"{source}:{line}: not valid YAML: {getattr(e, 'problem', e)}"]
+        ) from None
+    finally:
+        loader.dispose()
+
+
+def _node_lines(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:
+    """Map each key path to the 1-based line where it stands; report duplicate keys."""
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for k, v in node.value:
+            key = k.value
+            line = k.start_mark.line + 1
+            if key in seen:
+                out.setdefault("__dupes__", []).append(
+                    (path + (key,), line, f"duplicate key {key!r} (first at line {seen[key]})")
+                )
+            seen[key] = line
+            out[path + (key,)] = line
+            _node_lines(v, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out[path + (i,)] = v.start_mark.line + 1
+            _node_lines(v, path + (i,), out)
+    return out
+
+
+def _where(lines: dict, loc: tuple) -> int | None:
+    loc = tuple(loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return lines.get(())
+
+
+def _fmt(source: str, lines: dict, loc: tuple, msg: str) -> str:
+    line = _where(lines, loc)
+    dotted = ".".join(str(p) for p in loc) or "(top)"
+    return f"{source}:{line or '?'}: {dotted}: {msg}"
+
+
+def parse_policy(text: str, source: str = "<policy>") -> Policy:
+    """Validate a policy's YAML text. Raises PolicyError listing every problem with its line."""
+    from workers.backends.base import registry
+
+    if len(text) > MAX_POLICY_BYTES:
+        raise PolicyError([f"{source}:1: {_TOO_LARGE}"])
+    node, data = _compose(text, source)
+    if node is None:
+        raise PolicyError([f"{source}:1: the policy is empty"])
+    lines = _node_lines(node)
+    errors = [_fmt(source, lines, loc, msg) for loc, _, msg in lines.pop("__dupes__", [])]
+    if not isinstance(data, dict):
+        raise PolicyError([f"{source}:1: the policy must be a mapping"])
+    try:
+        model = PolicyModel.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            errors.append(_fmt(source, lines, err["loc"], msg))
+        raise PolicyError(errors) from None
+
+    backends = registry()
+    grants: dict[str, Any] = {}
+    windows: dict[str, Windows] = {}
+    if model.break_glass is not None:
+        errors += _break_glass_errors(source, lines, ("break_glass",), model.break_glass)
+    for name, action in model.actions.items():
+        base = ("actions", name)
+        cfg = dict(action.grant)
+        gtype = cfg.pop("type", None)
+        if gtype not in backends:
+            known = ", ".join(sorted(backends))
+            errors.append(
+                _fmt(source, lines, base + ("grant", "type"), f"unknown grant type {gtype!r} (known: {known})")
+            )
+        else:
+            try:
+                grants[name] = (gtype, backends[gtype].Config.model_validate(cfg))
+            except ValidationError as e:
+                for err in e.errors():
+                    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+                    errors.append(_fmt(source, lines, base + ("grant", *err["loc"]), msg))
+        if not action.channel and not model.defaults.channel:
+            errors.append(_fmt(source, lines, base, "no channel: set actions.<name>.channel or defaults.channel"))
+        if not action.approvers and not action.approvers_by_environment:
+            errors.append(
+                _fmt(source, lines, base, "no approvers: set approvers or approvers_by_environment")
+            )
+        approver_sets = [(("approvers",), action.approvers)] if action.approvers else []
+        approver_sets += [
+            (("approvers_by_environment", env), people)
+            for env, people in action.approvers_by_environment.items()
+        ]
+        for loc, approvers in approver_sets:
+            errors += _approver_errors(source, lines, base, loc, approvers, action.approvals_required)
+        errors += _condition_errors(source, lines, base, action)
+        parsed: list = []
+        for i, spec in enumerate(action.windows):
+            try:
+                parsed.append(parse_window(spec))
+            except ValueError as e:
+                errors.append(_fmt(source, lines, base + ("windows", i), str(e)))
+        windows[name] = Windows(tuple(parsed))
+        if isinstance(action.break_glass, BreakGlass):
+            errors += _break_glass_errors(source, lines, base + ("break_glass",), action.break_glass)
+        if action.ttl.default > action.ttl.max:
+            errors.append(_fmt(source, lines, base + ("ttl",), "default is longer than max"))
+
+    seen_people: dict[str, str] = {}
+    for person in model.people:
+        key = normalize(person)
+        if not key:
+            errors.append(_fmt(source, lines, ("people", person), "an empty identity names nobody"))
+        elif key in seen_people:
+            errors.append(
+                _fmt(source, lines, ("people", person), f"names the same person as {seen_people[key]!r}")
+            )
+        seen_people.setdefault(key, person)
+
+    hashes: dict[str, str] = {}
+    for name, p in model.pipelines.items():
+        base = ("pipelines", name)
+        if (p.token_sha256 is None) == (p.oidc is None):
+            errors.append(_fmt(source, lines, base, "set exactly one of token_sha256 or oidc"))
+        if p.token_sha256 and p.token_sha256 in hashes:
+            errors.append(
+                _fmt(source, lines, base + ("token_sha256",), f"same token as pipeline {hashes[p.token_sha256]!r}")
+            )
+        if p.token_sha256:
+            hashes[p.token_sha256] = name
+        if p.oidc is not None:
+            try:
+                from bot.request.http.oidc import OidcConfig
+
+                OidcConfig.model_validate(p.oidc)
+            except ValidationError as e:
+                for err in e.errors():
+                    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+                    errors.append(_fmt(source, lines, base + ("oidc", *err["loc"]), msg))
+            except ImportError:
+                errors.append(_fmt(source, lines, base + ("oidc",), "OIDC is not available in this build"))
+        for i, a in enumerate(p.actions):
+            if a not in model.actions:
+                errors.append(_fmt(source, lines, base + ("actions", i), f"unknown action {a!r}"))
+    if errors:
+        raise PolicyError(errors)
+    return Policy(
+        model=model,
+        grants=grants,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        source=source,
+        windows=windows,
+        text=text,
+    )
+
+
+def _approver_errors(
+    source: str, lines: dict, base: tuple, loc: tuple, approvers: list[str], required: int
+) -> list[str]:
+    errors = []
+    people = {a for a in approvers if a[0] in "UW"}
+    groups = [a for a in approvers if a[0] == "S"]
+    if not approvers:
+        errors.append(_fmt(source, lines, base + loc, "the approver list is empty"))
+    if len(set(approvers)) != len(approvers):
+        errors.append(_fmt(source, lines, base + loc, "an approver is listed twice"))
+    if approvers and not groups and required > len(people):
+        where = base + ("approvals_required",) if loc == ("approvers",) else base + loc
+        errors.append(
+            _fmt(
+                source,
+                lines,
+                where,
+                f"needs {required} distinct approvers but only {len(people)} can ever approve",
+            )
+        )
+    return errors
+
+
+def _condition_errors(source: str, lines: dict, base: tuple, action: Action) -> list[str]:
+    auto = action.auto_approve
+    if auto is None:
+        return []
+    loc = base + ("auto_approve",)
+    errors = []
+    if not auto.conditions:
+        errors.append(
+            _fmt(
+                source,
+                lines,
+                loc,
+                "auto_approve needs at least one condition on the verified context "
+                f"({', '.join(AUTO_APPROVE_KEYS)})",
+            )
+        )
+    if auto.max_ttl is not None and auto.max_ttl > action.ttl.max:
+        errors.append(_fmt(source, lines, loc + ("max_ttl",), "is longer than the action's ttl.max"))
+    if action.approvers_by_environment and not action.approvers:
+        # over the caps a request goes to humans: every environment it may match needs approvers
+        known = sorted(action.approvers_by_environment)
+        for i, env in enumerate(auto.environment or []):
+            if env not in action.approvers_by_environment:
+                errors.append(
+                    _fmt(
+                        source,
+                        lines,
+                        loc + ("environment", i),
+                        f"environment {env!r} has no approvers (approvers_by_environment has: "
+                        f"{', '.join(known)}; globs are not allowed here)",
+                    )
+                )
+        if auto.environment is None:
+            errors.append(
+                _fmt(
+                    source,
+                    lines,
+                    loc,
+                    "with approvers_by_environment and no default approvers, auto_approve must "
+                    "list its environments",
+                )
+            )
+    return errors
+
+
+def _break_glass_errors(source: str, lines: dict, loc: tuple, bg: BreakGlass) -> list[str]:
+    if len(set(bg.approvers)) != len(bg.approvers):
+        return [_fmt(source, lines, loc + ("approvers",), "an approver is listed twice")]
+    return []
+
+
+def decode_policy(data: bytes, source: str) -> str:
+    """A policy file's bytes as text: PolicyError when too large or not UTF-8."""
+    if len(data) > MAX_POLICY_BYTES:
+        raise PolicyError([f"{source}:1: {_TOO_LARGE}"])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise PolicyError([f"{source}:{line}: the policy is not UTF-8 text"]) from None
+
+
+def load_policy(path: str | Path) -> Policy:
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            data = f.read(MAX_POLICY_BYTES + 1)
+    except FileNotFoundError:
+        raise PolicyError([f"{p}: policy file not found (set JIT_POLICY_FILE)"]) from None
+    except OSError as e:
+        raise PolicyError([f"{p}: cannot read policy file: {e.strerror}"]) from None
+    return parse_policy(decode_policy(data, str(p)), source=str(p))
+
+

@@ -1,0 +1,305 @@
+"""Block Kit rendering as pure functions: a request in, blocks out. No I/O here."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bot.core.clock import human, now
+from bot.core.model import AccessRequest, Status
+from bot.decision.slack.views.text import (
+    EMPTY,
+    MAX_MESSAGE_TEXT,
+    button,
+    code,
+    context,
+    fields,
+    fit,
+    header,
+    link,
+    literal,
+    mention,
+    mrkdwn,
+    plain_text,
+    section,
+)
+from bot.decision.slack.views.text import date as slack_date
+
+APPROVE = "jit_approve"
+DENY = "jit_deny"
+REVOKE = "jit_revoke"
+DENY_MODAL = "jit_deny_modal"
+DENY_REASON_BLOCK = "reason"
+DENY_REASON_INPUT = "reason_input"
+BREAK_GLASS = "jit_break_glass"
+BREAK_GLASS_MODAL = "jit_break_glass_modal"
+JUSTIFICATION_BLOCK = "justification"
+JUSTIFICATION_INPUT = "justification_input"
+
+#: Shown for a run URL from the pipeline (https only, with its host; see text.link).
+RUN_LINK_LABEL = "View the run"
+
+
+_STATUS_LINE = {
+    Status.PENDING: ":hourglass_flowing_sand: *Waiting for approval*",
+    Status.APPROVED: ":gear: *Approved* — issuing the credential…",
+    Status.ACTIVE: ":white_check_mark: *Active*",
+    Status.EXPIRED: ":lock: *Expired* — the credential was revoked",
+    Status.REVOKED: ":no_entry: *Revoked early*",
+    Status.DENIED: ":x: *Denied*",
+    Status.TIMED_OUT: ":alarm_clock: *Timed out* — nobody decided in time",
+    Status.CANCELLED: ":leftwards_arrow_with_hook: *Cancelled* by the pipeline",
+    Status.FAILED: ":warning: *Failed* — the credential could not be issued",
+}
+
+
+def status_line(req: AccessRequest) -> str:
+    line = _STATUS_LINE[req.status]
+    if req.status == Status.DENIED:
+        who = mention(req.decided_by) if req.decided_by else "an approver"
+        line += f" by {who}: {literal(req.deny_reason, 500) or EMPTY}"
+    elif req.status == Status.ACTIVE and req.expires_at:
+        left = max((req.expires_at - now()).total_seconds(), 0)
+        line += f" until {slack_date(req.expires_at)} ({human(left)} left)"
+    elif req.status == Status.REVOKED and req.revoked_by:
+        line += f" by {mention(req.revoked_by)}"
+    elif req.status == Status.FAILED and req.error:
+        line += f": {literal(req.error, 300)}"
+    return line
+
+
+def request_summary(req: AccessRequest) -> str:
+    """Plain-text fallback (notifications, screen readers: no code spans, which show as backticks)."""
+    return fit(
+        f"Access request {literal(req.id, 64)}: {literal(req.action, 64)} for "
+        f"{literal(req.pipeline, 100)} — {req.status.value}",
+        MAX_MESSAGE_TEXT,
+    )
+
+
+def request_blocks(
+    req: AccessRequest,
+    description: str = "",
+    approvers: list[str] | None = None,
+    *,
+    break_glass: bool = False,
+    break_glass_requested: bool = False,
+    break_glass_by: str | None = None,
+    justification: str | None = None,
+    auto_rule: str | None = None,
+    self_approval: str = "enforced",
+    cut_by_window: bool = False,
+) -> list[dict[str, Any]]:
+    """The request's channel message. `break_glass`: the action has break-glass approvers
+    (show the button); `break_glass_requested`: the pipeline asked for it (no Approve button);
+    `break_glass_by`/`justification`: it was used; `auto_rule`: the rule that auto-approved;
+    `self_approval`: "enforced", "allowed" or "unknown_requester" (the requester is no known
+    person, so self-approval cannot be ruled out); `cut_by_window`: the grant ends with its
+    change window rather than after its full TTL."""
+    ctx = req.context
+    auto = req.decided_by == "auto"
+    rule = auto_rule or f"actions.{req.action}.auto_approve"
+
+    def said(key: str) -> str:
+        """On a verified request, which values the token vouches for and which the pipeline said."""
+        if not req.verified:
+            return ""
+        return " :lock: _verified_" if key in req.verified_keys else " _(said by the pipeline, unverified)_"
+
+    items = [
+        f"*Action*\n{code(req.action, 64)}"
+        + (f"\n{literal(description, 300)}" if description else ""),
+        f"*Pipeline*\n{code(req.pipeline, 100)}",
+        f"*Requested by*\n{code(req.requested_by, 200)}{said('requested_by') if req.requested_by else ''}",
+        f"*TTL*\n{human(req.ttl)}",
+    ]
+    if ctx.get("repository"):
+        items.append(f"*Repository*\n{code(ctx['repository'], 200)}{said('repository')}")
+    if ctx.get("ref"):
+        items.append(f"*Ref*\n{code(ctx['ref'], 200)}{said('ref')}")
+    if ctx.get("commit"):
+        items.append(f"*Commit*\n{code(str(ctx['commit'])[:12], 40)}{said('commit')}")
+    if ctx.get("environment"):
+        items.append(f"*Environment*\n{code(ctx['environment'], 100)}{said('environment')}")
+    blocks: list[dict[str, Any]] = [
+        header(f"{'Auto-approved' if auto else 'Access request'}: {req.action}"),
+        section(f"*Reason*\n{literal(req.reason, 500) or EMPTY}"),
+        fields(items),
+    ]
+    ctx_elems = [f"Request {code(req.id, 64)}"]
+    if ctx.get("run_url"):
+        ctx_elems.append(link(ctx["run_url"], RUN_LINK_LABEL))
+    blocks.append(context(" · ".join(ctx_elems)))
+
+    if auto:
+        progress = (
+            f":robot_face: *Auto-approved by rule* {code(rule, 120)} — no human approval needed"
+        )
+    elif break_glass_by:
+        progress = (
+            f":rotating_light: *Break glass* by {mention(break_glass_by)} (approved alone)\n"
+            f"*Justification:* {literal(justification, 500) or EMPTY}"
+        )
+    else:
+        progress = f"*Approvals:* {len(req.approvals)} of {req.approvals_required}"
+        if req.approvals:
+            progress += " — " + ", ".join(mention(u) for u in req.approved_by)
+        if req.status == Status.PENDING and break_glass_requested:
+            progress += (
+                "\n:rotating_light: *Break glass requested* — only a break-glass approver can "
+                "approve, alone, with a written justification"
+            )
+        elif req.status == Status.PENDING and approvers:
+            progress += "\n_Approvers:_ " + ", ".join(mention(a) for a in approvers[:20])
+        if req.status == Status.PENDING and self_approval == "unknown_requester":
+            progress += (
+                "\n:warning: *The requester is not a known person* (no requested_by, or one the "
+                "policy's people does not list), so jit cannot stop them from approving their own request."
+            )
+    blocks.append(section(progress))
+    status = status_line(req)
+    if cut_by_window and req.status == Status.ACTIVE:
+        status += " — cut to end with its change window"
+    if req.revoke_pending:
+        status += "\n:hourglass: *Revoking the credential* — jit retries until the target confirms"
+    blocks.append(section(status))
+
+    if req.status == Status.PENDING:
+        buttons = [] if break_glass_requested else [button(APPROVE, "Approve", req.id, "primary")]
+        buttons.append(button(DENY, "Deny", req.id, "danger"))
+        if break_glass or break_glass_requested:
+            buttons.append(button(BREAK_GLASS, "Break glass", req.id))
+        blocks.append({"type": "actions", "block_id": f"decide:{req.id}", "elements": buttons})
+    elif req.status == Status.ACTIVE:
+        blocks.append(
+            {"type": "actions", "block_id": f"grant:{req.id}", "elements": [revoke_button(req)]}
+        )
+    return blocks
+
+
+def revoke_button(req: AccessRequest) -> dict[str, Any]:
+    """The "Revoke now" button, with a confirmation (the request's message and the Home tab)."""
+    return button(
+        REVOKE,
+        "Revoke now",
+        req.id,
+        "danger",
+        confirm={
+            "title": plain_text("Revoke this grant?"),
+            "text": mrkdwn("The credential stops working at once."),
+            "confirm": plain_text("Revoke"),
+            "deny": plain_text("Keep it"),
+        },
+    )
+
+
+def _modal(
+    callback_id: str, title: str, submit: str, meta: dict[str, Any], blocks: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "type": "modal",
+        "callback_id": callback_id,
+        "private_metadata": json.dumps(meta),
+        "title": plain_text(title, 24),
+        "submit": plain_text(submit, 24),
+        "close": plain_text("Cancel", 24),
+        "blocks": blocks,
+    }
+
+
+def _text_input(
+    block_id: str, action_id: str, label: str, placeholder: str, **limits: int
+) -> dict[str, Any]:
+    return {
+        "type": "input",
+        "block_id": block_id,
+        "label": plain_text(label, 2000),
+        "element": {
+            "type": "plain_text_input",
+            "action_id": action_id,
+            "multiline": True,
+            **limits,
+            "placeholder": plain_text(placeholder, 150),
+        },
+    }
+
+
+def deny_modal(
+    req: AccessRequest, channel: str | None = None, message_ts: str | None = None
+) -> dict[str, Any]:
+    return _modal(
+        DENY_MODAL,
+        "Deny access",
+        "Deny",
+        {"id": req.id, "channel": channel, "ts": message_ts},
+        [
+            section(
+                f"Deny {code(req.action, 64)} for {code(req.pipeline, 100)} "
+                f"(request {code(req.id, 64)})?"
+            ),
+            _text_input(
+                DENY_REASON_BLOCK,
+                DENY_REASON_INPUT,
+                "Reason",
+                "Shown to the pipeline and in the channel",
+                max_length=500,
+            ),
+        ],
+    )
+
+
+def break_glass_modal(
+    req: AccessRequest, channel: str | None = None, message_ts: str | None = None, max_ttl: str = ""
+) -> dict[str, Any]:
+    """The justification a break-glass approver must write before approving alone."""
+    cut = f" The TTL is cut to at most {literal(max_ttl, 40)}." if max_ttl else ""
+    return _modal(
+        BREAK_GLASS_MODAL,
+        "Break glass",
+        "Break glass",
+        {"id": req.id, "channel": channel, "ts": message_ts},
+        [
+            section(
+                f"Approve {code(req.action, 64)} for {code(req.pipeline, 100)} "
+                f"(request {code(req.id, 64)}) *alone*, bypassing the usual approvals and change "
+                f"windows?{cut} The security channel is alerted at once and the request "
+                "is marked for follow-up review."
+            ),
+            _text_input(
+                JUSTIFICATION_BLOCK,
+                JUSTIFICATION_INPUT,
+                "Justification",
+                "Why this cannot wait for the normal approvals (incident link, impact)",
+                min_length=10,
+                max_length=500,
+            ),
+        ],
+    )
+
+
+def break_glass_alert(
+    req: AccessRequest, by: str, justification: str, outside_window: bool, asked_ttl_s: int | None
+) -> str:
+    """The security channel's alert when break glass is used."""
+    cut = ""
+    if asked_ttl_s and asked_ttl_s > int(req.ttl.total_seconds()):
+        cut = f" (asked for {human(asked_ttl_s)}, cut to the break-glass max)"
+    lines = [
+        f":rotating_light: *Break glass* — {mention(by)} approved {code(req.action, 64)} for "
+        f"{code(req.pipeline, 100)} alone (request {code(req.id, 64)}).",
+        f"*Justification:* {literal(justification, 500) or EMPTY}",
+        f"*Reason given by the pipeline:* {literal(req.reason, 300) or EMPTY}",
+        f"*TTL:* {human(req.ttl)}{cut}"
+        + (" · *outside the change windows*" if outside_window else ""),
+        "Marked for follow-up review: `/jit audit break-glass`.",
+    ]
+    return fit("\n".join(lines), MAX_MESSAGE_TEXT)
+
+
+def revoke_failure_alert(attempts: int, error: str) -> str:
+    """The request thread's alert when revoking keeps failing (`error`: the backend's words)."""
+    return fit(
+        f":rotating_light: Revoking this grant has failed {attempts} times "
+        f"({literal(error, 300) or 'no detail'}). jit keeps retrying; please check the target.",
+        MAX_MESSAGE_TEXT,
+    )

@@ -1,0 +1,489 @@
+"""The OpenAPI 3.1 document of the pipeline hook, served at `GET /openapi.json`.
+
+Limits come from the code that enforces them (`routes.py`, `access.py`), so the document
+cannot drift from the server; tests validate live responses against these schemas.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.decision.service import MAX_REASON, RequestBody
+from bot.core.model import Status
+from bot.request.http.routes import (
+    CLIENT_CACHE_CONTROL,
+    CLIENT_CONTENT_TYPE,
+    MAX_BODY,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_WAIT,
+)
+
+OPENAPI_VERSION = "3.1.0"
+
+_REF = "#/components/schemas/"
+#: The context keys CI clients send (jit_client.ci_context); any other valid key is accepted too.
+CONTEXT_KEYS = ("repository", "ref", "commit", "run_url", "environment")
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": _REF + name}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "type": [schema["type"], "null"]}
+
+
+_TIME = {"type": "string", "format": "date-time", "description": "RFC 3339 UTC, e.g. 2026-11-25T21:40:00.123Z"}
+
+
+def _field_max(name: str) -> int | None:
+    for m in RequestBody.model_fields[name].metadata:
+        if hasattr(m, "max_length"):
+            return m.max_length
+    return None
+
+
+def _schemas() -> dict[str, Any]:
+    context_values = {"type": "string", "maxLength": 500}
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error", "message"],
+            "additionalProperties": False,
+            "properties": {
+                "error": {"type": "string", "description": "stable machine-readable code"},
+                "message": {"type": "string"},
+            },
+        },
+        "CreateRequest": {
+            "type": "object",
+            "required": ["action", "reason"],
+            "additionalProperties": False,
+            "properties": {
+                "action": {"type": "string", "minLength": 1, "maxLength": _field_max("action")},
+                "reason": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_REASON,
+                    "pattern": r"\S",
+                    "description": "why the pipeline needs access; leading/trailing blanks are trimmed",
+                },
+                "ttl": {
+                    "description": "`90s`, `15m`, `2h`, `1d` or integer seconds; absent = the action's default",
+                    "oneOf": [
+                        {"type": "integer", "minimum": 1},
+                        {"type": "string", "pattern": r"^\s*\d+\s*[smhd]?\s*$"},
+                        {"type": "null"},
+                    ],
+                },
+                "requested_by": {
+                    "type": ["string", "null"],
+                    "minLength": 1,
+                    "maxLength": _field_max("requested_by"),
+                    "description": "the person behind the run (email or CI login, mapped by the policy's `people`)",
+                },
+                "context": {
+                    "type": "object",
+                    "maxProperties": _field_max("context"),
+                    "propertyNames": {"pattern": "^[a-z][a-z0-9_]{0,39}$"},
+                    "additionalProperties": context_values,
+                    "properties": {
+                        **{k: context_values for k in CONTEXT_KEYS},
+                        "run_url": {**context_values, "pattern": r"^https?://[^\s<>|]+$"},
+                    },
+                    "description": "shown to approvers; overridden by verified OIDC claims",
+                },
+                "break_glass": {
+                    "type": "boolean",
+                    "default": False,
+                    "description": "emergency access outside the action's windows, approved by a "
+                    "break-glass approver alone",
+                },
+            },
+        },
+        "Approvals": {
+            "type": "object",
+            "required": ["count", "required", "by"],
+            "additionalProperties": False,
+            "properties": {
+                "count": {"type": "integer", "minimum": 0},
+                "required": {"type": "integer", "minimum": 1},
+                "by": {"type": "array", "items": {"type": "string"}, "description": "Slack user ids"},
+            },
+        },
+        "AccessRequest": {
+            "type": "object",
+            "required": list(_request_properties()),
+            "additionalProperties": False,
+            "properties": _request_properties(),
+        },
+        "CreatedRequest": {
+            "type": "object",
+            "required": [*_request_properties(), "request_token", "url"],
+            "additionalProperties": False,
+            "properties": {
+                **_request_properties(),
+                "request_token": {
+                    "type": "string",
+                    "description": "a bearer token for this request's follow-up calls only",
+                },
+                "url": {"type": "string", "format": "uri"},
+            },
+        },
+        "Credential": {
+            "type": "object",
+            "required": ["id", "credential", "expires_at"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string"},
+                "credential": {"type": "object", "description": "what the action's grant backend issued"},
+                "expires_at": _TIME,
+            },
+        },
+        "Introspection": {
+            "type": "object",
+            "required": ["active"],
+            "additionalProperties": True,
+            "description": "RFC 7662: `{active: false}`, or `active: true` with the token's claims",
+            "properties": {
+                "active": {"type": "boolean"},
+                "token_type": {"type": "string"},
+                "sub": {"type": "string", "description": "the pipeline"},
+                "act": {"type": "string", "description": "the action"},
+                "jti": {"type": "string", "description": "the request id"},
+                "iss": {"type": "string"},
+                "aud": {"type": "string"},
+                "scope": {"type": "string"},
+                "iat": {"type": "integer"},
+                "nbf": {"type": "integer"},
+                "exp": {"type": "integer"},
+            },
+        },
+        "Jwks": {
+            "type": "object",
+            "required": ["keys"],
+            "additionalProperties": False,
+            "properties": {
+                "keys": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["kty", "crv", "x", "kid", "alg", "use"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "kty": {"const": "OKP"},
+                            "crv": {"const": "Ed25519"},
+                            "x": {"type": "string"},
+                            "kid": {"type": "string"},
+                            "alg": {"const": "EdDSA"},
+                            "use": {"const": "sig"},
+                        },
+                    },
+                }
+            },
+        },
+        "Ok": {
+            "type": "object",
+            "required": ["ok"],
+            "additionalProperties": False,
+            "properties": {"ok": {"const": True}},
+        },
+    }
+
+
+def _request_properties() -> dict[str, Any]:
+    s = {"type": "string"}
+    return {
+        "id": s,
+        "action": s,
+        "pipeline": s,
+        "status": {"type": "string", "enum": [st.value for st in Status]},
+        "reason": s,
+        "requested_by": _nullable(s),
+        "ttl": {"type": "integer", "minimum": 1, "description": "seconds"},
+        "context": {"type": "object", "additionalProperties": {"type": "string"}},
+        "approvals": _ref("Approvals"),
+        "decided_by": _nullable(s),
+        "deny_reason": _nullable(s),
+        "created_at": _TIME,
+        "pending_until": _TIME,
+        "issued_at": _nullable(_TIME),
+        "expires_at": {**_nullable(_TIME), "description": "fixed when the credential is issued; final"},
+        "revoked_by": _nullable(s),
+        "revoke_pending": {
+            "type": "boolean",
+            "description": "a credential issued (or possibly issued) is still being revoked",
+        },
+        "verified_fields": {
+            "type": "array",
+            "items": s,
+            "description": "context keys (and requested_by) that came from a verified OIDC token",
+        },
+        "error": _nullable(s),
+    }
+
+
+def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": schema}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _err(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    return _json(_ref("Error"), description, headers)
+
+
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}}
+_WWW_AUTH = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+_UNAVAILABLE = _err("storage unavailable; retry shortly", _RETRY_AFTER)
+_UNAUTHORIZED = _err("missing or invalid bearer token", _WWW_AUTH)
+_NOT_FOUND = _err("no such request, or the caller may not see it")
+
+_REQUEST_ID = {
+    "name": "request_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "the id `POST /v1/requests` returned",
+}
+
+
+def document(server_url: str | None = None) -> dict[str, Any]:
+    """The whole OpenAPI document; `server_url` is the bot's public URL (JIT_PUBLIC_URL)."""
+    bearer = [{"bearerAuth": []}]
+    public: list[dict[str, list[str]]] = []
+    follow_up_note = "Bearer: the creating pipeline's token or the request's `request_token`; anyone else gets 404."
+    doc: dict[str, Any] = {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "jit pipeline hook",
+            "version": "1",
+            "description": "Just-in-time credentials for CI/CD pipelines, approved in Slack.",
+        },
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a pipeline's static token, a CI OIDC token, or a request_token",
+                }
+            },
+            "schemas": _schemas(),
+        },
+        "security": bearer,
+        "paths": {
+            "/v1/requests": {
+                "post": {
+                    "operationId": "createRequest",
+                    "summary": "Ask for access",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+                            "description": "a retried POST with the same key returns the same request",
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "description": f"at most {MAX_BODY} bytes",
+                        "content": {"application/json": {"schema": _ref("CreateRequest")}},
+                    },
+                    "responses": {
+                        "201": _json(_ref("CreatedRequest"), "created", {"Location": {"schema": {"type": "string"}}}),
+                        "200": _json(_ref("CreatedRequest"), "an earlier request with this Idempotency-Key"),
+                        "400": _err("malformed JSON, a missing/over-long/unknown field, a bad ttl"),
+                        "401": _UNAUTHORIZED,
+                        "403": _err(
+                            "this pipeline may not request that action, OIDC claims refused, outside the "
+                            "change windows, or the requester is unknown where the policy refuses that"
+                        ),
+                        "404": _err("unknown action"),
+                        "413": _err(f"body larger than {MAX_BODY} bytes"),
+                        "415": _err("Content-Type is not application/json"),
+                        "422": _err("this Idempotency-Key was already used with another body"),
+                        "429": _err("rate limited (JIT_RATE_LIMIT per pipeline per minute)", _RETRY_AFTER),
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
+            "/v1/requests/{request_id}": {
+                "parameters": [_REQUEST_ID],
+                "get": {
+                    "operationId": "getRequest",
+                    "summary": "Read a request; optionally long-poll until its status changes",
+                    "description": follow_up_note,
+                    "parameters": [
+                        {
+                            "name": "wait",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT, "default": 0},
+                            "description": "seconds to hold the call while the request is pending or approved",
+                        }
+                    ],
+                    "responses": {
+                        "200": _json(_ref("AccessRequest"), "the request"),
+                        "400": _err("wait is not a number from 0 to 60"),
+                        "401": _UNAUTHORIZED,
+                        "404": _NOT_FOUND,
+                        "429": _err(
+                            "too many long-polls open (JIT_MAX_LONG_POLLS_PER_PIPELINE per pipeline, "
+                            "4 per request)",
+                            _RETRY_AFTER,
+                        ),
+                        "503": _UNAVAILABLE,
+                    },
+                },
+                "delete": {
+                    "operationId": "releaseRequest",
+                    "summary": "Cancel a pending request or revoke an active grant now",
+                    "description": follow_up_note + " Releasing a finished request changes nothing.",
+                    "responses": {
+                        "200": _json(_ref("AccessRequest"), "the request after the release"),
+                        "401": _UNAUTHORIZED,
+                        "404": _NOT_FOUND,
+                        "409": _err("the request was decided meanwhile"),
+                        "503": _UNAVAILABLE,
+                    },
+                },
+            },
+            "/v1/requests/{request_id}/credential": {
+                "parameters": [_REQUEST_ID],
+                "get": {
+                    "operationId": "getCredential",
+                    "summary": "Fetch the credential while the grant is active",
+                    "description": follow_up_note,
+                    "responses": {
+                        "200": _json(
+                            _ref("Credential"), "the credential",
+                            {"Cache-Control": {"schema": {"const": "no-store"}}},
+                        ),
+                        "401": _UNAUTHORIZED,
+                        "404": _NOT_FOUND,
+                        "409": _err("not issued yet"),
+                        "410": _err("expired, revoked or never issued"),
+                        "503": _UNAVAILABLE,
+                    },
+                },
+            },
+            "/v1/introspect": {
+                "post": {
+                    "operationId": "introspect",
+                    "summary": "RFC 7662 token introspection",
+                    "description": "Bearer: a JIT_INTROSPECTION_TOKENS token (AUDIENCE=TOKEN); a token issued for another "
+                    "audience answers {\"active\": false}, like an unknown one.",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/x-www-form-urlencoded": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["token"],
+                                    "properties": {"token": {"type": "string", "minLength": 1}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(_ref("Introspection"), "whether the token's grant is active"),
+                        "400": _err("form field `token` is missing"),
+                        "401": _UNAUTHORIZED,
+                        "413": _err(f"body larger than {MAX_BODY} bytes"),
+                        "503": _UNAVAILABLE,
+                    },
+                }
+            },
+            "/v1/client.py": {
+                "get": {
+                    "operationId": "getClient",
+                    "summary": "The pipeline client as one stdlib-only Python file",
+                    "description": "Byte for byte the `jit_client` module this server ships (`client/jit_client.py`, "
+                    "also the `jit-client` package), for a CI job with nothing installed: "
+                    "`curl -fsS $JIT_URL/v1/client.py -o jit_client.py && python3 jit_client.py request …`.",
+                    "security": public,
+                    "parameters": [
+                        {
+                            "name": "If-None-Match",
+                            "in": "header",
+                            "required": False,
+                            "schema": {"type": "string"},
+                            "description": "an ETag from an earlier answer: 304 while the file is the same",
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the file",
+                            "headers": {
+                                "ETag": {
+                                    "description": "the file's sha256 (hex), quoted",
+                                    "schema": {"type": "string", "pattern": '^"[0-9a-f]{64}"$'},
+                                },
+                                "Cache-Control": {"schema": {"const": CLIENT_CACHE_CONTROL}},
+                            },
+                            "content": {CLIENT_CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}},
+                        },
+                        "304": {"description": "unchanged since the ETag given in If-None-Match"},
+                    },
+                }
+            },
+            "/.well-known/jwks.json": {
+                "get": {
+                    "operationId": "jwks",
+                    "summary": "Public keys that verify the `token` backend's JWTs",
+                    "security": public,
+                    "responses": {"200": _json(_ref("Jwks"), "the key set")},
+                }
+            },
+            "/.well-known/jit-audit-keys.json": {
+                "get": {
+                    "operationId": "auditKeys",
+                    "summary": "Public keys that verify the audit trail's signatures",
+                    "security": public,
+                    "responses": {"200": _json(_ref("Jwks"), "the key set")},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "The process is up",
+                    "security": public,
+                    "responses": {"200": _json(_ref("Ok"), "up")},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Redis is reachable",
+                    "security": public,
+                    "responses": {"200": _json(_ref("Ok"), "ready"), "503": _err("Redis is not reachable")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics (request outcomes, queue depth, Slack errors)",
+                    "security": public,
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "security": public,
+                    "responses": {"200": _json({"type": "object"}, "the OpenAPI document")},
+                }
+            },
+        },
+    }
+    if server_url:
+        doc["servers"] = [{"url": server_url.rstrip("/") or "/"}]
+    return doc

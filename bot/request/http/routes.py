@@ -1,0 +1,303 @@
+"""The `/v1` endpoints pipelines call, plus JWKS, introspection and health checks."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import secrets
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from bot.web import bounded_input
+from bot.core import errors as E
+from bot.core.clock import now, rfc3339
+from bot.core.model import UNDECIDED, Status
+from bot.core.policy.windows import OutsideWindow
+from bot.request.http.auth import Unauthorized, any_caller, bearer_token, pipeline_caller
+
+MAX_BODY = 16 * 1024
+#: Deeper than any body the hook accepts (its deepest field, `context`, is one level down).
+MAX_JSON_DEPTH = 32
+MAX_WAIT = 60
+MAX_IDEMPOTENCY_KEY = 255
+
+#: The pipeline client (client/jit_client.py), shipped with the server as this module and
+#: served as one file at /v1/client.py.
+CLIENT_MODULE = "jit_client"
+CLIENT_CONTENT_TYPE = "text/x-python; charset=utf-8"
+CLIENT_CACHE_CONTROL = "public, max-age=300"
+
+bp = Blueprint("hook", __name__)
+
+
+def rt():
+    return current_app.config["JIT_RUNTIME"]
+
+
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    resp = jsonify({"error": code, "message": message})
+    resp.status_code = status
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+@bp.errorhandler(E.JitError)
+def _jit_error(e: E.JitError):
+    headers = None
+    if getattr(e, "retry_after_s", None):
+        headers = {"Retry-After": str(e.retry_after_s)}
+    return error(e.http_status, e.code, e.message, headers)
+
+
+@bp.errorhandler(OutsideWindow)
+def _outside_window(e: OutsideWindow):
+    """403 with the next opening, so a pipeline can say when to retry."""
+    resp = jsonify({"error": e.code, "message": e.message, "next_opening": rfc3339(e.next_opening)})
+    resp.status_code = e.http_status
+    return resp
+
+
+@bp.errorhandler(Unauthorized)
+def _unauthorized(e: Unauthorized):
+    headers = {"WWW-Authenticate": 'Bearer realm="jit"'} if e.status == 401 else None
+    code = {401: "unauthorized", 403: "forbidden"}.get(e.status, "unavailable")
+    return error(e.status, code, e.message, headers)
+
+
+def _oidc():
+    return current_app.config.get("JIT_OIDC")
+
+
+def _read_json() -> Any:
+    ctype = (request.mimetype or "").lower()
+    if ctype != "application/json":
+        raise _Abort(error(415, "unsupported_media_type", "send Content-Type: application/json"))
+    try:
+        raw = bounded_input.read_body(request.stream, request.content_length, MAX_BODY)
+        return bounded_input.loads(raw, MAX_JSON_DEPTH)
+    except bounded_input.TooLarge:
+        raise _Abort(error(413, "too_large", f"the body is larger than {MAX_BODY} bytes")) from None
+    except bounded_input.TooDeep as e:
+        raise _Abort(error(400, "malformed_json", str(e))) from None
+    except ValueError:  # UnicodeDecodeError and json's errors included
+        raise _Abort(error(400, "malformed_json", "the body is not valid JSON")) from None
+
+
+def _read_form() -> dict[str, str]:
+    """An `application/x-www-form-urlencoded` body (RFC 7662's), within the hook's cap; else {}."""
+    if (request.mimetype or "").lower() != "application/x-www-form-urlencoded":
+        return {}
+    try:
+        raw = bounded_input.read_body(request.stream, request.content_length, MAX_BODY)
+    except bounded_input.TooLarge:
+        raise _Abort(error(413, "too_large", f"the body is larger than {MAX_BODY} bytes")) from None
+    return dict(parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True))
+
+
+class _Abort(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+@bp.errorhandler(_Abort)
+def _abort(e: _Abort):
+    return e.response
+
+
+def _view(req) -> dict[str, Any]:
+    return req.public()
+
+
+# ------------------------------------------------------------------------- requests
+
+
+@bp.post("/v1/requests")
+def create_request():
+    runtime = rt()
+    policy = runtime.policy
+    caller = pipeline_caller(request, policy, _oidc())
+    runtime.limiter.check(caller.pipeline)
+    data = _read_json()
+    body = runtime.access.parse_body(data)
+    idem = request.headers.get("Idempotency-Key")
+    if idem is not None and not (0 < len(idem) <= MAX_IDEMPOTENCY_KEY):
+        return error(400, "bad_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    created = runtime.access.create(caller.pipeline, body, idem, caller.verified)
+    out = _view(created.request)
+    out["request_token"] = created.request_token
+    out["url"] = f"{runtime.settings.jit_public_url.rstrip('/')}/v1/requests/{created.request.id}"
+    resp = jsonify(out)
+    resp.status_code = 201 if created.created else 200
+    resp.headers["Location"] = f"/v1/requests/{created.request.id}"
+    return resp
+
+
+def _follow_up(request_id: str):
+    """Who may read or use this request: its request_token, or an OIDC token of the same run."""
+    runtime = rt()
+    caller = any_caller(request, runtime.policy, _oidc())
+    return runtime.access.authorize_follow_up(request_id, caller.bearer, caller.verified, caller.pipeline)
+
+
+@bp.get("/v1/requests/<request_id>")
+def get_request(request_id: str):
+    raw_wait = request.args.get("wait", "0")
+    try:
+        wait = float(raw_wait)
+    except ValueError:
+        return error(400, "bad_request", "wait must be a number of seconds (0 to 60)")
+    if not (0 <= wait <= MAX_WAIT) or wait != wait:
+        return error(400, "bad_request", "wait must be between 0 and 60 seconds")
+    req = _follow_up(request_id).request
+    if wait > 0 and req.status in UNDECIDED:
+        # each open poll holds a connection and a greenlet: bounded per pipeline and per request
+        with current_app.config["JIT_LONG_POLLS"].hold(req.pipeline, req.id, wait):
+            req = _long_poll(request_id, req.status, wait) or req
+    return jsonify(_view(req))
+
+
+def _long_poll(request_id: str, status: Status, wait: float):
+    runtime = rt()
+    deadline = time.monotonic() + wait
+    waiters = current_app.config["JIT_WAITERS"]
+    req = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return req
+        ev = waiters.register(request_id)
+        try:
+            req = runtime.store.get(request_id)
+            if req is None or req.status != status:
+                return req
+            ev.wait(min(remaining, 2.0))
+        finally:
+            waiters.unregister(request_id, ev)
+        req = runtime.store.get(request_id)
+        if req is None or req.status != status:
+            return req
+
+
+@bp.get("/v1/requests/<request_id>/credential")
+def get_credential(request_id: str):
+    credential, req = rt().access.credential(_follow_up(request_id))
+    resp = jsonify({"id": req.id, "credential": credential, "expires_at": rfc3339(req.expires_at)})
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.delete("/v1/requests/<request_id>")
+def release_request(request_id: str):
+    req = rt().access.release(_follow_up(request_id))
+    return jsonify(_view(req))
+
+
+# ------------------------------------------------------------------------- tokens
+
+
+@bp.get("/.well-known/jwks.json")
+def jwks():
+    resp = jsonify(rt().signer.jwks())
+    resp.headers["Cache-Control"] = "public, max-age=300"
+    return resp
+
+
+@bp.get("/.well-known/jit-audit-keys.json")
+def audit_keys():
+    """Public keys that verify the audit trail's signatures (`jit audit verify --keys URL`)."""
+    resp = jsonify(rt().audit.signer.jwks())
+    resp.headers["Cache-Control"] = "public, max-age=300"
+    return resp
+
+
+@bp.post("/v1/introspect")
+def introspect():
+    """RFC 7662: is this token one of ours, meant for the caller, and is its grant still active?"""
+    runtime = rt()
+    audiences = _introspection_audiences(bearer_token(request))
+    if not audiences:
+        raise Unauthorized()
+    token = _read_form().get("token", "")
+    if not token:
+        return error(400, "invalid_request", "form field `token` is required")
+    try:
+        claims = runtime.signer.verify(token)
+    except Exception:  # noqa: BLE001 - any invalid token is simply inactive
+        return jsonify({"active": False})
+    if not _meant_for(claims, audiences):
+        return jsonify({"active": False})  # what an unknown token gets: nothing to learn
+    req = runtime.store.get(str(claims.get("jti", "")))
+    if req is None or req.status != Status.ACTIVE or req.expires_at is None or req.expires_at <= now():
+        return jsonify({"active": False})
+    return jsonify({"active": True, "token_type": "Bearer", **claims})
+
+
+def _introspection_audiences(bearer: str) -> set[str]:
+    """The audiences a resource server holding `bearer` may ask about (JIT_INTROSPECTION_TOKENS);
+    empty for anyone else. Pipeline tokens are not introspection credentials."""
+    found = set()
+    for audience, token in rt().settings.introspection_credentials():
+        if secrets.compare_digest(token.encode(), bearer.encode()):
+            found.add(audience)
+    return found
+
+
+def _meant_for(claims: dict[str, Any], audiences: set[str]) -> bool:
+    aud = claims.get("aud")
+    named = aud if isinstance(aud, list) else [aud]
+    return "*" in audiences or any(isinstance(a, str) and a in audiences for a in named)
+
+
+# ------------------------------------------------------------------------- the client
+
+
+@cache
+def client_file() -> tuple[bytes, str]:
+    """The pipeline client's file as installed with this server, and its sha256 (read once:
+    what a process serves matches the client it runs `jit request` with)."""
+    spec = importlib.util.find_spec(CLIENT_MODULE)  # found, not imported: no client code runs here
+    if spec is None or not spec.origin:
+        raise RuntimeError(f"the {CLIENT_MODULE} module is not installed with the server")
+    data = Path(spec.origin).read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+@bp.get("/v1/client.py")
+def client_source():
+    """The client as one stdlib-only file: `curl -fsS $JIT_URL/v1/client.py -o jit_client.py`."""
+    data, sha256 = client_file()
+    resp = Response(data, content_type=CLIENT_CONTENT_TYPE)
+    resp.set_etag(sha256)
+    resp.headers["Cache-Control"] = CLIENT_CACHE_CONTROL
+    resp.headers["X-Content-Type-Options"] = "nosniff"
+    return resp.make_conditional(request)
+
+
+# ------------------------------------------------------------------------- health
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify({"ok": True})
+
+
+@bp.get("/readyz")
+def readyz():
+    try:
+        rt().redis.ping()
+    except Exception:  # noqa: BLE001
+        return error(503, "redis_unavailable", "Redis is not reachable")
+    return jsonify({"ok": True})
+
+
+@bp.get("/openapi.json")
+def openapi():
+    from bot.request.http.openapi import document
+
+    return jsonify(document(rt().settings.jit_public_url))

@@ -1,0 +1,323 @@
+"""Prometheus metrics (`jit_…`), counted in Redis so any replica's `/metrics` shows the whole deployment.
+
+Why Redis and not process memory: the events worth counting happen in many processes — clicks and
+pipeline calls in every gunicorn worker of every `jit serve` replica, grants and revokes in every
+`jit worker` and its forked children. In-process counters (even with `prometheus_client.multiprocess`,
+which only aggregates processes that share one directory on one host) would need every process on
+every host scraped separately. Here each event is one `HINCRBY` into `keys.metrics()`, and
+`/metrics` renders that hash plus live queue depths. Consequences, documented in the README (Operations → Metrics):
+
+- every replica returns the same numbers: scrape one address (the load balancer) or aggregate
+  with `max without (instance)`, never `sum`;
+- counters survive restarts (they live as long as Redis's data), so `rate()` sees no resets;
+- a metric write that fails (Redis away) is dropped and logged at debug: metrics never break a grant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from redis import Redis
+
+from bot.store import keys
+
+log = logging.getLogger("jit.metrics")
+
+MAX_LABEL = 64
+#: An alert still undelivered this long after it was owed counts as late (workers/jobs/notify/notices.py).
+ALERT_LATE_MS = 60_000
+
+
+@dataclass(frozen=True)
+class Counter:
+    name: str
+    help: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Histogram:
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...]
+
+
+#: Outcomes counted in `jit_requests_total`, in the order a request meets them.
+OUTCOMES = (
+    "created",
+    "approved",
+    "denied",
+    "timed_out",
+    "cancelled",
+    "granted",
+    "failed",
+    "expired",
+    "revoked",
+)
+
+REQUESTS = Counter(
+    "jit_requests_total",
+    "Access requests by action and outcome (one count per lifecycle step).",
+    ("action", "outcome"),
+)
+GRANT_FAILURES = Counter(
+    "jit_grant_failures_total",
+    "Grant attempts that failed (each is retried with backoff).",
+    ("action",),
+)
+REVOKE_FAILURES = Counter(
+    "jit_revoke_failures_total",
+    "Revoke attempts that failed (each is retried until it succeeds).",
+    ("action",),
+)
+SLACK_ERRORS = Counter(
+    "jit_slack_api_errors_total",
+    "Slack Web API calls that failed, by method and Slack error code.",
+    ("method", "error"),
+)
+SLACK_429 = Counter(
+    "jit_slack_rate_limited_total", "Slack Web API calls answered 429 (rate limited).", ("method",)
+)
+
+APPROVAL_WAIT = Histogram(
+    "jit_approval_wait_seconds",
+    "From request created to fully approved.",
+    ("action",),
+    (5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+)
+GRANT_SECONDS = Histogram(
+    "jit_grant_duration_seconds",
+    "Time the grant backend took to issue a credential.",
+    ("action", "backend"),
+    (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+REVOKE_SECONDS = Histogram(
+    "jit_revoke_duration_seconds",
+    "Time the grant backend took to revoke a credential.",
+    ("action", "backend"),
+    (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+LATENESS = Histogram(
+    "jit_revocation_lateness_seconds",
+    "How long after its expiry a grant was actually revoked.",
+    ("action",),
+    (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+
+COUNTERS = (REQUESTS, GRANT_FAILURES, REVOKE_FAILURES, SLACK_ERRORS, SLACK_429)
+HISTOGRAMS = (APPROVAL_WAIT, GRANT_SECONDS, REVOKE_SECONDS, LATENESS)
+
+
+def _label(value: object) -> str:
+    return str(value if value is not None else "")[:MAX_LABEL]
+
+
+def _field(kind: str, name: str, labels: tuple[str, ...], extra: str = "") -> str:
+    return json.dumps([kind, name, list(labels), extra], separators=(",", ":"))
+
+
+class Metrics:
+    """Records events. Cheap to build: holds only the Redis client."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.r = redis
+
+    # ------------------------------------------------------------------ primitives
+
+    def inc(self, metric: Counter, *values: object, amount: int = 1) -> None:
+        labels = tuple(_label(v) for v in values)
+        try:
+            self.r.hincrby(keys.metrics(), _field("c", metric.name, labels), amount)
+        except Exception as e:  # noqa: BLE001 - a metric is never worth a failed grant
+            log.debug("metric %s dropped: %s", metric.name, type(e).__name__)
+
+    def observe(self, metric: Histogram, value: float, *values: object) -> None:
+        labels = tuple(_label(v) for v in values)
+        key = keys.metrics()
+        try:
+            pipe = self.r.pipeline(transaction=True)  # a scrape sees all of one observation or none
+            for le in metric.buckets:
+                if value <= le:
+                    pipe.hincrby(key, _field("h", metric.name, labels, repr(float(le))), 1)
+            pipe.hincrby(key, _field("h", metric.name, labels, "count"), 1)
+            pipe.hincrbyfloat(key, _field("h", metric.name, labels, "sum"), float(value))
+            pipe.execute()
+        except Exception as e:  # noqa: BLE001
+            log.debug("metric %s dropped: %s", metric.name, type(e).__name__)
+
+    # ------------------------------------------------------------------ domain events
+
+    def request(self, action: str, outcome: str) -> None:
+        self.inc(REQUESTS, action, outcome)
+
+    def approval_wait(self, action: str, seconds: float) -> None:
+        self.observe(APPROVAL_WAIT, max(seconds, 0.0), action)
+
+    def granted(self, action: str, backend: str, seconds: float) -> None:
+        self.observe(GRANT_SECONDS, seconds, action, backend)
+
+    def revoked(self, action: str, backend: str, seconds: float, lateness: float | None) -> None:
+        self.observe(REVOKE_SECONDS, seconds, action, backend)
+        if lateness is not None:
+            self.observe(LATENESS, max(lateness, 0.0), action)
+
+    def grant_failed(self, action: str | None) -> None:
+        self.inc(GRANT_FAILURES, action)
+
+    def revoke_failed(self, action: str | None) -> None:
+        self.inc(REVOKE_FAILURES, action)
+
+    def slack_error(self, method: str, error: str, rate_limited: bool) -> None:
+        self.inc(SLACK_ERRORS, method, error)
+        if rate_limited:
+            self.inc(SLACK_429, method)
+
+
+# ---------------------------------------------------------------------- Slack client hook
+
+
+def instrument_slack(client, redis: Redis):
+    """Count every failed call of this WebClient (any method) by Slack error code; 429s apart.
+
+    Wraps the instance's `api_call`, through which every `client.<method>()` goes. Idempotent.
+    """
+    if getattr(client, "_jit_metrics", False):
+        return client
+    from slack_sdk.errors import SlackApiError
+
+    original = client.api_call
+    metrics = Metrics(redis)
+
+    def api_call(api_method: str, **kwargs):
+        try:
+            return original(api_method, **kwargs)
+        except SlackApiError as e:
+            resp = e.response
+            status = getattr(resp, "status_code", None)
+            code = (
+                "ratelimited"
+                if status == 429
+                else str((getattr(resp, "data", None) or {}).get("error") or status)
+            )
+            metrics.slack_error(api_method, code, status == 429)
+            raise
+        except OSError:  # connection refused, timeout, DNS
+            metrics.slack_error(api_method, "connection", False)
+            raise
+
+    client.api_call = api_call
+    client._jit_metrics = True
+    return client
+
+
+# ---------------------------------------------------------------------- exposition
+
+
+class JitCollector(Collector):
+    """Renders the counters kept in Redis, and reads queue depths live at scrape time."""
+
+    def __init__(self, redis: Redis, raw_redis: Redis | None = None) -> None:
+        self.r = redis
+        self.raw = raw_redis or redis
+
+    def collect(self) -> Iterator:
+        try:
+            stored = self.r.hgetall(keys.metrics())
+        except Exception as e:  # noqa: BLE001 - Redis away: say so rather than fail the scrape
+            log.warning("metrics unavailable: %s", type(e).__name__)
+            up = GaugeMetricFamily("jit_redis_up", "1 when Redis answered this scrape.")
+            up.add_metric([], 0)
+            yield up
+            return
+        parsed: dict[tuple[str, str], dict[tuple[str, ...], dict[str, float]]] = {}
+        for field, value in stored.items():
+            try:
+                kind, name, labels, extra = json.loads(field)
+            except ValueError:
+                continue
+            parsed.setdefault((kind, name), {}).setdefault(tuple(labels), {})[extra] = float(value)
+
+        for c in COUNTERS:
+            fam = CounterMetricFamily(c.name, c.help, labels=list(c.labels))
+            for labels, v in sorted(parsed.get(("c", c.name), {}).items()):
+                fam.add_metric(list(labels), v.get("", 0.0))
+            yield fam
+        for h in HISTOGRAMS:
+            fam = HistogramMetricFamily(h.name, h.help, labels=list(h.labels))
+            for labels, v in sorted(parsed.get(("h", h.name), {}).items()):
+                buckets = [(_le(le), v.get(repr(float(le)), 0.0)) for le in h.buckets]
+                buckets.append(("+Inf", v.get("count", 0.0)))
+                fam.add_metric(list(labels), buckets, v.get("sum", 0.0))
+            yield fam
+        yield from self._depths()
+
+    def _depths(self) -> Iterable:
+        from rq import Queue
+
+        from workers.queue.scheduler import ACCESS_QUEUE, SLACK_QUEUE
+
+        now = time.time_ns() // 1_000_000
+        up = GaugeMetricFamily("jit_redis_up", "1 when Redis answered this scrape.")
+        up.add_metric([], 1)
+        yield up
+        size = GaugeMetricFamily(
+            "jit_due_queue_size",
+            "Items in the due queue (grants, expiries, revokes, timeouts, Slack updates).",
+        )
+        size.add_metric([], self.r.zcard(keys.due()))
+        yield size
+        overdue = GaugeMetricFamily(
+            "jit_due_queue_overdue",
+            "Due-queue items whose time has come but no job has claimed yet.",
+        )
+        overdue.add_metric([], self.r.zcount(keys.due(), "-inf", now))
+        yield overdue
+        head = self.r.zrange(keys.due(), 0, 0, withscores=True)
+        oldest = GaugeMetricFamily(
+            "jit_due_queue_oldest_overdue_seconds",
+            "How long the oldest unclaimed due item has been due (0 when none).",
+        )
+        oldest.add_metric([], max(0.0, (now - head[0][1]) / 1000) if head else 0.0)
+        yield oldest
+        late = GaugeMetricFamily(
+            "jit_undelivered_alerts",
+            "Alerts (break glass, failing revokes) Slack has not taken for over a minute.",
+        )
+        late.add_metric([], self.r.zcount(keys.undelivered_alerts(), "-inf", now - ALERT_LATE_MS))
+        yield late
+        open_ = GaugeMetricFamily(
+            "jit_open_requests", "Requests not yet final (pending, approved or active)."
+        )
+        open_.add_metric([], self.r.zcard(keys.open_requests()))
+        yield open_
+        length = GaugeMetricFamily(
+            "jit_rq_queue_length", "Jobs waiting in each RQ queue.", labels=["queue"]
+        )
+        failed = GaugeMetricFamily(
+            "jit_rq_failed_jobs", "Jobs in each RQ queue's failed registry.", labels=["queue"]
+        )
+        for name in (ACCESS_QUEUE, SLACK_QUEUE):
+            q = Queue(name, connection=self.raw)
+            length.add_metric([name], q.count)
+            failed.add_metric([name], q.failed_job_registry.count)
+        yield length
+        yield failed
+
+
+def _le(le: float) -> str:
+    return str(float(le))
+
+
+def registry_for(redis: Redis, raw_redis: Redis | None = None) -> CollectorRegistry:
+    """A registry of jit's metrics only (no per-process defaults: they would differ per worker)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(JitCollector(redis, raw_redis))
+    return reg

@@ -1,0 +1,681 @@
+"""Atomic state transitions of access requests in Redis (one Lua script per transition).
+
+Each script checks the current status and changes it in one step, so two approvers clicking
+at once, or a click racing the pending timeout, yields exactly one outcome. In the same step a
+script records the work it starts in the due queue (a grant, a revoke, a Slack update), so the
+work survives any crash, and pushes the transition's audit event onto the audit outbox, so no
+state change exists without its record. The caller then hands kicked work to a worker at once
+(`Effects`) and chains the outbox into the audit trail (`AuditLog.flush`).
+
+Grants are fenced. The due queue gives every claim of an item a token; a grant job records its
+intent (`begin_grant`, with its token) before it calls the backend, and only the current claim
+holder may record the result (`finish_grant`). Whatever a grant may have created for a request
+that is no longer active is revoked through the due queue like an expiry: retried with backoff,
+alerted after JIT_REVOKE_ALERT_AFTER attempts, never dropped; `revoke_pending` shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Protocol
+
+from redis import Redis
+
+from bot.store import keys
+from bot.core.model import AccessRequest, Status
+
+#: A freshly kicked due item comes back due after this long, in case the job carrying it was
+#: lost with its worker.
+LEASE_MS = 10_000
+
+
+class Effects(Protocol):
+    """Hands due-queue items to workers at once (implemented with RQ in workers/)."""
+
+    def kick(self, members: list[str], token: str) -> None: ...
+
+
+class NoEffects:
+    """Leave everything to the scheduler (tests, CLI tools)."""
+
+    def kick(self, members: list[str], token: str) -> None:
+        pass
+
+
+class AuditOutbox(Protocol):
+    """The audit trail's side of the contract (bot/store/audit.py)."""
+
+    def event_body(
+        self,
+        event: str,
+        *,
+        request_id: str | None = None,
+        action: str | None = None,
+        actor: str | None = None,
+        outcome: str = "ok",
+        details: dict | None = None,
+    ) -> str: ...
+
+    def flush(self) -> int: ...
+
+
+# Every transition script gets the same first KEYS and ARGV, so the shared Lua below can use them:
+# KEYS: 1 req, 2 approvals, 3 open index, 4 due, 5 due claims, 6 due wake, 7 audit outbox, 8 credential
+# ARGV: 1 id, 2 now_ms, 3 lease score for kicked items, 4 retention s, 5 claim token for kicked
+#       items, 6 first audit event body (JSON) or '', 7 second audit event body or ''
+# Script-specific KEYS start at 9, ARGV at 8.
+_COMMON_KEYS = 8
+_COMMON_ARGS = 7
+
+_PRELUDE = """
+local ID, NOW = ARGV[1], tonumber(ARGV[2])
+-- due at `score`; a claim some job holds on the member is void from now on (new work)
+local function schedule(member, score)
+  redis.call('ZADD', KEYS[4], score, member)
+  redis.call('HDEL', KEYS[5], member)
+  redis.call('RPUSH', KEYS[6], '1')
+  redis.call('LTRIM', KEYS[6], -16, -1)
+end
+-- due now and claimed for the job the caller enqueues at once (kick); the lease brings it back
+-- if that job is lost
+local KICKED = {}
+local function kick(member)
+  redis.call('ZADD', KEYS[4], ARGV[3], member)
+  redis.call('HSET', KEYS[5], member, ARGV[5])
+  KICKED[#KICKED + 1] = member
+end
+-- every script answers {result, status or count or false, members kicked (comma-separated)}
+local function reply(result, value)
+  return {result, value or false, table.concat(KICKED, ',')}
+end
+local function unschedule(...)
+  redis.call('ZREM', KEYS[4], ...)
+  redis.call('HDEL', KEYS[5], ...)
+end
+local function audit(body, patch)
+  if body == nil or body == '' then return end
+  redis.call('RPUSH', KEYS[7], '{"body":' .. body .. ',"patch":' .. cjson.encode(patch or {}) .. '}')
+end
+local function changed()
+  redis.call('PUBLISH', '""" + keys.changed_channel() + """', ID)
+end
+-- nil while the request is pending (and, given `now`, inside its pending timeout); else the reply
+local function not_pending(now)
+  local st = redis.call('HGET', KEYS[1], 'status')
+  if not st then return reply('missing') end
+  if st ~= 'pending' then return reply('decided', st) end
+  if now and now >= tonumber(redis.call('HGET', KEYS[1], 'pending_until_ms')) then
+    return reply('decided', 'timed_out')
+  end
+  return nil
+end
+-- once decided, a pending request's timers (timeout, reminder) have nothing left to do
+local function undecided_timers_off()
+  unschedule('timeout:' .. ID, 'remind:' .. ID)
+end
+-- once a grant has ended, its timers (expiry, "expires soon" note) have nothing left to do
+local function grant_timers_off()
+  unschedule('expire:' .. ID, 'warn:' .. ID)
+end
+-- after a request turned `approved`: its pending timers stop, its grant and message update start
+local function approval_complete()
+  undecided_timers_off()
+  kick('grant:' .. ID)
+  kick('slack:' .. ID)
+  changed()
+end
+-- whatever a grant issued, or may have issued, must be revoked: through the due queue, like an
+-- expiry (retried with backoff, alerted, never dropped)
+local function revoke_owed()
+  redis.call('HSET', KEYS[1], 'revoke_pending', '1')
+  kick('revoke:' .. ID)
+end
+local function finalize()
+  redis.call('ZREM', KEYS[3], ID)
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+"""
+
+# The first Slack post is due at once and left to the scheduler, which batches bursts; the
+# request also takes its place, in creation order, in its channel's queue of first posts.
+# KEYS: 9 idempotency key or '', 10 all-requests index, 11 channel outbox
+# ARGV: 8 fields (JSON object of strings), 9 created_ms, 10 timeout due ms, 11 idem ttl s,
+#       12 idempotency value
+_CREATE = _PRELUDE + """
+if KEYS[9] ~= '' then
+  local existing = redis.call('GET', KEYS[9])
+  if existing then return reply('exists', existing) end
+end
+local flat = {}
+for k, v in pairs(cjson.decode(ARGV[8])) do
+  flat[#flat + 1] = k
+  flat[#flat + 1] = v
+end
+redis.call('HSET', KEYS[1], unpack(flat))
+redis.call('ZADD', KEYS[3], ARGV[9], ID)
+redis.call('ZADD', KEYS[10], ARGV[9], ID)
+schedule('timeout:' .. ID, ARGV[10])
+schedule('slack:' .. ID, NOW)
+redis.call('ZADD', KEYS[11], 'NX', ARGV[9], ID)
+if KEYS[9] ~= '' then redis.call('SET', KEYS[9], ARGV[12], 'EX', ARGV[11]) end
+audit(ARGV[6])
+changed()
+return reply('ok', ID)
+"""
+
+# ARGV: 8 user, 9 approvals required now, 10 JSON list of users whose approvals no longer count
+_APPROVE = _PRELUDE + """
+local refused = not_pending(NOW)
+if refused then return reply(refused[1], refused[2]) end
+if redis.call('HSETNX', KEYS[2], ARGV[8], ARGV[2]) == 0 then return reply('duplicate') end
+local n = redis.call('HLEN', KEYS[2])
+for _, u in ipairs(cjson.decode(ARGV[10])) do
+  if redis.call('HEXISTS', KEYS[2], u) == 1 then n = n - 1 end
+end
+local required = tonumber(ARGV[9])
+audit(ARGV[6], {approvals = n, required = required})
+if n >= required then
+  redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', ARGV[8], 'decided_ms', ARGV[2],
+    'approvals_required', required)
+  audit(ARGV[7])
+  approval_complete()
+  return reply('approved', n)
+end
+kick('slack:' .. ID)
+changed()
+return reply('recorded', n)
+"""
+
+# A rule approves without a human, within its daily cap (counted here, atomically).
+# KEYS: 9 counter   ARGV: 8 cap, 9 counter ttl s, 10 rule
+_AUTO_APPROVE = _PRELUDE + """
+local refused = not_pending(nil)
+if refused then return reply(refused[1], refused[2]) end
+local n = tonumber(redis.call('GET', KEYS[9]) or '0')
+if n >= tonumber(ARGV[8]) then return reply('capped', n) end
+n = redis.call('INCR', KEYS[9])
+redis.call('EXPIRE', KEYS[9], ARGV[9])
+redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', 'auto', 'decided_ms', ARGV[2],
+  'auto_rule', ARGV[10])
+audit(ARGV[6], {count_today = n})
+approval_complete()
+return reply('approved', n)
+"""
+
+# One break-glass approver approves alone; the TTL is cut to the break-glass max; the security
+# channel's alert is owed from this moment (workers/jobs/notify/notices.py).
+# KEYS: 9 undelivered alerts   ARGV: 8 user, 9 max ttl s, 10 justification
+_BREAK_GLASS = _PRELUDE + """
+local refused = not_pending(NOW)
+if refused then return reply(refused[1], refused[2]) end
+local asked = tonumber(redis.call('HGET', KEYS[1], 'ttl_s'))
+local ttl = math.min(asked, tonumber(ARGV[9]))
+redis.call('HSETNX', KEYS[2], ARGV[8], ARGV[2])
+redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', ARGV[8], 'decided_ms', ARGV[2],
+  'ttl_s', ttl, 'break_glass_by', ARGV[8], 'break_glass_justification', ARGV[10],
+  'break_glass_asked_ttl_s', asked)
+audit(ARGV[6], {ttl_seconds = ttl})
+approval_complete()
+kick('bgalert:' .. ID)
+redis.call('ZADD', KEYS[9], 'NX', ARGV[2], 'bgalert:' .. ID)
+return reply('approved', ttl)
+"""
+
+# A decision that ends a request before any grant: deny, time out, cancel.
+# ARGV: 8 to_status, 9 allowed_from (csv), 10 extra fields (JSON object of strings)
+_CLOSE = _PRELUDE + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return reply('missing') end
+local ok = false
+for s in string.gmatch(ARGV[9], '[^,]+') do if s == st then ok = true end end
+if not ok then return reply('decided', st) end
+if ARGV[8] == 'timed_out' and NOW < tonumber(redis.call('HGET', KEYS[1], 'pending_until_ms')) then
+  return reply('early')
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[8], 'decided_ms', ARGV[2])
+for k, v in pairs(cjson.decode(ARGV[10])) do redis.call('HSET', KEYS[1], k, v) end
+undecided_timers_off()
+if st == 'approved' then
+  if redis.call('HEXISTS', KEYS[1], 'grant_inflight') == 1 then
+    -- a grant job is calling the backend now: when it ends it records what it issued and
+    -- queues the revoke (or, if it died, its item comes back and does the same)
+    redis.call('HSET', KEYS[1], 'revoke_pending', '1')
+  else
+    unschedule('grant:' .. ID)
+    if redis.call('HEXISTS', KEYS[1], 'grant_attempted') == 1 then revoke_owed() end
+  end
+end
+kick('slack:' .. ID)
+finalize()
+audit(ARGV[6])
+changed()
+return reply('ok', st)
+"""
+
+# active → revoked by an approver or the pipeline; the backend revoke follows in a job.
+# ARGV: 8 by
+_REVOKE = _PRELUDE + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return reply('missing') end
+if st ~= 'active' then return reply('decided', st) end
+redis.call('HSET', KEYS[1], 'status', 'revoked', 'revoked_by', ARGV[8], 'revoked_ms', ARGV[2])
+grant_timers_off()
+revoke_owed()
+kick('slack:' .. ID)
+finalize()
+audit(ARGV[6])
+changed()
+return reply('ok', st)
+"""
+
+# A grant job records its intent before it calls the backend; only the current claim of the
+# request's `grant:` item may. A job whose request is no longer approved settles instead: if an
+# earlier attempt may have issued something, that is revoked.
+# KEYS: 9 claim token of grant:<id>   ARGV: 8 this job's claim token
+_BEGIN_GRANT = _PRELUDE + """
+if redis.call('HGET', KEYS[5], 'grant:' .. ID) ~= ARGV[8] then return reply('stale') end
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return reply('missing') end
+if st == 'approved' then
+  redis.call('HSET', KEYS[1], 'grant_inflight', ARGV[8], 'grant_attempted', '1',
+    'grant_started_ms', ARGV[2])
+  return reply('ok')
+end
+if redis.call('HEXISTS', KEYS[1], 'grant_inflight') == 1 then
+  -- the attempt that recorded this intent never came back: whatever it created goes
+  redis.call('HDEL', KEYS[1], 'grant_inflight', 'revoke_done_ms')
+  revoke_owed()
+  changed()
+  return reply('settled', st)
+end
+return reply('decided', st)
+"""
+
+# The backend answered. The current claim holder records the credential: approved → active, or,
+# when the request ended while the backend worked, the credential is kept (encrypted) only to be
+# revoked through the due queue at once.
+# ARGV: 8 claim token, 9 issued_ms, 10 expires_ms, 11 sealed credential, 12 credential ttl ms
+_FINISH_GRANT = _PRELUDE + """
+if redis.call('HGET', KEYS[5], 'grant:' .. ID) ~= ARGV[8]
+  or redis.call('HGET', KEYS[1], 'grant_inflight') ~= ARGV[8] then
+  return reply('stale')
+end
+local st = redis.call('HGET', KEYS[1], 'status')
+redis.call('HDEL', KEYS[1], 'grant_inflight')
+redis.call('SET', KEYS[8], ARGV[11], 'PX', ARGV[12])
+if st == 'approved' then
+  redis.call('HSET', KEYS[1], 'status', 'active', 'issued_ms', ARGV[9], 'expires_ms', ARGV[10])
+  schedule('expire:' .. ID, ARGV[10])
+  kick('slack:' .. ID)
+  audit(ARGV[6])
+  changed()
+  return reply('ok', st)
+end
+redis.call('HSET', KEYS[1], 'issued_ms', ARGV[9])
+redis.call('HDEL', KEYS[1], 'revoke_done_ms')
+revoke_owed()
+kick('slack:' .. ID)
+audit(ARGV[7])
+changed()
+return reply('late', st)
+"""
+
+# A grant attempt failed; the attempt is over (nothing in flight), but it may have created part
+# of an identity: a request that ended while it ran owes a revoke now; one that ends later owes
+# it then (`grant_attempted`).
+# ARGV: 8 claim token
+_GRANT_ATTEMPT_FAILED = _PRELUDE + """
+if redis.call('HGET', KEYS[1], 'grant_inflight') ~= ARGV[8] then return reply('stale') end
+redis.call('HDEL', KEYS[1], 'grant_inflight')
+local st = redis.call('HGET', KEYS[1], 'status')
+if st and st ~= 'approved' then
+  revoke_owed()
+  changed()
+end
+return reply('ok', st)
+"""
+
+# The grant kept failing (or may not be issued any more): approved → failed.
+# ARGV: 8 error
+_FAIL = _PRELUDE + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'approved' then return reply('decided', st or 'missing') end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[8], 'decided_ms', ARGV[2])
+if redis.call('HEXISTS', KEYS[1], 'grant_inflight') == 1 then
+  redis.call('HSET', KEYS[1], 'revoke_pending', '1')
+else
+  unschedule('grant:' .. ID)
+  if redis.call('HEXISTS', KEYS[1], 'grant_attempted') == 1 then revoke_owed() end
+end
+kick('slack:' .. ID)
+finalize()
+audit(ARGV[6])
+changed()
+return reply('ok', st)
+"""
+
+# After the backend revoke succeeded. Exactly one caller records it (revoke_done_ms set once).
+# While a grant is in flight nothing is recorded: its end queues another revoke.
+_REVOKED = _PRELUDE + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then redis.call('DEL', KEYS[8]) return reply('missing') end
+if redis.call('HEXISTS', KEYS[1], 'grant_inflight') == 1 then return reply('inflight', st) end
+redis.call('DEL', KEYS[8])
+redis.call('HDEL', KEYS[1], 'revoke_pending')
+if redis.call('HSETNX', KEYS[1], 'revoke_done_ms', ARGV[2]) == 0 then return reply('again', st) end
+local final = st
+if st == 'active' then
+  final = 'expired'
+  redis.call('HSET', KEYS[1], 'status', 'expired', 'revoked_by', 'expiry', 'revoked_ms', ARGV[2])
+  grant_timers_off()
+  finalize()
+end
+kick('slack:' .. ID)
+audit(ARGV[6], {status = final})
+changed()
+return reply('ok', final)
+"""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a transition did: `result` is 'ok'/'approved'/'recorded'/…; `status` the one it met."""
+
+    result: str
+    status: str | None = None
+    count: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.result in ("ok", "approved", "recorded")
+
+
+class Store:
+    def __init__(
+        self,
+        redis: Redis,
+        audit: AuditOutbox,
+        retention_s: int = 30 * 86400,
+        effects: Effects | None = None,
+    ) -> None:
+        self.r = redis
+        self.audit = audit
+        self.retention_s = retention_s
+        self.effects: Effects = effects or NoEffects()
+        self._scripts = {
+            name: redis.register_script(src)
+            for name, src in {
+                "create": _CREATE,
+                "approve": _APPROVE,
+                "auto_approve": _AUTO_APPROVE,
+                "break_glass": _BREAK_GLASS,
+                "close": _CLOSE,
+                "revoke": _REVOKE,
+                "begin_grant": _BEGIN_GRANT,
+                "finish_grant": _FINISH_GRANT,
+                "grant_attempt_failed": _GRANT_ATTEMPT_FAILED,
+                "fail": _FAIL,
+                "revoked": _REVOKED,
+            }.items()
+        }
+
+    # ---------------------------------------------------------------- reads
+
+    def get(self, request_id: str) -> AccessRequest | None:
+        if not valid_id(request_id):
+            return None
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(keys.request(request_id))
+        pipe.hgetall(keys.approvals(request_id))
+        h, apr = pipe.execute()
+        if not h or "status" not in h:
+            return None
+        return AccessRequest.from_hash(h, apr)
+
+    def get_many(self, ids: list[str]) -> list[AccessRequest]:
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(keys.request(i))
+            pipe.hgetall(keys.approvals(i))
+        res = pipe.execute()
+        out = []
+        for h, apr in zip(res[::2], res[1::2], strict=True):
+            if h and "status" in h:
+                out.append(AccessRequest.from_hash(h, apr))
+        return out
+
+    def open_ids(self, limit: int = 500) -> list[str]:
+        """Not-yet-final requests, newest first."""
+        return self.r.zrevrange(keys.open_requests(), 0, limit - 1)
+
+    def credential_blob(self, request_id: str) -> str | None:
+        return self.r.get(keys.credential(request_id))
+
+    def fields(self, request_id: str, *names: str) -> dict[str, str]:
+        """Request fields the AccessRequest model does not carry (break-glass, auto rule)."""
+        if not valid_id(request_id):
+            return {}
+        values = self.r.hmget(keys.request(request_id), list(names))
+        return {n: v for n, v in zip(names, values, strict=True) if v}
+
+    # ---------------------------------------------------------------- the one way to run a script
+
+    def _run(
+        self,
+        script: str,
+        request_id: str,
+        now_ms: int,
+        *,
+        events: tuple[str, str] = ("", ""),
+        keys_extra: list[str] | None = None,
+        args_extra: list[object] | None = None,
+    ) -> list:
+        token = secrets.token_hex(8)
+        res = self._scripts[script](
+            keys=[
+                keys.request(request_id),
+                keys.approvals(request_id),
+                keys.open_requests(),
+                keys.due(),
+                keys.due_claims(),
+                keys.due_wake(),
+                keys.audit_outbox(),
+                keys.credential(request_id),
+                *(keys_extra or []),
+            ],
+            args=[
+                request_id,
+                now_ms,
+                now_ms + LEASE_MS,
+                self.retention_s,
+                token,
+                events[0],
+                events[1],
+                *(args_extra or []),
+            ],
+        )
+        kicked = [m for m in (res[2] or "").split(",") if m]
+        if kicked:
+            self.effects.kick(kicked, token)
+        if any(events):
+            self.audit.flush()
+        return res
+
+    # ---------------------------------------------------------------- transitions
+
+    def create(
+        self,
+        req: AccessRequest,
+        idempotency: tuple[str, str] | None,
+        now_ms: int,
+        event: str,
+        extra: dict[str, str] | None = None,
+    ) -> tuple[bool, str]:
+        """Store a new request with its creation event. With `idempotency` = (key, fingerprint),
+        a key already used returns (False, "<request id>|<fingerprint>")."""
+        idem_key, fingerprint = idempotency or ("", "")
+        res = self._run(
+            "create",
+            req.id,
+            now_ms,
+            events=(event, ""),
+            keys_extra=[idem_key, keys.all_requests(), keys.channel_outbox(req.channel)],
+            args_extra=[
+                json.dumps({**req.to_hash(), **(extra or {})}),
+                _ms(req.created_at),
+                _ms(req.pending_until),
+                86400,
+                f"{req.id}|{fingerprint}",
+            ],
+        )
+        return res[0] == "ok", res[1]
+
+    def approve(
+        self,
+        request_id: str,
+        user: str,
+        now_ms: int,
+        *,
+        required: int,
+        discounted: list[str],
+        given: str,
+        approved: str,
+    ) -> Outcome:
+        """Record `user`'s approval; approved once `required` approvals count (approvals by
+        `discounted` users, no longer approvers, do not)."""
+        return _outcome(
+            self._run(
+                "approve",
+                request_id,
+                now_ms,
+                events=(given, approved),
+                args_extra=[user, required, json.dumps(discounted)],
+            )
+        )
+
+    def auto_approve(
+        self, request_id: str, counter_key: str, cap: int, rule: str, now_ms: int, event: str
+    ) -> Outcome:
+        """pending → approved by "auto", unless the daily counter already reached `cap`."""
+        return _outcome(
+            self._run(
+                "auto_approve",
+                request_id,
+                now_ms,
+                events=(event, ""),
+                keys_extra=[counter_key],
+                args_extra=[cap, 2 * 86400, rule],
+            )
+        )
+
+    def break_glass(
+        self, request_id: str, user: str, max_ttl_s: int, justification: str, now_ms: int, event: str
+    ) -> Outcome:
+        """pending → approved by one break-glass approver; `count` is the (capped) TTL in s."""
+        return _outcome(
+            self._run(
+                "break_glass",
+                request_id,
+                now_ms,
+                events=(event, ""),
+                keys_extra=[keys.undelivered_alerts()],
+                args_extra=[user, max_ttl_s, justification],
+            )
+        )
+
+    def close(
+        self,
+        request_id: str,
+        to: Status,
+        now_ms: int,
+        allowed_from: set[Status],
+        event: str,
+        **fields: str,
+    ) -> Outcome:
+        """pending/approved → denied | timed_out | cancelled."""
+        return _outcome(
+            self._run(
+                "close",
+                request_id,
+                now_ms,
+                events=(event, ""),
+                args_extra=[to.value, ",".join(s.value for s in allowed_from), json.dumps(fields)],
+            )
+        )
+
+    def revoke(self, request_id: str, by: str, now_ms: int, event: str) -> Outcome:
+        """active → revoked at once; the backend revoke follows in a job."""
+        return _outcome(self._run("revoke", request_id, now_ms, events=(event, ""), args_extra=[by]))
+
+    def begin_grant(self, request_id: str, token: str, now_ms: int) -> Outcome:
+        """Record the intent to grant under the claim `token`: 'ok' to call the backend;
+        'stale' (another claim owns the work), 'settled' or 'decided' otherwise."""
+        return _outcome(self._run("begin_grant", request_id, now_ms, args_extra=[token]))
+
+    def finish_grant(
+        self,
+        request_id: str,
+        token: str,
+        issued_ms: int,
+        expires_ms: int,
+        blob: str,
+        now_ms: int,
+        *,
+        issued: str,
+        late: str,
+    ) -> Outcome:
+        """Record what the backend issued: 'ok' (now active), 'late' (the request ended meanwhile:
+        revoke queued) or 'stale' (not the current claim: nothing recorded)."""
+        cred_ttl_ms = max(expires_ms - now_ms, 0) + self.retention_s * 1000
+        return _outcome(
+            self._run(
+                "finish_grant",
+                request_id,
+                now_ms,
+                events=(issued, late),
+                args_extra=[
+                    token,
+                    issued_ms,
+                    expires_ms,
+                    blob,
+                    cred_ttl_ms,
+                ],
+            )
+        )
+
+    def grant_attempt_failed(self, request_id: str, token: str, now_ms: int) -> None:
+        self._run("grant_attempt_failed", request_id, now_ms, args_extra=[token])
+
+    def fail(self, request_id: str, error: str, now_ms: int, event: str) -> Outcome:
+        return _outcome(
+            self._run("fail", request_id, now_ms, events=(event, ""), args_extra=[error[:500]])
+        )
+
+    def mark_revoked(self, request_id: str, now_ms: int, event: str) -> Outcome:
+        """Record that the backend revoke succeeded. `ok` for exactly one caller; 'inflight' when
+        a grant is still running (its end queues another revoke)."""
+        return _outcome(self._run("revoked", request_id, now_ms, events=(event, "")))
+
+    def set_fields(self, request_id: str, **fields: str) -> None:
+        if self.r.exists(keys.request(request_id)):
+            self.r.hset(keys.request(request_id), mapping=fields)
+
+
+def _outcome(res: list) -> Outcome:
+    value = res[1]
+    if isinstance(value, int):
+        return Outcome(result=res[0], count=value)
+    return Outcome(result=res[0], status=value or None)
+
+
+def _ms(dt) -> int:
+    return int(round(dt.timestamp() * 1000))
+
+
+def valid_id(request_id: str) -> bool:
+    if not isinstance(request_id, str):
+        return False
+    return 0 < len(request_id) <= 64 and all(c.isalnum() or c in "-_" for c in request_id)

@@ -1,0 +1,273 @@
+"""Notes a request owes people: the requester's DM per outcome, a pending reminder, "expires in 5 min".
+
+Each is a due-queue item (`dm:`, `remind:`, `warn:` + request id), so it survives restarts.
+The `slack:` job, which runs after every transition, schedules them from the request's state
+(`schedule`, idempotent: ZADD NX). A note is sent at most once per request and kind: a marker
+field on the request (`dm_<outcome>`, `reminded_ms`, `warned_ms`) is written under the
+request's notice lock right after Slack accepted it, and checked under the same lock before
+sending. A note whose request has moved on does nothing. Posts take a slot of their channel
+(workers/jobs/notify/pacing.py) and honour a 429's Retry-After like every other post.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import timedelta
+
+from redis.exceptions import LockError
+from slack_sdk.errors import SlackApiError
+
+from bot.store import keys
+from bot.core.clock import human, now, now_ms, to_ms
+from bot.core.model import AccessRequest, Status
+from bot.store.requests import LEASE_MS
+from bot.decision.slack.views.text import MAX_MESSAGE_TEXT, code, fit, literal, mention
+from bot.decision.slack.views.text import date as slack_date
+
+log = logging.getLogger("jit.slack.notices")
+
+#: An active grant longer than this gets a warning this long before it ends.
+WARN_BEFORE = timedelta(minutes=5)
+#: Outcomes the requester hears about, in the order they can happen.
+DM_OUTCOMES = ("approved", "denied", "timed_out", "expired", "revoked", "failed")
+_MARKS = ("reminded_ms", "warned_ms", *(f"dm_{o}" for o in DM_OUTCOMES))
+DM_CHANNEL_TTL_S = 86400
+
+
+# ------------------------------------------------------------------ what is owed (pure)
+
+
+def owed_outcomes(req: AccessRequest) -> list[str]:
+    """Every outcome the request has reached that its requester is told about."""
+    s = req.status
+    out = []
+    if s in (Status.APPROVED, Status.ACTIVE, Status.EXPIRED, Status.REVOKED, Status.FAILED) or (
+        s == Status.CANCELLED and req.decided_by
+    ):
+        out.append("approved")
+    if s == Status.DENIED:
+        out.append("denied")
+    elif s == Status.TIMED_OUT:
+        out.append("timed_out")
+    elif s == Status.EXPIRED:
+        out.append("expired")
+    elif s == Status.FAILED:
+        out.append("failed")
+    elif s == Status.REVOKED and not (req.revoked_by or "").startswith("pipeline:"):
+        out.append("revoked")  # the pipeline releasing its own grant is no news to its requester
+    return out
+
+
+def reminder_at(req: AccessRequest):
+    return req.created_at + (req.pending_until - req.created_at) / 2
+
+
+def warning_at(req: AccessRequest):
+    return req.expires_at - WARN_BEFORE if req.expires_at else None
+
+
+def dm_text(req: AccessRequest, outcome: str) -> str:
+    return fit(_dm_text(req, outcome), MAX_MESSAGE_TEXT)
+
+
+def _dm_text(req: AccessRequest, outcome: str) -> str:
+    what = f"access request {code(req.id, 64)} for {code(req.action, 64)} ({code(req.pipeline, 64)})"
+    if outcome == "approved":
+        if req.decided_by == "auto":
+            return f":white_check_mark: Your {what} was approved automatically by policy."
+        who = ", ".join(mention(u) for u in req.approved_by) or (mention(req.decided_by) if req.decided_by else "")
+        return f":white_check_mark: Your {what} was approved{' by ' + who if who else ''}."
+    if outcome == "denied":
+        who = mention(req.decided_by) if req.decided_by else "an approver"
+        return f":x: Your {what} was denied by {who}: {literal(req.deny_reason, 500) or '—'}"
+    if outcome == "timed_out":
+        waited = human(req.pending_until - req.created_at)
+        return f":alarm_clock: Your {what} timed out: nobody decided within {waited}."
+    if outcome == "expired":
+        return f":lock: The grant from your {what} expired and was revoked."
+    if outcome == "revoked":
+        by = f" by {mention(req.revoked_by)}" if req.revoked_by else ""
+        return f":no_entry: The grant from your {what} was revoked early{by}."
+    return (
+        f":warning: Your {what} was approved, but the credential could not be issued: "
+        f"{literal(req.error, 300) or '—'}"
+    )
+
+
+def reminder_text(req: AccessRequest, approvers: list[str] | None) -> str:
+    left = human(req.pending_until - now())
+    who = " ".join(mention(a) for a in approvers or [] if a not in req.approved_by)
+    got = f"{len(req.approvals)} of {req.approvals_required} approvals"
+    return fit(
+        f":bell: Still waiting for approval ({got}); this request times out in {left}."
+        + (f" {who}" if who else ""),
+        MAX_MESSAGE_TEXT,
+    )
+
+
+def warning_text(req: AccessRequest) -> str:
+    left = human(max(req.expires_at - now(), timedelta(0))) if req.expires_at else "?"
+    at = f" (at {slack_date(req.expires_at)})" if req.expires_at else ""
+    return f":hourglass: This grant expires in {left}{at}."
+
+
+# ------------------------------------------------------------------ scheduling
+
+
+def schedule(rt, req: AccessRequest) -> None:
+    """Queue the notes `req` owes now (idempotent). Called by the `slack:` job after each transition."""
+    marks = dict(zip(_MARKS, rt.redis.hmget(keys.request(req.id), list(_MARKS)), strict=True))
+    at: dict[str, int] = {}
+    if req.status == Status.PENDING and not marks["reminded_ms"]:
+        at[f"remind:{req.id}"] = to_ms(reminder_at(req))
+    if req.status == Status.ACTIVE and req.ttl > WARN_BEFORE and req.expires_at and not marks["warned_ms"]:
+        at[f"warn:{req.id}"] = to_ms(warning_at(req))
+    if req.requester_slack_id and any(not marks[f"dm_{o}"] for o in owed_outcomes(req)):
+        at[f"dm:{req.id}"] = now_ms() + LEASE_MS  # due now; the lease covers the job kicked below
+    # Notes for a state the request has left would do nothing when due: drop them now.
+    stale = []
+    if req.status != Status.PENDING:
+        stale.append(f"remind:{req.id}")
+    if req.status != Status.ACTIVE:
+        stale.append(f"warn:{req.id}")
+    rt.redis.zrem(keys.due(), *stale)
+    if not at:
+        return
+    pipe = rt.redis.pipeline(transaction=False)
+    for member, score in at.items():
+        pipe.zadd(keys.due(), {member: score}, nx=True)
+    added = pipe.execute()
+    new = [m for m, n in zip(at, added, strict=True) if n]
+    if not new:
+        return
+    rt.redis.rpush(keys.due_wake(), "1")
+    rt.redis.ltrim(keys.due_wake(), -16, -1)
+    for member in new:
+        if member.startswith("dm:"):
+            token = secrets.token_hex(8)  # claimed for the job kicked now; its lease covers a loss
+            rt.redis.hset(keys.due_claims(), member, token)
+            rt.dispatcher.kick([member], token)
+
+
+# ------------------------------------------------------------------ the due handlers
+
+
+def do_remind(rt, rid: str) -> None:
+    from workers.jobs import RetryLater
+
+    req = rt.store.get(rid)
+    if req is None or req.status != Status.PENDING:
+        return
+    if now() < reminder_at(req):
+        raise RetryLater(to_ms(reminder_at(req)) - now_ms())
+    if not req.message_ts:
+        raise RetryLater(1000)  # the thread does not exist yet (its post waits for a slot)
+    action = rt.policy.action(req.action)
+    with _NoticeLock(rt, rid):
+        if rt.redis.hget(keys.request(rid), "reminded_ms"):
+            return
+        req = rt.store.get(rid)
+        if req is None or req.status != Status.PENDING:
+            return
+        _send_once(rt, req, "reminded_ms", lambda: _post_in_thread(
+            rt, req, reminder_text(req, action.approvers if action else None)))
+
+
+def do_warn(rt, rid: str) -> None:
+    from workers.jobs import RetryLater
+
+    req = rt.store.get(rid)
+    if req is None or req.status != Status.ACTIVE or req.expires_at is None or not req.message_ts:
+        return
+    if now() < warning_at(req):
+        raise RetryLater(to_ms(warning_at(req)) - now_ms())
+    if now() >= req.expires_at:
+        return  # too late to warn; the expiry itself says it
+    with _NoticeLock(rt, rid):
+        if rt.redis.hget(keys.request(rid), "warned_ms"):
+            return
+        _send_once(rt, req, "warned_ms", lambda: _post_in_thread(rt, req, warning_text(req)))
+
+
+def do_dm(rt, rid: str) -> None:
+    req = rt.store.get(rid)
+    if req is None or not req.requester_slack_id:
+        return
+    with _NoticeLock(rt, rid):
+        req = rt.store.get(rid)
+        if req is None:
+            return
+        owed = owed_outcomes(req)
+        marks = rt.redis.hmget(keys.request(rid), [f"dm_{o}" for o in owed]) if owed else []
+        for outcome, mark in zip(owed, marks, strict=True):
+            if not mark:
+                _send_once(rt, req, f"dm_{outcome}", lambda o=outcome: _send_dm(rt, req, dm_text(req, o)))
+
+
+# ------------------------------------------------------------------ sending
+
+
+class _NoticeLock:
+    """redis-py's Lock (token-checked release); busy → come back in 300 ms."""
+
+    def __init__(self, rt, rid: str) -> None:
+        self.lock = rt.redis.lock(keys.notice_lock(rid), timeout=30, blocking=False)
+
+    def __enter__(self):
+        from workers.jobs import RetryLater
+
+        if not self.lock.acquire():
+            raise RetryLater(300)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.lock.release()
+        except LockError:  # expired (a slow Slack call) and maybe taken by someone else: not ours
+            pass
+
+
+def _send_once(rt, req: AccessRequest, mark: str, send) -> None:
+    """Send, then record it. Slack refusing for good (ok=false: archived channel, unknown user)
+    is recorded too, so the note is not retried forever; 429s and 5xx are retried."""
+    try:
+        send()
+    except SlackApiError as e:
+        if e.response is None or e.response.status_code != 200:
+            raise
+        error = e.response.get("error") or "error"
+        log.warning("%s for %s not sent: %s", mark, req.id, error, extra={"request_id": req.id})
+        rt.store.set_fields(req.id, **{mark: f"error:{error}"})
+        return
+    rt.store.set_fields(req.id, **{mark: str(now_ms())})
+
+
+def _take_slot(rt, channel: str) -> None:
+    from workers.jobs.notify.pacing import ChannelPacer
+    from workers.jobs import RetryLater
+
+    wait = ChannelPacer(rt).take_slot(channel)
+    if wait:
+        raise RetryLater(wait)
+
+
+def _post_in_thread(rt, req: AccessRequest, text: str) -> None:
+    from workers.jobs.notify.message import call_slack
+
+    channel = rt.redis.hget(keys.request(req.id), "message_channel") or req.channel
+    _take_slot(rt, channel)
+    call_slack(rt, channel, rt.slack.chat_postMessage, channel=channel, thread_ts=req.message_ts, text=text)
+
+
+def _send_dm(rt, req: AccessRequest, text: str) -> None:
+    from workers.jobs.notify.message import call_slack
+
+    user = req.requester_slack_id
+    channel = rt.redis.get(keys.dm_channel(user))
+    if not channel:
+        resp = call_slack(rt, user, rt.slack.conversations_open, users=user)
+        channel = resp["channel"]["id"]
+        rt.redis.set(keys.dm_channel(user), channel, ex=DM_CHANNEL_TTL_S)
+    _take_slot(rt, channel)
+    call_slack(rt, channel, rt.slack.chat_postMessage, channel=channel, text=text)

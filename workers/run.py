@@ -1,0 +1,160 @@
+"""`jit worker`: RQ workers (no fork per job) plus the expiry scheduler, with graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq import SimpleWorker
+
+from bot.store import keys
+from bot.wiring import Runtime, install
+from workers.queue.scheduler import ACCESS_QUEUE, SLACK_QUEUE, Scheduler
+
+log = logging.getLogger("jit.worker")
+
+
+class _GracefulWorker(SimpleWorker):
+    """RQ's warm shutdown on SIGTERM/SIGINT (the job in hand finishes, then the loop stops), also
+    telling the forked children at once rather than after this process's own job is done."""
+
+    on_stop = None
+
+    def request_stop(self, signum, frame):
+        if self.on_stop is not None:
+            self.on_stop()
+        super().request_stop(signum, frame)
+
+
+def _rq_worker(rt: Runtime, burst: bool, on_stop=None) -> None:
+    # SimpleWorker runs jobs in-process: a fork per job would cost tens of ms on every grant
+    # and revoke. A job that crashes the process is recovered by the due queue's lease.
+    # RQ's worker quits on a Redis error outside its blocking dequeue (a heartbeat, a job's
+    # bookkeeping, its own teardown); Redis coming back must not need `jit worker` restarted,
+    # so a worker that quit without being asked to is replaced after a pause.
+    from bot.store.metrics import instrument_slack
+
+    instrument_slack(rt.slack, rt.redis)
+    stop = threading.Event()
+    pause = 1.0
+    while True:
+        worker = None
+        started = time.monotonic()
+        try:  # the constructor already talks to Redis
+            worker = _GracefulWorker([ACCESS_QUEUE, SLACK_QUEUE], connection=rt.raw_redis)
+            worker.on_stop = on_stop
+            worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
+        except (RedisConnectionError, RedisTimeoutError) as e:
+            log.warning("RQ worker lost Redis (%s)", type(e).__name__)
+        if burst or stop.is_set() or getattr(worker, "_shutdown_requested_date", None) is not None:
+            return
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):  # RQ's own handlers need Redis
+                signal.signal(sig, lambda *_: stop.set())
+        pause = 1.0 if time.monotonic() - started > 60 else min(pause * 2, 10.0)
+        log.warning("RQ worker quit unasked; starting a new one in %.0f s", pause)
+        if stop.wait(pause):
+            return
+
+
+def _child(settings, policy_path, burst: bool) -> None:
+    rt = Runtime(settings, policy_path=policy_path)
+    install(rt)
+    if not burst:
+        from bot.policy_reload import PolicyReloader, install_sighup
+
+        reloader = PolicyReloader(rt)
+        reloader.load_initial()
+        install_sighup(reloader.start())
+    _rq_worker(rt, burst)
+
+
+def _learn_team(rt: Runtime) -> None:
+    """Remember which workspace the bot token belongs to, so other workspaces are refused."""
+    try:
+        team = rt.slack.auth_test().get("team_id")
+        if team:
+            rt.redis.set(keys.slack_team(), team)
+    except Exception as e:  # noqa: BLE001 - Slack may be down; the check then waits for next start
+        log.warning("auth.test failed (%s); workspace check relies on SLACK_TEAM_ID", type(e).__name__)
+
+
+def run_worker(rt: Runtime, concurrency: int = 2, burst: bool = False, scheduler: bool = True) -> int:
+    rt.record_policy_loaded()
+    if not burst:
+        threading.Thread(target=_learn_team, args=(rt,), daemon=True).start()
+
+    children: list[multiprocessing.Process] = []
+    reloader = None
+    if not burst:
+        # SIGHUP or a changed file reloads the policy here and in every child (a child also
+        # watches the file itself); installed before forking so children never die of a HUP.
+        from bot.policy_reload import watch
+
+        def forward_hup() -> None:
+            for p in children:
+                if p.pid:
+                    try:
+                        os.kill(p.pid, signal.SIGHUP)
+                    except ProcessLookupError:
+                        pass
+
+        reloader = watch(rt, sighup=threading.current_thread() is threading.main_thread(), also=[forward_hup])
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(max(concurrency, 1) - 1):
+        p = ctx.Process(target=_child, args=(rt.settings, rt.policy_path, burst), daemon=False)
+        p.start()
+        children.append(p)
+
+    sched = None
+    if scheduler:
+        from bot.wiring import redis_from_url
+
+        blocking = redis_from_url(rt.settings.redis_url, decode_responses=True, socket_timeout=None)
+        sched = Scheduler(rt.redis, blocking, rt.dispatcher)
+        if burst:
+            sched.run_once()
+        else:
+            threading.Thread(target=sched.run, name="jit-scheduler", daemon=True).start()
+
+    upkeep = None
+    if scheduler and not burst:
+        from workers.upkeep import AuditUpkeep
+
+        upkeep = AuditUpkeep(rt)  # audit retention and the periodic chain-head post
+        upkeep.start()
+
+    forwarded = threading.Event()
+
+    def forward(signum, frame):  # noqa: ARG001
+        # once only: RQ reads a second SIGTERM as "cold shutdown", which would cut a child's job
+        if forwarded.is_set():
+            return
+        forwarded.set()
+        for p in children:
+            if p.pid:
+                try:
+                    os.kill(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    try:
+        log.info("worker started", extra={"concurrency": concurrency, "scheduler": scheduler})
+        _rq_worker(rt, burst, on_stop=lambda: forward(signal.SIGTERM, None))
+    finally:
+        if sched is not None:
+            sched.stop()
+        if reloader is not None:
+            reloader.stop()
+        if upkeep is not None:
+            upkeep.stop()
+        forward(signal.SIGTERM, None)
+        for p in children:
+            p.join(timeout=60)
+    return 0
