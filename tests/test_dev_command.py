@@ -139,7 +139,7 @@ def test_jit_dev_from_a_clean_folder(tmp_path):
         body = requests.get(
             f"{again.url}/v1/requests/{r.json()['id']}",
             timeout=10,
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {r.json()['request_token']}"},
         )
         assert body.status_code == 200 and body.json()["status"] == "pending"
         assert again.stop(signal.SIGINT) == 0, again.output()  # Ctrl-C

@@ -203,7 +203,7 @@ def test_long_polls_are_bounded_per_request_and_per_pipeline(stack):
     assert (
         requests.delete(
             f"{stack.url}/v1/requests/{a}",
-            headers={"Authorization": f"Bearer {WEB_TOKEN}"},
+            headers={"Authorization": f"Bearer {stack.follow_token(a, WEB_TOKEN)}"},
             timeout=10,
         ).status_code
         == 200
@@ -217,7 +217,7 @@ def test_long_polls_are_bounded_per_request_and_per_pipeline(stack):
     for rid in (b, c):
         requests.delete(
             f"{stack.url}/v1/requests/{rid}",
-            headers={"Authorization": f"Bearer {WEB_TOKEN}"},
+            headers={"Authorization": f"Bearer {stack.follow_token(rid, WEB_TOKEN)}"},
             timeout=10,
         )
     answers = polls.join()

@@ -20,14 +20,14 @@ def test_pending_timeout_with_frozen_time(jit, slack):
         from workers.jobs import RetryLater, do_timeout
 
         with pytest.raises(RetryLater) as early:  # the timer never fires early
-            do_timeout(jit.rt, rid)
+            do_timeout(jit.rt, rid, "")
         assert 59_000 <= early.value.delay_ms <= 60_000
         assert jit.status(rid).get_json()["status"] == "pending"
         frozen.tick(timedelta(minutes=1, seconds=1))
         # a click after the deadline does not count, even before the timer fired
         jit.approve(rid, "U0LEAD1")
         assert jit.status(rid).get_json()["approvals"]["count"] == 0
-        do_timeout(jit.rt, rid)
+        do_timeout(jit.rt, rid, "")
         assert jit.status(rid).get_json()["status"] == "timed_out"
     jit.work()
     assert "Timed out" in str(slack.message(jit.rt.store.get(rid).message_ts)["blocks"])

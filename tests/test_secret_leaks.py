@@ -84,7 +84,8 @@ def test_no_secret_in_slack_logs_audit_or_redis(jit, slack, caplog, state_dir):
     # 1. exec grant: ask (with an idempotent retry), two approvals, fetch, release early
     a = jit.ask("deploy-prod", headers={"Idempotency-Key": "deploy-42"},
                 context={"repository": "acme/web", "run_url": "https://ci.example/run/1"})
-    again = jit.ask("deploy-prod", expect=200, headers={"Idempotency-Key": "deploy-42"})
+    again = jit.ask("deploy-prod", expect=200, headers={"Idempotency-Key": "deploy-42"},
+                    context={"repository": "acme/web", "run_url": "https://ci.example/run/1"})
     assert again["id"] == a["id"]
     secrets["request_token a"] = a["request_token"]
     settle(jit, lambda: jit.rt.store.get(a["id"]).message_ts)
@@ -184,7 +185,8 @@ def test_log_files_of_real_processes_hold_no_secret():
         token = stack.get(rid, created["request_token"], path="/credential").json()["credential"]["token"]
         assert stack.get(rid, OTHER_TOKEN).status_code == 404
         assert requests.delete(f"{stack.url}/v1/requests/{rid}", timeout=10,
-                               headers={"Authorization": f"Bearer {WEB_TOKEN}"}).json()["status"] == "revoked"
+                               headers={"Authorization": f"Bearer {created['request_token']}"}
+                               ).json()["status"] == "revoked"
         logs = "\n".join(Path(p.log_path).read_text(errors="replace") for p in stack.procs)
         assert rid in logs  # the logs are real and carry the request id
         secrets = {"SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_BOT_TOKEN": BOT_TOKEN,
