@@ -35,11 +35,11 @@ BATCH = 500
 
 
 def _runtime(stack):
-    from bot.wiring import Runtime
     from bot.settings import Settings
+    from bot.wiring import build
 
     env = {k: v for k, v in stack.env.items() if k.startswith(("JIT_", "SLACK_", "REDIS_"))}
-    return Runtime(Settings(**env))
+    return build(Settings(**env))
 
 
 class Seeder:
@@ -54,8 +54,8 @@ class Seeder:
 
     def _new_request(self, ttl: timedelta):
         from bot.core.clock import now
-        from bot.core.model import AccessRequest, Status
         from bot.core.crypto import new_token, token_hash
+        from bot.core.model import AccessRequest, Status
 
         t = now()
         token = new_token()
@@ -113,8 +113,8 @@ class Seeder:
         return ids
 
     def activate_many(self, ids: list[str], expires_ms: list[int], on_active=None) -> None:
-        from bot.store import keys
         from bot.core.clock import from_ms, now_ms, rfc3339
+        from bot.store import keys
 
         for start in range(0, len(ids), BATCH):
             batch = ids[start : start + BATCH]

@@ -12,26 +12,23 @@ import sys
 QUEUE = "bench-rq-revoke"
 
 
-def revoke(request_id: str) -> None:
+def revoke(rt, request_id: str) -> None:
     """RQ job: revoke one grant now (what a naive `enqueue_at(expires_at, revoke)` design runs)."""
-    from bot.wiring import current
-    from workers.jobs import do_revoke
+    from workers.jobs.revoke import revoke as revoke_job
 
-    do_revoke(current(), request_id, "")  # no due-queue claim: RQ scheduled it
+    revoke_job(rt, request_id, "")  # no due-queue claim: RQ scheduled it
 
 
 def main() -> int:
-    from rq import SimpleWorker
-
-    from bot.wiring import Runtime, install
     from bot.settings import load_settings
-    from workers.queue.scheduler import SLACK_QUEUE
+    from bot.wiring import build
+    from workers.queue.dispatch import SLACK_QUEUE
+    from workers.queue.worker import JitWorker
 
-    rt = Runtime(load_settings())
-    install(rt)
+    rt = build(load_settings())
     rt.policy  # noqa: B018 - load it before the first job, as `jit worker` does
     # Revokes first, then the Slack message updates they cause: the order `jit worker` uses.
-    worker = SimpleWorker([QUEUE, SLACK_QUEUE], connection=rt.raw_redis)
+    worker = JitWorker([QUEUE, SLACK_QUEUE], connection=rt.raw_redis, parts=rt)
     worker.work(with_scheduler=True, logging_level="WARNING")
     return 0
 

@@ -25,7 +25,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from bot.core.errors import PolicyError
 from bot.settings import Settings, describe
+from bot.wiring import load_policy
 
 EXAMPLE_POLICY = Path(__file__).with_name("example-policy.yaml")
 TOKEN_PLACEHOLDER = "__PIPELINE_TOKEN_SHA256__"
@@ -240,9 +242,6 @@ def main(args: argparse.Namespace) -> int:
         )
     elif args.example_policy:
         made_up.append(f"{policy_path} already exists: kept as it is")
-
-    from bot.core.errors import PolicyError
-    from bot.core.policy.load import load_policy
 
     try:
         policy = load_policy(policy_path)

@@ -29,21 +29,12 @@ import os
 import signal
 import threading
 import time
-from typing import Any
 
-from bot.store import keys
 from bot.core.errors import PolicyError
-from bot.core.policy.load import MAX_POLICY_BYTES, Policy, decode_policy, parse_policy
-from bot.decision.slack.views.text import (
-    MAX_MESSAGE_TEXT,
-    code,
-    code_text,
-    fit,
-    is_slack_id,
-    literal,
-    mention,
-    width,
-)
+from bot.core.policy.load import MAX_POLICY_BYTES, decode_policy
+from bot.core.policy.policy import Policy
+from bot.decision.slack.views.policy_notices import describe_rejection
+from bot.store import keys
 
 log = logging.getLogger("jit.policy")
 
@@ -61,116 +52,6 @@ MAX_ERRORS_POSTED = 20
 
 
 # ------------------------------------------------------------------------- what changed
-
-
-def _approver_labels(policy: Policy, action: str) -> set[str]:
-    a = policy.action(action)
-    if a is None:
-        return set()
-    out = set(a.approvers)
-    for env, people in a.approvers_by_environment.items():
-        out |= {f"{env}:{p}" for p in people}
-    bg = policy.break_glass_for(action)
-    if bg is not None:
-        out |= {f"break-glass:{p}" for p in bg.approvers}
-    return out
-
-
-def policy_diff(old: Policy | None, new: Policy) -> dict[str, Any]:
-    """Actions, pipelines and approvers added/removed, and which actions changed otherwise.
-
-    Approvers are labelled `U…` (default), `<env>:U…` (approvers_by_environment) and
-    `break-glass:U…`.
-    """
-    if old is None:
-        return {"first_load": True, "actions": sorted(new.actions), "pipelines": sorted(new.pipelines)}
-    old_a, new_a = set(old.actions), set(new.actions)
-    approvers: dict[str, dict[str, list[str]]] = {}
-    changed: dict[str, list[str]] = {}
-    for name in sorted(old_a | new_a):
-        before, after = _approver_labels(old, name), _approver_labels(new, name)
-        if before != after:
-            entry = {}
-            if after - before:
-                entry["added"] = sorted(after - before)
-            if before - after:
-                entry["removed"] = sorted(before - after)
-            approvers[name] = entry
-        if name in old_a and name in new_a:
-            o = old.actions[name].model_dump()
-            n = new.actions[name].model_dump()
-            fields = sorted(
-                k for k in set(o) | set(n)
-                if k not in ("approvers", "approvers_by_environment") and o.get(k) != n.get(k)
-            )
-            if old.break_glass_for(name) != new.break_glass_for(name):
-                fields = sorted(set(fields) | {"break_glass"})
-            if fields:
-                changed[name] = fields
-    out: dict[str, Any] = {
-        "actions_added": sorted(new_a - old_a),
-        "actions_removed": sorted(old_a - new_a),
-        "pipelines_added": sorted(set(new.pipelines) - set(old.pipelines)),
-        "pipelines_removed": sorted(set(old.pipelines) - set(new.pipelines)),
-        "approvers": approvers,
-        "changed": changed,
-    }
-    if old.model.auditors != new.model.auditors:
-        out["auditors"] = {
-            "added": sorted(set(new.model.auditors) - set(old.model.auditors)),
-            "removed": sorted(set(old.model.auditors) - set(new.model.auditors)),
-        }
-    return out
-
-
-def _who(label: str) -> str:
-    """`U…`, `<env>:U…` or `break-glass:U…` (see policy_diff) as a mention and its scope."""
-    scope, _, ident = label.rpartition(":")
-    if not (scope and is_slack_id(ident)):
-        return mention(label)
-    return f"{mention(ident)} ({code(scope, 80)})"
-
-
-def describe_changes(policy: Policy, previous_sha: str | None, diff: dict[str, Any], trigger: str) -> str:
-    """The audit channel's line about a newly loaded policy."""
-    head = (
-        f":scroll: *Policy loaded* ({literal(trigger, 20)}) from {code(policy.source, 300)} — sha256 "
-        f"{code(policy.sha256[:16], 16)}"
-    )
-    if diff.get("first_load") or not previous_sha:
-        return fit(f"{head}: {len(policy.actions)} action(s), {len(policy.pipelines)} pipeline(s).", MAX_MESSAGE_TEXT)
-    lines = [f"{head} (was {code(previous_sha[:16], 16)})"]
-
-    def names(items: list[str]) -> str:
-        return ", ".join(code(i, 64) for i in items)
-
-    if diff["actions_added"]:
-        lines.append(f"• actions added: {names(diff['actions_added'])}")
-    if diff["actions_removed"]:
-        lines.append(f"• actions removed: {names(diff['actions_removed'])}")
-    for action, entry in diff["approvers"].items():
-        if entry.get("added"):
-            lines.append(f"• approvers added to {code(action, 64)}: " + ", ".join(_who(x) for x in entry["added"]))
-        if entry.get("removed"):
-            lines.append(f"• approvers removed from {code(action, 64)}: " + ", ".join(_who(x) for x in entry["removed"]))
-    for action, fields in diff["changed"].items():
-        lines.append(f"• {code(action, 64)} changed: {', '.join(code(f, 40) for f in fields)}")
-    if diff["pipelines_added"]:
-        lines.append(f"• pipelines added: {names(diff['pipelines_added'])}")
-    if diff["pipelines_removed"]:
-        lines.append(f"• pipelines removed: {names(diff['pipelines_removed'])}")
-    if "auditors" in diff:
-        a = diff["auditors"]
-        lines.append(
-            "• auditors: "
-            + ", ".join([f"+{_who(x)}" for x in a["added"]] + [f"−{_who(x)}" for x in a["removed"]])
-        )
-    if len(lines) == 1:
-        lines.append("• no change to actions, approvers or pipelines (formatting or comments only)")
-    return fit("\n".join(lines), MAX_MESSAGE_TEXT)
-
-
-# ------------------------------------------------------------------------- the reloader
 
 
 class _StillChanging(Exception):
@@ -254,7 +135,7 @@ class PolicyReloader:
             self._rejected_sha = None
             return "unchanged"
         try:
-            policy = parse_policy(decode_policy(data, path), source=path)
+            policy = self.rt.parse_policy(decode_policy(data, path), source=path)
         except PolicyError as e:
             self._reject(sha, e.errors, trigger)
             return "rejected"
@@ -281,7 +162,7 @@ class PolicyReloader:
         try:
             data = self._settled(path, _read_bytes(path))
             file_sha = hashlib.sha256(data).hexdigest()
-            policy = parse_policy(decode_policy(data, path), source=path)
+            policy = self.rt.parse_policy(decode_policy(data, path), source=path)
         except (OSError, _StillChanging, PolicyError) as e:
             if isinstance(e, PolicyError):
                 errors = e.errors
@@ -368,19 +249,6 @@ class PolicyReloader:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-
-def describe_rejection(source: str, sha: str | None, in_force: str, errors: list[str], trigger: str) -> str:
-    shown = errors[:MAX_ERRORS_POSTED]
-    more = f"\n… and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
-    # one line per error (an error may quote the file: no backtick in it can close the block)
-    body = "\n".join(code_text(e, 300) or "—" for e in shown)
-    head = (
-        f":warning: *Policy file rejected* ({literal(trigger, 20)}): {code(source, 300)}"
-        + (f" (sha256 {code(sha[:16], 16)})" if sha else "")
-        + f" has {len(errors)} error(s); the policy in force stays ({code(in_force[:16], 16)}).\n"
-    )
-    return head + f"```{fit(body + more, MAX_MESSAGE_TEXT - width(head) - 6)}```"
 
 
 def install_sighup(reloader: PolicyReloader, also: list | None = None) -> None:

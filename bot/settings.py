@@ -8,6 +8,8 @@ from functools import lru_cache
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.store.sentinel import parse as parse_sentinel_url
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -55,9 +57,7 @@ class Settings(BaseSettings):
         if not v.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
             raise ValueError("must start with redis://, rediss://, unix:// or redis+sentinel://")
         if v.startswith("redis+sentinel://"):
-            from bot.store.sentinel import parse
-
-            parse(v)  # a malformed Sentinel URL is a one-line start-up error, not a traceback
+            parse_sentinel_url(v)  # a malformed Sentinel URL is a one-line start-up error, not a traceback
         return v
 
     @field_validator("slack_api_url", "jit_public_url")

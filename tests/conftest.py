@@ -83,13 +83,11 @@ def jit_env(monkeypatch, redis_url, slack, policy_file, state_dir):
 
 @pytest.fixture
 def rt(jit_env):
-    from bot.wiring import Runtime, install
     from bot.settings import load_settings
+    from bot.wiring import build
 
-    runtime = Runtime(load_settings())
-    install(runtime)
+    runtime = build(load_settings())
     yield runtime
-    install(None)
 
 
 @pytest.fixture

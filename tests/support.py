@@ -218,7 +218,7 @@ class Harness:
         """A person clicks on the request's message: post it (only it, and older ones waiting in
         its channel, as pacing demands), as the worker would."""
         from workers.jobs.notify.message import sync_request_message
-        from workers.jobs import RetryLater
+        from workers.queue.retry import RetryLater
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -237,12 +237,12 @@ class Harness:
     # -- workers
     def work(self, rounds: int = 20) -> None:
         """Run everything due now (jobs and timers) in-process until nothing is left."""
-        from rq import SimpleWorker
-
-        from workers.queue.scheduler import ACCESS_QUEUE, SLACK_QUEUE, Scheduler
+        from workers.queue.dispatch import QUEUES
+        from workers.queue.scheduler import Scheduler
+        from workers.queue.worker import JitWorker
 
         sched = Scheduler(self.rt.redis, self.rt.redis, self.rt.dispatcher)
-        worker = SimpleWorker([ACCESS_QUEUE, SLACK_QUEUE], connection=self.rt.raw_redis)
+        worker = JitWorker(list(QUEUES), connection=self.rt.raw_redis, parts=self.rt)
         for _ in range(rounds):
             worker.work(burst=True, logging_level="ERROR")
             if sched.run_once() == 0 and not any(q.count for q in self.rt.dispatcher.queues.values()):

@@ -53,10 +53,10 @@ def test_an_approver_sees_what_waits_for_them_with_buttons(jit, slack):
     waiting = jit.ask("deploy-prod", reason="release 5.0")["id"]
     mine = jit.ask("deploy-prod", reason="my own", requested_by="alice@example.com")["id"]
     done_by_me = jit.ask("deploy-prod", reason="already approved")["id"]
-    jit.rt.access.approve(done_by_me, "U0ALICE")
+    jit.rt.decisions.approve(done_by_me, "U0ALICE")
     not_mine = jit.ask("read-secret", token=OTHER_TOKEN, reason="other team")["id"]
     active = jit.ask("read-secret", reason="live one")["id"]
-    jit.rt.access.approve(active, "U0LEAD1")
+    jit.rt.decisions.approve(active, "U0LEAD1")
     jit.work()
 
     open_home(jit, "U0ALICE")
@@ -147,8 +147,8 @@ def test_home_stays_inside_slacks_block_limit_with_many_requests(jit, slack):
         jit.ask("read-secret", reason=f"busy {i}")
     active = [jit.ask("deploy-prod", reason=f"grant {i}")["id"] for i in range(25)]
     for rid in active:
-        jit.rt.access.approve(rid, "U0LEAD1")
-        jit.rt.access.approve(rid, "U0LEAD2")
+        jit.rt.decisions.approve(rid, "U0LEAD1")
+        jit.rt.decisions.approve(rid, "U0LEAD2")
     jit.work()
     open_home(jit, "U0ALICE")
     view = wait_home(slack, "U0ALICE")

@@ -126,7 +126,7 @@ def test_concurrent_clicks_one_grant(jit):
 
         barrier.wait()
         try:
-            results.append(jit.rt.access.approve(rid, user))
+            results.append(jit.rt.decisions.approve(rid, user))
         except AlreadyDecided as e:
             results.append(type("Refused", (), {"result": "decided", "status": e.status})())
 

@@ -13,9 +13,9 @@ import redis as redislib
 from procs import wait_until
 from support import ROOT, SECRET_KEY
 
+from bot.core.crypto import AuditSigner
 from bot.store import keys
 from bot.store.audit import AuditLog
-from bot.core.crypto import AuditSigner
 
 
 def audit_log(redis_url: str) -> AuditLog:

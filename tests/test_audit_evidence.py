@@ -265,14 +265,14 @@ def test_an_export_that_disagrees_with_redis_where_they_overlap_fails(rt, capsys
 
 
 def test_a_rotated_key_still_verifies_what_the_previous_key_signed(rt, capsys, monkeypatch):
-    from bot.wiring import Runtime
     from bot.settings import load_settings
+    from bot.wiring import build
 
     some_history(rt.audit, 3)
     old_kid = rt.redis.xrange(keys.audit_stream())[0][1]["kid"]
     monkeypatch.setenv("JIT_SECRET_KEY", NEW_KEY)
     monkeypatch.setenv("JIT_PREVIOUS_SECRET_KEYS", SECRET_KEY)
-    rotated = Runtime(load_settings())
+    rotated = build(load_settings())
     some_history(rotated.audit, 2, prefix="rot")
     kids = [f["kid"] for _, f in rt.redis.xrange(keys.audit_stream())]
     assert kids[:3] == [old_kid] * 3 and kids[3:] == [kids[3]] * 2 and kids[3] != old_kid

@@ -181,8 +181,8 @@ def test_the_running_worker_chains_an_orphaned_outbox_item(tmp_path):
     from procs import Stack, wait_until
     from support import SECRET_KEY, policy_text
 
-    from bot.store.audit import AuditLog
     from bot.core.crypto import AuditSigner
+    from bot.store.audit import AuditLog
 
     policy = policy_text(str(tmp_path)) + "audit:\n  channel: C0AUDIT\n  post_head_every: 4s\n"
     with Stack(policy=policy) as stack:

@@ -12,9 +12,9 @@ from freezegun import freeze_time
 from support import SECRET_KEY
 
 from bot.cli import main as jit_cli
+from bot.core.crypto import AuditSigner
 from bot.store import keys
 from bot.store.audit import anchor_message
-from bot.core.crypto import AuditSigner
 
 
 def events(rt) -> list[dict]:
@@ -309,12 +309,12 @@ def audit_policy(rt, policy_file):
 
 
 def test_two_workers_post_the_chain_head_once_per_interval(audit_policy, slack, capsys):
-    from bot.wiring import Runtime
+    from bot.wiring import build
     from workers.upkeep import AuditUpkeep
 
     rt = audit_policy
     some_history(rt, 3)
-    other = Runtime(rt.settings, policy_path=str(rt.settings.jit_policy_file))
+    other = build(rt.settings, policy_path=str(rt.settings.jit_policy_file))
     other._policy = rt.policy
     upkeeps = [AuditUpkeep(rt), AuditUpkeep(other)]
     barrier = threading.Barrier(2)
@@ -376,12 +376,12 @@ def test_a_failed_head_post_is_retried_at_the_next_tick(audit_policy, slack):
 def test_a_failed_head_post_never_releases_another_workers_lock(audit_policy, slack, monkeypatch):
     """Worker A's post is slow; its lock expires and worker B takes the next one and posts.
     When A's post then fails, A must not delete B's lock (a third post would follow)."""
-    from bot.wiring import Runtime
+    from bot.wiring import build
     from workers.upkeep import AuditUpkeep
 
     rt = audit_policy
     some_history(rt, 2)
-    other = Runtime(rt.settings, policy_path=str(rt.settings.jit_policy_file))
+    other = build(rt.settings, policy_path=str(rt.settings.jit_policy_file))
     other._policy = rt.policy
     a, b = AuditUpkeep(rt), AuditUpkeep(other)
     b_result = []

@@ -115,7 +115,8 @@ def test_record_backend_records_each_call(redis_url, monkeypatch):
 
     import redis as redislib
 
-    from workers.backends.base import BackendEnv, GrantRequest, registry
+    from workers.backends import registry
+    from workers.backends.base import BackendEnv, GrantRequest
 
     backend_cls = registry()["record"]
     backend = backend_cls(

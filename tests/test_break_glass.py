@@ -12,8 +12,13 @@ from policy_rules_support import EXEC_GRANT, entries, rules_policy_text
 from support import WEB_TOKEN
 
 from bot.core import errors as E
-from bot.core.policy.rules import BreakGlassOnly, NotBreakGlassApprover
-from bot.decision.slack.views.blocks import BREAK_GLASS, JUSTIFICATION_BLOCK, JUSTIFICATION_INPUT, request_blocks
+from bot.core.errors import BreakGlassOnly, NotBreakGlassApprover
+from bot.decision.slack.views.blocks import (
+    BREAK_GLASS,
+    JUSTIFICATION_BLOCK,
+    JUSTIFICATION_INPUT,
+    request_blocks,
+)
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -109,14 +114,14 @@ def test_break_glass_approves_alone_cuts_the_ttl_and_alerts_security(rules, jit,
     assert [e["event"] for e in marked] == ["request.approved"]
 
     # the channel message says who broke glass and why
-    facts = jit.rt.access.message_facts(jit.rt.store.get(rid))
+    facts = jit.rt.decisions.message_facts(jit.rt.store.get(rid))
     rendered = json.dumps(request_blocks(jit.rt.store.get(rid), **facts))
     assert "Break glass" in rendered and "U0ONCALL" in rendered and "INC-4711" in rendered
 
 
 def test_a_member_of_the_break_glass_group_may_break_glass(rules, jit):
     rid = ask(jit)
-    out = jit.rt.access.break_glass(rid, "U0AUDITOR", "restore service after outage")  # via S0SECURITY
+    out = jit.rt.decisions.break_glass(rid, "U0AUDITOR", "restore service after outage")  # via S0SECURITY
     assert out.result == "approved"
 
 
@@ -128,7 +133,7 @@ def test_an_ordinary_approver_cannot_break_glass(rules, jit, slack):
     assert "not a break-glass approver" in note[0]["text"]
     assert not [c for c in slack.calls("views.open") if c.params.get("trigger_id") == "1.2.3"]
     with pytest.raises(NotBreakGlassApprover):
-        jit.rt.access.break_glass(rid, "U0LEAD1", "I really want to do it now")
+        jit.rt.decisions.break_glass(rid, "U0LEAD1", "I really want to do it now")
     assert jit.status(rid).get_json()["status"] == "pending"
     refused = entries(jit.rt, "break_glass.refused", rid)
     assert refused and refused[0]["details"]["why"] == "not a break-glass approver"
@@ -138,7 +143,7 @@ def test_a_justification_is_mandatory(rules, jit):
     rid = ask(jit)
     for blank in ("", "   ", "too short"):
         with pytest.raises(E.BadRequest, match="justification"):
-            jit.rt.access.break_glass(rid, "U0ONCALL", blank)
+            jit.rt.decisions.break_glass(rid, "U0ONCALL", blank)
     assert jit.status(rid).get_json()["status"] == "pending"
 
 
@@ -149,7 +154,7 @@ def test_a_break_glass_request_outside_the_window_needs_a_break_glass_approver(r
     req = jit.rt.store.get(rid)
 
     # the message offers only Deny and Break glass
-    blocks = request_blocks(req, **jit.rt.access.message_facts(req))
+    blocks = request_blocks(req, **jit.rt.decisions.message_facts(req))
     buttons = [e["text"]["text"] for b in blocks if b["type"] == "actions" for e in b["elements"]]
     assert buttons == ["Deny", "Break glass"]
     assert "Break glass requested" in json.dumps(blocks)
@@ -157,13 +162,13 @@ def test_a_break_glass_request_outside_the_window_needs_a_break_glass_approver(r
     # ordinary approvers cannot approve it, not even all of them
     for lead in ("U0LEAD1", "U0LEAD2"):
         with pytest.raises(BreakGlassOnly):
-            jit.rt.access.approve(rid, lead)
+            jit.rt.decisions.approve(rid, lead)
     assert jit.approve(rid, "U0LEAD1").status_code == 200
     note = until(lambda: slack.ephemerals(user="U0LEAD1"), "the refusal", jit)
     assert "only a break-glass approver" in note[0]["text"]
     assert jit.status(rid).get_json()["status"] == "pending"
 
-    jit.rt.access.break_glass(rid, "U0ONCALL", "INC-99: payments outage, need schema fix")
+    jit.rt.decisions.break_glass(rid, "U0ONCALL", "INC-99: payments outage, need schema fix")
     body = until(lambda: (b := jit.status(rid).get_json())["status"] == "active" and b, "active", jit)
     assert body["ttl"] == 300  # already under the break-glass max: unchanged
     alert = slack.wait_for(lambda c: c.method == "chat.postMessage" and c.params["channel"] == "C0SECURITY")
@@ -174,7 +179,7 @@ def test_a_break_glass_request_outside_the_window_needs_a_break_glass_approver(r
 
 def test_ordinary_approvers_may_still_deny_a_break_glass_request(rules, jit):
     rid = ask(jit, "hotfix", break_glass=True)
-    assert jit.rt.access.deny(rid, "U0LEAD1", "not an emergency").ok
+    assert jit.rt.decisions.deny(rid, "U0LEAD1", "not an emergency").ok
     assert jit.status(rid).get_json()["status"] == "denied"
 
 
@@ -182,7 +187,7 @@ def test_the_alert_is_posted_once_however_often_its_job_runs(rules, jit, slack):
     from workers.jobs.notify.notices import send_break_glass_alert
 
     rid = ask(jit)
-    jit.rt.access.break_glass(rid, "U0ONCALL", "restore service after outage")
+    jit.rt.decisions.break_glass(rid, "U0ONCALL", "restore service after outage")
     jit.work()
     send_break_glass_alert(jit.rt, rid)
     send_break_glass_alert(jit.rt, rid)
@@ -192,16 +197,16 @@ def test_the_alert_is_posted_once_however_often_its_job_runs(rules, jit, slack):
 
 def test_break_glass_on_a_decided_request_is_refused(rules, jit):
     rid = ask(jit)
-    jit.rt.access.break_glass(rid, "U0ONCALL", "restore service after outage")
+    jit.rt.decisions.break_glass(rid, "U0ONCALL", "restore service after outage")
     with pytest.raises(E.AlreadyDecided):
-        jit.rt.access.break_glass(rid, "U0AUDITOR", "restore service after outage")
+        jit.rt.decisions.break_glass(rid, "U0AUDITOR", "restore service after outage")
     assert len(entries(jit.rt, "request.approved", rid)) == 1
 
 
 def test_pending_messages_offer_the_break_glass_button(rules, jit):
     rid = ask(jit)
     req = jit.rt.store.get(rid)
-    blocks = request_blocks(req, **jit.rt.access.message_facts(req))
+    blocks = request_blocks(req, **jit.rt.decisions.message_facts(req))
     buttons = [e["text"]["text"] for b in blocks if b["type"] == "actions" for e in b["elements"]]
     assert buttons == ["Approve", "Deny", "Break glass"]
     # an action without break glass (the common policy has none) shows no such button

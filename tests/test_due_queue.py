@@ -9,7 +9,8 @@ import pytest
 import redis as redislib
 
 from bot.store import keys
-from workers.queue.scheduler import DueQueue, Lease, Scheduler, now_ms
+from bot.store.due import DueQueue
+from workers.queue.scheduler import Lease, Scheduler, now_ms
 
 
 @pytest.fixture
@@ -124,12 +125,12 @@ def test_scheduler_fires_on_time_in_real_time(r, redis_url):
 
 def test_many_due_at_once_share_jobs_and_all_run(jit):
     """A burst of expiries is batched into fewer RQ jobs, and every member still runs once."""
-    from workers.queue.scheduler import ACCESS_QUEUE
+    from workers.queue.dispatch import ACCESS_QUEUE
 
     rids = []
     for i in range(12):
         rid = jit.ask("quick", ttl="1m", reason=f"burst {i}")["id"]
-        jit.rt.access.approve(rid, "U0LEAD1")
+        jit.rt.decisions.approve(rid, "U0LEAD1")
         rids.append(rid)
     jit.work()
     reqs = [jit.rt.store.get(r) for r in rids]

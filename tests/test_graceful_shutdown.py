@@ -13,7 +13,7 @@ from procs import Stack, wait_until
 from rq.registry import StartedJobRegistry
 from support import WEB_TOKEN
 
-from workers.queue.scheduler import ACCESS_QUEUE
+from workers.queue.dispatch import ACCESS_QUEUE
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from bot.store import keys
-from workers.queue.scheduler import QUEUED_LEASE_MS, DueQueue, now_ms
+from bot.store.due import DueQueue
+from workers.queue.scheduler import QUEUED_LEASE_MS, now_ms
 
 
 def flag(state_dir, name, value=""):
@@ -24,7 +25,7 @@ def approved(jit, action="deploy-prod"):
     rid = jit.ask(action)["id"]
     jit.work()
     for user in ("U0LEAD1", "U0LEAD2")[: 2 if action == "deploy-prod" else 1]:
-        jit.rt.access.approve(rid, user)
+        jit.rt.decisions.approve(rid, user)
     return rid
 
 
@@ -37,7 +38,7 @@ def test_cancel_while_the_backend_grants_then_a_failing_revoke_is_retried_until_
     flag(state_dir, "slow-grant", "1.5")
     rid = approved(jit)
     (member, token), = [c for c in DueQueue(jit.rt.redis).claim(now_ms() + 11_000) if c[0] == f"grant:{rid}"]
-    worker = threading.Thread(target=jobs.run_due, args=(member, token), daemon=True)  # a worker's job
+    worker = threading.Thread(target=jobs.run_due, args=(jit.rt, member, token), daemon=True)  # a job
     worker.start()
     r = jit.rt.redis
     deadline = time.monotonic() + 30
@@ -83,7 +84,7 @@ def test_a_worker_dying_between_the_backend_and_the_record_still_leads_to_a_revo
     real = jit.rt.store.finish_grant
     monkeypatch.setattr(jit.rt.store, "finish_grant", lambda *a, **k: (_ for _ in ()).throw(Crash()))
     with pytest.raises(Crash):
-        jobs.run_due(member, token)
+        jobs.run_due(jit.rt, member, token)
     monkeypatch.setattr(jit.rt.store, "finish_grant", real)
     assert len(jit.grants(rid)) == 1  # the target created the identity
     assert jit.rt.redis.hget(keys.request(rid), "grant_inflight") == token
@@ -101,7 +102,8 @@ def test_a_worker_dying_between_the_backend_and_the_record_still_leads_to_a_revo
 def test_a_grant_job_that_waited_past_its_lease_does_not_grant_again(jit, state_dir):
     """A backlog longer than the queue lease: the scheduler hands the grant out a second time.
     Two workers run both copies; the backend is called once."""
-    from workers.queue.scheduler import ACCESS_QUEUE
+    from workers.queue.dispatch import ACCESS_QUEUE
+    from workers.queue.worker import JitJob
 
     rid = approved(jit)  # the grant's first job waits in RQ (no worker runs yet)
     due = DueQueue(jit.rt.redis)
@@ -115,7 +117,12 @@ def test_a_grant_job_that_waited_past_its_lease_does_not_grant_again(jit, state_
     grant_jobs = [j for j in queued if any(f"grant:{rid}" in str(a) for a in j.args)]
     assert len(grant_jobs) == 2
     # two workers take one copy each, at the same time
-    workers = [threading.Thread(target=j.perform) for j in grant_jobs]
+    copies = []
+    for j in grant_jobs:  # as a JitWorker would: the job, handed the process's parts
+        copy = JitJob.fetch(j.id, connection=jit.rt.raw_redis)
+        copy.parts = jit.rt
+        copies.append(copy)
+    workers = [threading.Thread(target=c.perform) for c in copies]
     for w in workers:
         w.start()
     for w in workers:

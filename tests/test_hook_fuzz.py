@@ -330,8 +330,8 @@ def test_openapi_document_is_valid_and_covers_every_hook_route(hook):
         for name in re.findall(r"\{([^}]+)\}", path):
             assert any(p["name"] == name and p["in"] == "path" for p in item.get("parameters", [])), path
     # the request body's schema lists exactly the fields the server accepts, with its limits
-    from bot.decision.service import MAX_REASON, RequestBody
     from bot.core.model import AccessRequest, Status
+    from bot.request.schemas import MAX_REASON, RequestBody
 
     create = doc["components"]["schemas"]["CreateRequest"]
     assert set(create["properties"]) == set(RequestBody.model_fields)
@@ -357,7 +357,8 @@ def test_tokens_are_compared_in_constant_time_against_every_pipeline(hook, monke
     after a match, so neither the result nor the work done depends on where the token matched."""
     import hmac
 
-    from bot.core.policy import load as policy
+    from bot.core.policy import policy as policy_mod
+    from bot.request import service as request_service
 
     calls = []
     real = hmac.compare_digest
@@ -379,11 +380,10 @@ def test_tokens_are_compared_in_constant_time_against_every_pipeline(hook, monke
         assert {b for _, b in calls} == {pol.model.pipelines[n].token_sha256 for n in configured}
 
     # request tokens: compared as hashes with secrets.compare_digest, never with ==
-    from bot.decision import service as access
 
     seen = []
-    real_secrets = access_mod._secrets.compare_digest
-    monkeypatch.setattr(access_mod._secrets, "compare_digest", lambda a, b: seen.append(1) or real_secrets(a, b))
+    real_secrets = request_service.secrets.compare_digest
+    monkeypatch.setattr(request_service.secrets, "compare_digest", lambda a, b: seen.append(1) or real_secrets(a, b))
     rid = hook.pending["id"]
     assert hook.jit.status(rid, token=hook.pending["request_token"]).status_code == 200
     assert seen

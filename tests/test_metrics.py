@@ -121,8 +121,8 @@ def test_slack_errors_and_429s_are_counted(jit, http, slack):
 
 def test_metrics_are_shared_by_every_process(rt, http):
     """Counters live in Redis: what one process records, another replica's /metrics shows."""
+    from bot.store.connection import redis_from_url
     from bot.store.metrics import Metrics
-    from bot.wiring import redis_from_url
 
     other_process = Metrics(redis_from_url(rt.settings.redis_url, decode_responses=True))
     other_process.request("deploy-prod", "denied")

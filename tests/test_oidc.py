@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import ValidationError
 
-from bot.request.http.oidc import OidcConfig, OidcRejected, OidcVerifier, verified_context
+from bot.core.policy.oidc import OidcConfig
+from bot.request.http.oidc import OidcRejected, OidcVerifier, verified_context
 
 # ------------------------------------------------------------------ keys and a local issuer
 

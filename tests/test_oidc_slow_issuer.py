@@ -28,7 +28,8 @@ from test_oidc import (
     public_jwk,
 )
 
-from bot.request.http.oidc import OidcConfig, OidcRejected, OidcVerifier
+from bot.core.policy.oidc import OidcConfig
+from bot.request.http.oidc import OidcRejected, OidcVerifier
 
 #: The verifier's deadline for one fetch (discovery + key set), in seconds.
 DEADLINE = 3.0

@@ -11,9 +11,8 @@ import time
 import pytest
 from test_break_glass import ask, rules  # noqa: F401 (rules is a fixture)
 
-from bot.store import keys
 from bot.core.clock import now_ms
-from workers.jobs.notify import notices
+from bot.store import keys
 
 
 def security_alerts(slack):
@@ -33,7 +32,7 @@ def drain_for(jit, seconds: float, until=None):
 def test_a_break_glass_alert_waits_out_a_slack_outage_and_says_it_is_late(rules, jit, slack):  # noqa: F811
     slack.fail_with(503, methods="chat.postMessage")  # Slack is down
     rid = ask(jit)
-    jit.rt.access.break_glass(rid, "U0ONCALL", "INC-7: restore payments now")
+    jit.rt.decisions.break_glass(rid, "U0ONCALL", "INC-7: restore payments now")
     drain_for(jit, 4)
     assert jit.status(rid).get_json()["status"] == "active"  # the grant does not wait for Slack
     assert security_alerts(slack) and not slack.messages("C0SECURITY")  # tried, refused
@@ -43,7 +42,7 @@ def test_a_break_glass_alert_waits_out_a_slack_outage_and_says_it_is_late(rules,
     # an undelivered alert past its bound is visible: metrics and the auditors' App Home
     jit.rt.redis.zadd(keys.undelivered_alerts(), {f"bgalert:{rid}": now_ms() - 10 * 60_000})
     jit.rt.redis.hset(keys.request(rid), "decided_ms", now_ms() - 10 * 60_000)
-    assert notices.undelivered_alerts(jit.rt)
+    assert jit.rt.notices.undelivered()
     metrics = jit.http.get("/metrics").get_data(as_text=True)
     assert "jit_undelivered_alerts 1" in metrics
 
@@ -52,7 +51,7 @@ def test_a_break_glass_alert_waits_out_a_slack_outage_and_says_it_is_late(rules,
     assert drain_for(jit, 30, until=lambda: slack.messages("C0SECURITY")), "the alert never went out"
     (posted,) = slack.messages("C0SECURITY").values()
     assert "Break glass" in posted["text"] and "Delivered late" in posted["text"]
-    assert not notices.undelivered_alerts(jit.rt, older_than_ms=0)
+    assert not jit.rt.notices.undelivered(older_than_ms=0)
     assert "jit_undelivered_alerts 0" in jit.http.get("/metrics").get_data(as_text=True)
 
 
@@ -70,7 +69,7 @@ def test_policy_notices_wait_out_a_slack_outage(jit, slack, policy_file):
 
 
 def test_a_refusal_that_could_not_go_out_within_a_minute_is_dropped(jit, slack):
-    member = notices.tell(jit.rt, "C0PROD", "U0X", "You are not an approver", within_ms=-1)
+    member = jit.rt.notices.tell("C0PROD", "U0X", "You are not an approver", within_ms=-1)
     jit.work()
     assert not slack.ephemerals(user="U0X")
     assert jit.rt.redis.zscore(keys.due(), member) is None
@@ -118,7 +117,7 @@ def test_a_post_whose_connection_was_reset_is_not_sent_again_by_the_client(rt):
         client = type(rt.slack)(token="xoxb-x", base_url=server.url, timeout=5, retry_handlers=[])
         rt.__dict__["slack"] = client
         assert rt.slack.retry_handlers == []
-        from bot.wiring import Runtime
+        from bot.runtime import Runtime
 
         assert Runtime.slack.func(rt).retry_handlers == []  # the product's own client
         with pytest.raises(Exception):  # noqa: B017 - any connection error will do

@@ -17,7 +17,8 @@ def test_pending_timeout_with_frozen_time(jit, slack):
         rid = jit.ask("deploy-prod")["id"]  # pending_timeout 20m for this action
         jit.work()
         frozen.tick(timedelta(minutes=19))
-        from workers.jobs import RetryLater, do_timeout
+        from workers.jobs.timeout import time_out as do_timeout
+        from workers.queue.retry import RetryLater
 
         with pytest.raises(RetryLater) as early:  # the timer never fires early
             do_timeout(jit.rt, rid, "")

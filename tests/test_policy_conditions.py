@@ -11,7 +11,7 @@ from test_oidc import Issuers, github_claims, mint
 
 import workers.backends  # noqa: F401 - load C extensions before freezegun fakes datetime
 from bot.core import errors as E
-from bot.decision.service import RequestBody
+from bot.request.schemas import RequestBody
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def rules(policy_file, state_dir, issuers):
 
 def create(rt, action="deploy-staging", ver=None, ttl=None, context=None, pipeline="web-ci"):
     body = RequestBody(action=action, reason="ship it", ttl=ttl, context=context or {})
-    return rt.access.create(pipeline, body, verified=ver).request
+    return rt.requests.create(pipeline, body, verified=ver).request
 
 
 # ------------------------------------------------------------------ auto-approval
@@ -82,7 +82,7 @@ def test_each_condition_that_fails_sends_the_request_to_humans(rules, jit, ver, 
     assert skipped[0]["details"]["rule"] == "actions.deploy-staging.auto_approve"
     assert entries(jit.rt, "request.approved", req.id) == []
     # a human still can
-    assert jit.rt.access.approve(req.id, "U0LEAD1").result == "approved"
+    assert jit.rt.decisions.approve(req.id, "U0LEAD1").result == "approved"
 
 
 def test_a_ttl_at_the_rule_max_still_qualifies(rules, jit):
@@ -116,7 +116,7 @@ def test_the_daily_cap_per_pipeline_sends_the_rest_to_humans(rules, jit):
 
 def test_break_glass_requests_never_auto_approve(rules, jit):
     body = RequestBody(action="deploy-staging", reason="x", break_glass=True)
-    req = jit.rt.access.create("web-ci", body, verified=verified()).request
+    req = jit.rt.requests.create("web-ci", body, verified=verified()).request
     assert req.status.value == "pending"
 
 
@@ -150,9 +150,9 @@ def test_approvers_follow_the_requests_environment(rules, jit, slack):
     jit.work()
 
     with pytest.raises(E.NotAnApprover):
-        jit.rt.access.approve(staging, "U0LEAD1")  # a prod approver
+        jit.rt.decisions.approve(staging, "U0LEAD1")  # a prod approver
     with pytest.raises(E.NotAnApprover):
-        jit.rt.access.approve(prod, "U0DEV1")  # a staging approver
+        jit.rt.decisions.approve(prod, "U0DEV1")  # a staging approver
     refused = entries(jit.rt, "approval.refused")
     assert {r["request_id"] for r in refused} == {staging, prod}
 
@@ -165,7 +165,7 @@ def test_approvers_follow_the_requests_environment(rules, jit, slack):
 
 def test_the_message_lists_the_environments_approvers(rules, jit):
     rid = jit.ask("deploy-env", context={"environment": "staging"})["id"]
-    facts = jit.rt.access.message_facts(jit.rt.store.get(rid))
+    facts = jit.rt.decisions.message_facts(jit.rt.store.get(rid))
     assert facts["approvers"] == ["U0DEV1"]
 
 
@@ -181,14 +181,14 @@ def test_an_environment_without_approvers_is_refused(rules, jit):
 def test_a_verified_environment_beats_the_body_for_approver_choice(rules, jit):
     req = create(jit.rt, "deploy-env", ver=verified("prod"), context={"environment": "staging"})
     assert req.context["environment"] == "prod"
-    assert jit.rt.access.is_approver("deploy-env", "U0LEAD1", req)
-    assert not jit.rt.access.is_approver("deploy-env", "U0DEV1", req)
+    assert jit.rt.rules.is_approver("deploy-env", "U0LEAD1", req)
+    assert not jit.rt.rules.is_approver("deploy-env", "U0DEV1", req)
     # without a request: an approver in some environment (the audit view uses this)
-    assert jit.rt.access.is_approver("deploy-env", "U0DEV1")
+    assert jit.rt.rules.is_approver("deploy-env", "U0DEV1")
 
 
 def test_a_request_without_environment_uses_the_default_approvers(rules, jit):
     rid = jit.ask("deploy-staging")["id"]
     with pytest.raises(E.NotAnApprover):
-        jit.rt.access.approve(rid, "U0DEV1")
-    assert jit.rt.access.approve(rid, "U0LEAD1").result == "approved"
+        jit.rt.decisions.approve(rid, "U0DEV1")
+    assert jit.rt.decisions.approve(rid, "U0LEAD1").result == "approved"

@@ -13,7 +13,7 @@ from support import OTHER_TOKEN, ROOT, policy_text
 
 from bot.cli import main as jit_cli
 from bot.core.errors import PolicyError
-from bot.core.policy.load import load_policy, parse_policy
+from bot.wiring import load_policy, parse_policy
 
 
 def errors_of(text: str) -> list[str]:

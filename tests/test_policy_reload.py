@@ -20,9 +20,8 @@ from test_policy_file import alias_bomb
 
 from bot.core import errors as E
 from bot.core.errors import PolicyError
-from bot.core.policy.load import parse_policy
 from bot.policy_reload import PolicyReloader, install_sighup
-from bot.wiring import Runtime
+from bot.wiring import build, parse_policy
 
 
 def changed_policy(text: str) -> str:
@@ -134,7 +133,7 @@ def test_an_unreadable_file_is_rejected(rt, reloader, policy_file):
 
 
 def test_many_processes_reloading_one_file_record_it_once(rt, reloader, policy_file, jit_env):
-    others = [Runtime(rt.settings) for _ in range(3)]
+    others = [build(rt.settings) for _ in range(3)]
     for o in others:
         assert o.policy.sha256 == rt.policy.sha256
     policy_file.write_text(invalid_policy(policy_file.read_text()))
@@ -203,7 +202,7 @@ def test_a_worker_booting_while_the_file_is_written_waits_for_the_whole_file(rt,
     writer.start()
     try:
         wait_until(lambda: policy_file.stat().st_size == len(half.encode()), message="half written")
-        booting = Runtime(rt.settings)
+        booting = build(rt.settings)
         assert PolicyReloader(booting, settle=2.0).load_initial().sha256 == sha(full)
     finally:
         writer.join(30)
@@ -228,18 +227,18 @@ def test_requests_in_flight_follow_the_stricter_of_their_policy_and_the_new_one(
     # the old request: U0LEAD2 was removed (refused at once), U0NEWLEAD was added (not for it),
     # and it still needs the two approvals it was created with
     with pytest.raises(E.NotAnApprover):
-        rt.access.approve(before, "U0LEAD2")
+        rt.decisions.approve(before, "U0LEAD2")
     with pytest.raises(E.NotAnApprover):
-        rt.access.approve(before, "U0NEWLEAD")
-    assert rt.access.approve(before, "U0LEAD1").result == "recorded"
-    assert rt.access.approve(before, "U0ALICE").result == "approved"
+        rt.decisions.approve(before, "U0NEWLEAD")
+    assert rt.decisions.approve(before, "U0LEAD1").result == "recorded"
+    assert rt.decisions.approve(before, "U0ALICE").result == "approved"
     # the new request: the new rules
     with pytest.raises(E.NotAnApprover):
-        rt.access.approve(after, "U0LEAD2")
-    assert rt.access.approve(after, "U0NEWLEAD").result == "approved"
+        rt.decisions.approve(after, "U0LEAD2")
+    assert rt.decisions.approve(after, "U0NEWLEAD").result == "approved"
     # an action the reload removed cannot be approved any more
     with pytest.raises(E.NotAnApprover):
-        rt.access.approve(quick, "U0LEAD1")
+        rt.decisions.approve(quick, "U0LEAD1")
 
     # each request's grant backend comes from its own policy version
     old_cmd = rt.backend_for("deploy-prod", old_sha).config.grant_command
@@ -253,12 +252,12 @@ def test_a_policy_version_is_read_back_from_redis_by_another_process(rt, jit, re
     policy_file.write_text(changed_policy(policy_file.read_text()))
     assert reloader.reload("file") == "loaded"
 
-    fresh = Runtime(rt.settings)  # a process started after the reload: never saw the old file
+    fresh = build(rt.settings)  # a process started after the reload: never saw the old file
     assert fresh.policy.sha256 == rt.policy.sha256
     with pytest.raises(E.NotAnApprover):
-        fresh.access.approve(rid, "U0NEWLEAD")
+        fresh.decisions.approve(rid, "U0NEWLEAD")
     # two approvals, as the version the request was created under (read back from Redis) says
-    assert fresh.access.approve(rid, "U0LEAD1").result == "recorded"
+    assert fresh.decisions.approve(rid, "U0LEAD1").result == "recorded"
 
 
 # ------------------------------------------------------------------ watcher and signal
@@ -295,7 +294,7 @@ def test_sighup_reloads_at_once(rt, reloader, policy_file):
 def test_a_worker_booting_on_a_bad_file_keeps_the_last_recorded_policy(rt, reloader, policy_file):
     good = rt.policy.sha256
     policy_file.write_text(invalid_policy(policy_file.read_text()))
-    booting = Runtime(rt.settings)
+    booting = build(rt.settings)
     assert PolicyReloader(booting).load_initial().sha256 == good
     assert booting.policy.sha256 == good
     assert len(entries(rt, "policy.rejected")) == 1
@@ -304,7 +303,7 @@ def test_a_worker_booting_on_a_bad_file_keeps_the_last_recorded_policy(rt, reloa
 def test_with_no_recorded_policy_a_bad_file_still_stops_start_up(rt, policy_file):
     policy_file.write_text(invalid_policy(policy_file.read_text()))
     with pytest.raises(PolicyError):
-        PolicyReloader(Runtime(rt.settings)).load_initial()
+        PolicyReloader(build(rt.settings)).load_initial()
 
 
 # ------------------------------------------------------------------ real processes

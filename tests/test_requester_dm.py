@@ -49,7 +49,7 @@ def test_approval_then_expiry(jit, slack):
 def test_denial_with_its_reason(jit, slack):
     rid = jit.ask("read-secret", requested_by="alice@example.com")["id"]
     jit.work()
-    jit.rt.access.deny(rid, "U0LEAD1", "not during the freeze")
+    jit.rt.decisions.deny(rid, "U0LEAD1", "not during the freeze")
     got = jit.drain(lambda: dms(slack), what="denied DM")
     assert "was denied by <@U0LEAD1>: not during the freeze" in got[0]
     settle(jit)
@@ -77,7 +77,7 @@ def test_pipeline_release_is_no_news_to_its_requester(jit, slack):
 def test_no_slack_user_no_dm(jit, slack):
     rid = jit.ask("read-secret", requested_by="mallory@example.com")["id"]
     jit.work()
-    jit.rt.access.deny(rid, "U0LEAD1", "who are you")
+    jit.rt.decisions.deny(rid, "U0LEAD1", "who are you")
     settle(jit)
     assert not slack.calls("conversations.open")
     assert not [c for c in slack.calls("chat.postMessage") if c.params["channel"].startswith("D")]
@@ -85,11 +85,11 @@ def test_no_slack_user_no_dm(jit, slack):
 
 def test_concurrent_and_repeated_jobs_send_once(jit, slack):
     from workers.jobs.notify import followups
-    from workers.jobs import RetryLater
+    from workers.queue.retry import RetryLater
 
     rid = jit.ask("read-secret", requested_by="alice@example.com")["id"]
     jit.work()
-    jit.rt.access.deny(rid, "U0LEAD1", "no")
+    jit.rt.decisions.deny(rid, "U0LEAD1", "no")
     jit.rt.redis.zrem("jit:due", f"dm:{rid}")  # only the calls below send
 
     def run():
@@ -113,7 +113,7 @@ def test_a_user_slack_refuses_is_not_retried_forever(jit, slack):
     slack.api_error("user_not_found", methods="conversations.open")
     rid = jit.ask("read-secret", requested_by="alice@example.com")["id"]
     jit.work()
-    jit.rt.access.deny(rid, "U0LEAD1", "no")
+    jit.rt.decisions.deny(rid, "U0LEAD1", "no")
     jit.drain(lambda: jit.rt.redis.hget(f"jit:req:{rid}", "dm_denied"), what="the DM given up")
     assert jit.rt.redis.hget(f"jit:req:{rid}", "dm_denied") == "error:user_not_found"
     assert jit.rt.redis.zscore("jit:due", f"dm:{rid}") is None

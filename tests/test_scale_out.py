@@ -182,7 +182,7 @@ def sentinel(redis_server):
 
 
 def test_redis_url_through_sentinel_reaches_the_master(sentinel, redis_url):
-    from bot.wiring import redis_from_url
+    from bot.store.connection import redis_from_url
 
     via_sentinel = redis_from_url(
         f"redis+sentinel://127.0.0.1:{sentinel}/jitmaster/0", decode_responses=True

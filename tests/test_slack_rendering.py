@@ -18,19 +18,15 @@ from unittest.mock import MagicMock
 import pytest
 from support import policy_text
 
-from bot.store.audit import AuditEntry
 from bot.core.errors import NotFound
-from bot.core.policy.load import parse_policy
 from bot.core.model import AccessRequest, Status
-from bot.policy_reload import describe_changes, describe_rejection
-from bot.decision.slack.views import answers
-from bot.decision.slack.views import audit_view
-from bot.decision.slack.views import blocks
-from workers.jobs.notify import followups
-from bot.decision.slack.views import home
-from workers.jobs.notify import pacing
-from bot.decision.slack.views import text
-from bot.decision.slack.listeners import commands
+from bot.decision.slack.listeners.commands import audit as audit_commands
+from bot.decision.slack.listeners.commands import jit as jit_command
+from bot.decision.slack.views import answers, audit_view, blocks, home, text
+from bot.decision.slack.views.policy_notices import describe_changes, describe_rejection
+from bot.store.audit import AuditEntry
+from bot.wiring import parse_policy
+from workers.jobs.notify import followups, pacing
 
 RID = "0123456789abcdef"
 RUN_URL = "https://ci.example/run/1"
@@ -165,13 +161,15 @@ class StandIn:
             head=lambda: {"seq": value, "hash": value},
             append=lambda *a, **k: None,
         )
-        self.access = SimpleNamespace(
+        self.rules = SimpleNamespace(
             is_auditor=lambda user: True,
             is_approver=lambda action, user, req=None: True,
             may_view=lambda req, user: True,
             self_approval_allowed=lambda req: False,
-            revoke_by_approver=self._revoke,
         )
+        self.revokes = SimpleNamespace(revoke_by_approver=self._revoke)
+        self.reqs = reqs
+        self.entries = entries
         self.policy = SimpleNamespace(actions={"deploy-prod": None}, action=lambda name: None)
         self._reqs = by_id
 
@@ -205,13 +203,7 @@ def renderings(value: str) -> list[tuple[str, Any]]:
         ("request with a run link", blocks.request_blocks(linked)),
         (
             "status with a run link",
-            answers.status(
-                SimpleNamespace(
-                    store=SimpleNamespace(get=lambda rid: linked),
-                    audit=SimpleNamespace(entries_for_request=lambda rid, limit: []),
-                ),
-                RID,
-            ),
+            answers.status(linked, []),
         ),
         (
             "request auto",
@@ -247,16 +239,26 @@ def renderings(value: str) -> list[tuple[str, Any]]:
         ("policy rejected", describe_rejection(value, "ab" * 32, "cd" * 32, [value] * 30, value)),
     ]
     rt = StandIn(value)
+    bodies = [e.body for e in rt.entries]
     out += [
-        ("overview", answers.overview(rt)),
-        ("status one", answers.status(rt, RID)),
-        ("status unknown id", answers.status(rt, value)),
-        ("home", home.home_view(rt, "U0LEAD1")),
-        ("audit", audit_view.audit_answer(rt, "U0LEAD1", f"{RID} 100")),
-        ("audit all", audit_view.audit_answer(rt, "U0LEAD1", "50")),
-        ("audit bad filter", audit_view.audit_answer(rt, "U0LEAD1", value)),
-        ("audit bad user", audit_view.audit_answer(rt, "U0LEAD1", "@" + value)),
-        ("audit bad action", audit_view.audit_answer(rt, "U0LEAD1", "action:" + value)),
+        ("overview", answers.overview(rt.reqs, 2000)),
+        ("status one", answers.status(rt.reqs[0], bodies)),
+        ("status unknown id", answers.not_found(value)),
+        (
+            "home",
+            home.home_view(
+                home.HomeView(
+                    waiting=rt.reqs, active=rt.reqs, may_revoke={RID}, open_total=2003, open_read=3,
+                    auditor=True, at_ms=1_796_000_000_000, latest=bodies, head={"seq": value, "hash": value},
+                    late_alerts=[("bgalert:" + RID, 0)],
+                )
+            ),
+        ),
+        ("audit", audit_commands.answer(rt, "U0LEAD1", f"{RID} 100")),
+        ("audit all", audit_commands.answer(rt, "U0LEAD1", "50")),
+        ("audit bad filter", audit_commands.answer(rt, "U0LEAD1", value)),
+        ("audit bad user", audit_commands.answer(rt, "U0LEAD1", "@" + value)),
+        ("audit bad action", audit_commands.answer(rt, "U0LEAD1", "action:" + value)),
     ]
     for i, args in enumerate(
         (
@@ -269,7 +271,7 @@ def renderings(value: str) -> list[tuple[str, Any]]:
             "",
         )
     ):
-        out.append((f"/jit answer {i}", commands.answer(rt, "U0LEAD1", args)))
+        out.append((f"/jit answer {i}", jit_command.answer(rt, "U0LEAD1", args)))
     policy = parse_policy(policy_text("/tmp/jit-grants"), source=value)
     diff = {
         "actions_added": [value],
@@ -448,7 +450,7 @@ def test_only_https_run_urls_become_links(url):
     req = request("x", context={"run_url": url})
     for out in (
         blocks.request_blocks(req),
-        answers.status(StandIn(url), RID),
+        answers.status(req, []),
         text.link(url, "View the run"),
     ):
         for s in walk(out)[0]:
@@ -474,10 +476,8 @@ def test_the_revoke_failure_alert_from_the_worker_is_literal(monkeypatch):
     from workers.backends.base import GrantError
 
     sent: list[str] = []
-    monkeypatch.setattr(
-        "workers.jobs.notify.notices.queue_notice", lambda rt, channel, t, **kw: sent.append(t) or "notice:x"
-    )
     rt = MagicMock()
+    rt.notices.queue = lambda channel, t, **kw: sent.append(t) or "notice:x"
     rt.settings.jit_revoke_alert_after = 3
     rt.store.get.return_value = request("x", Status.ACTIVE)
     stderr = "revoke: <!channel> see <https://evil.example|https://vault.example>\n*Revoked OK by Security*"

@@ -49,7 +49,7 @@ def audit_events(rt, name: str) -> list[dict]:
 def make_active(jit, n: int = 1, reason: str = "read it") -> list[str]:
     ids = [jit.ask("read-secret", reason=f"{reason} {i}")["id"] for i in range(n)]
     for rid in ids:
-        jit.rt.access.approve(rid, "U0LEAD1")
+        jit.rt.decisions.approve(rid, "U0LEAD1")
     jit.work()
     assert all(jit.rt.store.get(rid).status == "active" for rid in ids)
     return ids
@@ -76,7 +76,7 @@ def test_help_and_unknown_subcommands_get_the_usage(jit, text):
 def test_status_lists_pending_and_active_newest_first(jit):
     older = jit.ask("deploy-prod", reason="release 4.1")["id"]
     newer = jit.ask("deploy-prod", reason="release <4.2> & more")["id"]
-    jit.rt.access.approve(newer, "U0LEAD1")
+    jit.rt.decisions.approve(newer, "U0LEAD1")
     [active] = make_active(jit)
 
     # someone with no part in these requests sees none of them (defaults.status_visibility)
@@ -249,7 +249,7 @@ def test_audit_filters(jit):
         )
     one = jit.ask("deploy-prod")["id"]
     two = jit.ask("read-secret")["id"]
-    rt.access.approve(two, "U0LEAD1")
+    rt.decisions.approve(two, "U0LEAD1")
     jit.approve_and_wait(one, "U0STRANGER")
     rt.audit.append(
         "test.override",

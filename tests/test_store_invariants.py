@@ -27,9 +27,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from support import SECRET_KEY, policy_text
 
-from bot.store import keys
 from bot.core.model import FINAL, Status
-from workers.queue.scheduler import DueQueue, now_ms
+from bot.store import keys
+from bot.store.due import DueQueue
+from workers.queue.scheduler import now_ms
 
 #: The audit event that records reaching each status.
 STATUS_EVENTS = {
@@ -93,8 +94,8 @@ class FakeBackend:
 
 @pytest.fixture(scope="module")
 def machine_runtime(redis_server, tmp_path_factory):
-    from bot.wiring import Runtime, install
     from bot.settings import load_settings
+    from bot.wiring import build
 
     d = tmp_path_factory.mktemp("invariants")
     policy = d / "jit-policy.yaml"
@@ -110,13 +111,11 @@ def machine_runtime(redis_server, tmp_path_factory):
     }
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    rt = Runtime(load_settings())
-    install(rt)
+    rt = build(load_settings())
     backend = FakeBackend()
     rt.backend_for = lambda action, sha=None: backend  # type: ignore[method-assign]
     rt.directory.members = lambda group: {"U0LEAD3", "U0LEAD4"} if group == "S0PRODLEADS" else set()  # type: ignore[method-assign]
     yield rt, backend
-    install(None)
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
@@ -146,10 +145,10 @@ class Lifecycle(RuleBasedStateMachine):
 
     @rule(action=st.sampled_from(["read-secret", "deploy-prod"]))
     def create(self, action: str) -> None:
-        from bot.decision.service import RequestBody
+        from bot.request.schemas import RequestBody
 
         body = RequestBody.model_validate({"action": action, "reason": "property"})
-        self.rids.append(self.rt.access.create("web-ci", body).request.id)
+        self.rids.append(self.rt.requests.create("web-ci", body).request.id)
 
     def _pick(self, data) -> str:
         return data.draw(st.sampled_from(self.rids))
@@ -157,7 +156,7 @@ class Lifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self.rids)
     @rule(data=st.data(), user=st.sampled_from(["U0LEAD1", "U0LEAD2", "U0ALICE", "U0LEAD3"]))
     def approve(self, data, user: str) -> None:
-        self._quietly(self.rt.access.approve, self._pick(data), user)
+        self._quietly(self.rt.decisions.approve, self._pick(data), user)
 
     # Ending a request early is one step where a grant takes several: these act one time in
     # four, so that requests live long enough to reach their grants.
@@ -165,7 +164,7 @@ class Lifecycle(RuleBasedStateMachine):
     @rule(data=st.data(), act=st.integers(0, 3))
     def deny(self, data, act: int) -> None:
         if act == 0:
-            self._quietly(self.rt.access.deny, self._pick(data), "U0LEAD1", "no")
+            self._quietly(self.rt.decisions.deny, self._pick(data), "U0LEAD1", "no")
 
     @precondition(lambda self: self.rids)
     @rule(data=st.data(), act=st.integers(0, 3))
@@ -174,18 +173,18 @@ class Lifecycle(RuleBasedStateMachine):
             self._cancel(self._pick(data))
 
     def _cancel(self, rid: str) -> None:
-        from bot.decision.service import FollowUp
+        from bot.request.service import FollowUp
 
         req = self.rt.store.get(rid)
         if req is not None:
-            self._quietly(self.rt.access.release, FollowUp(req, "request_token"))
+            self._quietly(self.rt.revokes.release, FollowUp(req, "request_token"))
 
     @precondition(lambda self: self.rids)
     @rule(data=st.data(), act=st.integers(0, 1))
     def revoke(self, data, act: int) -> None:
         if act:
             return
-        self._quietly(self.rt.access.revoke_by_approver, self._pick(data), "U0LEAD1")
+        self._quietly(self.rt.revokes.revoke_by_approver, self._pick(data), "U0LEAD1")
 
     @precondition(lambda self: self.rids)
     @rule(data=st.data(), act=st.integers(0, 3))
@@ -246,7 +245,7 @@ class Lifecycle(RuleBasedStateMachine):
                 # backend — nothing can stop a worker that cannot hear it lost its claim — but
                 # only the current claim's result is recorded.
                 self.backend.lapsed.add(rid)
-                self.backend.during_grant.append(lambda: jobs.run_due(member, self._claim(member)))
+                self.backend.during_grant.append(lambda: jobs.run_due(self.rt, member, self._claim(member)))
             elif interference == "crash_after_backend":
                 real = self.rt.store.finish_grant
 
@@ -255,14 +254,14 @@ class Lifecycle(RuleBasedStateMachine):
 
                 self.rt.store.finish_grant = crash
                 try:
-                    jobs.run_due(member, token)
+                    jobs.run_due(self.rt, member, token)
                 except Crash:
                     pass
                 finally:
                     self.rt.store.finish_grant = real
                 return
         try:
-            jobs.run_due(member, token)
+            jobs.run_due(self.rt, member, token)
         finally:
             self.backend.during_grant.clear()
 
@@ -275,9 +274,9 @@ class Lifecycle(RuleBasedStateMachine):
 
         member = data.draw(st.sampled_from([m for m in self._access_work() if m.startswith("grant:")]))
         old = self._claim(member)
-        jobs.run_due(member, self._claim(member))
+        jobs.run_due(self.rt, member, self._claim(member))
         calls = sum(self.backend.grant_calls.values())
-        jobs.run_due(member, old)
+        jobs.run_due(self.rt, member, old)
         assert sum(self.backend.grant_calls.values()) == calls, "a stale grant job called the backend"
 
     # ------------------------------------------------------------------ invariants
@@ -327,7 +326,7 @@ class Lifecycle(RuleBasedStateMachine):
             if not work:
                 break
             for m in work:
-                jobs.run_due(m, self._claim(m))
+                jobs.run_due(self.rt, m, self._claim(m))
         alive = {rid: n for rid, n in self.backend.live.items() if n}
         assert not alive, f"credentials outlived their requests: {alive}"
         for req in self.rt.store.get_many(self.rids):

@@ -47,8 +47,7 @@ def test_a_slack_id_in_requested_by_names_nobody(jit, slack):
 
 def test_an_unknown_requester_is_said_plainly_in_the_message(jit, slack):
     rid = jit.ask("deploy-prod")["id"]  # no requested_by: nobody can rule out self-approval
-    jit.work()
-    blocks = json.dumps(slack.calls("chat.postMessage")[-1].params["blocks"])
+    blocks = json.dumps(slack.message(jit.wait_for_message(rid).message_ts)["blocks"])
     assert "The requester is not a known person" in blocks
     named = jit.ask("deploy-prod", requested_by="alice@example.com")["id"]
     msg = slack.message(jit.wait_for_message(named).message_ts)
@@ -56,7 +55,7 @@ def test_an_unknown_requester_is_said_plainly_in_the_message(jit, slack):
 
 
 def test_policy_can_refuse_requests_from_unknown_people(jit, policy_file):
-    from bot.core.policy.load import load_policy
+    from bot.wiring import load_policy
 
     policy_file.write_text(policy_file.read_text().replace(
         "  pending_timeout: 30m\n", "  pending_timeout: 30m\n  unknown_requester: refuse\n", 1))
@@ -69,7 +68,7 @@ def test_policy_can_refuse_requests_from_unknown_people(jit, policy_file):
 
 def test_two_people_entries_that_normalise_alike_are_a_policy_error(tmp_path, state_dir):
     from bot.core.errors import PolicyError
-    from bot.core.policy.load import parse_policy
+    from bot.wiring import parse_policy
 
     text = policy_text(str(state_dir)).replace(
         "  alice: U0ALICE\n", "  alice: U0ALICE\n  ' ALICE': U0LEAD1\n", 1)
@@ -82,7 +81,7 @@ def test_two_people_entries_that_normalise_alike_are_a_policy_error(tmp_path, st
 
 
 def reload_with(jit, policy_file, old, new):
-    from bot.core.policy.load import load_policy
+    from bot.wiring import load_policy
 
     policy_file.write_text(policy_file.read_text().replace(old, new, 1))
     jit.rt.set_policy(load_policy(policy_file))
@@ -141,7 +140,7 @@ def test_an_action_removed_from_the_policy_cannot_be_approved_or_granted(jit, po
     pending = jit.ask("read-secret")["id"]
     approved = jit.ask("read-secret")["id"]
     jit.work()
-    jit.rt.access.approve(approved, "U0LEAD1")  # approved, its grant not yet run
+    jit.rt.decisions.approve(approved, "U0LEAD1")  # approved, its grant not yet run
     text = policy_file.read_text()
     start = text.index("  read-secret:\n    description")
     end = text.index("  quick:\n")
@@ -150,7 +149,7 @@ def test_an_action_removed_from_the_policy_cannot_be_approved_or_granted(jit, po
         .replace("actions: [deploy-prod, read-secret, quick]", "actions: [deploy-prod, quick]")
         .replace("    actions: [read-secret]\n", "    actions: [quick]\n")
     )
-    from bot.core.policy.load import load_policy
+    from bot.wiring import load_policy
 
     jit.rt.set_policy(load_policy(policy_file))
     jit.approve(pending, "U0LEAD1")
@@ -164,7 +163,7 @@ def test_an_action_removed_from_the_policy_cannot_be_approved_or_granted(jit, po
 def test_a_user_removed_from_a_group_stops_counting_when_slack_says_so(jit, slack):
     rid = jit.ask("deploy-prod")["id"]
     jit.work()
-    assert jit.rt.access.is_approver("deploy-prod", "U0LEAD3", jit.rt.store.get(rid))  # cached now
+    assert jit.rt.rules.is_approver("deploy-prod", "U0LEAD3", jit.rt.store.get(rid))  # cached now
     slack.usergroups["S0PRODLEADS"] = ["U0LEAD4"]
     assert jit.post_slack(event_callback({"type": "subteam_members_changed", "subteam_id": "S0PRODLEADS",
                                           "removed_users": ["U0LEAD3"]})).status_code == 200
@@ -222,7 +221,7 @@ def test_only_the_same_run_may_take_the_credential(oidc_policy, jit, issuers):
     created = oidc(jit.http, mint(run), "post", json={"action": "read-secret", "reason": "rotate"}).get_json()
     rid = created["id"]
     jit.work()
-    jit.rt.access.approve(rid, "U0LEAD1")
+    jit.rt.decisions.approve(rid, "U0LEAD1")
     jit.work()
     # another job of the same repository: another branch and actor, another run
     sibling = mint(github_claims(issuers.github, ref="refs/heads/evil", actor="mallory", run_id="777"))
@@ -255,8 +254,8 @@ def test_a_verified_request_takes_its_routing_fields_from_the_token_only(oidc_po
     body = ok.get_json()
     assert body["context"]["environment"] == "production" and "environment" in body["verified_fields"]
     req = jit.rt.store.get(body["id"])
-    assert jit.rt.access.is_approver("by-env", "U0LEAD1", req)
-    assert not jit.rt.access.is_approver("by-env", "U0LEAD2", req)
+    assert jit.rt.rules.is_approver("by-env", "U0LEAD1", req)
+    assert not jit.rt.rules.is_approver("by-env", "U0LEAD2", req)
 
 
 def test_the_message_says_which_values_the_token_vouches_for(oidc_policy, jit, issuers, slack):
@@ -303,7 +302,7 @@ def test_a_justification_of_invisible_characters_is_refused(jit, policy_file):
     rid = jit.ask("deploy-prod")["id"]
     for text in ("\u200b" * 10, "ok" + "\u200b" * 12, " \u2060 \ufeff " * 6 + "x", "\u202e" * 20):
         with pytest.raises(BadRequest):
-            jit.rt.access.break_glass(rid, "U0ONCALL", text)
+            jit.rt.decisions.break_glass(rid, "U0ONCALL", text)
     assert jit.rt.store.get(rid).status == "pending"
-    assert jit.rt.access.break_glass(rid, "U0ONCALL", "INC-4\u200b: restore payments").result == "approved"
+    assert jit.rt.decisions.break_glass(rid, "U0ONCALL", "INC-4\u200b: restore payments").result == "approved"
     assert jit.rt.store.fields(rid, "break_glass_justification")["break_glass_justification"] == "INC-4: restore payments"

@@ -8,19 +8,29 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from rq import SimpleWorker
 
+from bot.policy_reload import PolicyReloader, install_sighup, watch
+from bot.runtime import Runtime
+from bot.settings import Settings
 from bot.store import keys
-from bot.wiring import Runtime, install
-from workers.queue.scheduler import ACCESS_QUEUE, SLACK_QUEUE, Scheduler
+from bot.store.connection import redis_from_url
+from bot.store.metrics import instrument_slack
+from workers.queue.dispatch import QUEUES
+from workers.queue.scheduler import Scheduler
+from workers.queue.worker import JitWorker
+from workers.upkeep import AuditUpkeep
+
+#: Builds a process's parts (bot.wiring.build): a forked child builds its own.
+Build = Callable[[Settings, str | None], Runtime]
 
 log = logging.getLogger("jit.worker")
 
 
-class _GracefulWorker(SimpleWorker):
+class _GracefulWorker(JitWorker):
     """RQ's warm shutdown on SIGTERM/SIGINT (the job in hand finishes, then the loop stops), also
     telling the forked children at once rather than after this process's own job is done."""
 
@@ -38,8 +48,6 @@ def _rq_worker(rt: Runtime, burst: bool, on_stop=None) -> None:
     # RQ's worker quits on a Redis error outside its blocking dequeue (a heartbeat, a job's
     # bookkeeping, its own teardown); Redis coming back must not need `jit worker` restarted,
     # so a worker that quit without being asked to is replaced after a pause.
-    from bot.store.metrics import instrument_slack
-
     instrument_slack(rt.slack, rt.redis)
     stop = threading.Event()
     pause = 1.0
@@ -47,7 +55,7 @@ def _rq_worker(rt: Runtime, burst: bool, on_stop=None) -> None:
         worker = None
         started = time.monotonic()
         try:  # the constructor already talks to Redis
-            worker = _GracefulWorker([ACCESS_QUEUE, SLACK_QUEUE], connection=rt.raw_redis)
+            worker = _GracefulWorker(list(QUEUES), connection=rt.raw_redis, parts=rt)
             worker.on_stop = on_stop
             worker.work(burst=burst, logging_level="WARNING", with_scheduler=False)
         except (RedisConnectionError, RedisTimeoutError) as e:
@@ -63,12 +71,9 @@ def _rq_worker(rt: Runtime, burst: bool, on_stop=None) -> None:
             return
 
 
-def _child(settings, policy_path, burst: bool) -> None:
-    rt = Runtime(settings, policy_path=policy_path)
-    install(rt)
+def _child(build: Build, settings: Settings, policy_path: str | None, burst: bool) -> None:
+    rt = build(settings, policy_path)
     if not burst:
-        from bot.policy_reload import PolicyReloader, install_sighup
-
         reloader = PolicyReloader(rt)
         reloader.load_initial()
         install_sighup(reloader.start())
@@ -85,7 +90,9 @@ def _learn_team(rt: Runtime) -> None:
         log.warning("auth.test failed (%s); workspace check relies on SLACK_TEAM_ID", type(e).__name__)
 
 
-def run_worker(rt: Runtime, concurrency: int = 2, burst: bool = False, scheduler: bool = True) -> int:
+def run_worker(
+    rt: Runtime, build: Build, concurrency: int = 2, burst: bool = False, scheduler: bool = True
+) -> int:
     rt.record_policy_loaded()
     if not burst:
         threading.Thread(target=_learn_team, args=(rt,), daemon=True).start()
@@ -95,8 +102,6 @@ def run_worker(rt: Runtime, concurrency: int = 2, burst: bool = False, scheduler
     if not burst:
         # SIGHUP or a changed file reloads the policy here and in every child (a child also
         # watches the file itself); installed before forking so children never die of a HUP.
-        from bot.policy_reload import watch
-
         def forward_hup() -> None:
             for p in children:
                 if p.pid:
@@ -108,14 +113,12 @@ def run_worker(rt: Runtime, concurrency: int = 2, burst: bool = False, scheduler
         reloader = watch(rt, sighup=threading.current_thread() is threading.main_thread(), also=[forward_hup])
     ctx = multiprocessing.get_context("fork")
     for _ in range(max(concurrency, 1) - 1):
-        p = ctx.Process(target=_child, args=(rt.settings, rt.policy_path, burst), daemon=False)
+        p = ctx.Process(target=_child, args=(build, rt.settings, rt.policy_path, burst), daemon=False)
         p.start()
         children.append(p)
 
     sched = None
     if scheduler:
-        from bot.wiring import redis_from_url
-
         blocking = redis_from_url(rt.settings.redis_url, decode_responses=True, socket_timeout=None)
         sched = Scheduler(rt.redis, blocking, rt.dispatcher)
         if burst:
@@ -125,8 +128,6 @@ def run_worker(rt: Runtime, concurrency: int = 2, burst: bool = False, scheduler
 
     upkeep = None
     if scheduler and not burst:
-        from workers.upkeep import AuditUpkeep
-
         upkeep = AuditUpkeep(rt)  # audit retention and the periodic chain-head post
         upkeep.start()
 

@@ -13,9 +13,9 @@ import threading
 
 from redis.exceptions import LockError
 
-from bot.store import keys
 from bot.core.clock import now, rfc3339, to_ms
-from bot.wiring import Runtime
+from bot.runtime import Runtime
+from bot.store import keys
 
 log = logging.getLogger("jit.periodic")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 
 class JitError(Exception):
     """Base of every refusal the domain makes. `code` is stable and machine-readable."""
@@ -127,3 +129,43 @@ class Forbidden(JitError):
 
     code = "forbidden"
     http_status = 403
+
+
+class BreakGlassOnly(JitError):
+    """This request asked for break glass: only a break-glass approver can approve it."""
+
+    code = "break_glass_only"
+    http_status = 403
+
+
+class NotBreakGlassApprover(JitError):
+    """You are not a break-glass approver for this action."""
+
+    code = "not_break_glass_approver"
+    http_status = 403
+
+
+class NoBreakGlass(JitError):
+    """This action has no break-glass approvers."""
+
+    code = "no_break_glass"
+    http_status = 400
+
+
+class OutsideWindow(JitError):
+    """The action may not be requested now; `next_opening` says when it may."""
+
+    code = "outside_window"
+    http_status = 403
+
+    def __init__(self, action: str, next_opening: datetime | None, windows: list[str]) -> None:
+        when = (
+            f"; the next window opens at {next_opening.astimezone(UTC).strftime('%Y-%m-%d %H:%M UTC')}"
+            if next_opening
+            else ""
+        )
+        super().__init__(
+            f"{action} may only be requested during its change windows ({'; '.join(windows)}){when}. "
+            "In an emergency, ask with \"break_glass\": true."
+        )
+        self.next_opening = next_opening

@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from redis import Redis
 from redis.exceptions import ResponseError
 
-from bot.store import keys
 from bot.core.clock import now, now_ms, rfc3339, to_ms
 from bot.core.crypto import AuditSigner
+from bot.store import keys
 
 log = logging.getLogger("jit.audit")
 

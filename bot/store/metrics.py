@@ -18,21 +18,24 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from redis import Redis
+from slack_sdk.errors import SlackApiError
 
 from bot.store import keys
+from bot.store.notices import ALERT_LATE_MS
+
+#: Jobs waiting and jobs failed, per job queue (the dispatcher knows its queues).
+QueueDepths = Callable[[], dict[str, tuple[int, int]]]
 
 log = logging.getLogger("jit.metrics")
 
 MAX_LABEL = 64
-#: An alert still undelivered this long after it was owed counts as late (workers/jobs/notify/notices.py).
-ALERT_LATE_MS = 60_000
 
 
 @dataclass(frozen=True)
@@ -191,8 +194,6 @@ def instrument_slack(client, redis: Redis):
     """
     if getattr(client, "_jit_metrics", False):
         return client
-    from slack_sdk.errors import SlackApiError
-
     original = client.api_call
     metrics = Metrics(redis)
 
@@ -224,9 +225,9 @@ def instrument_slack(client, redis: Redis):
 class JitCollector(Collector):
     """Renders the counters kept in Redis, and reads queue depths live at scrape time."""
 
-    def __init__(self, redis: Redis, raw_redis: Redis | None = None) -> None:
+    def __init__(self, redis: Redis, queue_depths: QueueDepths | None = None) -> None:
         self.r = redis
-        self.raw = raw_redis or redis
+        self.queue_depths = queue_depths or (lambda: {})
 
     def collect(self) -> Iterator:
         try:
@@ -260,10 +261,6 @@ class JitCollector(Collector):
         yield from self._depths()
 
     def _depths(self) -> Iterable:
-        from rq import Queue
-
-        from workers.queue.scheduler import ACCESS_QUEUE, SLACK_QUEUE
-
         now = time.time_ns() // 1_000_000
         up = GaugeMetricFamily("jit_redis_up", "1 when Redis answered this scrape.")
         up.add_metric([], 1)
@@ -304,10 +301,9 @@ class JitCollector(Collector):
         failed = GaugeMetricFamily(
             "jit_rq_failed_jobs", "Jobs in each RQ queue's failed registry.", labels=["queue"]
         )
-        for name in (ACCESS_QUEUE, SLACK_QUEUE):
-            q = Queue(name, connection=self.raw)
-            length.add_metric([name], q.count)
-            failed.add_metric([name], q.failed_job_registry.count)
+        for name, (waiting, failures) in sorted(self.queue_depths().items()):
+            length.add_metric([name], waiting)
+            failed.add_metric([name], failures)
         yield length
         yield failed
 
@@ -316,8 +312,8 @@ def _le(le: float) -> str:
     return str(float(le))
 
 
-def registry_for(redis: Redis, raw_redis: Redis | None = None) -> CollectorRegistry:
+def registry_for(redis: Redis, queue_depths: QueueDepths | None = None) -> CollectorRegistry:
     """A registry of jit's metrics only (no per-process defaults: they would differ per worker)."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(JitCollector(redis, raw_redis))
+    reg.register(JitCollector(redis, queue_depths))
     return reg

@@ -5,13 +5,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 from redis import Redis
 
-from bot.store import keys
 from bot.core.clock import now_ms
 from bot.core.errors import PolicyError
-from bot.core.policy.load import Policy, parse_policy
+from bot.core.policy.policy import Policy
+from bot.store import keys
+
+#: Parses a policy's text (the caller knows the grant types): (text, source) → Policy.
+Parse = Callable[[str, str], Policy]
 
 log = logging.getLogger("jit.policy")
 
@@ -20,8 +24,9 @@ CACHE_SIZE = 16
 
 
 class PolicyStore:
-    def __init__(self, redis: Redis, retention_s: int) -> None:
+    def __init__(self, redis: Redis, retention_s: int, parse: Parse) -> None:
         self.r = redis
+        self.parse = parse
         self.ttl_s = retention_s + 2 * 86400
         self._cache: OrderedDict[str, Policy] = OrderedDict()
         self._lock = threading.Lock()
@@ -49,7 +54,7 @@ class PolicyStore:
         if not h or "text" not in h:
             return None
         try:
-            policy = parse_policy(h["text"], source=h.get("source") or f"policy {sha256[:12]}")
+            policy = self.parse(h["text"], h.get("source") or f"policy {sha256[:12]}")
         except PolicyError as e:  # valid when stored; a newer jit may read it differently
             log.error("stored policy %s no longer parses: %s", sha256[:12], e.errors[0])
             return None

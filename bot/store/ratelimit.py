@@ -11,8 +11,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from bot.core import errors as E
-from bot.store import keys
 from bot.core.clock import now_ms
+from bot.store import keys
 
 log = logging.getLogger("jit.hook")
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from redis import Redis
 
+from bot.core.clock import now_ms, rfc3339_ms
 from bot.store import keys
 from bot.store.audit import AuditLog
-from bot.core.clock import now_ms, rfc3339_ms
 
 #: Refusals of one kind by one actor written to the audit trail per window; beyond, only counted.
 REFUSALS_PER_WINDOW = 10

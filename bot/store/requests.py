@@ -23,8 +23,8 @@ from typing import Protocol
 
 from redis import Redis
 
-from bot.store import keys
 from bot.core.model import AccessRequest, Status
+from bot.store import keys
 
 #: A freshly kicked due item comes back due after this long, in case the job carrying it was
 #: lost with its worker.

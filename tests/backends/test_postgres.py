@@ -10,7 +10,8 @@ import pytest
 from psycopg import sql
 from pydantic import ValidationError
 
-from workers.backends.base import BackendEnv, GrantError, registry
+from workers.backends import registry
+from workers.backends.base import BackendEnv, GrantError
 from workers.backends.postgres import PostgresBackend
 
 

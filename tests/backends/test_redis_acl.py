@@ -8,7 +8,8 @@ import pytest
 import redis
 from pydantic import ValidationError
 
-from workers.backends.base import BackendEnv, GrantError, registry
+from workers.backends import registry
+from workers.backends.base import BackendEnv, GrantError
 from workers.backends.redis_acl import RedisAclBackend, rules_allow_select
 
 RULES = ["~cache:*", "+get", "+set", "+del"]

@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from pydantic import ValidationError
 
-from workers.backends.base import BackendEnv, GrantError, registry
+from workers.backends import registry
+from workers.backends.base import BackendEnv, GrantError
 from workers.backends.webhook import WebhookBackend, sign, verify_signature
 
 SECRET = "receiver-shared-secret"

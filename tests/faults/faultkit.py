@@ -137,8 +137,8 @@ def audit(stack: Stack, event: str | None = None, rid: str | None = None) -> lis
 
 
 def audit_verifies(stack: Stack) -> int:
-    from bot.store.audit import AuditLog
     from bot.core.crypto import AuditSigner
+    from bot.store.audit import AuditLog
 
     n, broken = AuditLog(rdb(stack), signer=AuditSigner(SECRET_KEY)).verify()
     assert broken is None, broken

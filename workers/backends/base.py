@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+from bot.core.ports import GrantRequest
+
+__all__ = ["BackendConfig", "BackendEnv", "GrantBackend", "GrantError", "GrantRequest", "register"]
 
 
 class BackendConfig(BaseModel):
@@ -30,36 +33,6 @@ class GrantError(Exception):
 
     The message is shown in Slack and the audit trail, so it must never carry a secret.
     """
-
-
-@dataclass(frozen=True)
-class GrantRequest:
-    """What a backend knows about the request it acts on (no Slack, no HTTP)."""
-
-    id: str
-    action: str
-    pipeline: str
-    requested_by: str | None
-    reason: str
-    ttl_seconds: int
-    issued_at: datetime
-    expires_at: datetime
-    context: dict[str, Any] = field(default_factory=dict)
-
-    def as_json(self) -> dict[str, Any]:
-        from bot.core.clock import rfc3339
-
-        return {
-            "id": self.id,
-            "action": self.action,
-            "pipeline": self.pipeline,
-            "requested_by": self.requested_by,
-            "reason": self.reason,
-            "ttl_seconds": self.ttl_seconds,
-            "issued_at": rfc3339(self.issued_at),
-            "expires_at": rfc3339(self.expires_at),
-            "context": dict(self.context),
-        }
 
 
 class GrantBackend:
@@ -95,35 +68,14 @@ class BackendEnv:
 
     environ: dict[str, str]
     exec_timeout: float = 30.0
-    token_signer: Any = None  # bot.domain.tokens.TokenSigner, for the `token` backend
+    token_signer: Any = None  # bot.core.crypto.TokenSigner, for the `token` backend
 
 
-_REGISTRY: dict[str, type[GrantBackend]] = {}
+REGISTRY: dict[str, type[GrantBackend]] = {}
+"""Backends by `type` name; `workers.backends.registry()` is the complete, discovered view."""
 
 
 def register(cls: type[GrantBackend]) -> type[GrantBackend]:
     """Class decorator: make a backend available under its `type` name in the policy."""
-    _REGISTRY[cls.type] = cls
+    REGISTRY[cls.type] = cls
     return cls
-
-
-_discovered = False
-
-
-def registry() -> dict[str, type[GrantBackend]]:
-    """All known backends, including those from the `jit.backends` entry-point group.
-
-    Entry points are discovered once per process: scanning every installed distribution costs
-    milliseconds, and this sits on the path of every grant and revoke.
-    """
-    global _discovered
-    if not _discovered:
-        from importlib.metadata import entry_points
-
-        import workers.backends  # noqa: F401  (imports the built-in backends so they register)
-
-        for ep in entry_points(group="jit.backends"):
-            if ep.name not in _REGISTRY:
-                register(ep.load())
-        _discovered = True
-    return dict(_REGISTRY)

@@ -85,6 +85,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field, field_validator, model_validator
 
+from bot.core.clock import rfc3339
 from workers.backends import naming
 from workers.backends import postgres_owned as owned
 from workers.backends.base import (
@@ -606,8 +607,6 @@ def _session_bound_seconds(request: GrantRequest) -> int:
 
 
 def _rfc3339(dt: datetime) -> str:
-    from bot.core.clock import rfc3339
-
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return rfc3339(dt)

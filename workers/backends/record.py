@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field
 from redis import Redis
 
+from bot.store.connection import redis_from_url
 from workers.backends.base import BackendConfig, GrantBackend, GrantError, GrantRequest, register
 
 _clients: dict[str, Redis] = {}
@@ -33,8 +34,6 @@ def _client(url: str) -> Redis:
     with _lock:
         client = _clients.get(url)
         if client is None:
-            from bot.wiring import redis_from_url
-
             client = _clients[url] = redis_from_url(url, socket_timeout=10)
         return client
 

@@ -1,222 +1,28 @@
-"""The policy file: who may ask for what, who approves it, and how the credential is made."""
+"""Reading a policy file: YAML without surprises, every problem with its line, then validation.
+
+The grant types a policy may name (and their config schemas) are handed in by the caller: the
+core knows no backend (bot/wiring.py passes the registry of workers/backends).
+"""
 
 from __future__ import annotations
 
 import hashlib
-import hmac
-from dataclasses import dataclass, field
-from datetime import timedelta
-from functools import cached_property
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from bot.core.clock import parse_duration
 from bot.core.errors import PolicyError
 from bot.core.identity import normalize
+from bot.core.policy.oidc import OidcConfig
+from bot.core.policy.policy import Policy
+from bot.core.policy.schema import AUTO_APPROVE_KEYS, Action, BreakGlass, PolicyModel
 from bot.core.policy.windows import Windows, parse_window
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-SlackUserOrGroup = Annotated[str, Field(pattern=r"^[UWS][A-Z0-9]{2,}$")]
-SlackChannel = Annotated[str, Field(pattern=r"^[CGD][A-Z0-9]{2,}$")]
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-
-
-def _one_or_many(v: object) -> object:
-    return [v] if isinstance(v, str) else v
-
-
-#: A condition value: one string or a list; each an exact value or an fnmatch glob.
-Patterns = Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], BeforeValidator(_one_or_many)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-UnknownRequester = Literal["allow", "refuse"]
-StatusVisibility = Literal["involved", "everyone"]
-
-
-class Defaults(_Strict):
-    channel: SlackChannel | None = None
-    pending_timeout: Duration = timedelta(minutes=30)
-    #: When an action forbids self-approval and the requester is not a known person (no
-    #: requested_by, or one not in `people`): `allow` lets any approver approve and the message
-    #: says plainly that self-approval cannot be ruled out; `refuse` refuses such requests (403).
-    unknown_requester: UnknownRequester = "allow"
-    #: Who may read one request with `/jit status <id>`: `involved` (its approvers, auditors and
-    #: its requester) or `everyone` in the workspace.
-    status_visibility: StatusVisibility = "involved"
-
-
-class Ttl(_Strict):
-    default: Duration = timedelta(minutes=15)
-    max: Duration = timedelta(hours=1)
-
-
-class AuditConfig(_Strict):
-    channel: SlackChannel | None = None
-    #: How often the chain head is posted to the audit channel.
-    post_head_every: Duration = timedelta(hours=1)
-    #: Entries older than this are trimmed (the trim point's hash is kept as the anchor).
-    retention: Duration = timedelta(days=365)
-
-
-class Pipeline(_Strict):
-    token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
-    oidc: dict[str, Any] | None = None
-    actions: list[Name] = Field(min_length=1)
-
-
-class AutoApprove(_Strict):
-    """Approve without a human when every condition holds, against VERIFIED (OIDC) context only."""
-
-    environment: Patterns | None = None
-    ref: Patterns | None = None
-    repository: Patterns | None = None
-    workflow: Patterns | None = None
-    #: Longer requests go to humans. Default: the action's ttl.default.
-    max_ttl: Duration | None = None
-    #: Auto-approvals per pipeline per UTC day for this action; the rest go to humans.
-    max_per_day: int = Field(20, ge=1, le=100_000)
-
-    @property
-    def conditions(self) -> dict[str, list[str]]:
-        return {
-            k: v
-            for k in AUTO_APPROVE_KEYS
-            if (v := getattr(self, k)) is not None
-        }
-
-
-AUTO_APPROVE_KEYS = ("environment", "ref", "repository", "workflow")
-
-
-class BreakGlass(_Strict):
-    """Who may approve alone, outside windows, with a written justification; who hears of it."""
-
-    approvers: list[SlackUserOrGroup] = Field(min_length=1)
-    security_channel: SlackChannel
-    max_ttl: Duration = timedelta(minutes=30)
-
-
-class Action(_Strict):
-    description: str = ""
-    channel: SlackChannel | None = None
-    #: Default approvers; per-environment lists in approvers_by_environment take precedence.
-    approvers: list[SlackUserOrGroup] = []
-    approvers_by_environment: dict[Name, list[SlackUserOrGroup]] = {}
-    auto_approve: AutoApprove | None = None
-    windows: list[str] = []
-    #: Overrides the top-level break_glass; `false` turns it off for this action.
-    break_glass: BreakGlass | Literal[False] | None = None
-    approvals_required: int = Field(1, ge=1)
-    allow_self_approval: bool = False
-    #: Overrides defaults.unknown_requester for this action.
-    unknown_requester: UnknownRequester | None = None
-    ttl: Ttl = Ttl()
-    pending_timeout: Duration | None = None
-    grant: dict[str, Any]
-
-
-class PolicyModel(_Strict):
-    defaults: Defaults = Defaults()
-    auditors: list[SlackUserOrGroup] = []
-    people: dict[str, Annotated[str, Field(pattern=r"^[UW][A-Z0-9]{2,}$")]] = {}
-    pipelines: dict[Name, Pipeline] = {}
-    actions: dict[Name, Action]
-    audit: AuditConfig = AuditConfig()
-    #: Applies to every action that does not set its own (or `break_glass: false`).
-    break_glass: BreakGlass | None = None
-
-
-@dataclass(frozen=True)
-class Policy:
-    """A loaded, validated policy. Immutable; a reload builds a new one."""
-
-    model: PolicyModel
-    grants: dict[str, tuple[str, Any]]  # action name → (grant type, validated backend config)
-    sha256: str
-    source: str
-    windows: dict[str, Windows] = field(default_factory=dict)
-    text: str = ""
-
-    @property
-    def actions(self) -> dict[str, Action]:
-        return self.model.actions
-
-    @property
-    def pipelines(self) -> dict[str, Pipeline]:
-        return self.model.pipelines
-
-    def action(self, name: str) -> Action | None:
-        return self.model.actions.get(name)
-
-    def channel_for(self, action: str) -> str:
-        a = self.model.actions[action]
-        return a.channel or self.model.defaults.channel  # validated: one of them is set
-
-    def pending_timeout_for(self, action: str) -> timedelta:
-        return self.model.actions[action].pending_timeout or self.model.defaults.pending_timeout
-
-    def pipeline_for_token(self, token: str) -> str | None:
-        """The pipeline whose token_sha256 matches, compared in constant time against all."""
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        found = None
-        for name, p in self.model.pipelines.items():
-            if p.token_sha256 is not None and hmac.compare_digest(digest, p.token_sha256):
-                found = name
-        return found
-
-    def slack_user_for(self, requested_by: str | None) -> str | None:
-        """The Slack user `requested_by` names, through `people` only: text shaped like a Slack id
-        names nobody (a pipeline must not be able to make an approver "the requester")."""
-        if not requested_by:
-            return None
-        return self.people.get(normalize(requested_by))
-
-    @cached_property
-    def people(self) -> dict[str, str]:
-        """`people` keyed by normalised identity (bot/core/identity.py)."""
-        return {normalize(k): v for k, v in self.model.people.items()}
-
-    def unknown_requester_for(self, action: str) -> str:
-        a = self.model.actions.get(action)
-        return (a.unknown_requester if a and a.unknown_requester else None) or self.model.defaults.unknown_requester
-
-    def audit_channel(self) -> str | None:
-        return self.model.audit.channel or self.model.defaults.channel
-
-    def approvers_for(self, action: str, environment: str | None = None) -> list[str]:
-        """Who approves `action` for a request in `environment` (its own list, else the default)."""
-        a = self.model.actions.get(action)
-        if a is None:
-            return []
-        if environment is not None and environment in a.approvers_by_environment:
-            return list(a.approvers_by_environment[environment])
-        return list(a.approvers)
-
-    def all_approvers(self, action: str) -> list[str]:
-        """Everyone who approves `action` in some environment."""
-        a = self.model.actions.get(action)
-        if a is None:
-            return []
-        out = list(a.approvers)
-        for people in a.approvers_by_environment.values():
-            out += [p for p in people if p not in out]
-        return out
-
-    def break_glass_for(self, action: str) -> BreakGlass | None:
-        a = self.model.actions.get(action)
-        if a is None or a.break_glass is False:
-            return None
-        return a.break_glass or self.model.break_glass
-
-    def windows_for(self, action: str) -> Windows:
-        return self.windows.get(action) or Windows(())
+#: Grant type name → the schema of its `grant:` keys.
+GrantTypes = Mapping[str, type[BaseModel]]
 
 
 # ---------------------------------------------------------------- loading and errors
@@ -332,10 +138,8 @@ def _fmt(source: str, lines: dict, loc: tuple, msg: str) -> str:
     return f"{source}:{line or '?'}: {dotted}: {msg}"
 
 
-def parse_policy(text: str, source: str = "<policy>") -> Policy:
+def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes) -> Policy:
     """Validate a policy's YAML text. Raises PolicyError listing every problem with its line."""
-    from workers.backends.base import registry
-
     if len(text) > MAX_POLICY_BYTES:
         raise PolicyError([f"{source}:1: {_TOO_LARGE}"])
     node, data = _compose(text, source)
@@ -355,7 +159,6 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
             errors.append(_fmt(source, lines, err["loc"], msg))
         raise PolicyError(errors) from None
 
-    backends = registry()
     grants: dict[str, Any] = {}
     windows: dict[str, Windows] = {}
     if model.break_glass is not None:
@@ -364,14 +167,14 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         base = ("actions", name)
         cfg = dict(action.grant)
         gtype = cfg.pop("type", None)
-        if gtype not in backends:
-            known = ", ".join(sorted(backends))
+        if gtype not in grant_types:
+            known = ", ".join(sorted(grant_types))
             errors.append(
                 _fmt(source, lines, base + ("grant", "type"), f"unknown grant type {gtype!r} (known: {known})")
             )
         else:
             try:
-                grants[name] = (gtype, backends[gtype].Config.model_validate(cfg))
+                grants[name] = (gtype, grant_types[gtype].model_validate(cfg))
             except ValidationError as e:
                 for err in e.errors():
                     msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
@@ -426,15 +229,11 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
             hashes[p.token_sha256] = name
         if p.oidc is not None:
             try:
-                from bot.request.http.oidc import OidcConfig
-
                 OidcConfig.model_validate(p.oidc)
             except ValidationError as e:
                 for err in e.errors():
                     msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
                     errors.append(_fmt(source, lines, base + ("oidc", *err["loc"]), msg))
-            except ImportError:
-                errors.append(_fmt(source, lines, base + ("oidc",), "OIDC is not available in this build"))
         for i, a in enumerate(p.actions):
             if a not in model.actions:
                 errors.append(_fmt(source, lines, base + ("actions", i), f"unknown action {a!r}"))
@@ -535,7 +334,7 @@ def decode_policy(data: bytes, source: str) -> str:
         raise PolicyError([f"{source}:{line}: the policy is not UTF-8 text"]) from None
 
 
-def load_policy(path: str | Path) -> Policy:
+def load_policy(path: str | Path, *, grant_types: GrantTypes) -> Policy:
     p = Path(path)
     try:
         with p.open("rb") as f:
@@ -544,6 +343,6 @@ def load_policy(path: str | Path) -> Policy:
         raise PolicyError([f"{p}: policy file not found (set JIT_POLICY_FILE)"]) from None
     except OSError as e:
         raise PolicyError([f"{p}: cannot read policy file: {e.strerror}"]) from None
-    return parse_policy(decode_policy(data, str(p)), source=str(p))
+    return parse_policy(decode_policy(data, str(p)), source=str(p), grant_types=grant_types)
 
 

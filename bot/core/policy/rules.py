@@ -19,32 +19,11 @@ from typing import Any
 
 from bot.core import errors as E
 from bot.core.identity import encodable, visible, visible_length
-from bot.core.policy.load import Policy
+from bot.core.policy.policy import Policy
 
 #: Justifications shorter than this are refused: break glass needs a written reason.
 MIN_JUSTIFICATION = 10
 MAX_JUSTIFICATION = 500
-
-
-class BreakGlassOnly(E.JitError):
-    """This request asked for break glass: only a break-glass approver can approve it."""
-
-    code = "break_glass_only"
-    http_status = 403
-
-
-class NotBreakGlassApprover(E.JitError):
-    """You are not a break-glass approver for this action."""
-
-    code = "not_break_glass_approver"
-    http_status = 403
-
-
-class NoBreakGlass(E.JitError):
-    """This action has no break-glass approvers."""
-
-    code = "no_break_glass"
-    http_status = 400
 
 
 def rule_name(action: str) -> str:

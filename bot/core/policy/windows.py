@@ -18,33 +18,12 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from bot.core.errors import JitError
-
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _ALIASES = {"daily": tuple(range(7)), "weekdays": tuple(range(5)), "weekends": (5, 6)}
 _SPEC = re.compile(
     r"^\s*(?P<days>[A-Za-z,\-*]+)\s+(?P<start>\d{1,2}:\d{2})\s*-\s*(?P<end>\d{1,2}:\d{2})"
     r"(?:\s+(?P<tz>[A-Za-z0-9_+\-/]+))?\s*$"
 )
-
-
-class OutsideWindow(JitError):
-    """The action may not be requested now; `next_opening` says when it may."""
-
-    code = "outside_window"
-    http_status = 403
-
-    def __init__(self, action: str, next_opening: datetime | None, windows: list[str]) -> None:
-        when = (
-            f"; the next window opens at {next_opening.astimezone(UTC).strftime('%Y-%m-%d %H:%M UTC')}"
-            if next_opening
-            else ""
-        )
-        super().__init__(
-            f"{action} may only be requested during its change windows ({'; '.join(windows)}){when}. "
-            "In an emergency, ask with \"break_glass\": true."
-        )
-        self.next_opening = next_opening
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,18 @@
-"""The Bolt App: signature verification stays on; listeners are wired in by `register(app)`."""
+"""The Bolt App: signature verification on, jit's guards as middleware, listeners by kind."""
 
 from __future__ import annotations
 
-from slack_bolt import App
+import logging
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from slack_bolt import App, BoltResponse
 from slack_bolt.authorization import AuthorizeResult
 from slack_sdk import WebClient
 
-from bot.wiring import Runtime
+from bot.decision.slack import listeners
+from bot.decision.slack.middleware import Guard, Provide
+from bot.runtime import Runtime
 
 
 def build_app(rt: Runtime) -> App:
@@ -27,7 +33,19 @@ def build_app(rt: Runtime) -> App:
         ssl_check_enabled=True,
         url_verification_enabled=True,
     )
-    from bot.decision.slack.listeners import register
-
-    register(app, rt)
+    app.use(Provide(rt))
+    app.use(Guard())
+    listeners.register(app)
+    app.error(on_error)
     return app
+
+
+def on_error(error: Exception, logger: logging.Logger) -> BoltResponse | None:
+    """Redis away (a restart, a failover): 503, so Slack retries the click rather than dropping it.
+    Anything else is Bolt's 500, logged with its traceback."""
+    if isinstance(error, RedisConnectionError | RedisTimeoutError):
+        logger.warning("Redis unavailable (%s): Slack request refused with 503", type(error).__name__)
+        return BoltResponse(status=503, body="jit is briefly unavailable; Slack will retry",
+                            headers={"content-type": "text/plain; charset=utf-8"})
+    logger.exception("Slack request failed: %s", type(error).__name__)
+    return None

@@ -5,7 +5,7 @@ process (`apps.connections.open` → a WebSocket URL). Slack spreads envelopes o
 sockets of the app, so every replica handles any click: all state is in Redis. Socket Mode
 skips request signing (the socket is authenticated by the app-level token); the checks Bolt
 does not make (replays, foreign workspaces, buttons naming another message's request) run
-here exactly as for HTTP, via `bot.web.app.payload_refusal`. While the home workspace cannot be
+as Bolt middleware, exactly as for HTTP (bot/decision/slack/middleware.py). While the home workspace cannot be
 known (no SLACK_TEAM_ID, auth.test failing) an envelope is left unacked, so Slack re-sends it.
 
 The client is slack_sdk's built-in one (no dependency beyond slack_sdk); it reconnects on its
@@ -20,17 +20,21 @@ import time
 
 from slack_bolt import App
 from slack_bolt.adapter.socket_mode.builtin import SocketModeHandler
+from slack_bolt.adapter.socket_mode.internals import build_headers, send_response
+from slack_bolt.request import BoltRequest
 from slack_sdk.socket_mode.builtin import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
 
-from bot.store import keys
-from bot.wiring import Runtime
+from bot.decision.slack.app import build_app
+from bot.decision.slack.middleware import ENVELOPE_HEADER
+from bot.runtime import Runtime
 
 log = logging.getLogger("jit.slack.socket")
 
 class JitSocketModeHandler(SocketModeHandler):
-    """Bolt's Socket Mode handler with jit's guards in front of the listeners."""
+    """Bolt's Socket Mode handler: every envelope goes through the same Bolt middleware as HTTP,
+    with its envelope id standing in for a signature (the replay guard)."""
 
     def __init__(self, rt: Runtime, app: App, **kw) -> None:
         token = rt.settings.slack_app_token
@@ -40,27 +44,22 @@ class JitSocketModeHandler(SocketModeHandler):
         self.rt = rt
 
     def handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:  # type: ignore[override]
-        refusal = envelope_refusal(self.rt, req)
-        if refusal is not None and refusal[0] == 503:
-            # Not now (the workspace is unknown): no ack, so Slack sends the envelope again.
-            log.warning("socket mode envelope %s not handled yet: %s", req.envelope_id, refusal[1])
-            return
-        if refusal is not None:
-            # Ack anyway: an unacked envelope is re-sent, and the answer would not change.
-            log.warning("socket mode envelope %s refused: %s", req.envelope_id, refusal[1])
+        start = time.time()
+        if not isinstance(req.payload, dict):
             client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
             return
-        super().handle(client, req)
-
-
-def envelope_refusal(rt: Runtime, req: SocketModeRequest) -> tuple[int, str] | None:
-    """(status, why) when jit must not act on this envelope, else None."""
-    from bot.web.app import payload_refusal
-
-    if not isinstance(req.payload, dict):
-        return 400, "malformed payload"
-    # The same envelope handled twice (Slack re-sends what it thinks was not acked) is a replay.
-    return payload_refusal(rt, req.payload, seen_key=keys.socket_envelope(req.envelope_id))
+        headers = {**(build_headers(req) or {}), ENVELOPE_HEADER: req.envelope_id}
+        bolt_resp = self.app.dispatch(BoltRequest(mode="socket_mode", body=req.payload, headers=headers))
+        if bolt_resp.status == 503:
+            # Not now (the workspace is unknown): no ack, so Slack sends the envelope again.
+            log.warning("socket mode envelope %s not handled yet: %s", req.envelope_id, bolt_resp.body)
+            return
+        if bolt_resp.status != 200:
+            # Refused: ack anyway, an unacked envelope is re-sent and the answer would not change.
+            log.warning("socket mode envelope %s refused: %s", req.envelope_id, bolt_resp.body)
+            client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+            return
+        send_response(client, req, bolt_resp, start)
 
 
 def start_socket_mode(rt: Runtime, app: App | None = None, **kw) -> JitSocketModeHandler:
@@ -69,8 +68,6 @@ def start_socket_mode(rt: Runtime, app: App | None = None, **kw) -> JitSocketMod
     If Slack cannot be reached now (or refuses the token), keep trying in the background
     with backoff rather than stopping the server: the pipeline hook does not need Slack.
     """
-    from bot.decision.slack.app import build_app
-
     handler = JitSocketModeHandler(rt, app or build_app(rt), **kw)
     try:
         handler.connect()

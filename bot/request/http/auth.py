@@ -7,7 +7,9 @@ from typing import Any
 
 from flask import Request
 
-from bot.core.policy.load import Policy
+from bot.core.policy.oidc import OidcConfig
+from bot.core.policy.policy import Policy
+from bot.request.http.oidc import OidcRejected, verified_context
 
 
 class Unauthorized(Exception):
@@ -45,8 +47,6 @@ def pipeline_caller(req: Request, policy: Policy, oidc_verifier=None) -> Caller:
     if oidc_verifier is not None and _looks_like_jwt(token):
         configs = oidc_configs(policy)
         if configs:
-            from bot.request.http.oidc import OidcRejected, verified_context
-
             try:
                 name, claims = oidc_verifier.verify(token, configs)
             except OidcRejected as e:
@@ -63,8 +63,6 @@ def oidc_configs(policy: Policy) -> dict:
     """The policy's OIDC pipelines as validated configs (cached per policy version)."""
     cached = _oidc_cache.get(policy.sha256)
     if cached is None:
-        from bot.request.http.oidc import OidcConfig
-
         cached = {
             n: OidcConfig.model_validate(p.oidc) for n, p in policy.pipelines.items() if p.oidc is not None
         }

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import base64
-import fnmatch
 import http.client
-import ipaddress
 import json
 import logging
 import os
@@ -16,12 +14,14 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import jwt
 import requests.certs
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bot.core.net import check_url
+from bot.core.policy.oidc import OidcConfig, claim_text
 
 log = logging.getLogger(__name__)
 
@@ -48,95 +48,6 @@ class OidcRejected(Exception):
 
 
 # ------------------------------------------------------------------------------ config
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _check_url(url: str, what: str) -> str:
-    """https, or http to a loopback host (local issuers and tests); no query or fragment."""
-    parts = urlsplit(url)
-    if not parts.hostname:
-        raise ValueError(f"{what} must be an absolute URL")
-    if parts.scheme == "http":
-        if not _is_loopback(parts.hostname):
-            raise ValueError(
-                f"{what} must use https (http is allowed only for 127.0.0.1, ::1 or localhost)"
-            )
-    elif parts.scheme != "https":
-        raise ValueError(f"{what} must use https")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{what} must not have a query or fragment")
-    return url
-
-
-class OidcConfig(BaseModel):
-    """How one pipeline is recognised: the issuer, the audience it asks for and its claims.
-
-    `claims` values are exact strings or fnmatch globs (`*`, `?`, `[...]`; `*` also matches
-    `/`), compared case-sensitively; every one must match. For a list claim (GitLab's
-    `groups_direct`) one matching element is enough. Pin the repository: prefer the numeric
-    `repository_id` / `project_id`, names can be re-registered.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    issuer: str
-    audience: Annotated[str, Field(min_length=1)]
-    #: At least one: without claims any repository on the issuer could match.
-    claims: Annotated[dict[str, str], Field(min_length=1)]
-    jwks_url: str | None = None
-
-    @field_validator("issuer")
-    @classmethod
-    def _issuer_url(cls, v: str) -> str:
-        return _check_url(v, "issuer")
-
-    @field_validator("jwks_url")
-    @classmethod
-    def _jwks_url(cls, v: str | None) -> str | None:
-        return None if v is None else _check_url(v, "jwks_url")
-
-    @field_validator("claims")
-    @classmethod
-    def _claim_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for name in v:
-            if not name:
-                raise ValueError("claim names must not be empty")
-        return v
-
-    def matches(self, claims: Mapping[str, Any]) -> bool:
-        """True when the (already verified) claims carry this audience and every claim rule."""
-        aud = claims.get("aud")
-        auds = aud if isinstance(aud, list) else [aud]
-        if claims.get("iss") != self.issuer or self.audience not in auds:
-            return False
-        return all(_claim_matches(claims.get(k), pattern) for k, pattern in self.claims.items())
-
-
-def _claim_text(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int):
-        return str(value)
-    return None
-
-
-def _claim_matches(value: Any, pattern: str) -> bool:
-    values = value if isinstance(value, list) else [value]
-    for v in values:
-        text = _claim_text(v)
-        if text is not None and fnmatch.fnmatchcase(text, pattern):
-            return True
-    return False
 
 
 # ------------------------------------------------------------------------------ key sets
@@ -335,7 +246,7 @@ class OidcVerifier:
             if not isinstance(jwks_url, str):
                 raise _FetchError("discovery document has no jwks_uri")
             try:
-                _check_url(jwks_url, "jwks_uri")
+                check_url(jwks_url, "jwks_uri")
             except ValueError as e:
                 raise _FetchError(str(e)) from None
         document = _get_json(jwks_url, deadline)
@@ -505,7 +416,7 @@ def _github_server_url(issuer: str) -> str:
 
 
 def _text(value: Any) -> str | None:
-    return None if value is None or value == "" else _claim_text(value)
+    return None if value is None or value == "" else claim_text(value)
 
 
 #: A GitLab token's `ref_type` → the prefix of its full ref (`ref_path`).

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.decision.service import MAX_REASON, RequestBody
 from bot.core.model import Status
-from bot.request.http.routes import (
+from bot.request.http.limits import (
     CLIENT_CACHE_CONTROL,
     CLIENT_CONTENT_TYPE,
     MAX_BODY,
     MAX_IDEMPOTENCY_KEY,
     MAX_WAIT,
 )
+from bot.request.schemas import MAX_REASON, RequestBody
 
 OPENAPI_VERSION = "3.1.0"
 

@@ -13,24 +13,23 @@ from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from bot.web import bounded_input
 from bot.core import errors as E
 from bot.core.clock import now, rfc3339
+from bot.core.errors import OutsideWindow
 from bot.core.model import UNDECIDED, Status
-from bot.core.policy.windows import OutsideWindow
 from bot.request.http.auth import Unauthorized, any_caller, bearer_token, pipeline_caller
-
-MAX_BODY = 16 * 1024
-#: Deeper than any body the hook accepts (its deepest field, `context`, is one level down).
-MAX_JSON_DEPTH = 32
-MAX_WAIT = 60
-MAX_IDEMPOTENCY_KEY = 255
-
-#: The pipeline client (client/jit_client.py), shipped with the server as this module and
-#: served as one file at /v1/client.py.
-CLIENT_MODULE = "jit_client"
-CLIENT_CONTENT_TYPE = "text/x-python; charset=utf-8"
-CLIENT_CACHE_CONTROL = "public, max-age=300"
+from bot.request.http.limits import (
+    CLIENT_CACHE_CONTROL,
+    CLIENT_CONTENT_TYPE,
+    CLIENT_MODULE,
+    MAX_BODY,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_JSON_DEPTH,
+    MAX_WAIT,
+)
+from bot.request.http.openapi import document
+from bot.request.schemas import parse_body
+from bot.web import bounded_input
 
 bp = Blueprint("hook", __name__)
 
@@ -124,11 +123,11 @@ def create_request():
     caller = pipeline_caller(request, policy, _oidc())
     runtime.limiter.check(caller.pipeline)
     data = _read_json()
-    body = runtime.access.parse_body(data)
+    body = parse_body(data)
     idem = request.headers.get("Idempotency-Key")
     if idem is not None and not (0 < len(idem) <= MAX_IDEMPOTENCY_KEY):
         return error(400, "bad_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
-    created = runtime.access.create(caller.pipeline, body, idem, caller.verified)
+    created = runtime.requests.create(caller.pipeline, body, idem, caller.verified)
     out = _view(created.request)
     out["request_token"] = created.request_token
     out["url"] = f"{runtime.settings.jit_public_url.rstrip('/')}/v1/requests/{created.request.id}"
@@ -142,7 +141,7 @@ def _follow_up(request_id: str):
     """Who may read or use this request: its request_token, or an OIDC token of the same run."""
     runtime = rt()
     caller = any_caller(request, runtime.policy, _oidc())
-    return runtime.access.authorize_follow_up(request_id, caller.bearer, caller.verified, caller.pipeline)
+    return runtime.requests.authorize_follow_up(request_id, caller.bearer, caller.verified, caller.pipeline)
 
 
 @bp.get("/v1/requests/<request_id>")
@@ -186,7 +185,7 @@ def _long_poll(request_id: str, status: Status, wait: float):
 
 @bp.get("/v1/requests/<request_id>/credential")
 def get_credential(request_id: str):
-    credential, req = rt().access.credential(_follow_up(request_id))
+    credential, req = rt().grants.credential(_follow_up(request_id))
     resp = jsonify({"id": req.id, "credential": credential, "expires_at": rfc3339(req.expires_at)})
     resp.headers["Cache-Control"] = "no-store"
     return resp
@@ -194,7 +193,7 @@ def get_credential(request_id: str):
 
 @bp.delete("/v1/requests/<request_id>")
 def release_request(request_id: str):
-    req = rt().access.release(_follow_up(request_id))
+    req = rt().revokes.release(_follow_up(request_id))
     return jsonify(_view(req))
 
 
@@ -298,6 +297,4 @@ def readyz():
 
 @bp.get("/openapi.json")
 def openapi():
-    from bot.request.http.openapi import document
-
     return jsonify(document(rt().settings.jit_public_url))

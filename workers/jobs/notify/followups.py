@@ -18,12 +18,15 @@ from datetime import timedelta
 from redis.exceptions import LockError
 from slack_sdk.errors import SlackApiError
 
-from bot.store import keys
 from bot.core.clock import human, now, now_ms, to_ms
 from bot.core.model import AccessRequest, Status
-from bot.store.requests import LEASE_MS
 from bot.decision.slack.views.text import MAX_MESSAGE_TEXT, code, fit, literal, mention
 from bot.decision.slack.views.text import date as slack_date
+from bot.store import keys
+from bot.store.due import LEASE_MS
+from workers.jobs.notify.pacing import take_slot
+from workers.jobs.notify.slack_api import call_slack
+from workers.queue.retry import RetryLater
 
 log = logging.getLogger("jit.slack.notices")
 
@@ -154,7 +157,6 @@ def schedule(rt, req: AccessRequest) -> None:
 
 
 def do_remind(rt, rid: str) -> None:
-    from workers.jobs import RetryLater
 
     req = rt.store.get(rid)
     if req is None or req.status != Status.PENDING:
@@ -175,7 +177,6 @@ def do_remind(rt, rid: str) -> None:
 
 
 def do_warn(rt, rid: str) -> None:
-    from workers.jobs import RetryLater
 
     req = rt.store.get(rid)
     if req is None or req.status != Status.ACTIVE or req.expires_at is None or not req.message_ts:
@@ -215,7 +216,6 @@ class _NoticeLock:
         self.lock = rt.redis.lock(keys.notice_lock(rid), timeout=30, blocking=False)
 
     def __enter__(self):
-        from workers.jobs import RetryLater
 
         if not self.lock.acquire():
             raise RetryLater(300)
@@ -243,25 +243,14 @@ def _send_once(rt, req: AccessRequest, mark: str, send) -> None:
     rt.store.set_fields(req.id, **{mark: str(now_ms())})
 
 
-def _take_slot(rt, channel: str) -> None:
-    from workers.jobs.notify.pacing import ChannelPacer
-    from workers.jobs import RetryLater
-
-    wait = ChannelPacer(rt).take_slot(channel)
-    if wait:
-        raise RetryLater(wait)
-
-
 def _post_in_thread(rt, req: AccessRequest, text: str) -> None:
-    from workers.jobs.notify.message import call_slack
 
     channel = rt.redis.hget(keys.request(req.id), "message_channel") or req.channel
-    _take_slot(rt, channel)
+    take_slot(rt, channel)
     call_slack(rt, channel, rt.slack.chat_postMessage, channel=channel, thread_ts=req.message_ts, text=text)
 
 
 def _send_dm(rt, req: AccessRequest, text: str) -> None:
-    from workers.jobs.notify.message import call_slack
 
     user = req.requester_slack_id
     channel = rt.redis.get(keys.dm_channel(user))
@@ -269,5 +258,23 @@ def _send_dm(rt, req: AccessRequest, text: str) -> None:
         resp = call_slack(rt, user, rt.slack.conversations_open, users=user)
         channel = resp["channel"]["id"]
         rt.redis.set(keys.dm_channel(user), channel, ex=DM_CHANNEL_TTL_S)
-    _take_slot(rt, channel)
+    take_slot(rt, channel)
     call_slack(rt, channel, rt.slack.chat_postMessage, channel=channel, text=text)
+
+
+# ------------------------------------------------------------------ the due handlers' entry points
+
+
+def dm(rt, rid: str, token: str) -> None:
+    """`dm:<id>`."""
+    do_dm(rt, rid)
+
+
+def remind(rt, rid: str, token: str) -> None:
+    """`remind:<id>`."""
+    do_remind(rt, rid)
+
+
+def warn(rt, rid: str, token: str) -> None:
+    """`warn:<id>`."""
+    do_warn(rt, rid)

@@ -31,11 +31,12 @@ from dataclasses import dataclass
 
 from slack_sdk.errors import SlackApiError
 
-from bot.store import keys
-
-from bot.store import locks
 from bot.core.clock import now_ms, to_ms
 from bot.decision.slack.views.text import MAX_TEXT, code, literal, section, width
+from bot.store import keys, locks
+from workers.jobs.notify.render import message_hash, render
+from workers.jobs.notify.slack_api import call_slack, maybe_applied
+from workers.queue.retry import RetryLater
 
 log = logging.getLogger("jit.slack.pacing")
 
@@ -133,7 +134,6 @@ def post_in_turn(rt, req) -> None:
 
     Raises RetryLater when the channel is not free: the caller's due item comes back then.
     """
-    from workers.jobs import RetryLater
 
     pacer = ChannelPacer(rt)
     channel = req.channel
@@ -164,7 +164,6 @@ def post_in_turn(rt, req) -> None:
 
 def _post_head(rt, pacer: ChannelPacer, channel: str, turn: Turn) -> bool:
     """Use the slot: a digest if many wait undigested, else the head's message. True if the head was posted."""
-    from workers.jobs.notify.message import call_slack, message_hash, render
 
     if turn.backlog > rt.settings.jit_slack_digest_after and _post_digest(rt, channel):
         return False
@@ -176,7 +175,6 @@ def _post_head(rt, pacer: ChannelPacer, channel: str, turn: Turn) -> bool:
     text, blocks = render(rt, req)
     sent_ms, settle_ms = rt.redis.hmget(keys.request(rid), "post_uncertain_ms", "post_settle_ms")
     if sent_ms:
-        from workers.jobs import RetryLater
 
         if now_ms() < int(settle_ms or 0):
             raise RetryLater(int(settle_ms) - now_ms())  # the lost attempt may still land
@@ -189,8 +187,6 @@ def _post_head(rt, pacer: ChannelPacer, channel: str, turn: Turn) -> bool:
         resp = call_slack(rt, channel, rt.slack.chat_postMessage, channel=channel, text=text, blocks=blocks,
                           metadata={"event_type": POST_EVENT, "event_payload": {"request_id": rid}})
     except Exception as e:
-        from workers.jobs.notify.message import maybe_applied
-        from workers.jobs import RetryLater
 
         if not maybe_applied(e):
             raise
@@ -221,7 +217,6 @@ def find_earlier_post(rt, channel: str, request_id: str, since_ms: int) -> str |
 
 
 def call_history(rt, channel: str, since_ms: int):
-    from workers.jobs.notify.message import call_slack
 
     return call_slack(rt, channel, rt.slack.conversations_history, channel=channel,
                       oldest=f"{since_ms / 1000:.6f}", limit=200, include_all_metadata=True)
@@ -229,7 +224,6 @@ def call_history(rt, channel: str, since_ms: int):
 
 def _post_digest(rt, channel: str) -> bool:
     """One message listing the waiting requests no digest has listed yet. True if posted."""
-    from workers.jobs.notify.message import call_slack
 
     waiting = rt.redis.zrange(keys.channel_outbox(channel), 0, 199)
     pipe = rt.redis.pipeline(transaction=False)
@@ -272,3 +266,10 @@ def digest_blocks(reqs) -> tuple[str, list[dict]]:
     head = f":inbox_tray: *{n} new access requests* are waiting here. Each one's own message, with its buttons, follows below in order."
     text = f"{n} new access requests are waiting for approval"
     return text, [section(head), section(listing(shown))]
+
+
+def take_slot(rt, channel: str) -> None:
+    """The channel's next posting slot, or RetryLater until it comes (thread notes, DMs, notices)."""
+    wait = ChannelPacer(rt).take_slot(channel)
+    if wait:
+        raise RetryLater(wait)

@@ -1,13 +1,11 @@
-"""Answers to `/jit status`, as Block Kit (pure rendering over store and audit reads)."""
+"""Answers to `/jit status`, as Block Kit (pure: the listener reads the store and passes values in)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bot.store import keys
 from bot.core.clock import human, now
 from bot.core.model import AccessRequest, Status
-from bot.wiring import Runtime
 from bot.decision.slack.views.audit_view import chunk_lines, event_line
 from bot.decision.slack.views.blocks import RUN_LINK_LABEL, status_line
 from bot.decision.slack.views.text import (
@@ -24,7 +22,6 @@ from bot.decision.slack.views.text import date as slack_date
 
 MAX_BLOCKS = MAX_MESSAGE_BLOCKS
 LIST_CAP = 20  # requests shown per list; the rest are counted
-OPEN_READ = 1000  # open requests read for one overview
 HISTORY_CAP = 60  # events shown with one request
 
 
@@ -42,14 +39,9 @@ def active_line(r: AccessRequest) -> str:
     return f"{code(r.id, 64)} {code(r.action, 64)} · {code(r.pipeline, 64)} · {left}"
 
 
-def overview(rt: Runtime, user: str | None = None) -> list[dict[str, Any]]:
-    """Pending requests and active grants, newest first, each list capped with a count of the rest.
-    With `user`, only the requests that user may see (defaults.status_visibility)."""
-    total_open = rt.redis.zcard(keys.open_requests())
-    reqs = rt.store.get_many(rt.store.open_ids(limit=OPEN_READ))
-    if user is not None:
-        reqs = [r for r in reqs if rt.access.may_view(r, user)]
-    unread = max(total_open - OPEN_READ, 0)
+def overview(reqs: list[AccessRequest], unread: int) -> list[dict[str, Any]]:
+    """Pending requests and active grants, newest first, each list capped with a count of the rest
+    (`unread`: open requests too many to read)."""
     pending = [r for r in reqs if r.status in (Status.PENDING, Status.APPROVED)]
     active = [r for r in reqs if r.status == Status.ACTIVE]
     if not pending and not active and not unread:
@@ -69,16 +61,12 @@ def overview(rt: Runtime, user: str | None = None) -> list[dict[str, Any]]:
     return blocks[:MAX_BLOCKS]
 
 
-def status(rt: Runtime, request_id: str) -> list[dict[str, Any]]:
-    """One request in full, with its history from the audit trail."""
-    rid = request_id.split()[0]
-    r = rt.store.get(rid)
-    if r is None:
-        return [
-            section(
-                f"No request {code(rid, 64)} (unknown, or finished long enough ago to be forgotten)."
-            )
-        ]
+def not_found(request_id: str) -> list[dict[str, Any]]:
+    return [section(f"No request {code(request_id, 64)} (unknown, or finished long enough ago to be forgotten).")]
+
+
+def status(r: AccessRequest, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One request in full, with its history (audit entry bodies, oldest first)."""
     lines = [
         f"*Request* {code(r.id, 64)} — {code(r.action, 64)} for {code(r.pipeline, 64)}",
         f"*Reason:* {literal(r.reason, 500) or '—'}",
@@ -97,7 +85,6 @@ def status(rt: Runtime, request_id: str) -> list[dict[str, Any]]:
     blocks = [section("\n".join(lines))]
     if r.context:
         blocks.append(context(" · ".join(_context_item(k, v) for k, v in sorted(r.context.items()))))
-    history = rt.audit.entries_for_request(r.id, limit=HISTORY_CAP)
     if history:
         title = "*History*" + (
             f" (latest {HISTORY_CAP}; `/jit audit {code_text(r.id, 64)} 100` for more)"
@@ -105,7 +92,7 @@ def status(rt: Runtime, request_id: str) -> list[dict[str, Any]]:
             else ""
         )
         blocks.append(section(title))
-        lines = [event_line(e.body) for e in history]
+        lines = [event_line(e) for e in history]
         blocks += chunk_lines(lines, MAX_BLOCKS - len(blocks))
     return blocks[:MAX_BLOCKS]
 
@@ -113,9 +100,3 @@ def status(rt: Runtime, request_id: str) -> list[dict[str, Any]]:
 def _context_item(key: str, value: object) -> str:
     shown = link(value, RUN_LINK_LABEL) if key == "run_url" else code(value, 200)
     return f"{code(key, 40)}: {shown}"
-
-
-def audit(rt: Runtime, user: str, args: str) -> list[dict[str, Any]]:
-    from bot.decision.slack.views.audit_view import audit_answer
-
-    return audit_answer(rt, user, args)

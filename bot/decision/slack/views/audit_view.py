@@ -1,4 +1,4 @@
-"""`/jit audit …`: who may read the trail, its filters, and the entries as Block Kit."""
+"""`/jit audit …`: its filters, and the entries as Block Kit (pure: the listener reads the trail)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from bot.store.audit import REQUEST_INDEX_LEN, SCAN_LIMIT, AuditEntry
-from bot.core.clock import human, now, parse_duration, to_ms
-from bot.store.refusals import record_refusal
-from bot.wiring import Runtime
+from bot.core.clock import human, parse_duration
 from bot.decision.slack.views.text import (
     MAX_MESSAGE_BLOCKS,
     MAX_TEXT,
@@ -117,60 +114,16 @@ def parse_query(args: str) -> AuditQuery:
     return AuditQuery(**fields)
 
 
-def may_read_audit(rt: Runtime, user: str) -> bool:
-    if rt.access.is_auditor(user):
-        return True
-    return any(rt.access.is_approver(a, user) for a in rt.policy.actions)
+REFUSED = (
+    "Sorry — only auditors and approvers can read the audit trail. "
+    "Ask in your security channel if you need an extract."
+)
 
 
-def find(rt: Runtime, q: AuditQuery) -> tuple[list[AuditEntry], bool]:
-    """Matching entries, newest first, and whether the scan stopped before the trail's start."""
-    since_ms = to_ms(now() - q.since) if q.since else None
-    if q.request_id:
-        # the request's own index: no scan of the whole trail
-        found = [
-            e
-            for e in reversed(rt.audit.entries_for_request(q.request_id, limit=REQUEST_INDEX_LEN))
-            if q.matches(e.body)
-            and (since_ms is None or int(e.stream_id.split("-")[0]) >= since_ms)
-        ]
-        return found[: q.n], False
-    found = []
-    for scanned, e in enumerate(rt.audit.newest(since_ms), 1):
-        if q.matches(e.body):
-            found.append(e)
-            if len(found) >= q.n:
-                return found, False
-        if scanned >= SCAN_LIMIT:
-            return found, True
-    return found, False
-
-
-def audit_answer(rt: Runtime, user: str, args: str) -> list[dict[str, Any]]:
-    if not may_read_audit(rt, user):
-        record_refusal(
-            rt.redis,
-            rt.audit,
-            "audit.read_refused",
-            actor=user,
-            details={"why": "not an auditor or approver", "args": args[:200]},
-        )
-        return [
-            section(
-                "Sorry — only auditors and approvers can read the audit trail. "
-                "Ask in your security channel if you need an extract."
-            )
-        ]
-    try:
-        q = parse_query(args)
-    except QueryError as e:
-        return [section(f"{e}\n{AUDIT_USAGE}")]
-    entries, cut_short = find(rt, q)
-    head = rt.audit.head()
-    rt.audit.append(
-        "audit.read", actor=user, details={"args": args[:200], "returned": len(entries)}
-    )
-
+def audit_blocks(
+    q: AuditQuery, entries: list[dict[str, Any]], head: dict[str, str], cut_short: bool, scan_limit: int
+) -> list[dict[str, Any]]:
+    """The matching entries (bodies, newest first) with what the search did and the chain head."""
     what = f"matching {q.describe()}" if q.filtered else ""
     if not entries:
         return [section(f"No audit events {what}".rstrip() + ".")]
@@ -180,15 +133,13 @@ def audit_answer(rt: Runtime, user: str, args: str) -> list[dict[str, Any]]:
         title += f" (at most {MAX_N} at a time)"
     notes = []
     if cut_short:
-        notes.append(
-            f"searched the latest {SCAN_LIMIT:,} events only; narrow with `since:` or a request id"
-        )
+        notes.append(f"searched the latest {scan_limit:,} events only; narrow with `since:` or a request id")
     if head:
         notes.append(f"chain head #{literal(head.get('seq'), 20)} {code(head.get('hash', '')[:16], 16)}")
     blocks = [section(title)]
     if notes:
         blocks.append(context(" · ".join(notes)))
-    return blocks + chunk_lines([event_line(e.body) for e in entries], MAX_BLOCKS - len(blocks))
+    return blocks + chunk_lines([event_line(e) for e in entries], MAX_BLOCKS - len(blocks))
 
 
 # ------------------------------------------------------------------------- rendering

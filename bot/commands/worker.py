@@ -1,0 +1,14 @@
+"""`jit worker`: RQ workers plus the expiry scheduler (workers/run.py), built from the settings."""
+
+from __future__ import annotations
+
+from bot import logs
+from bot.settings import load_settings
+from bot.wiring import build, run_worker
+
+
+def worker(concurrency: int, burst: bool, scheduler: bool) -> int:
+    rt = build(load_settings())
+    logs.setup(rt.settings.jit_log_level)
+    rt.load_policy_or_exit()
+    return run_worker(rt, concurrency=concurrency, burst=burst, scheduler=scheduler)

@@ -1,0 +1,124 @@
+"""The policy's schema: who may ask for what, who approves it, and how the credential is made."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from bot.core.clock import parse_duration
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+SlackUserOrGroup = Annotated[str, Field(pattern=r"^[UWS][A-Z0-9]{2,}$")]
+SlackChannel = Annotated[str, Field(pattern=r"^[CGD][A-Z0-9]{2,}$")]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+
+
+def _one_or_many(v: object) -> object:
+    return [v] if isinstance(v, str) else v
+
+
+#: A condition value: one string or a list; each an exact value or an fnmatch glob.
+Patterns = Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], BeforeValidator(_one_or_many)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+UnknownRequester = Literal["allow", "refuse"]
+StatusVisibility = Literal["involved", "everyone"]
+
+
+class Defaults(_Strict):
+    channel: SlackChannel | None = None
+    pending_timeout: Duration = timedelta(minutes=30)
+    #: When an action forbids self-approval and the requester is not a known person (no
+    #: requested_by, or one not in `people`): `allow` lets any approver approve and the message
+    #: says plainly that self-approval cannot be ruled out; `refuse` refuses such requests (403).
+    unknown_requester: UnknownRequester = "allow"
+    #: Who may read one request with `/jit status <id>`: `involved` (its approvers, auditors and
+    #: its requester) or `everyone` in the workspace.
+    status_visibility: StatusVisibility = "involved"
+
+
+class Ttl(_Strict):
+    default: Duration = timedelta(minutes=15)
+    max: Duration = timedelta(hours=1)
+
+
+class AuditConfig(_Strict):
+    channel: SlackChannel | None = None
+    #: How often the chain head is posted to the audit channel.
+    post_head_every: Duration = timedelta(hours=1)
+    #: Entries older than this are trimmed (the trim point's hash is kept as the anchor).
+    retention: Duration = timedelta(days=365)
+
+
+class Pipeline(_Strict):
+    token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    oidc: dict[str, Any] | None = None
+    actions: list[Name] = Field(min_length=1)
+
+
+class AutoApprove(_Strict):
+    """Approve without a human when every condition holds, against VERIFIED (OIDC) context only."""
+
+    environment: Patterns | None = None
+    ref: Patterns | None = None
+    repository: Patterns | None = None
+    workflow: Patterns | None = None
+    #: Longer requests go to humans. Default: the action's ttl.default.
+    max_ttl: Duration | None = None
+    #: Auto-approvals per pipeline per UTC day for this action; the rest go to humans.
+    max_per_day: int = Field(20, ge=1, le=100_000)
+
+    @property
+    def conditions(self) -> dict[str, list[str]]:
+        return {
+            k: v
+            for k in AUTO_APPROVE_KEYS
+            if (v := getattr(self, k)) is not None
+        }
+
+
+AUTO_APPROVE_KEYS = ("environment", "ref", "repository", "workflow")
+
+
+class BreakGlass(_Strict):
+    """Who may approve alone, outside windows, with a written justification; who hears of it."""
+
+    approvers: list[SlackUserOrGroup] = Field(min_length=1)
+    security_channel: SlackChannel
+    max_ttl: Duration = timedelta(minutes=30)
+
+
+class Action(_Strict):
+    description: str = ""
+    channel: SlackChannel | None = None
+    #: Default approvers; per-environment lists in approvers_by_environment take precedence.
+    approvers: list[SlackUserOrGroup] = []
+    approvers_by_environment: dict[Name, list[SlackUserOrGroup]] = {}
+    auto_approve: AutoApprove | None = None
+    windows: list[str] = []
+    #: Overrides the top-level break_glass; `false` turns it off for this action.
+    break_glass: BreakGlass | Literal[False] | None = None
+    approvals_required: int = Field(1, ge=1)
+    allow_self_approval: bool = False
+    #: Overrides defaults.unknown_requester for this action.
+    unknown_requester: UnknownRequester | None = None
+    ttl: Ttl = Ttl()
+    pending_timeout: Duration | None = None
+    grant: dict[str, Any]
+
+
+class PolicyModel(_Strict):
+    defaults: Defaults = Defaults()
+    auditors: list[SlackUserOrGroup] = []
+    people: dict[str, Annotated[str, Field(pattern=r"^[UW][A-Z0-9]{2,}$")]] = {}
+    pipelines: dict[Name, Pipeline] = {}
+    actions: dict[Name, Action]
+    audit: AuditConfig = AuditConfig()
+    #: Applies to every action that does not set its own (or `break_glass: false`).
+    break_glass: BreakGlass | None = None

@@ -1,0 +1,23 @@
+"""Approve: one atomic approval; a refusal is told to the clicker privately."""
+
+from __future__ import annotations
+
+from slack_bolt import Ack, BoltContext
+
+from bot.core.errors import JitError
+from bot.decision.slack.listeners.common import click_channel, clicked, tell
+
+
+def approve(ack: Ack, body: dict, context: BoltContext) -> None:
+    ack()
+    rt = context["jit"]
+    user, request_id = clicked(body)
+    try:
+        out = rt.decisions.approve(request_id, user)
+    except JitError as e:
+        tell(rt, click_channel(body), user, e.message)
+        return
+    if out.result == "recorded":
+        req = rt.store.get(request_id)
+        left = rt.decisions.approvals_left(req, out.count or 0) if req else 0
+        tell(rt, click_channel(body), user, f"Thanks — your approval is recorded; {left} more needed.")

@@ -1,1 +1,0 @@
-"""The rules of jit: request lifecycle, policy, atomic state in Redis, audit chain. No Slack, no HTTP."""

@@ -1,1 +1,0 @@
-"""The pipeline hook: JSON over HTTP for CI jobs (`/v1/requests`, credentials, introspection)."""

@@ -1,0 +1,97 @@
+"""The body a pipeline sends to ask for access (`POST /v1/requests`), validated before anything is written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bot.core import errors as E
+from bot.core.identity import encodable
+
+MAX_REASON = 500
+
+
+class RequestBody(BaseModel):
+    """`POST /v1/requests`."""
+
+    # strict: JSON types as documented (no `"ttl": true` read as 1 s, no `"yes"` as true)
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    action: str = Field(min_length=1, max_length=64)
+    reason: str = Field(min_length=1, max_length=MAX_REASON)
+    ttl: int | str | None = None
+    requested_by: str | None = Field(None, min_length=1, max_length=200)
+    context: dict[str, str] = Field(default_factory=dict, max_length=20)
+    #: Ask for break glass: allowed outside the action's windows, approved only by a
+    #: break-glass approver (alone, with a written justification).
+    break_glass: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        """Every string must be storable (and auditable) as UTF-8: a lone surrogate is a 400
+        here, before anything is written."""
+        for where, value in _strings(data):
+            if not encodable(value):
+                raise ValueError(f"{where} is not valid Unicode text")
+        return data
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        return v.strip()
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", k):
+                raise ValueError(f"context key {k[:40]!r} must be lowercase letters, digits and _")
+            if len(val) > 500:
+                raise ValueError(f"context.{k} is longer than 500 characters")
+        url = v.get("run_url")
+        if url and not re.fullmatch(r"https?://[^\s<>|]+", url):
+            raise ValueError("context.run_url must be an http(s) URL")
+        return v
+
+    def fingerprint(self, pipeline: str) -> str:
+        """What an Idempotency-Key promises: the same pipeline asking the same thing."""
+        raw = json.dumps([pipeline, self.model_dump()], sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _strings(data: Any, where: str = "body"):
+    if isinstance(data, str):
+        yield where, data
+    elif isinstance(data, dict):
+        for k, v in data.items():
+            name = f"{where}.{k}" if isinstance(k, str) and encodable(k) else where
+            if isinstance(k, str):
+                yield f"{where} key", k
+            yield from _strings(v, name)
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from _strings(v, f"{where}[{i}]")
+
+
+def parse_body(data: Any) -> RequestBody:
+    """The body as a RequestBody, or a 400 naming the first problem."""
+    if not isinstance(data, dict):
+        raise E.BadRequest("the body must be a JSON object")
+    try:
+        return RequestBody.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            msg = "unknown field"
+        if not encodable(where):
+            where = "body"
+        raise E.BadRequest(f"{where}: {msg}"[:300]) from None

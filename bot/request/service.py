@@ -1,0 +1,277 @@
+"""① A pipeline asks: a request is created (or auto-approved), and only its own run may follow it up."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bot.core import errors as E
+from bot.core.clock import from_ms, now_ms, parse_duration, to_ms
+from bot.core.crypto import Vault, new_token, token_hash
+from bot.core.identity import encodable
+from bot.core.model import AccessRequest, Status
+from bot.core.policy.inflight import InFlightRules
+from bot.core.policy.policy import Policy
+from bot.core.policy.rules import auto_decision, check_environment, utc_day
+from bot.core.ports import Metrics
+from bot.request.schemas import RequestBody
+from bot.store import keys
+from bot.store.audit import AuditLog
+from bot.store.requests import Store
+
+#: Context keys that route a request's approval (approvers_by_environment): on a verified
+#: request they must come from the token, never from the body.
+ROUTING_KEYS = ("environment",)
+#: The verified claims that name one CI run (GitLab pipeline; GitHub run and attempt). A
+#: follow-up carrying an OIDC token must name the same run as the request's own token did.
+RUN_BINDINGS = (("repository", "pipeline_id"), ("repository", "run_id", "run_attempt"))
+
+
+@dataclass(frozen=True)
+class Created:
+    request: AccessRequest
+    request_token: str
+    created: bool  # False when an Idempotency-Key returned an earlier request
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """A caller allowed to read or use one request, and how it proved it (for the audit)."""
+
+    request: AccessRequest
+    via: str
+
+
+class RequestService:
+    def __init__(self, store: Store, audit: AuditLog, rules: InFlightRules, vault: Vault, metrics: Metrics) -> None:
+        self.store = store
+        self.audit = audit
+        self.rules = rules
+        self.vault = vault
+        self.metrics = metrics
+
+    def create(
+        self,
+        pipeline: str,
+        body: RequestBody,
+        idempotency_key: str | None = None,
+        verified: dict[str, Any] | None = None,
+    ) -> Created:
+        """A pipeline asks for access. `verified` holds what an OIDC token vouches for."""
+        policy = self.rules.policy
+        action = policy.action(body.action)
+        if action is None:
+            raise E.UnknownAction(f"unknown action {body.action!r}")
+        allowed = policy.pipelines.get(pipeline)
+        if allowed is None or body.action not in allowed.actions:
+            raise E.ActionNotAllowed(f"pipeline {pipeline!r} may not request {body.action!r}")
+        if idempotency_key is not None and not encodable(idempotency_key):
+            raise E.BadRequest("Idempotency-Key is not valid text")
+        if body.ttl is None:
+            ttl = action.ttl.default
+        else:
+            try:
+                ttl = parse_duration(body.ttl)
+            except ValueError as e:
+                raise E.BadRequest(f"ttl: {e}") from None
+        if ttl > action.ttl.max:
+            raise E.BadRequest(
+                f"ttl: {int(ttl.total_seconds())}s is longer than {body.action}'s max of "
+                f"{int(action.ttl.max.total_seconds())}s"
+            )
+        context, requested_by, verified_keys = _merge_verified(body, verified)
+
+        t = from_ms(now_ms())  # millisecond precision: the 201 and every later read agree
+        break_glass = policy.break_glass_for(body.action)
+        if body.break_glass and break_glass is None:
+            raise E.NoBreakGlass(f"{body.action} has no break-glass approvers; ask without break_glass")
+        fingerprint = body.fingerprint(pipeline)
+        windows = policy.windows_for(body.action)
+        outside = bool(windows) and not windows.is_open(t)
+        if outside and not body.break_glass:
+            earlier = self._earlier(pipeline, idempotency_key, fingerprint)
+            if earlier is not None:
+                return earlier
+            raise E.OutsideWindow(body.action, windows.next_opening(t), windows.specs)
+        check_environment(policy, body.action, context)
+        requester = policy.slack_user_for(requested_by)
+        if (
+            requester is None
+            and not action.allow_self_approval
+            and policy.unknown_requester_for(body.action) == "refuse"
+        ):
+            raise E.RequesterUnknown(
+                f"{body.action} forbids self-approval and refuses requests from unknown people: "
+                "requested_by must name a person listed in the policy's `people` "
+                "(or come from a verified OIDC token mapped there)"
+            )
+        token = new_token()
+        req = AccessRequest(
+            id=_new_id(),
+            action=body.action,
+            pipeline=pipeline,
+            reason=body.reason,
+            ttl=ttl,
+            status=Status.PENDING,
+            created_at=t,
+            pending_until=t + policy.pending_timeout_for(body.action),
+            approvals_required=action.approvals_required,
+            channel=policy.channel_for(body.action),
+            requested_by=requested_by,
+            requester_slack_id=requester,
+            context=context,
+            verified=bool(verified),
+            verified_keys=verified_keys,
+            policy_sha256=policy.sha256,
+            request_token_hash=token_hash(token),
+            request_token_enc=self.vault.seal(token),
+        )
+        idem = None
+        if idempotency_key:
+            idem = (_idempotency_key(pipeline, idempotency_key), fingerprint)
+        extra = {"break_glass": "requested"} if body.break_glass else {}
+        if outside:
+            extra["outside_window"] = "1"
+        event = self.audit.event_body(
+            "request.created",
+            request_id=req.id,
+            action=req.action,
+            actor=f"pipeline:{pipeline}",
+            details={
+                "reason": req.reason,
+                "ttl_seconds": int(ttl.total_seconds()),
+                "requested_by": requested_by,
+                "requester": requester,
+                "context": context,
+                "verified": bool(verified),
+                "verified_fields": list(verified_keys),
+                "policy_sha256": policy.sha256,
+                **({"break_glass": True, "outside_window": outside} if body.break_glass else {}),
+            },
+        )
+        created, value = self.store.create(req, idem, to_ms(t), event, extra)
+        if not created:
+            return self._existing(value, fingerprint)
+        self.metrics.request(req.action, "created")
+        if not body.break_glass:
+            req = self._try_auto_approve(policy, req, verified, t) or req
+        return Created(req, token, True)
+
+    def _existing(self, value: str, fingerprint: str) -> Created:
+        """The request an Idempotency-Key already made; a different body is an error (422)."""
+        rid, _, seen = value.partition("|")
+        if seen and seen != fingerprint:
+            raise E.IdempotencyKeyReused(
+                "this Idempotency-Key was already used for a different request; use a new key"
+            )
+        existing = self.store.get(rid)
+        if existing is None:  # expired between the two reads; treat the key as fresh
+            raise E.NotFound("the request for this Idempotency-Key is gone; retry without it")
+        return Created(existing, self.vault.open(existing.request_token_enc), False)
+
+    def _earlier(self, pipeline: str, idempotency_key: str | None, fingerprint: str) -> Created | None:
+        """The request an Idempotency-Key already made (a retry after its window closed)."""
+        if not idempotency_key:
+            return None
+        value = self.store.r.get(_idempotency_key(pipeline, idempotency_key))
+        return self._existing(value, fingerprint) if value else None
+
+    def _try_auto_approve(
+        self, policy: Policy, req: AccessRequest, verified: dict[str, Any] | None, t: datetime
+    ) -> AccessRequest | None:
+        """Approve at once when the action's auto_approve rule holds on the verified context."""
+        verified_context = dict(verified.get("context") or {}) if verified else None
+        decision = auto_decision(policy, req.action, verified_context, req.ttl)
+        if decision is None:
+            return None
+        why = decision.why
+        if decision.eligible:
+            counter = keys.auto_approvals(req.pipeline, req.action, utc_day(t))
+            event = self.audit.event_body(
+                "request.approved",
+                request_id=req.id,
+                action=req.action,
+                actor="auto",
+                details={**decision.details(), "auto_approved": True},
+            )
+            out = self.store.auto_approve(req.id, counter, decision.max_per_day, decision.rule, to_ms(t), event)
+            if out.result == "approved":
+                self.metrics.request(req.action, "approved")
+                return self.store.get(req.id)
+            if out.result != "capped":
+                return None  # decided some other way in between
+            why = f"the daily cap of {decision.max_per_day} auto-approvals is reached"
+        self.audit.append(
+            "auto_approve.skipped",
+            request_id=req.id,
+            action=req.action,
+            actor="jit",
+            outcome="skipped",
+            details={**decision.details(), "why": why},
+        )
+        return None
+
+    def authorize_follow_up(
+        self, request_id: str, bearer: str, verified: dict[str, Any] | None = None, pipeline: str | None = None
+    ) -> FollowUp:
+        """Only the request_token returned at creation, or an OIDC token of the same pipeline and
+        the same CI run, may read or use a request; anyone else gets 404."""
+        req = self.store.get(request_id)
+        if req is None:
+            raise E.NotFound()
+        if req.request_token_hash and secrets.compare_digest(token_hash(bearer), req.request_token_hash):
+            return FollowUp(req, "request_token")
+        if verified is not None and pipeline == req.pipeline and req.verified:
+            run = _same_run(req, dict(verified.get("context") or {}))
+            if run is not None:
+                return FollowUp(req, f"oidc:{run}")
+        raise E.NotFound()
+
+
+def _merge_verified(
+    body: RequestBody, verified: dict[str, Any] | None
+) -> tuple[dict[str, str], str | None, tuple[str, ...]]:
+    """The request's context and requester, and which of them a verified token vouches for.
+
+    On a verified request the token's claims win over what the body says, and a field that
+    routes approval (ROUTING_KEYS) must come from the token: the body may not supply one."""
+    context = dict(body.context)
+    if not verified:
+        return context, body.requested_by, ()
+    claims = dict(verified.get("context") or {})
+    for k in body.context:
+        if k in ROUTING_KEYS and k not in claims:
+            raise E.BadRequest(
+                f"context.{k} routes approval, so on a verified request it must come from the "
+                f"token, which has no {k} claim"
+            )
+    context.update(claims)
+    verified_keys = set(claims)
+    requested_by = verified.get("requested_by")
+    if requested_by:
+        verified_keys.add("requested_by")
+    else:
+        requested_by = body.requested_by
+    return context, requested_by, tuple(sorted(verified_keys))
+
+
+def _same_run(req: AccessRequest, caller: dict[str, str]) -> str | None:
+    """The run both the request's token and the caller's name, or None if they differ."""
+    for binding in RUN_BINDINGS:
+        if all(k in req.verified_keys and req.context.get(k) for k in binding):
+            if all(caller.get(k) == req.context[k] for k in binding):
+                return "/".join(req.context[k] for k in binding)
+            return None
+    return None
+
+
+def _idempotency_key(pipeline: str, idempotency_key: str) -> str:
+    return keys.idempotency(pipeline, hashlib.sha256(idempotency_key.encode()).hexdigest())
+
+
+def _new_id() -> str:
+    """Short, unguessable, safe in URLs, Slack text and RQ job ids."""
+    return secrets.token_hex(8)

@@ -1,0 +1,120 @@
+"""④ Access ends: the pipeline releases it, an approver revokes it, the pending timeout or the expiry
+comes — and the backend revoke that follows is recorded exactly once."""
+
+from __future__ import annotations
+
+from bot.core import errors as E
+from bot.core.clock import now, now_ms, rfc3339, to_ms
+from bot.core.crypto import Vault
+from bot.core.model import AccessRequest, Status
+from bot.core.ports import Metrics
+from bot.decision.service import DecisionService
+from bot.grant.service import BackendFor, grant_request
+from bot.request.service import FollowUp
+from bot.store.audit import AuditLog
+from bot.store.requests import Outcome, Store
+
+
+class RevokeService:
+    def __init__(
+        self, store: Store, audit: AuditLog, decisions: DecisionService, vault: Vault, metrics: Metrics
+    ) -> None:
+        self.store = store
+        self.audit = audit
+        self.decisions = decisions
+        self.vault = vault
+        self.metrics = metrics
+
+    def _event(self, event: str, req: AccessRequest, **kw) -> str:
+        return self.audit.event_body(event, request_id=req.id, action=req.action, **kw)
+
+    # ---------------------------------------------------------------- people end access
+
+    def release(self, follow_up: FollowUp) -> AccessRequest:
+        """DELETE: the pipeline cancels a pending request or ends its grant early."""
+        req = follow_up.request
+        actor = f"pipeline:{req.pipeline}"
+        if req.status in (Status.PENDING, Status.APPROVED):
+            self._close(req, Status.CANCELLED, {Status.PENDING, Status.APPROVED}, actor, revoked_by=actor)
+        elif req.status == Status.ACTIVE:
+            self._revoke(req, actor)
+        return self.store.get(req.id) or req
+
+    def revoke_by_approver(self, request_id: str, user: str) -> AccessRequest:
+        req = self.decisions.load(request_id)
+        self.decisions.require_approver(req, user, "revoke")
+        if req.status != Status.ACTIVE:
+            raise self.decisions.refuse_decided(req, user, "revoke", req.status.value)
+        self._revoke(req, user)
+        return self.store.get(req.id) or req
+
+    def _revoke(self, req: AccessRequest, actor: str) -> None:
+        out = self.store.revoke(req.id, actor, to_ms(now()), self._event("grant.revoke_requested", req, actor=actor))
+        if out.result == "decided":
+            raise E.AlreadyDecided(out.status or "decided")
+
+    def _close(self, req: AccessRequest, to: Status, allowed: set[Status], actor: str, **fields: str) -> Outcome:
+        out = self.store.close(
+            req.id, to, to_ms(now()), allowed, self._event(f"request.{to.value}", req, actor=actor), **fields
+        )
+        if out.ok:
+            self.metrics.request(req.action, to.value)
+        return out
+
+    # ---------------------------------------------------------------- time ends access
+
+    def time_out(self, request_id: str) -> int:
+        """A pending request's timeout. Returns ms still to wait (0: done, or nothing to do)."""
+        req = self.store.get(request_id)
+        if req is None or req.status != Status.PENDING:
+            return 0
+        if now() < req.pending_until:
+            return to_ms(req.pending_until) - now_ms()
+        self._close(req, Status.TIMED_OUT, {Status.PENDING}, "jit")
+        return 0
+
+    def expire(self, request_id: str, backend_for: BackendFor) -> int:
+        """An active grant's expiry. Returns ms still to wait (never early), else revokes it."""
+        req = self.store.get(request_id)
+        if req is not None and req.expires_at is not None and now() < req.expires_at:
+            return to_ms(req.expires_at) - now_ms()
+        if req is not None and req.status == Status.ACTIVE:  # else it ended some other way
+            self.complete(req, backend_for)
+        return 0
+
+    # ---------------------------------------------------------------- the backend revoke
+
+    def complete(self, req: AccessRequest | str, backend_for: BackendFor) -> None:
+        """Revoke at the backend whatever `req` was issued (or may have been), then record it:
+        exactly one caller records it; while a grant is in flight nothing is (its end owes
+        another revoke). Idempotent."""
+        if isinstance(req, str):
+            found = self.store.get(req)
+            if found is None:
+                return
+            req = found
+        rid = req.id
+        blob = self.store.credential_blob(rid)
+        credential = self.vault.open(blob) if blob else None
+        if req.revoke_done_at is not None and not req.revoke_pending and credential is None:
+            return  # done already
+        backend = backend_for(req.action, req.policy_sha256)
+        started = now_ms()
+        backend.revoke(grant_request(req), credential)
+        t = now_ms()
+        by = "expiry" if req.status == Status.ACTIVE else (req.revoked_by or "jit")
+        details: dict = {"backend": backend.type}
+        lateness = None
+        if req.expires_at is not None:
+            details["expires_at"] = rfc3339(req.expires_at)
+            if req.status == Status.ACTIVE:
+                lateness = t - to_ms(req.expires_at)
+                details["lateness_ms"] = lateness
+        if credential is None:
+            details["cleanup"] = "no credential was recorded; cleaned up any partial grant"
+        out = self.store.mark_revoked(rid, t, self._event("grant.revoked", req, actor=by, details=details))
+        if out.result == "ok" and out.status in (Status.EXPIRED, Status.REVOKED):
+            self.metrics.request(req.action, out.status)
+            self.metrics.revoked(
+                req.action, backend.type, (t - started) / 1000, None if lateness is None else lateness / 1000
+            )

@@ -1,1 +1,0 @@
-"""The Slack edge: Bolt listeners, Block Kit rendering, and the Slack-backed user directory."""

@@ -1,0 +1,135 @@
+"""The due queue in Redis: a sorted set of work (`kind:request_id`) scored by the millisecond it is due.
+
+An item leaves only when its job succeeded. Every claim of an item gets a token: only the job
+holding the item's current token may extend, finish or retry it, and the store checks the same
+token before a grant's side effect (fencing). Scheduling an item anew voids its claim, so a job
+still running it holds stale work. The loop that claims due items and hands them to RQ is in
+workers/queue/scheduler.py.
+"""
+
+from __future__ import annotations
+
+from redis import Redis
+
+from bot.store import keys
+
+#: A freshly kicked due item comes back due after this long, in case the job carrying it was
+#: lost with its worker (a claimed one is re-scored to now + its lease).
+LEASE_MS = 10_000
+
+# KEYS: due, claims, seq   ARGV: now_ms, limit, lease_ms → flat [member, token, member, token, ...]
+_CLAIM = """
+local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #items == 0 then return {} end
+local base = redis.call('INCRBY', KEYS[3], #items) - #items
+local score = tonumber(ARGV[1]) + tonumber(ARGV[3])
+local out = {}
+for i, m in ipairs(items) do
+  local token = 'c' .. (base + i)
+  redis.call('ZADD', KEYS[1], score, m)
+  redis.call('HSET', KEYS[2], m, token)
+  out[#out + 1] = m
+  out[#out + 1] = token
+end
+return out
+"""
+
+# KEYS: due, claims, attempts   ARGV: member, token
+_DONE = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS: due, claims, attempts, wake
+# ARGV: member, token, at_ms, count_attempt, now_ms, backoff_base_ms, backoff_cap_ms
+# With count_attempt, the member comes back after an exponential backoff (base * 2^(n-1), capped).
+# → attempts so far, or -1 when the claim is no longer this job's (nothing changed)
+_RETRY = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return -1 end
+local n = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+local at = tonumber(ARGV[3])
+if ARGV[4] == '1' then
+  n = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+  at = tonumber(ARGV[5]) + math.min(tonumber(ARGV[6]) * 2 ^ (n - 1), tonumber(ARGV[7]))
+end
+redis.call('ZADD', KEYS[1], at, ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[4], '1')
+redis.call('LTRIM', KEYS[4], -16, -1)
+return n
+"""
+
+# KEYS: due, claims, wake   ARGV: member, at_ms → new work: due at at_ms, any claim on it void
+_SCHEDULE = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[3], '1')
+redis.call('LTRIM', KEYS[3], -16, -1)
+return 1
+"""
+
+# KEYS: due, claims   ARGV: member, token, new_score → 1 when the claim is still ours and extended
+_EXTEND = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+return 1
+"""
+
+BACKOFF_BASE_MS = 1000
+BACKOFF_CAP_MS = 60_000
+
+
+class DueQueue:
+    def __init__(self, redis: Redis) -> None:
+        self.r = redis
+        self._claim = redis.register_script(_CLAIM)
+        self._done = redis.register_script(_DONE)
+        self._retry = redis.register_script(_RETRY)
+        self._extend = redis.register_script(_EXTEND)
+        self._schedule = redis.register_script(_SCHEDULE)
+
+    def schedule(self, member: str, at_ms: int) -> None:
+        """New work: `member` is due at `at_ms`; a job running it on an older claim is stale."""
+        self._schedule(keys=[keys.due(), keys.due_claims(), keys.due_wake()], args=[member, at_ms])
+
+    def claim(self, now_ms: int, limit: int = 500, lease_ms: int = LEASE_MS) -> list[tuple[str, str]]:
+        """Members due by `now_ms`, each with the token of this claim."""
+        flat = self._claim(keys=[keys.due(), keys.due_claims(), keys.due_claim_seq()], args=[now_ms, limit, lease_ms])
+        return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    def done(self, member: str, token: str) -> bool:
+        return bool(self._done(keys=[keys.due(), keys.due_claims(), keys.due_attempts()], args=[member, token]))
+
+    def retry_at(self, member: str, token: str, at_ms: int) -> None:
+        """Put a member back, due at `at_ms` (not a failure: Retry-After, a busy lock)."""
+        self._retry(
+            keys=[keys.due(), keys.due_claims(), keys.due_attempts(), keys.due_wake()],
+            args=[member, token, at_ms, "0", 0, 0, 0],
+        )
+
+    def failed(self, member: str, token: str, now_ms: int) -> int:
+        """Count a failed attempt and put the member back after its backoff. Returns attempts
+        so far (-1 when the claim was no longer ours: nothing changed)."""
+        return int(
+            self._retry(
+                keys=[keys.due(), keys.due_claims(), keys.due_attempts(), keys.due_wake()],
+                args=[member, token, 0, "1", now_ms, BACKOFF_BASE_MS, BACKOFF_CAP_MS],
+            )
+        )
+
+    def extend(self, member: str, token: str, new_score: int) -> bool:
+        return bool(self._extend(keys=[keys.due(), keys.due_claims()], args=[member, token, new_score]))
+
+    def next_due_ms(self) -> int | None:
+        head = self.r.zrange(keys.due(), 0, 0, withscores=True)
+        return int(head[0][1]) if head else None
+
+    def score(self, member: str) -> int | None:
+        s = self.r.zscore(keys.due(), member)
+        return None if s is None else int(s)
+
+    def size(self) -> int:
+        return self.r.zcard(keys.due())

@@ -1,0 +1,68 @@
+"""The one place RQ is told what to run: the queue names, and jobs named by their functions.
+
+`Dispatcher` is the store's `Effects` (due items handed to a job at once) and the Slack edge's way
+to ask for a Home tab to be published. Jobs are referenced as functions, so a renamed or removed
+job breaks at import, not in production.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from redis import Redis
+from rq import Queue
+
+from workers.jobs import run_due, run_due_batch
+from workers.jobs.notify.home import publish_home
+
+ACCESS_QUEUE = "jit-access"  # grants, revokes, timeouts: never behind Slack traffic
+SLACK_QUEUE = "jit-slack"
+QUEUES = (ACCESS_QUEUE, SLACK_QUEUE)
+
+#: Kinds that only talk to Slack; everything else (grants, revokes, timeouts) never waits behind them.
+SLACK_KINDS = ("slack:", "dm:", "remind:", "warn:", "bgalert:", "notice:")
+
+#: Most due items one job carries.
+MAX_BATCH = 20
+
+
+def queue_for(member: str) -> str:
+    return SLACK_QUEUE if member.startswith(SLACK_KINDS) else ACCESS_QUEUE
+
+
+class Dispatcher:
+    def __init__(self, raw_redis: Redis) -> None:
+        self.queues = {name: Queue(name, connection=raw_redis) for name in QUEUES}
+
+    def kick(self, members: list[str], token: str) -> None:
+        self.kick_many([(m, token) for m in members])
+
+    def kick_many(self, items: list[tuple[str, str]]) -> None:
+        """Enqueue the items in one round trip. When many are due at once, several share a job
+        (fewer per job than there are items per worker), which spares RQ's per-job overhead."""
+        if not items:
+            return
+        by_queue: dict[str, list[tuple[str, str]]] = {}
+        for item in items:
+            by_queue.setdefault(queue_for(item[0]), []).append(item)
+        first = next(iter(self.queues.values()))
+        with first.connection.pipeline() as pipe:
+            for name, group in by_queue.items():
+                size = max(1, min(MAX_BATCH, -(-len(group) // 4)))
+                for i in range(0, len(group), size):
+                    chunk = group[i : i + size]
+                    tag = uuid.uuid4().hex[:6]
+                    if len(chunk) == 1:
+                        ((m, token),) = chunk
+                        func, args, job_id = run_due, (m, token), f"{m.replace(':', '-')}-{token}-{tag}"
+                    else:
+                        func, args, job_id = run_due_batch, (chunk,), f"batch-{len(chunk)}-{tag}"
+                    self.queues[name].enqueue_call(
+                        func, args=args, job_id=job_id, result_ttl=0, failure_ttl=86400, ttl=3600,
+                        timeout=600, pipeline=pipe,
+                    )
+            pipe.execute()
+
+    def publish_home(self, user: str) -> None:
+        """views.publish is a Slack call: a worker makes it, never a request thread."""
+        self.queues[SLACK_QUEUE].enqueue_call(publish_home, args=(user,), result_ttl=0, failure_ttl=3600, ttl=600)
