@@ -1,7 +1,7 @@
 """`python -m bench` / `jit bench`: run the benchmarks, print a markdown table, write JSON.
 
     python -m bench                 # the full run (~10 minutes on 2 cores)
-    python -m bench --quick         # tiny sizes (what tests/test_bench_smoke.py runs)
+    python -m bench --quick         # tiny sizes (what tests/scenarios/test_bench_smoke.py runs)
     python -m bench --only hook     # one section (repeatable)
 
 Needs a source checkout (it reuses tests/procs.py and tests/fakes/slack/) and `redis-server`.

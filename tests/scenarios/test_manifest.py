@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from slack_sdk import WebClient
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "slack-app-manifest.yml"
 SOURCES = [p for d in ("bot", "workers") for p in sorted((ROOT / d).rglob("*.py"))]
 
