@@ -59,18 +59,10 @@ def _memory(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="jit bench", description="Benchmarks against real processes on loopback."
-    )
-    p.add_argument(
-        "--quick", action="store_true", help="tiny sizes: a smoke run in well under a minute"
-    )
-    p.add_argument(
-        "--only", action="append", choices=SECTIONS, help="run only this section (repeatable)"
-    )
-    p.add_argument(
-        "--out", default=None, help="JSON file to write (default: bench/results/latest.json)"
-    )
+    p = argparse.ArgumentParser(prog="jit bench", description="Benchmarks against real processes on loopback.")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in well under a minute")
+    p.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
+    p.add_argument("--out", default=None, help="JSON file to write (default: bench/results/latest.json)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
     from bench import click, hook, revocation, slack_burst

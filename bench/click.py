@@ -67,9 +67,7 @@ async def _long_poll_until_active(conn: Connection, rid: str) -> tuple[float, fl
     return t_active, time.perf_counter(), status
 
 
-async def _poll_every(
-    conn: Connection, rid: str, interval: float, phase: float
-) -> tuple[float, int]:
+async def _poll_every(conn: Connection, rid: str, interval: float, phase: float) -> tuple[float, int]:
     """A pipeline that checks the status every `interval` seconds (no long-poll)."""
     await asyncio.sleep(phase)
     polls = 0
@@ -131,9 +129,7 @@ async def _long_poll_run(stack, r, n: int, log) -> dict[str, Any]:
     }
 
 
-async def _poll_run(
-    stack, r, n: int, interval: float, rng: random.Random
-) -> list[dict[str, float]]:
+async def _poll_run(stack, r, n: int, interval: float, rng: random.Random) -> list[dict[str, float]]:
     async def one() -> dict[str, float]:
         conn = Connection("127.0.0.1", stack.port)
         created = await _create(conn)
@@ -158,9 +154,7 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
         f"click → credential: {sizes.clicks} requests one at a time, then {sizes.poll_subset} "
         f"pipelines polling every {sizes.poll_interval_s:g}s"
     )
-    stack = new_stack(
-        JIT_SLACK_POST_INTERVAL_MS="0"
-    )  # one channel; the Slack fake does not limit here
+    stack = new_stack(JIT_SLACK_POST_INTERVAL_MS="0")  # one channel; the Slack fake does not limit here
     try:
         serve = stack.serve(workers=2)
         worker = stack.worker(concurrency=2)
@@ -175,8 +169,7 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
         # The same click-to-active times, seen by a pipeline polling every P seconds from a random
         # phase: it notices at its next poll, U(0, P) later, then fetches the credential.
         analytic = [
-            s + rng.uniform(0, sizes.poll_interval_s) * 1000 + f
-            for s, f in zip(lp["seen"], lp["fetch"], strict=True)
+            s + rng.uniform(0, sizes.poll_interval_s) * 1000 + f for s, f in zip(lp["seen"], lp["fetch"], strict=True)
         ]
         return {
             "method": (

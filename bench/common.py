@@ -24,9 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
 if not (TESTS / "procs.py").exists():  # pragma: no cover - installed without the source tree
-    raise SystemExit(
-        "jit bench needs a source checkout (it reuses tests/procs.py and tests/fakes/slack/)"
-    )
+    raise SystemExit("jit bench needs a source checkout (it reuses tests/procs.py and tests/fakes/slack/)")
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
@@ -110,12 +108,8 @@ def remember(created: dict) -> dict:
     return created
 
 
-def signed_click(
-    request_id: str, message_ts: str | None, channel: str = CHANNEL
-) -> tuple[bytes, dict[str, str]]:
-    body, ctype = block_action(
-        "jit_approve", request_id, APPROVER, channel=channel, message_ts=message_ts
-    )
+def signed_click(request_id: str, message_ts: str | None, channel: str = CHANNEL) -> tuple[bytes, dict[str, str]]:
+    body, ctype = block_action("jit_approve", request_id, APPROVER, channel=channel, message_ts=message_ts)
     return body, sign(SIGNING_SECRET, body, content_type=ctype)
 
 
@@ -208,9 +202,7 @@ def _kb(path: str, field: str) -> int:
 def tree_memory(roots: int | list[int]) -> dict[str, float]:
     """RSS summed over whole process trees (counts pages shared after fork once per process)
     and PSS (shares them out: the better estimate of what the trees really use), in MB."""
-    pids = [
-        p for root in ([roots] if isinstance(roots, int) else roots) for p in process_tree(root)
-    ]
+    pids = [p for root in ([roots] if isinstance(roots, int) else roots) for p in process_tree(root)]
     rss = sum(_kb(f"/proc/{p}/status", "VmRSS") for p in pids)
     pss = sum(_kb(f"/proc/{p}/smaps_rollup", "Pss") for p in pids)
     return {"processes": len(pids), "rss_mb": round(rss / 1024, 1), "pss_mb": round(pss / 1024, 1)}
@@ -250,9 +242,7 @@ class RssSampler:
         self._sample()
 
     def result(self) -> dict[str, Any]:
-        return {
-            name: {"peak": self.peak.get(name), "end": self.last.get(name)} for name in self.pids
-        }
+        return {name: {"peak": self.peak.get(name), "end": self.last.get(name)} for name in self.pids}
 
 
 # ------------------------------------------------------------------------- the machine
@@ -269,9 +259,7 @@ def machine() -> dict[str, Any]:
     redis_version = ""
     binary = shutil.which("redis-server")
     if binary:
-        out = subprocess.run(
-            [binary, "--version"], capture_output=True, text=True, check=False
-        ).stdout
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout
         m = re.search(r"v=(\S+)", out)
         redis_version = m.group(1) if m else out.strip()
     load = os.getloadavg()

@@ -55,9 +55,7 @@ def _wait_messages(r, ids: list[str], timeout: float) -> dict[str, str]:
     return wait_for(all_posted, timeout, 0.2, "every request's Slack message")
 
 
-async def _waiters(
-    port: int, r, ids: list[str], ts: dict[str, str], settle_s: float
-) -> dict[str, Any]:
+async def _waiters(port: int, r, ids: list[str], ts: dict[str, str], settle_s: float) -> dict[str, Any]:
     from bot.store import keys
 
     sent: dict[str, float] = {}
@@ -110,9 +108,7 @@ async def _waiters(
     for rid in ids:
         decided.hget(keys.request(rid), "decided_ms")
     decided_ms = dict(zip(ids, decided.execute(), strict=True))
-    from_transition = [
-        got[rid][2] * 1000 - int(decided_ms[rid]) for rid in ids if rid in got and decided_ms[rid]
-    ]
+    from_transition = [got[rid][2] * 1000 - int(decided_ms[rid]) for rid in ids if rid in got and decided_ms[rid]]
     unchanged = sum(1 for rid in ids if rid in got and got[rid][1] == "pending")
     return {
         "waiters": len(ids),
@@ -179,9 +175,7 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
         f"hook: {sizes.waiters} long-polls while approvals happen; then {sizes.hook_clients} clients "
         f"creating requests for {sizes.hook_seconds:g}s"
     )
-    stack = new_stack(
-        JIT_SLACK_POST_INTERVAL_MS="0"
-    )  # one channel; the Slack fake does not limit here
+    stack = new_stack(JIT_SLACK_POST_INTERVAL_MS="0")  # one channel; the Slack fake does not limit here
     try:
         serve = stack.serve(workers=2)
         worker = stack.worker(concurrency=2)
@@ -190,9 +184,7 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
             ids = asyncio.run(_create_many(stack.port, sizes.waiters))
             ts = _wait_messages(r, ids, 600)
             log(f"  {len(ids)} requests created and posted; long-polls open, approving")
-            waiters = asyncio.run(
-                _waiters(stack.port, r, ids, ts, 3.0 if sizes.waiters >= 500 else 1.0)
-            )
+            waiters = asyncio.run(_waiters(stack.port, r, ids, ts, 3.0 if sizes.waiters >= 500 else 1.0))
             try:
                 wait_for(lambda: _queues_drained(r), 120, 0.2, "the approvals' jobs to finish")
             except TimeoutError:
@@ -216,9 +208,7 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
             "long_poll": waiters,
             "throughput": through,
             "audit_events": events,
-            "redis_bytes_per_audit_event": round((audit_bytes1 - audit_bytes0) / events)
-            if events
-            else None,
+            "redis_bytes_per_audit_event": round((audit_bytes1 - audit_bytes0) / events) if events else None,
             "memory": rss.result(),
         }
     finally:

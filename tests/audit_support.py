@@ -78,14 +78,10 @@ def rechain(
     head = r.hgetall(keys.audit_head())
     r.delete(keys.audit_head())
     if last:
-        r.hset(
-            keys.audit_head(), mapping={**{k: v for k, v in head.items() if k not in last}, **last}
-        )
+        r.hset(keys.audit_head(), mapping={**{k: v for k, v in head.items() if k not in last}, **last})
 
 
-def append_forged(
-    r: Redis, event: str = "approval.given", actor: str = "U0LEAD1", request_id: str = "req9999"
-) -> int:
+def append_forged(r: Redis, event: str = "approval.given", actor: str = "U0LEAD1", request_id: str = "req9999") -> int:
     """Chain one made-up entry onto the head: right seq, right prev, right SHA-256, the head
     moved on, and the fields of the real last entry (its signature) copied. Returns its seq."""
     head = r.hgetall(keys.audit_head())

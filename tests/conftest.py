@@ -45,8 +45,6 @@ def slack():
         yield fake
 
 
-
-
 @pytest.fixture
 def state_dir(tmp_path):
     d = tmp_path / "grants"
@@ -100,7 +98,6 @@ def app(rt):
 @pytest.fixture
 def http(app):
     return app.test_client()
-
 
 
 @pytest.fixture

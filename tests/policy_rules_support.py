@@ -14,24 +14,31 @@ EXEC_GRANT = f"""    grant:
       env_passthrough: [JIT_TEST_STATE]
 """
 
-RULES = """  deploy-staging:
+RULES = (
+    """  deploy-staging:
     description: Deploy to staging or dev
     approvers: [U0LEAD1]
     auto_approve: {environment: [staging, dev], ref: "refs/heads/main", max_ttl: 30m, max_per_day: 2}
     ttl: {default: 15m, max: 1h}
-""" + EXEC_GRANT + """  deploy-env:
+"""
+    + EXEC_GRANT
+    + """  deploy-env:
     description: Deploy to one environment
     approvers_by_environment:
       prod: [U0LEAD1, U0LEAD2]
       staging: [U0DEV1]
     ttl: {default: 15m, max: 1h}
-""" + EXEC_GRANT + """  change-db:
+"""
+    + EXEC_GRANT
+    + """  change-db:
     description: Change the production database
     windows: ["mon-fri 09:00-18:00 Europe/Paris"]
     approvers: [U0LEAD1, U0LEAD2]
     approvals_required: 2
     ttl: {default: 1h, max: 2h}
-""" + EXEC_GRANT
+"""
+    + EXEC_GRANT
+)
 
 BREAK_GLASS = """break_glass:
   approvers: [U0ONCALL, S0SECURITY]

@@ -28,7 +28,11 @@ class Proc:
         self.log_path = log_dir / f"{name}-{int(time.time() * 1000)}.log"
         self._log = open(self.log_path, "wb")
         self.popen = subprocess.Popen(
-            argv, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            argv,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             cwd=str(Path(__file__).resolve().parent.parent),
         )
 
@@ -65,8 +69,14 @@ class Proc:
 class Stack:
     """Redis + Slack fake + policy + any number of `jit serve` / `jit worker` processes."""
 
-    def __init__(self, *, appendonly: bool = False, extra_env: dict[str, str] | None = None,
-                 policy: str | None = None, redis: RedisServer | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        appendonly: bool = False,
+        extra_env: dict[str, str] | None = None,
+        policy: str | None = None,
+        redis: RedisServer | None = None,
+    ) -> None:
         self.request_tokens: dict[tuple[str, str], str] = {}
         self.tmp = Path(tempfile.mkdtemp(prefix="jit-stack-"))
         self.state_dir = self.tmp / "grants"
@@ -146,8 +156,12 @@ class Stack:
     def ask(self, action: str, token: str, **body: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"}
         headers.update(body.pop("headers", {}))
-        resp = requests.post(self.url + "/v1/requests", json={"action": action, "reason": body.pop("reason", "release"), **body},
-                             headers=headers, timeout=10)
+        resp = requests.post(
+            self.url + "/v1/requests",
+            json={"action": action, "reason": body.pop("reason", "release"), **body},
+            headers=headers,
+            timeout=10,
+        )
         if resp.status_code in (200, 201):
             self.request_tokens[(resp.json()["id"], token)] = resp.json()["request_token"]
         return resp
@@ -160,13 +174,17 @@ class Stack:
     def get(self, rid: str, token: str, wait: float | None = None, path: str = "") -> requests.Response:
         q = f"?wait={wait}" if wait is not None else ""
         bearer = self.follow_token(rid, token)
-        return requests.get(f"{self.url}/v1/requests/{rid}{path}{q}", headers={"Authorization": f"Bearer {bearer}"},
-                            timeout=(wait or 0) + 15)
+        return requests.get(
+            f"{self.url}/v1/requests/{rid}{path}{q}",
+            headers={"Authorization": f"Bearer {bearer}"},
+            timeout=(wait or 0) + 15,
+        )
 
     def slack_post(self, built: tuple[bytes, str]) -> requests.Response:
         body, ctype = built
-        return requests.post(self.url + "/slack/events", data=body, headers=sign(SIGNING_SECRET, body, content_type=ctype),
-                             timeout=10)
+        return requests.post(
+            self.url + "/slack/events", data=body, headers=sign(SIGNING_SECRET, body, content_type=ctype), timeout=10
+        )
 
     def wait_status(self, rid: str, token: str, statuses: set[str], timeout: float = 30) -> dict:
         deadline = time.time() + timeout

@@ -1,6 +1,5 @@
 """Test support shared by every test module: constants, a throwaway Redis, the policy, the harness."""
 
-
 from __future__ import annotations
 
 import hashlib
@@ -73,9 +72,23 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always", "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log"),
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--daemonize",
+            "no",
+            "--logfile",
+            os.path.join(self.dir, "redis.log"),
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redislib.Redis(port=self.port)
@@ -106,14 +119,13 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-
 def policy_text(state_dir: str, **over) -> str:
     web = hashlib.sha256(WEB_TOKEN.encode()).hexdigest()
     other = hashlib.sha256(OTHER_TOKEN.encode()).hexdigest()
     return f"""\
 defaults:
   channel: C0APPROVALS
-  pending_timeout: {over.get('pending_timeout', '30m')}
+  pending_timeout: {over.get("pending_timeout", "30m")}
 auditors: [S0SECURITY, U0AUDITOR2]
 people:
   alice@example.com: U0ALICE
@@ -185,7 +197,9 @@ class Harness:
 
     def status(self, rid, token=WEB_TOKEN, wait=None):
         q = f"?wait={wait}" if wait is not None else ""
-        return self.http.get(f"/v1/requests/{rid}{q}", headers={"Authorization": f"Bearer {self.follow_token(rid, token)}"})
+        return self.http.get(
+            f"/v1/requests/{rid}{q}", headers={"Authorization": f"Bearer {self.follow_token(rid, token)}"}
+        )
 
     def credential(self, rid, token=WEB_TOKEN):
         return self.http.get(
@@ -193,7 +207,9 @@ class Harness:
         )
 
     def release(self, rid, token=WEB_TOKEN):
-        return self.http.delete(f"/v1/requests/{rid}", headers={"Authorization": f"Bearer {self.follow_token(rid, token)}"})
+        return self.http.delete(
+            f"/v1/requests/{rid}", headers={"Authorization": f"Bearer {self.follow_token(rid, token)}"}
+        )
 
     # -- Slack side
     def post_slack(self, built, timestamp=None, secret=SIGNING_SECRET):
@@ -272,5 +288,3 @@ class Harness:
     def grants(self, rid: str, mode: str = "grant") -> list[str]:
         p = self.state_dir / f"{rid}.{mode}"
         return p.read_text().splitlines() if p.exists() else []
-
-

@@ -90,9 +90,7 @@ def _learn_team(rt: Runtime) -> None:
         log.warning("auth.test failed (%s); workspace check relies on SLACK_TEAM_ID", type(e).__name__)
 
 
-def run_worker(
-    rt: Runtime, build: Build, concurrency: int = 2, burst: bool = False, scheduler: bool = True
-) -> int:
+def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = False, scheduler: bool = True) -> int:
     rt.record_policy_loaded()
     if not burst:
         threading.Thread(target=_learn_team, args=(rt,), daemon=True).start()

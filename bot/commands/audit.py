@@ -48,9 +48,11 @@ def verify(checkpoint: list[str], trimmed_files: list[str], keys_from: str | Non
         raise SystemExit(f"jit: --checkpoint: {e}") from None
     log = _audit_log(keys_from)
     if log.keys is None:
-        print("jit: no audit keys: set JIT_SECRET_KEY (and JIT_PREVIOUS_SECRET_KEYS after a rotation) "
-              "or pass --keys FILE_OR_URL (the key set jit publishes at /.well-known/jit-audit-keys.json)",
-              file=sys.stderr)
+        print(
+            "jit: no audit keys: set JIT_SECRET_KEY (and JIT_PREVIOUS_SECRET_KEYS after a rotation) "
+            "or pass --keys FILE_OR_URL (the key set jit publishes at /.well-known/jit-audit-keys.json)",
+            file=sys.stderr,
+        )
         return 2
     trimmed = []
     for path in trimmed_files:
@@ -71,15 +73,19 @@ def verify(checkpoint: list[str], trimmed_files: list[str], keys_from: str | Non
     head = log.head()
     anchor = log.anchor()
     since = f" (entries up to #{anchor['seq']} trimmed; anchored on {anchor['hash']})" if anchor else ""
-    print(f"audit chain ok: {n} entries, head #{head.get('seq', 0)} {head.get('hash', '-')}, every entry "
-          f"signed by a known key ({', '.join(log.keys.kids)}){since}")
+    print(
+        f"audit chain ok: {n} entries, head #{head.get('seq', 0)} {head.get('hash', '-')}, every entry "
+        f"signed by a known key ({', '.join(log.keys.kids)}){since}"
+    )
     if trimmed:
         print(f"the {len(trimmed)} exported entries given join the trail")
     if checkpoints:
         print(f"audit chain matches {len(checkpoints)} checkpoint(s)")
     if waiting := log.pending():
-        print(f"note: {waiting} event(s) wait in the audit outbox, not chained yet "
-              "(a jit process holding JIT_SECRET_KEY chains them)")
+        print(
+            f"note: {waiting} event(s) wait in the audit outbox, not chained yet "
+            "(a jit process holding JIT_SECRET_KEY chains them)"
+        )
     return 0
 
 

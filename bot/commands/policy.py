@@ -17,10 +17,7 @@ def check(path: str) -> int:
             print(line)
         print(f"{len(e.errors)} error(s) in {path}", file=sys.stderr)
         return 1
-    print(
-        f"{path}: ok — {len(policy.actions)} action(s), {len(policy.pipelines)} pipeline(s), "
-        f"sha256 {policy.sha256}"
-    )
+    print(f"{path}: ok — {len(policy.actions)} action(s), {len(policy.pipelines)} pipeline(s), sha256 {policy.sha256}")
     for name, (_gtype, config) in policy.grants.items():
         for warning in config.warnings(os.environ):
             print(f"{path}: actions.{name}.grant: warning: {warning}")

@@ -17,9 +17,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 
 def _derive(secret: str, purpose: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"jit/v1", info=purpose).derive(
-        secret.encode()
-    )
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"jit/v1", info=purpose).derive(secret.encode())
 
 
 def _ed25519(secret: str, purpose: bytes) -> tuple[str, Ed25519PrivateKey, dict[str, str]]:
@@ -125,6 +123,4 @@ class AuditSigner:
 
     def sealed(self, data: bytes, seal: str) -> bool:
         """Was `data` sealed with the current or a previous secret?"""
-        return any(
-            hmac.compare_digest(hmac.new(k, data, hashlib.sha256).hexdigest(), seal) for k in self._seal_keys
-        )
+        return any(hmac.compare_digest(hmac.new(k, data, hashlib.sha256).hexdigest(), seal) for k in self._seal_keys)

@@ -166,6 +166,6 @@ class OutsideWindow(JitError):
         )
         super().__init__(
             f"{action} may only be requested during its change windows ({'; '.join(windows)}){when}. "
-            "In an emergency, ask with \"break_glass\": true."
+            'In an emergency, ask with "break_glass": true.'
         )
         self.next_opening = next_opening

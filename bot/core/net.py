@@ -24,9 +24,7 @@ def check_url(url: str, what: str) -> str:
         raise ValueError(f"{what} must be an absolute URL")
     if parts.scheme == "http":
         if not is_loopback(parts.hostname):
-            raise ValueError(
-                f"{what} must use https (http is allowed only for 127.0.0.1, ::1 or localhost)"
-            )
+            raise ValueError(f"{what} must use https (http is allowed only for 127.0.0.1, ::1 or localhost)")
     elif parts.scheme != "https":
         raise ValueError(f"{what} must use https")
     if parts.query or parts.fragment:

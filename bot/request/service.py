@@ -164,9 +164,7 @@ class RequestService:
         """The request an Idempotency-Key already made; a different body is an error (422)."""
         rid, _, seen = value.partition("|")
         if seen and seen != fingerprint:
-            raise E.IdempotencyKeyReused(
-                "this Idempotency-Key was already used for a different request; use a new key"
-            )
+            raise E.IdempotencyKeyReused("this Idempotency-Key was already used for a different request; use a new key")
         existing = self.store.get(rid)
         if existing is None:  # expired between the two reads; treat the key as fresh
             raise E.NotFound("the request for this Idempotency-Key is gone; retry without it")

@@ -156,9 +156,7 @@ class Checkpoint:
         seq, _, rest = value.partition(":")
         digest, _, sig = rest.partition(":")
         if not seq.isdigit() or int(seq) < 1 or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
-            raise ValueError(
-                f"a checkpoint is SEQ:SHA256[:SIG] as posted in the audit channel, not {value!r}"
-            )
+            raise ValueError(f"a checkpoint is SEQ:SHA256[:SIG] as posted in the audit channel, not {value!r}")
         return cls(int(seq), digest.lower(), sig or None)
 
 
@@ -178,9 +176,7 @@ class AuditKeys:
         for k in jwks.get("keys", []) if isinstance(jwks, Mapping) else []:
             if isinstance(k, Mapping) and k.get("kty") == "OKP" and k.get("crv") == "Ed25519":
                 try:
-                    self._keys[str(k["kid"])] = Ed25519PublicKey.from_public_bytes(
-                        _b64(str(k["x"]))
-                    )
+                    self._keys[str(k["kid"])] = Ed25519PublicKey.from_public_bytes(_b64(str(k["x"])))
                 except (KeyError, ValueError):
                     continue
         if not self._keys:
@@ -228,9 +224,7 @@ class _Walk:
         seq = e.body.get("seq")
         if seq != self.seq + 1:
             if isinstance(seq, int):
-                return (
-                    f"found where #{self.seq + 1} was expected: entries are missing or out of order"
-                )
+                return f"found where #{self.seq + 1} was expected: entries are missing or out of order"
             return "unreadable"
         if e.body.get("prev") != self.prev:
             return "does not follow the entry before it (an entry was changed or removed)"
@@ -378,9 +372,7 @@ class AuditLog:
     """The trail. With a `signer` (JIT_SECRET_KEY) it writes, flushes, trims and verifies; with
     only `keys` (public) it reads and verifies, leaving the outbox to a process with the key."""
 
-    def __init__(
-        self, redis: Redis, signer: AuditSigner | None = None, keys: AuditKeys | None = None
-    ) -> None:
+    def __init__(self, redis: Redis, signer: AuditSigner | None = None, keys: AuditKeys | None = None) -> None:
         self.r = redis
         self.signer = signer
         self.keys = keys or (AuditKeys(signer.jwks()) if signer else None)
@@ -391,9 +383,7 @@ class AuditLog:
 
     def _signing(self) -> AuditSigner:
         if self.signer is None:
-            raise RuntimeError(
-                "this AuditLog has no signer (JIT_SECRET_KEY): it reads and verifies only"
-            )
+            raise RuntimeError("this AuditLog has no signer (JIT_SECRET_KEY): it reads and verifies only")
         return self.signer
 
     # ---------------------------------------------------------------- writing
@@ -439,9 +429,7 @@ class AuditLog:
             _, found = self._drain(state, target=pushed, want=pushed, own=own)
             mine = found or self._find(pushed, _time_ms(made["time"]))
         if mine is None:
-            log.error(
-                "audit event #%s (%s) left the outbox without reaching the stream", pushed, event
-            )
+            log.error("audit event #%s (%s) left the outbox without reaching the stream", pushed, event)
             return AuditEntry("", made, "")
         return mine
 
@@ -514,9 +502,7 @@ class AuditLog:
             event = own[1] if own is not None and raw == own[0] else self._event(raw)
             nonce = event.get("nonce") if isinstance(event.get("nonce"), str) else ""
             if raw in self._duplicates or (nonce and nonce in nonces):
-                event = self._rejected(
-                    raw, "duplicate: this event was chained already (pushed twice)"
-                )
+                event = self._rejected(raw, "duplicate: this event was chained already (pushed twice)")
                 nonce = event["nonce"]
             nonces.add(nonce)
             body = {**event, "seq": seq, "prev": prev}
@@ -525,11 +511,7 @@ class AuditLog:
             digest = hashlib.sha256((prev + data).encode()).hexdigest()
             sig = signer.sign(entry_message(digest))
             rid = body.get("request_id")
-            index_keys.append(
-                keys.audit_by_request(rid)
-                if isinstance(rid, str) and _INDEXABLE_ID.match(rid)
-                else ""
-            )
+            index_keys.append(keys.audit_by_request(rid) if isinstance(rid, str) and _INDEXABLE_ID.match(rid) else "")
             args += [raw, data, digest, sig, signer.kid, ms, nonce]
             entries.append(AuditEntry(f"{ms}-{seq}", body, digest, sig, signer.kid))
             prev = digest
@@ -572,9 +554,7 @@ class AuditLog:
             body, patch = item["body"], item.get("patch") or {}  # cjson may encode {} as []
             if isinstance(body, dict) and isinstance(patch, dict):
                 seal = body.pop("seal", None)
-                why = (
-                    "not sealed by jit (pushed by something without the key, or changed on the way)"
-                )
+                why = "not sealed by jit (pushed by something without the key, or changed on the way)"
                 if isinstance(seal, str) and self._signing().sealed(canonical(body).encode(), seal):
                     details = body.get("details") if isinstance(body.get("details"), dict) else {}
                     event = {k: body.get(k) for k in FIELDS}
@@ -620,9 +600,7 @@ class AuditLog:
                 raise ValueError
         except (KeyError, ValueError):  # a mangled entry still reads; verify() reports it
             body = {"event": "unreadable", "seq": None, "prev": None}
-        return AuditEntry(
-            sid, body, fields.get("hash", ""), fields.get("sig", ""), fields.get("kid", "")
-        )
+        return AuditEntry(sid, body, fields.get("hash", ""), fields.get("sig", ""), fields.get("kid", ""))
 
     def _read(self, start: str, batch: int = 1000) -> Iterator[AuditEntry]:
         while True:
@@ -689,11 +667,7 @@ class AuditLog:
     def head_entry(self) -> AuditEntry | None:
         """The entry the head points at, if it is signed by one of our keys (None otherwise)."""
         head = self.head()
-        rows = (
-            self.r.xrange(keys.audit_stream(), min=head["id"], max=head["id"])
-            if head.get("id")
-            else []
-        )
+        rows = self.r.xrange(keys.audit_stream(), min=head["id"], max=head["id"]) if head.get("id") else []
         if not rows:
             return None
         e = self._parse(*rows[0])
@@ -719,18 +693,14 @@ class AuditLog:
         problem or None)."""
         ks = self.keys
         if ks is None:
-            raise ValueError(
-                "no audit keys to verify with (JIT_SECRET_KEY or the published key set)"
-            )
+            raise ValueError("no audit keys to verify with (JIT_SECRET_KEY or the published key set)")
         self._settle()
         checkpoints = list(checkpoints)
         wanted = {cp.seq for cp in checkpoints}
         nonces: set[str] = set()
         anchor = self.r.hgetall(keys.audit_anchor())
         a_seq, a_hash = int(anchor.get("seq", 0)), anchor.get("hash", GENESIS)
-        if anchor and not ks.verify(
-            anchor_message(a_seq, a_hash), anchor.get("sig"), anchor.get("kid")
-        ):
+        if anchor and not ks.verify(anchor_message(a_seq, a_hash), anchor.get("sig"), anchor.get("kid")):
             return 0, Broken(
                 a_seq,
                 anchor.get("id", "anchor"),
@@ -742,9 +712,7 @@ class AuditLog:
         old: dict[int, AuditEntry] = {}
         for e in sorted(trimmed, key=lambda e: e.seq):
             if e.seq in old and old[e.seq].hash != e.hash:
-                return 0, Broken(
-                    e.seq, e.stream_id, f"two different entries #{e.seq} in the exports given"
-                )
+                return 0, Broken(e.seq, e.stream_id, f"two different entries #{e.seq} in the exports given")
             old[e.seq] = e
         below = [old[s] for s in sorted(old) if s <= a_seq]
         if below:
@@ -809,8 +777,7 @@ class AuditLog:
                 return n, Broken(
                     cp.seq,
                     "checkpoint",
-                    f"checkpoint #{cp.seq}: its signature does not "
-                    "verify with the audit keys, so jit did not post it",
+                    f"checkpoint #{cp.seq}: its signature does not verify with the audit keys, so jit did not post it",
                 )
             if cp.seq > a_seq:
                 have = seen.get(cp.seq)
@@ -837,8 +804,7 @@ class AuditLog:
                 return n, Broken(
                     cp.seq,
                     "checkpoint",
-                    f"checkpoint #{cp.seq} {cp.hash}: entry #{cp.seq} has "
-                    f"hash {have}: the trail was rewritten",
+                    f"checkpoint #{cp.seq} {cp.hash}: entry #{cp.seq} has hash {have}: the trail was rewritten",
                 )
         return n, None
 
@@ -858,20 +824,14 @@ class AuditLog:
             if not rows:
                 return 0
             a_seq, a_hash = int(anchor.get("seq", 0)), anchor.get("hash", GENESIS)
-            if anchor and not ks.verify(
-                anchor_message(a_seq, a_hash), anchor.get("sig"), anchor.get("kid")
-            ):
-                log.error(
-                    "audit trail not trimmed: its anchor #%s is not signed by our keys", a_seq
-                )
+            if anchor and not ks.verify(anchor_message(a_seq, a_hash), anchor.get("sig"), anchor.get("kid")):
+                log.error("audit trail not trimmed: its anchor #%s is not signed by our keys", a_seq)
                 return 0
             walk = _Walk(ks, a_seq, a_hash, set())
             for sid, fields in rows:
                 e = self._parse(sid, fields)
                 if why := walk.step(e):
-                    log.error(
-                        "audit trail not trimmed: entry #%s (%s) %s", e.body.get("seq"), sid, why
-                    )
+                    log.error("audit trail not trimmed: entry #%s (%s) %s", e.body.get("seq"), sid, why)
                     return 0
             sid = rows[-1][0]
             ms, _, seq_part = sid.partition("-")

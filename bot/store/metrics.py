@@ -86,9 +86,7 @@ SLACK_ERRORS = Counter(
     "Slack Web API calls that failed, by method and Slack error code.",
     ("method", "error"),
 )
-SLACK_429 = Counter(
-    "jit_slack_rate_limited_total", "Slack Web API calls answered 429 (rate limited).", ("method",)
-)
+SLACK_429 = Counter("jit_slack_rate_limited_total", "Slack Web API calls answered 429 (rate limited).", ("method",))
 
 APPROVAL_WAIT = Histogram(
     "jit_approval_wait_seconds",
@@ -203,11 +201,7 @@ def instrument_slack(client, redis: Redis):
         except SlackApiError as e:
             resp = e.response
             status = getattr(resp, "status_code", None)
-            code = (
-                "ratelimited"
-                if status == 429
-                else str((getattr(resp, "data", None) or {}).get("error") or status)
-            )
+            code = "ratelimited" if status == 429 else str((getattr(resp, "data", None) or {}).get("error") or status)
             metrics.slack_error(api_method, code, status == 429)
             raise
         except OSError:  # connection refused, timeout, DNS
@@ -290,17 +284,11 @@ class JitCollector(Collector):
         )
         late.add_metric([], self.r.zcount(keys.undelivered_alerts(), "-inf", now - ALERT_LATE_MS))
         yield late
-        open_ = GaugeMetricFamily(
-            "jit_open_requests", "Requests not yet final (pending, approved or active)."
-        )
+        open_ = GaugeMetricFamily("jit_open_requests", "Requests not yet final (pending, approved or active).")
         open_.add_metric([], self.r.zcard(keys.open_requests()))
         yield open_
-        length = GaugeMetricFamily(
-            "jit_rq_queue_length", "Jobs waiting in each RQ queue.", labels=["queue"]
-        )
-        failed = GaugeMetricFamily(
-            "jit_rq_failed_jobs", "Jobs in each RQ queue's failed registry.", labels=["queue"]
-        )
+        length = GaugeMetricFamily("jit_rq_queue_length", "Jobs waiting in each RQ queue.", labels=["queue"])
+        failed = GaugeMetricFamily("jit_rq_failed_jobs", "Jobs in each RQ queue's failed registry.", labels=["queue"])
         for name, (waiting, failures) in sorted(self.queue_depths().items()):
             length.add_metric([name], waiting)
             failed.add_metric([name], failures)

@@ -56,8 +56,15 @@ class Notices:
         nid = secrets.token_hex(8)
         member = f"notice:{nid}"
         t = now_ms()
-        payload = {"channel": channel, "text": text, "thread_ts": thread_ts, "user": user,
-                   "not_after_ms": not_after_ms, "alert": alert, "owed_ms": t}
+        payload = {
+            "channel": channel,
+            "text": text,
+            "thread_ts": thread_ts,
+            "user": user,
+            "not_after_ms": not_after_ms,
+            "alert": alert,
+            "owed_ms": t,
+        }
         token = secrets.token_hex(8)
         self._queue(
             keys=[keys.notice(nid), keys.due(), keys.due_claims(), keys.due_wake(), keys.undelivered_alerts()],

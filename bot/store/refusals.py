@@ -105,9 +105,7 @@ def record_refusal(
         )
     if out[0] != "1":
         return False
-    audit.append(
-        event, request_id=request_id, action=action, actor=actor, outcome="refused", details=details
-    )
+    audit.append(event, request_id=request_id, action=action, actor=actor, outcome="refused", details=details)
     return True
 
 

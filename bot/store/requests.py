@@ -69,7 +69,8 @@ class AuditOutbox(Protocol):
 _COMMON_KEYS = 8
 _COMMON_ARGS = 7
 
-_PRELUDE = """
+_PRELUDE = (
+    """
 local ID, NOW = ARGV[1], tonumber(ARGV[2])
 -- due at `score`; a claim some job holds on the member is void from now on (new work)
 local function schedule(member, score)
@@ -99,7 +100,9 @@ local function audit(body, patch)
   redis.call('RPUSH', KEYS[7], '{"body":' .. body .. ',"patch":' .. cjson.encode(patch or {}) .. '}')
 end
 local function changed()
-  redis.call('PUBLISH', '""" + keys.changed_channel() + """', ID)
+  redis.call('PUBLISH', '"""
+    + keys.changed_channel()
+    + """', ID)
 end
 -- nil while the request is pending (and, given `now`, inside its pending timeout); else the reply
 local function not_pending(now)
@@ -138,13 +141,16 @@ local function finalize()
   redis.call('EXPIRE', KEYS[2], ARGV[4])
 end
 """
+)
 
 # The first Slack post is due at once and left to the scheduler, which batches bursts; the
 # request also takes its place, in creation order, in its channel's queue of first posts.
 # KEYS: 9 idempotency key or '', 10 all-requests index, 11 channel outbox
 # ARGV: 8 fields (JSON object of strings), 9 created_ms, 10 timeout due ms, 11 idem ttl s,
 #       12 idempotency value
-_CREATE = _PRELUDE + """
+_CREATE = (
+    _PRELUDE
+    + """
 if KEYS[9] ~= '' then
   local existing = redis.call('GET', KEYS[9])
   if existing then return reply('exists', existing) end
@@ -165,9 +171,12 @@ audit(ARGV[6])
 changed()
 return reply('ok', ID)
 """
+)
 
 # ARGV: 8 user, 9 approvals required now, 10 JSON list of users whose approvals no longer count
-_APPROVE = _PRELUDE + """
+_APPROVE = (
+    _PRELUDE
+    + """
 local refused = not_pending(NOW)
 if refused then return reply(refused[1], refused[2]) end
 if redis.call('HSETNX', KEYS[2], ARGV[8], ARGV[2]) == 0 then return reply('duplicate') end
@@ -188,10 +197,13 @@ kick('slack:' .. ID)
 changed()
 return reply('recorded', n)
 """
+)
 
 # A rule approves without a human, within its daily cap (counted here, atomically).
 # KEYS: 9 counter   ARGV: 8 cap, 9 counter ttl s, 10 rule
-_AUTO_APPROVE = _PRELUDE + """
+_AUTO_APPROVE = (
+    _PRELUDE
+    + """
 local refused = not_pending(nil)
 if refused then return reply(refused[1], refused[2]) end
 local n = tonumber(redis.call('GET', KEYS[9]) or '0')
@@ -204,11 +216,14 @@ audit(ARGV[6], {count_today = n})
 approval_complete()
 return reply('approved', n)
 """
+)
 
 # One break-glass approver approves alone; the TTL is cut to the break-glass max; the security
 # channel's alert is owed from this moment (workers/jobs/notify/notices.py).
 # KEYS: 9 undelivered alerts   ARGV: 8 user, 9 max ttl s, 10 justification
-_BREAK_GLASS = _PRELUDE + """
+_BREAK_GLASS = (
+    _PRELUDE
+    + """
 local refused = not_pending(NOW)
 if refused then return reply(refused[1], refused[2]) end
 local asked = tonumber(redis.call('HGET', KEYS[1], 'ttl_s'))
@@ -223,10 +238,13 @@ kick('bgalert:' .. ID)
 redis.call('ZADD', KEYS[9], 'NX', ARGV[2], 'bgalert:' .. ID)
 return reply('approved', ttl)
 """
+)
 
 # A decision that ends a request before any grant: deny, time out, cancel.
 # ARGV: 8 to_status, 9 allowed_from (csv), 10 extra fields (JSON object of strings)
-_CLOSE = _PRELUDE + """
+_CLOSE = (
+    _PRELUDE
+    + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return reply('missing') end
 local ok = false
@@ -254,10 +272,13 @@ audit(ARGV[6])
 changed()
 return reply('ok', st)
 """
+)
 
 # active → revoked by an approver or the pipeline; the backend revoke follows in a job.
 # ARGV: 8 by
-_REVOKE = _PRELUDE + """
+_REVOKE = (
+    _PRELUDE
+    + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return reply('missing') end
 if st ~= 'active' then return reply('decided', st) end
@@ -270,12 +291,15 @@ audit(ARGV[6])
 changed()
 return reply('ok', st)
 """
+)
 
 # A grant job records its intent before it calls the backend; only the current claim of the
 # request's `grant:` item may. A job whose request is no longer approved settles instead: if an
 # earlier attempt may have issued something, that is revoked.
 # KEYS: 9 claim token of grant:<id>   ARGV: 8 this job's claim token
-_BEGIN_GRANT = _PRELUDE + """
+_BEGIN_GRANT = (
+    _PRELUDE
+    + """
 if redis.call('HGET', KEYS[5], 'grant:' .. ID) ~= ARGV[8] then return reply('stale') end
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return reply('missing') end
@@ -293,12 +317,15 @@ if redis.call('HEXISTS', KEYS[1], 'grant_inflight') == 1 then
 end
 return reply('decided', st)
 """
+)
 
 # The backend answered. The current claim holder records the credential: approved → active, or,
 # when the request ended while the backend worked, the credential is kept (encrypted) only to be
 # revoked through the due queue at once.
 # ARGV: 8 claim token, 9 issued_ms, 10 expires_ms, 11 sealed credential, 12 credential ttl ms
-_FINISH_GRANT = _PRELUDE + """
+_FINISH_GRANT = (
+    _PRELUDE
+    + """
 if redis.call('HGET', KEYS[5], 'grant:' .. ID) ~= ARGV[8]
   or redis.call('HGET', KEYS[1], 'grant_inflight') ~= ARGV[8] then
   return reply('stale')
@@ -322,12 +349,15 @@ audit(ARGV[7])
 changed()
 return reply('late', st)
 """
+)
 
 # A grant attempt failed; the attempt is over (nothing in flight), but it may have created part
 # of an identity: a request that ended while it ran owes a revoke now; one that ends later owes
 # it then (`grant_attempted`).
 # ARGV: 8 claim token
-_GRANT_ATTEMPT_FAILED = _PRELUDE + """
+_GRANT_ATTEMPT_FAILED = (
+    _PRELUDE
+    + """
 if redis.call('HGET', KEYS[1], 'grant_inflight') ~= ARGV[8] then return reply('stale') end
 redis.call('HDEL', KEYS[1], 'grant_inflight')
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -337,10 +367,13 @@ if st and st ~= 'approved' then
 end
 return reply('ok', st)
 """
+)
 
 # The grant kept failing (or may not be issued any more): approved → failed.
 # ARGV: 8 error
-_FAIL = _PRELUDE + """
+_FAIL = (
+    _PRELUDE
+    + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'approved' then return reply('decided', st or 'missing') end
 redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[8], 'decided_ms', ARGV[2])
@@ -356,10 +389,13 @@ audit(ARGV[6])
 changed()
 return reply('ok', st)
 """
+)
 
 # After the backend revoke succeeded. Exactly one caller records it (revoke_done_ms set once).
 # While a grant is in flight nothing is recorded: its end queues another revoke.
-_REVOKED = _PRELUDE + """
+_REVOKED = (
+    _PRELUDE
+    + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then redis.call('DEL', KEYS[8]) return reply('missing') end
 if redis.call('HEXISTS', KEYS[1], 'grant_inflight') == 1 then return reply('inflight', st) end
@@ -378,6 +414,7 @@ audit(ARGV[6], {status = final})
 changed()
 return reply('ok', final)
 """
+)
 
 
 @dataclass(frozen=True)
@@ -556,9 +593,7 @@ class Store:
             )
         )
 
-    def auto_approve(
-        self, request_id: str, counter_key: str, cap: int, rule: str, now_ms: int, event: str
-    ) -> Outcome:
+    def auto_approve(self, request_id: str, counter_key: str, cap: int, rule: str, now_ms: int, event: str) -> Outcome:
         """pending → approved by "auto", unless the daily counter already reached `cap`."""
         return _outcome(
             self._run(
@@ -650,9 +685,7 @@ class Store:
         self._run("grant_attempt_failed", request_id, now_ms, args_extra=[token])
 
     def fail(self, request_id: str, error: str, now_ms: int, event: str) -> Outcome:
-        return _outcome(
-            self._run("fail", request_id, now_ms, events=(event, ""), args_extra=[error[:500]])
-        )
+        return _outcome(self._run("fail", request_id, now_ms, events=(event, ""), args_extra=[error[:500]]))
 
     def mark_revoked(self, request_id: str, now_ms: int, event: str) -> Outcome:
         """Record that the backend revoke succeeded. `ok` for exactly one caller; 'inflight' when

@@ -70,8 +70,6 @@ class GracefulGeventWorker(GeventWorker):
             gevent.sleep(0.2)
         for client in list(self._idle.values()):
             try:
-                client.shutdown(
-                    socket.SHUT_RDWR
-                )  # its reader sees end-of-stream and closes quietly
+                client.shutdown(socket.SHUT_RDWR)  # its reader sees end-of-stream and closes quietly
             except OSError:
                 pass

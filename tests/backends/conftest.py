@@ -156,9 +156,7 @@ def _shared_pg() -> Iterator[PgServer]:
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
                 (dbname,),
             )
-            probe.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
-            )
+            probe.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
             probe.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(deployer)))
 
 
@@ -166,9 +164,7 @@ def _shared_pg() -> Iterator[PgServer]:
 def _own_pg() -> Iterator[PgServer]:
     initdb, pg_ctl = _find_pg_bin("initdb"), _find_pg_bin("pg_ctl")
     if not initdb or not pg_ctl:
-        pytest.skip(
-            "no initdb/pg_ctl (PATH, /usr/lib/postgresql/*/bin): cannot start a password-checking cluster"
-        )
+        pytest.skip("no initdb/pg_ctl (PATH, /usr/lib/postgresql/*/bin): cannot start a password-checking cluster")
     prefix = _as_pg_user()
     if prefix is None:
         pytest.skip("running as root without a 'postgres' user/runuser: initdb refuses to run")
@@ -220,18 +216,14 @@ def _own_pg() -> Iterator[PgServer]:
             f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off",
         )
         started = True
-        server = PgServer(
-            "scram", "127.0.0.1", port, "postgres", admin_password, "jit_test", "deployer", True
-        )
+        server = PgServer("scram", "127.0.0.1", port, "postgres", admin_password, "jit_test", "deployer", True)
         with server.admin("postgres") as conn:
             conn.execute("CREATE DATABASE jit_test")
         with server.admin() as conn:
             _setup_database(conn, "deployer")
         yield server
     except subprocess.CalledProcessError as e:
-        pytest.skip(
-            f"could not start a throwaway cluster: {e.stderr.decode(errors='replace')[-300:]}"
-        )
+        pytest.skip(f"could not start a throwaway cluster: {e.stderr.decode(errors='replace')[-300:]}")
     finally:
         if started:
             subprocess.run(
@@ -270,18 +262,12 @@ class PgHarness:
 
     def role_exists(self, name: str) -> bool:
         with self.admin() as conn:
-            return (
-                conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
-                is not None
-            )
+            return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is not None
 
     def cleanup(self) -> None:
         with self.admin() as conn:
             for name in self.roles:
-                if (
-                    conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
-                    is None
-                ):
+                if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone() is None:
                     continue
                 ident = sql.Identifier(name)
                 conn.execute(

@@ -85,9 +85,7 @@ def test_the_database_tells_which_roles_are_powerful(pg, tmp_path, capsys, monke
         conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN CREATEROLE").format(sql.Identifier(creator)))
         conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN BYPASSRLS").format(sql.Identifier(bypass)))
         conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(member)))
-        conn.execute(
-            sql.SQL("GRANT {} TO {}").format(sql.Identifier(bypass), sql.Identifier(member))
-        )
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(bypass), sql.Identifier(member)))
         conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(nested)))
         conn.execute(sql.SQL("GRANT pg_read_server_files TO {}").format(sql.Identifier(nested)))
     pg.roles.update({creator, bypass, member, nested})
@@ -97,15 +95,9 @@ def test_the_database_tells_which_roles_are_powerful(pg, tmp_path, capsys, monke
     lines = check(path, capsys)
 
     assert warning(path, f"grant role '{creator}' has CREATEROLE") in lines
-    assert (
-        warning(path, f"grant role '{member}' is a member of '{bypass}', which has BYPASSRLS")
-        in lines
-    )
+    assert warning(path, f"grant role '{member}' is a member of '{bypass}', which has BYPASSRLS") in lines
     assert any(
-        line.startswith(
-            warning(path, f"grant role '{nested}' is a member of 'pg_read_server_files'")
-        )
-        for line in lines
+        line.startswith(warning(path, f"grant role '{nested}' is a member of 'pg_read_server_files'")) for line in lines
     )
     assert len(lines) == 3 and not any(f"'{pg.server.deployer}'" in line for line in lines)
 

@@ -107,9 +107,7 @@ def test_password_is_really_checked(pg, make_request):
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         login(wrong)
     with pg.admin() as conn:  # stored as a SCRAM verifier, never in clear text
-        stored = conn.execute(
-            "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (cred["username"],)
-        ).fetchone()[0]
+        stored = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (cred["username"],)).fetchone()[0]
     assert stored.startswith("SCRAM-SHA-256$") and cred["password"] not in stored
     backend.revoke(request, cred)
 
@@ -195,10 +193,7 @@ def test_interrupted_grant_is_cleaned_up_by_revoke_without_credential(pg, make_r
         session.execute("SELECT 1")
     session.close()
     with pg.admin() as conn:  # on_owned_objects=drop: its table went with it
-        assert (
-            conn.execute("SELECT to_regclass(%s)", (f"scratch_{request.id[:8]}",)).fetchone()[0]
-            is None
-        )
+        assert conn.execute("SELECT to_regclass(%s)", (f"scratch_{request.id[:8]}",)).fetchone()[0] is None
 
 
 def test_reassign_owned_keeps_objects(pg, make_request):
@@ -206,9 +201,7 @@ def test_reassign_owned_keeps_objects(pg, make_request):
     request = make_request()
     cred = backend.grant(request)
     with pg.admin() as conn:
-        conn.execute(
-            sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(cred["username"]))
-        )
+        conn.execute(sql.SQL("GRANT CREATE ON SCHEMA public TO {}").format(sql.Identifier(cred["username"])))
     table = f"kept_{request.id[:8]}"
     with login(cred["dsn"]) as conn:
         conn.execute(sql.SQL("CREATE TABLE {} (x int)").format(sql.Identifier(table)))
@@ -217,9 +210,7 @@ def test_reassign_owned_keeps_objects(pg, make_request):
 
     assert not pg.role_exists(cred["username"])
     with pg.admin() as conn:
-        owner = conn.execute(
-            "SELECT tableowner FROM pg_tables WHERE tablename = %s", (table,)
-        ).fetchone()
+        owner = conn.execute("SELECT tableowner FROM pg_tables WHERE tablename = %s", (table,)).fetchone()
         assert owner == (pg.server.deployer,)
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
 
@@ -263,16 +254,12 @@ def test_existing_foreign_role_is_never_touched(pg, make_request):
     name = backend.username(request)
     with pg.admin() as conn:  # someone else's role that happens to have the same name
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'theirs'").format(sql.Identifier(name)))
-        before = conn.execute(
-            "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (name,)
-        ).fetchone()
+        before = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (name,)).fetchone()
     with pytest.raises(GrantError, match="not created by jit"):
         backend.grant(request)
     backend.revoke(request, None)
     with pg.admin() as conn:
-        after = conn.execute(
-            "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (name,)
-        ).fetchone()
+        after = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (name,)).fetchone()
     assert after == before
 
 
@@ -308,8 +295,5 @@ def test_connect_overrides_in_handed_out_dsn(pg, make_request):
     request = make_request()
     cred = backend.grant(request)
     assert (cred["host"], cred["port"], cred["dbname"]) == ("db.example.internal", 6543, "app")
-    assert (
-        cred["dsn"]
-        == f"postgresql://{cred['username']}:{cred['password']}@db.example.internal:6543/app"
-    )
+    assert cred["dsn"] == f"postgresql://{cred['username']}:{cred['password']}@db.example.internal:6543/app"
     backend.revoke(request, cred)

@@ -46,9 +46,7 @@ def cast(pg) -> Cast:
         conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(owner)))
         conn.execute(sql.SQL("GRANT SELECT ON secret_items TO {}").format(sql.Identifier(owner)))
         conn.execute(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(outsider), sql.Literal(password)
-            )
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(outsider), sql.Literal(password))
         )
     pg.roles.update({owner, outsider})
     s = pg.server
@@ -72,9 +70,7 @@ def memberships(pg, role: str) -> list[tuple[str, str]]:
 
 def can_login(pg, role: str) -> bool:
     with pg.admin() as conn:
-        row = conn.execute(
-            "SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (role,)
-        ).fetchone()
+        row = conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
     return bool(row and row[0])
 
 
@@ -146,10 +142,7 @@ def _cascade_trigger(tmp, tag):
         f"CREATE FUNCTION steal_{tag}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
         f"INSERT INTO box_{tag} SELECT secret FROM secret_items; RETURN OLD; END $$"
     )
-    tmp.execute(
-        f"CREATE TRIGGER t_{tag} BEFORE DELETE ON child_{tag} "
-        f"FOR EACH ROW EXECUTE FUNCTION steal_{tag}()"
-    )
+    tmp.execute(f"CREATE TRIGGER t_{tag} BEFORE DELETE ON child_{tag} FOR EACH ROW EXECUTE FUNCTION steal_{tag}()")
 
     def exploit(outsider, admin):
         with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
@@ -185,9 +178,7 @@ def _index_expression(tmp, tag):
 
 def _materialized_view(tmp, tag):
     """REFRESH runs the query as the owner; the grant to PUBLIC survives the reassignment."""
-    tmp.execute(
-        f"CREATE MATERIALIZED VIEW snap_{tag} AS SELECT secret FROM secret_items WITH NO DATA"
-    )
+    tmp.execute(f"CREATE MATERIALIZED VIEW snap_{tag} AS SELECT secret FROM secret_items WITH NO DATA")
     tmp.execute(f"GRANT SELECT ON snap_{tag} TO PUBLIC")
 
     def exploit(outsider, admin):
@@ -257,9 +248,7 @@ def test_reassign_keeps_what_runs_with_the_callers_rights(pg, cast, make_request
     tag = request.id[:8]
     with login(cred["dsn"]) as tmp:
         tmp.execute(f"CREATE TABLE kept_{tag} (x int)")
-        tmp.execute(
-            f"CREATE VIEW inv_{tag} WITH (security_invoker = on) AS SELECT secret FROM secret_items"
-        )
+        tmp.execute(f"CREATE VIEW inv_{tag} WITH (security_invoker = on) AS SELECT secret FROM secret_items")
         tmp.execute(f"GRANT SELECT ON inv_{tag} TO PUBLIC")
         tmp.execute(f"CREATE FUNCTION plain_{tag}() RETURNS int LANGUAGE sql AS 'SELECT 1'")
         tmp.execute("ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC")
@@ -269,8 +258,7 @@ def test_reassign_keeps_what_runs_with_the_callers_rights(pg, cast, make_request
     assert not pg.role_exists(cred["username"])
     with pg.admin() as admin:
         owners = admin.execute(
-            "SELECT relname, pg_get_userbyid(relowner) FROM pg_class WHERE relname = ANY(%s) "
-            "ORDER BY relname",
+            "SELECT relname, pg_get_userbyid(relowner) FROM pg_class WHERE relname = ANY(%s) ORDER BY relname",
             ([f"kept_{tag}", f"inv_{tag}"],),
         ).fetchall()
         assert owners == [(f"inv_{tag}", cast.owner), (f"kept_{tag}", cast.owner)]
@@ -296,9 +284,7 @@ def other_db(pg) -> Iterator[str]:
         yield name
     finally:
         with pg.server.admin("postgres") as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.mark.parametrize("mode", ["drop", "reassign"])
@@ -318,24 +304,17 @@ def test_revoke_cleans_up_in_every_database(pg, cast, make_request, other_db, mo
 
     assert not pg.role_exists(cred["username"])
     with pg.server.admin(other_db) as conn:
-        owner = conn.execute(
-            "SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = %s", (table,)
-        ).fetchone()
+        owner = conn.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = %s", (table,)).fetchone()
     assert owner == ((cast.owner,) if mode == "reassign" else None)
 
 
-def test_reassign_refuses_owner_rights_objects_in_other_databases_too(
-    pg, cast, make_request, other_db
-):
+def test_reassign_refuses_owner_rights_objects_in_other_databases_too(pg, cast, make_request, other_db):
     backend = pg.backend(on_owned_objects="reassign", reassign_to=cast.owner)
     request = make_request()
     cred = backend.grant(request)
     tag = request.id[:8]
     with login(cred["dsn"], other_db) as tmp:
-        tmp.execute(
-            f"CREATE FUNCTION elsewhere_{tag}() RETURNS int LANGUAGE sql SECURITY DEFINER "
-            "AS 'SELECT 1'"
-        )
+        tmp.execute(f"CREATE FUNCTION elsewhere_{tag}() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'")
     with pytest.raises(GrantError) as refused:
         backend.revoke(request, cred)
     assert other_db in str(refused.value) and f"elsewhere_{tag}()" in str(refused.value)
@@ -351,9 +330,7 @@ def test_a_stuck_revoke_leaves_no_login_and_no_memberships(pg, make_request, oth
         tmp.execute(f"CREATE TABLE stuck_{request.id[:8]} (x int)")
     session = login(cred["dsn"])
     with pg.server.admin("postgres") as conn:
-        conn.execute(
-            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(other_db))
-        )
+        conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(other_db)))
     try:
         with pytest.raises(GrantError) as stuck:
             backend.revoke(request, cred)
@@ -368,8 +345,6 @@ def test_a_stuck_revoke_leaves_no_login_and_no_memberships(pg, make_request, oth
     finally:
         session.close()
         with pg.server.admin("postgres") as conn:
-            conn.execute(
-                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(other_db))
-            )
+            conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(other_db)))
     backend.revoke(request, cred)  # once the database is reachable again, it finishes
     assert not pg.role_exists(cred["username"])

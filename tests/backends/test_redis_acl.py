@@ -153,9 +153,7 @@ def test_grant_twice_keeps_one_user_and_latest_password(make_backend, make_reque
     backend.revoke(request, second)
 
 
-def test_interrupted_grant_is_cleaned_up_by_revoke_without_credential(
-    make_backend, make_request, redis_admin
-):
+def test_interrupted_grant_is_cleaned_up_by_revoke_without_credential(make_backend, make_request, redis_admin):
     backend = make_backend()
     request = make_request()
     lost = backend.grant(request)
@@ -167,9 +165,7 @@ def test_interrupted_grant_is_cleaned_up_by_revoke_without_credential(
     client.close()
 
 
-@pytest.mark.parametrize(
-    "action", ["Deploy Prod; ACL DELUSER default", "ÄÖ/x:y", "default", "x" * 300]
-)
+@pytest.mark.parametrize("action", ["Deploy Prod; ACL DELUSER default", "ÄÖ/x:y", "default", "x" * 300])
 def test_odd_action_names_give_safe_usernames(make_backend, make_request, redis_admin, action):
     backend = make_backend()
     request = make_request(action=action)
@@ -231,9 +227,7 @@ def test_static_select_rule_agrees_with_the_server(redis_admin, rules):
         pytest.skip("needs Redis 7 (ACL DRYRUN, selectors) to ask the server")
     redis_admin.execute_command("ACL", "SETUSER", "jit-probe", "reset", "on", ">probe-pw", *rules)
     try:
-        server_says = (
-            redis_admin.execute_command("ACL", "DRYRUN", "jit-probe", "SELECT", "0") == "OK"
-        )
+        server_says = redis_admin.execute_command("ACL", "DRYRUN", "jit-probe", "SELECT", "0") == "OK"
     finally:
         redis_admin.execute_command("ACL", "DELUSER", "jit-probe")
     assert rules_allow_select(rules) is server_says
@@ -246,9 +240,7 @@ def test_errors_never_carry_secrets(make_backend, make_request, redis_server):
         backend.grant(make_request())
     assert wrong not in str(e.value)
 
-    missing = RedisAclBackend(
-        RedisAclBackend.Config(url_env="NOPE_NOT_SET", rules=RULES), BackendEnv(environ={})
-    )
+    missing = RedisAclBackend(RedisAclBackend.Config(url_env="NOPE_NOT_SET", rules=RULES), BackendEnv(environ={}))
     with pytest.raises(GrantError, match="NOPE_NOT_SET is not set"):
         missing.grant(make_request())
 
@@ -287,9 +279,7 @@ def test_jits_users_carry_a_marker_that_grants_nothing(make_backend, make_reques
     assert cred["username"] not in redis_admin.acl_users()
 
 
-def test_a_foreign_user_with_the_same_name_is_never_touched(
-    make_backend, make_request, redis_admin, redis_server
-):
+def test_a_foreign_user_with_the_same_name_is_never_touched(make_backend, make_request, redis_admin, redis_server):
     backend = make_backend()
     request = make_request()
     name = backend.username(request)
@@ -333,9 +323,7 @@ def test_a_user_made_before_markers_existed_is_revoked_by_its_credential(
     backend = make_backend()
     request, unproven = make_request(), make_request()
     for req in (request, unproven):
-        redis_admin.execute_command(
-            "ACL", "SETUSER", backend.username(req), "reset", "on", ">old-grant-pw", *RULES
-        )
+        redis_admin.execute_command("ACL", "SETUSER", backend.username(req), "reset", "on", ">old-grant-pw", *RULES)
     name = backend.username(request)
 
     backend.revoke(request, {"username": name, "password": "old-grant-pw"})

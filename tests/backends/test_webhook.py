@@ -184,9 +184,7 @@ def test_connection_refused_is_a_grant_error(make_request):
 
 
 def test_missing_secret_is_a_grant_error(receiver, make_request):
-    backend = WebhookBackend(
-        WebhookBackend.Config(url=receiver.url, secret_env="NOT_SET_X"), BackendEnv(environ={})
-    )
+    backend = WebhookBackend(WebhookBackend.Config(url=receiver.url, secret_env="NOT_SET_X"), BackendEnv(environ={}))
     with pytest.raises(GrantError, match="NOT_SET_X is not set"):
         backend.grant(make_request())
     assert receiver.calls == []
@@ -329,9 +327,7 @@ def endless_body(conn, stop):
 
 
 def announced_big(conn, stop):
-    conn.sendall(
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n"
-    )
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n")
     conn.sendall(b'{"pad": "' + b"x" * 65536)
 
 
@@ -376,16 +372,10 @@ def call_in_thread(fn, within: float = 60.0):
 
 @pytest.mark.parametrize("answer", [dribble_headers, dribble_body], ids=["headers", "body"])
 @pytest.mark.parametrize("event", ["grant", "revoke"])
-def test_a_dribbling_receiver_cannot_hold_a_worker_past_the_timeout(
-    raw_receiver, make_request, answer, event
-):
+def test_a_dribbling_receiver_cannot_hold_a_worker_past_the_timeout(raw_receiver, make_request, answer, event):
     backend = make_backend(raw_receiver(answer).url, timeout=1)
     request = make_request()
-    call = (
-        (lambda: backend.grant(request))
-        if event == "grant"
-        else (lambda: backend.revoke(request, None))
-    )
+    call = (lambda: backend.grant(request)) if event == "grant" else (lambda: backend.revoke(request, None))
     finished, outcome = call_in_thread(call)
     assert finished, "the call outlived its timeout by far: each read was bounded, not the call"
     if event == "revoke" and answer is dribble_body:
@@ -471,9 +461,7 @@ def test_an_untrusted_certificate_is_refused(tls_receiver, make_request):
     assert tls_receiver.calls == []
 
 
-def test_grant_over_tls_and_a_dribbling_tls_receiver(
-    tls_receiver, tls_files, make_request, monkeypatch, raw_receiver
-):
+def test_grant_over_tls_and_a_dribbling_tls_receiver(tls_receiver, tls_files, make_request, monkeypatch, raw_receiver):
     from workers.backends import webhook
 
     trusting = ssl.create_default_context(cafile=str(tls_files[0]))

@@ -147,13 +147,9 @@ def test_known_channels_only():
 def test_form_encoded_bodies_are_parsed(fake, client):
     ts = client.chat_postMessage(channel="C1", text="a")["ts"]
     blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "via form"}}]
-    client.api_call(
-        "chat.update", params={"channel": "C1", "ts": ts, "text": "b", "blocks": json.dumps(blocks)}
-    )
+    client.api_call("chat.update", params={"channel": "C1", "ts": ts, "text": "b", "blocks": json.dumps(blocks)})
     assert fake.message(ts)["blocks"] == blocks
-    assert (
-        fake.calls("chat.update")[0].headers["Content-Type"] == "application/x-www-form-urlencoded"
-    )
+    assert fake.calls("chat.update")[0].headers["Content-Type"] == "application/x-www-form-urlencoded"
 
 
 def test_ts_unique_under_concurrency(fake, client):
@@ -311,9 +307,7 @@ def test_channel_rate_limiter(fake, client):
 
 def test_wait_for_and_dump(fake, client):
     threading.Timer(0.1, lambda: client.chat_postMessage(channel="C9", text="later")).start()
-    call = fake.wait_for(
-        lambda c: c.method == "chat.postMessage" and c.params["channel"] == "C9", timeout=3
-    )
+    call = fake.wait_for(lambda c: c.method == "chat.postMessage" and c.params["channel"] == "C9", timeout=3)
     assert call.params["text"] == "later" and call.ok
     assert fake.wait_for("chat.postMessage").method == "chat.postMessage"
     with pytest.raises(AssertionError, match="chat.postMessage"):
@@ -372,9 +366,7 @@ def test_sign_matches_slack_sdk_verifier():
 
 
 def test_slash_command_fields():
-    body, ctype = slash_command(
-        "request db 1h", user_id="U0ALICE", response_url="http://r/1", trigger_id="1.2.3"
-    )
+    body, ctype = slash_command("request db 1h", user_id="U0ALICE", response_url="http://r/1", trigger_id="1.2.3")
     form = {k: v[0] for k, v in parse_qs(body.decode(), keep_blank_values=True).items()}
     assert list(form) == [
         "token",
@@ -391,17 +383,13 @@ def test_slash_command_fields():
         "response_url",
         "trigger_id",
     ]
-    assert (
-        form["text"] == "request db 1h" and form["command"] == "/jit" and form["team_id"] == TEAM_ID
-    )
+    assert form["text"] == "request db 1h" and form["command"] == "/jit" and form["team_id"] == TEAM_ID
     assert form["response_url"] == "http://r/1" and form["trigger_id"] == "1.2.3"
     assert form["is_enterprise_install"] == "false" and form["api_app_id"] == APP_ID
 
 
 def test_block_action_shape():
-    body, ctype = block_action(
-        "approve", "req-42", user_id="U0BOB", channel="C1", message_ts="1700000000.000100"
-    )
+    body, ctype = block_action("approve", "req-42", user_id="U0BOB", channel="C1", message_ts="1700000000.000100")
     assert ctype == "application/x-www-form-urlencoded"
     p = json.loads(parse_qs(body.decode())["payload"][0])
     assert p["type"] == "block_actions"
@@ -412,11 +400,7 @@ def test_block_action_shape():
         "channel_id": "C1",
         "is_ephemeral": False,
     }
-    assert (
-        p["team"]["id"] == TEAM_ID
-        and p["channel"]["id"] == "C1"
-        and p["message"]["ts"] == "1700000000.000100"
-    )
+    assert p["team"]["id"] == TEAM_ID and p["channel"]["id"] == "C1" and p["message"]["ts"] == "1700000000.000100"
     (a,) = p["actions"]
     assert (a["action_id"], a["value"], a["type"], a["text"]["type"]) == (
         "approve",
@@ -455,11 +439,7 @@ def test_events():
         "type": "url_verification",
     }
     env = json.loads(event_callback({"type": "app_mention", "user": "U0ALICE", "text": "hi"})[0])
-    assert (
-        env["type"] == "event_callback"
-        and env["event_id"].startswith("Ev")
-        and env["team_id"] == TEAM_ID
-    )
+    assert env["type"] == "event_callback" and env["event_id"].startswith("Ev") and env["team_id"] == TEAM_ID
     assert env["authorizations"][0]["user_id"] == BOT_USER_ID and isinstance(env["event_time"], int)
     home = json.loads(app_home_opened("U0ALICE")[0])
     assert home["event"]["type"] == "app_home_opened" and home["event"]["tab"] == "home"
@@ -503,40 +483,25 @@ def test_bolt_app_accepts_every_payload(fake):
         body, headers = signed(SECRET, built, timestamp)
         return app.dispatch(BoltRequest(body=body.decode(), headers=headers))
 
-    assert (
-        dispatch(slash_command("request db 1h", user_id="U0ALICE", channel_id="C1")).status == 200
-    )
+    assert dispatch(slash_command("request db 1h", user_id="U0ALICE", channel_id="C1")).status == 200
     ts = fake.wait_for("chat.postMessage").response["ts"]
     url = fake.response_url("c1", channel="C1", message_ts=ts)
     msg = fake.message(ts)
-    payload = json.loads(
-        parse_qs(block_action("approve", "v", "U0BOB", message=msg)[0].decode())["payload"][0]
-    )
+    payload = json.loads(parse_qs(block_action("approve", "v", "U0BOB", message=msg)[0].decode())["payload"][0])
     assert payload["message"]["text"] == "got request db 1h" and "channel" not in payload["message"]
     assert (
-        dispatch(
-            block_action(
-                "approve", "req-1", user_id="U0BOB", channel="C1", message=msg, response_url=url
-            )
-        ).status
+        dispatch(block_action("approve", "req-1", user_id="U0BOB", channel="C1", message=msg, response_url=url)).status
         == 200
     )
     assert fake.message(ts)["text"] == "approved"
     assert (
-        dispatch(
-            view_submission(
-                "request_modal", "", {"reason": {"reason_input": "why"}}, user_id="U0ALICE"
-            )
-        ).status
+        dispatch(view_submission("request_modal", "", {"reason": {"reason_input": "why"}}, user_id="U0ALICE")).status
         == 200
     )
     assert dispatch(app_home_opened("U0ALICE")).status == 200
     r = dispatch(url_verification("xyz"))
     assert r.status == 200 and json.loads(r.body)["challenge"] == "xyz"
-    assert (
-        dispatch(slash_command("x", user_id="U0ALICE"), timestamp=int(time.time()) - 3600).status
-        == 401
-    )
+    assert dispatch(slash_command("x", user_id="U0ALICE"), timestamp=int(time.time()) - 3600).status == 401
 
     assert seen == {"cmd": "request db 1h", "action": ("U0BOB", "req-1", ts), "view": "why"}
     assert fake.home("U0ALICE") is not None

@@ -37,8 +37,20 @@ class ShippedRedis(RedisServer):
         import os
         import subprocess
 
-        args = [self.binary, *self.flags, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-                "--daemonize", "no", "--logfile", os.path.join(self.dir, "redis.log")]
+        args = [
+            self.binary,
+            *self.flags,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            self.dir,
+            "--daemonize",
+            "no",
+            "--logfile",
+            os.path.join(self.dir, "redis.log"),
+        ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redislib.Redis(port=self.port)
         deadline = time.time() + 30
@@ -76,8 +88,9 @@ def status(stack: Stack, rid: str) -> str | None:
 
 def wait_status(stack: Stack, rid: str, statuses: set[str], timeout: float = 30) -> dict[str, str]:
     """Poll the store directly (works with the server down)."""
-    wait_until(lambda: status(stack, rid) in statuses, timeout, 0.05,
-               f"{rid} to reach {statuses} (now {status(stack, rid)})")
+    wait_until(
+        lambda: status(stack, rid) in statuses, timeout, 0.05, f"{rid} to reach {statuses} (now {status(stack, rid)})"
+    )
     return request_hash(stack, rid)
 
 
@@ -131,7 +144,8 @@ def audit(stack: Stack, event: str | None = None, rid: str | None = None) -> lis
     from bot.store.audit import AuditLog
 
     return [
-        e.body for e in AuditLog(rdb(stack)).entries()
+        e.body
+        for e in AuditLog(rdb(stack)).entries()
         if (event is None or e.body["event"] == event) and (rid is None or e.body.get("request_id") == rid)
     ]
 
@@ -152,7 +166,8 @@ def due(stack: Stack) -> dict[str, float]:
 def request_posts(stack: Stack, rid: str) -> list[dict[str, Any]]:
     """Top-level messages the bot got posted for this request (successful chat.postMessage calls)."""
     return [
-        c.response for c in stack.slack.calls("chat.postMessage")
+        c.response
+        for c in stack.slack.calls("chat.postMessage")
         if c.ok and not c.params.get("thread_ts") and str(c.params.get("text", "")).startswith(f"Access request {rid}:")
     ]
 
@@ -185,13 +200,25 @@ def settle_slack(stack: Stack, quiet: float = 1.5, timeout: float = 30) -> None:
 
 def thread_notices(stack: Stack, rid: str) -> list[str]:
     ts = request_hash(stack, rid).get("message_ts")
-    return [str(c.params.get("text", "")) for c in stack.slack.calls("chat.postMessage")
-            if c.ok and ts and c.params.get("thread_ts") == ts]
+    return [
+        str(c.params.get("text", ""))
+        for c in stack.slack.calls("chat.postMessage")
+        if c.ok and ts and c.params.get("thread_ts") == ts
+    ]
 
 
 #: Lifecycle order, to check that updates never show an older state after a newer one.
-ORDER = {"pending": 0, "approved": 1, "active": 2, "denied": 3, "timed_out": 3, "cancelled": 3,
-         "failed": 3, "revoked": 3, "expired": 3}
+ORDER = {
+    "pending": 0,
+    "approved": 1,
+    "active": 2,
+    "denied": 3,
+    "timed_out": 3,
+    "cancelled": 3,
+    "failed": 3,
+    "revoked": 3,
+    "expired": 3,
+}
 
 
 def assert_in_order(statuses: list[str]) -> None:

@@ -48,14 +48,25 @@ def test_failing_grant_is_retried_with_backoff_then_fails_visibly():
         body = stack.get(rid, token).json()
         assert body["status"] == "failed" and "target unavailable" in body["error"]
         assert stack.get(rid, token, path="/credential").status_code == 410
-        wait_until(lambda: "target unavailable" in str(stack.slack.message(ts)["blocks"])
-                   and stack.slack.message(ts)["text"].endswith("— failed"), 30, 0.1, "the error in Slack")
+        wait_until(
+            lambda: (
+                "target unavailable" in str(stack.slack.message(ts)["blocks"])
+                and stack.slack.message(ts)["text"].endswith("— failed")
+            ),
+            30,
+            0.1,
+            "the error in Slack",
+        )
         # Nothing left behind: no identity, the clean-up revoke ran, no credential, no more grant work.
         assert grant_log(stack, rid) == []
         wait_until(lambda: grant_log(stack, rid, "revoke"), 30, 0.1, "clean-up revoke")
         assert not rdb(stack).exists(f"jit:cred:{rid}")
-        wait_until(lambda: not [m for m in due(stack) if m in (f"grant:{rid}", f"revoke:{rid}", f"expire:{rid}")],
-                   30, 0.1, "no grant work left for the request")
+        wait_until(
+            lambda: not [m for m in due(stack) if m in (f"grant:{rid}", f"revoke:{rid}", f"expire:{rid}")],
+            30,
+            0.1,
+            "no grant work left for the request",
+        )
         audit_verifies(stack)
 
 

@@ -61,7 +61,8 @@ def test_after_minutes_idle_a_revocation_is_on_time_and_a_post_goes_out_at_once(
         stack.message_ts(second, timeout=60)
         posted = wait_until(
             lambda: [c for c in stack.slack.calls("chat.postMessage") if second in str(c.params.get("text", ""))],
-            60, message="the second request's post",
+            60,
+            message="the second request's post",
         )[0]
         delay = posted.time - asked
         assert delay < 3.0, f"the post went out {delay:.1f} s after the request"

@@ -129,8 +129,12 @@ def _answers_503_while_redis_is_away(stack: Stack, token: str) -> None:
     started = time.monotonic()
     r = requests.get(stack.url + "/readyz", timeout=FEW_SECONDS)
     assert r.status_code == 503, r.text
-    r = requests.post(stack.url + "/v1/requests", json={"action": "read-secret", "reason": "during outage"},
-                      headers={"Authorization": f"Bearer {WEB_TOKEN}"}, timeout=FEW_SECONDS)
+    r = requests.post(
+        stack.url + "/v1/requests",
+        json={"action": "read-secret", "reason": "during outage"},
+        headers={"Authorization": f"Bearer {WEB_TOKEN}"},
+        timeout=FEW_SECONDS,
+    )
     assert r.status_code == 503, r.text
     assert r.headers.get("Retry-After")
     assert r.json()["error"] == "unavailable"
@@ -141,7 +145,11 @@ def _answers_503_while_redis_is_away(stack: Stack, token: str) -> None:
     body, ctype = block_action("jit_approve", "x" * 20, "U0LEAD2", channel="C0PROD", message_ts="1.000001")
     from support import SIGNING_SECRET
 
-    r = requests.post(stack.url + "/slack/events", data=body, headers=sign(SIGNING_SECRET, body, content_type=ctype),
-                      timeout=FEW_SECONDS)
+    r = requests.post(
+        stack.url + "/slack/events",
+        data=body,
+        headers=sign(SIGNING_SECRET, body, content_type=ctype),
+        timeout=FEW_SECONDS,
+    )
     assert r.status_code == 503, r.text  # Slack retries a 5xx; a 200 would drop the click silently
     assert time.monotonic() - started < 4 * FEW_SECONDS

@@ -19,12 +19,37 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def client(stack: Stack, action: str, key: str, *extra: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("JIT_", "GITHUB_", "GITLAB_", "CI", "SLACK_", "REDIS_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("JIT_", "GITHUB_", "GITLAB_", "CI", "SLACK_", "REDIS_"))
+    }
     return subprocess.Popen(
-        [sys.executable, "-m", "bot.cli", "request", action, "--reason", "fault 7", "--url", stack.url,
-         "--token", WEB_TOKEN, "--idempotency-key", key, "--format", "json", "--timeout", "2m", *extra],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bot.cli",
+            "request",
+            action,
+            "--reason",
+            "fault 7",
+            "--url",
+            stack.url,
+            "--token",
+            WEB_TOKEN,
+            "--idempotency-key",
+            key,
+            "--format",
+            "json",
+            "--timeout",
+            "2m",
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -39,9 +64,12 @@ def test_server_restart_while_pipelines_wait_asks_nothing_twice():
         [a] = rdb(stack).zrange("jit:idx:all", 0, -1)
         stack.message_ts(a)
         # Pipeline B's create reached the server, but the answer never reached B (the server died).
-        lost = requests.post(stack.url + "/v1/requests", json={"action": "read-secret", "reason": "fault 7"},
-                             headers={"Authorization": f"Bearer {WEB_TOKEN}", "Idempotency-Key": "fault-7-create"},
-                             timeout=10)
+        lost = requests.post(
+            stack.url + "/v1/requests",
+            json={"action": "read-secret", "reason": "fault 7"},
+            headers={"Authorization": f"Bearer {WEB_TOKEN}", "Idempotency-Key": "fault-7-create"},
+            timeout=10,
+        )
         assert lost.status_code == 201
         b = lost.json()["id"]
         stack.message_ts(b)

@@ -92,8 +92,12 @@ def test_slack_slower_than_the_client_timeout_still_ends_showing_the_latest_stat
         # Everything that was in flight has landed, and the message shows the final state.
         wait_until(lambda: time.time() > injected + 16, 30, 0.2, "the slow update landed")
         wait_until(lambda: _shows(stack, rid, "active"), 45, 0.2, "message shows active")
-        wait_until(lambda: not [m for m in rdb(stack).zrange("jit:due", 0, -1) if m == f"slack:{rid}"],
-                   30, 0.2, "no Slack work left")
+        wait_until(
+            lambda: not [m for m in rdb(stack).zrange("jit:due", 0, -1) if m == f"slack:{rid}"],
+            30,
+            0.2,
+            "no Slack work left",
+        )
         assert _message_text(stack, rid).endswith("— active"), delivered_statuses(stack, rid)
         assert len(request_posts(stack, rid)) == 1
         assert_in_order(delivered_statuses(stack, rid))

@@ -87,4 +87,3 @@ def test_worker_killed_mid_grant_ends_active_with_one_credential():
         cred_b = stack.get(b, b_token, path="/credential").json()["credential"]
         assert cred_b["password"] == records[-1]["password"]
         audit_verifies(stack)
-

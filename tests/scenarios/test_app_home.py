@@ -28,15 +28,11 @@ def wait_home(slack, user: str, predicate=lambda view: True, timeout: float = 30
     raise AssertionError(f"App Home for {user} never matched; last: {json.dumps(view)[:2000]}")
 
 
-
-
 def text_of(view: dict) -> str:
     out = []
     for b in view["blocks"]:
         out.append((b.get("text") or {}).get("text", ""))
-        out += [
-            el.get("text", "") for el in b.get("elements", []) if isinstance(el.get("text"), str)
-        ]
+        out += [el.get("text", "") for el in b.get("elements", []) if isinstance(el.get("text"), str)]
     return "\n".join(out)
 
 
@@ -69,13 +65,8 @@ def test_an_approver_sees_what_waits_for_them_with_buttons(jit, slack):
     assert ("jit_approve", not_mine) in buttons(view)
     assert all(rid not in (mine, done_by_me) for a, rid in buttons(view) if a == "jit_approve")
     assert "live one" not in text  # active grants are listed by id, action and time left
-    active_block = next(
-        b for b in view["blocks"] if active in (b.get("text") or {}).get("text", "")
-    )
-    assert (
-        "left" in active_block["text"]["text"]
-        and active_block["accessory"]["action_id"] == "jit_revoke"
-    )
+    active_block = next(b for b in view["blocks"] if active in (b.get("text") or {}).get("text", ""))
+    assert "left" in active_block["text"]["text"] and active_block["accessory"]["action_id"] == "jit_revoke"
     assert "Audit trail" not in text  # not an auditor
 
 

@@ -12,9 +12,17 @@ from bot.core.clock import now
 
 
 def test_happy_path_two_approvers_then_expiry(jit, slack):
-    created = jit.ask("deploy-prod", reason="release 4.2", ttl="15m",
-                      context={"repository": "acme/web", "ref": "refs/heads/main", "commit": "abc123def456",
-                               "run_url": "https://ci.example/run/1"})
+    created = jit.ask(
+        "deploy-prod",
+        reason="release 4.2",
+        ttl="15m",
+        context={
+            "repository": "acme/web",
+            "ref": "refs/heads/main",
+            "commit": "abc123def456",
+            "run_url": "https://ci.example/run/1",
+        },
+    )
     rid = created["id"]
     assert created["status"] == "pending" and created["request_token"]
 
@@ -22,8 +30,19 @@ def test_happy_path_two_approvers_then_expiry(jit, slack):
     post = slack.calls("chat.postMessage")[0]
     assert post.params["channel"] == "C0PROD"
     text = json.dumps(post.params["blocks"])
-    for needle in (rid, "deploy-prod", "Deploy a release to production", "web-ci", "release 4.2",
-                   "acme/web", "refs/heads/main", "abc123def456", "https://ci.example/run/1", "0 of 2", "15m"):
+    for needle in (
+        rid,
+        "deploy-prod",
+        "Deploy a release to production",
+        "web-ci",
+        "release 4.2",
+        "acme/web",
+        "refs/heads/main",
+        "abc123def456",
+        "https://ci.example/run/1",
+        "0 of 2",
+        "15m",
+    ):
         assert needle in text, needle
     buttons = [e for b in post.params["blocks"] if b["type"] == "actions" for e in b["elements"]]
     assert [(b["text"]["text"], b.get("style")) for b in buttons] == [("Approve", "primary"), ("Deny", "danger")]
@@ -65,12 +84,19 @@ def test_deny_with_reason_reaches_pipeline(jit, slack):
     opened = slack.calls("views.open")
     assert opened and opened[0].params["trigger_id"] == trigger
     view = opened[0].params["view"]
-    empty = jit.post_slack(view_submission(view["callback_id"], view["private_metadata"],
-                                           {"reason": {"reason_input": "  "}}, "U0LEAD2"))
+    empty = jit.post_slack(
+        view_submission(view["callback_id"], view["private_metadata"], {"reason": {"reason_input": "  "}}, "U0LEAD2")
+    )
     assert empty.status_code == 200 and empty.get_json()["response_action"] == "errors"
     assert jit.status(rid).get_json()["status"] == "pending"
-    ok = jit.post_slack(view_submission(view["callback_id"], view["private_metadata"],
-                                        {"reason": {"reason_input": "not during the freeze"}}, "U0LEAD2"))
+    ok = jit.post_slack(
+        view_submission(
+            view["callback_id"],
+            view["private_metadata"],
+            {"reason": {"reason_input": "not during the freeze"}},
+            "U0LEAD2",
+        )
+    )
     assert ok.status_code == 200
     body = jit.status(rid).get_json()
     assert body["status"] == "denied"

@@ -19,9 +19,7 @@ from bot.store.audit import AuditLog
 
 
 def audit_log(redis_url: str) -> AuditLog:
-    return AuditLog(
-        redislib.Redis.from_url(redis_url, decode_responses=True), signer=AuditSigner(SECRET_KEY)
-    )
+    return AuditLog(redislib.Redis.from_url(redis_url, decode_responses=True), signer=AuditSigner(SECRET_KEY))
 
 
 def test_racing_writers_keep_one_unbroken_chain(redis_url):
@@ -67,9 +65,7 @@ ts = [threading.Thread(target=work, args=(t,)) for t in range(int(threads))]
 """
 
 
-def start_children(
-    redis_url: str, specs: list[tuple[str, str, int, int]]
-) -> list[subprocess.Popen]:
+def start_children(redis_url: str, specs: list[tuple[str, str, int, int]]) -> list[subprocess.Popen]:
     """Start writer processes and release them together once all are ready."""
     r = redislib.Redis.from_url(redis_url, decode_responses=True)
     procs = [
@@ -79,9 +75,7 @@ def start_children(
         )
         for name, mode, threads, n in specs
     ]
-    wait_until(
-        lambda: r.llen("test:ready") == len(specs), timeout=60, message="writer processes ready"
-    )
+    wait_until(lambda: r.llen("test:ready") == len(specs), timeout=60, message="writer processes ready")
     for name, *_ in specs:
         r.rpush(f"test:go:{name}", "1")
     return procs
@@ -92,9 +86,7 @@ def test_appenders_in_threads_and_processes_keep_one_chain_in_each_writers_order
     here = audit_log(redis_url)
     mine = [
         threading.Thread(
-            target=lambda t=t: [
-                here.append("test.race", actor=f"main-{t}", details={"i": i}) for i in range(40)
-            ]
+            target=lambda t=t: [here.append("test.race", actor=f"main-{t}", details={"i": i}) for i in range(40)]
         )
         for t in range(2)
     ]
@@ -125,8 +117,7 @@ def test_racing_flushers_chain_the_outbox_in_its_order(redis_url):
     pipe.execute()
     procs = start_children(redis_url, [("f1", "flush", 2, 40), ("f2", "flush", 2, 40)])
     flushers = [
-        threading.Thread(target=lambda: [audit_log(redis_url).flush(limit=7) for _ in range(10)])
-        for _ in range(2)
+        threading.Thread(target=lambda: [audit_log(redis_url).flush(limit=7) for _ in range(10)]) for _ in range(2)
     ]
     for t in flushers:
         t.start()

@@ -135,22 +135,16 @@ def test_a_checkpoint_older_than_the_trim_fails_unless_its_export_is_given(rt, c
     code, out = cli(capsys, "audit", "verify", "--checkpoint", f"{old_seq}:{old_hash}")
     assert code == 1 and f"checkpoint #{old_seq}" in out and "--trimmed" in out, out
 
-    code, out = cli(
-        capsys, "audit", "verify", "--checkpoint", f"{old_seq}:{old_hash}", "--trimmed", str(export)
-    )
+    code, out = cli(capsys, "audit", "verify", "--checkpoint", f"{old_seq}:{old_hash}", "--trimmed", str(export))
     assert code == 0, out
     assert "1 checkpoint" in out
 
     # the export does not vouch for a head the trail never had
-    code, out = cli(
-        capsys, "audit", "verify", "--checkpoint", f"{old_seq}:{'0' * 64}", "--trimmed", str(export)
-    )
+    code, out = cli(capsys, "audit", "verify", "--checkpoint", f"{old_seq}:{'0' * 64}", "--trimmed", str(export))
     assert code == 1 and f"checkpoint #{old_seq}" in out
 
 
-def test_export_then_trim_then_verify_joins_the_export_to_what_redis_still_holds(
-    rt, capsys, tmp_path
-):
+def test_export_then_trim_then_verify_joins_the_export_to_what_redis_still_holds(rt, capsys, tmp_path):
     from workers.upkeep import AuditUpkeep
 
     with freeze_time("2020-01-01T00:00:00Z"):
@@ -329,9 +323,7 @@ class _Serve(BaseHTTPRequestHandler):
         pass
 
 
-def test_verify_needs_only_redis_and_keys_from_the_secret_a_file_or_a_url(
-    rt, http, redis_url, tmp_path
-):
+def test_verify_needs_only_redis_and_keys_from_the_secret_a_file_or_a_url(rt, http, redis_url, tmp_path):
     some_history(rt.audit, 3)
     jwks = http.get("/.well-known/jit-audit-keys.json").get_data()
     keyfile = tmp_path / "keys.json"

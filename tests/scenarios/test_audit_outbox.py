@@ -45,9 +45,7 @@ def test_event_body_is_the_scrubbed_event_at_the_clock_time(rt):
         )
     body = json.loads(raw)
     assert body["time"] == "2026-11-25T21:40:00.123Z"
-    assert {
-        k: body[k] for k in ("event", "request_id", "action", "actor", "outcome", "details")
-    } == {
+    assert {k: body[k] for k in ("event", "request_id", "action", "actor", "outcome", "details")} == {
         "event": "request.created",
         "request_id": "req0001",
         "action": "deploy-prod",
@@ -99,17 +97,13 @@ def test_the_next_append_chains_what_waits_in_the_outbox_first(rt):
 
 @pytest.mark.parametrize("patch", ["{}", "[]", {}])
 def test_an_empty_patch_changes_nothing(rt, patch):
-    transition_died(
-        rt, rt.audit.event_body("request.cancelled", actor="U0LEAD1", details={"why": "x"}), patch
-    )
+    transition_died(rt, rt.audit.event_body("request.cancelled", actor="U0LEAD1", details={"why": "x"}), patch)
     assert rt.audit.flush() == 1
     assert bodies(rt.redis)[0]["details"] == {"why": "x"}
 
 
 def test_a_patch_cannot_smuggle_a_secret_into_the_trail(rt):
-    transition_died(
-        rt, rt.audit.event_body("grant.issued", actor="jit"), {"credential": "s3cr3t", "n": 1}
-    )
+    transition_died(rt, rt.audit.event_body("grant.issued", actor="jit"), {"credential": "s3cr3t", "n": 1})
     rt.audit.flush()
     assert bodies(rt.redis)[0]["details"] == {"n": 1}
 
@@ -117,9 +111,7 @@ def test_a_patch_cannot_smuggle_a_secret_into_the_trail(rt):
 def test_readers_and_verify_flush_first(rt):
     transition_died(rt, rt.audit.event_body("request.created", request_id="req0002", actor="p"))
     assert [e.body["event"] for e in rt.audit.latest(5)] == ["request.created"]
-    transition_died(
-        rt, rt.audit.event_body("request.denied", request_id="req0002", actor="U0LEAD1")
-    )
+    transition_died(rt, rt.audit.event_body("request.denied", request_id="req0002", actor="U0LEAD1"))
     assert rt.audit.verify() == (2, None)
     transition_died(rt, rt.audit.event_body("request.x", request_id="req0002", actor="U0LEAD1"))
     assert [e.body["event"] for e in rt.audit.entries_for_request("req0002")][-1] == "request.x"
@@ -203,18 +195,12 @@ def test_the_running_worker_chains_an_orphaned_outbox_item(tmp_path):
 def test_a_flush_told_what_its_script_pushed_chains_it_at_once_or_falls_back(rt):
     """The store may hand flush() the item its script pushed (the script returns it): chained
     without a read when it is alone; when it is not, everything waiting is chained in order."""
-    push_and_return = (
-        PUSH_VERBATIM + "return '{\"body\":' .. ARGV[1] .. ',\"patch\":' .. ARGV[2] .. '}'"
-    )
+    push_and_return = PUSH_VERBATIM + "return '{\"body\":' .. ARGV[1] .. ',\"patch\":' .. ARGV[2] .. '}'"
     rt.audit.append("test.first", actor="jit")  # this process knows the head
-    item = rt.redis.eval(
-        push_and_return, 1, keys.audit_outbox(), rt.audit.event_body("a.one"), '{"n":1}'
-    )
+    item = rt.redis.eval(push_and_return, 1, keys.audit_outbox(), rt.audit.event_body("a.one"), '{"n":1}')
     assert rt.audit.flush(pushed=item) == 1
     transition_died(rt, rt.audit.event_body("b.orphan"))
-    item = rt.redis.eval(
-        push_and_return, 1, keys.audit_outbox(), rt.audit.event_body("c.mine"), "{}"
-    )
+    item = rt.redis.eval(push_and_return, 1, keys.audit_outbox(), rt.audit.event_body("c.mine"), "{}")
     assert rt.audit.flush(pushed=item) == 2
     assert [b["event"] for b in bodies(rt.redis)] == ["test.first", "a.one", "b.orphan", "c.mine"]
     assert bodies(rt.redis)[1]["details"] == {"n": 1}

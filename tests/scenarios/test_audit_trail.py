@@ -42,8 +42,6 @@ def some_history(rt, n: int = 6) -> None:
         )
 
 
-
-
 def cli(capsys, *argv: str) -> tuple[int, str]:
     code = jit_cli(list(argv))
     return code, capsys.readouterr().out
@@ -55,9 +53,7 @@ def cli(capsys, *argv: str) -> tuple[int, str]:
 def test_a_request_leaves_every_step_in_the_trail_and_no_secret(jit, slack):
     rt = jit.rt
     rt.record_policy_loaded()
-    created = jit.ask(
-        "read-secret", reason="rotate the signing key", context={"repository": "acme/web"}
-    )
+    created = jit.ask("read-secret", reason="rotate the signing key", context={"repository": "acme/web"})
     rid = created["id"]
     jit.work()
     jit.approve_and_wait(rid, "U0STRANGER")  # not an approver: refused, and recorded
@@ -80,11 +76,7 @@ def test_a_request_leaves_every_step_in_the_trail_and_no_secret(jit, slack):
     assert made["details"]["reason"] == "rotate the signing key"
     assert made["details"]["context"] == {"repository": "acme/web"}
     refused = [e for e in by_event["approval.refused"] if e["actor"] == "U0STRANGER"]
-    assert (
-        refused
-        and refused[0]["outcome"] == "refused"
-        and refused[0]["details"]["why"] == "not an approver"
-    )
+    assert refused and refused[0]["outcome"] == "refused" and refused[0]["details"]["why"] == "not an approver"
     late = [e for e in by_event["approval.refused"] if e["actor"] == "U0ALICE"]
     assert late and "already" in late[0]["details"]["why"]
     assert by_event["approval.given"][0]["actor"] == "U0LEAD1"
@@ -246,8 +238,13 @@ def test_retention_trim_records_its_anchor_and_the_rest_still_verifies(rt, capsy
     assert AuditUpkeep(rt).trim() == 5
     anchor = rt.audit.anchor()
     signer = AuditSigner(SECRET_KEY)
-    assert anchor == {"seq": "5", "hash": old_hash, "id": old[0], "kid": signer.kid,
-                      "sig": signer.sign(anchor_message(5, old_hash))}
+    assert anchor == {
+        "seq": "5",
+        "hash": old_hash,
+        "id": old[0],
+        "kid": signer.kid,
+        "sig": signer.sign(anchor_message(5, old_hash)),
+    }
     trail = events(rt)
     assert [e["event"] for e in trail] == ["test.recent", "audit.trimmed"]
     assert trail[1]["details"]["anchor_hash"] == old_hash and trail[1]["details"]["removed"] == 5
@@ -300,8 +297,7 @@ def is_head_post(call) -> bool:
 @pytest.fixture
 def audit_policy(rt, policy_file):
     policy_file.write_text(
-        policy_file.read_text()
-        + "audit:\n  channel: C0AUDIT\n  post_head_every: 2s\n  retention: 30d\n"
+        policy_file.read_text() + "audit:\n  channel: C0AUDIT\n  post_head_every: 2s\n  retention: 30d\n"
     )
     rt._policy = None  # read the file again
     assert rt.policy.audit_channel() == "C0AUDIT"
@@ -336,11 +332,7 @@ def test_two_workers_post_the_chain_head_once_per_interval(audit_policy, slack, 
     head3 = rt.redis.xrange(keys.audit_stream())[2][1]["hash"]
     assert head3 in posts[0].params["text"]
     recorded = [e for e in events(rt) if e["event"] == "audit.head_posted"]
-    assert (
-        len(recorded) == 1
-        and recorded[0]["details"]["seq"] == 3
-        and recorded[0]["details"]["hash"] == head3
-    )
+    assert len(recorded) == 1 and recorded[0]["details"]["seq"] == 3 and recorded[0]["details"]["hash"] == head3
 
     assert upkeeps[0].post_head() is False and upkeeps[1].post_head() is False  # same interval
 
@@ -492,11 +484,7 @@ def test_two_jit_workers_post_the_chain_head_once(tmp_path):
             timeout=30,
         )
         time.sleep(1.0)  # the assertion is on absence: let a second, wrong post arrive
-        posts = [
-            c
-            for c in stack.slack.calls("chat.postMessage")
-            if "chain head" in c.params.get("text", "")
-        ]
+        posts = [c for c in stack.slack.calls("chat.postMessage") if "chain head" in c.params.get("text", "")]
         assert len(posts) == 1 and posts[0].params["channel"] == "C0AUDIT"
         assert all(w.alive for w in workers)
         head = [json.loads(f["data"]) for _, f in r.xrange(keys.audit_stream())]

@@ -119,9 +119,7 @@ def test_record_backend_records_each_call(redis_url, monkeypatch):
     from workers.backends.base import BackendEnv, GrantRequest
 
     backend_cls = registry()["record"]
-    backend = backend_cls(
-        backend_cls.Config(key="bench:t"), BackendEnv(environ={"REDIS_URL": redis_url})
-    )
+    backend = backend_cls(backend_cls.Config(key="bench:t"), BackendEnv(environ={"REDIS_URL": redis_url}))
     t = datetime.now(UTC)
     req = GrantRequest(
         id="r1",

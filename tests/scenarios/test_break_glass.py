@@ -30,9 +30,7 @@ def closed_now() -> str:
 
 @pytest.fixture
 def rules(policy_file, state_dir):
-    text = rules_policy_text(str(state_dir)).replace(
-        "deploy-env, change-db]", "deploy-env, change-db, hotfix]"
-    )
+    text = rules_policy_text(str(state_dir)).replace("deploy-env, change-db]", "deploy-env, change-db, hotfix]")
     policy_file.write_text(
         text
         + f"""  hotfix:

@@ -81,7 +81,9 @@ def known_ids(stack) -> set[str]:
 
 def test_granted_prints_env_and_exits_0(stack):
     before = known_ids(stack)
-    t, res = in_background(stack, ["request", "quick", "--reason", "ship it", "--ttl", "30s", "--format", "env", "--quiet"])
+    t, res = in_background(
+        stack, ["request", "quick", "--reason", "ship it", "--ttl", "30s", "--format", "env", "--quiet"]
+    )
     rid = newest_request(stack, before)
     ts = stack.message_ts(rid)
     stack.slack_post(block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=ts))
@@ -105,8 +107,14 @@ def test_denied_exits_10_with_who_and_why(stack):
     stack.slack_post(block_action("jit_deny", rid, "U0LEAD2", channel="C0PROD", message_ts=ts, trigger_id="1.2.3"))
     call = stack.slack.wait_for(lambda c: c.method == "views.open" and rid in json.dumps(c.params), timeout=20)
     view = call.params["view"]
-    stack.slack_post(view_submission(view["callback_id"], view["private_metadata"],
-                                     {"reason": {"reason_input": "freeze until monday"}}, "U0LEAD2"))
+    stack.slack_post(
+        view_submission(
+            view["callback_id"],
+            view["private_metadata"],
+            {"reason": {"reason_input": "freeze until monday"}},
+            "U0LEAD2",
+        )
+    )
     t.join(60)
     code, _, err = res["value"]
     assert code == 10
@@ -131,8 +139,11 @@ def test_cancelled_elsewhere_exits_12(stack):
     # another step of the same job asks with the same key, gets the request token, and cancels
     again = stack.ask("deploy-prod", WEB_TOKEN, reason="x", headers={"Idempotency-Key": key})
     assert again.status_code == 200 and again.json()["id"] == rid
-    resp = requests.delete(f"{stack.url}/v1/requests/{rid}", timeout=10,
-                           headers={"Authorization": f"Bearer {again.json()['request_token']}"})
+    resp = requests.delete(
+        f"{stack.url}/v1/requests/{rid}",
+        timeout=10,
+        headers={"Authorization": f"Bearer {again.json()['request_token']}"},
+    )
     assert resp.status_code == 200
     t.join(60)
     assert res["value"][0] == 12
@@ -146,8 +157,16 @@ def test_usage_and_server_errors(stack):
 
 def test_retried_step_does_not_ask_twice_and_github_format(stack, tmp_path):
     gh_env = tmp_path / "github_env"
-    env = {"GITHUB_ACTIONS": "true", "GITHUB_REPOSITORY": "acme/web", "GITHUB_RUN_ID": "777", "GITHUB_RUN_ATTEMPT": "1",
-           "GITHUB_JOB": "deploy", "GITHUB_ENV": str(gh_env), "GITHUB_SHA": "abc", "GITHUB_REF": "refs/heads/main"}
+    env = {
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_REPOSITORY": "acme/web",
+        "GITHUB_RUN_ID": "777",
+        "GITHUB_RUN_ATTEMPT": "1",
+        "GITHUB_JOB": "deploy",
+        "GITHUB_ENV": str(gh_env),
+        "GITHUB_SHA": "abc",
+        "GITHUB_REF": "refs/heads/main",
+    }
     before = known_ids(stack)
     first = run_client(stack, ["request", "quick", "--reason", "r", "--no-wait", "--quiet"], env)
     assert first[0] == 0
@@ -194,20 +213,36 @@ def test_long_poll_answers_as_soon_as_status_changes(stack):
 
 
 def shell_env(stack) -> dict[str, str]:
-    return {"PATH": os.environ["PATH"], "JIT_URL": stack.url, "JIT_TOKEN": WEB_TOKEN,
-            "PY": sys.executable, "CLIENT": client.__file__}
+    return {
+        "PATH": os.environ["PATH"],
+        "JIT_URL": stack.url,
+        "JIT_TOKEN": WEB_TOKEN,
+        "PY": sys.executable,
+        "CLIENT": client.__file__,
+    }
 
 
 def test_jit_takes_options_before_the_action_and_the_id(stack):
     jit = [sys.executable, "-m", "bot.cli"]
     env = {"PATH": os.environ["PATH"], "JIT_URL": stack.url, "JIT_TOKEN": WEB_TOKEN}
-    asked = subprocess.run([*jit, "request", "--reason", "x", "--no-wait", "--quiet", "read-secret"],
-                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    asked = subprocess.run(
+        [*jit, "request", "--reason", "x", "--no-wait", "--quiet", "read-secret"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert asked.returncode == 0, asked.stderr
     handle = json.loads(asked.stdout)
-    released = subprocess.run([*jit, "release", "--url", stack.url, "--quiet", handle["id"],
-                               "--request-token", handle["request_token"]],
-                              capture_output=True, text=True, env={"PATH": os.environ["PATH"]}, cwd=ROOT, timeout=60)
+    released = subprocess.run(
+        [*jit, "release", "--url", stack.url, "--quiet", handle["id"], "--request-token", handle["request_token"]],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+        cwd=ROOT,
+        timeout=60,
+    )
     assert released.returncode == 0, released.stderr
     assert stored_status(stack, handle["id"]) == "cancelled"
 
@@ -221,12 +256,19 @@ def test_a_token_grant_exported_to_the_shell_leaves_the_next_request_working(sta
         printf '%s\n' "$JIT_TOKEN" "$JIT_CREDENTIAL_TOKEN" "$JIT_REQUEST_ID" > seen.txt
     """
     before = known_ids(stack)
-    proc = subprocess.Popen(["sh", "-c", script], env=shell_env(stack), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["sh", "-c", script],
+        env=shell_env(stack),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         rid = newest_request(stack, before)
-        stack.slack_post(block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS",
-                                      message_ts=stack.message_ts(rid)))
+        stack.slack_post(
+            block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=stack.message_ts(rid))
+        )
         _, err = proc.communicate(timeout=90)
     finally:
         proc.kill()
@@ -240,9 +282,27 @@ def test_a_token_grant_exported_to_the_shell_leaves_the_next_request_working(sta
 
 def test_a_server_that_is_down_is_announced_with_the_deadline():
     down = f"http://127.0.0.1:{free_port()}"
-    done = subprocess.run([sys.executable, client.__file__, "request", "quick", "--reason", "r", "--url", down,
-                           "--token", "t", "--timeout", "3s", "--quiet"],
-                          capture_output=True, text=True, env={"PATH": os.environ["PATH"]}, timeout=60)
+    done = subprocess.run(
+        [
+            sys.executable,
+            client.__file__,
+            "request",
+            "quick",
+            "--reason",
+            "r",
+            "--url",
+            down,
+            "--token",
+            "t",
+            "--timeout",
+            "3s",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+        timeout=60,
+    )
     assert done.returncode == 1
     lines = done.stderr.splitlines()
     announced = [line for line in lines if re.search(r"until \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", line)]
@@ -297,12 +357,14 @@ def test_curl_the_client_and_run_it_with_no_install(stack, tmp_path):
     """
     env = {"PATH": os.environ["PATH"], "JIT_URL": stack.url, "JIT_TOKEN": WEB_TOKEN}
     before = known_ids(stack)
-    proc = subprocess.Popen(["sh", "-c", script], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["sh", "-c", script], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         rid = newest_request(stack, before)
-        stack.slack_post(block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS",
-                                      message_ts=stack.message_ts(rid)))
+        stack.slack_post(
+            block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=stack.message_ts(rid))
+        )
         _, err = proc.communicate(timeout=90)
     finally:
         proc.kill()
@@ -324,16 +386,18 @@ def client_venv(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     source = shutil.copytree(ROOT / "client", where / "client")  # the build writes beside its source
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    done = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(source)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", str(source)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return venv
 
 
 def test_jit_client_installs_alone_and_talks_to_a_real_server(client_venv, stack, tmp_path):
     bin_dir = client_venv / "bin"
-    listed = subprocess.run([str(bin_dir / "pip"), "list", "--format", "json"], capture_output=True,
-                            text=True, check=True, timeout=120).stdout
+    listed = subprocess.run(
+        [str(bin_dir / "pip"), "list", "--format", "json"], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
     assert {p["name"] for p in json.loads(listed)} - {"pip", "setuptools"} == {"jit-client"}
     server_code = subprocess.run([str(bin_dir / "python"), "-c", "import bot"], capture_output=True, cwd=tmp_path)
     assert server_code.returncode != 0  # the server's package is not in this venv
@@ -341,8 +405,9 @@ def test_jit_client_installs_alone_and_talks_to_a_real_server(client_venv, stack
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "JIT_URL": stack.url, "JIT_TOKEN": WEB_TOKEN}
 
     def jit_client(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(bin_dir / "jit-client"), *argv], capture_output=True, text=True,
-                              env=env, cwd=tmp_path, timeout=120)
+        return subprocess.run(
+            [str(bin_dir / "jit-client"), *argv], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+        )
 
     helped = jit_client("--help")
     assert helped.returncode == 0 and "request" in helped.stdout and "release" in helped.stdout

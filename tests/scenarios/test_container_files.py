@@ -28,9 +28,7 @@ def env_example_names() -> list[str]:
 def test_env_example_lists_exactly_the_settings():
     names = env_example_names()
     assert len(names) == len(set(names)), "a variable is listed twice"
-    assert set(names) == SETTINGS, (
-        f"missing: {sorted(SETTINGS - set(names))}, unknown: {sorted(set(names) - SETTINGS)}"
-    )
+    assert set(names) == SETTINGS, f"missing: {sorted(SETTINGS - set(names))}, unknown: {sorted(set(names) - SETTINGS)}"
     text = (ROOT / ".env.example").read_text()
     for name in REQUIRED:  # required ones are live lines, each with a comment above it
         assert re.search(rf"^# .+\n{name}=", text, flags=re.M), name
@@ -41,17 +39,13 @@ def test_env_example_values_are_accepted_once_the_secrets_are_filled(tmp_path, m
         monkeypatch.delenv(name, raising=False)
     env_file = tmp_path / ".env"
     # uncomment every optional line: its default, as written, must be valid too
-    env_file.write_text(
-        re.sub(r"^# ([A-Z][A-Z0-9_]*=)", r"\1", (ROOT / ".env.example").read_text(), flags=re.M)
-    )
+    env_file.write_text(re.sub(r"^# ([A-Z][A-Z0-9_]*=)", r"\1", (ROOT / ".env.example").read_text(), flags=re.M))
     monkeypatch.setenv("SLACK_SIGNING_SECRET", "signing-secret")
     monkeypatch.setenv("JIT_SECRET_KEY", "k" * 32)
     s = Settings(_env_file=str(env_file))
     assert s.slack_bot_token.get_secret_value() == "xoxb-"
     assert s.jit_public_url == "https://jit.example.com"
-    defaults = Settings(
-        SLACK_BOT_TOKEN="x", SLACK_SIGNING_SECRET="y", JIT_SECRET_KEY="k" * 32, _env_file=None
-    )
+    defaults = Settings(SLACK_BOT_TOKEN="x", SLACK_SIGNING_SECRET="y", JIT_SECRET_KEY="k" * 32, _env_file=None)
     for field in (
         "redis_url",
         "jit_exec_timeout",
@@ -59,9 +53,7 @@ def test_env_example_values_are_accepted_once_the_secrets_are_filled(tmp_path, m
         "jit_request_retention",
         "jit_log_level",
     ):
-        assert getattr(s, field) == getattr(defaults, field), (
-            f"{field}: .env.example shows a wrong default"
-        )
+        assert getattr(s, field) == getattr(defaults, field), f"{field}: .env.example shows a wrong default"
 
 
 def test_compose_runs_redis_with_aof_one_server_and_two_workers():
@@ -101,9 +93,7 @@ def test_compose_commands_are_the_jit_commands_the_tests_run(service, subcommand
 
 
 def test_dockerfile_builds_a_small_non_root_image():
-    text = "\n".join(
-        ln for ln in (ROOT / "Dockerfile").read_text().splitlines() if not ln.startswith("#")
-    )
+    text = "\n".join(ln for ln in (ROOT / "Dockerfile").read_text().splitlines() if not ln.startswith("#"))
     lines = [" ".join(ln.split()) for ln in text.replace("\\\n", " ").splitlines() if ln.strip()]
     assert lines[0] == "FROM python:3.11-slim"
     run = next(ln for ln in lines if ln.startswith("RUN "))

@@ -205,8 +205,7 @@ def test_jit_dev_refuses_an_invalid_setting_in_one_line(tmp_path):
     )
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
-        "jit dev: setting JIT_SECRET_KEY is invalid: "
-        "must be at least 32 characters (e.g. `openssl rand -hex 32`)"
+        "jit dev: setting JIT_SECRET_KEY is invalid: must be at least 32 characters (e.g. `openssl rand -hex 32`)"
     ]
 
 

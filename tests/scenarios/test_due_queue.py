@@ -41,11 +41,11 @@ def test_done_only_removes_the_claim_it_owns(r):
     q = DueQueue(r)
     t = now_ms()
     q.schedule("slack:x", t)
-    (_, token), = q.claim(t)
+    ((_, token),) = q.claim(t)
     q.schedule("slack:x", t + 1)  # new work arrived meanwhile: the running job's claim is void
     assert q.done("slack:x", token) is False
     assert q.score("slack:x") == t + 1
-    (_, again), = q.claim(t + 1)
+    ((_, again),) = q.claim(t + 1)
     assert again != token
     assert q.done("slack:x", again) is True and q.score("slack:x") is None
 
@@ -56,8 +56,8 @@ def test_a_stale_claim_can_neither_extend_retry_nor_finish(r):
     q = DueQueue(r)
     t = now_ms()
     q.schedule("grant:x", t)
-    (_, first), = q.claim(t, lease_ms=50)
-    (_, second), = q.claim(t + 100)  # the lease ran out: handed out again
+    ((_, first),) = q.claim(t, lease_ms=50)
+    ((_, second),) = q.claim(t + 100)  # the lease ran out: handed out again
     assert first != second
     with Lease(q, "grant:x", first) as stale:
         assert stale.held is False
@@ -76,7 +76,7 @@ def test_failures_back_off_exponentially(r):
     q.schedule("grant:x", t)
     delays = []
     for _ in range(4):
-        (_, token), = q.claim(now_ms() + 10**9)  # claim whatever is there
+        ((_, token),) = q.claim(now_ms() + 10**9)  # claim whatever is there
         before = now_ms()
         q.failed("grant:x", token, before)
         delays.append(q.score("grant:x") - before)
@@ -88,7 +88,7 @@ def test_lease_is_extended_while_the_job_runs(r):
     q = DueQueue(r)
     t = now_ms()
     q.schedule("grant:slow", t)
-    (_, token), = q.claim(t, lease_ms=300)
+    ((_, token),) = q.claim(t, lease_ms=300)
     with Lease(q, "grant:slow", token, lease_ms=300) as lease:
         assert lease.held
         deadline = time.monotonic() + 1.0

@@ -41,6 +41,8 @@ def test_pipeline_gets_and_loses_a_credential(stack):
 
     expires = datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00")).timestamp()
     assert revoked_at >= expires  # never early
-    msg = wait_until(lambda: "Expired" in json.dumps(stack.slack.message(ts)["blocks"]) and stack.slack.message(ts),
-                     message="message shows expired")
+    msg = wait_until(
+        lambda: "Expired" in json.dumps(stack.slack.message(ts)["blocks"]) and stack.slack.message(ts),
+        message="message shows expired",
+    )
     assert "Approve" not in json.dumps(msg["blocks"])

@@ -30,19 +30,14 @@ def approve_slow_grant(stack: Stack, seconds: float) -> tuple[str, str]:
     assert r.status_code == 201, r.text
     rid, rtok = r.json()["id"], r.json()["request_token"]
     ts = stack.message_ts(rid)
-    resp = stack.slack_post(
-        block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=ts)
-    )
+    resp = stack.slack_post(block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=ts))
     assert resp.status_code == 200
     return rid, rtok
 
 
 def grant_in_flight(stack: Stack, rid: str) -> bool:
     raw = redislib.Redis.from_url(stack.redis.url)
-    return any(
-        j.startswith(f"grant-{rid}-")
-        for j in StartedJobRegistry(ACCESS_QUEUE, connection=raw).get_job_ids()
-    )
+    return any(j.startswith(f"grant-{rid}-") for j in StartedJobRegistry(ACCESS_QUEUE, connection=raw).get_job_ids())
 
 
 def test_sigterm_to_a_worker_lets_the_grant_in_hand_finish(stack):

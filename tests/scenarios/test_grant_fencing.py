@@ -37,7 +37,7 @@ def test_cancel_while_the_backend_grants_then_a_failing_revoke_is_retried_until_
 
     flag(state_dir, "slow-grant", "1.5")
     rid = approved(jit)
-    (member, token), = [c for c in DueQueue(jit.rt.redis).claim(now_ms() + 11_000) if c[0] == f"grant:{rid}"]
+    ((member, token),) = [c for c in DueQueue(jit.rt.redis).claim(now_ms() + 11_000) if c[0] == f"grant:{rid}"]
     worker = threading.Thread(target=jobs.run_due, args=(jit.rt, member, token), daemon=True)  # a job
     worker.start()
     r = jit.rt.redis
@@ -79,7 +79,7 @@ def test_a_worker_dying_between_the_backend_and_the_record_still_leads_to_a_revo
 
     rid = approved(jit)
     due = DueQueue(jit.rt.redis)
-    (member, token), = [c for c in due.claim(now_ms() + 11_000) if c[0] == f"grant:{rid}"]
+    ((member, token),) = [c for c in due.claim(now_ms() + 11_000) if c[0] == f"grant:{rid}"]
 
     real = jit.rt.store.finish_grant
     monkeypatch.setattr(jit.rt.store, "finish_grant", lambda *a, **k: (_ for _ in ()).throw(Crash()))

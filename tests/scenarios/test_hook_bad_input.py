@@ -22,16 +22,68 @@ def snapshot(rt):
         (b"[1, 2]", {"Content-Type": "application/json"}, 400, "bad_request"),
         (json.dumps({"reason": "x"}).encode(), {"Content-Type": "application/json"}, 400, "bad_request"),
         (json.dumps({"action": "deploy-prod"}).encode(), {"Content-Type": "application/json"}, 400, "bad_request"),
-        (json.dumps({"action": "deploy-prod", "reason": "   "}).encode(), {"Content-Type": "application/json"}, 400, "bad_request"),
-        (json.dumps({"action": "deploy-prod", "reason": "x" * 501}).encode(), {"Content-Type": "application/json"}, 400, "bad_request"),
-        (json.dumps({"action": "deploy-prod", "reason": "x", "ttl": "2h"}).encode(), {"Content-Type": "application/json"}, 400, "bad_request"),
-        (json.dumps({"action": "deploy-prod", "reason": "x", "ttl": "soon"}).encode(), {"Content-Type": "application/json"}, 400, "bad_request"),
-        (json.dumps({"action": "deploy-prod", "reason": "x", "ttl": -5}).encode(), {"Content-Type": "application/json"}, 400, "bad_request"),
-        (json.dumps({"action": "deploy-prod", "reason": "x", "surprise": 1}).encode(), {"Content-Type": "application/json"}, 400, "bad_request"),
-        (json.dumps({"action": "deploy-prod", "reason": "x", "context": {"run_url": "javascript:alert(1)"}}).encode(), {"Content-Type": "application/json"}, 400, "bad_request"),
-        (json.dumps({"action": "deploy-prod", "reason": "x" * 20000}).encode(), {"Content-Type": "application/json"}, 413, "too_large"),
-        (json.dumps({"action": "deploy-prod", "reason": "x"}).encode(), {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
-        (json.dumps({"action": "no-such-action", "reason": "x"}).encode(), {"Content-Type": "application/json"}, 404, "unknown_action"),
+        (
+            json.dumps({"action": "deploy-prod", "reason": "   "}).encode(),
+            {"Content-Type": "application/json"},
+            400,
+            "bad_request",
+        ),
+        (
+            json.dumps({"action": "deploy-prod", "reason": "x" * 501}).encode(),
+            {"Content-Type": "application/json"},
+            400,
+            "bad_request",
+        ),
+        (
+            json.dumps({"action": "deploy-prod", "reason": "x", "ttl": "2h"}).encode(),
+            {"Content-Type": "application/json"},
+            400,
+            "bad_request",
+        ),
+        (
+            json.dumps({"action": "deploy-prod", "reason": "x", "ttl": "soon"}).encode(),
+            {"Content-Type": "application/json"},
+            400,
+            "bad_request",
+        ),
+        (
+            json.dumps({"action": "deploy-prod", "reason": "x", "ttl": -5}).encode(),
+            {"Content-Type": "application/json"},
+            400,
+            "bad_request",
+        ),
+        (
+            json.dumps({"action": "deploy-prod", "reason": "x", "surprise": 1}).encode(),
+            {"Content-Type": "application/json"},
+            400,
+            "bad_request",
+        ),
+        (
+            json.dumps(
+                {"action": "deploy-prod", "reason": "x", "context": {"run_url": "javascript:alert(1)"}}
+            ).encode(),
+            {"Content-Type": "application/json"},
+            400,
+            "bad_request",
+        ),
+        (
+            json.dumps({"action": "deploy-prod", "reason": "x" * 20000}).encode(),
+            {"Content-Type": "application/json"},
+            413,
+            "too_large",
+        ),
+        (
+            json.dumps({"action": "deploy-prod", "reason": "x"}).encode(),
+            {"Content-Type": "text/plain"},
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            json.dumps({"action": "no-such-action", "reason": "x"}).encode(),
+            {"Content-Type": "application/json"},
+            404,
+            "unknown_action",
+        ),
     ],
 )
 def test_bad_create_is_rejected_and_changes_nothing(jit, body, headers, status, code):
@@ -44,8 +96,11 @@ def test_bad_create_is_rejected_and_changes_nothing(jit, body, headers, status, 
 
 def test_forbidden_action_for_this_pipeline(jit):
     before = snapshot(jit.rt)
-    resp = jit.http.post("/v1/requests", json={"action": "deploy-prod", "reason": "x"},
-                         headers={"Authorization": f"Bearer {OTHER_TOKEN}"})
+    resp = jit.http.post(
+        "/v1/requests",
+        json={"action": "deploy-prod", "reason": "x"},
+        headers={"Authorization": f"Bearer {OTHER_TOKEN}"},
+    )
     assert resp.status_code == 403 and resp.get_json()["error"] == "action_not_allowed"
     assert snapshot(jit.rt) == before
 

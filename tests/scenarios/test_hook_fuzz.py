@@ -15,8 +15,12 @@ from hypothesis.control import currently_in_test_context
 from redis_state import snapshot
 from support import INTROSPECTION_TOKEN, OTHER_TOKEN, WEB_TOKEN
 
-FUZZ = settings(max_examples=120, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=120,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 #: Keys a refused call may write: the rate limiter counts attempts, the user-group cache warms.
 IGNORED = ("jit:ratelimit:", "jit:cache:", "jit:audit")
 
@@ -106,46 +110,79 @@ JSON_VALUES = st.recursive(
 )
 ACTIONS = st.sampled_from(["deploy-prod", "read-secret", "quick", "nope", "", "DEPLOY-PROD", "a" * 65])
 TTLS = st.one_of(
-    st.none(), st.integers(-10, 10**12), st.sampled_from(["90s", "15m", "2h", "1d", "0s", "-5m", "15 m", "1w",
-                                                           "2h30m", "", " 5m ", "99999999999999999999h"]),
-    st.booleans(), st.floats(allow_nan=False), st.text(max_size=10),
+    st.none(),
+    st.integers(-10, 10**12),
+    st.sampled_from(
+        ["90s", "15m", "2h", "1d", "0s", "-5m", "15 m", "1w", "2h30m", "", " 5m ", "99999999999999999999h"]
+    ),
+    st.booleans(),
+    st.floats(allow_nan=False),
+    st.text(max_size=10),
 )
 LONG = st.one_of(st.text(max_size=30), st.text(min_size=490, max_size=520), st.just("<!channel> " * 60))
 CONTEXT = st.one_of(
-    st.dictionaries(st.sampled_from(["repository", "ref", "commit", "run_url", "environment", "Bad-Key", "x" * 41]),
-                    st.one_of(LONG, st.integers(), st.none(),
-                              st.sampled_from(["https://ci/run/1", "javascript:alert(1)", "https://a|b"])),
-                    max_size=5),
+    st.dictionaries(
+        st.sampled_from(["repository", "ref", "commit", "run_url", "environment", "Bad-Key", "x" * 41]),
+        st.one_of(
+            LONG, st.integers(), st.none(), st.sampled_from(["https://ci/run/1", "javascript:alert(1)", "https://a|b"])
+        ),
+        max_size=5,
+    ),
     JSON_VALUES,
 )
 #: Most calls carry a valid pipeline token, so the body is fuzzed past authentication.
 AUTH_MOSTLY_VALID = st.tuples(st.sampled_from(["web", "web", "web", "other", "fuzz"]), AUTH).map(
-    lambda t: {"web": f"Bearer {WEB_TOKEN}", "other": f"Bearer {OTHER_TOKEN}"}.get(t[0], t[1]))
+    lambda t: {"web": f"Bearer {WEB_TOKEN}", "other": f"Bearer {OTHER_TOKEN}"}.get(t[0], t[1])
+)
 VALID_BODIES = st.fixed_dictionaries(
     {"action": st.sampled_from(["deploy-prod", "read-secret", "quick"]), "reason": st.sampled_from(["release", "r"])},
-    optional={"ttl": st.sampled_from(["90s", "5m", 60, "1m"]), "requested_by": st.sampled_from(["alice", "bob"]),
-              "context": st.fixed_dictionaries({}, optional={"repository": st.just("acme/web"),
-                                                             "run_url": st.just("https://ci/run/1")})},
+    optional={
+        "ttl": st.sampled_from(["90s", "5m", 60, "1m"]),
+        "requested_by": st.sampled_from(["alice", "bob"]),
+        "context": st.fixed_dictionaries(
+            {}, optional={"repository": st.just("acme/web"), "run_url": st.just("https://ci/run/1")}
+        ),
+    },
 )
 BODIES = st.one_of(
     VALID_BODIES,
     JSON_VALUES,
     st.fixed_dictionaries(
         {"action": ACTIONS, "reason": LONG},
-        optional={"ttl": TTLS, "requested_by": st.one_of(LONG, st.none(), st.integers()), "context": CONTEXT,
-                  "break_glass": st.one_of(st.booleans(), st.none(), st.text(max_size=3)),
-                  "extra": JSON_VALUES},
+        optional={
+            "ttl": TTLS,
+            "requested_by": st.one_of(LONG, st.none(), st.integers()),
+            "context": CONTEXT,
+            "break_glass": st.one_of(st.booleans(), st.none(), st.text(max_size=3)),
+            "extra": JSON_VALUES,
+        },
     ),
 )
-CONTENT_TYPES = st.sampled_from([
-    "application/json", "application/json; charset=utf-8", "APPLICATION/JSON", "text/plain",
-    "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonx", "", None,
-])
-IDEM = st.one_of(st.none(), st.text(min_size=0, max_size=5), st.just("k" * 256), st.sampled_from(["retry-1", "retry-1"]))
-IDS = st.one_of(st.text(max_size=40).map(lambda s: quote(s, safe="")), st.sampled_from(
-    ["", "..", "%2e%2e", "0" * 16, "zzzz", "a" * 5000, "%00", "jit:req:x", "*"]))
-WAITS = st.one_of(st.none(), st.sampled_from(["0", "60", "60.0001", "-1", "nan", "inf", "-inf", "1e309", "", " 1",
-                                              "0x10", "1_0", "½"]), st.text(max_size=8))
+CONTENT_TYPES = st.sampled_from(
+    [
+        "application/json",
+        "application/json; charset=utf-8",
+        "APPLICATION/JSON",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+        "",
+        None,
+    ]
+)
+IDEM = st.one_of(
+    st.none(), st.text(min_size=0, max_size=5), st.just("k" * 256), st.sampled_from(["retry-1", "retry-1"])
+)
+IDS = st.one_of(
+    st.text(max_size=40).map(lambda s: quote(s, safe="")),
+    st.sampled_from(["", "..", "%2e%2e", "0" * 16, "zzzz", "a" * 5000, "%00", "jit:req:x", "*"]),
+)
+WAITS = st.one_of(
+    st.none(),
+    st.sampled_from(["0", "60", "60.0001", "-1", "nan", "inf", "-inf", "1e309", "", " 1", "0x10", "1_0", "½"]),
+    st.text(max_size=8),
+)
 
 
 def headers_for(auth, ctype=None, idem=None) -> dict:
@@ -167,9 +204,14 @@ def _header_safe(value: str | None) -> bool:
 
 
 @FUZZ
-@given(auth=AUTH_MOSTLY_VALID, ctype=st.one_of(st.just("application/json"), CONTENT_TYPES), idem=IDEM,
-       body=BODIES, raw=st.one_of(st.none(), st.none(), st.binary(max_size=200)),
-       big=st.sampled_from([0, 0, 0, 0, 0, 17 * 1024]))
+@given(
+    auth=AUTH_MOSTLY_VALID,
+    ctype=st.one_of(st.just("application/json"), CONTENT_TYPES),
+    idem=IDEM,
+    body=BODIES,
+    raw=st.one_of(st.none(), st.none(), st.binary(max_size=200)),
+    big=st.sampled_from([0, 0, 0, 0, 0, 17 * 1024]),
+)
 def test_fuzz_create(hook, auth, ctype, idem, body, raw, big):
     if not all(_header_safe(v) for v in (auth, ctype, idem)):
         return
@@ -182,8 +224,14 @@ def test_fuzz_create(hook, auth, ctype, idem, body, raw, big):
 
 
 @FUZZ
-@given(auth=AUTH, role=st.sampled_from(["pipeline", "request_token", "fuzz"]), rid=IDS,
-       which=st.sampled_from(["done", "random", "pending"]), wait=WAITS, method=st.sampled_from(["GET", "DELETE", "CRED"]))
+@given(
+    auth=AUTH,
+    role=st.sampled_from(["pipeline", "request_token", "fuzz"]),
+    rid=IDS,
+    which=st.sampled_from(["done", "random", "pending"]),
+    wait=WAITS,
+    method=st.sampled_from(["GET", "DELETE", "CRED"]),
+)
 def test_fuzz_follow_ups(hook, auth, role, rid, which, wait, method):
     if role == "pipeline":
         auth = f"Bearer {WEB_TOKEN}"
@@ -204,15 +252,20 @@ def test_fuzz_follow_ups(hook, auth, role, rid, which, wait, method):
         method = "GET"  # cancelling is a legitimate change; keep the pending request pending
     resp = hook.call("DELETE" if method == "DELETE" else "GET", path, headers=headers_for(auth))
     if resp.status_code == 200:
-        assert auth is not None and (WEB_TOKEN in auth or hook.done["request_token"] in auth
-                                     or hook.pending["request_token"] in auth), auth
+        assert auth is not None and (
+            WEB_TOKEN in auth or hook.done["request_token"] in auth or hook.pending["request_token"] in auth
+        ), auth
 
 
 @FUZZ
-@given(auth=AUTH_MOSTLY_VALID, form=st.one_of(st.dictionaries(st.sampled_from(["token", "token_type_hint", "x"]),
-                                                 st.text(max_size=40), max_size=3),
-                                 st.just({"token": "eyJhbGciOiJFZERTQSJ9.e30.sig"})),
-       ctype=st.sampled_from(["application/x-www-form-urlencoded", "application/json", "text/plain", None]))
+@given(
+    auth=AUTH_MOSTLY_VALID,
+    form=st.one_of(
+        st.dictionaries(st.sampled_from(["token", "token_type_hint", "x"]), st.text(max_size=40), max_size=3),
+        st.just({"token": "eyJhbGciOiJFZERTQSJ9.e30.sig"}),
+    ),
+    ctype=st.sampled_from(["application/x-www-form-urlencoded", "application/json", "text/plain", None]),
+)
 def test_fuzz_introspect(hook, auth, form, ctype):
     if not _header_safe(auth):
         return
@@ -225,10 +278,26 @@ def test_fuzz_introspect(hook, auth, form, ctype):
 
 
 @FUZZ
-@given(path=st.sampled_from(["/.well-known/jwks.json", "/healthz", "/readyz", "/openapi.json", "/metrics", "/v1/requests",
-                             "/v1/requests/x", "/v1/requests/x/credential", "/v1/introspect", "/v1", "/"]),
-       method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
-       auth=AUTH, query=st.text(max_size=20))
+@given(
+    path=st.sampled_from(
+        [
+            "/.well-known/jwks.json",
+            "/healthz",
+            "/readyz",
+            "/openapi.json",
+            "/metrics",
+            "/v1/requests",
+            "/v1/requests/x",
+            "/v1/requests/x/credential",
+            "/v1/introspect",
+            "/v1",
+            "/",
+        ]
+    ),
+    method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]),
+    auth=AUTH,
+    query=st.text(max_size=20),
+)
 def test_fuzz_methods_and_public_endpoints(hook, path, method, auth, query):
     if not _header_safe(auth):
         return
@@ -263,15 +332,24 @@ def test_rejected_bodies_change_nothing_examples(hook):
     other = {"Authorization": f"Bearer {OTHER_TOKEN}"}
     resp = hook.call("POST", "/v1/requests", json={"action": "deploy-prod", "reason": "r"}, headers=other)
     assert resp.status_code == 403
-    resp = hook.call("POST", "/v1/requests", json={"action": "deploy-prod", "reason": "r"},
-                     headers={"Authorization": "Bearer wrong"})
+    resp = hook.call(
+        "POST", "/v1/requests", json={"action": "deploy-prod", "reason": "r"}, headers={"Authorization": "Bearer wrong"}
+    )
     assert resp.status_code == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
     # another pipeline's token and a foreign request_token: 404, never a peek
     for token in (OTHER_TOKEN, hook.done["request_token"]):
-        assert hook.call("GET", f"/v1/requests/{hook.pending['id']}",
-                         headers={"Authorization": f"Bearer {token}"}).status_code == 404
-        assert hook.call("DELETE", f"/v1/requests/{hook.pending['id']}",
-                         headers={"Authorization": f"Bearer {token}"}).status_code == 404
+        assert (
+            hook.call(
+                "GET", f"/v1/requests/{hook.pending['id']}", headers={"Authorization": f"Bearer {token}"}
+            ).status_code
+            == 404
+        )
+        assert (
+            hook.call(
+                "DELETE", f"/v1/requests/{hook.pending['id']}", headers={"Authorization": f"Bearer {token}"}
+            ).status_code
+            == 404
+        )
     assert hook.jit.status(hook.pending["id"]).get_json()["status"] == "pending"
 
 
@@ -279,16 +357,36 @@ def test_accepted_answers_match_the_document(hook):
     """The 2xx side of the contract: a whole flow, every answer validated against its schema."""
     jit = hook.jit
     auth = {"Authorization": f"Bearer {WEB_TOKEN}"}
-    created = hook.call("POST", "/v1/requests", json={"action": "read-secret", "reason": "r", "ttl": "5m",
-                                                      "context": {"repository": "acme/web", "custom": "1"}},
-                        headers={**auth, "Idempotency-Key": "one"})
+    created = hook.call(
+        "POST",
+        "/v1/requests",
+        json={
+            "action": "read-secret",
+            "reason": "r",
+            "ttl": "5m",
+            "context": {"repository": "acme/web", "custom": "1"},
+        },
+        headers={**auth, "Idempotency-Key": "one"},
+    )
     assert created.status_code == 201 and created.headers["Location"].endswith(created.get_json()["id"])
-    again = hook.call("POST", "/v1/requests", json={"action": "read-secret", "reason": "r", "ttl": "5m",
-                                                    "context": {"repository": "acme/web", "custom": "1"}},
-                      headers={**auth, "Idempotency-Key": "one"})
+    again = hook.call(
+        "POST",
+        "/v1/requests",
+        json={
+            "action": "read-secret",
+            "reason": "r",
+            "ttl": "5m",
+            "context": {"repository": "acme/web", "custom": "1"},
+        },
+        headers={**auth, "Idempotency-Key": "one"},
+    )
     assert again.status_code == 200 and again.get_json()["id"] == created.get_json()["id"]
-    other = hook.call("POST", "/v1/requests", json={"action": "read-secret", "reason": "r", "ttl": "5m"},
-                      headers={**auth, "Idempotency-Key": "one"})
+    other = hook.call(
+        "POST",
+        "/v1/requests",
+        json={"action": "read-secret", "reason": "r", "ttl": "5m"},
+        headers={**auth, "Idempotency-Key": "one"},
+    )
     assert other.status_code == 422
     rid = created.get_json()["id"]
     as_request = {"Authorization": f"Bearer {created.get_json()['request_token']}"}
@@ -302,8 +400,9 @@ def test_accepted_answers_match_the_document(hook):
     active = hook.call("POST", "/v1/introspect", data={"token": token}, headers=resource_server).get_json()
     assert active["active"] is True and active["jti"] == rid
     assert hook.call("DELETE", f"/v1/requests/{rid}", headers=as_request).get_json()["status"] == "revoked"
-    assert hook.call("POST", "/v1/introspect", data={"token": token},
-                     headers=resource_server).get_json() == {"active": False}
+    assert hook.call("POST", "/v1/introspect", data={"token": token}, headers=resource_server).get_json() == {
+        "active": False
+    }
     assert hook.call("GET", f"/v1/requests/{rid}/credential", headers=as_request).status_code == 410
     for path in ("/.well-known/jwks.json", "/healthz", "/readyz", "/openapi.json", "/metrics"):
         assert hook.call("GET", path).status_code == 200
@@ -316,7 +415,10 @@ def test_openapi_document_is_valid_and_covers_every_hook_route(hook):
     doc = hook.doc
     assert doc["openapi"].startswith("3.1")
     assert doc["components"]["securitySchemes"]["bearerAuth"] == {
-        "type": "http", "scheme": "bearer", "description": doc["components"]["securitySchemes"]["bearerAuth"]["description"]}
+        "type": "http",
+        "scheme": "bearer",
+        "description": doc["components"]["securitySchemes"]["bearerAuth"]["description"],
+    }
     routes = set()
     for rule in hook.app.url_map.iter_rules():
         if rule.endpoint == "static" or rule.rule == "/slack/events":
@@ -337,9 +439,18 @@ def test_openapi_document_is_valid_and_covers_every_hook_route(hook):
     assert set(create["properties"]) == set(RequestBody.model_fields)
     assert create["properties"]["reason"]["maxLength"] == MAX_REASON
     view = doc["components"]["schemas"]["AccessRequest"]
-    sample = AccessRequest.from_hash({"id": "x", "action": "a", "pipeline": "p", "ttl_s": "60",
-                                      "status": "pending", "created_ms": "0", "pending_until_ms": "0",
-                                      "approvals_required": "1"})
+    sample = AccessRequest.from_hash(
+        {
+            "id": "x",
+            "action": "a",
+            "pipeline": "p",
+            "ttl_s": "60",
+            "status": "pending",
+            "created_ms": "0",
+            "pending_until_ms": "0",
+            "approvals_required": "1",
+        }
+    )
     assert set(view["properties"]) == set(sample.public()) == set(view["required"])
     assert view["properties"]["status"]["enum"] == [s.value for s in Status]
 
@@ -371,8 +482,12 @@ def test_tokens_are_compared_in_constant_time_against_every_pipeline(hook, monke
     pol = hook.jit.rt.policy
     configured = {n for n, p in pol.model.pipelines.items() if p.token_sha256}
     assert len(configured) >= 2
-    for token, expected in ((WEB_TOKEN, "web-ci"), (OTHER_TOKEN, "other-ci"), ("nope", None),
-                            (WEB_TOKEN[:-1] + "X", None)):
+    for token, expected in (
+        (WEB_TOKEN, "web-ci"),
+        (OTHER_TOKEN, "other-ci"),
+        ("nope", None),
+        (WEB_TOKEN[:-1] + "X", None),
+    ):
         calls.clear()
         assert pol.pipeline_for_token(token) == expected
         digest = hashlib.sha256(token.encode()).hexdigest()
@@ -399,8 +514,9 @@ def test_rate_limit_per_pipeline_answers_429_with_retry_after(limited, jit):
     first = [jit.ask("read-secret")["id"] for _ in range(3)][0]
     count = len(jit.rt.redis.keys("jit:req:*"))
     audit = jit.rt.audit.count()
-    resp = jit.http.post("/v1/requests", json={"action": "read-secret", "reason": "r"},
-                         headers={"Authorization": f"Bearer {WEB_TOKEN}"})
+    resp = jit.http.post(
+        "/v1/requests", json={"action": "read-secret", "reason": "r"}, headers={"Authorization": f"Bearer {WEB_TOKEN}"}
+    )
     assert resp.status_code == 429
     assert resp.get_json()["error"] == "rate_limited"
     assert 1 <= int(resp.headers["Retry-After"]) <= 60

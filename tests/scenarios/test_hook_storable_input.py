@@ -14,20 +14,28 @@ AUTH = {"Authorization": f"Bearer {WEB_TOKEN}", "Content-Type": "application/jso
 def snapshot(rt):
     r = rt.redis
     rt.audit.flush()
-    return (sorted(r.scan_iter("jit:req:*")), r.zcard(keys.due()), r.xlen(keys.audit_stream()),
-            r.llen(keys.audit_outbox()), sorted(r.scan_iter("jit:idem:*")))
+    return (
+        sorted(r.scan_iter("jit:req:*")),
+        r.zcard(keys.due()),
+        r.xlen(keys.audit_stream()),
+        r.llen(keys.audit_outbox()),
+        sorted(r.scan_iter("jit:idem:*")),
+    )
 
 
-@pytest.mark.parametrize("raw", [
-    b'{"action": "deploy-prod", "reason": "x", "context": {"ref": "\\udfff"}}',
-    b'{"action": "deploy-prod", "reason": "release \\ud800"}',
-    b'{"action": "deploy-prod", "reason": "x", "requested_by": "\\udbff"}',
-    b'{"action": "deploy-prod", "reason": "x", "context": {"k\\udfff": "v"}}',
-    b'{"action": "deploy-prod", "reason": "x", "ttl": "\\ud800"}',
-    b'{"action": "deploy-prod", "reason": "x", "ttl": 100000000000000000000}',
-    b'{"action": "deploy-prod", "reason": "x", "ttl": "99999999999999999999d"}',
-    b'{"action": "deploy-prod", "reason": "x", "ttl": "4000000d"}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"action": "deploy-prod", "reason": "x", "context": {"ref": "\\udfff"}}',
+        b'{"action": "deploy-prod", "reason": "release \\ud800"}',
+        b'{"action": "deploy-prod", "reason": "x", "requested_by": "\\udbff"}',
+        b'{"action": "deploy-prod", "reason": "x", "context": {"k\\udfff": "v"}}',
+        b'{"action": "deploy-prod", "reason": "x", "ttl": "\\ud800"}',
+        b'{"action": "deploy-prod", "reason": "x", "ttl": 100000000000000000000}',
+        b'{"action": "deploy-prod", "reason": "x", "ttl": "99999999999999999999d"}',
+        b'{"action": "deploy-prod", "reason": "x", "ttl": "4000000d"}',
+    ],
+)
 def test_unstorable_input_is_a_400_and_writes_nothing(jit, slack, raw):
     before = snapshot(jit.rt)
     resp = jit.http.post("/v1/requests", data=raw, headers=AUTH)
@@ -56,6 +64,8 @@ def test_a_reused_idempotency_key_with_another_body_is_refused(jit):
     before = snapshot(jit.rt)
     other = jit.ask("read-secret", reason="release 4.2", headers=headers, expect=422)
     assert other["error"] == "idempotency_key_reused"
-    assert jit.ask("deploy-prod", reason="release 4.3", headers=headers, expect=422)["error"] == "idempotency_key_reused"
+    assert (
+        jit.ask("deploy-prod", reason="release 4.3", headers=headers, expect=422)["error"] == "idempotency_key_reused"
+    )
     assert jit.ask("deploy-prod", reason="release 4.2", ttl="20m", headers=headers, expect=422)
     assert snapshot(jit.rt) == before

@@ -241,8 +241,9 @@ def test_malformed_payload_is_400(jit, payload):
     assert jit.status(rid).get_json()["approvals"]["count"] == 0
 
 
-@pytest.mark.parametrize("body,ctype", [(b"{oops", "application/json"), (b"[]", "application/json"),
-                                        (b"<xml/>", "text/xml")])
+@pytest.mark.parametrize(
+    "body,ctype", [(b"{oops", "application/json"), (b"[]", "application/json"), (b"<xml/>", "text/xml")]
+)
 def test_malformed_event_bodies_are_400(jit, body, ctype):
     pending(jit)
     with Unchanged(jit):
@@ -264,8 +265,9 @@ def test_oversize_body_is_400_before_anything_else(jit):
 # Signed payloads with a hostile structure: only Slack can send them, yet none may crash the
 # endpoint or approve anything.
 _json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=20))
-_json = st.recursive(_json_leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
-                     max_leaves=10)
+_json = st.recursive(
+    _json_leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=10
+)
 
 
 @settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -274,17 +276,30 @@ _json = st.recursive(_json_leaf, lambda c: st.lists(c, max_size=3) | st.dictiona
     user=st.one_of(_json, st.fixed_dictionaries({"id": _json, "team_id": _json})),
     team=st.one_of(_json, st.fixed_dictionaries({"id": _json})),
     container=st.one_of(_json, st.fixed_dictionaries({"type": st.just("message"), "message_ts": _json})),
-    actions=st.one_of(_json, st.lists(st.fixed_dictionaries(
-        {"action_id": st.sampled_from(["jit_approve", "jit_deny", "jit_revoke", "other"]), "value": _json}),
-        max_size=2)),
+    actions=st.one_of(
+        _json,
+        st.lists(
+            st.fixed_dictionaries(
+                {"action_id": st.sampled_from(["jit_approve", "jit_deny", "jit_revoke", "other"]), "value": _json}
+            ),
+            max_size=2,
+        ),
+    ),
     view=_json,
 )
 def test_signed_hostile_payload_structures_never_crash(jit, kind, user, team, container, actions, view):
     if not hasattr(jit, "_fuzz_rid"):
         jit._fuzz_rid = pending(jit)
     rid = jit._fuzz_rid
-    payload = {"type": kind, "user": user, "team": team, "container": container, "actions": actions,
-               "view": view, "trigger_id": "1.2.3"}
+    payload = {
+        "type": kind,
+        "user": user,
+        "team": team,
+        "container": container,
+        "actions": actions,
+        "view": view,
+        "trigger_id": "1.2.3",
+    }
     body = urlencode({"payload": json.dumps(payload)}).encode()
     resp = jit.post_slack((body, "application/x-www-form-urlencoded"))
     assert resp.status_code < 500, (resp.status_code, payload)
@@ -294,13 +309,17 @@ def test_signed_hostile_payload_structures_never_crash(jit, kind, user, team, co
 
 # ------------------------------------------------------------------------ mrkdwn injection
 
-INJECTION = ("<!channel> <!here|here> <!everyone> <https://evil.example/x|click here> <@U0LEAD1> "
-             "<!subteam^S0PRODLEADS> <#C0PROD> &amp;lt; ")
+INJECTION = (
+    "<!channel> <!here|here> <!everyone> <https://evil.example/x|click here> <@U0LEAD1> "
+    "<!subteam^S0PRODLEADS> <#C0PROD> &amp;lt; "
+)
 LIVE_FORBIDDEN = ("<!channel", "<!here", "<!everyone", "<https://evil", "<#C0PROD", "|click here>")
 #: The only live `<…>` forms jit itself writes: mentions of approvers and deciders, user groups,
 #: localised dates, and the validated run URL.
-OWN_TOKEN = re.compile(r"^(@[UW][A-Z0-9]+|!subteam\^S[A-Z0-9]+|!date\^\d+\^[^|<>]*\|[^<>]*|"
-                       r"https://ci\.example/run/1\|View the run on ci\.example)$")
+OWN_TOKEN = re.compile(
+    r"^(@[UW][A-Z0-9]+|!subteam\^S[A-Z0-9]+|!date\^\d+\^[^|<>]*\|[^<>]*|"
+    r"https://ci\.example/run/1\|View the run on ci\.example)$"
+)
 
 
 def hostile(limit: int) -> str:
@@ -352,10 +371,17 @@ def check_limits(blocks: list[dict], max_blocks: int = 50) -> None:
 
 def test_oversized_pipeline_text_is_refused_before_slack(jit):
     huge = hostile(10_000).ljust(10_000, "x")
-    for body in ({"reason": huge}, {"requested_by": huge}, {"context": {"repository": huge}},
-                 {"context": {"environment": huge}}):
-        resp = jit.http.post("/v1/requests", json={"action": "deploy-prod", "reason": "r", **body},
-                             headers={"Authorization": f"Bearer {WEB_TOKEN}"})
+    for body in (
+        {"reason": huge},
+        {"requested_by": huge},
+        {"context": {"repository": huge}},
+        {"context": {"environment": huge}},
+    ):
+        resp = jit.http.post(
+            "/v1/requests",
+            json={"action": "deploy-prod", "reason": "r", **body},
+            headers={"Authorization": f"Bearer {WEB_TOKEN}"},
+        )
         assert resp.status_code == 400, resp.get_json()
     jit.work()
     assert jit.rt.redis.keys("jit:req:*") == [] and jit.slack.calls("chat.postMessage") == []
@@ -365,8 +391,12 @@ def test_mrkdwn_injection_renders_harmlessly_within_limits(jit, slack):
     ctx = {k: hostile(500) for k in ("repository", "ref", "commit", "environment")}
     ctx["run_url"] = "https://ci.example/run/1"
     evil = jit.ask("deploy-prod", reason=hostile(500), requested_by=hostile(200), context=ctx)["id"]
-    twin = jit.ask("deploy-prod", reason="plain", requested_by="someone",
-                   context={**{k: "plain" for k in ctx}, "run_url": "https://ci.example/run/1"})["id"]
+    twin = jit.ask(
+        "deploy-prod",
+        reason="plain",
+        requested_by="someone",
+        context={**{k: "plain" for k in ctx}, "run_url": "https://ci.example/run/1"},
+    )["id"]
     settle(jit, lambda: jit.rt.store.get(evil).message_ts and jit.rt.store.get(twin).message_ts)
 
     def message_tokens(rid):
@@ -394,8 +424,11 @@ def test_mrkdwn_injection_renders_harmlessly_within_limits(jit, slack):
     assert jit.click("jit_deny", evil, "U0LEAD2", button_text="Deny").status_code == 200
     settle(jit, lambda: slack.calls("views.open"))
     view = slack.calls("views.open")[-1].params["view"]
-    done = jit.post_slack(view_submission(view["callback_id"], view["private_metadata"],
-                                          {"reason": {"reason_input": hostile(500)}}, "U0LEAD2"))
+    done = jit.post_slack(
+        view_submission(
+            view["callback_id"], view["private_metadata"], {"reason": {"reason_input": hostile(500)}}, "U0LEAD2"
+        )
+    )
     assert done.status_code == 200
     settle(jit, shows(evil, "Denied"))
     status = jit.post_slack(slash_command(f"status {evil}", "U0LEAD1"))
@@ -436,8 +469,10 @@ def test_deeply_nested_slack_json_is_400(jit, depth):
     body, ctype = block_action("jit_approve", rid, "U0LEAD1", channel="C0PROD", message_ts=ts)
     click = dict(parse_qsl(body.decode()))["payload"]
     deep_click = click[:-1] + ', "deep": ' + _deep(depth) + "}"
-    event = ('{"type": "event_callback", "team_id": "' + TEAM_ID + '", '
-             '"event": {"type": "app_home_opened", "user": "U0LEAD1", "deep": ' + _deep(depth) + "}}")
+    event = (
+        '{"type": "event_callback", "team_id": "' + TEAM_ID + '", '
+        '"event": {"type": "app_home_opened", "user": "U0LEAD1", "deep": ' + _deep(depth) + "}}"
+    )
     with Unchanged(jit):
         assert jit.post_slack((event.encode(), "application/json")).status_code == 400
         assert jit.post_slack((urlencode({"payload": deep_click}).encode(), ctype)).status_code == 400

@@ -89,11 +89,7 @@ def stream_body(
     """POST a form body to `path` without end: as a declared 1.5 GB Content-Length, or chunked.
     Keep sending (up to `limit` bytes) until the server answers; return its status."""
     head = f"POST {path} HTTP/1.1\r\nHost: jit\r\nContent-Type: application/x-www-form-urlencoded\r\n{headers}"
-    head += (
-        "Content-Length: 1500000000\r\n"
-        if framing == "length"
-        else "Transfer-Encoding: chunked\r\n"
-    )
+    head += "Content-Length: 1500000000\r\n" if framing == "length" else "Transfer-Encoding: chunked\r\n"
     piece = b"payload=" + b"x" * (MB - 8)
     frame = piece if framing == "length" else f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
@@ -164,9 +160,7 @@ class Polls:
 
     def start(self, rid: str, n: int = 1) -> None:
         for _ in range(n):
-            t = threading.Thread(
-                target=lambda: self.answers.append(self.stack.get(rid, WEB_TOKEN, wait=30))
-            )
+            t = threading.Thread(target=lambda: self.answers.append(self.stack.get(rid, WEB_TOKEN, wait=30)))
             t.start()
             self.threads.append(t)
 
@@ -261,9 +255,7 @@ def raw_status(port: int, request: bytes) -> int | None:
 
 
 def test_oversized_request_line_and_headers_are_refused(stack):
-    assert raw_status(
-        stack.port, b"GET /healthz?" + b"q" * 4000 + b" HTTP/1.1\r\nHost: jit\r\n\r\n"
-    ) in (400, 414)
+    assert raw_status(stack.port, b"GET /healthz?" + b"q" * 4000 + b" HTTP/1.1\r\nHost: jit\r\n\r\n") in (400, 414)
     many = b"".join(b"X-Pad-%d: 1\r\n" % i for i in range(40))
     assert raw_status(stack.port, b"GET /healthz HTTP/1.1\r\nHost: jit\r\n" + many + b"\r\n") in (
         400,
@@ -276,7 +268,5 @@ def test_oversized_request_line_and_headers_are_refused(stack):
     )
     # an OIDC-sized bearer token still fits
     token = "ey" + "a" * 3000 + ".b.c"
-    ok = requests.get(
-        stack.url + "/v1/requests/x", headers={"Authorization": f"Bearer {token}"}, timeout=10
-    )
+    ok = requests.get(stack.url + "/v1/requests/x", headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert ok.status_code in (401, 404)

@@ -46,9 +46,12 @@ def test_500_concurrent_requests_all_end_revoked_once_and_leave_nothing_behind()
             resp = None
             for _ in range(3):  # a refused connection under load is retried; the key keeps it one request
                 try:
-                    resp = session.post(f"{stack.url}/v1/requests", timeout=30,
-                                        json={"action": "quick", "reason": f"load {i}", "ttl": "2s"},
-                                        headers={"Authorization": f"Bearer {WEB_TOKEN}", "Idempotency-Key": f"load-{i}"})
+                    resp = session.post(
+                        f"{stack.url}/v1/requests",
+                        timeout=30,
+                        json={"action": "quick", "reason": f"load {i}", "ttl": "2s"},
+                        headers={"Authorization": f"Bearer {WEB_TOKEN}", "Idempotency-Key": f"load-{i}"},
+                    )
                     break
                 except requests.ConnectionError:
                     time.sleep(0.5)
@@ -57,8 +60,12 @@ def test_500_concurrent_requests_all_end_revoked_once_and_leave_nothing_behind()
 
         def approve(rid: str, ts: str) -> None:
             body, ctype = block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=ts)
-            click = session.post(f"{stack.url}/slack/events", data=body, timeout=30,
-                                 headers=sign(SIGNING_SECRET, body, content_type=ctype))
+            click = session.post(
+                f"{stack.url}/slack/events",
+                data=body,
+                timeout=30,
+                headers=sign(SIGNING_SECRET, body, content_type=ctype),
+            )
             assert click.status_code == 200, click.text
 
         t0 = time.monotonic()
@@ -90,8 +97,12 @@ def test_500_concurrent_requests_all_end_revoked_once_and_leave_nothing_behind()
                     p.hget(keys.request(rid), "status")
                 return Counter(p.execute())
 
-        wait_until(lambda: statuses()["expired"] == N, timeout=240, interval=0.5,
-                   message=f"all {N} requests expired (now {dict(statuses())})")
+        wait_until(
+            lambda: statuses()["expired"] == N,
+            timeout=240,
+            interval=0.5,
+            message=f"all {N} requests expired (now {dict(statuses())})",
+        )
 
         print(f"all expired after {time.monotonic() - t0:.1f}s")
         # every grant issued once and revoked exactly once, with the credential it issued
@@ -108,13 +119,21 @@ def test_500_concurrent_requests_all_end_revoked_once_and_leave_nothing_behind()
         def work_left() -> list[str]:
             return [m for m in r.zrange(keys.due(), 0, -1) if m.split(":", 1)[0] in WORK]
 
-        wait_until(lambda: not work_left() and not any(r.llen(q) for q in r.scan_iter("rq:queue:*")),
-                   timeout=120, interval=0.5, message="the due queue and RQ queues to drain")
+        wait_until(
+            lambda: not work_left() and not any(r.llen(q) for q in r.scan_iter("rq:queue:*")),
+            timeout=120,
+            interval=0.5,
+            message="the due queue and RQ queues to drain",
+        )
         # what may stay queued: courtesy notes (reminders, DMs) that do nothing once a request is final
         for member in r.zrange(keys.due(), 0, -1):
             assert r.hget(keys.request(member.split(":", 1)[1]), "status") == "expired", member
-        wait_until(lambda: all("Expired" in json.dumps(m["blocks"]) for m in _request_messages(stack, r, rids)),
-                   timeout=120, interval=0.5, message="every Slack message to show Expired")
+        wait_until(
+            lambda: all("Expired" in json.dumps(m["blocks"]) for m in _request_messages(stack, r, rids)),
+            timeout=120,
+            interval=0.5,
+            message="every Slack message to show Expired",
+        )
         assert all(not any(b["type"] == "actions" for b in m["blocks"]) for m in _request_messages(stack, r, rids))
 
         # the audit: one issue and one revocation per request, and the chain verifies
@@ -127,8 +146,14 @@ def test_500_concurrent_requests_all_end_revoked_once_and_leave_nothing_behind()
                 per_request.setdefault(body["request_id"], Counter())[body["event"]] += 1
         for rid in rids:
             assert per_request[rid]["grant.issued"] == 1 and per_request[rid]["grant.revoked"] == 1, per_request[rid]
-        verify = subprocess.run([sys.executable, "-m", "bot.cli", "audit", "verify"], capture_output=True, text=True,
-                                cwd=ROOT, env={**stack.env}, timeout=120)
+        verify = subprocess.run(
+            [sys.executable, "-m", "bot.cli", "audit", "verify"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**stack.env},
+            timeout=120,
+        )
         assert verify.returncode == 0 and "audit chain ok" in verify.stdout, verify.stdout + verify.stderr
 
         # nothing orphaned: every jit key has a TTL or hangs off an index
@@ -168,7 +193,14 @@ def test_the_orphan_check_finds_what_it_should(rt):
     r.hset(keys.due_attempts(), "revoke:gone", 3)  # a retry counter for nothing due
     r.zadd(keys.due(), {"revoke:gone2": 1})  # due work for a request that does not exist
     found = "\n".join(orphans(r))
-    for needle in ("jit:req:lost1:", "jit:cred:lost2:", "jit:slack:seen:v0=def:", "jit:mystery:",
-                   "lists ghost", "counts revoke:gone,", "holds revoke:gone2"):
+    for needle in (
+        "jit:req:lost1:",
+        "jit:cred:lost2:",
+        "jit:slack:seen:v0=def:",
+        "jit:mystery:",
+        "lists ghost",
+        "counts revoke:gone,",
+        "holds revoke:gone2",
+    ):
         assert needle in found, (needle, found)
     assert "open1" not in found and "done1" not in found

@@ -91,9 +91,7 @@ def test_manifest_scopes_are_exactly_the_scopes_used():
         if m["features"].get(feature):
             required |= scopes
     granted = set(m["oauth_config"]["scopes"]["bot"])
-    assert granted == required, (
-        f"missing: {sorted(required - granted)}, unused: {sorted(granted - required)}"
-    )
+    assert granted == required, f"missing: {sorted(required - granted)}, unused: {sorted(granted - required)}"
     assert "user" not in m["oauth_config"]["scopes"]  # the app never acts as a user
 
 
@@ -105,11 +103,15 @@ def test_manifest_wires_commands_events_and_interactivity_to_the_bot():
     commands = {c["command"] for c in m["features"]["slash_commands"]}
     assert commands == set(re.findall(r'\.command\("(/[a-z-]+)"\)', code)) == {"/jit"}
     events = set(m["settings"]["event_subscriptions"]["bot_events"])
-    assert events == set(re.findall(r'\.event\("([a-z_]+)"\)', code)) == {
-        "app_home_opened",
-        "subteam_members_changed",  # off-boarding: group membership is re-read at once
-        "subteam_updated",
-    }
+    assert (
+        events
+        == set(re.findall(r'\.event\("([a-z_]+)"\)', code))
+        == {
+            "app_home_opened",
+            "subteam_members_changed",  # off-boarding: group membership is re-read at once
+            "subteam_updated",
+        }
+    )
     assert m["features"]["app_home"]["home_tab_enabled"] is True
     assert m["settings"]["interactivity"]["is_enabled"] is True
 

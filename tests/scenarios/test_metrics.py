@@ -81,9 +81,7 @@ def test_grant_failures_and_early_revokes_are_counted(jit, http, state_dir):
     after = scrape(http)
     assert value(after, "jit_requests_total", action="quick", outcome="revoked") == 1
     assert value(after, "jit_requests_total", action="quick", outcome="expired") == 0
-    assert (
-        value(after, "jit_revocation_lateness_seconds_count", action="quick") == 0
-    )  # not an expiry
+    assert value(after, "jit_revocation_lateness_seconds_count", action="quick") == 0  # not an expiry
     assert value(after, "jit_revoke_duration_seconds_count", action="quick", backend="exec") == 1
 
 
@@ -97,10 +95,7 @@ def test_slack_errors_and_429s_are_counted(jit, http, slack):
         time.sleep(0.1)
     after = scrape(http)
     assert value(after, "jit_slack_rate_limited_total", method="chat.postMessage") == 1
-    assert (
-        value(after, "jit_slack_api_errors_total", method="chat.postMessage", error="ratelimited")
-        == 1
-    )
+    assert value(after, "jit_slack_api_errors_total", method="chat.postMessage", error="ratelimited") == 1
 
     slack.api_error("channel_not_found", methods="chat.update", times=1)
     jit.release(rid)  # cancelling updates the message: the first update fails
@@ -129,15 +124,9 @@ def test_metrics_are_shared_by_every_process(rt, http):
     other_process.revoked("deploy-prod", "exec", 0.2, lateness=0.7)
     after = scrape(http)
     assert value(after, "jit_requests_total", action="deploy-prod", outcome="denied") == 1
-    assert (
-        value(after, "jit_revocation_lateness_seconds_bucket", action="deploy-prod", le="0.5") == 0
-    )
-    assert (
-        value(after, "jit_revocation_lateness_seconds_bucket", action="deploy-prod", le="1.0") == 1
-    )
-    assert (
-        abs(value(after, "jit_revocation_lateness_seconds_sum", action="deploy-prod") - 0.7) < 1e-9
-    )
+    assert value(after, "jit_revocation_lateness_seconds_bucket", action="deploy-prod", le="0.5") == 0
+    assert value(after, "jit_revocation_lateness_seconds_bucket", action="deploy-prod", le="1.0") == 1
+    assert abs(value(after, "jit_revocation_lateness_seconds_sum", action="deploy-prod") - 0.7) < 1e-9
 
 
 def test_a_metric_write_never_breaks_the_caller():

@@ -223,9 +223,7 @@ def configs(issuers: Issuers) -> dict[str, OidcConfig]:
                 "environment": "production",
             },
         ),
-        "deploy-any": OidcConfig(
-            issuer=issuers.github, audience="jit-bot", claims={"repository_id": "424242"}
-        ),
+        "deploy-any": OidcConfig(issuer=issuers.github, audience="jit-bot", claims={"repository_id": "424242"}),
         "infra": OidcConfig(
             issuer=issuers.gitlab,
             audience="jit-bot",
@@ -407,9 +405,7 @@ def test_alg_none(issuers, verifier):
 
 def test_hs256_signed_with_the_public_key_text(issuers, verifier):
     """Algorithm confusion: HMAC keyed with the issuer's public PEM must not verify."""
-    pem = RSA_KEY.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    pem = RSA_KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     header = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": GH_KID}).encode())
     payload = b64(json.dumps(github_claims(issuers.github)).encode())
     sig = b64(hmac.new(pem, f"{header}.{payload}".encode(), hashlib.sha256).digest())
@@ -465,11 +461,7 @@ def test_a_rotated_key_is_picked_up_after_the_cooldown(issuers, verifier, clock)
 
 
 def test_an_unreachable_issuer_is_a_503(verifier):
-    cfg = {
-        "p": OidcConfig(
-            issuer="http://127.0.0.1:9", audience="jit-bot", claims={"repository": "a/b"}
-        )
-    }
+    cfg = {"p": OidcConfig(issuer="http://127.0.0.1:9", audience="jit-bot", claims={"repository": "a/b"})}
     token = mint(github_claims("http://127.0.0.1:9"))
     e = rejected(verifier, token, cfg)
     assert (e.status, e.reason) == (503, "issuer keys unavailable")
@@ -525,9 +517,7 @@ def test_gitlab_list_claim_and_non_string_claims(issuers, verifier):
     }
     token = mint(gitlab_claims(issuers.gitlab), key=EC_KEY, kid=GL_KID, alg="ES256")
     assert verifier.verify(token, cfgs)[0] == "infra"
-    token = mint(
-        gitlab_claims(issuers.gitlab, groups_direct=["other"]), key=EC_KEY, kid=GL_KID, alg="ES256"
-    )
+    token = mint(gitlab_claims(issuers.gitlab, groups_direct=["other"]), key=EC_KEY, kid=GL_KID, alg="ES256")
     assert rejected(verifier, token, cfgs).status == 403
 
 
@@ -593,9 +583,7 @@ def test_context_for_github_enterprise_issuers():
 def test_a_gitlab_tag_and_a_branch_of_the_same_name_have_different_refs():
     branch = verified_context(gitlab_claims("https://gitlab.example.com"))[0]
     tag = verified_context(
-        gitlab_claims(
-            "https://gitlab.example.com", ref_type="tag", ref_path="refs/tags/main", ref_protected="false"
-        )
+        gitlab_claims("https://gitlab.example.com", ref_type="tag", ref_path="refs/tags/main", ref_protected="false")
     )[0]
     assert (branch["ref"], branch["ref_type"]) == ("refs/heads/main", "branch")
     assert (tag["ref"], tag["ref_type"], tag["ref_protected"]) == ("refs/tags/main", "tag", "false")

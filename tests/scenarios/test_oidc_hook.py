@@ -42,8 +42,11 @@ actions:
 
 
 def ask(http, token, **body):
-    return http.post("/v1/requests", json={"action": "read-secret", "reason": "rotate", **body},
-                     headers={"Authorization": f"Bearer {token}"})
+    return http.post(
+        "/v1/requests",
+        json={"action": "read-secret", "reason": "rotate", **body},
+        headers={"Authorization": f"Bearer {token}"},
+    )
 
 
 def test_github_token_creates_a_verified_request(oidc_policy, jit, issuers, slack):
@@ -99,9 +102,7 @@ def gitlab_token(issuers, **over) -> str:
     return mint(claims, key=EC_KEY, kid=GL_KID, alg="ES256")
 
 
-def test_auto_approve_on_a_gitlab_branch_never_matches_a_tag_of_the_same_name(
-    gitlab_auto_approve, jit, issuers
-):
+def test_auto_approve_on_a_gitlab_branch_never_matches_a_tag_of_the_same_name(gitlab_auto_approve, jit, issuers):
     branch = ask(jit.http, gitlab_token(issuers), action="deploy-staging")
     assert branch.status_code == 201, branch.get_json()
     body = branch.get_json()

@@ -149,11 +149,7 @@ def verifier(clock):
 
 
 def configs(issuer: SlowIssuer) -> dict[str, OidcConfig]:
-    return {
-        "deploy": OidcConfig(
-            issuer=issuer.url, audience="jit-bot", claims={"repository": "acme/deploy"}
-        )
-    }
+    return {"deploy": OidcConfig(issuer=issuer.url, audience="jit-bot", claims={"repository": "acme/deploy"})}
 
 
 def verify_all(verifier: OidcVerifier, tokens: list[str], cfgs) -> list:
@@ -240,9 +236,7 @@ def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
         .sign(key, hashes.SHA256())
     )
@@ -269,9 +263,7 @@ def tls_issuer(tmp_path, monkeypatch):
     i.close()
 
 
-def test_an_https_issuer_is_verified_and_trusted_like_requests_would(
-    tls_issuer, verifier, monkeypatch
-):
+def test_an_https_issuer_is_verified_and_trusted_like_requests_would(tls_issuer, verifier, monkeypatch):
     cfgs = configs(tls_issuer)
     assert verifier.verify(mint(github_claims(tls_issuer.url)), cfgs)[0] == "deploy"
     assert tls_issuer.requests["jwks"] == 1
@@ -284,8 +276,6 @@ def test_an_https_issuer_is_verified_and_trusted_like_requests_would(
 
 def test_a_tls_handshake_that_never_finishes_ends_at_the_deadline(tls_issuer, verifier):
     tls_issuer.slow = ("handshake", "")
-    outcomes = verify_all(
-        verifier, [mint(github_claims(tls_issuer.url)) for _ in range(3)], configs(tls_issuer)
-    )
+    outcomes = verify_all(verifier, [mint(github_claims(tls_issuer.url)) for _ in range(3)], configs(tls_issuer))
     assert [(e.status, e.reason) for e in outcomes] == [(503, "issuer keys unavailable")] * 3
     assert tls_issuer.requests["handshake"] == 1

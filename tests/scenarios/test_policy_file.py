@@ -91,9 +91,12 @@ def test_duplicate_names():
     text = BASE.replace("  other-ci:\n", "  web-ci:\n", 1)  # a second pipeline called web-ci
     dup_line = line_of(text, "  web-ci:", 2)
     errs = errors_of(text)
-    assert f"p.yaml:{dup_line}: pipelines.web-ci: duplicate key 'web-ci' (first at line {line_of(text, '  web-ci:')})" in errs
+    assert (
+        f"p.yaml:{dup_line}: pipelines.web-ci: duplicate key 'web-ci' (first at line {line_of(text, '  web-ci:')})"
+        in errs
+    )
 
-    action = BASE + BASE[BASE.index("  read-secret:\n    description"):]  # read-secret twice
+    action = BASE + BASE[BASE.index("  read-secret:\n    description") :]  # read-secret twice
     errs = errors_of(action)
     assert any("actions.read-secret: duplicate key 'read-secret'" in e for e in errs)
 
@@ -102,8 +105,9 @@ def test_duplicate_names():
 
     import hashlib
 
-    same = BASE.replace(hashlib.sha256(OTHER_TOKEN.encode()).hexdigest(),
-                        BASE.split("token_sha256: ")[1].split("\n")[0])
+    same = BASE.replace(
+        hashlib.sha256(OTHER_TOKEN.encode()).hexdigest(), BASE.split("token_sha256: ")[1].split("\n")[0]
+    )
     assert any("pipelines.other-ci.token_sha256: same token as pipeline 'web-ci'" in e for e in errors_of(same))
 
 
@@ -127,30 +131,65 @@ def test_every_error_is_reported_not_just_the_first():
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ('windows: ["mon-fri 09:00-18:00 Europe/Paris"]', 'windows: ["mon-fri 09:00-18:00 Paris/Texas"]',
-         "actions.change-db.windows.0: unknown time zone 'Paris/Texas'"),
-        ('windows: ["mon-fri 09:00-18:00 Europe/Paris"]', 'windows: ["someday 09:00-18:00"]',
-         "actions.change-db.windows.0: unknown day 'someday'"),
-        ("auto_approve: {environment: [staging, dev], ref: \"refs/heads/main\", max_ttl: 30m, max_per_day: 2}",
-         "auto_approve: {max_ttl: 30m}",
-         "actions.deploy-staging.auto_approve: auto_approve needs at least one condition"),
-        ("max_ttl: 30m, max_per_day: 2}", "max_ttl: 2h, max_per_day: 2}",
-         "actions.deploy-staging.auto_approve.max_ttl: is longer than the action's ttl.max"),
-        ("max_per_day: 2}", "max_per_day: 0}",
-         "actions.deploy-staging.auto_approve.max_per_day: Input should be greater than or equal to 1"),
-        ("  security_channel: C0SECURITY\n", "",
-         "break_glass.security_channel: Field required"),
-        ("approvers: [U0ONCALL, S0SECURITY]", "approvers: []",
-         "break_glass.approvers: List should have at least 1 item"),
-        ("approvers: [U0ONCALL, S0SECURITY]", "approvers: [U0ONCALL, U0ONCALL]",
-         "break_glass.approvers: an approver is listed twice"),
-        ("      staging: [U0DEV1]\n", "      staging: []\n",
-         "actions.deploy-env.approvers_by_environment.staging: the approver list is empty"),
-        ("      prod: [U0LEAD1, U0LEAD2]\n", "      prod!: [U0LEAD1, U0LEAD2]\n",
-         "actions.deploy-env.approvers_by_environment.prod!"),
+        (
+            'windows: ["mon-fri 09:00-18:00 Europe/Paris"]',
+            'windows: ["mon-fri 09:00-18:00 Paris/Texas"]',
+            "actions.change-db.windows.0: unknown time zone 'Paris/Texas'",
+        ),
+        (
+            'windows: ["mon-fri 09:00-18:00 Europe/Paris"]',
+            'windows: ["someday 09:00-18:00"]',
+            "actions.change-db.windows.0: unknown day 'someday'",
+        ),
+        (
+            'auto_approve: {environment: [staging, dev], ref: "refs/heads/main", max_ttl: 30m, max_per_day: 2}',
+            "auto_approve: {max_ttl: 30m}",
+            "actions.deploy-staging.auto_approve: auto_approve needs at least one condition",
+        ),
+        (
+            "max_ttl: 30m, max_per_day: 2}",
+            "max_ttl: 2h, max_per_day: 2}",
+            "actions.deploy-staging.auto_approve.max_ttl: is longer than the action's ttl.max",
+        ),
+        (
+            "max_per_day: 2}",
+            "max_per_day: 0}",
+            "actions.deploy-staging.auto_approve.max_per_day: Input should be greater than or equal to 1",
+        ),
+        ("  security_channel: C0SECURITY\n", "", "break_glass.security_channel: Field required"),
+        (
+            "approvers: [U0ONCALL, S0SECURITY]",
+            "approvers: []",
+            "break_glass.approvers: List should have at least 1 item",
+        ),
+        (
+            "approvers: [U0ONCALL, S0SECURITY]",
+            "approvers: [U0ONCALL, U0ONCALL]",
+            "break_glass.approvers: an approver is listed twice",
+        ),
+        (
+            "      staging: [U0DEV1]\n",
+            "      staging: []\n",
+            "actions.deploy-env.approvers_by_environment.staging: the approver list is empty",
+        ),
+        (
+            "      prod: [U0LEAD1, U0LEAD2]\n",
+            "      prod!: [U0LEAD1, U0LEAD2]\n",
+            "actions.deploy-env.approvers_by_environment.prod!",
+        ),
     ],
-    ids=["timezone", "day", "no-condition", "max-ttl", "max-per-day", "security-channel",
-         "no-break-glass-approvers", "break-glass-twice", "empty-environment", "bad-environment-name"],
+    ids=[
+        "timezone",
+        "day",
+        "no-condition",
+        "max-ttl",
+        "max-per-day",
+        "security-channel",
+        "no-break-glass-approvers",
+        "break-glass-twice",
+        "empty-environment",
+        "bad-environment-name",
+    ],
 )
 def test_errors_in_the_new_sections(old, new, expected):
     text = rules_policy_text("/tmp")
@@ -162,8 +201,10 @@ def test_errors_in_the_new_sections(old, new, expected):
 def test_an_action_needs_approvers_somewhere():
     text = BASE.replace("    approvers: [U0LEAD1, U0ALICE]\n", "")
     errs = errors_of(text)
-    assert errs == [f"p.yaml:{line_of(text, '  read-secret:')}: actions.read-secret: "
-                    "no approvers: set approvers or approvers_by_environment"]
+    assert errs == [
+        f"p.yaml:{line_of(text, '  read-secret:')}: actions.read-secret: "
+        "no approvers: set approvers or approvers_by_environment"
+    ]
 
 
 def test_auto_approval_environments_must_have_approvers_when_approvers_go_by_environment():
@@ -172,7 +213,9 @@ def test_auto_approval_environments_must_have_approvers_when_approvers_go_by_env
         "      staging: [U0DEV1]\n    auto_approve: {environment: [staging, qa]}\n    ttl: {default: 15m, max: 1h}\n",
     )
     errs = errors_of(text)
-    assert len(errs) == 1 and "actions.deploy-env.auto_approve.environment.1: environment 'qa' has no approvers" in errs[0]
+    assert (
+        len(errs) == 1 and "actions.deploy-env.auto_approve.environment.1: environment 'qa' has no approvers" in errs[0]
+    )
     assert "approvers_by_environment has: prod, staging" in errs[0]
 
 
@@ -233,8 +276,13 @@ def test_policy_check_on_broken_yaml_and_a_missing_file(tmp_path, capsys):
 
 def test_policy_check_as_a_command(tmp_path):
     bad = write(tmp_path, BASE.replace("type: token", "type: carrier-pigeon"))
-    p = subprocess.run([sys.executable, "-m", "bot.cli", "policy", "check", str(bad)],
-                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    p = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "policy", "check", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert p.returncode == 1 and "carrier-pigeon" in p.stdout and "Traceback" not in p.stderr
 
 

@@ -51,8 +51,11 @@ def reloader(rt):
 
 
 def notices(slack, channel="C0APPROVALS"):
-    return [c.params["text"] for c in slack.calls("chat.postMessage") if c.params["channel"] == channel
-            and "blocks" not in c.params]
+    return [
+        c.params["text"]
+        for c in slack.calls("chat.postMessage")
+        if c.params["channel"] == channel and "blocks" not in c.params
+    ]
 
 
 # ------------------------------------------------------------------ valid and invalid files
@@ -196,9 +199,7 @@ def test_a_file_written_in_two_halves_is_never_put_in_force_half_written(rt, pol
 def test_a_worker_booting_while_the_file_is_written_waits_for_the_whole_file(rt, policy_file):
     rt.record_policy_loaded()
     full, half = stricter_at_the_end(policy_file.read_text())
-    writer = threading.Thread(
-        target=write_in_two_halves, args=(policy_file, half, full[len(half) :], 0.2)
-    )
+    writer = threading.Thread(target=write_in_two_halves, args=(policy_file, half, full[len(half) :], 0.2))
     writer.start()
     try:
         wait_until(lambda: policy_file.stat().st_size == len(half.encode()), message="half written")
@@ -325,8 +326,10 @@ def test_running_processes_reload_without_a_restart():
         # SIGHUP to gunicorn's master with a broken file: new workers keep the policy in force
         s.policy_file.write_text(invalid_policy(s.policy_file.read_text()))
         os.kill(serve.popen.pid, signal.SIGHUP)
-        wait_until(lambda: any(json.loads(f["data"])["event"] == "policy.rejected"
-                               for _, f in r.xrange("jit:audit")), message="rejection recorded")
+        wait_until(
+            lambda: any(json.loads(f["data"])["event"] == "policy.rejected" for _, f in r.xrange("jit:audit")),
+            message="rejection recorded",
+        )
         # the replacement worker booted on the policy in force, not on the broken file
         wait_until(lambda: "policy file rejected (start)" in serve.log(), message="a new worker booted")
         assert serve.alive and s.ask("fresh", WEB_TOKEN).status_code == 201

@@ -49,8 +49,7 @@ def test_concurrent_creations_from_several_processes_in_one_millisecond_are_all_
     ctx = multiprocessing.get_context("fork")
     errors = ctx.Queue()
     procs = [
-        ctx.Process(target=_create_in_one_millisecond, args=(limiter, redis_url, errors))
-        for _ in range(PROCESSES)
+        ctx.Process(target=_create_in_one_millisecond, args=(limiter, redis_url, errors)) for _ in range(PROCESSES)
     ]
     for p in procs:
         p.start()

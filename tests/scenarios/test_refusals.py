@@ -20,10 +20,7 @@ def bodies(rt, event=None) -> list[dict]:
 
 
 def refuse(rt, actor, n=1, event="slack.refused", **kw) -> int:
-    return sum(
-        record_refusal(rt.redis, rt.audit, event, actor=actor, details={"why": "test"}, **kw)
-        for _ in range(n)
-    )
+    return sum(record_refusal(rt.redis, rt.audit, event, actor=actor, details={"why": "test"}, **kw) for _ in range(n))
 
 
 def test_an_actor_is_recorded_ten_times_a_minute_then_summed_up(rt):
@@ -57,9 +54,7 @@ def test_the_summary_does_not_wait_for_its_actor_to_come_back(rt):
         refuse(rt, "U0SOMEONE")  # anyone's next refusal writes the summaries that are due
     summaries = bodies(rt, "slack.refusals_suppressed")
     assert [(s["actor"], s["details"]["count"]) for s in summaries] == [("U0PEST", 5)]
-    assert (
-        rt.redis.hlen(keys.refusals_suppressed()) == 0 and rt.redis.zcard(keys.refusals_due()) == 0
-    )
+    assert rt.redis.hlen(keys.refusals_suppressed()) == 0 and rt.redis.zcard(keys.refusals_due()) == 0
     with freeze_time(T0) as frozen:
         frozen.tick(200)
         refuse(rt, "U0PEST")
@@ -85,9 +80,7 @@ def test_refused_audit_reads_grow_the_trail_by_at_most_ten(jit, n):
     before = jit.rt.audit.count()
     for _ in range(n):
         resp = jit.post_slack(slash_command("audit", "U0NOBODY"))
-        assert resp.status_code == 200 and "only auditors and approvers" in resp.get_data(
-            as_text=True
-        )
+        assert resp.status_code == 200 and "only auditors and approvers" in resp.get_data(as_text=True)
     assert jit.rt.audit.count() - before == REFUSALS_PER_WINDOW
     assert len(bodies(jit.rt, "audit.read_refused")) == REFUSALS_PER_WINDOW
 
@@ -96,9 +89,7 @@ def test_replayed_and_foreign_clicks_grow_the_trail_by_at_most_ten(jit):
     jit.rt.redis.set(keys.slack_team(), TEAM_ID)
     rid = jit.ask("deploy-prod")["id"]
     req = jit.wait_for_message(rid)
-    body, ctype = block_action(
-        "jit_deny", rid, "U0LEAD1", channel=req.channel, message_ts=req.message_ts
-    )
+    body, ctype = block_action("jit_deny", rid, "U0LEAD1", channel=req.channel, message_ts=req.message_ts)
     headers = sign(SIGNING_SECRET, body, content_type=ctype)
     assert jit.http.post("/slack/events", data=body, headers=headers).status_code == 200
     before = jit.rt.audit.count()

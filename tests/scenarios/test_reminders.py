@@ -15,8 +15,6 @@ def policy_file(tmp_path, state_dir):
     return p
 
 
-
-
 def thread(slack, ts):
     return [c for c in slack.calls("chat.postMessage") if c.ok and c.params.get("thread_ts") == ts]
 
@@ -46,8 +44,11 @@ def test_a_decided_request_gets_no_reminder(jit, slack):
     jit.drain(lambda: jit.status(rid).get_json()["status"] == "active", what="active")
     remind_at = jit.rt.store.get(rid).created_at.timestamp() + 2.0
     # the reminder item (if still queued) comes due and finds the request moved on
-    jit.drain(lambda: time.time() > remind_at + 1 and jit.rt.redis.zscore("jit:due", f"remind:{rid}") is None,
-          timeout=30, what="the reminder item to retire")
+    jit.drain(
+        lambda: time.time() > remind_at + 1 and jit.rt.redis.zscore("jit:due", f"remind:{rid}") is None,
+        timeout=30,
+        what="the reminder item to retire",
+    )
     assert thread(slack, ts) == []
 
 
@@ -59,8 +60,9 @@ def test_expiry_warning_five_minutes_before_the_end(jit, slack):
     req = jit.rt.store.get(rid)
     warn_at = req.expires_at.timestamp() - 300
     assert jit.rt.redis.zscore("jit:due", f"warn:{rid}") == pytest.approx(warn_at * 1000, abs=1)
-    notes = jit.drain(lambda: [c for c in thread(slack, ts) if "expires in" in c.params["text"]],
-                  timeout=30, what="the warning")
+    notes = jit.drain(
+        lambda: [c for c in thread(slack, ts) if "expires in" in c.params["text"]], timeout=30, what="the warning"
+    )
     assert notes[0].time >= warn_at - 0.05
     assert "expires in 5m" in notes[0].params["text"] or "expires in 4m" in notes[0].params["text"]
     jit.work()
@@ -83,6 +85,9 @@ def test_a_grant_ended_early_gets_no_warning(jit, slack):
     jit.drain(lambda: jit.status(rid).get_json()["status"] == "active", what="active")
     warn_at = jit.rt.store.get(rid).expires_at.timestamp() - 300
     jit.release(rid)
-    jit.drain(lambda: time.time() > warn_at + 1 and jit.rt.redis.zscore("jit:due", f"warn:{rid}") is None,
-          timeout=30, what="the warning item to retire")
+    jit.drain(
+        lambda: time.time() > warn_at + 1 and jit.rt.redis.zscore("jit:due", f"warn:{rid}") is None,
+        timeout=30,
+        what="the warning item to retire",
+    )
     assert not [c for c in thread(slack, ts) if "expires in" in c.params["text"]]

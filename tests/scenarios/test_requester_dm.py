@@ -18,8 +18,6 @@ def policy_file(tmp_path, state_dir):
     return p
 
 
-
-
 def dms(slack, user=ALICE):
     channel = slack.dm_channel(user)
     return [m["text"] for m in slack.messages(channel).values()]

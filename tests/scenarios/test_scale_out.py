@@ -22,9 +22,7 @@ from bot.store.sentinel import SentinelTarget, parse
 def serve_replica(stack: Stack, port: int | None = None) -> tuple[Proc, str]:
     """Another `jit serve` on its own port, sharing the stack's Redis, Slack and policy."""
     port = port or free_port()
-    proc = Proc(
-        "serve-b", [*JIT, "serve", "--port", str(port), "--workers", "1"], stack.env, stack.tmp
-    )
+    proc = Proc("serve-b", [*JIT, "serve", "--port", str(port), "--workers", "1"], stack.env, stack.tmp)
     stack.procs.append(proc)
     url = f"http://127.0.0.1:{port}"
 
@@ -71,22 +69,10 @@ def test_two_replicas_and_two_workers_act_as_one():
         )
 
         # the click reaches replica A; Slack retries the very same delivery to replica B
-        body, ctype = block_action(
-            "jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=ts
-        )
+        body, ctype = block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=ts)
         headers = sign(SIGNING_SECRET, body, content_type=ctype)
-        assert (
-            requests.post(
-                stack.url + "/slack/events", data=body, headers=headers, timeout=10
-            ).status_code
-            == 200
-        )
-        assert (
-            requests.post(
-                url_b + "/slack/events", data=body, headers=headers, timeout=10
-            ).status_code
-            == 401
-        )
+        assert requests.post(stack.url + "/slack/events", data=body, headers=headers, timeout=10).status_code == 200
+        assert requests.post(url_b + "/slack/events", data=body, headers=headers, timeout=10).status_code == 401
 
         t.join(60)
         assert polled.get("status") == 200, polled
@@ -120,9 +106,7 @@ def test_two_replicas_and_two_workers_act_as_one():
         ),
         (
             "redis+sentinel://:s3cr%40t@10.0.0.1:26380,10.0.0.2:26381/jit/2",
-            SentinelTarget(
-                [("10.0.0.1", 26380), ("10.0.0.2", 26381)], "jit", 2, None, "s3cr@t", None
-            ),
+            SentinelTarget([("10.0.0.1", 26380), ("10.0.0.2", 26381)], "jit", 2, None, "s3cr@t", None),
         ),
         (
             "redis+sentinel://jit:pw@a:1,b:2,c/main/0?sentinel_password=spw",
@@ -157,13 +141,8 @@ def sentinel(redis_server):
     port = free_port()
     conf = os.path.join(tmp, "sentinel.conf")
     with open(conf, "w") as f:
-        f.write(
-            f"port {port}\nbind 127.0.0.1\ndir {tmp}\n"
-            f"sentinel monitor jitmaster 127.0.0.1 {redis_server.port} 1\n"
-        )
-    proc = subprocess.Popen(
-        [binary, conf, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+        f.write(f"port {port}\nbind 127.0.0.1\ndir {tmp}\nsentinel monitor jitmaster 127.0.0.1 {redis_server.port} 1\n")
+    proc = subprocess.Popen([binary, conf, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = redislib.Redis(port=port, decode_responses=True)
 
     def knows_master() -> bool:
@@ -184,9 +163,7 @@ def sentinel(redis_server):
 def test_redis_url_through_sentinel_reaches_the_master(sentinel, redis_url):
     from bot.store.connection import redis_from_url
 
-    via_sentinel = redis_from_url(
-        f"redis+sentinel://127.0.0.1:{sentinel}/jitmaster/0", decode_responses=True
-    )
+    via_sentinel = redis_from_url(f"redis+sentinel://127.0.0.1:{sentinel}/jitmaster/0", decode_responses=True)
     via_sentinel.set("jit:test:sentinel", "hello")
     direct = redislib.Redis.from_url(redis_url, decode_responses=True)
     assert direct.get("jit:test:sentinel") == "hello"

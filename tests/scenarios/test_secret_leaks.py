@@ -78,14 +78,26 @@ def test_no_secret_in_slack_logs_audit_or_redis(jit, slack, caplog, state_dir):
     caplog.set_level(logging.DEBUG)  # the root logger: every logger propagates here
     for name in ("urllib3", "slack_sdk", "slack_bolt", "rq", "rq.worker", "werkzeug", "jit"):
         logging.getLogger(name).setLevel(logging.DEBUG)
-    secrets = {"SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_BOT_TOKEN": BOT_TOKEN,
-               "JIT_SECRET_KEY": SECRET_KEY, "web-ci bearer": WEB_TOKEN, "other-ci bearer": OTHER_TOKEN}
+    secrets = {
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "JIT_SECRET_KEY": SECRET_KEY,
+        "web-ci bearer": WEB_TOKEN,
+        "other-ci bearer": OTHER_TOKEN,
+    }
 
     # 1. exec grant: ask (with an idempotent retry), two approvals, fetch, release early
-    a = jit.ask("deploy-prod", headers={"Idempotency-Key": "deploy-42"},
-                context={"repository": "acme/web", "run_url": "https://ci.example/run/1"})
-    again = jit.ask("deploy-prod", expect=200, headers={"Idempotency-Key": "deploy-42"},
-                    context={"repository": "acme/web", "run_url": "https://ci.example/run/1"})
+    a = jit.ask(
+        "deploy-prod",
+        headers={"Idempotency-Key": "deploy-42"},
+        context={"repository": "acme/web", "run_url": "https://ci.example/run/1"},
+    )
+    again = jit.ask(
+        "deploy-prod",
+        expect=200,
+        headers={"Idempotency-Key": "deploy-42"},
+        context={"repository": "acme/web", "run_url": "https://ci.example/run/1"},
+    )
     assert again["id"] == a["id"]
     secrets["request_token a"] = a["request_token"]
     settle(jit, lambda: jit.rt.store.get(a["id"]).message_ts)
@@ -108,8 +120,9 @@ def test_no_secret_in_slack_logs_audit_or_redis(jit, slack, caplog, state_dir):
     token = jit.credential(b["id"]).get_json()["credential"]["token"]
     secrets["issued JWT"] = token
     secrets["issued JWT signature"] = token.rsplit(".", 1)[1]
-    active = jit.http.post("/v1/introspect", data={"token": token},
-                           headers={"Authorization": f"Bearer {INTROSPECTION_TOKEN}"})
+    active = jit.http.post(
+        "/v1/introspect", data={"token": token}, headers={"Authorization": f"Bearer {INTROSPECTION_TOKEN}"}
+    )
     assert active.get_json()["active"] is True
     # the revoke-now button in Slack
     assert jit.click("jit_revoke", b["id"], "U0LEAD1", button_text="Revoke now").status_code == 200
@@ -122,8 +135,11 @@ def test_no_secret_in_slack_logs_audit_or_redis(jit, slack, caplog, state_dir):
     jit.click("jit_deny", c["id"], "U0LEAD2", button_text="Deny")
     settle(jit, lambda: slack.calls("views.open"))
     view = slack.calls("views.open")[-1].params["view"]
-    jit.post_slack(view_submission(view["callback_id"], view["private_metadata"],
-                                   {"reason": {"reason_input": "not now"}}, "U0LEAD2"))
+    jit.post_slack(
+        view_submission(
+            view["callback_id"], view["private_metadata"], {"reason": {"reason_input": "not now"}}, "U0LEAD2"
+        )
+    )
     assert jit.status(c["id"]).get_json()["status"] == "denied"
 
     # 4. a grant that keeps failing
@@ -139,10 +155,18 @@ def test_no_secret_in_slack_logs_audit_or_redis(jit, slack, caplog, state_dir):
     assert jit.status(a["id"], token=OTHER_TOKEN).status_code == 404
     assert jit.status(a["id"], token=b["request_token"]).status_code == 404
     assert jit.http.get(f"/v1/requests/{a['id']}", headers={"Authorization": f"Token {WEB_TOKEN}"}).status_code == 401
-    assert jit.http.post("/v1/requests", data=f"token={WEB_TOKEN}",
-                         headers={"Authorization": f"Bearer {WEB_TOKEN}"}).status_code == 415
-    assert jit.post_slack((f"payload={SECRET_KEY}".encode(), "application/x-www-form-urlencoded"),
-                          secret=SIGNING_SECRET + "x").status_code == 401
+    assert (
+        jit.http.post(
+            "/v1/requests", data=f"token={WEB_TOKEN}", headers={"Authorization": f"Bearer {WEB_TOKEN}"}
+        ).status_code
+        == 415
+    )
+    assert (
+        jit.post_slack(
+            (f"payload={SECRET_KEY}".encode(), "application/x-www-form-urlencoded"), secret=SIGNING_SECRET + "x"
+        ).status_code
+        == 401
+    )
     settle(jit, lambda: "Failed" in json.dumps(slack.message(jit.rt.store.get(d["id"]).message_ts)["blocks"]))
 
     # Slack: everything the bot sent
@@ -156,8 +180,14 @@ def test_no_secret_in_slack_logs_audit_or_redis(jit, slack, caplog, state_dir):
     assert leaks(logs, secrets) == []
 
     # audit: `jit audit export`, the way an auditor reads it
-    export = subprocess.run([sys.executable, "-m", "bot.cli", "audit", "export"], capture_output=True,
-                            text=True, cwd=ROOT, env=dict(os.environ), timeout=60)
+    export = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "audit", "export"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ),
+        timeout=60,
+    )
     assert export.returncode == 0, export.stderr
     events = [json.loads(line)["event"] for line in export.stdout.splitlines()]
     for expected in ("request.created", "request.denied", "credential.fetched", "grant.revoke_requested"):
@@ -179,17 +209,32 @@ def test_log_files_of_real_processes_hold_no_secret():
         created = stack.ask("read-secret", WEB_TOKEN).json()
         rid = created["id"]
         ts = stack.message_ts(rid)
-        assert stack.slack_post(block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS",
-                                             message_ts=ts)).status_code == 200
+        assert (
+            stack.slack_post(
+                block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=ts)
+            ).status_code
+            == 200
+        )
         stack.wait_status(rid, WEB_TOKEN, {"active"})
         token = stack.get(rid, created["request_token"], path="/credential").json()["credential"]["token"]
         assert stack.get(rid, OTHER_TOKEN).status_code == 404
-        assert requests.delete(f"{stack.url}/v1/requests/{rid}", timeout=10,
-                               headers={"Authorization": f"Bearer {created['request_token']}"}
-                               ).json()["status"] == "revoked"
+        assert (
+            requests.delete(
+                f"{stack.url}/v1/requests/{rid}",
+                timeout=10,
+                headers={"Authorization": f"Bearer {created['request_token']}"},
+            ).json()["status"]
+            == "revoked"
+        )
         logs = "\n".join(Path(p.log_path).read_text(errors="replace") for p in stack.procs)
         assert rid in logs  # the logs are real and carry the request id
-        secrets = {"SLACK_SIGNING_SECRET": SIGNING_SECRET, "SLACK_BOT_TOKEN": BOT_TOKEN,
-                   "JIT_SECRET_KEY": SECRET_KEY, "bearer": WEB_TOKEN, "other bearer": OTHER_TOKEN,
-                   "request_token": created["request_token"], "JWT": token}
+        secrets = {
+            "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+            "SLACK_BOT_TOKEN": BOT_TOKEN,
+            "JIT_SECRET_KEY": SECRET_KEY,
+            "bearer": WEB_TOKEN,
+            "other bearer": OTHER_TOKEN,
+            "request_token": created["request_token"],
+            "JWT": token,
+        }
         assert leaks(logs, secrets) == []

@@ -12,13 +12,14 @@ from support import WEB_TOKEN
 DIGEST = "new access requests"
 
 
-
-
 def request_posts(slack, channel):
     """Top-level request messages in `channel` (not digests, not thread replies), in posting order."""
     return [
-        c for c in slack.calls("chat.postMessage")
-        if c.ok and c.params.get("channel") == channel and not c.params.get("thread_ts")
+        c
+        for c in slack.calls("chat.postMessage")
+        if c.ok
+        and c.params.get("channel") == channel
+        and not c.params.get("thread_ts")
         and c.params.get("text", "").startswith("Access request ")
     ]
 
@@ -38,8 +39,9 @@ def test_a_burst_to_one_channel_arrives_whole_in_order_once_each():
             assert r.status_code == 201, r.text
             ids.append(r.json()["id"])
 
-        wait_until(lambda: len(request_posts(stack.slack, "C0APPROVALS")) >= 20, timeout=120,
-                   message="all 20 request messages")
+        wait_until(
+            lambda: len(request_posts(stack.slack, "C0APPROVALS")) >= 20, timeout=120, message="all 20 request messages"
+        )
         time.sleep(1.5)  # anything still in flight would show as a duplicate now
         posts = request_posts(stack.slack, "C0APPROVALS")
         posted = [rid_of(c) for c in posts]
@@ -87,8 +89,11 @@ def test_other_channels_are_not_held_up(jit, slack):
     for i in range(4):
         jit.ask("read-secret", reason=f"busy {i}")
     jit.ask("deploy-prod")  # C0PROD
-    jit.drain(lambda: len(request_posts(slack, "C0APPROVALS")) == 4 and request_posts(slack, "C0PROD"),
-          timeout=60, what="every post")
+    jit.drain(
+        lambda: len(request_posts(slack, "C0APPROVALS")) == 4 and request_posts(slack, "C0PROD"),
+        timeout=60,
+        what="every post",
+    )
     prod = request_posts(slack, "C0PROD")[0]
     busy = request_posts(slack, "C0APPROVALS")
     # C0PROD's post did not wait behind C0APPROVALS's queue (paced at one a second)
@@ -120,7 +125,9 @@ def test_a_request_gone_before_its_post_does_not_block_the_channel(jit, slack):
 def test_a_message_slack_refuses_does_not_hold_up_the_channel(jit, slack):
     slack.api_error("invalid_blocks", methods="chat.postMessage", times=1)
     ids = [jit.ask("read-secret", reason=f"refused {i}")["id"] for i in range(3)]
-    jit.drain(lambda: len(request_posts(slack, "C0APPROVALS")) == 3, timeout=60, what="all three, the refused one retried")
+    jit.drain(
+        lambda: len(request_posts(slack, "C0APPROVALS")) == 3, timeout=60, what="all three, the refused one retried"
+    )
     posted = [rid_of(c) for c in request_posts(slack, "C0APPROVALS")]
     assert sorted(posted) == sorted(ids)
     assert posted[:2] == ids[1:]  # the others went first; the refused one came back after them

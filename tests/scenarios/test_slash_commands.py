@@ -34,16 +34,12 @@ def text_of(body: dict) -> str:
     parts = [body.get("text", "")]
     for b in body.get("blocks") or []:
         parts.append((b.get("text") or {}).get("text", ""))
-        parts += [
-            el.get("text", "") for el in b.get("elements", []) if isinstance(el.get("text"), str)
-        ]
+        parts += [el.get("text", "") for el in b.get("elements", []) if isinstance(el.get("text"), str)]
     return "\n".join(parts)
 
 
 def audit_events(rt, name: str) -> list[dict]:
     return [e.body for e in rt.audit.entries() if e.body["event"] == name]
-
-
 
 
 def make_active(jit, n: int = 1, reason: str = "read it") -> list[str]:
@@ -61,11 +57,7 @@ def make_active(jit, n: int = 1, reason: str = "read it") -> list[str]:
 @pytest.mark.parametrize("text", ["help", "", "frobnicate now"])
 def test_help_and_unknown_subcommands_get_the_usage(jit, text):
     body = slash(jit, text, "U0STRANGER")
-    assert (
-        "/jit status" in body["text"]
-        and "/jit audit" in body["text"]
-        and "/jit revoke" in body["text"]
-    )
+    assert "/jit status" in body["text"] and "/jit audit" in body["text"] and "/jit revoke" in body["text"]
     if text.startswith("frob"):
         assert "frobnicate" in body["text"]
 
@@ -85,9 +77,7 @@ def test_status_lists_pending_and_active_newest_first(jit):
     text = text_of(body)
     assert "*Pending* (2)" in text and "*Active grants* (1)" in text
     assert text.index(newer) < text.index(older)
-    line = next(
-        b["text"]["text"] for b in body["blocks"] if newer in b.get("text", {}).get("text", "")
-    )
+    line = next(b["text"]["text"] for b in body["blocks"] if newer in b.get("text", {}).get("text", ""))
     for needle in (
         "deploy-prod",
         "web-ci",
@@ -96,9 +86,7 @@ def test_status_lists_pending_and_active_newest_first(jit):
         "release &lt;4.2&gt; &amp; more",
     ):
         assert needle in line, needle
-    active_line = next(
-        b["text"]["text"] for b in body["blocks"] if active in b.get("text", {}).get("text", "")
-    )
+    active_line = next(b["text"]["text"] for b in body["blocks"] if active in b.get("text", {}).get("text", ""))
     assert "read-secret" in active_line and "left" in active_line
 
 
@@ -138,11 +126,7 @@ def test_status_of_one_request_in_full_with_its_history(jit):
     ):
         assert needle in text, needle
     history = text[text.index("*History*") :]
-    assert (
-        history.index("request.created")
-        < history.index("approval.refused")
-        < history.index("approval.given")
-    )
+    assert history.index("request.created") < history.index("approval.refused") < history.index("approval.given")
     assert "not an approver" in history
 
 
@@ -204,11 +188,7 @@ def test_audit_is_refused_politely_to_others_and_the_refusal_is_audited(jit):
     text = text_of(body)
     assert "only auditors and approvers" in text and "request.created" not in text
     refused = audit_events(jit.rt, "audit.read_refused")
-    assert (
-        len(refused) == 1
-        and refused[0]["actor"] == "U0STRANGER"
-        and refused[0]["outcome"] == "refused"
-    )
+    assert len(refused) == 1 and refused[0]["actor"] == "U0STRANGER" and refused[0]["outcome"] == "refused"
     assert refused[0]["details"]["args"] == "5"
 
 
@@ -222,16 +202,9 @@ def test_auditors_and_approvers_read_the_trail(jit, reader):
 
 def test_audit_count_defaults_to_20_and_caps_at_100(jit):
     for i in range(150):
-        jit.rt.audit.append(
-            "test.event", actor="jit", details={"reason": f"event-{i:03d} " + "z" * 100}
-        )
+        jit.rt.audit.append("test.event", actor="jit", details={"reason": f"event-{i:03d} " + "z" * 100})
     text = text_of(slash(jit, "audit", "U0AUDITOR"))
-    assert (
-        "20 events" in text
-        and "event-149" in text
-        and "event-130" in text
-        and "event-129" not in text
-    )
+    assert "20 events" in text and "event-149" in text and "event-130" in text and "event-129" not in text
     # each read is itself recorded (audit.read), and shows in the next read
     text = text_of(slash(jit, "audit 5", "U0AUDITOR"))
     assert "5 events" in text and text.count("`audit.read`") == 1
@@ -244,9 +217,7 @@ def test_audit_count_defaults_to_20_and_caps_at_100(jit):
 def test_audit_filters(jit):
     rt = jit.rt
     with freeze_time("2020-06-01T00:00:00Z"):
-        rt.audit.append(
-            "test.ancient", request_id="aaaa0000aaaa0000", action="read-secret", actor="U0LEAD1"
-        )
+        rt.audit.append("test.ancient", request_id="aaaa0000aaaa0000", action="read-secret", actor="U0LEAD1")
     one = jit.ask("deploy-prod")["id"]
     two = jit.ask("read-secret")["id"]
     rt.decisions.approve(two, "U0LEAD1")
@@ -279,9 +250,7 @@ def test_audit_filters(jit):
     assert events_for(f"break-glass {two} <@U0LEAD2>") == ["test.override"]
     assert events_for(f"{two} 1") == ["test.override"]
     assert events_for("<@U0NOBODY>") == []
-    assert "No audit events matching by <@U0NOBODY>" in text_of(
-        slash(jit, "audit <@U0NOBODY>", "U0AUDITOR")
-    )
+    assert "No audit events matching by <@U0NOBODY>" in text_of(slash(jit, "audit <@U0NOBODY>", "U0AUDITOR"))
 
 
 @pytest.mark.parametrize(
@@ -323,7 +292,4 @@ def test_what_does_not_fit_is_summarised_not_cut():
     assert all(len(b["text"]["text"]) <= MAX_SECTION_TEXT for b in blocks)
     shown = sum(b["text"]["text"].count("line ") for b in blocks[:-1])
     assert blocks[-1]["text"]["text"] == f"…and {200 - shown} more not shown."
-    assert (
-        "line 000" in blocks[0]["text"]["text"]
-        and f"line {shown - 1:03d}" in blocks[-2]["text"]["text"]
-    )
+    assert "line 000" in blocks[0]["text"]["text"] and f"line {shown - 1:03d}" in blocks[-2]["text"]["text"]

@@ -150,9 +150,7 @@ def test_button_naming_another_request_refused(jit, socket, connected):
     decoy = jit.ask("read-secret", reason="decoy")["id"]
     jit.work()
     decoy_ts = jit.rt.store.get(decoy).message_ts
-    eid = socket.send_built(
-        block_action("jit_approve", victim, "U0LEAD1", channel="C0APPROVALS", message_ts=decoy_ts)
-    )
+    eid = socket.send_built(block_action("jit_approve", victim, "U0LEAD1", channel="C0APPROVALS", message_ts=decoy_ts))
     socket.wait_ack(eid)
     refused = wait_for(lambda: audit_events(jit.rt, "slack.refused"), what="refusal audited")
     assert refused[0]["request_id"] == victim
@@ -163,8 +161,11 @@ def test_button_naming_another_request_refused(jit, socket, connected):
 def test_reconnects_after_slack_closes_the_socket(jit, slack, socket, connected):
     before = socket.connections_opened
     socket.disconnect_all()
-    wait_for(lambda: socket.connections_opened > before and socket.connected() >= 1, timeout=60,
-             what="a new socket after the old one closed")
+    wait_for(
+        lambda: socket.connections_opened > before and socket.connected() >= 1,
+        timeout=60,
+        what="a new socket after the old one closed",
+    )
     rid = jit.ask("read-secret")["id"]
     ts = jit.message_ts(rid)
     eid = socket.send_built(block_action("jit_approve", rid, "U0LEAD1", channel="C0APPROVALS", message_ts=ts))

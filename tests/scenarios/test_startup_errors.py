@@ -12,13 +12,18 @@ from support import BOT_TOKEN, SECRET_KEY, SIGNING_SECRET
 def run(args, env_over, cwd):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JIT_", "SLACK_", "REDIS_"))}
     env.update(env_over)
-    return subprocess.run([sys.executable, "-m", "bot.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=60, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args], env=env, capture_output=True, text=True, timeout=60, cwd=cwd
+    )
 
 
 def base_env(policy_file):
-    return {"SLACK_BOT_TOKEN": BOT_TOKEN, "SLACK_SIGNING_SECRET": SIGNING_SECRET, "JIT_SECRET_KEY": SECRET_KEY,
-            "JIT_POLICY_FILE": str(policy_file)}
+    return {
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "JIT_SECRET_KEY": SECRET_KEY,
+        "JIT_POLICY_FILE": str(policy_file),
+    }
 
 
 def test_missing_setting_names_the_variable(tmp_path, policy_file):

@@ -14,17 +14,27 @@ from bot.store import keys
 
 def refusals(jit, rid):
     jit.rt.audit.flush()
-    return [e.body["details"].get("why") for e in jit.rt.audit.entries_for_request(rid)
-            if e.body["event"].endswith(".refused")]
+    return [
+        e.body["details"].get("why")
+        for e in jit.rt.audit.entries_for_request(rid)
+        if e.body["event"].endswith(".refused")
+    ]
 
 
 # ------------------------------------------------------------------ the requester is a person
 
 
-@pytest.mark.parametrize("spelling", [
-    " alice@example.com", "alice@example.com ", "ALICE@Example.com", "alice\u200b@example.com",
-    "alice@example.com\u2060", "\uff41lice@example.com",  # fullwidth a: NFKC makes it a
-])
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        " alice@example.com",
+        "alice@example.com ",
+        "ALICE@Example.com",
+        "alice\u200b@example.com",
+        "alice@example.com\u2060",
+        "\uff41lice@example.com",  # fullwidth a: NFKC makes it a
+    ],
+)
 def test_every_spelling_of_the_requester_is_the_requester(jit, spelling):
     rid = jit.ask("deploy-prod", requested_by=spelling)["id"]
     assert jit.rt.store.get(rid).requester_slack_id == "U0ALICE"
@@ -57,8 +67,11 @@ def test_an_unknown_requester_is_said_plainly_in_the_message(jit, slack):
 def test_policy_can_refuse_requests_from_unknown_people(jit, policy_file):
     from bot.wiring import load_policy
 
-    policy_file.write_text(policy_file.read_text().replace(
-        "  pending_timeout: 30m\n", "  pending_timeout: 30m\n  unknown_requester: refuse\n", 1))
+    policy_file.write_text(
+        policy_file.read_text().replace(
+            "  pending_timeout: 30m\n", "  pending_timeout: 30m\n  unknown_requester: refuse\n", 1
+        )
+    )
     jit.rt.set_policy(load_policy(policy_file))
     assert jit.ask("deploy-prod", expect=403)["error"] == "requester_unknown"
     assert jit.ask("read-secret", requested_by="nobody-we-know", expect=403)["error"] == "requester_unknown"
@@ -70,8 +83,7 @@ def test_two_people_entries_that_normalise_alike_are_a_policy_error(tmp_path, st
     from bot.core.errors import PolicyError
     from bot.wiring import parse_policy
 
-    text = policy_text(str(state_dir)).replace(
-        "  alice: U0ALICE\n", "  alice: U0ALICE\n  ' ALICE': U0LEAD1\n", 1)
+    text = policy_text(str(state_dir)).replace("  alice: U0ALICE\n", "  alice: U0ALICE\n  ' ALICE': U0LEAD1\n", 1)
     with pytest.raises(PolicyError) as e:
         parse_policy(text)
     assert any("names the same person" in line for line in e.value.errors)
@@ -90,8 +102,12 @@ def reload_with(jit, policy_file, old, new):
 def test_an_approver_removed_by_a_reload_cannot_approve_requests_already_waiting(jit, policy_file):
     rid = jit.ask("deploy-prod")["id"]
     jit.work()
-    reload_with(jit, policy_file, "approvers: [U0LEAD1, U0LEAD2, U0ALICE, S0PRODLEADS]",
-                "approvers: [U0LEAD2, U0ALICE, S0PRODLEADS]")
+    reload_with(
+        jit,
+        policy_file,
+        "approvers: [U0LEAD1, U0LEAD2, U0ALICE, S0PRODLEADS]",
+        "approvers: [U0LEAD2, U0ALICE, S0PRODLEADS]",
+    )
     jit.approve(rid, "U0LEAD1")
     jit.work()
     assert jit.status(rid).get_json()["approvals"]["count"] == 0
@@ -103,8 +119,12 @@ def test_an_approval_given_before_the_approver_was_removed_no_longer_counts(jit,
     jit.work()
     jit.approve(rid, "U0LEAD1")
     jit.work()
-    reload_with(jit, policy_file, "approvers: [U0LEAD1, U0LEAD2, U0ALICE, S0PRODLEADS]",
-                "approvers: [U0LEAD2, U0ALICE, S0PRODLEADS]")
+    reload_with(
+        jit,
+        policy_file,
+        "approvers: [U0LEAD1, U0LEAD2, U0ALICE, S0PRODLEADS]",
+        "approvers: [U0LEAD2, U0ALICE, S0PRODLEADS]",
+    )
     jit.approve(rid, "U0LEAD2")
     jit.work()
     assert jit.status(rid).get_json()["status"] == "pending"  # U0LEAD1's approval is void now
@@ -116,16 +136,24 @@ def test_an_approval_given_before_the_approver_was_removed_no_longer_counts(jit,
 def test_raising_approvals_required_applies_to_waiting_requests_and_lowering_does_not(jit, policy_file):
     raised = jit.ask("read-secret")["id"]
     jit.work()
-    reload_with(jit, policy_file, "    approvers: [U0LEAD1, U0ALICE]\n",
-                "    approvers: [U0LEAD1, U0ALICE, U0LEAD2]\n    approvals_required: 2\n")
+    reload_with(
+        jit,
+        policy_file,
+        "    approvers: [U0LEAD1, U0ALICE]\n",
+        "    approvers: [U0LEAD1, U0ALICE, U0LEAD2]\n    approvals_required: 2\n",
+    )
     jit.approve(raised, "U0LEAD1")
     jit.work()
     assert jit.status(raised).get_json()["status"] == "pending"  # needs two now
     # created under "2 required": lowering back to 1 does not apply to it
     lowered = jit.ask("read-secret")["id"]
     jit.work()
-    reload_with(jit, policy_file, "U0LEAD1, U0ALICE, U0LEAD2]\n    approvals_required: 2\n",
-                "U0LEAD1, U0ALICE, U0LEAD2, U0NEWCOMER]\n")
+    reload_with(
+        jit,
+        policy_file,
+        "U0LEAD1, U0ALICE, U0LEAD2]\n    approvals_required: 2\n",
+        "U0LEAD1, U0ALICE, U0LEAD2, U0NEWCOMER]\n",
+    )
     jit.approve(lowered, "U0LEAD1")
     jit.work()
     assert jit.status(lowered).get_json()["status"] == "pending"
@@ -165,8 +193,14 @@ def test_a_user_removed_from_a_group_stops_counting_when_slack_says_so(jit, slac
     jit.work()
     assert jit.rt.rules.is_approver("deploy-prod", "U0LEAD3", jit.rt.store.get(rid))  # cached now
     slack.usergroups["S0PRODLEADS"] = ["U0LEAD4"]
-    assert jit.post_slack(event_callback({"type": "subteam_members_changed", "subteam_id": "S0PRODLEADS",
-                                          "removed_users": ["U0LEAD3"]})).status_code == 200
+    assert (
+        jit.post_slack(
+            event_callback(
+                {"type": "subteam_members_changed", "subteam_id": "S0PRODLEADS", "removed_users": ["U0LEAD3"]}
+            )
+        ).status_code
+        == 200
+    )
     jit.approve(rid, "U0LEAD3")
     jit.work()
     assert jit.status(rid).get_json()["approvals"]["count"] == 0
@@ -237,19 +271,28 @@ def test_only_the_same_run_may_take_the_credential(oidc_policy, jit, issuers):
     assert same.status_code == 200
     assert oidc(jit.http, created["request_token"], path=f"/{rid}/credential").status_code == 200
     jit.rt.audit.flush()
-    fetched = [e.body["details"]["via"] for e in jit.rt.audit.entries_for_request(rid)
-               if e.body["event"] == "credential.fetched"]
+    fetched = [
+        e.body["details"]["via"]
+        for e in jit.rt.audit.entries_for_request(rid)
+        if e.body["event"] == "credential.fetched"
+    ]
     assert fetched == [f"oidc:acme/deploy/{run['run_id']}/1", "request_token"]
 
 
 def test_a_verified_request_takes_its_routing_fields_from_the_token_only(oidc_policy, jit, issuers):
     no_env = mint(github_claims(issuers.github, environment=None))
-    resp = oidc(jit.http, no_env, "post", json={"action": "by-env", "reason": "x", "context": {"environment": "sandbox"}})
+    resp = oidc(
+        jit.http, no_env, "post", json={"action": "by-env", "reason": "x", "context": {"environment": "sandbox"}}
+    )
     assert resp.status_code == 400 and "environment" in resp.get_json()["message"]
     assert jit.rt.redis.zcard(keys.all_requests()) == 0
     # with the claim, the token's environment routes (the body cannot override it)
-    ok = oidc(jit.http, mint(github_claims(issuers.github)), "post",
-              json={"action": "by-env", "reason": "x", "context": {"environment": "sandbox"}})
+    ok = oidc(
+        jit.http,
+        mint(github_claims(issuers.github)),
+        "post",
+        json={"action": "by-env", "reason": "x", "context": {"environment": "sandbox"}},
+    )
     assert ok.status_code == 201, ok.get_json()
     body = ok.get_json()
     assert body["context"]["environment"] == "production" and "environment" in body["verified_fields"]
@@ -260,8 +303,9 @@ def test_a_verified_request_takes_its_routing_fields_from_the_token_only(oidc_po
 
 def test_the_message_says_which_values_the_token_vouches_for(oidc_policy, jit, issuers, slack):
     token = mint(github_claims(issuers.github))
-    rid = oidc(jit.http, token, "post", json={"action": "read-secret", "reason": "x",
-                                               "context": {"ticket": "OPS-1"}}).get_json()["id"]
+    rid = oidc(
+        jit.http, token, "post", json={"action": "read-secret", "reason": "x", "context": {"ticket": "OPS-1"}}
+    ).get_json()["id"]
     jit.work()
     blocks = json.dumps(slack.calls("chat.postMessage")[-1].params["blocks"])
     assert "verified" in blocks
@@ -296,13 +340,18 @@ def test_status_of_one_request_is_for_its_approvers_auditors_and_requester(jit, 
 def test_a_justification_of_invisible_characters_is_refused(jit, policy_file):
     from bot.core.errors import BadRequest
 
-    reload_with(jit, policy_file, "auditors: [S0SECURITY, U0AUDITOR2]\n",
-                "auditors: [S0SECURITY, U0AUDITOR2]\nbreak_glass:\n  approvers: [U0ONCALL]\n"
-                "  security_channel: C0SECURITY\n")
+    reload_with(
+        jit,
+        policy_file,
+        "auditors: [S0SECURITY, U0AUDITOR2]\n",
+        "auditors: [S0SECURITY, U0AUDITOR2]\nbreak_glass:\n  approvers: [U0ONCALL]\n  security_channel: C0SECURITY\n",
+    )
     rid = jit.ask("deploy-prod")["id"]
     for text in ("\u200b" * 10, "ok" + "\u200b" * 12, " \u2060 \ufeff " * 6 + "x", "\u202e" * 20):
         with pytest.raises(BadRequest):
             jit.rt.decisions.break_glass(rid, "U0ONCALL", text)
     assert jit.rt.store.get(rid).status == "pending"
     assert jit.rt.decisions.break_glass(rid, "U0ONCALL", "INC-4\u200b: restore payments").result == "approved"
-    assert jit.rt.store.fields(rid, "break_glass_justification")["break_glass_justification"] == "INC-4: restore payments"
+    assert (
+        jit.rt.store.fields(rid, "break_glass_justification")["break_glass_justification"] == "INC-4: restore payments"
+    )

@@ -83,10 +83,14 @@ def test_a_window_that_closes_between_approval_and_grant_fails_the_grant(windowe
 
 
 def test_break_glass_is_not_bound_by_windows(windowed, jit, policy_file):
-    policy_file.write_text(policy_file.read_text().replace(
-        "auditors: [S0SECURITY, U0AUDITOR2]\n",
-        "auditors: [S0SECURITY, U0AUDITOR2]\nbreak_glass:\n  approvers: [U0ONCALL]\n"
-        "  security_channel: C0SECURITY\n  max_ttl: 10m\n", 1))
+    policy_file.write_text(
+        policy_file.read_text().replace(
+            "auditors: [S0SECURITY, U0AUDITOR2]\n",
+            "auditors: [S0SECURITY, U0AUDITOR2]\nbreak_glass:\n  approvers: [U0ONCALL]\n"
+            "  security_channel: C0SECURITY\n  max_ttl: 10m\n",
+            1,
+        )
+    )
     from bot.wiring import load_policy
 
     jit.rt.set_policy(load_policy(policy_file))

@@ -151,12 +151,7 @@ def _powerful_roles(dsn: str, dsn_env: str, roles: list[str]) -> list[str]:
                 "OR s.rolname = ANY(%s)) ORDER BY 1, 2",
                 (roles, list(SUPERUSER_EQUIVALENT)),
             ).fetchall()
-            known = {
-                r
-                for (r,) in conn.execute(
-                    "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (roles,)
-                )
-            }
+            known = {r for (r,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (roles,))}
     except psycopg.Error as e:
         return [
             f"could not look up grant_roles with {dsn_env}: {_pg_error(e, dsn, admin_password)}; "
@@ -176,17 +171,13 @@ def _powerful_roles(dsn: str, dsn_env: str, roles: list[str]) -> list[str]:
         if role == via:
             found.append(f"grant role {role!r} has {', '.join(powers)}")
         elif powers:
-            found.append(
-                f"grant role {role!r} is a member of {via!r}, which has {', '.join(powers)}"
-            )
+            found.append(f"grant role {role!r} is a member of {via!r}, which has {', '.join(powers)}")
         else:
             found.append(
                 f"grant role {role!r} is a member of {via!r}, which is superuser-equivalent "
                 f"({SUPERUSER_EQUIVALENT[via]})"
             )
-    found += [
-        f"grant role {role!r} does not exist ({dsn_env})" for role in roles if role not in known
-    ]
+    found += [f"grant role {role!r} does not exist ({dsn_env})" for role in roles if role not in known]
     return found
 
 
@@ -266,9 +257,7 @@ class PostgresBackend(GrantBackend):
                 raise ValueError("must contain {id8} or {id} so each request gets its own role")
             # Worst cases: values starting with a digit, and the longest request id we accept.
             for rid in ("0a1b2c3d", "0" * 36):
-                sample = render_name(
-                    v, action="0a", pipeline="0p", request_id=rid, max_len=MAX_IDENT
-                )
+                sample = render_name(v, action="0a", pipeline="0p", request_id=rid, max_len=MAX_IDENT)
                 if (why := _check_name(sample)) is not None:
                     raise ValueError(why)
             return v
@@ -336,9 +325,7 @@ class PostgresBackend(GrantBackend):
             if dbname is not None:
                 dsn = make_conninfo(dsn, dbname=dbname)
         except psycopg.Error:
-            raise GrantError(
-                f"the DSN in {self.config.dsn_env} is not a valid PostgreSQL DSN"
-            ) from None
+            raise GrantError(f"the DSN in {self.config.dsn_env} is not a valid PostgreSQL DSN") from None
         where = self.config.dsn_env + (f", database {owned.plain(dbname)}" if dbname else "")
         try:
             conn = psycopg.connect(
@@ -348,17 +335,13 @@ class PostgresBackend(GrantBackend):
                 application_name="jit",
             )
         except psycopg.Error as e:
-            raise GrantError(
-                f"cannot connect to PostgreSQL ({where}): {_pg_error(e, dsn, admin_password)}"
-            ) from None
+            raise GrantError(f"cannot connect to PostgreSQL ({where}): {_pg_error(e, dsn, admin_password)}") from None
         try:
             conn.execute("SET lock_timeout = '10s'")
             conn.execute("SET statement_timeout = '60s'")
         except psycopg.Error as e:
             conn.close()
-            raise GrantError(
-                f"PostgreSQL session setup failed: {_pg_error(e, dsn, admin_password)}"
-            ) from None
+            raise GrantError(f"PostgreSQL session setup failed: {_pg_error(e, dsn, admin_password)}") from None
         return conn, admin_password
 
     @staticmethod
@@ -389,9 +372,7 @@ class PostgresBackend(GrantBackend):
                 )
             try:
                 algorithm = conn.execute("SHOW password_encryption").fetchone()[0]
-                verifier = conn.pgconn.encrypt_password(
-                    password.encode(), name.encode(), algorithm.encode()
-                ).decode()
+                verifier = conn.pgconn.encrypt_password(password.encode(), name.encode(), algorithm.encode()).decode()
                 for attempt in range(2):
                     try:
                         self._create_or_update(conn, request, name, verifier, valid_until)
@@ -452,17 +433,11 @@ class PostgresBackend(GrantBackend):
                 if self.config.grant_roles:
                     query = query + sql.SQL(" IN ROLE {}").format(roles)
                 conn.execute(query)
-                conn.execute(
-                    sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                        ident, sql.Literal(self._marker(request))
-                    )
-                )
+                conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(ident, sql.Literal(self._marker(request))))
             bound_ms = _session_bound_seconds(request) * 1000
             for setting in _SESSION_BOUNDS:
                 conn.execute(
-                    sql.SQL("ALTER ROLE {} SET {} = {}").format(
-                        ident, sql.SQL(setting), sql.Literal(bound_ms)
-                    )
+                    sql.SQL("ALTER ROLE {} SET {} = {}").format(ident, sql.SQL(setting), sql.Literal(bound_ms))
                 )
 
     def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> None:
@@ -540,9 +515,7 @@ class PostgresBackend(GrantBackend):
             (name, name),
         ).fetchall()
         for role, member, grantor in rows:
-            query = sql.SQL("REVOKE {} FROM {}").format(
-                sql.Identifier(role), sql.Identifier(member)
-            )
+            query = sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(role), sql.Identifier(member))
             if by_grantor and grantor:
                 query += sql.SQL(" GRANTED BY {}").format(sql.Identifier(grantor))
             conn.execute(query)
@@ -571,9 +544,7 @@ class PostgresBackend(GrantBackend):
                     "change their owner yourself; the revoke is retried (the role can no longer "
                     "log in and has no memberships)"
                 )
-            conn.execute(
-                sql.SQL("REASSIGN OWNED BY {} TO {}").format(ident, sql.Identifier(target))
-            )
+            conn.execute(sql.SQL("REASSIGN OWNED BY {} TO {}").format(ident, sql.Identifier(target)))
         conn.execute(sql.SQL("DROP OWNED BY {}").format(ident))
 
     @staticmethod

@@ -87,9 +87,7 @@ _ID_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
 def render_name(template: str, *, action: str, pipeline: str, request_id: str) -> str:
-    return naming.render_name(
-        template, action=action, pipeline=pipeline, request_id=request_id, max_len=MAX_NAME
-    )
+    return naming.render_name(template, action=action, pipeline=pipeline, request_id=request_id, max_len=MAX_NAME)
 
 
 def _check_name(name: str) -> str | None:
@@ -304,11 +302,7 @@ class RedisAclBackend(GrantBackend):
         client = self._client(url)
         try:
             db = int(client.connection_pool.connection_kwargs.get("db") or 0)
-            host = (
-                client.connection_pool.connection_kwargs.get("host")
-                or parts.hostname
-                or "localhost"
-            )
+            host = client.connection_pool.connection_kwargs.get("host") or parts.hostname or "localhost"
             port = int(client.connection_pool.connection_kwargs.get("port") or parts.port or 6379)
             if self._state(client, name, request) == "foreign":
                 raise GrantError(
@@ -342,9 +336,7 @@ class RedisAclBackend(GrantBackend):
             client.close()
         scheme = "rediss" if parts.scheme == "rediss" else "redis"
         netloc_host = f"[{host}]" if ":" in host else host
-        handed = (
-            f"{scheme}://{quote(name, safe='')}:{quote(password, safe='')}@{netloc_host}:{port}"
-        )
+        handed = f"{scheme}://{quote(name, safe='')}:{quote(password, safe='')}@{netloc_host}:{port}"
         if can_select:
             handed += f"/{db}"
         return {

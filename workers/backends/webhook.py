@@ -42,11 +42,11 @@ the same request id.
 ``timeout`` bounds the whole call: connecting (and its retries), sending, and reading the
 status line, headers and body: every wait on the socket is bounded by the time left, so a
 receiver that dribbles bytes cannot hold a worker longer than ``timeout``. Not covered: name
-resolution, and a host name with several addresses gets the time left once per address. Each call makes ONE request: there is no backoff inside
-a call (the job layer owns retries). ``retries`` only re-tries, immediately and within the same
-``timeout``, a *connection* that could not be established (the request never reached your
-endpoint, so this is always safe); a timeout or 5xx is never re-sent within the call, since
-your endpoint may already have acted.
+resolution, and a host name with several addresses gets the time left once per address. Each call
+makes ONE request: there is no backoff inside a call (the job layer owns retries). ``retries``
+only re-tries, immediately and within the same ``timeout``, a *connection* that could not be
+established (the request never reached your endpoint, so this is always safe); a timeout or 5xx
+is never re-sent within the call, since your endpoint may already have acted.
 
 ``url`` must be ``https://`` (certificates are verified against the system's trust store, host
 names checked; no proxy from the environment is used); plain ``http://`` is accepted
@@ -216,9 +216,7 @@ class WebhookBackend(GrantBackend):
             if not parts.hostname:
                 raise ValueError("must be an absolute URL with a host")
             if parts.username or parts.password:
-                raise ValueError(
-                    "must not contain credentials (use secret_env for the signing secret)"
-                )
+                raise ValueError("must not contain credentials (use secret_env for the signing secret)")
             if parts.fragment:
                 raise ValueError("must not contain a #fragment")
             if parts.scheme == "https":
@@ -270,9 +268,7 @@ class WebhookBackend(GrantBackend):
             conn.request("POST", target, body=body, headers=headers)
             response = conn.getresponse()
             if not 200 <= response.status < 300:
-                raise GrantError(
-                    f"webhook {event} to {self._where()} answered HTTP {response.status}"
-                )
+                raise GrantError(f"webhook {event} to {self._where()} answered HTTP {response.status}")
             if event != "grant":
                 return None  # revoke needs the status only: its body is never read
             if response.length is not None and response.length > MAX_RESPONSE_BYTES:
@@ -286,15 +282,11 @@ class WebhookBackend(GrantBackend):
         except OSError:
             raise GrantError(f"webhook {event} to {self._where()}: connection failed") from None
         except http.client.HTTPException as e:
-            raise GrantError(
-                f"webhook {event} to {self._where()} failed: {type(e).__name__}"
-            ) from None
+            raise GrantError(f"webhook {event} to {self._where()} failed: {type(e).__name__}") from None
         finally:
             conn.close()
 
-    def _connect(
-        self, event: str, parts: SplitResult, deadline: _Deadline
-    ) -> http.client.HTTPConnection:
+    def _connect(self, event: str, parts: SplitResult, deadline: _Deadline) -> http.client.HTTPConnection:
         """A connected socket, re-trying (at once) connections that could not be established:
         the request never reached the receiver, so that is always safe."""
         host, port = parts.hostname or "", parts.port
@@ -312,28 +304,21 @@ class WebhookBackend(GrantBackend):
             except TimeoutError:
                 raise self._timed_out(event) from None
             except ssl.SSLError:
-                raise GrantError(
-                    f"webhook {event} to {self._where()}: TLS verification failed"
-                ) from None
+                raise GrantError(f"webhook {event} to {self._where()}: TLS verification failed") from None
             except OSError:
                 if attempt == self.config.retries:
-                    raise GrantError(
-                        f"webhook {event} to {self._where()}: connection failed"
-                    ) from None
+                    raise GrantError(f"webhook {event} to {self._where()}: connection failed") from None
                 continue
             conn.sock = _DeadlineSocket(conn.sock, deadline)
             return conn
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _timed_out(self, event: str) -> GrantError:
-        return GrantError(
-            f"webhook {event} to {self._where()} timed out after {self.config.timeout:g}s"
-        )
+        return GrantError(f"webhook {event} to {self._where()} timed out after {self.config.timeout:g}s")
 
     def _too_big(self, event: str) -> GrantError:
         return GrantError(
-            f"webhook {event} to {self._where()} answered with more than "
-            f"{MAX_RESPONSE_BYTES // 1024} KiB"
+            f"webhook {event} to {self._where()} answered with more than {MAX_RESPONSE_BYTES // 1024} KiB"
         )
 
     def grant(self, request: GrantRequest) -> dict[str, Any]:
@@ -341,13 +326,10 @@ class WebhookBackend(GrantBackend):
         try:
             credential = json.loads(data or b"")
         except ValueError:
-            raise GrantError(
-                f"webhook grant to {self._where()} answered without a JSON body"
-            ) from None
+            raise GrantError(f"webhook grant to {self._where()} answered without a JSON body") from None
         if not isinstance(credential, dict):
             raise GrantError(
-                f"webhook grant to {self._where()} answered "
-                f"with a JSON {type(credential).__name__}, not an object"
+                f"webhook grant to {self._where()} answered with a JSON {type(credential).__name__}, not an object"
             )
         return credential
 

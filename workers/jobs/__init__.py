@@ -76,14 +76,23 @@ def _run_due(rt: Runtime, member: str, token: str) -> None:
 def _failed(rt: Runtime, kind: str, rid: str, attempts: int, error: Exception) -> None:
     message_ = str(error) if isinstance(error, GrantError) else f"{type(error).__name__}"
     log.warning(
-        "%s %s failed (attempt %d): %s", kind, rid, attempts, message_, extra={"request_id": rid},
+        "%s %s failed (attempt %d): %s",
+        kind,
+        rid,
+        attempts,
+        message_,
+        extra={"request_id": rid},
         exc_info=not isinstance(error, GrantError),
     )
     req = rt.store.get(rid) if kind in ("grant", "expire", "revoke") else None
     action = req.action if req else None
     if kind == "grant":
         rt.audit.append(
-            "grant.attempt_failed", request_id=rid, action=action, actor="jit", outcome="error",
+            "grant.attempt_failed",
+            request_id=rid,
+            action=action,
+            actor="jit",
+            outcome="error",
             details={"attempt": attempts, "error": message_},
         )
         rt.metrics.grant_failed(action)
@@ -91,7 +100,11 @@ def _failed(rt: Runtime, kind: str, rid: str, attempts: int, error: Exception) -
             rt.grants.fail(req, message_, attempts)
     elif kind in ("expire", "revoke"):
         rt.audit.append(
-            "revoke.attempt_failed", request_id=rid, action=action, actor="jit", outcome="error",
+            "revoke.attempt_failed",
+            request_id=rid,
+            action=action,
+            actor="jit",
+            outcome="error",
             details={"attempt": attempts, "error": message_},
         )
         rt.metrics.revoke_failed(action)

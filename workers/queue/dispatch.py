@@ -58,8 +58,14 @@ class Dispatcher:
                     else:
                         func, args, job_id = run_due_batch, (chunk,), f"batch-{len(chunk)}-{tag}"
                     self.queues[name].enqueue_call(
-                        func, args=args, job_id=job_id, result_ttl=0, failure_ttl=86400, ttl=3600,
-                        timeout=600, pipeline=pipe,
+                        func,
+                        args=args,
+                        job_id=job_id,
+                        result_ttl=0,
+                        failure_ttl=86400,
+                        ttl=3600,
+                        timeout=600,
+                        pipeline=pipe,
                     )
             pipe.execute()
 

@@ -44,7 +44,8 @@ def policy_diff(old: Policy | None, new: Policy) -> dict[str, Any]:
             o = old.actions[name].model_dump()
             n = new.actions[name].model_dump()
             fields = sorted(
-                k for k in set(o) | set(n)
+                k
+                for k in set(o) | set(n)
                 if k not in ("approvers", "approvers_by_environment") and o.get(k) != n.get(k)
             )
             if old.break_glass_for(name) != new.break_glass_for(name):

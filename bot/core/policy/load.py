@@ -59,9 +59,7 @@ class _LineLoader(yaml.SafeLoader):
             raise _Refused(problem=NO_ALIASES, problem_mark=event.start_mark)
         self._nodes += 1
         if self._nodes > MAX_NODES:
-            raise _Refused(
-                problem=f"a policy has at most {MAX_NODES} values", problem_mark=event.start_mark
-            )
+            raise _Refused(problem=f"a policy has at most {MAX_NODES} values", problem_mark=event.start_mark)
         if self._depth >= MAX_DEPTH:
             raise _Refused(
                 problem=f"values nested deeper than {MAX_DEPTH} levels are not allowed in a policy",
@@ -77,9 +75,7 @@ class _LineLoader(yaml.SafeLoader):
         try:
             return super().construct_object(node, deep=deep)
         except (ValueError, TypeError, OverflowError) as e:  # e.g. an integer of 5 000 digits
-            raise yaml.constructor.ConstructorError(
-                problem=str(e)[:200], problem_mark=node.start_mark
-            ) from None
+            raise yaml.constructor.ConstructorError(problem=str(e)[:200], problem_mark=node.start_mark) from None
 
 
 def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
@@ -93,9 +89,7 @@ def _compose(text: str, source: str) -> tuple[yaml.Node | None, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else "?"
-        raise PolicyError(
-            [f"{source}:{line}: not valid YAML: {getattr(e, 'problem', e)}"]
-        ) from None
+        raise PolicyError([f"{source}:{line}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
     finally:
         loader.dispose()
 
@@ -182,13 +176,10 @@ def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes
         if not action.channel and not model.defaults.channel:
             errors.append(_fmt(source, lines, base, "no channel: set actions.<name>.channel or defaults.channel"))
         if not action.approvers and not action.approvers_by_environment:
-            errors.append(
-                _fmt(source, lines, base, "no approvers: set approvers or approvers_by_environment")
-            )
+            errors.append(_fmt(source, lines, base, "no approvers: set approvers or approvers_by_environment"))
         approver_sets = [(("approvers",), action.approvers)] if action.approvers else []
         approver_sets += [
-            (("approvers_by_environment", env), people)
-            for env, people in action.approvers_by_environment.items()
+            (("approvers_by_environment", env), people) for env, people in action.approvers_by_environment.items()
         ]
         for loc, approvers in approver_sets:
             errors += _approver_errors(source, lines, base, loc, approvers, action.approvals_required)
@@ -211,9 +202,7 @@ def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes
         if not key:
             errors.append(_fmt(source, lines, ("people", person), "an empty identity names nobody"))
         elif key in seen_people:
-            errors.append(
-                _fmt(source, lines, ("people", person), f"names the same person as {seen_people[key]!r}")
-            )
+            errors.append(_fmt(source, lines, ("people", person), f"names the same person as {seen_people[key]!r}"))
         seen_people.setdefault(key, person)
 
     hashes: dict[str, str] = {}
@@ -284,8 +273,7 @@ def _condition_errors(source: str, lines: dict, base: tuple, action: Action) -> 
                 source,
                 lines,
                 loc,
-                "auto_approve needs at least one condition on the verified context "
-                f"({', '.join(AUTO_APPROVE_KEYS)})",
+                f"auto_approve needs at least one condition on the verified context ({', '.join(AUTO_APPROVE_KEYS)})",
             )
         )
     if auto.max_ttl is not None and auto.max_ttl > action.ttl.max:
@@ -310,8 +298,7 @@ def _condition_errors(source: str, lines: dict, base: tuple, action: Action) -> 
                     source,
                     lines,
                     loc,
-                    "with approvers_by_environment and no default approvers, auto_approve must "
-                    "list its environments",
+                    "with approvers_by_environment and no default approvers, auto_approve must list its environments",
                 )
             )
     return errors
@@ -344,5 +331,3 @@ def load_policy(path: str | Path, *, grant_types: GrantTypes) -> Policy:
     except OSError as e:
         raise PolicyError([f"{p}: cannot read policy file: {e.strerror}"]) from None
     return parse_policy(decode_policy(data, str(p)), source=str(p), grant_types=grant_types)
-
-

@@ -74,9 +74,7 @@ def auto_decision(
         if value is None:
             return AutoDecision(eligible=False, why=f"the verified context has no {key}", **base)
         if not any(fnmatchcase(value, p) for p in patterns):
-            return AutoDecision(
-                eligible=False, why=f"{key} {value!r} is not one of {', '.join(patterns)}", **base
-            )
+            return AutoDecision(eligible=False, why=f"{key} {value!r} is not one of {', '.join(patterns)}", **base)
         matched[key] = value
     if ttl > max_ttl:
         return AutoDecision(

@@ -76,11 +76,7 @@ class AutoApprove(_Strict):
 
     @property
     def conditions(self) -> dict[str, list[str]]:
-        return {
-            k: v
-            for k in AUTO_APPROVE_KEYS
-            if (v := getattr(self, k)) is not None
-        }
+        return {k: v for k in AUTO_APPROVE_KEYS if (v := getattr(self, k)) is not None}
 
 
 AUTO_APPROVE_KEYS = ("environment", "ref", "repository", "workflow")

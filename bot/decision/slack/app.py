@@ -45,7 +45,10 @@ def on_error(error: Exception, logger: logging.Logger) -> BoltResponse | None:
     Anything else is Bolt's 500, logged with its traceback."""
     if isinstance(error, RedisConnectionError | RedisTimeoutError):
         logger.warning("Redis unavailable (%s): Slack request refused with 503", type(error).__name__)
-        return BoltResponse(status=503, body="jit is briefly unavailable; Slack will retry",
-                            headers={"content-type": "text/plain; charset=utf-8"})
+        return BoltResponse(
+            status=503,
+            body="jit is briefly unavailable; Slack will retry",
+            headers={"content-type": "text/plain; charset=utf-8"},
+        )
     logger.exception("Slack request failed: %s", type(error).__name__)
     return None

@@ -149,7 +149,9 @@ def slack_shaped(payload: dict) -> bool:
         if any(not isinstance(a.get("value", ""), str) for a in actions if isinstance(a, dict)):
             return False  # button values are strings
     # Bolt's matchers index `action_id` (and `block_id`) directly: a button without one is malformed
-    return isinstance(actions, list) and all(isinstance(a, dict) and isinstance(a.get("action_id"), str) for a in actions)
+    return isinstance(actions, list) and all(
+        isinstance(a, dict) and isinstance(a.get("action_id"), str) for a in actions
+    )
 
 
 def _text(value: object) -> str | None:
@@ -181,7 +183,12 @@ def _check_buttons(rt: Runtime, payload: dict, user: str | None) -> tuple[int, s
         # no message of ours holds this request yet, or another message does
         if container.get("message_ts") != req.message_ts:
             record_refusal(
-                rt.redis, rt.audit, "slack.refused", request_id=rid, action=req.action, actor=user,
+                rt.redis,
+                rt.audit,
+                "slack.refused",
+                request_id=rid,
+                action=req.action,
+                actor=user,
                 details={"why": "button value names a request that is not this message's"},
             )
             return 400, "this button does not belong to that request"

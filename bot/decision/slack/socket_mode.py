@@ -32,6 +32,7 @@ from bot.runtime import Runtime
 
 log = logging.getLogger("jit.slack.socket")
 
+
 class JitSocketModeHandler(SocketModeHandler):
     """Bolt's Socket Mode handler: every envelope goes through the same Bolt middleware as HTTP,
     with its envelope id standing in for a signature (the replay guard)."""

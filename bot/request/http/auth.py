@@ -63,9 +63,7 @@ def oidc_configs(policy: Policy) -> dict:
     """The policy's OIDC pipelines as validated configs (cached per policy version)."""
     cached = _oidc_cache.get(policy.sha256)
     if cached is None:
-        cached = {
-            n: OidcConfig.model_validate(p.oidc) for n, p in policy.pipelines.items() if p.oidc is not None
-        }
+        cached = {n: OidcConfig.model_validate(p.oidc) for n, p in policy.pipelines.items() if p.oidc is not None}
         _oidc_cache.clear()
         _oidc_cache[policy.sha256] = cached
     return cached

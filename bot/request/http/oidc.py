@@ -120,9 +120,7 @@ class OidcVerifier:
         if alg not in ALGORITHMS:
             raise OidcRejected(401, "unsupported algorithm")
         issuer = unverified.get("iss")
-        candidates = {
-            name: c for name, c in configs.items() if isinstance(issuer, str) and c.issuer == issuer
-        }
+        candidates = {name: c for name, c in configs.items() if isinstance(issuer, str) and c.issuer == issuer}
         if not candidates:
             raise OidcRejected(401, "unknown issuer")
         kid = header.get("kid")
@@ -194,9 +192,7 @@ class OidcVerifier:
             raise OidcRejected(503, "issuer keys unavailable")
         raise OidcRejected(401, "unknown signing key")
 
-    def _start_fetch(
-        self, ks: _KeySet, issuer: str, jwks_url: str | None, unknown: bool
-    ) -> _Fetch | None:
+    def _start_fetch(self, ks: _KeySet, issuer: str, jwks_url: str | None, unknown: bool) -> _Fetch | None:
         """Start fetching when the set is stale or lacks a kid, unless a fetch is in flight or
         one started less than `cooldown` ago. The caller holds `ks.lock`."""
         now = self._clock()
@@ -233,13 +229,9 @@ class OidcVerifier:
                 ks.fetch = None
             fetch.done.set()
 
-    def _fetch_keys(
-        self, issuer: str, jwks_url: str | None, deadline: float
-    ) -> dict[str, jwt.PyJWK]:
+    def _fetch_keys(self, issuer: str, jwks_url: str | None, deadline: float) -> dict[str, jwt.PyJWK]:
         if jwks_url is None:
-            discovery = _get_json(
-                issuer.rstrip("/") + "/.well-known/openid-configuration", deadline
-            )
+            discovery = _get_json(issuer.rstrip("/") + "/.well-known/openid-configuration", deadline)
             if discovery.get("issuer") != issuer:
                 raise _FetchError("discovery document names a different issuer")
             jwks_url = discovery.get("jwks_uri")
@@ -313,9 +305,7 @@ class _TlsConnection(http.client.HTTPSConnection):
     def connect(self) -> None:
         http.client.HTTPConnection.connect(self)  # TCP, and the proxy's CONNECT if any
         host = self._tunnel_host or self.host
-        self.sock = self._context.wrap_socket(
-            self.sock, server_hostname=host, do_handshake_on_connect=False
-        )
+        self.sock = self._context.wrap_socket(self.sock, server_hostname=host, do_handshake_on_connect=False)
         self.sock.do_handshake()
 
 
@@ -455,11 +445,7 @@ def verified_context(claims: Mapping[str, Any]) -> tuple[dict[str, str], str | N
     context: dict[str, str | None]
     if "project_path" in claims:  # GitLab
         project, pipeline = _text(claims.get("project_path")), _text(claims.get("pipeline_id"))
-        run_url = (
-            f"{iss.rstrip('/')}/{project}/-/pipelines/{pipeline}"
-            if iss and project and pipeline
-            else None
-        )
+        run_url = f"{iss.rstrip('/')}/{project}/-/pipelines/{pipeline}" if iss and project and pipeline else None
         context = {
             "repository": project,
             "project_id": _text(claims.get("project_id")),
@@ -477,9 +463,7 @@ def verified_context(claims: Mapping[str, Any]) -> tuple[dict[str, str], str | N
         requested_by = _text(claims.get("user_login"))
     else:  # GitHub Actions
         repo, run_id = _text(claims.get("repository")), _text(claims.get("run_id"))
-        run_url = (
-            f"{_github_server_url(iss)}/{repo}/actions/runs/{run_id}" if repo and run_id else None
-        )
+        run_url = f"{_github_server_url(iss)}/{repo}/actions/runs/{run_id}" if repo and run_id else None
         context = {
             "repository": repo,
             "repository_id": _text(claims.get("repository_id")),

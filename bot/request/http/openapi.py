@@ -330,8 +330,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                         "401": _UNAUTHORIZED,
                         "404": _NOT_FOUND,
                         "429": _err(
-                            "too many long-polls open (JIT_MAX_LONG_POLLS_PER_PIPELINE per pipeline, "
-                            "4 per request)",
+                            "too many long-polls open (JIT_MAX_LONG_POLLS_PER_PIPELINE per pipeline, 4 per request)",
                             _RETRY_AFTER,
                         ),
                         "503": _UNAVAILABLE,
@@ -358,7 +357,8 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                     "description": follow_up_note,
                     "responses": {
                         "200": _json(
-                            _ref("Credential"), "the credential",
+                            _ref("Credential"),
+                            "the credential",
                             {"Cache-Control": {"schema": {"const": "no-store"}}},
                         ),
                         "401": _UNAUTHORIZED,
@@ -373,8 +373,8 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                 "post": {
                     "operationId": "introspect",
                     "summary": "RFC 7662 token introspection",
-                    "description": "Bearer: a JIT_INTROSPECTION_TOKENS token (AUDIENCE=TOKEN); a token issued for another "
-                    "audience answers {\"active\": false}, like an unknown one.",
+                    "description": "Bearer: a JIT_INTROSPECTION_TOKENS token (AUDIENCE=TOKEN); a token issued "
+                    'for another audience answers {"active": false}, like an unknown one.',
                     "requestBody": {
                         "required": True,
                         "content": {

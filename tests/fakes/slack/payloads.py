@@ -46,9 +46,7 @@ def sign(
     }
 
 
-def signed(
-    secret: str | bytes, built: Body, timestamp: int | None = None
-) -> tuple[bytes, dict[str, str]]:
+def signed(secret: str | bytes, built: Body, timestamp: int | None = None) -> tuple[bytes, dict[str, str]]:
     """``signed(SECRET, slash_command(...))`` -> ``(body, headers)`` ready to POST."""
     body, ctype = built
     return body, sign(secret, body, timestamp, content_type=ctype)

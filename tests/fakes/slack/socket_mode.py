@@ -105,9 +105,7 @@ class SocketModeServer:
             while sum(1 for c in self._conns if c.open) < n:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(
-                        f"fewer than {n} Socket Mode connection(s) after {timeout}s"
-                    )
+                    raise AssertionError(f"fewer than {n} Socket Mode connection(s) after {timeout}s")
                 self._cond.wait(left)
 
     def send(
@@ -206,9 +204,7 @@ class SocketModeServer:
             self._tickets.discard(ticket)  # one connection per ticket, as Slack's URLs
         key = hdrs.get("sec-websocket-key", "")
         if not valid or hdrs.get("upgrade", "").lower() != "websocket" or not key:
-            sock.sendall(
-                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
+            sock.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             return
         accept = base64.b64encode(hashlib.sha1((key + self.GUID).encode()).digest()).decode()
         sock.sendall(

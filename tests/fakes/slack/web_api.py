@@ -57,9 +57,7 @@ class Call:
 
     @property
     def ok(self) -> bool:
-        return (
-            self.status == 200 and isinstance(self.response, dict) and bool(self.response.get("ok"))
-        )
+        return self.status == 200 and isinstance(self.response, dict) and bool(self.response.get("ok"))
 
     @property
     def error(self) -> str | None:
@@ -193,9 +191,7 @@ class SlackFake:
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT`` (no trailing slash)."""
         if self._server is None:
-            raise RuntimeError(
-                "SlackFake is not started (use `with SlackFake() as fake:` or .start())"
-            )
+            raise RuntimeError("SlackFake is not started (use `with SlackFake() as fake:` or .start())")
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
@@ -239,9 +235,7 @@ class SlackFake:
         """
         with self._lock:
             return {
-                ts: copy.deepcopy(m)
-                for ts, m in self._messages.items()
-                if channel is None or m["channel"] == channel
+                ts: copy.deepcopy(m) for ts, m in self._messages.items() if channel is None or m["channel"] == channel
             }
 
     def message(self, ts: str) -> dict[str, Any]:
@@ -249,16 +243,13 @@ class SlackFake:
         with self._lock:
             return copy.deepcopy(self._messages[ts])
 
-    def ephemerals(
-        self, channel: str | None = None, user: str | None = None
-    ) -> list[dict[str, Any]]:
+    def ephemerals(self, channel: str | None = None, user: str | None = None) -> list[dict[str, Any]]:
         """Ephemeral messages sent with ``chat.postEphemeral``."""
         with self._lock:
             return [
                 copy.deepcopy(m)
                 for m in self._ephemerals
-                if (channel is None or m["channel"] == channel)
-                and (user is None or m["user"] == user)
+                if (channel is None or m["channel"] == channel) and (user is None or m["user"] == user)
             ]
 
     def views(self) -> dict[str, dict[str, Any]]:
@@ -278,9 +269,7 @@ class SlackFake:
                 self._dms[user_id] = f"D{next(self._ids):08d}"
             return self._dms[user_id]
 
-    def response_url(
-        self, key: str, *, channel: str | None = None, message_ts: str | None = None
-    ) -> str:
+    def response_url(self, key: str, *, channel: str | None = None, message_ts: str | None = None) -> str:
         """A ``response_url`` served by this fake. If bound to ``channel``+``message_ts``,
         ``replace_original``/``delete_original`` POSTs apply to that message."""
         with self._lock:
@@ -366,15 +355,11 @@ class SlackFake:
         ``{"ok": false, "error": "ratelimited"}``."""
         self._add(_Fault("ratelimit", _methods(methods), times, retry_after=int(retry_after)))
 
-    def slow(
-        self, seconds: float, methods: str | Iterable[str] | None = None, times: int | None = None
-    ) -> None:
+    def slow(self, seconds: float, methods: str | Iterable[str] | None = None, times: int | None = None) -> None:
         """Delay matching requests by ``seconds`` before answering."""
         self._add(_Fault("slow", _methods(methods), times, seconds=seconds))
 
-    def api_error(
-        self, error: str, methods: str | Iterable[str] | None = None, times: int | None = None
-    ) -> None:
+    def api_error(self, error: str, methods: str | Iterable[str] | None = None, times: int | None = None) -> None:
         """Answer matching requests HTTP 200 ``{"ok": false, "error": error}``
         (e.g. ``plan_upgrade_required``, ``expired_trigger_id``, ``channel_not_found``)."""
         self._add(_Fault("error", _methods(methods), times, error=error))
@@ -440,9 +425,7 @@ class SlackFake:
 
     # ---- request dispatch -----------------------------------------------------
 
-    def _handle(
-        self, kind: str, name: str, params: dict[str, Any], headers: dict[str, str]
-    ) -> Reply:
+    def _handle(self, kind: str, name: str, params: dict[str, Any], headers: dict[str, str]) -> Reply:
         method = "response_url" if kind == "response" else name
         delay, fault = self._take_faults(method)
         if delay:
@@ -486,11 +469,7 @@ class SlackFake:
                     {"Retry-After": str(fault.retry_after)},
                 )
             if fault.kind == "fail":
-                body = (
-                    fault.body
-                    if fault.body is not None
-                    else {"ok": False, "error": "internal_error"}
-                )
+                body = fault.body if fault.body is not None else {"ok": False, "error": "internal_error"}
                 return Reply(fault.status, body)
             if fault.kind == "error":
                 return Reply(200, {"ok": False, "error": fault.error})
@@ -526,11 +505,7 @@ class SlackFake:
             return None
         if channel[0] in "UW":  # posting to a user id lands in the DM with the bot
             return self.dm_channel(channel)
-        if (
-            self.channels is not None
-            and channel not in self.channels
-            and channel not in self._dms.values()
-        ):
+        if self.channels is not None and channel not in self.channels and channel not in self._dms.values():
             return None
         return channel
 

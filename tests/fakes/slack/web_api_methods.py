@@ -142,9 +142,7 @@ def _chat_delete(fake: SlackFake, p: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "channel": msg["channel"], "ts": msg["ts"]}
 
 
-def _view_obj(
-    fake: SlackFake, view: dict[str, Any], view_id: str, root: str | None = None
-) -> dict[str, Any]:
+def _view_obj(fake: SlackFake, view: dict[str, Any], view_id: str, root: str | None = None) -> dict[str, Any]:
     out = {
         "id": view_id,
         "team_id": fake.team_id,
@@ -195,9 +193,7 @@ def _views_update(fake: SlackFake, p: dict[str, Any]) -> dict[str, Any]:
     if p.get("view_id"):
         current = fake._views.get(p["view_id"])
     elif p.get("external_id"):
-        current = next(
-            (v for v in fake._views.values() if v["external_id"] == p["external_id"]), None
-        )
+        current = next((v for v in fake._views.values() if v["external_id"] == p["external_id"]), None)
     if current is None:
         return error_body("not_found")
     if p.get("hash") and p["hash"] != current["hash"]:
@@ -214,9 +210,7 @@ def _views_publish(fake: SlackFake, p: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(view, dict):
         return error_body("invalid_arguments")
     if view.get("type") != "home":
-        return error_body(
-            "invalid_arguments", response_metadata={"messages": ["[ERROR] view type must be home"]}
-        )
+        return error_body("invalid_arguments", response_metadata={"messages": ["[ERROR] view type must be home"]})
     prev = fake._home.get(user_id)
     if prev and p.get("hash") and p["hash"] != prev["hash"]:
         return error_body("hash_conflict")

@@ -71,9 +71,7 @@ def test_bad_durations(text):
 
 
 def test_a_bad_duration_on_the_command_line_is_a_usage_error(capsys):
-    code = client.main(
-        ["request", "db", "--reason", "x", "--ttl", "soon"], env={"JIT_URL": "https://j"}
-    )
+    code = client.main(["request", "db", "--reason", "x", "--ttl", "soon"], env={"JIT_URL": "https://j"})
     assert code == EXIT_USAGE
     assert "soon" in capsys.readouterr().err
 
@@ -194,7 +192,11 @@ def test_env_format_survives_the_shell():
     assert script.startswith("export JIT_CREDENTIAL_USERNAME=jit_deploy_7f3a\n")
     assert f"export JIT_CREDENTIAL_PASSWORD={shlex.quote(CREDENTIAL['password'])}\n" in script
     shown = subprocess.run(
-        ["sh", "-c", script + 'printf "%s|%s|%s" "$JIT_CREDENTIAL_PASSWORD" "$JIT_CREDENTIAL_CA_CERT" "$JIT_REQUEST_ID"'],
+        [
+            "sh",
+            "-c",
+            script + 'printf "%s|%s|%s" "$JIT_CREDENTIAL_PASSWORD" "$JIT_CREDENTIAL_CA_CERT" "$JIT_REQUEST_ID"',
+        ],
         capture_output=True,
         text=True,
         check=True,

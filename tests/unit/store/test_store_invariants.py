@@ -301,7 +301,8 @@ class Lifecycle(RuleBasedStateMachine):
         self.rt.audit.flush()
         for rid in self.rids:
             issued = [
-                e for e in self.rt.audit.entries_for_request(rid, limit=500)
+                e
+                for e in self.rt.audit.entries_for_request(rid, limit=500)
                 if e.body["event"] == "grant.issued" and e.body["outcome"] == "ok"
             ]
             assert len(issued) <= 1, f"{rid} was issued {len(issued)} credentials"

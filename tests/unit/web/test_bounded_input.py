@@ -64,10 +64,7 @@ def test_nesting_depth(text, deeper_than_3):
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(alphabet='[]{}"\\ab', max_size=6),
-    lambda c: (
-        st.lists(c, max_size=3)
-        | st.dictionaries(st.text(alphabet='[]{}"\\ab', max_size=4), c, max_size=3)
-    ),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(alphabet='[]{}"\\ab', max_size=4), c, max_size=3),
     max_leaves=20,
 )
 

@@ -93,8 +93,7 @@ def _dm_text(req: AccessRequest, outcome: str) -> str:
         by = f" by {mention(req.revoked_by)}" if req.revoked_by else ""
         return f":no_entry: The grant from your {what} was revoked early{by}."
     return (
-        f":warning: Your {what} was approved, but the credential could not be issued: "
-        f"{literal(req.error, 300) or '—'}"
+        f":warning: Your {what} was approved, but the credential could not be issued: {literal(req.error, 300) or '—'}"
     )
 
 
@@ -103,8 +102,7 @@ def reminder_text(req: AccessRequest, approvers: list[str] | None) -> str:
     who = " ".join(mention(a) for a in approvers or [] if a not in req.approved_by)
     got = f"{len(req.approvals)} of {req.approvals_required} approvals"
     return fit(
-        f":bell: Still waiting for approval ({got}); this request times out in {left}."
-        + (f" {who}" if who else ""),
+        f":bell: Still waiting for approval ({got}); this request times out in {left}." + (f" {who}" if who else ""),
         MAX_MESSAGE_TEXT,
     )
 
@@ -172,8 +170,12 @@ def do_remind(rt, rid: str) -> None:
         req = rt.store.get(rid)
         if req is None or req.status != Status.PENDING:
             return
-        _send_once(rt, req, "reminded_ms", lambda: _post_in_thread(
-            rt, req, reminder_text(req, action.approvers if action else None)))
+        _send_once(
+            rt,
+            req,
+            "reminded_ms",
+            lambda: _post_in_thread(rt, req, reminder_text(req, action.approvers if action else None)),
+        )
 
 
 def do_warn(rt, rid: str) -> None:

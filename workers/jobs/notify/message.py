@@ -43,7 +43,9 @@ def sync_request_message(rt, request_id: str) -> None:
         if req.message_ts and rt.redis.hget(keys.request(request_id), "message_hash") != digest:
             channel = rt.redis.hget(keys.request(request_id), "message_channel") or req.channel
             try:
-                call_slack(rt, channel, rt.slack.chat_update, channel=channel, ts=req.message_ts, text=text, blocks=blocks)
+                call_slack(
+                    rt, channel, rt.slack.chat_update, channel=channel, ts=req.message_ts, text=text, blocks=blocks
+                )
             except Exception as e:
                 if not maybe_applied(e):
                     raise

@@ -48,7 +48,8 @@ DIGEST_LINES = 20
 # KEYS: slot, not_before[, outbox]
 # ARGV: now_ms, interval_ms, request key prefix, lock key prefix, lock token, lock ttl ms
 # → {'wait', ms} | {'go'} (slot only) | {'post', request_id, backlog} | {'empty'}
-_TAKE = """
+_TAKE = (
+    """
 local now = tonumber(ARGV[1])
 local free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('GET', KEYS[2]) or '0'))
 if free > now then return {'wait', tostring(free - now)} end
@@ -65,13 +66,16 @@ while true do
   if (not redis.call('HGET', req, 'status')) or (ts and ts ~= '') then
     redis.call('ZREM', KEYS[3], head)
   elseif not redis.call('SET', ARGV[4] .. head, ARGV[5], 'NX', 'PX', ARGV[6]) then
-    return {'wait', '""" + str(BUSY_RETRY_MS) + """'}
+    return {'wait', '"""
+    + str(BUSY_RETRY_MS)
+    + """'}
   else
     take()
     return {'post', head, tostring(redis.call('ZCARD', KEYS[3]))}
   end
 end
 """
+)
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,6 @@ def _post_head(rt, pacer: ChannelPacer, channel: str, turn: Turn) -> bool:
     text, blocks = render(rt, req)
     sent_ms, settle_ms = rt.redis.hmget(keys.request(rid), "post_uncertain_ms", "post_settle_ms")
     if sent_ms:
-
         if now_ms() < int(settle_ms or 0):
             raise RetryLater(int(settle_ms) - now_ms())  # the lost attempt may still land
         if ts := find_earlier_post(rt, channel, rid, int(sent_ms)):
@@ -184,20 +187,28 @@ def _post_head(rt, pacer: ChannelPacer, channel: str, turn: Turn) -> bool:
             pacer.posted(channel, rid)
             return True
     try:
-        resp = call_slack(rt, channel, rt.slack.chat_postMessage, channel=channel, text=text, blocks=blocks,
-                          metadata={"event_type": POST_EVENT, "event_payload": {"request_id": rid}})
+        resp = call_slack(
+            rt,
+            channel,
+            rt.slack.chat_postMessage,
+            channel=channel,
+            text=text,
+            blocks=blocks,
+            metadata={"event_type": POST_EVENT, "event_payload": {"request_id": rid}},
+        )
     except Exception as e:
-
         if not maybe_applied(e):
             raise
         # Slack may still post it after we gave up: look for it (by its metadata) before posting
         # again, once it must have landed
         timeout_ms = int(rt.slack.timeout * 1000)
-        rt.store.set_fields(rid, post_uncertain_ms=str(now_ms() - timeout_ms - 5000),
-                            post_settle_ms=str(now_ms() + timeout_ms + 2000))
+        rt.store.set_fields(
+            rid, post_uncertain_ms=str(now_ms() - timeout_ms - 5000), post_settle_ms=str(now_ms() + timeout_ms + 2000)
+        )
         raise RetryLater(timeout_ms + 2000) from None
-    rt.store.set_fields(rid, message_ts=resp["ts"], message_channel=resp["channel"],
-                        message_hash=message_hash(text, blocks))
+    rt.store.set_fields(
+        rid, message_ts=resp["ts"], message_channel=resp["channel"], message_hash=message_hash(text, blocks)
+    )
     pacer.posted(channel, rid)
     return True
 
@@ -218,8 +229,15 @@ def find_earlier_post(rt, channel: str, request_id: str, since_ms: int) -> str |
 
 def call_history(rt, channel: str, since_ms: int):
 
-    return call_slack(rt, channel, rt.slack.conversations_history, channel=channel,
-                      oldest=f"{since_ms / 1000:.6f}", limit=200, include_all_metadata=True)
+    return call_slack(
+        rt,
+        channel,
+        rt.slack.conversations_history,
+        channel=channel,
+        oldest=f"{since_ms / 1000:.6f}",
+        limit=200,
+        include_all_metadata=True,
+    )
 
 
 def _post_digest(rt, channel: str) -> bool:
@@ -263,7 +281,10 @@ def digest_blocks(reqs) -> tuple[str, list[dict]]:
     shown = len(lines)
     while width(listing(shown)) > MAX_TEXT:  # whole lines only: never cut one mid-way
         shown -= 1
-    head = f":inbox_tray: *{n} new access requests* are waiting here. Each one's own message, with its buttons, follows below in order."
+    head = (
+        f":inbox_tray: *{n} new access requests* are waiting here. "
+        "Each one's own message, with its buttons, follows below in order."
+    )
     text = f"{n} new access requests are waiting for approval"
     return text, [section(head), section(listing(shown))]
 

@@ -98,15 +98,11 @@ def parse_query(args: str) -> AuditQuery:
             try:
                 fields["since"] = parse_duration(token[len("since:") :])
             except ValueError:
-                raise QueryError(
-                    "`since:` takes a duration such as `since:90m`, `since:2h` or `since:1d`."
-                ) from None
+                raise QueryError("`since:` takes a duration such as `since:90m`, `since:2h` or `since:1d`.") from None
         elif low in ("break-glass", "breakglass", "break_glass"):
             fields["break_glass"] = True
         elif token.startswith("@"):
-            raise QueryError(
-                f"I can't tell who {code(token, 40)} is: pick the person from the @-mention menu."
-            )
+            raise QueryError(f"I can't tell who {code(token, 40)} is: pick the person from the @-mention menu.")
         elif _REQUEST_ID.match(token):
             fields["request_id"] = token
         else:
@@ -115,8 +111,7 @@ def parse_query(args: str) -> AuditQuery:
 
 
 REFUSED = (
-    "Sorry — only auditors and approvers can read the audit trail. "
-    "Ask in your security channel if you need an extract."
+    "Sorry — only auditors and approvers can read the audit trail. Ask in your security channel if you need an extract."
 )
 
 

@@ -107,8 +107,7 @@ def request_blocks(
         return " :lock: _verified_" if key in req.verified_keys else " _(said by the pipeline, unverified)_"
 
     items = [
-        f"*Action*\n{code(req.action, 64)}"
-        + (f"\n{literal(description, 300)}" if description else ""),
+        f"*Action*\n{code(req.action, 64)}" + (f"\n{literal(description, 300)}" if description else ""),
         f"*Pipeline*\n{code(req.pipeline, 100)}",
         f"*Requested by*\n{code(req.requested_by, 200)}{said('requested_by') if req.requested_by else ''}",
         f"*TTL*\n{human(req.ttl)}",
@@ -132,9 +131,7 @@ def request_blocks(
     blocks.append(context(" · ".join(ctx_elems)))
 
     if auto:
-        progress = (
-            f":robot_face: *Auto-approved by rule* {code(rule, 120)} — no human approval needed"
-        )
+        progress = f":robot_face: *Auto-approved by rule* {code(rule, 120)} — no human approval needed"
     elif break_glass_by:
         progress = (
             f":rotating_light: *Break glass* by {mention(break_glass_by)} (approved alone)\n"
@@ -171,9 +168,7 @@ def request_blocks(
             buttons.append(button(BREAK_GLASS, "Break glass", req.id))
         blocks.append({"type": "actions", "block_id": f"decide:{req.id}", "elements": buttons})
     elif req.status == Status.ACTIVE:
-        blocks.append(
-            {"type": "actions", "block_id": f"grant:{req.id}", "elements": [revoke_button(req)]}
-        )
+        blocks.append({"type": "actions", "block_id": f"grant:{req.id}", "elements": [revoke_button(req)]})
     return blocks
 
 
@@ -207,9 +202,7 @@ def _modal(
     }
 
 
-def _text_input(
-    block_id: str, action_id: str, label: str, placeholder: str, **limits: int
-) -> dict[str, Any]:
+def _text_input(block_id: str, action_id: str, label: str, placeholder: str, **limits: int) -> dict[str, Any]:
     return {
         "type": "input",
         "block_id": block_id,
@@ -224,19 +217,14 @@ def _text_input(
     }
 
 
-def deny_modal(
-    req: AccessRequest, channel: str | None = None, message_ts: str | None = None
-) -> dict[str, Any]:
+def deny_modal(req: AccessRequest, channel: str | None = None, message_ts: str | None = None) -> dict[str, Any]:
     return _modal(
         DENY_MODAL,
         "Deny access",
         "Deny",
         {"id": req.id, "channel": channel, "ts": message_ts},
         [
-            section(
-                f"Deny {code(req.action, 64)} for {code(req.pipeline, 100)} "
-                f"(request {code(req.id, 64)})?"
-            ),
+            section(f"Deny {code(req.action, 64)} for {code(req.pipeline, 100)} (request {code(req.id, 64)})?"),
             _text_input(
                 DENY_REASON_BLOCK,
                 DENY_REASON_INPUT,
@@ -289,8 +277,7 @@ def break_glass_alert(
         f"{code(req.pipeline, 100)} alone (request {code(req.id, 64)}).",
         f"*Justification:* {literal(justification, 500) or EMPTY}",
         f"*Reason given by the pipeline:* {literal(req.reason, 300) or EMPTY}",
-        f"*TTL:* {human(req.ttl)}{cut}"
-        + (" · *outside the change windows*" if outside_window else ""),
+        f"*TTL:* {human(req.ttl)}{cut}" + (" · *outside the change windows*" if outside_window else ""),
         "Marked for follow-up review: `/jit audit break-glass`.",
     ]
     return fit("\n".join(lines), MAX_MESSAGE_TEXT)

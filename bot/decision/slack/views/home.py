@@ -59,11 +59,7 @@ def home_view(v: HomeView) -> dict[str, Any]:
         for r in waiting[:PENDING_CAP]:
             blocks += [section(pending_line(r)), _decide_buttons(r)]
         if len(waiting) > PENDING_CAP:
-            blocks.append(
-                context(
-                    f"…and {len(waiting) - PENDING_CAP} more waiting for you (`/jit status` lists them)"
-                )
-            )
+            blocks.append(context(f"…and {len(waiting) - PENDING_CAP} more waiting for you (`/jit status` lists them)"))
     else:
         blocks.append(section("Nothing is waiting for your approval."))
 
@@ -91,18 +87,14 @@ def home_view(v: HomeView) -> dict[str, Any]:
         blocks += [{"type": "divider"}, header("Audit trail")]
         head = v.head
         if head:
-            blocks.append(
-                section(f"*Chain head* #{literal(head.get('seq'), 20)} {code(head.get('hash', ''), 64)}")
-            )
+            blocks.append(section(f"*Chain head* #{literal(head.get('seq'), 20)} {code(head.get('hash', ''), 64)}"))
         if v.latest:
             blocks += chunk_lines([event_line(e) for e in v.latest], 4)
         else:
             blocks.append(section("No audit events yet."))
         blocks.append(context("`/jit audit` for more; `jit audit verify` checks the whole chain."))
 
-    blocks.append(
-        context(f"Updated <!date^{v.at_ms // 1000}^{{time_secs}}|just now> · `/jit help`")
-    )
+    blocks.append(context(f"Updated <!date^{v.at_ms // 1000}^{{time_secs}}|just now> · `/jit help`"))
     if len(blocks) > MAX_BLOCKS:  # the caps above keep well inside; never let Slack refuse the view
         blocks = blocks[: MAX_BLOCKS - 1] + [context("…more not shown")]
     return {"type": "home", "blocks": blocks}

@@ -48,7 +48,9 @@ def describe_changes(policy: Policy, previous_sha: str | None, diff: dict[str, A
         if entry.get("added"):
             lines.append(f"• approvers added to {code(action, 64)}: " + ", ".join(_who(x) for x in entry["added"]))
         if entry.get("removed"):
-            lines.append(f"• approvers removed from {code(action, 64)}: " + ", ".join(_who(x) for x in entry["removed"]))
+            lines.append(
+                f"• approvers removed from {code(action, 64)}: " + ", ".join(_who(x) for x in entry["removed"])
+            )
     for action, fields in diff["changed"].items():
         lines.append(f"• {code(action, 64)} changed: {', '.join(code(f, 40) for f in fields)}")
     if diff["pipelines_added"]:
@@ -58,8 +60,7 @@ def describe_changes(policy: Policy, previous_sha: str | None, diff: dict[str, A
     if "auditors" in diff:
         a = diff["auditors"]
         lines.append(
-            "• auditors: "
-            + ", ".join([f"+{_who(x)}" for x in a["added"]] + [f"−{_who(x)}" for x in a["removed"]])
+            "• auditors: " + ", ".join([f"+{_who(x)}" for x in a["added"]] + [f"−{_who(x)}" for x in a["removed"]])
         )
     if len(lines) == 1:
         lines.append("• no change to actions, approvers or pipelines (formatting or comments only)")

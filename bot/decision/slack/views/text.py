@@ -205,12 +205,7 @@ def _https_host(url: str) -> str | None:
     except ValueError:
         return None
     host = parts.hostname or ""
-    if (
-        parts.scheme != "https"
-        or parts.username is not None
-        or not _HOST.fullmatch(host)
-        or ".." in host
-    ):
+    if parts.scheme != "https" or parts.username is not None or not _HOST.fullmatch(host) or ".." in host:
         return None
     return f"{host}:{port}" if port else host
 
@@ -218,9 +213,7 @@ def _https_host(url: str) -> str | None:
 def date(dt: datetime) -> str:
     """A time every reader sees in their own time zone, with a UTC fallback (jit's own token)."""
     ts = int(dt.timestamp())
-    return (
-        f"<!date^{ts}^{{date_short_pretty}} {{time_secs}}|{dt.strftime('%Y-%m-%d %H:%M:%S UTC')}>"
-    )
+    return f"<!date^{ts}^{{date_short_pretty}} {{time_secs}}|{dt.strftime('%Y-%m-%d %H:%M:%S UTC')}>"
 
 
 def fit(text: str, limit: int) -> str:
@@ -278,9 +271,7 @@ def header(value: object) -> dict[str, Any]:
     return {"type": "header", "text": plain_text(value, MAX_HEADER)}
 
 
-def button(
-    action_id: str, label: str, value: str, style: str | None = None, **extra: Any
-) -> dict[str, Any]:
+def button(action_id: str, label: str, value: str, style: str | None = None, **extra: Any) -> dict[str, Any]:
     b: dict[str, Any] = {
         "type": "button",
         "action_id": action_id,

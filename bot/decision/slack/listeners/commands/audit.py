@@ -50,7 +50,10 @@ def find(rt: Runtime, q: AuditQuery) -> tuple[list[AuditEntry], bool]:
 def answer(rt: Runtime, user: str, args: str) -> list[dict[str, Any]]:
     if not may_read_audit(rt, user):
         record_refusal(
-            rt.redis, rt.audit, "audit.read_refused", actor=user,
+            rt.redis,
+            rt.audit,
+            "audit.read_refused",
+            actor=user,
             details={"why": "not an auditor or approver", "args": args[:200]},
         )
         return [section(REFUSED)]

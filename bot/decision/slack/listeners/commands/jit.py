@@ -46,9 +46,8 @@ def answer(rt: Runtime, user: str, text: str) -> dict:
             if not rest:
                 return {"text": "Usage: `/jit revoke &lt;id&gt;` — the request id is in its Slack message."}
             req = rt.revokes.revoke_by_approver(rest.split()[0], user)
-            return {
-                "text": f"Revoking {code(req.id, 64)} ({code(req.action, 64)}) now; its message updates when it is done."
-            }
+            what = f"{code(req.id, 64)} ({code(req.action, 64)})"
+            return {"text": f"Revoking {what} now; its message updates when it is done."}
         if sub in ("", "help"):
             return {"text": USAGE}
         return {"text": f"I don't know {code('/jit ' + sub, 40)}.\n{USAGE}"}

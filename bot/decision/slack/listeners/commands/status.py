@@ -24,8 +24,13 @@ def answer(rt: Runtime, user: str, args: str) -> dict:
         return {"text": "jit status", "blocks": answers.not_found(rid)}
     if not rt.rules.may_view(req, user):
         record_refusal(
-            rt.redis, rt.audit, "status.refused", actor=user, request_id=req.id,
-            action=req.action, details={"why": "not an approver, auditor or the requester"},
+            rt.redis,
+            rt.audit,
+            "status.refused",
+            actor=user,
+            request_id=req.id,
+            action=req.action,
+            details={"why": "not an approver, auditor or the requester"},
         )
         return {"text": "Only this request's approvers, auditors and requester can see it."}
     history = [e.body for e in rt.audit.entries_for_request(req.id, limit=HISTORY_CAP)]

@@ -106,9 +106,7 @@ def request(value: str, status: Status = Status.PENDING, **over: Any) -> AccessR
         channel="C0PROD",
         requested_by=value,
         requester_slack_id="U0ALICE",
-        context={
-            k: value for k in ("repository", "ref", "commit", "environment", "run_url", "extra")
-        },
+        context={k: value for k in ("repository", "ref", "commit", "environment", "run_url", "extra")},
         approvals=[(value, t), ("U0LEAD1", t)],
         decided_by=value,
         deny_reason=value,
@@ -207,15 +205,11 @@ def renderings(value: str) -> list[tuple[str, Any]]:
         ),
         (
             "request auto",
-            blocks.request_blocks(
-                request(value, Status.ACTIVE, decided_by="auto"), auto_rule=value
-            ),
+            blocks.request_blocks(request(value, Status.ACTIVE, decided_by="auto"), auto_rule=value),
         ),
         (
             "request break glass",
-            blocks.request_blocks(
-                request(value, Status.ACTIVE), break_glass_by="U0BG", justification=value
-            ),
+            blocks.request_blocks(request(value, Status.ACTIVE), break_glass_by="U0BG", justification=value),
         ),
         (
             "request break glass by",
@@ -248,8 +242,15 @@ def renderings(value: str) -> list[tuple[str, Any]]:
             "home",
             home.home_view(
                 home.HomeView(
-                    waiting=rt.reqs, active=rt.reqs, may_revoke={RID}, open_total=2003, open_read=3,
-                    auditor=True, at_ms=1_796_000_000_000, latest=bodies, head={"seq": value, "hash": value},
+                    waiting=rt.reqs,
+                    active=rt.reqs,
+                    may_revoke={RID},
+                    open_total=2003,
+                    open_read=3,
+                    auditor=True,
+                    at_ms=1_796_000_000_000,
+                    latest=bodies,
+                    head={"seq": value, "hash": value},
                     late_alerts=[("bgalert:" + RID, 0)],
                 )
             ),
@@ -460,12 +461,8 @@ def test_only_https_run_urls_become_links(url):
 
 def test_an_https_run_url_is_a_link_that_names_its_host():
     req = request("x", context={"run_url": "https://github.com/acme/web/actions/runs/1?a=1&b=2"})
-    ctx = [b for b in blocks.request_blocks(req) if b["type"] == "context"][0]["elements"][0][
-        "text"
-    ]
-    assert (
-        "<https://github.com/acme/web/actions/runs/1?a=1&amp;b=2|View the run on github.com>" in ctx
-    )
+    ctx = [b for b in blocks.request_blocks(req) if b["type"] == "context"][0]["elements"][0]["text"]
+    assert "<https://github.com/acme/web/actions/runs/1?a=1&amp;b=2|View the run on github.com>" in ctx
     assert text.link("https://ci.example:8443/r", "View the run") == (
         "<https://ci.example:8443/r|View the run on ci.example:8443>"
     )
