@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from prometheus_client.registry import Collector
 from redis import Redis
 from slack_sdk.errors import SlackApiError
 
+from bot.core.clock import now_ms
 from bot.store import keys
 from bot.store.notices import ALERT_LATE_MS
 
@@ -255,7 +255,7 @@ class JitCollector(Collector):
         yield from self._depths()
 
     def _depths(self) -> Iterable:
-        now = time.time_ns() // 1_000_000
+        now = now_ms()
         up = GaugeMetricFamily("jit_redis_up", "1 when Redis answered this scrape.")
         up.add_metric([], 1)
         yield up

@@ -8,9 +8,10 @@ import time
 import pytest
 import redis as redislib
 
+from bot.core.clock import now_ms
 from bot.store import keys
 from bot.store.due import DueQueue
-from workers.queue.scheduler import Lease, Scheduler, now_ms
+from workers.queue.scheduler import Lease, Scheduler
 
 
 @pytest.fixture

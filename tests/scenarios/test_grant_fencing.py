@@ -8,9 +8,10 @@ import time
 
 import pytest
 
+from bot.core.clock import now_ms
 from bot.store import keys
 from bot.store.due import DueQueue
-from workers.queue.scheduler import QUEUED_LEASE_MS, now_ms
+from workers.queue.scheduler import QUEUED_LEASE_MS
 
 
 def flag(state_dir, name, value=""):

@@ -95,6 +95,7 @@ from workers.backends.base import (
     GrantRequest,
     register,
 )
+from workers.backends.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -199,15 +200,9 @@ _SECRET_PATTERNS = [
 
 
 def _scrub(message: str, *secrets_: str | None) -> str:
-    for s in secrets_:
-        if s:
-            message = message.replace(s, "***")
-            message = message.replace(quote(s, safe=""), "***")
-    for pattern, repl in _SECRET_PATTERNS:
-        message = pattern.sub(repl, message)
     # Messages can quote names the temporary role chose; they end up in Slack.
-    message = owned.plain(message.strip().splitlines()[0], limit=500) if message.strip() else ""
-    return message or "unknown error"
+    message = redact(message, secrets_, _SECRET_PATTERNS)
+    return (owned.plain(message, limit=500) if message else "") or "unknown error"
 
 
 def _pg_error(e: psycopg.Error, *secrets_: str | None) -> str:

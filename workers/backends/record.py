@@ -10,12 +10,12 @@ duplicate revoke shows up. Not meant for production policies: it issues nothing.
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any
 
 from pydantic import Field
 from redis import Redis
 
+from bot.core.clock import now_ms
 from bot.store.connection import redis_from_url
 from workers.backends.base import BackendConfig, GrantBackend, GrantError, GrantRequest, register
 
@@ -45,7 +45,7 @@ class RecordBackend(GrantBackend):
     enforces_expiry = False
 
     def _record(self, request: GrantRequest, what: str) -> int:
-        at_ms = time.time_ns() // 1_000_000  # first thing: the moment the call happened
+        at_ms = now_ms()  # first thing: the moment the call happened
         url = self.env.environ.get(self.config.redis_url_env)
         if not url:
             raise GrantError(f"record backend: {self.config.redis_url_env} is not set")

@@ -71,6 +71,7 @@ from workers.backends.base import (
     GrantRequest,
     register,
 )
+from workers.backends.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +159,14 @@ def rules_allow_select(rules: list[str]) -> bool:
     return any(evaluate(r[1:-1].split()) for r in rules if r.startswith("("))
 
 
+_REDACT = (
+    (re.compile(r"rediss?://\S*", re.I), "redis://***"),
+    (re.compile(r"(^|\s)>\S+"), r"\1>***"),  # an ACL rule quoting a password (`>secret`)
+)
+
+
 def _scrub(message: str, *secrets_: str | None) -> str:
-    for s in secrets_:
-        if s:
-            message = message.replace(s, "***")
-    message = re.sub(r"rediss?://\S*", "redis://***", message, flags=re.I)
-    message = re.sub(r"(^|\s)>\S+", r"\1>***", message)
-    return message.strip().splitlines()[0] if message.strip() else "unknown error"
+    return redact(message, secrets_, _REDACT) or "unknown error"
 
 
 @register

@@ -60,7 +60,6 @@ import hashlib
 import hmac
 import http.client
 import io
-import ipaddress
 import json
 import re
 import socket
@@ -71,6 +70,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from pydantic import Field, field_validator
 
+from bot.core.net import is_loopback
 from workers.backends.base import (
     BackendConfig,
     GrantBackend,
@@ -185,15 +185,6 @@ def verify_signature(
     return hmac.compare_digest(expected.encode(), str(signature).strip().encode())
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 @register
 class WebhookBackend(GrantBackend):
     type = "webhook"
@@ -221,7 +212,7 @@ class WebhookBackend(GrantBackend):
                 raise ValueError("must not contain a #fragment")
             if parts.scheme == "https":
                 return v
-            if parts.scheme == "http" and _is_loopback(parts.hostname):
+            if parts.scheme == "http" and is_loopback(parts.hostname):
                 return v
             raise ValueError("must use https:// (plain http:// only for 127.0.0.1/::1/localhost)")
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Protocol
 
 from redis import Redis
 
+from bot.core.clock import now_ms
 from bot.store import keys
 from bot.store.due import LEASE_MS, DueQueue
 
@@ -76,10 +76,6 @@ class Handoff(Protocol):
     """Hands claimed items to jobs (workers/queue/dispatch.py)."""
 
     def kick_many(self, items: list[tuple[str, str]]) -> None: ...
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Scheduler:

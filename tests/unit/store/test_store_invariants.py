@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from support import SECRET_KEY, policy_text
 
+from bot.core.clock import now_ms
 from bot.core.model import FINAL, Status
 from bot.store import keys
 from bot.store.due import DueQueue
-from workers.queue.scheduler import now_ms
 
 #: The audit event that records reaching each status.
 STATUS_EVENTS = {
