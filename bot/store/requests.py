@@ -135,6 +135,17 @@ local function revoke_owed()
   redis.call('HSET', KEYS[1], 'revoke_pending', '1')
   kick('revoke:' .. ID)
 end
+-- an approved request will not be granted after all: stop its grant job, and revoke whatever an
+-- earlier attempt may have issued. A grant job calling the backend now records what it issued
+-- when it ends and queues the revoke (or, if it died, its item comes back and does the same).
+local function stop_grant()
+  if redis.call('HEXISTS', KEYS[1], 'grant_inflight') == 1 then
+    redis.call('HSET', KEYS[1], 'revoke_pending', '1')
+  else
+    unschedule('grant:' .. ID)
+    if redis.call('HEXISTS', KEYS[1], 'grant_attempted') == 1 then revoke_owed() end
+  end
+end
 local function finalize()
   redis.call('ZREM', KEYS[3], ID)
   redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -257,14 +268,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[8], 'decided_ms', ARGV[2])
 for k, v in pairs(cjson.decode(ARGV[10])) do redis.call('HSET', KEYS[1], k, v) end
 undecided_timers_off()
 if st == 'approved' then
-  if redis.call('HEXISTS', KEYS[1], 'grant_inflight') == 1 then
-    -- a grant job is calling the backend now: when it ends it records what it issued and
-    -- queues the revoke (or, if it died, its item comes back and does the same)
-    redis.call('HSET', KEYS[1], 'revoke_pending', '1')
-  else
-    unschedule('grant:' .. ID)
-    if redis.call('HEXISTS', KEYS[1], 'grant_attempted') == 1 then revoke_owed() end
-  end
+  stop_grant()
 end
 kick('slack:' .. ID)
 finalize()
@@ -377,12 +381,7 @@ _FAIL = (
 local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'approved' then return reply('decided', st or 'missing') end
 redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[8], 'decided_ms', ARGV[2])
-if redis.call('HEXISTS', KEYS[1], 'grant_inflight') == 1 then
-  redis.call('HSET', KEYS[1], 'revoke_pending', '1')
-else
-  unschedule('grant:' .. ID)
-  if redis.call('HEXISTS', KEYS[1], 'grant_attempted') == 1 then revoke_owed() end
-end
+stop_grant()
 kick('slack:' .. ID)
 finalize()
 audit(ARGV[6])
