@@ -37,7 +37,8 @@ def rfc3339_ms(ms: int | str | None) -> str | None:
     return None if ms in (None, "") else rfc3339(from_ms(ms))
 
 
-_DURATION = re.compile(r"^\s*(\d{1,12})\s*([smhd]?)\s*$")
+#: A duration as text (`90s`, `15m`, `2h`, `1d`, bare seconds); the OpenAPI document publishes it.
+DURATION = re.compile(r"^\s*(\d{1,12})\s*([smhd]?)\s*$")
 #: The longest duration jit reads (longer ones are errors, not overflows): ten years.
 MAX_DURATION_S = 10 * 366 * 86400
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -49,7 +50,7 @@ def parse_duration(value: object) -> timedelta:
         raise ValueError("must be a duration like 90s, 15m, 2h or integer seconds")
     if isinstance(value, int):
         seconds = value
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
+    elif isinstance(value, str) and (m := DURATION.match(value)):
         seconds = int(m.group(1)) * _UNIT[m.group(2)]
     else:
         raise ValueError(f"{value!r} is not a duration (use 90s, 15m, 2h or integer seconds)")

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from bot.core.clock import from_ms, rfc3339
+from bot.core.clock import from_ms
 
 
 class Status(StrEnum):
@@ -135,34 +135,6 @@ class AccessRequest:
     @property
     def approved_by(self) -> list[str]:
         return [u for u, _ in self.approvals]
-
-    def public(self) -> dict[str, Any]:
-        """The pipeline's view (GET /v1/requests/{id}); never a credential or token."""
-        return {
-            "id": self.id,
-            "action": self.action,
-            "pipeline": self.pipeline,
-            "status": self.status.value,
-            "reason": self.reason,
-            "requested_by": self.requested_by,
-            "ttl": int(self.ttl.total_seconds()),
-            "context": self.context,
-            "approvals": {
-                "count": len(self.approvals),
-                "required": self.approvals_required,
-                "by": self.approved_by,
-            },
-            "decided_by": self.decided_by,
-            "deny_reason": self.deny_reason,
-            "created_at": rfc3339(self.created_at),
-            "pending_until": rfc3339(self.pending_until),
-            "issued_at": rfc3339(self.issued_at),
-            "expires_at": rfc3339(self.expires_at),
-            "revoked_by": self.revoked_by,
-            "revoke_pending": self.revoke_pending,
-            "verified_fields": sorted(self.verified_keys),
-            "error": self.error,
-        }
 
 
 def _ms(dt: datetime) -> str:

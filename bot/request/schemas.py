@@ -5,30 +5,75 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 from bot.core import errors as E
+from bot.core.clock import DURATION, MAX_DURATION_S
 from bot.core.identity import encodable
 
 MAX_REASON = 500
+MAX_CONTEXT_VALUE = 500
+#: A context key; checked by `RequestBody._context` (for its message) and published with the model.
+CONTEXT_KEY = r"^[a-z][a-z0-9_]{0,39}$"
+RUN_URL = r"^https?://[^\s<>|]+$"
+#: The context keys CI clients send (jit_client.ci_context); any other valid key is accepted too.
+CONTEXT_KEYS = ("repository", "ref", "commit", "run_url", "environment")
+
+_CONTEXT_VALUE = {"type": "string", "maxLength": MAX_CONTEXT_VALUE}
+#: What `RequestService.create` reads with `parse_duration` (after the action is known, so an
+#: unknown action is still a 404): stated here, checked there.
+_TTL_SCHEMA = {
+    "oneOf": [
+        {"type": "integer", "minimum": 1, "maximum": MAX_DURATION_S},
+        {"type": "string", "pattern": DURATION.pattern},
+        {"type": "null"},
+    ]
+}
 
 
 class RequestBody(BaseModel):
-    """`POST /v1/requests`."""
+    """`POST /v1/requests`: what a pipeline asks for."""
 
     # strict: JSON types as documented (no `"ttl": true` read as 1 s, no `"yes"` as true)
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, title="CreateRequest")
 
     action: str = Field(min_length=1, max_length=64)
-    reason: str = Field(min_length=1, max_length=MAX_REASON)
-    ttl: int | str | None = None
-    requested_by: str | None = Field(None, min_length=1, max_length=200)
-    context: dict[str, str] = Field(default_factory=dict, max_length=20)
-    #: Ask for break glass: allowed outside the action's windows, approved only by a
-    #: break-glass approver (alone, with a written justification).
-    break_glass: bool = False
+    reason: str = Field(
+        min_length=1,
+        max_length=MAX_REASON,
+        description="why the pipeline needs access; leading/trailing blanks are trimmed",
+        json_schema_extra={"pattern": r"\S"},  # `_reason` checks it, with a readable message
+    )
+    ttl: Annotated[int | str | None, WithJsonSchema(_TTL_SCHEMA)] = Field(
+        None, description="`90s`, `15m`, `2h`, `1d` or integer seconds; absent = the action's default"
+    )
+    requested_by: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="the person behind the run (email or CI login, mapped by the policy's `people`)",
+    )
+    context: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=20,
+        description="shown to approvers; overridden by verified OIDC claims",
+        # `_context` checks keys and values (with readable messages); this says the same
+        json_schema_extra={
+            "propertyNames": {"pattern": CONTEXT_KEY},
+            "additionalProperties": _CONTEXT_VALUE,
+            "properties": {
+                **{k: _CONTEXT_VALUE for k in CONTEXT_KEYS},
+                "run_url": {**_CONTEXT_VALUE, "pattern": RUN_URL},
+            },
+        },
+    )
+    break_glass: bool = Field(
+        False,
+        description="emergency access outside the action's windows, approved by a break-glass approver alone "
+        "(with a written justification)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -51,12 +96,12 @@ class RequestBody(BaseModel):
     @classmethod
     def _context(cls, v: dict[str, str]) -> dict[str, str]:
         for k, val in v.items():
-            if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", k):
+            if not re.fullmatch(CONTEXT_KEY, k):
                 raise ValueError(f"context key {k[:40]!r} must be lowercase letters, digits and _")
-            if len(val) > 500:
-                raise ValueError(f"context.{k} is longer than 500 characters")
+            if len(val) > MAX_CONTEXT_VALUE:
+                raise ValueError(f"context.{k} is longer than {MAX_CONTEXT_VALUE} characters")
         url = v.get("run_url")
-        if url and not re.fullmatch(r"https?://[^\s<>|]+", url):
+        if url and not re.fullmatch(RUN_URL, url):
             raise ValueError("context.run_url must be an http(s) URL")
         return v
 

@@ -6,14 +6,22 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from datetime import timedelta
 from urllib.parse import quote
 
 import pytest
+from fakes.slack import view_submission
+from freezegun import freeze_time
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
+from policy_rules_support import rules_policy_text
 from redis_state import snapshot
 from support import INTROSPECTION_TOKEN, OTHER_TOKEN, WEB_TOKEN
+
+from bot.core.clock import now
+from bot.core.model import Status
+from workers.jobs.timeout import time_out
 
 FUZZ = settings(
     max_examples=120,
@@ -21,6 +29,7 @@ FUZZ = settings(
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+PIPELINE = {"Authorization": f"Bearer {WEB_TOKEN}"}
 #: Keys a refused call may write: the rate limiter counts attempts, the user-group cache warms.
 IGNORED = ("jit:ratelimit:", "jit:cache:", "jit:audit")
 
@@ -408,6 +417,94 @@ def test_accepted_answers_match_the_document(hook):
         assert hook.call("GET", path).status_code == 200
 
 
+def test_a_request_in_every_status_matches_the_document(hook, state_dir):
+    """`GET /v1/requests/{id}` in each status a request can reach, the credential's 200/409/410,
+    and the releases: each answer validated against the served document (`hook.call`)."""
+    jit = hook.jit
+    seen: set[str] = set()
+
+    def ask(action: str, **body) -> tuple[str, dict]:
+        resp = hook.call("POST", "/v1/requests", json={"action": action, "reason": "r", **body}, headers=PIPELINE)
+        assert resp.status_code == 201
+        return resp.get_json()["id"], {"Authorization": f"Bearer {resp.get_json()['request_token']}"}
+
+    def status(rid: str, auth: dict) -> str:
+        resp = hook.call("GET", f"/v1/requests/{rid}", headers=auth)
+        assert resp.status_code == 200
+        seen.add(resp.get_json()["status"])
+        return resp.get_json()["status"]
+
+    def credential(rid: str, auth: dict) -> int:
+        return hook.call("GET", f"/v1/requests/{rid}/credential", headers=auth).status_code
+
+    # pending → approved → active → revoked, with the credential at each step
+    rid, auth = ask("read-secret")
+    assert status(rid, auth) == "pending" and credential(rid, auth) == 409
+    jit.wait_for_message(rid)
+    jit.approve(rid, "U0LEAD1")
+    assert status(rid, auth) == "approved" and credential(rid, auth) == 409
+    jit.work()
+    assert status(rid, auth) == "active" and credential(rid, auth) == 200
+    assert hook.call("DELETE", f"/v1/requests/{rid}", headers=auth).get_json()["status"] == "revoked"
+    assert status(rid, auth) == "revoked" and credential(rid, auth) == 410
+
+    # cancelled by its pipeline, then released again: nothing changes, still documented
+    rid, auth = ask("read-secret")
+    assert hook.call("DELETE", f"/v1/requests/{rid}", headers=auth).get_json()["status"] == "cancelled"
+    assert hook.call("DELETE", f"/v1/requests/{rid}", headers=auth).get_json()["status"] == "cancelled"
+    assert status(rid, auth) == "cancelled" and credential(rid, auth) == 410
+
+    # denied with a reason, in Slack
+    rid, auth = ask("read-secret")
+    jit.wait_for_message(rid)
+    jit.click("jit_deny", rid, "U0LEAD1", button_text="Deny")
+    view = jit.drain(lambda: jit.slack.calls("views.open"), what="the deny dialog")[-1].params["view"]
+    reason = {"reason": {"reason_input": "not now"}}
+    submitted = jit.post_slack(view_submission(view["callback_id"], view["private_metadata"], reason, "U0LEAD1"))
+    assert submitted.status_code == 200
+    assert status(rid, auth) == "denied"
+
+    # expired: a one-second grant runs out
+    rid, auth = ask("quick", ttl="1s")
+    jit.wait_for_message(rid)
+    jit.approve(rid, "U0LEAD1")
+    jit.drain(lambda: status(rid, auth) == "expired", what="the expiry")
+    assert credential(rid, auth) == 410
+
+    # failed: the grant command keeps failing
+    (state_dir / "fail-grant").write_text("")
+    rid, auth = ask("quick")
+    jit.wait_for_message(rid)
+    jit.approve(rid, "U0LEAD1")
+    jit.drain(lambda: status(rid, auth) == "failed", what="the grant to fail")
+    (state_dir / "fail-grant").unlink()
+
+    # timed_out: nobody decides before pending_timeout
+    start = now()
+    with freeze_time(start) as frozen:
+        rid, auth = ask("deploy-prod")
+        frozen.tick(timedelta(minutes=21))
+        time_out(jit.rt, rid, "")
+        assert status(rid, auth) == "timed_out"
+
+    assert seen == {s.value for s in Status}
+
+
+@pytest.fixture
+def windows(policy_file, state_dir):
+    """The policy with `change-db`, requestable only during office hours in Paris."""
+    policy_file.write_text(rules_policy_text(str(state_dir)))
+
+
+def test_a_refusal_outside_the_change_windows_matches_the_document(windows, hook):
+    """The 403 names when the next window opens: a field the document must list."""
+    with freeze_time("2026-03-27T17:30:00Z"):  # Friday 18:30 in Paris
+        resp = hook.call("POST", "/v1/requests", json={"action": "change-db", "reason": "r"}, headers=PIPELINE)
+    assert resp.status_code == 403
+    assert resp.get_json()["error"] == "outside_window"
+    assert resp.get_json()["next_opening"] == "2026-03-30T07:00:00.000Z"
+
+
 # ------------------------------------------------------------------------ the document
 
 
@@ -433,6 +530,7 @@ def test_openapi_document_is_valid_and_covers_every_hook_route(hook):
             assert any(p["name"] == name and p["in"] == "path" for p in item.get("parameters", [])), path
     # the request body's schema lists exactly the fields the server accepts, with its limits
     from bot.core.model import AccessRequest, Status
+    from bot.request.responses import RequestView
     from bot.request.schemas import MAX_REASON, RequestBody
 
     create = doc["components"]["schemas"]["CreateRequest"]
@@ -451,7 +549,7 @@ def test_openapi_document_is_valid_and_covers_every_hook_route(hook):
             "approvals_required": "1",
         }
     )
-    assert set(view["properties"]) == set(sample.public()) == set(view["required"])
+    assert set(view["properties"]) == set(RequestView.of(sample).to_json()) == set(view["required"])
     assert view["properties"]["status"]["enum"] == [s.value for s in Status]
 
 

@@ -1,14 +1,17 @@
 """The OpenAPI 3.1 document of the pipeline hook, served at `GET /openapi.json`.
 
-Limits come from the code that enforces them (`routes.py`, `access.py`), so the document
-cannot drift from the server; tests validate live responses against these schemas.
+The bodies are the pydantic models the hook validates and answers with (`bot/request/schemas.py`,
+`bot/request/responses.py`): their JSON Schema is `components.schemas`, so the document cannot
+drift from the server. The paths are written here, with the limits of the code that enforces
+them (`limits.py`); tests validate live responses against the served document.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bot.core.model import Status
+from pydantic import BaseModel
+
 from bot.request.http.limits import (
     CLIENT_CACHE_CONTROL,
     CLIENT_CONTENT_TYPE,
@@ -16,211 +19,47 @@ from bot.request.http.limits import (
     MAX_IDEMPOTENCY_KEY,
     MAX_WAIT,
 )
-from bot.request.schemas import MAX_REASON, RequestBody
+from bot.request.responses import CreatedRequest, Credential, Error, Introspection, Jwks, Ok, RequestView
+from bot.request.schemas import RequestBody
 
 OPENAPI_VERSION = "3.1.0"
 
-_REF = "#/components/schemas/"
-#: The context keys CI clients send (jit_client.ci_context); any other valid key is accepted too.
-CONTEXT_KEYS = ("repository", "ref", "commit", "run_url", "environment")
+REF_TEMPLATE = "#/components/schemas/{model}"
+#: The bodies the paths name; each component is its model's JSON Schema, under the model's title.
+MODELS: tuple[type[BaseModel], ...] = (
+    Error,
+    RequestBody,
+    RequestView,
+    CreatedRequest,
+    Credential,
+    Introspection,
+    Jwks,
+    Ok,
+)
 
 
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": _REF + name}
+def _name(model: type[BaseModel]) -> str:
+    return model.model_config.get("title") or model.__name__
 
 
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {**schema, "type": [schema["type"], "null"]}
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": REF_TEMPLATE.format(model=_name(model))}
 
 
-_TIME = {"type": "string", "format": "date-time", "description": "RFC 3339 UTC, e.g. 2026-11-25T21:40:00.123Z"}
+def schemas() -> dict[str, Any]:
+    """`components.schemas`: every model's JSON Schema, and the models they nest (`$defs`)."""
+    out: dict[str, Any] = {}
 
+    def add(name: str, schema: dict[str, Any]) -> None:
+        if out.setdefault(name, schema) != schema:
+            raise ValueError(f"two different schemas are both called {name}")
 
-def _field_max(name: str) -> int | None:
-    for m in RequestBody.model_fields[name].metadata:
-        if hasattr(m, "max_length"):
-            return m.max_length
-    return None
-
-
-def _schemas() -> dict[str, Any]:
-    context_values = {"type": "string", "maxLength": 500}
-    return {
-        "Error": {
-            "type": "object",
-            "required": ["error", "message"],
-            "additionalProperties": False,
-            "properties": {
-                "error": {"type": "string", "description": "stable machine-readable code"},
-                "message": {"type": "string"},
-            },
-        },
-        "CreateRequest": {
-            "type": "object",
-            "required": ["action", "reason"],
-            "additionalProperties": False,
-            "properties": {
-                "action": {"type": "string", "minLength": 1, "maxLength": _field_max("action")},
-                "reason": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": MAX_REASON,
-                    "pattern": r"\S",
-                    "description": "why the pipeline needs access; leading/trailing blanks are trimmed",
-                },
-                "ttl": {
-                    "description": "`90s`, `15m`, `2h`, `1d` or integer seconds; absent = the action's default",
-                    "oneOf": [
-                        {"type": "integer", "minimum": 1},
-                        {"type": "string", "pattern": r"^\s*\d+\s*[smhd]?\s*$"},
-                        {"type": "null"},
-                    ],
-                },
-                "requested_by": {
-                    "type": ["string", "null"],
-                    "minLength": 1,
-                    "maxLength": _field_max("requested_by"),
-                    "description": "the person behind the run (email or CI login, mapped by the policy's `people`)",
-                },
-                "context": {
-                    "type": "object",
-                    "maxProperties": _field_max("context"),
-                    "propertyNames": {"pattern": "^[a-z][a-z0-9_]{0,39}$"},
-                    "additionalProperties": context_values,
-                    "properties": {
-                        **{k: context_values for k in CONTEXT_KEYS},
-                        "run_url": {**context_values, "pattern": r"^https?://[^\s<>|]+$"},
-                    },
-                    "description": "shown to approvers; overridden by verified OIDC claims",
-                },
-                "break_glass": {
-                    "type": "boolean",
-                    "default": False,
-                    "description": "emergency access outside the action's windows, approved by a "
-                    "break-glass approver alone",
-                },
-            },
-        },
-        "Approvals": {
-            "type": "object",
-            "required": ["count", "required", "by"],
-            "additionalProperties": False,
-            "properties": {
-                "count": {"type": "integer", "minimum": 0},
-                "required": {"type": "integer", "minimum": 1},
-                "by": {"type": "array", "items": {"type": "string"}, "description": "Slack user ids"},
-            },
-        },
-        "AccessRequest": {
-            "type": "object",
-            "required": list(_request_properties()),
-            "additionalProperties": False,
-            "properties": _request_properties(),
-        },
-        "CreatedRequest": {
-            "type": "object",
-            "required": [*_request_properties(), "request_token", "url"],
-            "additionalProperties": False,
-            "properties": {
-                **_request_properties(),
-                "request_token": {
-                    "type": "string",
-                    "description": "a bearer token for this request's follow-up calls only",
-                },
-                "url": {"type": "string", "format": "uri"},
-            },
-        },
-        "Credential": {
-            "type": "object",
-            "required": ["id", "credential", "expires_at"],
-            "additionalProperties": False,
-            "properties": {
-                "id": {"type": "string"},
-                "credential": {"type": "object", "description": "what the action's grant backend issued"},
-                "expires_at": _TIME,
-            },
-        },
-        "Introspection": {
-            "type": "object",
-            "required": ["active"],
-            "additionalProperties": True,
-            "description": "RFC 7662: `{active: false}`, or `active: true` with the token's claims",
-            "properties": {
-                "active": {"type": "boolean"},
-                "token_type": {"type": "string"},
-                "sub": {"type": "string", "description": "the pipeline"},
-                "act": {"type": "string", "description": "the action"},
-                "jti": {"type": "string", "description": "the request id"},
-                "iss": {"type": "string"},
-                "aud": {"type": "string"},
-                "scope": {"type": "string"},
-                "iat": {"type": "integer"},
-                "nbf": {"type": "integer"},
-                "exp": {"type": "integer"},
-            },
-        },
-        "Jwks": {
-            "type": "object",
-            "required": ["keys"],
-            "additionalProperties": False,
-            "properties": {
-                "keys": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["kty", "crv", "x", "kid", "alg", "use"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "kty": {"const": "OKP"},
-                            "crv": {"const": "Ed25519"},
-                            "x": {"type": "string"},
-                            "kid": {"type": "string"},
-                            "alg": {"const": "EdDSA"},
-                            "use": {"const": "sig"},
-                        },
-                    },
-                }
-            },
-        },
-        "Ok": {
-            "type": "object",
-            "required": ["ok"],
-            "additionalProperties": False,
-            "properties": {"ok": {"const": True}},
-        },
-    }
-
-
-def _request_properties() -> dict[str, Any]:
-    s = {"type": "string"}
-    return {
-        "id": s,
-        "action": s,
-        "pipeline": s,
-        "status": {"type": "string", "enum": [st.value for st in Status]},
-        "reason": s,
-        "requested_by": _nullable(s),
-        "ttl": {"type": "integer", "minimum": 1, "description": "seconds"},
-        "context": {"type": "object", "additionalProperties": {"type": "string"}},
-        "approvals": _ref("Approvals"),
-        "decided_by": _nullable(s),
-        "deny_reason": _nullable(s),
-        "created_at": _TIME,
-        "pending_until": _TIME,
-        "issued_at": _nullable(_TIME),
-        "expires_at": {**_nullable(_TIME), "description": "fixed when the credential is issued; final"},
-        "revoked_by": _nullable(s),
-        "revoke_pending": {
-            "type": "boolean",
-            "description": "a credential issued (or possibly issued) is still being revoked",
-        },
-        "verified_fields": {
-            "type": "array",
-            "items": s,
-            "description": "context keys (and requested_by) that came from a verified OIDC token",
-        },
-        "error": _nullable(s),
-    }
+    for model in MODELS:
+        schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+        for name, nested in schema.pop("$defs", {}).items():
+            add(name, nested)
+        add(_name(model), schema)
+    return out
 
 
 def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -231,7 +70,7 @@ def _json(schema: dict[str, Any], description: str, headers: dict[str, Any] | No
 
 
 def _err(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    return _json(_ref("Error"), description, headers)
+    return _json(_ref(Error), description, headers)
 
 
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}}
@@ -269,7 +108,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                     "description": "a pipeline's static token, a CI OIDC token, or a request_token",
                 }
             },
-            "schemas": _schemas(),
+            "schemas": schemas(),
         },
         "security": bearer,
         "paths": {
@@ -289,11 +128,11 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                     "requestBody": {
                         "required": True,
                         "description": f"at most {MAX_BODY} bytes",
-                        "content": {"application/json": {"schema": _ref("CreateRequest")}},
+                        "content": {"application/json": {"schema": _ref(RequestBody)}},
                     },
                     "responses": {
-                        "201": _json(_ref("CreatedRequest"), "created", {"Location": {"schema": {"type": "string"}}}),
-                        "200": _json(_ref("CreatedRequest"), "an earlier request with this Idempotency-Key"),
+                        "201": _json(_ref(CreatedRequest), "created", {"Location": {"schema": {"type": "string"}}}),
+                        "200": _json(_ref(CreatedRequest), "an earlier request with this Idempotency-Key"),
                         "400": _err("malformed JSON, a missing/over-long/unknown field, a bad ttl"),
                         "401": _UNAUTHORIZED,
                         "403": _err(
@@ -325,7 +164,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                         }
                     ],
                     "responses": {
-                        "200": _json(_ref("AccessRequest"), "the request"),
+                        "200": _json(_ref(RequestView), "the request"),
                         "400": _err("wait is not a number from 0 to 60"),
                         "401": _UNAUTHORIZED,
                         "404": _NOT_FOUND,
@@ -341,7 +180,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                     "summary": "Cancel a pending request or revoke an active grant now",
                     "description": follow_up_note + " Releasing a finished request changes nothing.",
                     "responses": {
-                        "200": _json(_ref("AccessRequest"), "the request after the release"),
+                        "200": _json(_ref(RequestView), "the request after the release"),
                         "401": _UNAUTHORIZED,
                         "404": _NOT_FOUND,
                         "409": _err("the request was decided meanwhile"),
@@ -357,7 +196,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                     "description": follow_up_note,
                     "responses": {
                         "200": _json(
-                            _ref("Credential"),
+                            _ref(Credential),
                             "the credential",
                             {"Cache-Control": {"schema": {"const": "no-store"}}},
                         ),
@@ -388,7 +227,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "200": _json(_ref("Introspection"), "whether the token's grant is active"),
+                        "200": _json(_ref(Introspection), "whether the token's grant is active"),
                         "400": _err("form field `token` is missing"),
                         "401": _UNAUTHORIZED,
                         "413": _err(f"body larger than {MAX_BODY} bytes"),
@@ -434,7 +273,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                     "operationId": "jwks",
                     "summary": "Public keys that verify the `token` backend's JWTs",
                     "security": public,
-                    "responses": {"200": _json(_ref("Jwks"), "the key set")},
+                    "responses": {"200": _json(_ref(Jwks), "the key set")},
                 }
             },
             "/.well-known/jit-audit-keys.json": {
@@ -442,7 +281,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                     "operationId": "auditKeys",
                     "summary": "Public keys that verify the audit trail's signatures",
                     "security": public,
-                    "responses": {"200": _json(_ref("Jwks"), "the key set")},
+                    "responses": {"200": _json(_ref(Jwks), "the key set")},
                 }
             },
             "/healthz": {
@@ -450,7 +289,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                     "operationId": "healthz",
                     "summary": "The process is up",
                     "security": public,
-                    "responses": {"200": _json(_ref("Ok"), "up")},
+                    "responses": {"200": _json(_ref(Ok), "up")},
                 }
             },
             "/readyz": {
@@ -458,7 +297,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                     "operationId": "readyz",
                     "summary": "Redis is reachable",
                     "security": public,
-                    "responses": {"200": _json(_ref("Ok"), "ready"), "503": _err("Redis is not reachable")},
+                    "responses": {"200": _json(_ref(Ok), "ready"), "503": _err("Redis is not reachable")},
                 }
             },
             "/metrics": {

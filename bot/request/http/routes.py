@@ -14,8 +14,7 @@ from urllib.parse import parse_qsl
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from bot.core import errors as E
-from bot.core.clock import now, rfc3339
-from bot.core.errors import OutsideWindow
+from bot.core.clock import now
 from bot.core.model import UNDECIDED, Status
 from bot.request.http.auth import Unauthorized, any_caller, bearer_token, pipeline_caller
 from bot.request.http.limits import (
@@ -28,6 +27,7 @@ from bot.request.http.limits import (
     MAX_WAIT,
 )
 from bot.request.http.openapi import document
+from bot.request.responses import Answer, CreatedRequest, Credential, Error, Introspection, Jwks, Ok, RequestView
 from bot.request.schemas import parse_body
 from bot.web import bounded_input
 
@@ -38,28 +38,27 @@ def rt():
     return current_app.config["JIT_RUNTIME"]
 
 
-def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    resp = jsonify({"error": code, "message": message})
+def answer(body: Answer, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON answer, serialised by its model: what the OpenAPI document says is what is sent."""
+    resp = jsonify(body.to_json())
     resp.status_code = status
     for k, v in (headers or {}).items():
         resp.headers[k] = v
     return resp
 
 
+def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return answer(Error(error=code, message=message), status, headers)
+
+
 @bp.errorhandler(E.JitError)
 def _jit_error(e: E.JitError):
+    """Every refusal of the domain; `outside_window` carries the next opening, so a pipeline can say
+    when to retry."""
     headers = None
     if getattr(e, "retry_after_s", None):
         headers = {"Retry-After": str(e.retry_after_s)}
-    return error(e.http_status, e.code, e.message, headers)
-
-
-@bp.errorhandler(OutsideWindow)
-def _outside_window(e: OutsideWindow):
-    """403 with the next opening, so a pipeline can say when to retry."""
-    resp = jsonify({"error": e.code, "message": e.message, "next_opening": rfc3339(e.next_opening)})
-    resp.status_code = e.http_status
-    return resp
+    return answer(Error.of(e), e.http_status, headers)
 
 
 @bp.errorhandler(Unauthorized)
@@ -109,10 +108,6 @@ def _abort(e: _Abort):
     return e.response
 
 
-def _view(req) -> dict[str, Any]:
-    return req.public()
-
-
 # ------------------------------------------------------------------------- requests
 
 
@@ -128,13 +123,13 @@ def create_request():
     if idem is not None and not (0 < len(idem) <= MAX_IDEMPOTENCY_KEY):
         return error(400, "bad_request", f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
     created = runtime.requests.create(caller.pipeline, body, idem, caller.verified)
-    out = _view(created.request)
-    out["request_token"] = created.request_token
-    out["url"] = f"{runtime.settings.jit_public_url.rstrip('/')}/v1/requests/{created.request.id}"
-    resp = jsonify(out)
-    resp.status_code = 201 if created.created else 200
-    resp.headers["Location"] = f"/v1/requests/{created.request.id}"
-    return resp
+    path = f"/v1/requests/{created.request.id}"
+    out = CreatedRequest.of(
+        created.request,
+        request_token=created.request_token,
+        url=runtime.settings.jit_public_url.rstrip("/") + path,
+    )
+    return answer(out, 201 if created.created else 200, {"Location": path})
 
 
 def _follow_up(request_id: str):
@@ -158,7 +153,7 @@ def get_request(request_id: str):
         # each open poll holds a connection and a greenlet: bounded per pipeline and per request
         with current_app.config["JIT_LONG_POLLS"].hold(req.pipeline, req.id, wait):
             req = _long_poll(request_id, req.status, wait) or req
-    return jsonify(_view(req))
+    return answer(RequestView.of(req))
 
 
 def _long_poll(request_id: str, status: Status, wait: float):
@@ -186,15 +181,13 @@ def _long_poll(request_id: str, status: Status, wait: float):
 @bp.get("/v1/requests/<request_id>/credential")
 def get_credential(request_id: str):
     credential, req = rt().grants.credential(_follow_up(request_id))
-    resp = jsonify({"id": req.id, "credential": credential, "expires_at": rfc3339(req.expires_at)})
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
+    return answer(Credential.of(credential, req), headers={"Cache-Control": "no-store"})
 
 
 @bp.delete("/v1/requests/<request_id>")
 def release_request(request_id: str):
     req = rt().revokes.release(_follow_up(request_id))
-    return jsonify(_view(req))
+    return answer(RequestView.of(req))
 
 
 # ------------------------------------------------------------------------- tokens
@@ -202,17 +195,13 @@ def release_request(request_id: str):
 
 @bp.get("/.well-known/jwks.json")
 def jwks():
-    resp = jsonify(rt().signer.jwks())
-    resp.headers["Cache-Control"] = "public, max-age=300"
-    return resp
+    return answer(Jwks.model_validate(rt().signer.jwks()), headers={"Cache-Control": "public, max-age=300"})
 
 
 @bp.get("/.well-known/jit-audit-keys.json")
 def audit_keys():
     """Public keys that verify the audit trail's signatures (`jit audit verify --keys URL`)."""
-    resp = jsonify(rt().audit.signer.jwks())
-    resp.headers["Cache-Control"] = "public, max-age=300"
-    return resp
+    return answer(Jwks.model_validate(rt().audit.signer.jwks()), headers={"Cache-Control": "public, max-age=300"})
 
 
 @bp.post("/v1/introspect")
@@ -228,13 +217,13 @@ def introspect():
     try:
         claims = runtime.signer.verify(token)
     except Exception:  # noqa: BLE001 - any invalid token is simply inactive
-        return jsonify({"active": False})
+        return answer(Introspection.inactive())
     if not _meant_for(claims, audiences):
-        return jsonify({"active": False})  # what an unknown token gets: nothing to learn
+        return answer(Introspection.inactive())  # what an unknown token gets: nothing to learn
     req = runtime.store.get(str(claims.get("jti", "")))
     if req is None or req.status != Status.ACTIVE or req.expires_at is None or req.expires_at <= now():
-        return jsonify({"active": False})
-    return jsonify({"active": True, "token_type": "Bearer", **claims})
+        return answer(Introspection.inactive())
+    return answer(Introspection.of(claims))
 
 
 def _introspection_audiences(bearer: str) -> set[str]:
@@ -283,7 +272,7 @@ def client_source():
 
 @bp.get("/healthz")
 def healthz():
-    return jsonify({"ok": True})
+    return answer(Ok(ok=True))
 
 
 @bp.get("/readyz")
@@ -292,7 +281,7 @@ def readyz():
         rt().redis.ping()
     except Exception:  # noqa: BLE001
         return error(503, "redis_unavailable", "Redis is not reachable")
-    return jsonify({"ok": True})
+    return answer(Ok(ok=True))
 
 
 @bp.get("/openapi.json")
