@@ -13,15 +13,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-DOCS = [p for p in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "client" / "README.md") if p.exists()]
+DOCS = [
+    p for p in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "client" / "README.md") if p.exists()
+]
 #: files the docs name that a command writes (not in the repository)
 GENERATED = {"bench/results/latest.json"}
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 # a path-like name in backticks or plain text: top-level folders of this repository only
 PATH = re.compile(r"(?<![\w/.-])((?:bot|workers|tests|bench|client|docs|\.ci)/[\w./-]*[\w/])")
 # code files whose comments may point to docs
-CODE_GLOBS = ("bot/**/*.py", "workers/**/*.py", "bench/**/*.py", "Dockerfile", "docker-compose.yml",
-              "slack-app-manifest.yml", ".env.example")
+CODE_GLOBS = (
+    "bot/**/*.py",
+    "workers/**/*.py",
+    "bench/**/*.py",
+    "Dockerfile",
+    "docker-compose.yml",
+    "slack-app-manifest.yml",
+    ".env.example",
+)
 
 
 def anchors(md: Path) -> set[str]:
