@@ -1,203 +1,20 @@
 """Fixtures of the unit tests: a bare Store over the throwaway Redis (its kicks and audit outbox in
-plain view), requests driven into any status by real transitions, and a Runtime with the policy
-rules of issue 9 (break glass, windows, auto-approval).
+plain view), a Runtime with the policy rules of issue 9 (break glass, windows, auto-approval),
+policy reloads, a recording grant backend. Helpers live in unit_support.py.
 
 Everything runs against the suite's own redis-server (tests/conftest.py flushes it per test; it
-is ours). No HTTP, no Slack server calls: services are called directly, listeners with mocks."""
+is ours). Nothing goes through HTTP: services are called directly, listeners with mocks; user
+groups are looked up in the suite's Slack fake."""
 
 from __future__ import annotations
-
-import json
-import sys
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any
 
 import pytest
 import redis as redislib
 from policy_rules_support import rules_policy_text
+from unit_support import OFFICE_HOURS, Bare, HeldOutbox, KickLog, RecordingBackend
 
-from bot.core.clock import from_ms, now_ms
-from bot.core.model import AccessRequest, Status
-from bot.store import keys
 from bot.store.requests import Store
-
-#: An action only grantable during office hours (UTC), for the window rules.
-OFFICE_HOURS = f"""  office-hours:
-    description: Only during office hours
-    windows: ["mon-fri 09:00-18:00 UTC"]
-    approvers: [U0LEAD1, U0LEAD2]
-    ttl: {{default: 1h, max: 2h}}
-    pending_timeout: 24h
-    grant:
-      type: exec
-      grant_command: ["{sys.executable}", "-c", "pass"]
-      revoke_command: ["{sys.executable}", "-c", "pass"]
-"""
-
-
-class KickLog:
-    """The store's Effects: records which due members a transition handed to a job, and under
-    which claim token (the RQ dispatcher would enqueue them)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[list[str], str]] = []
-
-    def kick(self, members: list[str], token: str) -> None:
-        self.calls.append((list(members), token))
-
-    @property
-    def members(self) -> list[str]:
-        return [m for ms, _ in self.calls for m in ms]
-
-    def token(self, member: str) -> str:
-        """The claim token of the last kick of `member`."""
-        found = [t for ms, t in self.calls if member in ms]
-        assert found, f"{member} was never kicked"
-        return found[-1]
-
-    def clear(self) -> None:
-        self.calls.clear()
-
-
-class HeldOutbox:
-    """The audit side of the Store's contract, minus chaining: what a transition pushes stays in
-    the outbox list, where a test reads it. Event bodies are plain JSON naming the event."""
-
-    def event_body(self, event: str, **kw: Any) -> str:
-        return json.dumps({"event": event, **{k: v for k, v in kw.items() if v is not None}})
-
-    def flush(self) -> int:
-        return 0
-
-
-@dataclass
-class Bare:
-    """A Store over the throwaway Redis, with the clock of its calls in the test's hands."""
-
-    r: redislib.Redis
-    store: Store
-    kicks: KickLog
-    outbox_events: HeldOutbox
-    t0: int = field(default_factory=now_ms)
-
-    # ------------------------------------------------------------- building requests
-
-    def request(self, rid: str = "req1", **over: Any) -> AccessRequest:
-        fields = {
-            "id": rid,
-            "action": "deploy-prod",
-            "pipeline": "web-ci",
-            "reason": "release 4.2",
-            "ttl": timedelta(minutes=15),
-            "status": Status.PENDING,
-            "created_at": from_ms(self.t0),
-            "pending_until": from_ms(self.t0 + 30 * 60_000),
-            "approvals_required": 1,
-            "channel": "C0PROD",
-        }
-        fields.update(over)
-        return AccessRequest(**fields)
-
-    def event(self, name: str) -> str:
-        return self.outbox_events.event_body(name)
-
-    def create(self, rid: str = "req1", **over: Any) -> str:
-        created, _ = self.store.create(self.request(rid, **over), None, self.t0, self.event("request.created"))
-        assert created
-        return rid
-
-    def in_status(self, status: Status, rid: str = "req1") -> str:
-        """A request brought to `status` by the real transitions, with the outbox, the kicks and
-        the due queue's wake list cleared afterwards (the due queue itself is left as it is)."""
-        self.create(rid)
-        t = self.t0 + 1000
-        if status in (Status.APPROVED, Status.ACTIVE, Status.EXPIRED, Status.REVOKED, Status.FAILED):
-            assert self.approve(rid, "U0LEAD1", t).result == "approved"
-        if status in (Status.ACTIVE, Status.EXPIRED, Status.REVOKED):
-            self.grant(rid, t)
-        if status == Status.EXPIRED:
-            assert self.store.mark_revoked(rid, t + 15 * 60_000, self.event("grant.revoked")).status == "expired"
-        elif status == Status.REVOKED:
-            assert self.store.revoke(rid, "U0LEAD1", t, self.event("grant.revoke_requested")).ok
-        elif status == Status.FAILED:
-            assert self.store.fail(rid, "target down", t, self.event("request.failed")).ok
-        elif status in (Status.DENIED, Status.CANCELLED):
-            assert self.store.close(rid, status, t, {Status.PENDING}, self.event(f"request.{status}")).ok
-        elif status == Status.TIMED_OUT:
-            late = self.t0 + 30 * 60_000
-            assert self.store.close(rid, status, late, {Status.PENDING}, self.event("request.timed_out")).ok
-        assert self.status(rid) == status
-        self.forget_effects()
-        return rid
-
-    def approve(self, rid: str, user: str, t: int | None = None, required: int = 1, discounted=()):
-        return self.store.approve(
-            rid,
-            user,
-            self.t0 + 1000 if t is None else t,
-            required=required,
-            discounted=list(discounted),
-            given=self.event("approval.given"),
-            approved=self.event("request.approved"),
-        )
-
-    def grant(self, rid: str, t: int, ttl_ms: int = 15 * 60_000):
-        """The grant job, holding the claim the approval kicked: begin, then finish."""
-        token = self.kicks.token(f"grant:{rid}")
-        assert self.store.begin_grant(rid, token, t).result == "ok"
-        return self.store.finish_grant(
-            rid,
-            token,
-            t,
-            t + ttl_ms,
-            "sealed-credential",
-            t,
-            issued=self.event("grant.issued"),
-            late=self.event("grant.issued.late"),
-        )
-
-    def forget_effects(self) -> None:
-        self.kicks.clear()
-        self.r.delete(keys.audit_outbox(), keys.due_wake())
-
-    # ------------------------------------------------------------- reading what happened
-
-    def status(self, rid: str = "req1") -> str | None:
-        return self.r.hget(keys.request(rid), "status")
-
-    def hash(self, rid: str = "req1") -> dict[str, str]:
-        return self.r.hgetall(keys.request(rid))
-
-    def outbox(self) -> list[dict[str, Any]]:
-        """The audit outbox: [{"body": {...}, "patch": {...}}], oldest first."""
-        items = [json.loads(raw) for raw in self.r.lrange(keys.audit_outbox(), 0, -1)]
-        for item in items:
-            if item["patch"] == []:  # cjson encodes an empty table as []
-                item["patch"] = {}
-        return items
-
-    def events(self) -> list[str]:
-        return [item["body"]["event"] for item in self.outbox()]
-
-    def due(self) -> dict[str, int]:
-        return {m: int(s) for m, s in self.r.zrange(keys.due(), 0, -1, withscores=True)}
-
-    def claims(self) -> dict[str, str]:
-        return self.r.hgetall(keys.due_claims())
-
-    def snapshot(self, rid: str = "req1") -> dict[str, Any]:
-        """Everything a transition may touch, to show that a refused one touched nothing."""
-        return {
-            "request": self.hash(rid),
-            "approvals": self.r.hgetall(keys.approvals(rid)),
-            "credential": self.r.get(keys.credential(rid)),
-            "open": self.r.zscore(keys.open_requests(), rid),
-            "due": self.due(),
-            "claims": self.claims(),
-            "outbox": self.r.lrange(keys.audit_outbox(), 0, -1),
-            "ttl": self.r.ttl(keys.request(rid)),
-        }
+from bot.wiring import load_policy
 
 
 @pytest.fixture
@@ -225,3 +42,24 @@ def rrt(rules_policy, rt):
     """A Runtime under the rules policy."""
     assert rt.policy.action("office-hours") is not None
     return rt
+
+
+@pytest.fixture
+def repolicy(policy_file):
+    """Reload the policy with an edit (`old` → `new`, each replaced once): what an operator's
+    change does to requests already in flight."""
+
+    def reload(rt, *edits: tuple[str, str]) -> None:
+        text = policy_file.read_text()
+        for old, new in edits:
+            assert old in text, f"{old!r} is not in the policy"
+            text = text.replace(old, new, 1)
+        policy_file.write_text(text)
+        rt.set_policy(load_policy(policy_file))
+
+    return reload
+
+
+@pytest.fixture
+def backend() -> RecordingBackend:
+    return RecordingBackend()
