@@ -9,8 +9,10 @@ import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
+from urllib.parse import parse_qs, parse_qsl
 
 import redis as redislib
+from slack_bolt import BoltContext
 
 from bot.core.clock import from_ms, now_ms
 from bot.core.model import AccessRequest, Status
@@ -237,3 +239,54 @@ def grant_claim(rt, rid: str, within_ms: int = 60_000) -> str:
     claims = dict(DueQueue(rt.redis).claim(now_ms() + within_ms))
     assert f"grant:{rid}" in claims, "no grant was due"
     return claims[f"grant:{rid}"]
+
+
+# ------------------------------------------------------------------ listeners: what Slack sends, what jit says
+
+
+def interaction(built: tuple[bytes, str]) -> dict[str, Any]:
+    """The `body` Bolt hands a listener for an interaction (form field `payload=<json>`)."""
+    raw, _ = built
+    return json.loads(parse_qs(raw.decode())["payload"][0])
+
+
+def command(built: tuple[bytes, str]) -> dict[str, str]:
+    """The `command` Bolt hands a slash-command listener (a plain urlencoded form)."""
+    raw, _ = built
+    return dict(parse_qsl(raw.decode()))
+
+
+def event(built: tuple[bytes, str]) -> dict[str, Any]:
+    """The `event` Bolt hands an Events API listener."""
+    raw, _ = built
+    return json.loads(raw)["event"]
+
+
+def context(rt) -> BoltContext:
+    """Bolt's context as jit's middleware leaves it: the process's parts under "jit"."""
+    return BoltContext({"jit": rt})
+
+
+def told(rt) -> list[dict[str, Any]]:
+    """The private notes owed to people (ephemeral messages queued for a worker), oldest first."""
+    members = rt.redis.zrange(keys.due(), 0, -1)
+    notes = [rt.notices.payload(m.partition(":")[2]) for m in members if m.startswith("notice:")]
+    return sorted((n for n in notes if n and n.get("user")), key=lambda n: n["owed_ms"])
+
+
+def block_text(blocks: list[dict[str, Any]]) -> str:
+    """Every text in Block Kit blocks, one per line (what a person reads)."""
+    out: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("text"), str):
+                out.append(node["text"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(blocks)
+    return "\n".join(out)
