@@ -87,6 +87,18 @@ def test_a_decided_request_takes_no_more_approvals(rt):
     assert refusals(rt, rid) == ["already denied"]
 
 
+def test_an_approval_at_the_pending_timeout_never_counts_even_before_the_timeout_job_ran(rt):
+    with freeze_time("2026-12-02 10:00:00"):
+        rid = ask(rt, "read-secret")  # 30 min pending timeout
+    with freeze_time("2026-12-02 10:30:00"):
+        assert rt.store.get(rid).status == Status.PENDING, "the timeout job has not run yet"
+        with pytest.raises(E.AlreadyDecided) as refused:
+            rt.decisions.approve(rid, "U0LEAD1")
+    assert refused.value.status == "timed_out"
+    assert rt.store.get(rid).approvals == []
+    assert refusals(rt, rid) == ["already timed_out"]
+
+
 def test_an_unknown_request_is_not_found(rt):
     with pytest.raises(E.NotFound):
         rt.decisions.approve("0000000000000000", "U0LEAD1")
@@ -227,6 +239,15 @@ def test_break_glass_refusals(rrt, repolicy):
     rrt.decisions.deny(rid, "U0LEAD1", "no")
     with pytest.raises(E.AlreadyDecided):
         rrt.decisions.break_glass(rid, "U0ONCALL", JUSTIFICATION)
+
+
+def test_break_glass_at_the_pending_timeout_is_refused(rrt):
+    with freeze_time("2026-12-02 10:00:00"):
+        rid = ask(rrt)  # deploy-prod: 20 min pending timeout
+    with freeze_time("2026-12-02 10:20:00"):
+        with pytest.raises(E.AlreadyDecided):
+            rrt.decisions.break_glass(rid, "U0ONCALL", JUSTIFICATION)
+    assert rrt.store.get(rid).status == Status.PENDING and rrt.store.get(rid).approvals == []
 
 
 def test_an_action_without_break_glass_refuses_it(rt):

@@ -57,6 +57,23 @@ def test_a_job_without_the_current_claim_never_calls_the_backend(rt, backend):
     assert rt.store.get(rid).status == Status.APPROVED
 
 
+def test_a_grant_whose_claim_moved_on_while_the_backend_worked_is_not_recorded(rt, backend, monkeypatch):
+    rid = approved(rt)
+    token = grant_claim(rt, rid)
+    real_grant = backend.grant
+
+    def slow_grant(request):
+        DueQueue(rt.redis).schedule(f"grant:{rid}", 0)  # meanwhile the item was handed out anew
+        return real_grant(request)
+
+    monkeypatch.setattr(backend, "grant", slow_grant)
+    rt.grants.issue(rid, token, backend.backend_for)
+    assert len(backend.granted) == 1
+    req = rt.store.get(rid)
+    assert req.status == Status.APPROVED and req.issued_at is None
+    assert rt.store.credential_blob(rid) is None and issued_events(rt, rid) == []
+
+
 def test_a_grant_job_run_twice_issues_once(rt, backend):
     rid = approved(rt)
     token = grant_claim(rt, rid)

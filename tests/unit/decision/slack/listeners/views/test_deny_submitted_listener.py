@@ -59,3 +59,11 @@ def test_the_modal_metadata_is_checked_like_any_click(rt):
     assert ack.call_args.kwargs["response_action"] == "errors"
     assert "not an approver" in ack.call_args.kwargs["errors"][DENY_REASON_BLOCK]
     assert rt.store.get(other).status == Status.PENDING
+
+
+def test_unreadable_metadata_names_no_request(rt):
+    body = interaction(
+        view_submission(DENY_MODAL, "{not json", {DENY_REASON_BLOCK: {DENY_REASON_INPUT: "no"}}, "U0LEAD1")
+    )
+    ack = call(rt, body)
+    ack.assert_called_once_with(response_action="errors", errors={DENY_REASON_BLOCK: "That request no longer exists."})
