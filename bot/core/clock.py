@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from datetime import UTC, datetime, timedelta
 
 
@@ -11,10 +10,15 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
 def now_ms() -> int:
-    """Milliseconds since the epoch: what the due queue scores and the scheduler waits for.
-    (freezegun freezes this too.)"""
-    return time.time_ns() // 1_000_000
+    """Milliseconds since the epoch, rounded down (never ahead of the real time, so nothing due at
+    a millisecond runs before it): what the due queue scores and the scheduler waits for. Exact
+    integer arithmetic, so a frozen clock (freezegun) reads exactly the time it was frozen at."""
+    return (now() - _EPOCH) // _MS
 
 
 def to_ms(dt: datetime) -> int:
