@@ -35,7 +35,9 @@ class RevokeService:
         req = follow_up.request
         actor = f"pipeline:{req.pipeline}"
         if req.status in (Status.PENDING, Status.APPROVED):
-            self._close(req, Status.CANCELLED, {Status.PENDING, Status.APPROVED}, actor, revoked_by=actor)
+            out = self._close(req, Status.CANCELLED, {Status.PENDING, Status.APPROVED}, actor, revoked_by=actor)
+            if not out.ok and out.status == "timed_out":  # its time was up: it times out now rather than a moment later
+                self.time_out(req.id)
         elif req.status == Status.ACTIVE:
             self._revoke(req, actor)
         return self.store.get(req.id) or req

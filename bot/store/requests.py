@@ -261,8 +261,11 @@ if not st then return reply('missing') end
 local ok = false
 for s in string.gmatch(ARGV[9], '[^,]+') do if s == st then ok = true end end
 if not ok then return reply('decided', st) end
-if ARGV[8] == 'timed_out' and NOW < tonumber(redis.call('HGET', KEYS[1], 'pending_until_ms')) then
-  return reply('early')
+if st == 'pending' then
+  local up = NOW >= tonumber(redis.call('HGET', KEYS[1], 'pending_until_ms'))
+  if ARGV[8] == 'timed_out' and not up then return reply('early') end
+  -- once its time is up a pending request can only time out, whatever comes first
+  if ARGV[8] ~= 'timed_out' and up then return reply('decided', 'timed_out') end
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[8], 'decided_ms', ARGV[2])
 for k, v in pairs(cjson.decode(ARGV[10])) do redis.call('HSET', KEYS[1], k, v) end

@@ -99,6 +99,19 @@ def test_an_approval_at_the_pending_timeout_never_counts_even_before_the_timeout
     assert refusals(rt, rid) == ["already timed_out"]
 
 
+def test_a_denial_at_the_pending_timeout_is_too_late_even_before_the_timeout_job_ran(rt):
+    """The timeout wins for every decision alike: a request whose time is up ends `timed_out`,
+    whichever click or job comes first."""
+    with freeze_time("2026-12-02 10:00:00"):
+        rid = ask(rt, "read-secret")  # 30 min pending timeout
+    with freeze_time("2026-12-02 10:30:00"):
+        with pytest.raises(E.AlreadyDecided) as refused:
+            rt.decisions.deny(rid, "U0LEAD1", "not now")
+    assert refused.value.status == "timed_out"
+    assert rt.store.get(rid).status == Status.PENDING, "left for the timeout job, which is due"
+    assert rt.store.get(rid).deny_reason is None
+
+
 def test_an_unknown_request_is_not_found(rt):
     with pytest.raises(E.NotFound):
         rt.decisions.approve("0000000000000000", "U0LEAD1")

@@ -54,6 +54,17 @@ def test_releasing_an_undecided_request_cancels_it(rt, approve):
     assert events(rt, rid, "request.cancelled")[0]["actor"] == "pipeline:web-ci"
 
 
+def test_releasing_a_request_whose_pending_time_is_up_times_it_out(rt):
+    """A DELETE after the pending timeout, before the timeout job ran: the request ends
+    `timed_out` (as it would a moment later), not `cancelled`, and the answer says so."""
+    with freeze_time("2026-12-02 10:00:00"):
+        rid = ask(rt, "read-secret")  # 30 min pending timeout
+    with freeze_time("2026-12-02 10:30:00.001"):
+        req = rt.revokes.release(by_pipeline(rt, rid))
+    assert req.status == Status.TIMED_OUT
+    assert rt.store.get(rid).status == Status.TIMED_OUT
+
+
 def test_releasing_an_active_grant_revokes_it_at_once_and_the_backend_follows(rt, backend):
     rid = active(rt, backend)
     req = rt.revokes.release(by_pipeline(rt, rid))
