@@ -45,6 +45,9 @@ class RevokeService:
     def revoke_by_approver(self, request_id: str, user: str) -> AccessRequest:
         req = self.decisions.load(request_id)
         self.decisions.require_approver(req, user, "revoke")
+        if req.status in (Status.PENDING, Status.APPROVED):  # nothing issued yet: not "already" anything
+            self.decisions.refused(req, user, "revoke", f"not active ({req.status.value})")
+            raise E.NotActive(f"Only an active grant can be revoked; this request is {req.status.value}.")
         if req.status != Status.ACTIVE:
             raise self.decisions.refuse_decided(req, user, "revoke", req.status.value)
         self._revoke(req, user)

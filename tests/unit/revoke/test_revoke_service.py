@@ -98,8 +98,9 @@ def test_only_an_approver_revokes_and_only_an_active_grant(rt, backend):
     with pytest.raises(E.AlreadyDecided):
         rt.revokes.revoke_by_approver(rid, "U0LEAD1")
     pending = ask(rt, "read-secret")
-    with pytest.raises(E.AlreadyDecided):
+    with pytest.raises(E.NotActive) as refused:
         rt.revokes.revoke_by_approver(pending, "U0LEAD1")
+    assert str(refused.value) == "Only an active grant can be revoked; this request is pending."
     assert rt.store.get(pending).status == Status.PENDING
 
 
