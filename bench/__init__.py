@@ -1,7 +1,7 @@
 """Benchmarks of jit against real processes on loopback: `python -m bench` or `jit bench`.
 
-They start redis-server, `jit serve` and `jit worker` through the test suite's process harness
-(tests/procs.py) and answer Slack with its fake (tests/fakes/slack/), so they need a source
-checkout, not an installed package. Results: a markdown table on stdout and
-bench/results/latest.json; the README's "Performance" section holds the last full run.
+They start redis-server, `jit serve` and `jit worker` (bench/stack.py) and answer Slack with a
+small stand-in (bench/slack.py), from the installed package: a source checkout and the container
+image run them alike. Results: a markdown table on stdout and a JSON file (bench/results/latest.json
+in a checkout); the README's "Performance" section holds the last full run.
 """

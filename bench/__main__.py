@@ -4,7 +4,8 @@
     python -m bench --quick         # tiny sizes (what tests/scenarios/test_bench_smoke.py runs)
     python -m bench --only hook     # one section (repeatable)
 
-Needs a source checkout (it reuses tests/procs.py and tests/fakes/slack/) and `redis-server`.
+Needs `redis-server` (the container image has one) and nothing of the source tree: the processes
+are started from the installed package, Slack is played by bench/slack.py.
 """
 
 from __future__ import annotations
@@ -62,11 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="jit bench", description="Benchmarks against real processes on loopback.")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run in well under a minute")
     p.add_argument("--only", action="append", choices=SECTIONS, help="run only this section (repeatable)")
-    p.add_argument("--out", default=None, help="JSON file to write (default: bench/results/latest.json)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON file to write (default: bench/results/latest.json in a checkout, else in the temp folder)",
+    )
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
     from bench import click, hook, revocation, slack_burst
-    from bench.common import ROOT, Sizes, machine
+    from bench.common import RESULTS, Sizes, machine
     from bench.report import table
 
     sizes = Sizes.quick() if args.quick else Sizes()
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"]["duration_s"] = round(time.monotonic() - started, 1)
     results["meta"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / "latest.json"
+    out = Path(args.out) if args.out else RESULTS / "latest.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))

@@ -154,7 +154,7 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
         f"click → credential: {sizes.clicks} requests one at a time, then {sizes.poll_subset} "
         f"pipelines polling every {sizes.poll_interval_s:g}s"
     )
-    stack = new_stack(JIT_SLACK_POST_INTERVAL_MS="0")  # one channel; the Slack fake does not limit here
+    stack = new_stack(JIT_SLACK_POST_INTERVAL_MS="0")  # one channel; the Slack stand-in does not limit here
     try:
         serve = stack.serve(workers=2)
         worker = stack.worker(concurrency=2)
@@ -179,7 +179,7 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
                 f"{sizes.poll_interval_s:g}s from a random phase (run concurrently, clicks at random moments); "
                 "plus the long-poll samples' own click-to-active times shifted by a uniform random poll "
                 "phase (analytic). Slack first-post pacing off (JIT_SLACK_POST_INTERVAL_MS=0): every request "
-                "uses one channel and the Slack fake does not rate-limit in this section (section 4 does)."
+                "uses one channel and the Slack stand-in does not rate-limit in this section (section 4 does)."
             ),
             "long_poll_ms": summary(lp["total"], 1),
             "click_ack_ms": summary(lp["ack"], 1),

@@ -1,8 +1,8 @@
 """What every benchmark shares: the process stack, the bench policy, percentiles, RSS sampling.
 
-The bench drives the real processes the test suite uses (tests/procs.py: redis-server,
-`jit serve`, `jit worker`, and the Slack fake from tests/fakes/slack/), so it needs a source
-checkout with tests/ next to bench/.
+The processes are the real ones (redis-server, `jit serve`, `jit worker`, started by
+bench/stack.py) with Slack played by bench/slack.py, so the bench runs from a source checkout
+and from an installed package alike (the container image has no tests/).
 """
 
 from __future__ import annotations
@@ -15,22 +15,20 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
-if not (TESTS / "procs.py").exists():  # pragma: no cover - installed without the source tree
-    raise SystemExit("jit bench needs a source checkout (it reuses tests/procs.py and tests/fakes/slack/)")
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+from bench.slack import signed_click as _signed_click
+from bench.stack import SIGNING_SECRET, Stack, redis_server_binary
 
-from fakes.slack import block_action, sign  # noqa: E402
-from procs import Stack  # noqa: E402
-from support import SIGNING_SECRET, RedisServer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+#: In a source checkout results go to bench/results/ (ignored by git); elsewhere to the temp folder.
+CHECKOUT = (ROOT / "pyproject.toml").exists()
+RESULTS = ROOT / "bench" / "results" if CHECKOUT else Path(tempfile.gettempdir()) / "jit-bench"
 
 PIPELINE_TOKEN = "bench-pipeline-token-0123456789abcdef"
 APPROVER = "U0BENCHAPPROVER"
@@ -74,11 +72,11 @@ actions:
 """
 
 
-def new_stack(redis: RedisServer | None = None, **extra_env: str) -> Stack:
+def new_stack(**extra_env: str) -> Stack:
     # Rate limit off: the bench sends far more than 120 requests a minute from one pipeline, and
     # holds 1 000 long-polls for it (one per request) where the default allows 200 per pipeline.
     env = {"JIT_RATE_LIMIT": "0", "JIT_MAX_LONG_POLLS_PER_PIPELINE": "0", **extra_env}
-    return Stack(policy=policy_text(), extra_env=env, redis=redis)
+    return Stack(policy=policy_text(), extra_env=env)
 
 
 def close_stack(stack: Stack, failed: bool = False) -> None:
@@ -109,8 +107,7 @@ def remember(created: dict) -> dict:
 
 
 def signed_click(request_id: str, message_ts: str | None, channel: str = CHANNEL) -> tuple[bytes, dict[str, str]]:
-    body, ctype = block_action("jit_approve", request_id, APPROVER, channel=channel, message_ts=message_ts)
-    return body, sign(SIGNING_SECRET, body, content_type=ctype)
+    return _signed_click(SIGNING_SECRET, "jit_approve", request_id, APPROVER, channel, message_ts)
 
 
 # ------------------------------------------------------------------------- statistics
@@ -257,7 +254,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     redis_version = ""
-    binary = shutil.which("redis-server")
+    binary = redis_server_binary()  # the one the stack runs
     if binary:
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout
         m = re.search(r"v=(\S+)", out)

@@ -175,7 +175,7 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
         f"hook: {sizes.waiters} long-polls while approvals happen; then {sizes.hook_clients} clients "
         f"creating requests for {sizes.hook_seconds:g}s"
     )
-    stack = new_stack(JIT_SLACK_POST_INTERVAL_MS="0")  # one channel; the Slack fake does not limit here
+    stack = new_stack(JIT_SLACK_POST_INTERVAL_MS="0")  # one channel; the Slack stand-in does not limit here
     try:
         serve = stack.serve(workers=2)
         worker = stack.worker(concurrency=2)
@@ -203,7 +203,7 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
                 "workers) with `jit worker` (concurrency 2) running, JIT_RATE_LIMIT=0, all on the same machine. "
                 "Long-polls: GET ?wait=60 per request, approvals sent as signed Slack clicks (10 at a time) in "
                 "random order; starved = never returned, returned still pending, or > 5 s after its click. "
-                "Slack first-post pacing off (JIT_SLACK_POST_INTERVAL_MS=0), as the fake does not rate-limit here."
+                "Slack first-post pacing off (JIT_SLACK_POST_INTERVAL_MS=0), as the stand-in does not rate-limit here."
             ),
             "long_poll": waiters,
             "throughput": through,

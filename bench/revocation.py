@@ -155,8 +155,6 @@ def _grant_key_bytes(r, rid: str) -> dict[str, int]:
 
 def _run_side(side: str, sizes: Sizes, rng_seed: int, log) -> dict[str, Any]:
     """One side of the comparison on a fresh stack: 'jit' (jit worker) or 'rq' (enqueue_at)."""
-    from procs import Proc
-
     stack = new_stack()
     try:
         rt = _runtime(stack)
@@ -166,14 +164,7 @@ def _run_side(side: str, sizes: Sizes, rng_seed: int, log) -> dict[str, Any]:
         else:
             workers = []
             for i in range(2):  # as many RQ workers as `jit worker --concurrency 2` runs
-                p = Proc(
-                    f"rq-baseline-{i}",
-                    [sys.executable, "-m", "bench.rq_baseline"],
-                    stack.env,
-                    stack.tmp,
-                )
-                stack.procs.append(p)
-                workers.append(p)
+                workers.append(stack.start(f"rq-baseline-{i}", [sys.executable, "-m", "bench.rq_baseline"]))
         wait_for(lambda: r.scard("rq:workers") >= 2, 60, 0.1, f"{side} workers to register")
 
         seeder = Seeder(rt)

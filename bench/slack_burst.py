@@ -1,5 +1,5 @@
 """Slack burst: many requests for one channel in one second, against a Slack that allows about
-one message per second per channel (the fake's `enforce_channel_rate`: 429 + Retry-After).
+one message per second per channel (the stand-in's `enforce_channel_rate`: 429 + Retry-After).
 How long until every request's message is visible, how many 429s, and no duplicate messages.
 """
 
@@ -109,7 +109,8 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
         return {
             "method": (
                 "requests created through POST /v1/requests, evenly spaced over the window, all for one channel; "
-                "Slack fake with enforce_channel_rate(per_second=1) (token bucket, burst 3, 429 + Retry-After); "
+                "Slack stand-in (bench/slack.py) with enforce_channel_rate(per_second=1) (token bucket, burst 3, "
+                "429 + Retry-After); "
                 "product defaults for pacing (JIT_SLACK_POST_INTERVAL_MS=1000, digest after "
                 "JIT_SLACK_DIGEST_AFTER=5 waiting). A request's own message = a posted message carrying its "
                 "buttons; a digest = a message without buttons; duplicates = own messages beyond one."

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from bot.commands.init import init  # standard library only: safe before gevent patches
+
 # Each command's module is imported when the command runs: `jit serve` must let gevent patch
 # the standard library before anything opens a socket, and `jit request` must stay light.
 
@@ -23,6 +25,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from bot.commands.worker import worker  # imported when run: the CLI stays light
 
     return worker(args.concurrency, args.burst, not args.no_scheduler)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    return init(args.dir, args.public_url)
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
@@ -50,14 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jit", description="Just-in-time access for CI/CD pipelines, approved in Slack.")
     sub = p.add_subparsers(dest="command", required=True)
 
+    i = sub.add_parser(
+        "init",
+        help="write .env (fresh secrets) and a starter jit-policy.yaml for docker compose; never overwrites",
+    )
+    i.add_argument("--dir", default=".", help="folder to write them in (default: here)")
+    i.add_argument("--public-url", help="JIT_PUBLIC_URL: the https address Slack and pipelines reach")
+    i.set_defaults(func=cmd_init)
+
     s = sub.add_parser("serve", help="the HTTP server: Slack endpoint and pipeline hook")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=3000)
-    s.add_argument("--workers", type=int, default=int(os.environ.get("JIT_WEB_WORKERS", "2")))
+    s.add_argument("--workers", type=int, help="gunicorn workers (default: JIT_WEB_WORKERS, 2)")
     s.set_defaults(func=cmd_serve)
 
     w = sub.add_parser("worker", help="RQ workers plus the expiry scheduler")
-    w.add_argument("--concurrency", type=int, default=int(os.environ.get("JIT_WORKER_CONCURRENCY", "2")))
+    w.add_argument("--concurrency", type=int, help="worker processes (default: JIT_WORKER_CONCURRENCY, 2)")
     w.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     w.add_argument("--no-scheduler", action="store_true", help="run jobs only, no expiry scheduler")
     w.set_defaults(func=cmd_worker)

@@ -11,7 +11,6 @@ SIGTERM stops the server and the worker (each finishing what it has in hand), th
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import secrets
 import shutil
@@ -27,10 +26,9 @@ from pydantic import ValidationError
 
 from bot.core.errors import PolicyError
 from bot.settings import Settings, describe
+from bot.starter import new_pipeline_token, starter_policy
 from bot.wiring import load_policy
 
-EXAMPLE_POLICY = Path(__file__).with_name("example-policy.yaml")
-TOKEN_PLACEHOLDER = "__PIPELINE_TOKEN_SHA256__"
 STOP_TIMEOUT = 70  # the server lets long-polls (<= 60 s) answer; a worker finishes its job in hand
 
 
@@ -47,12 +45,8 @@ class DevError(SystemExit):
 
 def write_example_policy(path: Path, data_dir: Path) -> str:
     """Write the commented starter policy with a fresh pipeline token; returns the token."""
-    token = "jit_" + secrets.token_urlsafe(24)
-    text = EXAMPLE_POLICY.read_text(encoding="utf-8")
-    path.write_text(
-        text.replace(TOKEN_PLACEHOLDER, hashlib.sha256(token.encode()).hexdigest()),
-        encoding="utf-8",
-    )
+    token = new_pipeline_token()
+    path.write_text(starter_policy(token), encoding="utf-8")
     _write_private(data_dir / "pipeline-token", token + "\n")
     return token
 

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     #: across every server process (0 = unlimited); over it: 429 + Retry-After.
     jit_max_long_polls_per_pipeline: int = Field(200, alias="JIT_MAX_LONG_POLLS_PER_PIPELINE", ge=0)
     jit_log_level: str = Field("INFO", alias="JIT_LOG_LEVEL")
+    #: Bearer token a scraper sends to /metrics (≥ 16 chars); unset: /metrics answers loopback only.
+    jit_metrics_token: SecretStr | None = Field(None, alias="JIT_METRICS_TOKEN")
+    #: gunicorn (gevent) workers of `jit serve`, and RQ worker processes of `jit worker`
+    #: (each command's --workers / --concurrency overrides its setting).
+    jit_web_workers: int = Field(2, alias="JIT_WEB_WORKERS", ge=1)
+    jit_worker_concurrency: int = Field(2, alias="JIT_WORKER_CONCURRENCY", ge=1)
 
     @field_validator("redis_url")
     @classmethod
@@ -85,6 +91,15 @@ class Settings(BaseSettings):
     @classmethod
     def _audience_tokens(cls, v: SecretStr) -> SecretStr:
         _introspection_entries(v.get_secret_value())  # one line naming the setting, never the token
+        return v
+
+    @field_validator("jit_metrics_token")
+    @classmethod
+    def _metrics_token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or not v.get_secret_value().strip():
+            return None
+        if len(v.get_secret_value().strip()) < MIN_INTROSPECTION_TOKEN:
+            raise ValueError(f"must be at least {MIN_INTROSPECTION_TOKEN} characters (e.g. `openssl rand -hex 32`)")
         return v
 
     @field_validator("slack_bot_token", "slack_signing_secret")

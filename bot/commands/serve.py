@@ -25,8 +25,9 @@ LIMIT_REQUEST_FIELDS = 32
 LIMIT_REQUEST_FIELD_SIZE = 8190
 
 
-def serve(host: str, port: int, workers: int) -> int:
+def serve(host: str, port: int, workers: int | None = None) -> int:
     rt = build(load_settings())
+    workers = rt.settings.jit_web_workers if workers is None else workers
     logs.setup(rt.settings.jit_log_level)
     rt.load_policy_or_exit()
 
@@ -73,6 +74,9 @@ def serve(host: str, port: int, workers: int) -> int:
             return flask_app
 
     slack_in = "Socket Mode and /slack/events" if rt.settings.slack_app_token else "/slack/events"
-    print(f"jit: serving on http://{host}:{port} (Slack: {slack_in}, pipelines: /v1/requests)", file=sys.stderr)
+    print(
+        f"jit: serving on http://{host}:{port} with {workers} workers (Slack: {slack_in}, pipelines: /v1/requests)",
+        file=sys.stderr,
+    )
     JitServer().run()
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import re
 import secrets
@@ -70,13 +72,51 @@ def create_app(rt: Runtime) -> Flask:
     return flask_app
 
 
+#: Headers a reverse proxy adds: a request carrying one came from elsewhere, whatever its socket says.
+_FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+
+
+def _metrics_refusal(token: str | None) -> Response | None:
+    """Who may read /metrics: with JIT_METRICS_TOKEN, whoever presents it as a bearer token; without
+    it, only a client on this host talking to the server directly (not through a proxy)."""
+    if token is not None:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+            return None
+        resp = jsonify({"error": "unauthorized", "message": "/metrics needs Authorization: Bearer <JIT_METRICS_TOKEN>"})
+        resp.status_code = 401
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="jit-metrics"'
+        return resp
+    if _is_loopback(request.remote_addr) and not any(h in request.headers for h in _FORWARDING_HEADERS):
+        return None
+    resp = jsonify(
+        {"error": "forbidden", "message": "/metrics answers local clients only; set JIT_METRICS_TOKEN to scrape it"}
+    )
+    resp.status_code = 403
+    return resp
+
+
+def _is_loopback(addr: str | None) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr or "")
+    except ValueError:  # a Unix socket, or no address at all
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return (mapped or ip).is_loopback
+
+
 def _mount_operations(app: Flask, rt: Runtime) -> None:
     """`/metrics`, the Slack client's error counts, and the ids every log line of a request carries."""
     metrics.instrument_slack(rt.slack, rt.redis)
     registry = metrics.registry_for(rt.redis, rt.queue_depths)
 
+    token = rt.settings.jit_metrics_token
+
     @app.get("/metrics")
     def prometheus_metrics():
+        refused = _metrics_refusal(token.get_secret_value() if token else None)
+        if refused is not None:
+            return refused
         return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @app.before_request

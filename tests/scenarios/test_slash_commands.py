@@ -176,7 +176,10 @@ def test_revoke_refusals(jit):
     assert "Usage" in slash(jit, "revoke", "U0LEAD1")["text"]
     assert "no longer exists" in slash(jit, "revoke 0000000000000000", "U0LEAD1")["text"]
     pending = jit.ask("read-secret")["id"]
-    assert "Only an active grant can be revoked; this request is pending." in slash(jit, f"revoke {pending}", "U0LEAD1")["text"]
+    assert (
+        "Only an active grant can be revoked; this request is pending."
+        in slash(jit, f"revoke {pending}", "U0LEAD1")["text"]
+    )
 
 
 # ------------------------------------------------------------------------- audit

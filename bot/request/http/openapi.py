@@ -304,12 +304,15 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                 "get": {
                     "operationId": "metrics",
                     "summary": "Prometheus metrics (request outcomes, queue depth, Slack errors)",
+                    "description": "with JIT_METRICS_TOKEN set, that token as a bearer; without it, local clients only",
                     "security": public,
                     "responses": {
                         "200": {
                             "description": "Prometheus text exposition format",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
+                        },
+                        "401": _err("JIT_METRICS_TOKEN is set and the bearer token is not it", _WWW_AUTH),
+                        "403": _err("no JIT_METRICS_TOKEN, and the client is not on this host"),
                     },
                 }
             },
