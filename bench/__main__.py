@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("click_to_credential", "revocation_lateness", "hook_throughput", "slack_burst")
+SECTIONS = ("click_to_credential", "revocation_lateness", "hook_throughput", "slack_burst", "audit_sink")
 
 
 def _memory(res: dict[str, Any]) -> dict[str, Any]:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="JSON file to write (default: bench/results/latest.json)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
-    from bench import click, hook, revocation, slack_burst
+    from bench import audit_sink, click, hook, revocation, slack_burst
     from bench.common import ROOT, Sizes, machine
     from bench.report import table
 
@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "revocation_lateness": revocation.run,
         "hook_throughput": hook.run,
         "slack_burst": slack_burst.run,
+        "audit_sink": audit_sink.run,
     }
     started = time.monotonic()
     results: dict[str, Any] = {
