@@ -225,10 +225,15 @@ def test_two_sinks_one_down_the_other_keeps_up(make_rt, running, tmp_path):
     def lines() -> int:
         return len(path.read_text().splitlines()) if path.exists() else 0
 
+    def attempts() -> int:
+        return int(rt.redis.hget(keys.audit_sink("dead"), "attempts") or 0)
+
+    events(rt, 1, "first")
+    wait_until(lambda: attempts() >= 1, what="the dead sink failing")
     for i in range(5):  # the healthy sink gets each event while the other keeps failing
         head = events(rt, 1, f"x{i}")
         wait_until(lambda head=head: lines() >= head, timeout=5, what=f"event #{head} in the file")
-    assert int(rt.redis.hget(keys.audit_sink("dead"), "attempts")) >= 1
+    wait_until(lambda: attempts() >= 2, what="the dead sink retrying")
     assert SinkCursors(rt.redis).cursor("dead")[1] == 0
     assert SinkCursors(rt.redis).cursor("local")[1] == head
 

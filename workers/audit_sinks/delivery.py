@@ -73,8 +73,9 @@ class SinkDelivery:
             if not held:  # another worker delivers to this sink
                 self._stop.wait(STANDBY_S)
                 continue
-            transport = self._transport(self.cfg)
+            transport = None
             try:
+                transport = self._transport(self.cfg)
                 self._deliver(lease, transport)
             except LockError:
                 log.warning("audit sink %s: lease lost; another worker takes over", self.name)
@@ -82,7 +83,8 @@ class SinkDelivery:
                 log.exception("audit sink %s: delivery loop failed; starting over from its cursor", self.name)
                 self._stop.wait(STANDBY_S)
             finally:
-                transport.close()
+                if transport is not None:
+                    transport.close()
                 try:
                     lease.release()
                 except (LockError, RedisError):

@@ -118,22 +118,32 @@ class SyslogTransport:
         self.hostname = cfg.hostname or this_host()
         self.procid = str(os.getpid())
         self._tls: ssl.SSLContext | None = None
-        if cfg.tls:
-            ctx = ssl.create_default_context(cafile=cfg.ca_file)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 5425 §4.2 and current practice
-            if cfg.client_cert:
-                ctx.load_cert_chain(cfg.client_cert, cfg.client_key)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """Made at the first connection, so a CA file that cannot be read is a failure of this
+        sink (retried, alerted), not of the worker."""
+        if self._tls is None:
+            cfg = self.cfg
+            try:
+                ctx = ssl.create_default_context(cafile=cfg.ca_file)
+                ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # RFC 5425 §4.2 and current practice
+                if cfg.client_cert:
+                    ctx.load_cert_chain(cfg.client_cert, cfg.client_key)
+            except (OSError, ssl.SSLError) as e:
+                raise SinkError(f"TLS setup failed: {type(e).__name__}") from None
             self._tls = ctx
+        return self._tls
 
     def _connect(self) -> socket.socket:
+        tls = self._tls_context() if self.cfg.tls else None
         addr = (self.cfg.host, self.cfg.effective_port)
         try:
             sock = socket.create_connection(addr, timeout=self.cfg.timeout)
         except OSError as e:
             raise SinkError(f"cannot connect: {type(e).__name__}") from None
-        if self._tls is not None:
+        if tls is not None:
             try:
-                sock = self._tls.wrap_socket(sock, server_hostname=self.cfg.server_name or self.cfg.host)
+                sock = tls.wrap_socket(sock, server_hostname=self.cfg.server_name or self.cfg.host)
             except (OSError, ssl.SSLError) as e:
                 sock.close()
                 raise SinkError(f"TLS handshake failed: {type(e).__name__}") from None
