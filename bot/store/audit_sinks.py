@@ -19,11 +19,20 @@ from bot.store.audit import stream_order
 #: A sink with no cursor yet reads the stream from its start.
 FROM_START = "0-0"
 
+# Stream ids, not seqs, decide "forward": an entry someone forged into the stream may claim any seq.
 # KEYS: sink hash   ARGV: stream id, seq, now ms
 # Returns 1 when the cursor moved, 0 when it already stood there or further.
 _ADVANCE = """
-local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '-1')
-if tonumber(ARGV[2]) <= seq then return 0 end
+local function parse(id)
+  local ms, n = string.match(id or '', '^(%d+)-(%d+)$')
+  return tonumber(ms or '0'), tonumber(n or '0')
+end
+local cur = redis.call('HGET', KEYS[1], 'id')
+if cur then
+  local cms, cn = parse(cur)
+  local nms, nn = parse(ARGV[1])
+  if nms < cms or (nms == cms and nn <= cn) then return 0 end
+end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'seq', ARGV[2], 'acked_ms', ARGV[3])
 return 1
 """

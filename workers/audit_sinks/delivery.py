@@ -106,12 +106,12 @@ class SinkDelivery:
             if not rows or not rows[0][1]:
                 continue
             entries = [stream_entry(s, f) for s, f in rows[0][1]]
-            if seq and entries[0].seq not in (None, seq + 1):
+            if seq and entries[0].seq > seq + 1:
                 log.warning(
                     "audit sink %s: entries #%s to #%s were trimmed before it took them",
                     self.name,
                     seq + 1,
-                    entries[0].seq - 1 if isinstance(entries[0].seq, int) else "?",
+                    entries[0].seq - 1,
                 )
             try:
                 transport.deliver(entries)

@@ -16,6 +16,7 @@ def test_the_cursor_never_moves_back_and_the_floor_is_the_slowest_sink(redis_url
     assert c.floor(["a"]) == FROM_START  # acknowledged nothing: holds everything
     assert c.advance("a", "1000-5", 5) and c.advance("b", "999-9", 9)
     assert not c.advance("a", "990-3", 3)  # a late delivery that lost its lease
+    assert not c.advance("a", "1000-4", 99)  # order is the stream's, whatever seq an entry claims
     assert c.cursor("a") == ("1000-5", 5)
     assert c.floor(["a", "b"]) == "999-9"
     assert c.behind(["a", "b"], 7) == {"a": 5}
