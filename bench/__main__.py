@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("click_to_credential", "revocation_lateness", "hook_throughput", "slack_burst")
+SECTIONS = ("click_to_credential", "revocation_lateness", "hook_throughput", "slack_burst", "audit_sink")
 
 
 def _memory(res: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
-    from bench import click, hook, revocation, slack_burst
+    from bench import audit_sink, click, hook, revocation, slack_burst
     from bench.common import RESULTS, Sizes, machine
     from bench.report import table
 
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         "revocation_lateness": revocation.run,
         "hook_throughput": hook.run,
         "slack_burst": slack_burst.run,
+        "audit_sink": audit_sink.run,
     }
     started = time.monotonic()
     results: dict[str, Any] = {

@@ -287,6 +287,8 @@ class Sizes:
     burst: int = 200
     burst_window_s: float = 1.0
     burst_deadline_s: float = 420.0
+    sink_events_per_s: float = 100.0
+    sink_seconds: float = 30.0
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -302,4 +304,5 @@ class Sizes:
             waiters=40,
             burst=8,
             burst_deadline_s=40.0,
+            sink_seconds=2.0,
         )

@@ -115,6 +115,18 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 _met(b["duplicates"] == 0 and b["own_messages_visible"] == b["requests"]),
             )
         )
+    a = res.get("audit_sink") or {}
+    if "latency_ms" in a:
+        out.append(
+            (
+                f"6. Audit event → healthy sink (http), {a['events']} events at {a['rate_per_s']:g}/s: p50 / p95 / p99",
+                f"{_pct(a['latency_ms'])}, max {_ms(a['latency_ms']['max'])}; missing {a['missing']}, "
+                f"over 5 s {a['over_5s']}",
+                "",
+                "p99 < 1 s; none lost",
+                _met(a["missing"] == 0 and a["over_5s"] == 0 and bool(_lt(a["latency_ms"]["p99"], 1000))),
+            )
+        )
     m = res.get("memory") or {}
     if "redis_bytes_per_active_grant" in m:
         out.append(

@@ -40,7 +40,13 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from bot.commands.audit import verify  # imported when run: the CLI stays light
 
-    return verify(args.checkpoint or [], args.trimmed or [], args.keys)
+    return verify(args.checkpoint or [], args.trimmed or [], args.keys, args.evidence)
+
+
+def cmd_audit_evidence(args: argparse.Namespace) -> int:
+    from bot.commands.audit import evidence  # imported when run: the CLI stays light
+
+    return evidence(args.request_id, args.output, args.format)
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
@@ -100,12 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE_OR_URL",
         help="the audit key set (/.well-known/jit-audit-keys.json); default: from JIT_SECRET_KEY",
     )
+    av.add_argument(
+        "--evidence",
+        metavar="FILE",
+        help="check an evidence bundle (`jit audit evidence`) offline instead of the trail: with --keys, no Redis",
+    )
     av.set_defaults(func=cmd_audit_verify)
     ae = aud.add_parser("export", help="write the trail as JSON Lines (with hashes and signatures)")
     ae.add_argument("--since", help="a duration (2h) or an RFC 3339 time")
     ae.add_argument("--request", help="only this request id")
     ae.add_argument("--output", "-o", help="file to write (default: stdout)")
     ae.set_defaults(func=cmd_audit_export)
+    ev = aud.add_parser("evidence", help="one request's signed evidence bundle, for auditors (verify it offline)")
+    ev.add_argument("request_id", metavar="REQUEST_ID")
+    ev.add_argument("--output", "-o", help="file to write (default: stdout)")
+    ev.add_argument("--format", choices=("json", "md"), default="json", help="json (default) or readable Markdown")
+    ev.set_defaults(func=cmd_audit_evidence)
 
     # request, release and bench parse their own arguments: main() hands them the rest of the
     # line before this parser sees it. These entries only list them in `jit --help`.

@@ -8,6 +8,7 @@ from functools import lru_cache
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bot.core.audit_sinks import FileSink, HttpSink, SyslogSink, parse_sinks
 from bot.store.sentinel import parse as parse_sentinel_url
 
 
@@ -116,6 +117,24 @@ class Settings(BaseSettings):
     def introspection_credentials(self) -> list[tuple[str, str]]:
         """(audience, token) pairs from JIT_INTROSPECTION_TOKENS; audience `*` means any."""
         return _introspection_entries(self.jit_introspection_tokens.get_secret_value())
+
+    # ---------------------------------------------------------------- audit sinks (appended)
+
+    #: Where the audit trail streams to: a JSON list of sinks (bot/core/audit_sinks.py, docs/audit.md).
+    #: Secret as a whole: it holds HMAC keys and HEC tokens.
+    jit_audit_sinks: SecretStr = Field(SecretStr(""), alias="JIT_AUDIT_SINKS")
+    #: Hard cap on entries the audit stream keeps in Redis: past it the oldest are trimmed even if a
+    #: sink has not acknowledged them (alerted in the audit channel and recorded in the trail).
+    jit_audit_max_entries: int = Field(1_000_000, alias="JIT_AUDIT_MAX_ENTRIES", ge=100)
+
+    @field_validator("jit_audit_sinks")
+    @classmethod
+    def _audit_sinks(cls, v: SecretStr) -> SecretStr:
+        parse_sinks(v.get_secret_value())  # one line naming the sink and field, never a secret
+        return v
+
+    def audit_sinks(self) -> list[HttpSink | SyslogSink | FileSink]:
+        return parse_sinks(self.jit_audit_sinks.get_secret_value())
 
 
 #: An introspection token shorter than this is a mistake (e.g. a bare base64 token read as AUD=…).

@@ -1,4 +1,5 @@
-"""`jit worker`: RQ workers (no fork per job) plus the expiry scheduler, with graceful shutdown."""
+"""`jit worker`: RQ workers (no fork per job) plus the expiry scheduler, audit upkeep and the audit
+sinks' delivery, with graceful shutdown."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from bot.settings import Settings
 from bot.store import keys
 from bot.store.connection import redis_from_url
 from bot.store.metrics import instrument_slack
+from workers.audit_sinks.delivery import AuditSinks
 from workers.queue.dispatch import QUEUES
 from workers.queue.scheduler import Scheduler
 from workers.queue.worker import JitWorker
@@ -125,9 +127,12 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
             threading.Thread(target=sched.run, name="jit-scheduler", daemon=True).start()
 
     upkeep = None
+    sinks = None
     if scheduler and not burst:
         upkeep = AuditUpkeep(rt)  # audit retention and the periodic chain-head post
         upkeep.start()
+        sinks = AuditSinks(rt)  # the trail streamed to SIEMs, one thread per sink
+        sinks.start()
 
     forwarded = threading.Event()
 
@@ -153,6 +158,8 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
             reloader.stop()
         if upkeep is not None:
             upkeep.stop()
+        if sinks is not None:
+            sinks.stop()
         forward(signal.SIGTERM, None)
         for p in children:
             p.join(timeout=60)

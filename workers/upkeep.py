@@ -1,5 +1,6 @@
 """Periodic audit upkeep inside `jit worker`: chain what waits in the audit outbox, trim the
-trail by age, post its signed chain head to Slack.
+trail by age (never past what an audit sink has not acknowledged, short of the hard cap), post
+its signed chain head to Slack.
 
 Any number of workers may run this loop. Flushing and trimming are atomic scripts (the anchor
 only moves forward), and the head post takes a Redis lock with a TTL of one interval, so the
@@ -13,9 +14,11 @@ import threading
 
 from redis.exceptions import LockError
 
-from bot.core.clock import now, rfc3339, to_ms
+from bot.core.clock import now, now_ms, rfc3339, to_ms
 from bot.runtime import Runtime
 from bot.store import keys
+from bot.store.audit import TRIM_BATCH
+from bot.store.audit_sinks import SinkCursors
 
 log = logging.getLogger("jit.periodic")
 
@@ -44,10 +47,13 @@ class AuditUpkeep:
         return flushed
 
     def trim(self) -> int:
-        """Drop entries older than the policy's retention; the trail records the cut."""
+        """Drop entries older than the policy's retention, but none an audit sink has not
+        acknowledged yet; the trail records the cut. Past the hard cap (JIT_AUDIT_MAX_ENTRIES)
+        the oldest go even so: alerted in the audit channel and recorded as `audit.hard_cap_trimmed`."""
         retention = self.rt.policy.model.audit.retention
         cut = to_ms(now() - retention)
-        removed = self.rt.audit.trim(cut)
+        sinks = [s.name for s in self.rt.settings.audit_sinks()]
+        removed = self.rt.audit.trim(cut, up_to_id=SinkCursors(self.rt.redis).floor(sinks))
         if removed:
             anchor = self.rt.audit.anchor()
             self.rt.audit.append(
@@ -61,6 +67,47 @@ class AuditUpkeep:
                 },
             )
             log.info("audit trail trimmed", extra={"removed": removed})
+        return removed + self.trim_to_cap(sinks)
+
+    def trim_to_cap(self, sinks: list[str]) -> int:
+        """Keep at most JIT_AUDIT_MAX_ENTRIES entries in Redis, sinks or not (memory is finite)."""
+        cap = self.rt.settings.jit_audit_max_entries
+        removed = 0
+        while (over := self.rt.redis.xlen(keys.audit_stream()) - cap) > 0:
+            rows = self.rt.redis.xrange(keys.audit_stream(), count=min(over, TRIM_BATCH))
+            n = self.rt.audit.trim(now_ms() + 1, up_to_id=rows[-1][0])
+            if n == 0:
+                break  # the trail does not verify (trim logged why) or another worker trims
+            removed += n
+        if not removed:
+            return 0
+        anchor = self.rt.audit.anchor()
+        anchor_seq = int(anchor.get("seq", 0))
+        unsent = SinkCursors(self.rt.redis).behind(sinks, anchor_seq)
+        self.rt.audit.append(
+            "audit.hard_cap_trimmed",
+            actor="jit",
+            outcome="unsent" if unsent else "ok",
+            details={
+                "removed": removed,
+                "max_entries": cap,
+                "anchor_seq": anchor_seq,
+                "anchor_hash": anchor.get("hash"),
+                "sinks_behind": unsent,
+            },
+        )
+        log.warning("audit trail trimmed at its hard cap", extra={"removed": removed, "sinks_behind": unsent})
+        channel = self.rt.policy.audit_channel()
+        # one alert an hour while it lasts, however many workers trim
+        if unsent and channel and self.rt.redis.set(keys.audit_cap_alerted(), now_ms(), nx=True, ex=3600):
+            names = ", ".join(f"`{n}` (has up to #{seq})" for n, seq in sorted(unsent.items()))
+            self.rt.notices.queue(
+                channel,
+                f":rotating_light: *The audit trail reached its hard cap of {cap} entries in Redis*: entries up to "
+                f"#{anchor_seq} were trimmed before these sinks took them: {names}. Export what remains "
+                "(`jit audit export`) and bring the sinks back, or raise JIT_AUDIT_MAX_ENTRIES.",
+                alert=True,
+            )
         return removed
 
     def post_head(self) -> bool:

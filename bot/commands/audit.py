@@ -1,5 +1,5 @@
-"""`jit audit verify` and `jit audit export`: they need REDIS_URL and the audit keys, nothing else
-(no Slack settings)."""
+"""`jit audit verify`, `jit audit export` and `jit audit evidence`: they need REDIS_URL and the audit
+keys, nothing else (no Slack settings); `jit audit verify --evidence` needs only the public keys."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ from datetime import datetime
 
 import requests
 
+from bot.commands import evidence as bundle
+from bot.commands.evidence_md import render as render_markdown
 from bot.core.clock import now, parse_duration, to_ms
 from bot.core.crypto import AuditSigner
 from bot.settings import Settings
 from bot.store.audit import AuditKeys, AuditLog, Checkpoint, export_line, read_export
 from bot.store.connection import redis_from_url
+from bot.store.policy_versions import PolicyStore
+from bot.wiring import parse_policy
 
 
 def _audit_log(keys_from: str | None = None):
@@ -41,7 +45,15 @@ def _load_key_set(source: str) -> dict:
         raise SystemExit(f"jit: cannot read audit keys from {source}: {e}") from None
 
 
-def verify(checkpoint: list[str], trimmed_files: list[str], keys_from: str | None) -> int:
+def verify(
+    checkpoint: list[str], trimmed_files: list[str], keys_from: str | None, evidence_file: str | None = None
+) -> int:
+    if evidence_file:
+        if checkpoint or trimmed_files:
+            raise SystemExit(
+                "jit: --evidence is checked on its own, offline; --checkpoint and --trimmed check the trail"
+            )
+        return verify_evidence(evidence_file, keys_from)
     try:
         checkpoints = [Checkpoint.parse(c) for c in checkpoint]
     except ValueError as e:
@@ -113,3 +125,68 @@ def _parse_since(value: str) -> int:
         return to_ms(datetime.fromisoformat(value.replace("Z", "+00:00")))
     except ValueError:
         raise SystemExit(f"jit: --since takes a duration (2h) or an RFC 3339 time, not {value!r}") from None
+
+
+# ------------------------------------------------------------------------- evidence bundles
+
+
+def evidence(request_id: str, output: str | None, fmt: str) -> int:
+    """Write one request's signed evidence bundle (JSON, or Markdown around the same JSON)."""
+    log = _audit_log()
+    policies = PolicyStore(log.r, 0, parse_policy)
+    try:
+        doc = bundle.build(log, request_id, policies.get)
+    except bundle.EvidenceError as e:
+        print(f"jit: {e}", file=sys.stderr)
+        return 1
+    text = render_markdown(doc) if fmt == "md" else bundle.dumps(doc)
+    if output:
+        with open(output, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        head = doc["chain"]["head"]
+        print(
+            f"evidence for {request_id}: {len(doc['entries'])} audit entries, chain head #{head['seq']}, "
+            f"signed with key {doc['signature']['kid']} -> {output}",
+            file=sys.stderr,
+        )
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def verify_evidence(path: str, keys_from: str | None) -> int:
+    """Offline: the bundle's signature, its bytes, each entry's hash and signature, the chain head."""
+    if keys_from:
+        keys = AuditKeys(_load_key_set(keys_from))
+    elif secret := os.environ.get("JIT_SECRET_KEY", "").strip():
+        previous = [k.strip() for k in os.environ.get("JIT_PREVIOUS_SECRET_KEYS", "").split(",") if k.strip()]
+        keys = AuditKeys(AuditSigner(secret, previous).jwks())
+    else:
+        print(
+            "jit: --evidence needs the server's public audit keys: --keys FILE_OR_URL "
+            "(/.well-known/jit-audit-keys.json), or JIT_SECRET_KEY",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except UnicodeDecodeError:
+        print(f"evidence NOT valid: {path} is not UTF-8 text: changed after jit wrote it")
+        return 1
+    except OSError as e:
+        raise SystemExit(f"jit: cannot read {path}: {e.strerror}") from None
+    rendered = bundle.dumps if text.lstrip().startswith("{") else render_markdown
+    try:
+        doc = bundle.check(text, keys, rendered)
+    except ValueError as e:
+        print(f"evidence NOT valid: {e}")
+        return 1
+    head, entries = doc["chain"]["head"], doc["entries"]
+    span = f"#{entries[0]['seq']} to #{entries[-1]['seq']}" if entries else "none"
+    print(
+        f"evidence ok: request {doc['request_id']} ({doc.get('outcome')}), {len(entries)} audit entries ({span}), "
+        f"each signed; bundle signed with key {doc['signature']['kid']}; chain head #{head['seq']} {head['hash']}"
+    )
+    print(f"to tie it to the live trail: jit audit verify --checkpoint {head['seq']}:{head['hash']}:{head['sig']}")
+    return 0

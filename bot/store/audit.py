@@ -245,6 +245,23 @@ class _Walk:
         return None
 
 
+def stream_entry(sid: str, fields: Mapping[str, str]) -> AuditEntry:
+    """One row of the audit stream as an entry (a mangled one still reads; verify() reports it)."""
+    try:
+        body = json.loads(fields["data"])
+        if not isinstance(body, dict):
+            raise ValueError
+    except (KeyError, ValueError):
+        body = {"event": "unreadable", "seq": None, "prev": None}
+    return AuditEntry(sid, body, fields.get("hash", ""), fields.get("sig", ""), fields.get("kid", ""))
+
+
+def stream_order(sid: str) -> tuple[int, int]:
+    """A stream id (`ms-seq`) as something that sorts in stream order."""
+    ms, _, seq = sid.partition("-")
+    return int(ms), int(seq or 0)
+
+
 # ------------------------------------------------------------------------- export format
 
 
@@ -594,13 +611,7 @@ class AuditLog:
     # ---------------------------------------------------------------- reading
 
     def _parse(self, sid: str, fields: dict[str, str]) -> AuditEntry:
-        try:
-            body = json.loads(fields["data"])
-            if not isinstance(body, dict):
-                raise ValueError
-        except (KeyError, ValueError):  # a mangled entry still reads; verify() reports it
-            body = {"event": "unreadable", "seq": None, "prev": None}
-        return AuditEntry(sid, body, fields.get("hash", ""), fields.get("sig", ""), fields.get("kid", ""))
+        return stream_entry(sid, fields)
 
     def _read(self, start: str, batch: int = 1000) -> Iterator[AuditEntry]:
         while True:
@@ -810,10 +821,13 @@ class AuditLog:
 
     # ---------------------------------------------------------------- retention
 
-    def trim(self, older_than_ms: int) -> int:
+    def trim(self, older_than_ms: int, up_to_id: str | None = None) -> int:
         """Drop entries older than the cut (at most TRIM_BATCH a call), after checking them,
         keeping the last dropped one as the signed anchor. A trail that does not verify up to
-        the cut is not trimmed: trimming must never turn a forgery into a signed trim point."""
+        the cut is not trimmed: trimming must never turn a forgery into a signed trim point.
+
+        `up_to_id`: nothing after this stream id is dropped, however old (what every audit sink
+        has acknowledged)."""
         signer = self._signing()
         ks = self.keys or AuditKeys(signer.jwks())
         for _ in range(50):  # racing trims: the loser looks again
@@ -821,6 +835,9 @@ class AuditLog:
             pipe.hgetall(keys.audit_anchor())
             pipe.xrange(keys.audit_stream(), min="-", max=f"({older_than_ms}-0", count=TRIM_BATCH)
             anchor, rows = pipe.execute()
+            if up_to_id is not None:
+                bound = stream_order(up_to_id)
+                rows = [row for row in rows if stream_order(row[0]) <= bound]
             if not rows:
                 return 0
             a_seq, a_hash = int(anchor.get("seq", 0)), anchor.get("hash", GENESIS)

@@ -258,3 +258,28 @@ def refusals_due() -> str:
     """Sorted set [event, actor] (JSON) → end of the window (ms) whose suppressed refusals still
     need their summary entry. A member leaves when the summary is written."""
     return f"{PREFIX}refusals:due"
+
+
+def audit_sinks() -> str:
+    """Set: the names of the audit sinks `jit worker` streams to (rewritten at each worker start);
+    /metrics reports the lag of each."""
+    return f"{PREFIX}audit:sinks"
+
+
+def audit_sink(name: str) -> str:
+    """Hash {id, seq, acked_ms, failing_since_ms, attempts, last_error, alerted}: one sink's
+    cursor (the stream id it has acknowledged, never moved back) and its outage, if any. Kept
+    while the sink is configured; retention never trims past the lowest cursor."""
+    return f"{PREFIX}audit:sink:{name}"
+
+
+def audit_sink_lease(name: str) -> str:
+    """String lock: the worker delivering to this sink (one at a time, so order holds). TTL a
+    few seconds, renewed while it delivers; another worker takes over when it lapses."""
+    return f"{PREFIX}audit:sink:{name}:lease"
+
+
+def audit_cap_alerted() -> str:
+    """String flag: the audit channel was told the hard cap dropped unsent events. TTL 1 h, so
+    a lasting outage is re-alerted hourly, not on every trim."""
+    return f"{PREFIX}audit:capalerted"

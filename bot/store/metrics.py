@@ -28,6 +28,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.core.clock import now_ms
 from bot.store import keys
+from bot.store.audit_sinks import SinkCursors
 from bot.store.notices import ALERT_LATE_MS
 
 #: Jobs waiting and jobs failed, per job queue (the dispatcher knows its queues).
@@ -87,6 +88,11 @@ SLACK_ERRORS = Counter(
     ("method", "error"),
 )
 SLACK_429 = Counter("jit_slack_rate_limited_total", "Slack Web API calls answered 429 (rate limited).", ("method",))
+AUDIT_SINK_FAILURES = Counter(
+    "jit_audit_sink_failures_total",
+    "Deliveries of audit events to a sink that failed (each is retried from the sink's cursor).",
+    ("sink",),
+)
 
 APPROVAL_WAIT = Histogram(
     "jit_approval_wait_seconds",
@@ -113,7 +119,7 @@ LATENESS = Histogram(
     (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
 
-COUNTERS = (REQUESTS, GRANT_FAILURES, REVOKE_FAILURES, SLACK_ERRORS, SLACK_429)
+COUNTERS = (REQUESTS, GRANT_FAILURES, REVOKE_FAILURES, SLACK_ERRORS, SLACK_429, AUDIT_SINK_FAILURES)
 HISTOGRAMS = (APPROVAL_WAIT, GRANT_SECONDS, REVOKE_SECONDS, LATENESS)
 
 
@@ -284,6 +290,14 @@ class JitCollector(Collector):
         )
         late.add_metric([], self.r.zcount(keys.undelivered_alerts(), "-inf", now - ALERT_LATE_MS))
         yield late
+        lag = GaugeMetricFamily(
+            "jit_audit_sink_lag_seconds",
+            "How long the oldest audit event a sink has not acknowledged has waited (0: caught up).",
+            labels=["sink"],
+        )
+        for name, seconds in SinkCursors(self.r).lags().items():
+            lag.add_metric([name], seconds)
+        yield lag
         open_ = GaugeMetricFamily("jit_open_requests", "Requests not yet final (pending, approved or active).")
         open_.add_metric([], self.r.zcard(keys.open_requests()))
         yield open_
