@@ -18,6 +18,7 @@ from selenium.common.exceptions import (
     StaleElementReferenceException,
 )
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -162,4 +163,5 @@ class SandboxPage:
 
     def screenshot(self, element: WebElement, path: str) -> None:
         self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+        ActionChains(self.driver).move_to_element(self.driver.find_element(By.CSS_SELECTOR, ".top")).perform()
         element.screenshot(path)
