@@ -226,7 +226,7 @@ class People:
             if reply.get("response_type") == "in_channel":
                 chat_post_message(s, {"channel": channel, "text": reply.get("text"), "blocks": reply.get("blocks")})
             else:
-                s.ephemerals.append(
+                s.add_ephemeral(
                     {
                         "channel": channel,
                         "user": user,

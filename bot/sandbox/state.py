@@ -13,8 +13,11 @@ from bot.sandbox.workspace import APP_ID, BOT_ID, BOT_USER_ID, TEAM_ID, Workspac
 
 #: Slack refuses `views.open` with a trigger older than this; the sandbox opens it and says so.
 TRIGGER_TTL_S = 3.0
-#: The page's notes (refused clicks, late answers): only the newest are kept.
+#: Triggers no modal was opened with are forgotten after this.
+TRIGGER_KEPT_S = 60.0
+#: The page's notes (refused clicks, late answers) and ephemeral messages: only the newest are kept.
 MAX_NOTES = 50
+MAX_EPHEMERALS = 500
 
 
 class SlackState:
@@ -72,9 +75,13 @@ class SlackState:
         return f"V0SANDBOX{next(self._ids):06d}"
 
     def issue_trigger(self, user: str) -> str:
+        """A click's `trigger_id`: what `views.open` exchanges for a modal shown to `user`."""
         trigger = f"{next(self._ids)}.{secrets.randbelow(10**12)}.{secrets.token_hex(16)}"
+        now = time.monotonic()
         with self._changed:
-            self.triggers[trigger] = (user, time.monotonic())
+            for old in [t for t, (_, at) in self.triggers.items() if now - at > TRIGGER_KEPT_S]:
+                del self.triggers[old]
+            self.triggers[trigger] = (user, now)
         return trigger
 
     # ------------------------------------------------------------------ channels
@@ -132,6 +139,11 @@ class SlackState:
         if m.get("edited_ts"):
             out["edited"] = {"user": BOT_USER_ID, "ts": m["edited_ts"]}
         return out
+
+    def add_ephemeral(self, ephemeral: dict[str, Any]) -> None:
+        """A message only `ephemeral["user"]` sees (call with the lock held)."""
+        self.ephemerals.append(ephemeral)
+        del self.ephemerals[:-MAX_EPHEMERALS]
 
     def note(self, user: str | None, text: str) -> None:
         """Something the sandbox wants the person at the page to know (for `user`, or everyone)."""

@@ -178,7 +178,7 @@ def chat_post_ephemeral(s: SlackState, p: dict[str, Any], *, source: str = "jit"
     if not (p.get("text") or p.get("blocks") or p.get("attachments")):
         return error("no_text")
     ts = s.next_ts()
-    s.ephemerals.append(
+    s.add_ephemeral(
         {
             "channel": channel,
             "user": user,
