@@ -133,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--example-policy", action="store_true", help="write a commented starter jit-policy.yaml")
     d.add_argument("--data-dir", default=".jit")
+    d.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="without a Slack app configured, do not start the local Slack sandbox (Slack messages go nowhere)",
+    )
+    d.add_argument(
+        "--sandbox-port", type=int, default=0, help="port of the local Slack sandbox's page (default: --port + 1)"
+    )
     d.set_defaults(func=lambda a: _dev(a))
 
     sub.add_parser("bench", help="run the benchmarks (jit bench --help)", add_help=False)

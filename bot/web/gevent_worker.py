@@ -4,7 +4,8 @@ On SIGTERM gunicorn stops accepting and waits (up to `graceful_timeout`) until n
 busy. A keep-alive connection idling between two requests counts as busy, so one client that keeps
 a connection open (an HTTP library's pool, a load balancer) holds every shutdown for the whole
 graceful timeout. Here idle connections are closed as soon as shutdown starts; a request being
-served — a long-poll included — still runs to its end.
+served still runs to its end, and a long-poll ends at once with the status it has (its client
+polls again, of a server that is up) rather than after its full `wait`.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class GracefulGeventWorker(GeventWorker):
     def _close_idle_when_stopping(self) -> None:
         while self.alive:
             gevent.sleep(0.2)
+        waiters = getattr(getattr(self, "wsgi", None), "config", {}).get("JIT_WAITERS")
+        if waiters is not None:
+            waiters.stop()  # long-polls answer now with the status they have, instead of after their `wait`
         for client in list(self._idle.values()):
             try:
                 client.shutdown(socket.SHUT_RDWR)  # its reader sees end-of-stream and closes quietly

@@ -135,7 +135,7 @@ def test_compose_services_from_jit_init_to_a_credential(tmp_path, redis_url):
 
     services = compose()["services"]
     port = free_port()
-    with SlackFake(token=dotenv["SLACK_BOT_TOKEN"]) as slack:
+    with SlackFake(token=dotenv["SLACK_BOT_TOKEN"], usergroups={"S0LEADS": ["U0BOB"]}) as slack:
         started: list[Service] = []
         try:
             for name in ("bot", "worker"):
@@ -180,17 +180,19 @@ def test_compose_services_from_jit_init_to_a_credential(tmp_path, redis_url):
             )
             assert posted.headers.get("Authorization") == f"Bearer {dotenv['SLACK_BOT_TOKEN']}"
 
-            # …the approver named in the starter policy clicks, signed with the .env's secret…
-            body, ctype = block_action(
-                "jit_approve", rid, "U0123456789", channel=posted.params["channel"], message_ts=posted.response["ts"]
-            )
-            click = requests.post(
-                f"{url}/slack/events",
-                data=body,
-                headers=sign(dotenv["SLACK_SIGNING_SECRET"], body, content_type=ctype),
-                timeout=10,
-            )
-            assert click.status_code == 200, click.text
+            # …the two approvers the starter policy names (alice, and bob through @leads) click,
+            # signed with the .env's secret…
+            for approver in ("U0ALICE", "U0BOB"):
+                body, ctype = block_action(
+                    "jit_approve", rid, approver, channel=posted.params["channel"], message_ts=posted.response["ts"]
+                )
+                click = requests.post(
+                    f"{url}/slack/events",
+                    data=body,
+                    headers=sign(dotenv["SLACK_SIGNING_SECRET"], body, content_type=ctype),
+                    timeout=10,
+                )
+                assert click.status_code == 200, click.text
 
             # …and the pipeline collects its credential.
             def active():

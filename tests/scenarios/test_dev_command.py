@@ -2,86 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import redis as redislib
 import requests
+from dev_support import JIT, Dev, clean_env, listening
 from procs import wait_until
-from support import ROOT, free_port
-
-JIT = [sys.executable, "-m", "bot.cli"]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JIT_", "SLACK_", "REDIS_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-class Dev:
-    """A `jit dev` process tree in a folder of its own."""
-
-    def __init__(self, folder: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.out = folder / "dev.out"
-        with open(self.out, "wb") as out:
-            self.proc = subprocess.Popen(
-                [*JIT, "dev", "--port", str(self.port), *args],
-                cwd=folder,
-                env=env or clean_env(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def output(self) -> str:
-        return self.out.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        def ready() -> bool:
-            assert self.proc.poll() is None, self.output()
-            try:
-                return requests.get(self.url + "/readyz", timeout=1).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_until(
-            ready,
-            timeout=timeout,
-            interval=0.1,
-            message=f"jit dev to serve /readyz\n{self.output()}",
-        )
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            raise
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def policy_check(folder: Path) -> subprocess.CompletedProcess:

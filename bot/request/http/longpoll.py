@@ -23,6 +23,17 @@ class Waiters:
         self._lock = threading.Lock()
         self._events: dict[str, set[threading.Event]] = defaultdict(set)
         self._thread: threading.Thread | None = None
+        #: The server is shutting down: waiters answer at once with what they have (the client asks
+        #: again, of a server that is up), so a stop never waits out a long-poll's full `wait`.
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Wake every waiter now, and any that registers later at once."""
+        with self._lock:
+            self.stopping = True
+            events = [ev for evs in self._events.values() for ev in evs]
+        for ev in events:
+            ev.set()
 
     def _ensure_listener(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -56,6 +67,8 @@ class Waiters:
         ev = threading.Event()
         with self._lock:
             self._events[request_id].add(ev)
+            if self.stopping:
+                ev.set()
         return ev
 
     def unregister(self, request_id: str, ev: threading.Event) -> None:

@@ -163,7 +163,7 @@ def _long_poll(request_id: str, status: Status, wait: float):
     req = None
     while True:
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if remaining <= 0 or waiters.stopping:  # stopping: answer now, the client asks again
             return req
         ev = waiters.register(request_id)
         try:
