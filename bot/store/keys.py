@@ -258,3 +258,30 @@ def refusals_due() -> str:
     """Sorted set [event, actor] (JSON) → end of the window (ms) whose suppressed refusals still
     need their summary entry. A member leaves when the summary is written."""
     return f"{PREFIX}refusals:due"
+
+
+def gate(gate_id: str) -> str:
+    """Hash: one deployment GitHub or GitLab holds for jit's decision (bot/store/gates.py): where to
+    answer, the run it binds, its request, what the platform was told. TTL request retention + 1 day."""
+    return f"{PREFIX}gate:{gate_id}"
+
+
+def gate_run(digest: str) -> str:
+    """String: the gate id of the run a job's OIDC token names (digest of its binding). TTL as the gate."""
+    return f"{PREFIX}gate:run:{digest}"
+
+
+def gate_run_group(digest: str) -> str:
+    """Set of gate ids held in one GitHub run attempt (a cancelled run cancels them all). TTL as the gate."""
+    return f"{PREFIX}gate:group:{digest}"
+
+
+def gate_delivery(platform: str, delivery_id: str) -> str:
+    """String: a webhook delivery already handled (X-GitHub-Delivery, X-Gitlab-Event-UUID): a replay
+    is refused. TTL 8 days (GitHub redelivers for 3)."""
+    return f"{PREFIX}gate:seen:{platform}:{delivery_id}"
+
+
+def github_installation_token(installation_id: str) -> str:
+    """String: a GitHub App installation token, sealed (Fernet). TTL: until 5 minutes before it expires."""
+    return f"{PREFIX}github:token:{installation_id}"
