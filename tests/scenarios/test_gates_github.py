@@ -197,6 +197,8 @@ def test_two_slack_approvals_release_the_deployment_and_only_its_run_collects_th
     assert stack.wait_status(rid, rtok, {"active"})["status"] == "active"
     cred = stack.get(rid, rtok, path="/credential")
     assert cred.status_code == 200 and cred.json()["credential"]
+    bound = [e for e in audit_events(stack, rid) if e.get("event") == "gate.bound"]
+    assert bound and bound[0]["details"]["run"]["run_id"] == "1001"
 
     # any other run, attempt or commit is refused, and asks for nothing new
     for other in (
@@ -210,6 +212,8 @@ def test_two_slack_approvals_release_the_deployment_and_only_its_run_collects_th
     staging = run_token(issuers, 1001, environment="staging")
     assert stack.get(rid, staging, path="/credential").status_code == 404
     assert requests_count(stack) == before
+    refused = [e["details"]["why"] for e in audit_events(stack, rid) if e.get("event") == "gate.bound.refused"]
+    assert any("commit is not the approved deployment's" in why for why in refused), refused
 
 
 def test_deny_rejects_the_deployment_with_the_reason(world):
@@ -301,7 +305,7 @@ def test_a_deployment_no_policy_entry_names_is_rejected_with_why(world):
 def test_bad_deliveries_get_a_4xx_and_create_nothing(world):
     stack, gh, _ = world
     before = requests_count(stack)
-    gates = len(redis_of(stack).keys("jit:gate:*"))
+    gates = len(redis_of(stack).keys("jit:gate:g?-*"))
 
     forged = deliver(stack, gh, "deployment_protection_rule", deploy(gh, 1701), secret="not-the-secret")
     assert forged.status_code == 401
@@ -310,7 +314,7 @@ def test_bad_deliveries_get_a_4xx_and_create_nothing(world):
     first = deliver(stack, gh, "deployment_protection_rule", deploy(gh, 1702), guid=guid)
     assert first.status_code == 202
     created = requests_count(stack)
-    gates = len(redis_of(stack).keys("jit:gate:*"))
+    gates = len(redis_of(stack).keys("jit:gate:g?-*"))
     replayed = deliver(stack, gh, "deployment_protection_rule", deploy(gh, 1702), guid=guid)
     assert replayed.status_code == 409
 
@@ -324,7 +328,7 @@ def test_bad_deliveries_get_a_4xx_and_create_nothing(world):
     assert huge.status_code == 413
 
     assert requests_count(stack) == created == before + 1
-    assert len(redis_of(stack).keys("jit:gate:*")) == gates
+    assert len(redis_of(stack).keys("jit:gate:g?-*")) == gates
     assert gh.attempts(1701) == gh.attempts(1703) == gh.attempts(1704) == []
 
 
