@@ -1,6 +1,7 @@
 """GitLab's REST API (v4) for deployment approvals, on a local server.
 
 - `GET /api/v4/version`: the instance's version (an `-ee` suffix: Premium features exist).
+- `GET /api/v4/projects/:id`: the project (its `path_with_namespace`).
 - `GET /api/v4/projects/:id/deployments/:deployment_id`: the deployment (`status: blocked` while
   it waits for approvals, its job as `deployable` with its pipeline).
 - `POST /api/v4/projects/:id/deployments/:deployment_id/approval`: approve or reject
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .payloads import VERSION, deployment_event
+from .payloads import VERSION, deployment_event, project
 
 
 @dataclass
@@ -37,6 +38,7 @@ class GitLabFake:
         self.token = token
         self.version = version
         self.deployments: dict[tuple[int, int], dict[str, Any]] = {}
+        self.projects: dict[int, str] = {}  # id → path_with_namespace
         self.approvals: list[Approval] = []
         self._fail: list[int] = []
         self._lock = threading.RLock()
@@ -87,6 +89,7 @@ class GitLabFake:
     ) -> dict[str, Any]:
         """A deployment job waits for approval: registered here, and its webhook payload returned."""
         with self._lock:
+            self.projects[project_id] = project_path
             self.deployments[(project_id, deployment_id)] = {
                 "id": deployment_id,
                 "iid": 7,
@@ -142,6 +145,13 @@ class GitLabFake:
                 "kas": {"enabled": False},
                 "enterprise": self.version.endswith("-ee"),
             }
+        m = re.fullmatch(r"/api/v4/projects/(\d+)", path)
+        if method == "GET" and m:
+            with self._lock:
+                found = self.projects.get(int(m.group(1)))
+            if found is None:
+                return 404, {"message": "404 Project Not Found"}
+            return 200, project(found, int(m.group(1)), self.url)
         m = re.fullmatch(r"/api/v4/projects/(\d+)/deployments/(\d+)(/approval)?", path)
         if not m:
             return 404, {"error": "404 Not Found"}
