@@ -5,6 +5,7 @@ Slack's wire formats from the test servers, OIDC tokens from a local issuer."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import uuid
 
@@ -13,7 +14,7 @@ import redis as redislib
 import requests
 from fakes.github import GitHubFake, delivery, sign, workflow_run
 from fakes.slack import block_action, view_submission
-from procs import Stack, wait_until
+from procs import JIT, Stack, wait_until
 from support import GRANT_SCRIPT
 from test_oidc import Issuers, github_claims, mint
 
@@ -335,3 +336,48 @@ def test_bad_deliveries_get_a_4xx_and_create_nothing(world):
 def test_events_jit_does_not_handle_get_a_2xx(world):
     stack, gh, _ = world
     assert deliver(stack, gh, "ping", {"zen": "Design for failure.", "hook_id": 447638302}).status_code == 200
+
+
+def test_the_job_runs_jit_request_and_gets_its_credential_without_asking_anyone(world):
+    """The workflow of docs/gates.md: the deployment waits, two approvers click, the job's step runs
+    `jit request --oidc github` and gets the credential at once."""
+    stack, gh, issuers = world
+    rid = deliver(stack, gh, "deployment_protection_rule", deploy(gh, 1801)).json()["request"]
+    click(stack, rid, "U0LEAD1")
+    wait_until(lambda: redis_of(stack).hlen(f"jit:req:{rid}:approvals") == 1, message="first approval")
+    click(stack, rid, "U0LEAD2")
+    wait_until(lambda: gh.reviews(1801), message="GitHub releases the job")
+    before = requests_count(stack)
+
+    job_env = {
+        "PATH": "/usr/bin:/bin",
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_REPOSITORY": REPO,
+        "GITHUB_RUN_ID": "1801",
+        "GITHUB_RUN_ATTEMPT": "1",
+        "GITHUB_JOB": "deploy",
+        **gh.job_token_endpoint(run_token(issuers, 1801)),
+    }
+    step = subprocess.run(
+        [
+            *JIT,
+            "request",
+            "deploy-prod",
+            "--reason",
+            "deploy",
+            "--oidc",
+            "github",
+            "--format",
+            "json",
+            "--url",
+            stack.url,
+        ],
+        env=job_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert step.returncode == 0, step.stderr
+    assert json.loads(step.stdout)["credential"]
+    assert rid in step.stderr and "found again" in step.stderr
+    assert requests_count(stack) == before  # nobody was asked again

@@ -9,8 +9,9 @@
 - `POST /repos/{owner}/{repo}/actions/runs/{run_id}/deployment_protection_rule`: the app approves
   or rejects (`environment_name`, `state`, `comment`); recorded. Faults can be injected.
 
-Also a test helper: `deployment(...)` registers a run that waits on a protection rule and returns
-the webhook payload GitHub would send for it.
+Also test helpers: `deployment(...)` registers a run that waits on a protection rule and returns
+the webhook payload GitHub would send for it; `job_token_endpoint(...)` plays the Actions runtime's
+OIDC token endpoint (`ACTIONS_ID_TOKEN_REQUEST_URL`) for a job.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ class GitHubFake:
         self.token_requests: list[dict[str, Any]] = []  # each exchange: the JWT's claims, or why refused
         self.callbacks: list[Callback] = []
         self.run_requests = 0
+        self.job_tokens: dict[str, str] = {}  # ACTIONS_ID_TOKEN_REQUEST_TOKEN → the job's OIDC token
         self._fail: list[int] = []  # statuses to answer the next callbacks with
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
@@ -157,6 +159,17 @@ class GitHubFake:
             sender=sender,
         )
 
+    def job_token_endpoint(self, oidc_token: str) -> dict[str, str]:
+        """The environment a job with `id-token: write` gets: where its step asks for its OIDC token
+        (here: `oidc_token`, minted by the test's issuer), and with which bearer."""
+        bearer = secrets.token_urlsafe(16)
+        with self._lock:
+            self.job_tokens[bearer] = oidc_token
+        return {
+            "ACTIONS_ID_TOKEN_REQUEST_URL": f"{self.api_url}/_actions/id-token?api-version=2.0",
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN": bearer,
+        }
+
     def fail_callbacks(self, *statuses: int) -> None:
         """Answer the next callbacks with these statuses (e.g. 502, 502), then normally."""
         with self._lock:
@@ -207,6 +220,11 @@ class GitHubFake:
         return found[0]
 
     def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
+        if method == "GET" and path == "/_actions/id-token":
+            bearer = headers.get("authorization", "").partition(" ")[2]
+            with self._lock:
+                token = self.job_tokens.get(bearer)
+            return (200, {"value": token}) if token else (401, {"message": "Bad credentials"})
         m = re.fullmatch(r"/app/installations/(\d+)/access_tokens", path)
         if method == "POST" and m:
             claims, why = self._app_jwt(headers)
