@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -66,7 +65,6 @@ class GitHubApp:
         self.redis = redis
         self.vault = vault
         self.session = requests.Session()
-        self._lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Any, redis: Redis, vault: Vault) -> GitHubApp | None:
@@ -101,18 +99,17 @@ class GitHubApp:
                 return self.vault.open(sealed)["token"]
             except Exception:  # noqa: BLE001 - sealed under a retired key: fetch a new one
                 self.redis.delete(key)
-        with self._lock:
-            try:
-                data = call(
-                    self.session,
-                    "POST",
-                    f"{self.api_url}/app/installations/{int(installation_id)}/access_tokens",
-                    headers=self._headers(self.app_jwt()),
-                )
-            except ApiError as e:
-                if e.status in (403, 404, 422):
-                    raise UnknownInstallation(f"installation {installation_id}: {e}") from None
-                raise
+        try:
+            data = call(
+                self.session,
+                "POST",
+                f"{self.api_url}/app/installations/{int(installation_id)}/access_tokens",
+                headers=self._headers(self.app_jwt()),
+            )
+        except ApiError as e:
+            if e.status in (403, 404, 422):
+                raise UnknownInstallation(f"installation {installation_id}: {e}") from None
+            raise
         token = str((data or {}).get("token") or "")
         if not token:
             raise ApiError(502, "no token in GitHub's answer")

@@ -85,13 +85,16 @@ def test_the_message_shows_a_failed_callback_while_jit_retries(app_jit, gh, slac
     rid = hold(jit, gh, 2001, "staging")["request"]
     jit.work()
     assert "holds the deployment" in message(jit, slack, rid)
-    gh.fail_callbacks(503)
+    gh.fail_all_callbacks(503)
     jit.approve(rid, "U0LEAD1")
-    jit.work()  # grant, then the callback, which fails: its retry is a second away
-    assert [c.status for c in gh.attempts(2001)] == [503]
+    jit.drain(lambda: gh.attempts(2001), what="the first attempt")  # grant, then the callback: it fails
+    jit.work()
     shown = message(jit, slack, rid)
     assert "has not heard the decision" in shown and "HTTP 503" in shown and "keeps retrying" in shown
-    jit.drain(lambda: gh.reviews(2001), what="the retry lands")
+    gh.clear_faults()
+    jit.drain(lambda: gh.reviews(2001), what="a retry lands")
+    statuses = [c.status for c in gh.attempts(2001)]
+    assert statuses[-1] == 204 and set(statuses[:-1]) == {503}
     jit.drain(lambda: "GitHub was told" in message(jit, slack, rid), what="the message follows")
     assert gate_of(jit, rid).told == "approved"
 
@@ -205,3 +208,16 @@ def test_a_deployment_outside_the_actions_windows_is_rejected_with_when(gated, p
 def _claim(rt, member: str) -> str:
     claimed = dict(DueQueue(rt.redis).claim(now_ms() + 1))
     return claimed[member]
+
+
+def test_an_installation_token_is_fetched_once_and_kept_until_shortly_before_it_expires(app_jit, gh):
+    jit = app_jit
+    rid = hold(jit, gh, 2501, "staging")["request"]
+    jit.approve(rid, "U0LEAD1")
+    jit.drain(lambda: gh.reviews(2501), what="the callback")
+    assert len(gh.token_requests) == 1  # the webhook's token served the callback too
+    claims = gh.token_requests[0]["claims"]
+    assert claims["iss"] == gh.app_id and claims["exp"] - claims["iat"] <= 600
+    key = keys.github_installation_token(str(INSTALLATION))
+    assert 3000 < jit.rt.redis.ttl(key) <= 3300  # one hour, less the five-minute margin
+    assert gh.reviews(2501)[0].token not in jit.rt.redis.get(key)  # sealed, not in the clear

@@ -320,7 +320,7 @@ def test_bad_deliveries_get_a_4xx_and_create_nothing(world):
     assert replayed.status_code == 409
 
     stranger = deliver(stack, gh, "deployment_protection_rule", deploy(gh, 1703, installation_id=4242))
-    assert stranger.status_code in (403, 404)
+    assert stranger.status_code == 403 and stranger.json()["error"] == "unknown_installation"
 
     body, headers = delivery(SECRET, "deployment_protection_rule", deploy(gh, 1704), app_id=gh.app_id)
     padded = body[:-1] + b',"padding":"' + b"x" * (2 * 1024 * 1024) + b'"}'

@@ -70,6 +70,7 @@ class GitHubFake:
         self.run_requests = 0
         self.job_tokens: dict[str, str] = {}  # ACTIONS_ID_TOKEN_REQUEST_TOKEN → the job's OIDC token
         self._fail: list[int] = []  # statuses to answer the next callbacks with
+        self._fail_all: int | None = None  # answer every callback so, until cleared
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -175,6 +176,15 @@ class GitHubFake:
         with self._lock:
             self._fail.extend(statuses)
 
+    def fail_all_callbacks(self, status: int) -> None:
+        """Answer every callback with `status` until `clear_faults()`."""
+        with self._lock:
+            self._fail_all = status
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._fail, self._fail_all = [], None
+
     def reviews(self, run_id: int | None = None) -> list[Callback]:
         """Callbacks GitHub accepted (2xx), oldest first."""
         with self._lock:
@@ -271,7 +281,7 @@ class GitHubFake:
         except ValueError:
             return 400, {"message": "Problems parsing JSON"}
         with self._lock:
-            status = self._fail.pop(0) if self._fail else None
+            status = self._fail.pop(0) if self._fail else self._fail_all
             if status is None:
                 pending = self.pending.get((full_name, run_id), set())
                 if data.get("state") not in ("approved", "rejected") or not data.get("environment_name"):
