@@ -285,3 +285,8 @@ def gate_delivery(platform: str, delivery_id: str) -> str:
 def github_installation_token(installation_id: str) -> str:
     """String: a GitHub App installation token, sealed (Fernet). TTL: until 5 minutes before it expires."""
     return f"{PREFIX}github:token:{installation_id}"
+
+
+def gate_lock(gate_id: str) -> str:
+    """String lock (redis-py Lock) held while one job tells the platform about a gate. TTL 60 s."""
+    return f"{PREFIX}lock:gate:{gate_id}"

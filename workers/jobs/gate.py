@@ -4,6 +4,10 @@ taken; a refusal of the platform's own (a 4xx that will not change) ends it, sho
 
 from __future__ import annotations
 
+from contextlib import suppress
+
+from redis.exceptions import LockError
+
 from bot.core.clock import now, now_ms
 from bot.core.gates import GITHUB, TITLE, Verdict, refusal_comment, verdict
 from bot.platforms.github import GitHubApp, UnknownInstallation
@@ -11,12 +15,25 @@ from bot.platforms.gitlab import GitLabApi
 from bot.platforms.http import ApiError
 from bot.request.gates.service import WATCHDOG_MS, GateService
 from bot.runtime import Runtime
+from bot.store import keys
 from bot.store.due import DueQueue
 from bot.store.gates import GateRecord, GateStore
 from workers.queue.retry import RetryLater
 
 
 def tell(rt: Runtime, gid: str, token: str) -> None:
+    # one teller at a time: a decision's kick may re-claim this item while a job is still sending
+    lock = rt.redis.lock(keys.gate_lock(gid), timeout=60, blocking_timeout=0)
+    if not lock.acquire():
+        raise RetryLater(1000)
+    try:
+        _tell(rt, gid)
+    finally:
+        with suppress(LockError):  # held past its timeout: someone else's now
+            lock.release()
+
+
+def _tell(rt: Runtime, gid: str) -> None:
     gates = GateStore(rt.redis, rt.settings.jit_request_retention)
     rec = gates.get(gid)
     if rec is None or rec.told or rec.gave_up:

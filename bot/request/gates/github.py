@@ -128,7 +128,8 @@ def _requested(rt: Any, gates: GateStore, ev: ProtectionRuleRequested) -> Respon
     except ApiError as e:
         if e.status == 404:
             raise Refused(422, "unknown_run", f"GitHub has no run {run_id} in {repo}") from None
-        raise Refused(502, "github_unavailable", f"asking GitHub for the run failed: {e}") from None
+        hint = " (the app needs Actions: read)" if e.status == 403 else ""
+        raise Refused(502, "github_unavailable", f"asking GitHub for the run failed: {e}{hint}") from None
     sha = ev.sha or ev.deployment.sha
     sender = ev.sender.login if ev.sender else None
     ref = ev.ref or ev.deployment.ref
