@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 from functools import lru_cache
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.core.audit_sinks import FileSink, HttpSink, SyslogSink, parse_sinks
+from bot.core.net import check_url
+from bot.platforms.github import read_private_key
 from bot.store.sentinel import parse as parse_sentinel_url
 
 
@@ -55,6 +57,18 @@ class Settings(BaseSettings):
     #: (each command's --workers / --concurrency overrides its setting).
     jit_web_workers: int = Field(2, alias="JIT_WEB_WORKERS", ge=1)
     jit_worker_concurrency: int = Field(2, alias="JIT_WORKER_CONCURRENCY", ge=1)
+    #: Deployment gates (docs/gates.md). GitHub: jit is a GitHub App acting as a custom deployment
+    #: protection rule — its app id, its private key (the downloaded PEM file), its webhook secret,
+    #: and the API's base URL (GitHub Enterprise Server: https://HOST/api/v3).
+    github_app_id: str | None = Field(None, alias="GITHUB_APP_ID")
+    github_app_private_key_file: str | None = Field(None, alias="GITHUB_APP_PRIVATE_KEY_FILE")
+    github_api_url: str = Field("https://api.github.com", alias="GITHUB_API_URL")
+    github_webhook_secret: SecretStr | None = Field(None, alias="GITHUB_WEBHOOK_SECRET", validate_default=True)
+    #: GitLab: the instance's URL, the deployment webhook's secret token (X-Gitlab-Token) and the
+    #: API token of a user allowed to approve deployments to the gated environments.
+    gitlab_url: str | None = Field(None, alias="GITLAB_URL")
+    gitlab_webhook_token: SecretStr | None = Field(None, alias="GITLAB_WEBHOOK_TOKEN")
+    gitlab_api_token: SecretStr | None = Field(None, alias="GITLAB_API_TOKEN", validate_default=True)
 
     @field_validator("redis_url")
     @classmethod
@@ -109,6 +123,55 @@ class Settings(BaseSettings):
         if not v.get_secret_value().strip():
             raise ValueError("must not be empty")
         return v
+
+    @field_validator("github_api_url", "gitlab_url")
+    @classmethod
+    def _platform_url(cls, v: str | None) -> str | None:
+        return None if v is None or not v.strip() else check_url(v.strip().rstrip("/"), "the URL")
+
+    @field_validator("github_app_id")
+    @classmethod
+    def _app_id(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if not v.strip().isdigit():
+            raise ValueError("must be the GitHub App's numeric id")
+        return v.strip()
+
+    @field_validator("gitlab_webhook_token")
+    @classmethod
+    def _blank_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value().strip() else None
+
+    @field_validator("github_app_private_key_file")
+    @classmethod
+    def _app_key(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        read_private_key(v)  # unreadable, or not an RSA key: one line at start-up
+        return v
+
+    @field_validator("github_webhook_secret")
+    @classmethod
+    def _github_app(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """The GitHub App's settings go together: all three, or none."""
+        secret = v if v is not None and v.get_secret_value().strip() else None
+        given = [info.data.get("github_app_id"), info.data.get("github_app_private_key_file"), secret]
+        if any(given) and not all(given):
+            raise ValueError(
+                "GITHUB_APP_ID, GITHUB_APP_PRIVATE_KEY_FILE and GITHUB_WEBHOOK_SECRET go together: set all three"
+            )
+        return secret
+
+    @field_validator("gitlab_api_token")
+    @classmethod
+    def _gitlab(cls, v: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """GitLab's settings go together: all three, or none."""
+        token = v if v is not None and v.get_secret_value().strip() else None
+        given = [info.data.get("gitlab_url"), info.data.get("gitlab_webhook_token"), token]
+        if any(given) and not all(given):
+            raise ValueError("GITLAB_URL, GITLAB_WEBHOOK_TOKEN and GITLAB_API_TOKEN go together: set all three")
+        return token
 
     def previous_secret_keys(self) -> list[str]:
         raw = self.jit_previous_secret_keys.get_secret_value()

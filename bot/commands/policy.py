@@ -6,6 +6,7 @@ import os
 import sys
 
 from bot.core.errors import PolicyError
+from bot.request.gates.gitlab import policy_warnings as gitlab_warnings
 from bot.wiring import load_policy
 
 
@@ -21,4 +22,6 @@ def check(path: str) -> int:
     for name, (_gtype, config) in policy.grants.items():
         for warning in config.warnings(os.environ):
             print(f"{path}: actions.{name}.grant: warning: {warning}")
+    for warning in gitlab_warnings(policy, os.environ):
+        print(f"{path}: {warning}")
     return 0

@@ -11,6 +11,7 @@ from typing import Any
 from bot.core import errors as E
 from bot.core.clock import from_ms, now_ms, parse_duration, to_ms
 from bot.core.crypto import Vault, new_token, token_hash
+from bot.core.gates import BINDING, binding_mismatch, run_key
 from bot.core.identity import encodable
 from bot.core.model import AccessRequest, Status
 from bot.core.policy.inflight import InFlightRules
@@ -20,6 +21,8 @@ from bot.core.ports import Metrics
 from bot.request.schemas import RequestBody
 from bot.store import keys
 from bot.store.audit import AuditLog
+from bot.store.gates import GateStore
+from bot.store.refusals import record_refusal
 from bot.store.requests import Store
 
 #: Context keys that route a request's approval (approvers_by_environment): on a verified
@@ -52,6 +55,7 @@ class RequestService:
         self.rules = rules
         self.vault = vault
         self.metrics = metrics
+        self.gates = GateStore(store.r, store.retention_s)
 
     def create(
         self,
@@ -59,8 +63,11 @@ class RequestService:
         body: RequestBody,
         idempotency_key: str | None = None,
         verified: dict[str, Any] | None = None,
+        *,
+        gate: str | None = None,
     ) -> Created:
-        """A pipeline asks for access. `verified` holds what an OIDC token vouches for."""
+        """A pipeline asks for access. `verified` holds what an OIDC token vouches for; `gate` names
+        the deployment a platform holds for this request (bot/request/gates), whose decision it hears."""
         policy = self.rules.policy
         action = policy.action(body.action)
         if action is None:
@@ -68,6 +75,9 @@ class RequestService:
         allowed = policy.pipelines.get(pipeline)
         if allowed is None or body.action not in allowed.actions:
             raise E.ActionNotAllowed(f"pipeline {pipeline!r} may not request {body.action!r}")
+        if allowed.gate is not None and gate is None:
+            # a gated pipeline's jobs do not ask: their deployment was asked for and approved already
+            return self._bound(pipeline, body.action, allowed.gate[0], verified)
         if idempotency_key is not None and not encodable(idempotency_key):
             raise E.BadRequest("Idempotency-Key is not valid text")
         if body.ttl is None:
@@ -135,6 +145,8 @@ class RequestService:
         extra = {"break_glass": "requested"} if body.break_glass else {}
         if outside:
             extra["outside_window"] = "1"
+        if gate is not None:
+            extra["gate"] = gate
         event = self.audit.event_body(
             "request.created",
             request_id=req.id,
@@ -160,6 +172,45 @@ class RequestService:
             req = self._try_auto_approve(policy, req, verified, t) or req
         return Created(req, token, True)
 
+    def _bound(self, pipeline: str, action: str, platform: str, verified: dict[str, Any] | None) -> Created:
+        """The request approved for the very run whose job holds this OIDC token: its repository
+        (project), run and attempt (pipeline and job), environment and commit must all match; the
+        job then collects that request's credential with no second approval. Anything else: 403."""
+        claims = dict((verified or {}).get("context") or {})
+        run = {k: claims.get(k) for k in BINDING[platform]}
+        key = run_key(platform, claims)
+        found = self.gates.for_run(key) if key is not None else None
+        req = self.store.get(found.request_id) if found is not None and found.request_id else None
+        if key is None:
+            why = f"pipeline {pipeline!r} is gated: only the job of an approved deployment may ask, with its OIDC token"
+        elif found is None or req is None or found.pipeline != pipeline:
+            why = f"no deployment of this run was approved for pipeline {pipeline!r}"
+        elif (mismatch := binding_mismatch(platform, req.context, claims)) is not None:
+            why = f"this run's deployment was not approved: {mismatch}"
+        elif req.action != action:
+            why = f"this run's deployment was approved for {req.action!r}, not {action!r}"
+        elif req.status not in (Status.APPROVED, Status.ACTIVE):
+            why = f"this run's deployment request is {req.status.value}"
+        else:
+            self.audit.append(
+                "gate.bound",
+                request_id=req.id,
+                action=req.action,
+                actor=f"pipeline:{pipeline}",
+                details={"platform": platform, "run": run},
+            )
+            return Created(req, self.vault.open(req.request_token_enc), False)
+        record_refusal(
+            self.store.r,
+            self.audit,
+            "gate.bound.refused",
+            actor=f"pipeline:{pipeline}",
+            request_id=req.id if req is not None else None,
+            action=action,
+            details={"platform": platform, "run": run, "why": why},
+        )
+        raise E.Forbidden(why)
+
     def _existing(self, value: str, fingerprint: str) -> Created:
         """The request an Idempotency-Key already made; a different body is an error (422)."""
         rid, _, seen = value.partition("|")
@@ -169,6 +220,11 @@ class RequestService:
         if existing is None:  # expired between the two reads; treat the key as fresh
             raise E.NotFound("the request for this Idempotency-Key is gone; retry without it")
         return Created(existing, self.vault.open(existing.request_token_enc), False)
+
+    def created_for(self, pipeline: str, idempotency_key: str) -> str | None:
+        """The id of the request this pipeline's Idempotency-Key made (kept 24 h), if any."""
+        value = self.store.r.get(_idempotency_key(pipeline, idempotency_key))
+        return value.partition("|")[0] if value else None
 
     def _earlier(self, pipeline: str, idempotency_key: str | None, fingerprint: str) -> Created | None:
         """The request an Idempotency-Key already made (a retry after its window closed)."""
@@ -223,8 +279,11 @@ class RequestService:
         if req.request_token_hash and secrets.compare_digest(token_hash(bearer), req.request_token_hash):
             return FollowUp(req, "request_token")
         if verified is not None and pipeline == req.pipeline and req.verified:
-            run = _same_run(req, dict(verified.get("context") or {}))
-            if run is not None:
+            caller = dict(verified.get("context") or {})
+            run = _same_run(req, caller)
+            gated = self.gates.of_request(req.id) if run is not None else None
+            # a gated request is its deployment's job's alone: other jobs of the run are strangers
+            if run is not None and (gated is None or binding_mismatch(gated.platform, req.context, caller) is None):
                 return FollowUp(req, f"oidc:{run}")
         raise E.NotFound()
 

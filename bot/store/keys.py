@@ -283,3 +283,35 @@ def audit_cap_alerted() -> str:
     """String flag: the audit channel was told the hard cap dropped unsent events. TTL 1 h, so
     a lasting outage is re-alerted hourly, not on every trim."""
     return f"{PREFIX}audit:capalerted"
+
+
+def gate(gate_id: str) -> str:
+    """Hash: one deployment GitHub or GitLab holds for jit's decision (bot/store/gates.py): where to
+    answer, the run it binds, its request, what the platform was told. TTL request retention + 1 day."""
+    return f"{PREFIX}gate:{gate_id}"
+
+
+def gate_run(digest: str) -> str:
+    """String: the gate id of the run a job's OIDC token names (digest of its binding). TTL as the gate."""
+    return f"{PREFIX}gate:run:{digest}"
+
+
+def gate_run_group(digest: str) -> str:
+    """Set of gate ids held in one GitHub run attempt (a cancelled run cancels them all). TTL as the gate."""
+    return f"{PREFIX}gate:group:{digest}"
+
+
+def gate_delivery(platform: str, delivery_id: str) -> str:
+    """String: a webhook delivery already handled (X-GitHub-Delivery, X-Gitlab-Event-UUID): a replay
+    is refused. TTL 8 days (GitHub redelivers for 3)."""
+    return f"{PREFIX}gate:seen:{platform}:{delivery_id}"
+
+
+def github_installation_token(installation_id: str) -> str:
+    """String: a GitHub App installation token, sealed (Fernet). TTL: until 5 minutes before it expires."""
+    return f"{PREFIX}github:token:{installation_id}"
+
+
+def gate_lock(gate_id: str) -> str:
+    """String lock (redis-py Lock) held while one job tells the platform about a gate. TTL 60 s."""
+    return f"{PREFIX}lock:gate:{gate_id}"

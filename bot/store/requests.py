@@ -122,11 +122,17 @@ end
 local function grant_timers_off()
   unschedule('expire:' .. ID, 'warn:' .. ID)
 end
+-- a deployment GitHub or GitLab holds for this request hears how it ends (workers/jobs/gate.py)
+local function gate_owed()
+  local gate = redis.call('HGET', KEYS[1], 'gate')
+  if gate then kick('gate:' .. gate) end
+end
 -- after a request turned `approved`: its pending timers stop, its grant and message update start
 local function approval_complete()
   undecided_timers_off()
   kick('grant:' .. ID)
   kick('slack:' .. ID)
+  gate_owed()
   changed()
 end
 -- whatever a grant issued, or may have issued, must be revoked: through the due queue, like an
@@ -274,6 +280,7 @@ if st == 'approved' then
   stop_grant()
 end
 kick('slack:' .. ID)
+gate_owed()
 finalize()
 audit(ARGV[6])
 changed()
@@ -344,6 +351,7 @@ if st == 'approved' then
   redis.call('HSET', KEYS[1], 'status', 'active', 'issued_ms', ARGV[9], 'expires_ms', ARGV[10])
   schedule('expire:' .. ID, ARGV[10])
   kick('slack:' .. ID)
+  gate_owed()
   audit(ARGV[6])
   changed()
   return reply('ok', st)
@@ -386,6 +394,7 @@ if st ~= 'approved' then return reply('decided', st or 'missing') end
 redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[8], 'decided_ms', ARGV[2])
 stop_grant()
 kick('slack:' .. ID)
+gate_owed()
 finalize()
 audit(ARGV[6])
 changed()

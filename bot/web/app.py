@@ -16,6 +16,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from bot import logs
 from bot.decision.slack import http as slack_http
 from bot.decision.slack.app import build_app
+from bot.request.gates import github as github_gate
+from bot.request.gates import gitlab as gitlab_gate
 from bot.request.http import routes
 from bot.request.http.longpoll import Waiters
 from bot.request.http.oidc import OidcVerifier
@@ -44,6 +46,8 @@ def create_app(rt: Runtime) -> Flask:
     flask_app.config["JIT_LONG_POLLS"] = LongPollLeases(rt.redis, rt.settings.jit_max_long_polls_per_pipeline)
     flask_app.config["JIT_OIDC"] = OidcVerifier()
     flask_app.register_blueprint(routes.bp)
+    flask_app.register_blueprint(github_gate.bp)  # POST /github/webhook (docs/gates.md)
+    flask_app.register_blueprint(gitlab_gate.bp)  # POST /gitlab/webhook
     flask_app.register_blueprint(
         slack_http.blueprint(build_app(rt), rt.settings.slack_signing_secret.get_secret_value())
     )

@@ -15,7 +15,7 @@ from bot.core.clock import now_ms
 from bot.runtime import Runtime
 from bot.store.due import DueQueue
 from workers.backends.base import GrantError
-from workers.jobs import grant, revoke, timeout
+from workers.jobs import gate, grant, revoke, timeout
 from workers.jobs.notify import followups, message, notices
 from workers.queue.retry import RetryLater
 from workers.queue.scheduler import Lease
@@ -33,6 +33,7 @@ HANDLERS: dict[str, Callable[[Runtime, str, str], None]] = {
     "warn": followups.warn,  # "expires in 5 min" in an active grant's thread
     "bgalert": notices.break_glass_alert,  # the security channel hears of a break glass
     "notice": notices.notice,  # one owed Slack message (alerts, audit-channel lines, refusals)
+    "gate": gate.tell,  # GitHub/GitLab hear the decision on a deployment they hold
 }
 
 

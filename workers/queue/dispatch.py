@@ -17,16 +17,21 @@ from workers.jobs.notify.home import publish_home
 
 ACCESS_QUEUE = "jit-access"  # grants, revokes, timeouts: never behind Slack traffic
 SLACK_QUEUE = "jit-slack"
-QUEUES = (ACCESS_QUEUE, SLACK_QUEUE)
+GATE_QUEUE = "jit-gates"  # telling GitHub/GitLab a decision: a slow platform holds up nothing else
+QUEUES = (ACCESS_QUEUE, SLACK_QUEUE, GATE_QUEUE)
 
 #: Kinds that only talk to Slack; everything else (grants, revokes, timeouts) never waits behind them.
 SLACK_KINDS = ("slack:", "dm:", "remind:", "warn:", "bgalert:", "notice:")
+#: Kinds that talk to a CI platform (workers/jobs/gate.py).
+GATE_KINDS = ("gate:",)
 
 #: Most due items one job carries.
 MAX_BATCH = 20
 
 
 def queue_for(member: str) -> str:
+    if member.startswith(GATE_KINDS):
+        return GATE_QUEUE
     return SLACK_QUEUE if member.startswith(SLACK_KINDS) else ACCESS_QUEUE
 
 

@@ -206,8 +206,15 @@ def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes
         seen_people.setdefault(key, person)
 
     hashes: dict[str, str] = {}
+    gated: dict[tuple[str, str, str], str] = {}
     for name, p in model.pipelines.items():
         base = ("pipelines", name)
+        if p.gate_key is not None:
+            if p.gate_key in gated:
+                errors.append(
+                    _fmt(source, lines, base + (p.gate_key[0],), f"the same gate as pipeline {gated[p.gate_key]!r}")
+                )
+            gated.setdefault(p.gate_key, name)
         if (p.token_sha256 is None) == (p.oidc is None):
             errors.append(_fmt(source, lines, base, "set exactly one of token_sha256 or oidc"))
         if p.token_sha256 and p.token_sha256 in hashes:

@@ -10,7 +10,7 @@ from functools import cached_property
 from typing import Any
 
 from bot.core.identity import normalize
-from bot.core.policy.schema import Action, BreakGlass, Pipeline, PolicyModel
+from bot.core.policy.schema import Action, BreakGlass, Pipeline, PolicyModel, gate_key
 from bot.core.policy.windows import Windows
 
 
@@ -51,6 +51,15 @@ class Policy:
             if p.token_sha256 is not None and hmac.compare_digest(digest, p.token_sha256):
                 found = name
         return found
+
+    def gated_pipeline(self, platform: str, place: str, environment: str) -> str | None:
+        """The pipeline whose `github:` (`gitlab:`) gate names this repository (project path) and
+        environment, or None: such a deployment is not jit's to approve."""
+        return self._gates.get(gate_key(platform, place, environment))
+
+    @cached_property
+    def _gates(self) -> dict[tuple[str, str, str], str]:
+        return {p.gate_key: name for name, p in self.model.pipelines.items() if p.gate_key is not None}
 
     def slack_user_for(self, requested_by: str | None) -> str | None:
         """The Slack user `requested_by` names, through `people` only: text shaped like a Slack id

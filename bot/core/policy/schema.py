@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from bot.core.clock import parse_duration
 
@@ -56,10 +56,92 @@ class AuditConfig(_Strict):
     retention: Duration = timedelta(days=365)
 
 
+#: An environment's name as GitHub or GitLab shows it.
+EnvironmentName = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class GitHubGate(_Strict):
+    """A GitHub environment whose deployments wait for jit (a custom deployment protection rule,
+    docs/gates.md). Names compare case-insensitively, as GitHub compares them."""
+
+    repository: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", max_length=200)]
+    environment: EnvironmentName
+    #: The action an approved deployment is granted; needed when the pipeline lists several.
+    action: Name | None = None
+
+
+class GitLabGate(_Strict):
+    """A GitLab protected environment whose deployments wait for jit's approval (deployment
+    approvals, docs/gates.md). `project` is the full path (group/subgroup/project)."""
+
+    project: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$", max_length=255)]
+    environment: EnvironmentName
+    action: Name | None = None
+
+
+def gate_key(platform: str, place: str, environment: str) -> tuple[str, str, str]:
+    """What a gate matches: the platform, the repository (GitHub) or project path (GitLab) and the
+    environment, compared case-insensitively as both platforms compare them."""
+    return platform, place.casefold(), environment.casefold()
+
+
 class Pipeline(_Strict):
     token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     oidc: dict[str, Any] | None = None
     actions: list[Name] = Field(min_length=1)
+    #: Deployments to this GitHub environment wait for a decision in Slack; the approved run's
+    #: job then collects the credential with its OIDC token (`oidc` above), no second approval.
+    github: GitHubGate | None = None
+    #: The same for a GitLab protected environment.
+    gitlab: GitLabGate | None = None
+
+    @field_validator("github", "gitlab")
+    @classmethod
+    def _gate(cls, gate: GitHubGate | GitLabGate | None, info: ValidationInfo) -> GitHubGate | GitLabGate | None:
+        if gate is None:
+            return None
+        if info.field_name == "gitlab" and info.data.get("github") is not None:
+            raise ValueError("a pipeline gates GitHub or GitLab deployments, not both: use two pipelines")
+        if info.data.get("token_sha256") is not None or info.data.get("oidc") is None:
+            raise ValueError(
+                "the approved run's job collects its credential with its OIDC token: "
+                "a gated pipeline sets oidc, not token_sha256"
+            )
+        actions = info.data.get("actions")
+        if actions is None:
+            return gate  # the actions list has its own error
+        if gate.action is None and len(actions) != 1:
+            raise ValueError(
+                f"the pipeline lists {len(actions)} actions: set {info.field_name}.action to the one "
+                "an approved deployment is granted"
+            )
+        if gate.action is not None and gate.action not in actions:
+            raise ValueError(f"action {gate.action!r} is not in this pipeline's actions")
+        return gate
+
+    @property
+    def gate(self) -> tuple[str, GitHubGate | GitLabGate] | None:
+        """("github" | "gitlab", its gate), or None for a pipeline that asks over HTTP."""
+        if self.github is not None:
+            return "github", self.github
+        if self.gitlab is not None:
+            return "gitlab", self.gitlab
+        return None
+
+    @property
+    def gate_key(self) -> tuple[str, str, str] | None:
+        if self.github is not None:
+            return gate_key("github", self.github.repository, self.github.environment)
+        if self.gitlab is not None:
+            return gate_key("gitlab", self.gitlab.project, self.gitlab.environment)
+        return None
+
+    @property
+    def gate_action(self) -> str | None:
+        found = self.gate
+        if found is None:
+            return None
+        return found[1].action or self.actions[0]
 
 
 class AutoApprove(_Strict):

@@ -326,6 +326,57 @@ def document(server_url: str | None = None) -> dict[str, Any]:
             },
         },
     }
+    doc["paths"].update(_gate_webhooks(public))
     if server_url:
         doc["servers"] = [{"url": server_url.rstrip("/") or "/"}]
     return doc
+
+
+def _gate_webhooks(public: list[dict[str, list[str]]]) -> dict[str, Any]:
+    """The deployment gates' webhooks (docs/gates.md): called by GitHub and GitLab, not pipelines."""
+
+    def hook(op: str, summary: str, auth: str, extra: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "post": {
+                "operationId": op,
+                "summary": summary,
+                "description": auth,
+                "security": public,
+                "requestBody": {
+                    "required": True,
+                    "description": "the platform's event, at most 1 MiB",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "responses": {
+                    "200": _json({"type": "object"}, "an event jit does not act on, or one it knew already"),
+                    "202": _json(
+                        {"type": "object"}, "the deployment is held: `gate`, `request`, `status` or `refused`"
+                    ),
+                    "400": _err("malformed JSON or event"),
+                    "404": _err("this platform's gates are not configured"),
+                    "409": _err("the delivery was handled already (a replay)"),
+                    "413": _err("the body is over 1 MiB"),
+                    "422": _err("the platform has no such run or deployment"),
+                    "502": _err("asking the platform failed; the delivery may be redelivered"),
+                    **extra,
+                },
+            }
+        }
+
+    return {
+        "/github/webhook": hook(
+            "githubWebhook",
+            "GitHub App webhook: deployment protection rules",
+            "Signed: `X-Hub-Signature-256` over the raw body with the webhook secret; `X-GitHub-Delivery` once.",
+            {
+                "401": _err("the signature does not match"),
+                "403": _err("GitHub knows no such installation of the app"),
+            },
+        ),
+        "/gitlab/webhook": hook(
+            "gitlabWebhook",
+            "GitLab deployment webhook: deployment approvals",
+            "`X-Gitlab-Token` is the hook's secret token; `X-Gitlab-Event-UUID` once.",
+            {"401": _err("the token is not the hook's")},
+        ),
+    }

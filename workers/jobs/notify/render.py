@@ -6,11 +6,28 @@ import hashlib
 import json
 
 from bot.decision.slack.views.blocks import request_blocks, request_summary
+from bot.decision.slack.views.gate import gate_context
+from bot.store.gates import GateStore
 
 
 def render(rt, req) -> tuple[str, list]:
     """(fallback text, blocks)."""
     blocks = request_blocks(req, **rt.decisions.message_facts(req))
+    gate = GateStore(rt.redis, rt.settings.jit_request_retention).of_request(req.id)
+    if gate is not None:  # a deployment GitHub/GitLab holds for this decision: above the buttons
+        at = len(blocks) - 1 if blocks and blocks[-1].get("type") == "actions" else len(blocks)
+        blocks.insert(
+            at,
+            gate_context(
+                gate.platform,
+                gate.place,
+                gate.environment,
+                told=gate.told,
+                attempts=gate.attempts,
+                last_error=gate.last_error,
+                gave_up=gate.gave_up,
+            ),
+        )
     return request_summary(req), blocks
 
 
