@@ -48,6 +48,27 @@ class Settings(BaseSettings):
     #: across every server process (0 = unlimited); over it: 429 + Retry-After.
     jit_max_long_polls_per_pipeline: int = Field(200, alias="JIT_MAX_LONG_POLLS_PER_PIPELINE", ge=0)
     jit_log_level: str = Field("INFO", alias="JIT_LOG_LEVEL")
+    #: On-call approvers (policy `oncall:` entries): a PagerDuty REST API key (read-only is
+    #: enough) and an Opsgenie API integration key; without one, that provider's schedules count
+    #: nobody. The base URLs point elsewhere for the EU instances or a test server.
+    pagerduty_token: SecretStr | None = Field(None, alias="PAGERDUTY_TOKEN")
+    pagerduty_api_url: str = Field("https://api.pagerduty.com", alias="PAGERDUTY_API_URL")
+    opsgenie_api_key: SecretStr | None = Field(None, alias="OPSGENIE_API_KEY")
+    opsgenie_api_url: str = Field("https://api.opsgenie.com", alias="OPSGENIE_API_URL")
+    #: How long who-is-on-call is cached (s): a hand-over takes effect at most this late.
+    jit_oncall_cache_seconds: int = Field(30, alias="JIT_ONCALL_CACHE_SECONDS", ge=0, le=600)
+
+    @field_validator("pagerduty_api_url", "opsgenie_api_url")
+    @classmethod
+    def _oncall_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return v.rstrip("/")
+
+    @field_validator("pagerduty_token", "opsgenie_api_key")
+    @classmethod
+    def _blank_is_unset(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value().strip() else None
 
     @field_validator("redis_url")
     @classmethod

@@ -182,7 +182,15 @@ class RequestService:
     ) -> AccessRequest | None:
         """Approve at once when the action's auto_approve rule holds on the verified context."""
         verified_context = dict(verified.get("context") or {}) if verified else None
-        decision = auto_decision(policy, req.action, verified_context, req.ttl)
+        decision = auto_decision(
+            policy,
+            req.action,
+            verified_context,
+            req.ttl,
+            requester=req.requester_slack_id,
+            requester_verified="requested_by" in req.verified_keys,
+            on_call=self.rules.on_call,
+        )
         if decision is None:
             return None
         why = decision.why

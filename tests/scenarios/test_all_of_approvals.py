@@ -113,7 +113,7 @@ def test_two_leads_clicking_at_once_never_both_count(jit):
         barrier = threading.Barrier(2)
         results: dict[str, str] = {}
 
-        def click(user: str, rid: str = rid, barrier: threading.Barrier = barrier) -> None:
+        def click(user: str, rid: str = rid, barrier: threading.Barrier = barrier, results: dict = results) -> None:
             barrier.wait()
             try:
                 results[user] = jit.rt.decisions.approve(rid, user).result
