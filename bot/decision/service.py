@@ -151,6 +151,7 @@ class DecisionService:
             seen=req.approved_by,
             rule=rule.path,
             oncall=oncall,
+            window=window,
             given=self._event(
                 "approval.given", req, actor=user, details={"rule": rule.path, **({"oncall": oncall} if oncall else {})}
             ),

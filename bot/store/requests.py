@@ -192,7 +192,8 @@ return reply('ok', ID)
 # somewhere. Approved once every rule is full.
 # ARGV: 8 user, 9 rules (JSON list of [rule, count, [people counted]]), 10 approvers the caller
 #       saw recorded (JSON list), 11 the clicker's rule, 12 on-call schedules the clicker is on
-#       call for (JSON list), 13 the rule progress (JSON object, kept on the request)
+#       call for (JSON list), 13 the rule progress (JSON object, kept on the request), 14 the change
+#       window the approval came in ('' when the action has none)
 _APPROVE = (
     _PRELUDE
     + """
@@ -235,6 +236,7 @@ audit(ARGV[6], {approvals = counted, required = required, rule = ARGV[11]})
 if full then
   redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', USER, 'decided_ms', ARGV[2],
     'approvals_required', required, 'rule', ARGV[11])
+  if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'window', ARGV[14]) end
   audit(ARGV[7])
   approval_complete()
   return reply('approved', counted)
@@ -620,6 +622,7 @@ class Store:
         oncall: list[str],
         given: str,
         approved: str,
+        window: str | None = None,
     ) -> Outcome:
         """Record `user`'s approval as matched in `rules` ((rule, count, people counted) each),
         computed against the approvals `seen`: 'approved' when every rule is full, 'recorded',
@@ -639,6 +642,7 @@ class Store:
                     rule,
                     json.dumps(oncall),
                     json.dumps({r: people for r, _, people in rules}, sort_keys=True),
+                    window or "",
                 ],
             )
         )

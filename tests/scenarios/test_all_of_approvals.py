@@ -223,3 +223,21 @@ def test_the_legacy_rule_keeps_working(jit):
     assert jit.rt.decisions.approve(rid, "U0LEAD1").result == "recorded"
     assert jit.rt.decisions.approve(rid, "U0LEAD3").result == "approved"
     assert jit.rt.store.fields(rid, "rule")["rule"] == "actions.deploy-prod.approvers"
+
+
+def test_an_approval_inside_a_change_window_records_the_window(jit, policy_file, state_dir):
+    from bot.wiring import load_policy
+
+    windowed = ALL_OF.replace(
+        "    ttl: {default: 15m", '    windows: ["daily 00:00-24:00 UTC"]\n    ttl: {default: 15m'
+    )
+    policy_file.write_text(with_actions(str(state_dir), windowed))
+    jit.rt.set_policy(load_policy(policy_file))
+    rid = jit.ask("deploy-critical")["id"]
+    jit.rt.decisions.approve(rid, "U0LEAD1")
+    jit.rt.decisions.approve(rid, "U0CISO")
+    assert jit.rt.store.fields(rid, "window")["window"] == "actions.deploy-critical.windows[0]"
+    jit.rt.audit.flush()
+    approved = [e.body for e in jit.rt.audit.entries_for_request(rid) if e.body["event"] == "request.approved"]
+    assert approved[0]["details"]["window"] == "actions.deploy-critical.windows[0]"
+    assert approved[0]["details"]["rule"] == "actions.deploy-critical.approvals[1]"

@@ -152,12 +152,15 @@ class Reach:
         return self.reachable >= self.needed
 
 
-def reach(rules: list[Rule], members: Callable[[str], set[str] | None] | None = None) -> Reach:
+def reach(
+    rules: list[Rule], members: Callable[[str], set[str] | None] | None = None, *, count_oncall: bool = True
+) -> Reach:
     """Could every rule be met at once, one person counting for one rule only?
 
     A user counts as one person; a user group as its members when `members(group)` knows them
     (None: unknown), otherwise — like an on-call schedule — as enough people of its own, found
-    in no other entry. So an error here is certain; with unresolved entries it is only possible."""
+    in no other entry (`count_oncall=False`: schedules count nobody). So an error here is
+    certain; with unresolved entries it is only possible."""
     needed = sum(r.count for r in rules)
     eligible: dict[str, set[str]] = {}
     unresolved: dict[str, None] = {}
@@ -174,8 +177,52 @@ def reach(rules: list[Rule], members: Callable[[str], set[str] | None] | None = 
                     people = sorted(known)
             else:
                 unresolved[str(entry)] = None
-                people = [f"{entry.oncall.key}#{i}" for i in range(needed)]
+                people = [f"{entry.oncall.key}#{i}" for i in range(needed)] if count_oncall else []
             for person in people:
                 eligible.setdefault(person, set()).add(r.path)
     assignment = assign([(r.path, r.count) for r in rules], eligible, sorted(eligible))
     return Reach(needed=needed, reachable=size(assignment), unresolved=tuple(unresolved))
+
+
+def rule_findings(
+    action_name: str, action: Action, members: Callable[[str], set[str] | None] | None = None
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(errors, warnings), each (where, what), about whether `action`'s rules can be met, for
+    `jit policy check`.
+
+    With `members` (user groups read from Slack) a group counts as its members: rules that can
+    never be met are errors. Groups it cannot read and on-call schedules cannot be counted here:
+    when the rules need them, that is a warning."""
+    errors: list[tuple[str, str]] = []
+    warnings: list[tuple[str, str]] = []
+    for env_rules in _rule_sets(action_name, action):
+        where = env_rules[0].path.rsplit("[", 1)[0] if len(env_rules) > 1 else env_rules[0].path
+        found = reach(env_rules, members)
+        if not found.ok:
+            errors.append(
+                (
+                    where,
+                    f"needs {found.needed} distinct people (one person counts for one rule only) "
+                    f"but at most {found.reachable} can ever approve",
+                )
+            )
+            continue
+        without = reach(env_rules, lambda g: (members(g) if members else None) or set(), count_oncall=False)
+        if not without.ok and found.unresolved:
+            warnings.append(
+                (
+                    where,
+                    f"needs {found.needed} distinct people, and only {', '.join(found.unresolved)} can make up "
+                    f"the {found.needed - without.reachable} the named users cannot; they can only be counted "
+                    "when resolvable (user groups: with SLACK_BOT_TOKEN; on-call schedules: at the click)",
+                )
+            )
+    return errors, warnings
+
+
+def _rule_sets(action_name: str, action: Action) -> list[list[Rule]]:
+    """The rule sets a request may face: one, or one per environment."""
+    if action.approvals or not action.approvers_by_environment:
+        return [rules_of(action_name, action)]
+    sets = [rules_of(action_name, action)] if action.approvers else []
+    return sets + [rules_of(action_name, action, env) for env in action.approvers_by_environment]
