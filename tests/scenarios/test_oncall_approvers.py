@@ -188,3 +188,19 @@ def test_an_unreadable_schedule_never_auto_approves(jit, pagerduty):
     assert req.status.value == "pending"
     why = entries(jit.rt, "auto_approve.skipped", req.id)[0]["details"]["why"]
     assert "could not be read" in why and "unreachable" in why
+
+
+def test_a_reload_that_changes_on_call_entries_is_audited_with_what_changed(jit, policy_file, state_dir):
+    from bot.wiring import load_policy
+
+    jit.rt.record_policy_loaded()
+    policy_file.write_text(
+        with_actions(str(state_dir), ONCALL.replace("schedule: ops-primary", "schedule: ops-backup"))
+    )
+    jit.rt.set_policy(load_policy(policy_file))
+    assert jit.rt.record_policy_loaded("file")
+    loaded = entries(jit.rt, "policy.loaded")[-1]["details"]["changes"]["approvers"]["ops-fix"]
+    assert loaded == {
+        "added": ["on call for Opsgenie schedule ops-backup"],
+        "removed": ["on call for Opsgenie schedule ops-primary"],
+    }
