@@ -313,7 +313,7 @@ class DecisionService:
         policy = self.rules.policy_of(req)
         action = policy.action(req.action)
         extra = self.store.fields(
-            req.id, "break_glass", "break_glass_by", "break_glass_justification", "auto_rule", "cut_by_window", "rule"
+            req.id, "break_glass", "break_glass_by", "break_glass_justification", "auto_rule", "cut_by_window"
         )
         if self.rules.self_approval_allowed(req):
             self_approval = "allowed"
@@ -337,7 +337,6 @@ class DecisionService:
             "approvers": [str(a) for a in policy.approvers_for(req.action, req.context.get("environment"))] or None,
             "rules": rules,
             "oncall_notes": self._oncall_notes(req) if req.status == Status.PENDING else [],
-            "rule": extra.get("rule"),
             "break_glass": policy.break_glass_for(req.action) is not None,
             "break_glass_requested": bool(extra.get("break_glass")),
             "break_glass_by": extra.get("break_glass_by"),

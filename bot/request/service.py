@@ -13,6 +13,7 @@ from bot.core.clock import from_ms, now_ms, parse_duration, to_ms
 from bot.core.crypto import Vault, new_token, token_hash
 from bot.core.identity import encodable
 from bot.core.model import AccessRequest, Status
+from bot.core.policy.approvals import rules_for
 from bot.core.policy.inflight import InFlightRules
 from bot.core.policy.policy import Policy
 from bot.core.policy.rules import auto_decision, check_environment, utc_day
@@ -118,7 +119,7 @@ class RequestService:
             status=Status.PENDING,
             created_at=t,
             pending_until=t + policy.pending_timeout_for(body.action),
-            approvals_required=action.approvals_required,
+            approvals_required=sum(r.count for r in rules_for(policy, body.action, context.get("environment"))),
             channel=policy.channel_for(body.action),
             requested_by=requested_by,
             requester_slack_id=requester,

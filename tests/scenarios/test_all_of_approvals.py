@@ -241,3 +241,8 @@ def test_an_approval_inside_a_change_window_records_the_window(jit, policy_file,
     approved = [e.body for e in jit.rt.audit.entries_for_request(rid) if e.body["event"] == "request.approved"]
     assert approved[0]["details"]["window"] == "actions.deploy-critical.windows[0]"
     assert approved[0]["details"]["rule"] == "actions.deploy-critical.approvals[1]"
+
+
+def test_the_pipeline_sees_how_many_approvals_all_the_rules_need(jit):
+    created = jit.ask("deploy-critical")
+    assert created["approvals"] == {"count": 0, "required": 2, "by": []}

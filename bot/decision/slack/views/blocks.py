@@ -92,7 +92,6 @@ def request_blocks(
     cut_by_window: bool = False,
     rules: list[dict[str, Any]] | None = None,
     oncall_notes: list[str] | None = None,
-    rule: str | None = None,
 ) -> list[dict[str, Any]]:
     """The request's channel message. `break_glass`: the action has break-glass approvers
     (show the button); `break_glass_requested`: the pipeline asked for it (no Approve button);
@@ -101,8 +100,7 @@ def request_blocks(
     person, so self-approval cannot be ruled out); `cut_by_window`: the grant ends with its
     change window rather than after its full TTL; `rules`: an all-of action's rules, each
     {name, count, counted, approvers}, shown with their progress ("Leads 1/1 ✓ · Security 0/1");
-    `oncall_notes`: on-call schedules that cannot be read now (they count nobody); `rule`: the
-    policy rule that decided the request."""
+    `oncall_notes`: on-call schedules that cannot be read now (they count nobody)."""
     ctx = req.context
     auto = req.decided_by == "auto"
     rule = auto_rule or f"actions.{req.action}.auto_approve"
