@@ -246,3 +246,9 @@ def test_an_approval_inside_a_change_window_records_the_window(jit, policy_file,
 def test_the_pipeline_sees_how_many_approvals_all_the_rules_need(jit):
     created = jit.ask("deploy-critical")
     assert created["approvals"] == {"count": 0, "required": 2, "by": []}
+
+
+def test_a_denial_records_the_rule_that_made_the_denier_an_approver(jit):
+    rid = jit.ask("deploy-critical")["id"]
+    jit.rt.decisions.deny(rid, "U0CISO", "not this week")
+    assert rules_of_request(jit.rt, rid)["request.denied"] == "actions.deploy-critical.approvals[1]"

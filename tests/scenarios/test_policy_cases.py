@@ -89,21 +89,29 @@ def files(tmp_path):
     return policy
 
 
-def test_passing_cases_exit_0(files, capsys):
-    assert main(["policy", "test", str(files)]) == 0
-    out = capsys.readouterr().out
-    assert out.count("ok   ") == 6 and "6 case(s), 0 failed" in out
+def jit(*args: str) -> subprocess.CompletedProcess:
+    """`jit …` as its own process, as CI runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
 
 
-def test_a_failing_case_exits_1_with_a_diff(files, capsys):
+def test_passing_cases_exit_0(files):
+    done = jit("policy", "test", str(files))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("ok   ") == 6 and "6 case(s), 0 failed" in done.stdout
+
+
+def test_a_failing_case_exits_1_with_a_diff(files):
     cases = files.with_name("wrong.yaml")
     cases.write_text(
         CASES.replace("count: {Leads: 1, Security: 1}", "count: {Leads: 2, Security: 1}").replace(
             'rule: "actions.hotfix.auto_approve[1]"', 'rule: "actions.hotfix.auto_approve[0]"'
         )
     )
-    assert main(["policy", "test", str(files), "--cases", str(cases)]) == 1
-    out = capsys.readouterr().out
+    done = jit("policy", "test", str(files), "--cases", str(cases))
+    assert done.returncode == 1
+    out = done.stdout
     assert "FAIL a weekday release needs a lead and security" in out
     assert "     - count: {Leads: 2, Security: 1}\n     + count: {Leads: 1, Security: 1}" in out
     assert "- rule: actions.hotfix.auto_approve[0]" in out and "+ rule: actions.hotfix.auto_approve[1]" in out
@@ -118,13 +126,7 @@ def test_a_cases_file_with_an_unknown_key_is_refused_with_its_place(files, capsy
 
 
 def test_the_example_policy_passes_its_cases_as_ci_runs_them():
-    done = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "policy", "test", "bot/example-policy.yaml"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = jit("policy", "test", "bot/example-policy.yaml")
     assert done.returncode == 0, done.stdout + done.stderr
     assert ", 0 failed" in done.stdout
     assert "jit policy test bot/example-policy.yaml" in (ROOT / ".ci" / "run").read_text()
