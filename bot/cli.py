@@ -31,10 +31,56 @@ def cmd_init(args: argparse.Namespace) -> int:
     return init(args.dir, args.public_url)
 
 
-def cmd_policy_check(args: argparse.Namespace) -> int:
-    from bot.commands.policy import check  # imported when run: the CLI stays light
+def _policy_commands():
+    from bot.commands import policy  # imported when run: the CLI stays light
 
-    return check(args.file or os.environ.get("JIT_POLICY_FILE") or "jit-policy.yaml")
+    return policy
+
+
+def _policy_file(args: argparse.Namespace) -> str:
+    return args.file or os.environ.get("JIT_POLICY_FILE") or "jit-policy.yaml"
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    return _policy_commands().check(_policy_file(args))
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    return _policy_commands().test(_policy_file(args), args.cases)
+
+
+def _pairs(items: list[str] | None, flag: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"jit policy explain: {flag} takes KEY=VALUE, not {item!r}")
+        out[key] = value
+    return out
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    commands = _policy_commands()
+    try:
+        at = commands.at_time(args.at)
+    except ValueError as e:
+        raise SystemExit(f"jit policy explain: --at: {e}") from None
+    oncall: dict[str, dict[str, int]] = {}
+    for schedule, who in _pairs(args.oncall, "--oncall").items():
+        user, _, level = who.partition(":")
+        oncall.setdefault(schedule, {})[user] = int(level or 1)
+    ask = commands.Ask(
+        pipeline=args.pipeline,
+        action=args.action,
+        at=at,
+        ttl=args.ttl,
+        context=_pairs(args.context, "--context"),
+        verified=_pairs(args.verified, "--verified") if args.verified else None,
+        requested_by=args.requested_by,
+        break_glass=args.break_glass,
+        oncall=oncall,
+    )
+    return commands.explain(_policy_file(args), ask)
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -86,6 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
     pc = pol.add_parser("check", help="validate a policy file")
     pc.add_argument("file", nargs="?")
     pc.set_defaults(func=cmd_policy_check)
+    pt = pol.add_parser("test", help="run a policy's cases; exit 1 with a diff when one fails")
+    pt.add_argument("file", nargs="?")
+    pt.add_argument("--cases", help="the cases file (default: FILE with .cases.yaml, e.g. jit-policy.cases.yaml)")
+    pt.set_defaults(func=cmd_policy_test)
+    pe = pol.add_parser("explain", help="print, in words, what the policy does with one request")
+    pe.add_argument("file", nargs="?")
+    pe.add_argument("--action", required=True)
+    pe.add_argument("--pipeline", required=True)
+    pe.add_argument("--at", metavar="TIME", help="RFC 3339 time of the request (default: now)")
+    pe.add_argument("--context", nargs="*", metavar="KEY=VALUE", help="the request's context")
+    pe.add_argument("--verified", nargs="*", metavar="KEY=VALUE", help="claims an OIDC token vouches for")
+    pe.add_argument("--requested-by", help="the request's requested_by")
+    pe.add_argument("--ttl", help="the TTL asked for (default: the action's)")
+    pe.add_argument("--break-glass", action="store_true", help="the request asks for break glass")
+    pe.add_argument("--oncall", nargs="*", metavar="SCHEDULE=USER[:LEVEL]", help="who is on call")
+    pe.set_defaults(func=cmd_policy_explain)
 
     aud = sub.add_parser("audit", help="audit trail tools").add_subparsers(dest="audit_cmd", required=True)
     av = aud.add_parser("verify", help="check every link and signature; exit 1 naming the first bad entry")

@@ -29,6 +29,7 @@ from bot.core.policy.policy import Policy
 from bot.core.ports import GrantBackend
 from bot.decision.service import DecisionService
 from bot.decision.slack.directory import SlackDirectory
+from bot.decision.slack.oncall import Provider, SlackOnCall
 from bot.decision.slack.views.policy_notices import describe_changes
 from bot.grant.service import GrantService
 from bot.request.service import RequestService
@@ -162,6 +163,18 @@ class Runtime:
         return SlackDirectory(quick, self.redis)
 
     @cached_property
+    def oncall(self) -> SlackOnCall:
+        """Who is on call for the policy's `oncall:` schedules (PagerDuty, Opsgenie), as Slack users."""
+        s = self.settings
+        return SlackOnCall(
+            self.directory.client,
+            self.redis,
+            Provider(s.pagerduty_api_url, s.pagerduty_token.get_secret_value() if s.pagerduty_token else None),
+            Provider(s.opsgenie_api_url, s.opsgenie_api_key.get_secret_value() if s.opsgenie_api_key else None),
+            cache_seconds=s.jit_oncall_cache_seconds,
+        )
+
+    @cached_property
     def policy_store(self) -> PolicyStore:
         return PolicyStore(self.redis, self.settings.jit_request_retention, self.parse_policy)
 
@@ -177,7 +190,7 @@ class Runtime:
 
     @cached_property
     def rules(self) -> InFlightRules:
-        return InFlightRules(lambda: self.policy, self.policy_store.get, self.directory)
+        return InFlightRules(lambda: self.policy, self.policy_store.get, self.directory, self.oncall)
 
     @cached_property
     def requests(self) -> RequestService:

@@ -69,6 +69,26 @@ class Settings(BaseSettings):
     gitlab_url: str | None = Field(None, alias="GITLAB_URL")
     gitlab_webhook_token: SecretStr | None = Field(None, alias="GITLAB_WEBHOOK_TOKEN")
     gitlab_api_token: SecretStr | None = Field(None, alias="GITLAB_API_TOKEN", validate_default=True)
+    #: On-call approvers (policy `oncall:` entries): a PagerDuty REST API key (read-only is
+    #: enough) and an Opsgenie API integration key; without one, that provider's schedules count
+    #: nobody. The base URLs point elsewhere for the EU instances or a test server.
+    pagerduty_token: SecretStr | None = Field(None, alias="PAGERDUTY_TOKEN")
+    pagerduty_api_url: str = Field("https://api.pagerduty.com", alias="PAGERDUTY_API_URL")
+    opsgenie_api_key: SecretStr | None = Field(None, alias="OPSGENIE_API_KEY")
+    opsgenie_api_url: str = Field("https://api.opsgenie.com", alias="OPSGENIE_API_URL")
+    #: How long who-is-on-call is cached (s): a hand-over takes effect at most this late.
+    jit_oncall_cache_seconds: int = Field(30, alias="JIT_ONCALL_CACHE_SECONDS", ge=0, le=600)
+
+    @field_validator("pagerduty_api_url", "opsgenie_api_url")
+    @classmethod
+    def _oncall_url(cls, v: str) -> str:
+        # the provider's key goes there: https, or plain http to this machine only (a test server)
+        return check_url(v, "the URL").rstrip("/")
+
+    @field_validator("pagerduty_token", "opsgenie_api_key")
+    @classmethod
+    def _blank_is_unset(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value().strip() else None
 
     @field_validator("redis_url")
     @classmethod

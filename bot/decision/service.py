@@ -3,19 +3,37 @@ each refusal audited (bounded per user), each decision one atomic transition."""
 
 from __future__ import annotations
 
+import json
+import logging
+from datetime import datetime
 from typing import Any
 
 from bot.core import errors as E
 from bot.core.clock import now, rfc3339, to_ms
 from bot.core.identity import encodable
 from bot.core.model import AccessRequest, Status
-from bot.core.policy.inflight import InFlightRules
+from bot.core.policy.approvals import (
+    ApprovalNotNeeded,
+    OnCallUnavailable,
+    break_glass_path,
+    is_all_of,
+    rules_for,
+    window_path,
+)
+from bot.core.policy.inflight import ApprovalState, InFlightRules
+from bot.core.policy.oncall import unavailable_note
 from bot.core.policy.rules import check_justification
 from bot.core.ports import Metrics
 from bot.request.schemas import MAX_REASON
 from bot.store.audit import AuditLog
 from bot.store.refusals import record_refusal
 from bot.store.requests import Outcome, Store
+
+log = logging.getLogger("jit.decision")
+
+#: A click re-matched this many times because other clicks kept landing first gives up (the
+#: clicker is asked to click again); each attempt is one atomic check-and-record.
+MATCH_ATTEMPTS = 5
 
 
 class DecisionService:
@@ -66,6 +84,17 @@ class DecisionService:
     # ---------------------------------------------------------------- approve
 
     def approve(self, request_id: str, user: str) -> Outcome:
+        """`user` approves: their approval is matched, with everyone's, to the request's rules
+        (bot/core/policy/inflight.py) and recorded only if it counts somewhere. The store
+        re-checks the matching atomically; when another click landed in between, match again."""
+        for _ in range(MATCH_ATTEMPTS):
+            out = self._approve_once(self._pending_for_approval(request_id, user), user)
+            if out is not None:
+                return out
+        self.refused(self.load(request_id), user, "approval", "too many approvals at once")
+        raise E.JitError("Many approvals arrived at once and yours was not recorded; please click again.")
+
+    def _pending_for_approval(self, request_id: str, user: str) -> AccessRequest:
         req = self.load(request_id)
         if req.status != Status.PENDING:
             raise self.refuse_decided(req, user, "approval", req.status.value)
@@ -78,32 +107,63 @@ class DecisionService:
         if not self.rules.action_exists(req):
             self.refused(req, user, "approval", "the action was removed from the policy")
             raise E.NotAnApprover(f"*{req.action}* is no longer in the policy; this request cannot be approved.")
-        self.require_approver(req, user, "approval")
-        if not self.rules.self_approval_allowed(req) and req.requester_slack_id == user:
-            self.refused(req, user, "approval", "self-approval")
-            raise E.SelfApproval()
-        required = self.rules.approvals_required(req)
-        discounted = [u for u in req.approved_by if u != user and not self.rules.is_approver(req.action, u, req)]
-        counted = len(req.approvals) - len(discounted)
-        t = now()
-        if counted + 1 >= required:
-            open_, _ = self.rules.windows_until(req, t, break_glass=False)
-            if not open_:
-                self.refused(req, user, "approval", "outside the change window")
-                nxt = self.rules.next_opening(req, t)
-                when = f" It opens again at {rfc3339(nxt)}." if nxt else ""
-                raise E.WindowClosed(
-                    f"*{req.action}* may only be granted during its change windows, and none is open now.{when}"
+        if user in req.approved_by:
+            self.refused(req, user, "approval", "already approved by this user")
+            raise E.AlreadyApproved()
+        return req
+
+    def state(self, req: AccessRequest, clicker: str | None = None) -> ApprovalState:
+        """The request's approvals matched to its rules (with `clicker`'s last, if given)."""
+        raw = self.store.fields(req.id, "approved_oncall").get("approved_oncall")
+        return self.rules.approval_state(req, json.loads(raw) if raw else {}, clicker=clicker)
+
+    def _approve_once(self, req: AccessRequest, user: str) -> Outcome | None:
+        """One attempt; None when the approvals changed under it (match again)."""
+        state = self.state(req, clicker=user)
+        if user not in state.approvers:
+            if state.unavailable:
+                notes = "; ".join(unavailable_note(k, v) for k, v in state.unavailable.items())
+                self.refused(req, user, "approval", "on-call schedule unreadable", unavailable=state.unavailable)
+                raise OnCallUnavailable(
+                    f"jit cannot tell whether you are on call, so your approval does not count: {notes}."
                 )
+            self.refused(req, user, "approval", "not an approver")
+            raise E.NotAnApprover(f"You are not an approver for *{req.action}*, so your approval does not count.")
+        if not state.counts(user):
+            if user in state.self_approvers:
+                self.refused(req, user, "approval", "self-approval")
+                raise E.SelfApproval()
+            self.refused(req, user, "approval", "not needed: the rules it counts toward are full")
+            raise ApprovalNotNeeded(
+                "Your approval is not needed: every rule you count toward already has its approvals. "
+                f"Still waiting for: {missing(state)}."
+            )
+        t = now()
+        window = self._window_or_refuse(req, user, t) if state.satisfied else None
+        rule = state.rule_of(user)
+        assert rule is not None  # state.counts(user)
+        oncall = list(state.clicker_oncall)
         out = self.store.approve(
             req.id,
             user,
             to_ms(t),
-            required=required,
-            discounted=discounted,
-            given=self._event("approval.given", req, actor=user),
-            approved=self._event("request.approved", req, actor=user),
+            rules=[(r.path, r.count, state.assignment[r.path]) for r in state.rules],
+            seen=req.approved_by,
+            rule=rule.path,
+            oncall=oncall,
+            window=window,
+            given=self._event(
+                "approval.given", req, actor=user, details={"rule": rule.path, **({"oncall": oncall} if oncall else {})}
+            ),
+            approved=self._event(
+                "request.approved",
+                req,
+                actor=user,
+                details={"rule": rule.path, **({"window": window} if window else {}), "counted": state.assignment},
+            ),
         )
+        if out.result == "stale":
+            return None
         if out.result == "duplicate":
             self.refused(req, user, "approval", "already approved by this user")
             raise E.AlreadyApproved()
@@ -111,13 +171,31 @@ class DecisionService:
             raise E.NotFound("That request no longer exists.")
         if out.result == "decided":
             raise self.refuse_decided(req, user, "approval", out.status or "decided")
+        if out.result == "invalid":  # the matching broke a rule: a bug, and nothing was recorded
+            log.error("approval of %s by %s: the store refused the matching", req.id, user)
+            raise E.JitError("Your approval could not be recorded; please click again.")
         if out.result == "approved":
             self.metrics.request(req.action, "approved")
             self.metrics.approval_wait(req.action, (now() - req.created_at).total_seconds())
         return out
 
-    def approvals_left(self, req: AccessRequest, counted: int) -> int:
-        return max(self.rules.approvals_required(req) - counted, 0)
+    def _window_or_refuse(self, req: AccessRequest, user: str, t: datetime) -> str | None:
+        """The approval that completes a request must come while a change window is open;
+        returns the window that is (None when the action has none)."""
+        open_, _ = self.rules.windows_until(req, t, break_glass=False)
+        if not open_:
+            self.refused(req, user, "approval", "outside the change window")
+            nxt = self.rules.next_opening(req, t)
+            when = f" It opens again at {rfc3339(nxt)}." if nxt else ""
+            raise E.WindowClosed(
+                f"*{req.action}* may only be granted during its change windows, and none is open now.{when}"
+            )
+        index = self.rules.policy.windows_for(req.action).open_index(t)
+        return window_path(req.action, index) if index is not None else None
+
+    def approvals_left(self, req: AccessRequest, counted: int = 0) -> int:
+        """Approvals the request still misses."""
+        return self.state(req).left()
 
     # ---------------------------------------------------------------- break glass
 
@@ -147,11 +225,13 @@ class DecisionService:
         max_ttl = int(self.rules.break_glass_max_ttl(req).total_seconds())
         extra = self.store.fields(req.id, "break_glass", "outside_window")
         bg = self.rules.policy.break_glass_for(req.action)
+        rule = break_glass_path(self.rules.policy, req.action)
         event = self._event(
             "request.approved",
             req,
             actor=user,
             details={
+                "rule": rule,
                 "break_glass": True,
                 "follow_up_review": True,
                 "justification": justification,
@@ -161,7 +241,7 @@ class DecisionService:
                 "security_channel": bg.security_channel if bg else None,
             },
         )
-        out = self.store.break_glass(req.id, user, max_ttl, justification, to_ms(now()), event)
+        out = self.store.break_glass(req.id, user, max_ttl, justification, to_ms(now()), event, rule=rule)
         if out.result == "missing":
             raise E.NotFound("That request no longer exists.")
         if out.result != "approved":
@@ -188,13 +268,40 @@ class DecisionService:
             Status.DENIED,
             to_ms(now()),
             {Status.PENDING},
-            self._event("request.denied", req, actor=user, details={"reason": reason}),
+            self._event("request.denied", req, actor=user, details={"reason": reason, **self._rule_of(req, user)}),
             decided_by=user,
             deny_reason=reason,
         )
         if not out.ok:
             raise self.refuse_decided(req, user, "denial", out.status or "decided")
         self.metrics.request(req.action, "denied")
+        return out
+
+    def _rule_of(self, req: AccessRequest, user: str) -> dict[str, str]:
+        """The rule that makes `user` an approver of `req` (for a denial's audit entry)."""
+        env = req.context.get("environment")
+        rule = next(
+            (r for r in rules_for(self.rules.policy, req.action, env) if self.rules.member(user, r.approvers)), None
+        )
+        return {"rule": rule.path} if rule else {}
+
+    # ---------------------------------------------------------------- on call
+
+    def oncall_to_page(self, req: AccessRequest) -> list[str]:
+        """Who is on call, for the schedules of `req`'s rules marked `dm: true`, and has not been
+        told of it yet: each is marked as told here (once per request and person; a worker then
+        sends the DM through the due queue). Unreadable schedules page nobody."""
+        if req.status != Status.PENDING:
+            return []
+        out: list[str] = []
+        for rule in rules_for(self.rules.policy, req.action, req.context.get("environment")):
+            for schedule in rule.oncall:
+                if not schedule.dm:
+                    continue
+                answer = self.rules.on_call(schedule)
+                for user in sorted(answer.users):
+                    if user != req.requester_slack_id and user not in out and self.store.mark_paged(req.id, user):
+                        out.append(user)
         return out
 
     # ---------------------------------------------------------------- what the message shows
@@ -214,9 +321,22 @@ class DecisionService:
             self_approval = "enforced"
         else:
             self_approval = "unknown_requester"
+        rules = None
+        if is_all_of(self.rules.policy, req.action) and self.rules.action_exists(req):
+            rules = [
+                {
+                    "name": rule.name,
+                    "count": rule.count,
+                    "counted": people,
+                    "approvers": [str(a) for a in rule.rule.approvers],
+                }
+                for rule, people in self.state(req).progress()
+            ]
         return {
             "description": action.description if action else "",
-            "approvers": policy.approvers_for(req.action, req.context.get("environment")) or None,
+            "approvers": [str(a) for a in policy.approvers_for(req.action, req.context.get("environment"))] or None,
+            "rules": rules,
+            "oncall_notes": self._oncall_notes(req) if req.status == Status.PENDING else [],
             "break_glass": policy.break_glass_for(req.action) is not None,
             "break_glass_requested": bool(extra.get("break_glass")),
             "break_glass_by": extra.get("break_glass_by"),
@@ -225,3 +345,19 @@ class DecisionService:
             "self_approval": self_approval,
             "cut_by_window": bool(extra.get("cut_by_window")),
         }
+
+    def _oncall_notes(self, req: AccessRequest) -> list[str]:
+        """For each on-call schedule of the request's rules that cannot be read now, why."""
+        notes: dict[str, None] = {}
+        for rule in rules_for(self.rules.policy, req.action, req.context.get("environment")):
+            for schedule in rule.oncall:
+                answer = self.rules.on_call(schedule)
+                if answer.error:
+                    notes[unavailable_note(schedule.describe(), answer.error)] = None
+        return list(notes)
+
+
+def missing(state: ApprovalState) -> str:
+    """The rules still short of approvals, as a message says them: "Security 0/1"."""
+    short = [f"{rule.name} {len(people)}/{rule.count}" for rule, people in state.progress() if len(people) < rule.count]
+    return ", ".join(short) or "nothing"

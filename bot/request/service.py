@@ -14,6 +14,7 @@ from bot.core.crypto import Vault, new_token, token_hash
 from bot.core.gates import BINDING, binding_mismatch, run_key
 from bot.core.identity import encodable
 from bot.core.model import AccessRequest, Status
+from bot.core.policy.approvals import rules_for
 from bot.core.policy.inflight import InFlightRules
 from bot.core.policy.policy import Policy
 from bot.core.policy.rules import auto_decision, check_environment, utc_day
@@ -128,7 +129,7 @@ class RequestService:
             status=Status.PENDING,
             created_at=t,
             pending_until=t + policy.pending_timeout_for(body.action),
-            approvals_required=action.approvals_required,
+            approvals_required=sum(r.count for r in rules_for(policy, body.action, context.get("environment"))),
             channel=policy.channel_for(body.action),
             requested_by=requested_by,
             requester_slack_id=requester,
@@ -238,7 +239,15 @@ class RequestService:
     ) -> AccessRequest | None:
         """Approve at once when the action's auto_approve rule holds on the verified context."""
         verified_context = dict(verified.get("context") or {}) if verified else None
-        decision = auto_decision(policy, req.action, verified_context, req.ttl)
+        decision = auto_decision(
+            policy,
+            req.action,
+            verified_context,
+            req.ttl,
+            requester=req.requester_slack_id,
+            requester_verified="requested_by" in req.verified_keys,
+            on_call=self.rules.on_call,
+        )
         if decision is None:
             return None
         why = decision.why

@@ -135,6 +135,18 @@ def usergroup_members(group_id: str) -> str:
     return f"{PREFIX}cache:usergroup:{group_id}"
 
 
+def oncall_cache(schedule_hash: str) -> str:
+    """String (JSON): who is on call for one schedule, as Slack user ids, or why it could not be
+    read (bot/decision/slack/oncall.py). TTL JIT_ONCALL_CACHE_SECONDS (an error: a few seconds)."""
+    return f"{PREFIX}cache:oncall:{schedule_hash}"
+
+
+def slack_user_by_email(email_hash: str) -> str:
+    """String: the Slack user id `users.lookupByEmail` found for an email ('' for none). TTL 1 h
+    (none: 5 min)."""
+    return f"{PREFIX}cache:slackuser:{email_hash}"
+
+
 def slack_lock(request_id: str) -> str:
     """String lock held while a request's Slack message is posted/updated. TTL 30 s."""
     return f"{PREFIX}lock:slack:{request_id}"

@@ -190,29 +190,66 @@ return reply('ok', ID)
 """
 )
 
-# ARGV: 8 user, 9 approvals required now, 10 JSON list of users whose approvals no longer count
+# One click. The caller matched every approval, the clicker's last, to the request's rules
+# (bot/core/policy/matching.py); this script re-checks, atomically, what makes that matching true
+# now: the clicker has not approved yet; the approvals it matched are exactly those recorded (else
+# another click came in between: 'stale', and the caller matches again); nobody counts twice, no
+# rule holds more than it needs, and only recorded approvers and the clicker count, the clicker
+# somewhere. Approved once every rule is full.
+# ARGV: 8 user, 9 rules (JSON list of [rule, count, [people counted]]), 10 approvers the caller
+#       saw recorded (JSON list), 11 the clicker's rule, 12 on-call schedules the clicker is on
+#       call for (JSON list), 13 the rule progress (JSON object, kept on the request), 14 the change
+#       window the approval came in ('' when the action has none)
 _APPROVE = (
     _PRELUDE
     + """
 local refused = not_pending(NOW)
 if refused then return reply(refused[1], refused[2]) end
-if redis.call('HSETNX', KEYS[2], ARGV[8], ARGV[2]) == 0 then return reply('duplicate') end
-local n = redis.call('HLEN', KEYS[2])
-for _, u in ipairs(cjson.decode(ARGV[10])) do
-  if redis.call('HEXISTS', KEYS[2], u) == 1 then n = n - 1 end
+local USER = ARGV[8]
+if redis.call('HEXISTS', KEYS[2], USER) == 1 then return reply('duplicate') end
+local seen = cjson.decode(ARGV[10])
+if redis.call('HLEN', KEYS[2]) ~= #seen then return reply('stale') end
+for _, u in ipairs(seen) do
+  if redis.call('HEXISTS', KEYS[2], u) == 0 then return reply('stale') end
 end
-local required = tonumber(ARGV[9])
-audit(ARGV[6], {approvals = n, required = required})
-if n >= required then
-  redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', ARGV[8], 'decided_ms', ARGV[2],
-    'approvals_required', required)
+local once, counted, required, mine, full = {}, 0, 0, false, true
+for _, rule in ipairs(cjson.decode(ARGV[9])) do
+  local need, people = tonumber(rule[2]), rule[3]
+  required = required + need
+  if #people > need then return reply('invalid') end
+  if #people < need then full = false end
+  for _, u in ipairs(people) do
+    if once[u] then return reply('invalid') end
+    once[u] = true
+    counted = counted + 1
+    if u == USER then
+      mine = true
+    elseif redis.call('HEXISTS', KEYS[2], u) == 0 then
+      return reply('invalid')
+    end
+  end
+end
+if not mine then return reply('invalid') end
+redis.call('HSET', KEYS[2], USER, ARGV[2])
+local oncall = cjson.decode(ARGV[12])
+if #oncall > 0 then
+  local kept = cjson.decode(redis.call('HGET', KEYS[1], 'approved_oncall') or '{}')
+  kept[USER] = oncall
+  redis.call('HSET', KEYS[1], 'approved_oncall', cjson.encode(kept))
+end
+redis.call('HSET', KEYS[1], 'rule_progress', ARGV[13])
+audit(ARGV[6], {approvals = counted, required = required, rule = ARGV[11]})
+if full then
+  redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', USER, 'decided_ms', ARGV[2],
+    'approvals_required', required, 'rule', ARGV[11])
+  if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'window', ARGV[14]) end
   audit(ARGV[7])
   approval_complete()
-  return reply('approved', n)
+  return reply('approved', counted)
 end
 kick('slack:' .. ID)
 changed()
-return reply('recorded', n)
+return reply('recorded', counted)
 """
 )
 
@@ -228,7 +265,7 @@ if n >= tonumber(ARGV[8]) then return reply('capped', n) end
 n = redis.call('INCR', KEYS[9])
 redis.call('EXPIRE', KEYS[9], ARGV[9])
 redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', 'auto', 'decided_ms', ARGV[2],
-  'auto_rule', ARGV[10])
+  'auto_rule', ARGV[10], 'rule', ARGV[10])
 audit(ARGV[6], {count_today = n})
 approval_complete()
 return reply('approved', n)
@@ -237,7 +274,7 @@ return reply('approved', n)
 
 # One break-glass approver approves alone; the TTL is cut to the break-glass max; the security
 # channel's alert is owed from this moment (workers/jobs/notify/notices.py).
-# KEYS: 9 undelivered alerts   ARGV: 8 user, 9 max ttl s, 10 justification
+# KEYS: 9 undelivered alerts   ARGV: 8 user, 9 max ttl s, 10 justification, 11 the rule (policy path)
 _BREAK_GLASS = (
     _PRELUDE
     + """
@@ -248,7 +285,7 @@ local ttl = math.min(asked, tonumber(ARGV[9]))
 redis.call('HSETNX', KEYS[2], ARGV[8], ARGV[2])
 redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', ARGV[8], 'decided_ms', ARGV[2],
   'ttl_s', ttl, 'break_glass_by', ARGV[8], 'break_glass_justification', ARGV[10],
-  'break_glass_asked_ttl_s', asked)
+  'break_glass_asked_ttl_s', asked, 'rule', ARGV[11])
 audit(ARGV[6], {ttl_seconds = ttl})
 approval_complete()
 kick('bgalert:' .. ID)
@@ -453,6 +490,10 @@ class Store:
         self.audit = audit
         self.retention_s = retention_s
         self.effects: Effects = effects or NoEffects()
+        # never recreates a request hash that is gone (it would have no TTL)
+        self._mark_paged = redis.register_script(
+            "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end return redis.call('HSETNX', KEYS[1], ARGV[1], '1')"
+        )
         self._scripts = {
             name: redis.register_script(src)
             for name, src in {
@@ -587,20 +628,34 @@ class Store:
         user: str,
         now_ms: int,
         *,
-        required: int,
-        discounted: list[str],
+        rules: list[tuple[str, int, list[str]]],
+        seen: list[str],
+        rule: str,
+        oncall: list[str],
         given: str,
         approved: str,
+        window: str | None = None,
     ) -> Outcome:
-        """Record `user`'s approval; approved once `required` approvals count (approvals by
-        `discounted` users, no longer approvers, do not)."""
+        """Record `user`'s approval as matched in `rules` ((rule, count, people counted) each),
+        computed against the approvals `seen`: 'approved' when every rule is full, 'recorded',
+        'duplicate', 'stale' (the approvals changed meanwhile: match again), or 'invalid' (the
+        matching breaks a rule: nothing recorded). `rule`: where the clicker counts; `oncall`: the
+        schedules they are on call for, kept with their approval."""
         return _outcome(
             self._run(
                 "approve",
                 request_id,
                 now_ms,
                 events=(given, approved),
-                args_extra=[user, required, json.dumps(discounted)],
+                args_extra=[
+                    user,
+                    json.dumps([[r, n, people] for r, n, people in rules]),
+                    json.dumps(seen),
+                    rule,
+                    json.dumps(oncall),
+                    json.dumps({r: people for r, _, people in rules}, sort_keys=True),
+                    window or "",
+                ],
             )
         )
 
@@ -618,7 +673,14 @@ class Store:
         )
 
     def break_glass(
-        self, request_id: str, user: str, max_ttl_s: int, justification: str, now_ms: int, event: str
+        self,
+        request_id: str,
+        user: str,
+        max_ttl_s: int,
+        justification: str,
+        now_ms: int,
+        event: str,
+        rule: str = "break_glass",
     ) -> Outcome:
         """pending → approved by one break-glass approver; `count` is the (capped) TTL in s."""
         return _outcome(
@@ -628,7 +690,7 @@ class Store:
                 now_ms,
                 events=(event, ""),
                 keys_extra=[keys.undelivered_alerts()],
-                args_extra=[user, max_ttl_s, justification],
+                args_extra=[user, max_ttl_s, justification, rule],
             )
         )
 
@@ -702,6 +764,11 @@ class Store:
         """Record that the backend revoke succeeded. `ok` for exactly one caller; 'inflight' when
         a grant is still running (its end queues another revoke)."""
         return _outcome(self._run("revoked", request_id, now_ms, events=(event, "")))
+
+    def mark_paged(self, request_id: str, user: str) -> bool:
+        """Record that `user` is (about to be) told of this request as its on-call; False when
+        they already were (once per request and person)."""
+        return bool(self._mark_paged(keys=[keys.request(request_id)], args=[f"paged:{user}"]))
 
     def set_fields(self, request_id: str, **fields: str) -> None:
         if self.r.exists(keys.request(request_id)):

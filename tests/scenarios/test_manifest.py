@@ -78,6 +78,7 @@ def test_the_scan_finds_what_the_code_is_known_to_call():
     called = methods_called()
     # the approval message, its modal and the user-group lookup exist since the first version
     assert {"chat.postMessage", "views.open", "usergroups.users.list"} <= called
+    assert "users.lookupByEmail" in called  # on-call approvers, matched to Slack by email
     assert client_methods()["usergroups_users_list"] == "usergroups.users.list"
 
 

@@ -36,6 +36,10 @@ OFFICE_HOURS = f"""  office-hours:
 """
 
 
+#: The one approval rule a bare request has (what `approvers` + `approvals_required` become).
+RULE = "actions.deploy-prod.approvers"
+
+
 class KickLog:
     """The store's Effects: records which due members a transition handed to a job, and under
     which claim token (the RQ dispatcher would enqueue them)."""
@@ -132,12 +136,19 @@ class Bare:
         return rid
 
     def approve(self, rid: str, user: str, t: int | None = None, required: int = 1, discounted=()):
+        """`user` approves under one rule needing `required` people; approvals by `discounted`
+        people (removed from the policy) no longer count. The matching is what the decision
+        service computes for a single rule: the people already counted, then the clicker."""
+        seen = sorted(self.r.hkeys(keys.approvals(rid)))
+        others = [u for u in seen if u != user and u not in discounted][: required - 1]
         return self.store.approve(
             rid,
             user,
             self.t0 + 1000 if t is None else t,
-            required=required,
-            discounted=list(discounted),
+            rules=[(RULE, required, [*others, user])],
+            seen=seen,
+            rule=RULE,
+            oncall=[],
             given=self.event("approval.given"),
             approved=self.event("request.approved"),
         )

@@ -11,9 +11,11 @@ def _approver_labels(policy: Policy, action: str) -> set[str]:
     a = policy.action(action)
     if a is None:
         return set()
-    out = set(a.approvers)
+    out = {str(p) for p in a.approvers}
     for env, people in a.approvers_by_environment.items():
         out |= {f"{env}:{p}" for p in people}
+    for i, rule in enumerate(a.approvals):
+        out |= {f"{rule.name or f'approvals[{i}]'}:{p}" for p in rule.from_}
     bg = policy.break_glass_for(action)
     if bg is not None:
         out |= {f"break-glass:{p}" for p in bg.approvers}
@@ -23,8 +25,9 @@ def _approver_labels(policy: Policy, action: str) -> set[str]:
 def policy_diff(old: Policy | None, new: Policy) -> dict[str, Any]:
     """Actions, pipelines and approvers added/removed, and which actions changed otherwise.
 
-    Approvers are labelled `U…` (default), `<env>:U…` (approvers_by_environment) and
-    `break-glass:U…`.
+    Approvers are labelled `U…` (default), `<env>:U…` (approvers_by_environment), `<rule>:U…`
+    (an `approvals` rule, by name or place) and `break-glass:U…`; an on-call entry reads
+    "on call for PagerDuty schedule P… (level 1)".
     """
     if old is None:
         return {"first_load": True, "actions": sorted(new.actions), "pipelines": sorted(new.pipelines)}
@@ -46,7 +49,7 @@ def policy_diff(old: Policy | None, new: Policy) -> dict[str, Any]:
             fields = sorted(
                 k
                 for k in set(o) | set(n)
-                if k not in ("approvers", "approvers_by_environment") and o.get(k) != n.get(k)
+                if k not in ("approvers", "approvers_by_environment", "approvals") and o.get(k) != n.get(k)
             )
             if old.break_glass_for(name) != new.break_glass_for(name):
                 fields = sorted(set(fields) | {"break_glass"})

@@ -1,18 +1,108 @@
 """The rules a request in flight follows: the stricter of its creation policy and the current one.
 
-Tightening (an approver or group removed, approvals_required raised, an action removed,
-self-approval forbidden, a window added) applies to requests already waiting, at once; loosening
-applies to new requests only. Group membership comes from the Directory (cached at most 60 s).
+Tightening (an approver or group removed, approvals_required raised, a rule added, an action
+removed, self-approval forbidden, a window added) applies to requests already waiting, at once;
+loosening applies to new requests only. Group membership comes from the Directory (cached at
+most 60 s), who is on call from the OnCallDirectory (cached briefly; unreadable counts nobody).
+
+Approval rules in flight: a request must meet the rules of its creation policy AND those of the
+current one. A rule in both (the same name, or the same place when unnamed) is met once, by people
+in both versions of it, with the larger count; a rule added by a reload is met by its own people;
+a rule a reload removed still holds for the requests created under it. One person counts for one
+rule only, and who counts where is recomputed from all approvals on every click
+(bot/core/policy/matching.py). Membership of users and groups is read again at each click
+(off-boarding bites at once); on-call membership is checked at the click and kept with the
+approval (`approved_oncall`): an approval given while on call still counts after the hand-over.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from bot.core.model import AccessRequest
+from bot.core.policy.approvals import Rule, every_rule, rules_for
+from bot.core.policy.matching import Assignment, assign, satisfied, size
+from bot.core.policy.oncall import NoOnCall, OnCallAnswer, OnCallDirectory
 from bot.core.policy.policy import Policy
+from bot.core.policy.schema import Approver, OnCallApprover, OnCallSchedule
 from bot.core.ports import Directory
+
+
+@dataclass(frozen=True)
+class InFlightRule:
+    """One rule a request in flight must meet: the rule of its creation policy, of the current
+    one, or of both (the same key): then only people in both count, and the larger count holds."""
+
+    sides: tuple[Rule, ...]  # the current policy's first
+
+    @property
+    def rule(self) -> Rule:
+        """The rule as it reads now (the current policy's, else the creation policy's)."""
+        return self.sides[0]
+
+    @property
+    def path(self) -> str:
+        return self.rule.path
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+    @property
+    def count(self) -> int:
+        return max(s.count for s in self.sides)
+
+    @property
+    def allow_self_approval(self) -> bool:
+        return all(s.allow_self_approval for s in self.sides)
+
+
+@dataclass(frozen=True)
+class ApprovalState:
+    """A request's approvals (with `clicker`'s last, if given) matched to the rules it must meet."""
+
+    rules: list[InFlightRule]
+    #: person → paths of the rules they may count toward
+    eligible: dict[str, list[str]]
+    assignment: Assignment
+    #: People in some rule (membership alone, self-approval aside).
+    approvers: frozenset[str]
+    #: Approvers who count toward no rule only because they asked for the access themselves.
+    self_approvers: frozenset[str]
+    #: On-call schedules that could not be read → why (they count nobody: fail closed).
+    unavailable: dict[str, str] = field(default_factory=dict)
+    #: The on-call schedules (keys) the clicker is on call for now, kept with their approval.
+    clicker_oncall: tuple[str, ...] = ()
+
+    @property
+    def needs(self) -> list[tuple[str, int]]:
+        return [(r.path, r.count) for r in self.rules]
+
+    @property
+    def satisfied(self) -> bool:
+        return satisfied(self.needs, self.assignment)
+
+    @property
+    def counted(self) -> int:
+        return size(self.assignment)
+
+    @property
+    def required(self) -> int:
+        return sum(r.count for r in self.rules)
+
+    def left(self) -> int:
+        return max(self.required - self.counted, 0)
+
+    def rule_of(self, person: str) -> InFlightRule | None:
+        return next((r for r in self.rules if person in self.assignment.get(r.path, ())), None)
+
+    def counts(self, person: str) -> bool:
+        return self.rule_of(person) is not None
+
+    def progress(self) -> list[tuple[InFlightRule, list[str]]]:
+        return [(r, list(self.assignment.get(r.path, ()))) for r in self.rules]
 
 
 class InFlightRules:
@@ -21,11 +111,13 @@ class InFlightRules:
         current: Callable[[], Policy],
         versions: Callable[[str], Policy | None] | None,
         directory: Directory,
+        oncall: OnCallDirectory | None = None,
     ) -> None:
         self._current = current
         #: A policy version by its sha256 (the rules an in-flight request was created under).
         self._versions = versions
         self.directory = directory
+        self.oncall: OnCallDirectory = oncall or NoOnCall()
 
     @property
     def policy(self) -> Policy:
@@ -44,18 +136,45 @@ class InFlightRules:
 
     # ---------------------------------------------------------------- who
 
-    def member(self, user: str, ids: list[str]) -> bool:
-        if user in ids:
+    def member(self, user: str, ids: Iterable[Approver]) -> bool:
+        """`user` is one of `ids`: named, in a named group, or on call for a named schedule now."""
+        entries = list(ids)
+        names = [a for a in entries if isinstance(a, str)]
+        if user in names:
             return True
-        return any(user in self.directory.members(g) for g in ids if g.startswith("S"))
+        if any(user in self.directory.members(g) for g in names if g.startswith("S")):
+            return True
+        return any(user in self.on_call(a.oncall).users for a in entries if isinstance(a, OnCallApprover))
+
+    def on_call(self, schedule: OnCallSchedule) -> OnCallAnswer:
+        return self.oncall.on_call(schedule)
 
     def is_approver(self, action: str, user: str, req: AccessRequest | None = None) -> bool:
-        """Without `req`: an approver of `action` in any environment, under the current policy.
-        With it: an approver of that request under both its creation policy and the current one."""
+        """Without `req`: an approver of `action` (some rule, some environment) under the current
+        policy. With it: in some rule that request must meet (bot/core/policy/inflight.py)."""
         if req is None:
-            return self.member(user, self.policy.all_approvers(action))
+            a = self.policy.action(action)
+            return a is not None and any(self.member(user, r.approvers) for r in every_rule(action, a))
+        return any(all(self.member(user, side.approvers) for side in r.sides) for r in self.in_flight_rules(req))
+
+    def in_flight_rules(self, req: AccessRequest) -> list[InFlightRule]:
+        """The rules `req` must meet: those of its creation policy and of the current one, a rule
+        in both (same key) once, with the people of both and the larger count."""
         env = req.context.get("environment")
-        return all(self.member(user, p.approvers_for(req.action, env)) for p in self.both(req))
+        current = rules_for(self.policy, req.action, env)
+        creation_policy = self.policy_of(req)
+        if creation_policy.sha256 == self.policy.sha256:
+            creation = []
+            if req.policy_sha256 and req.policy_sha256 != self.policy.sha256 and len(current) == 1:
+                # its version is gone: at least the approvals it was created with
+                only = current[0]
+                current = [replace(only, count=max(only.count, req.approvals_required))]
+        else:
+            creation = rules_for(creation_policy, req.action, env)
+        by_key = {r.key: r for r in creation}
+        out = [InFlightRule((r, by_key[r.key]) if r.key in by_key else (r,)) for r in current]
+        now_keys = {r.key for r in current}
+        return out + [InFlightRule((r,)) for r in creation if r.key not in now_keys]
 
     def is_break_glass_approver(self, req: AccessRequest, user: str) -> bool:
         groups = [p.break_glass_for(req.action) for p in self.both(req)]
@@ -76,18 +195,68 @@ class InFlightRules:
             return True
         if user == req.requester_slack_id or self.is_auditor(user):
             return True
-        env = req.context.get("environment")
-        return any(self.member(user, p.approvers_for(req.action, env)) for p in self.both(req))
+        return any(self.member(user, side.approvers) for r in self.in_flight_rules(req) for side in r.sides)
 
     # ---------------------------------------------------------------- how many, and when
 
     def action_exists(self, req: AccessRequest) -> bool:
         return self.policy.action(req.action) is not None
 
-    def approvals_required(self, req: AccessRequest) -> int:
-        needed = [req.approvals_required]
-        needed += [a.approvals_required for p in self.both(req) if (a := p.action(req.action))]
-        return max(needed)
+    def approval_state(
+        self, req: AccessRequest, approved_oncall: dict[str, list[str]] | None = None, clicker: str | None = None
+    ) -> ApprovalState:
+        """Match the request's approvals (and `clicker`'s, last) to the rules it must meet.
+
+        `approved_oncall`: for each recorded approval, the on-call schedules (keys) its approver
+        was on call for when they clicked. The clicker's on-call membership is read now."""
+        recorded = approved_oncall or {}
+        people = list(dict.fromkeys([*req.approved_by, *([clicker] if clicker else [])]))
+        rules = self.in_flight_rules(req)
+        unavailable: dict[str, str] = {}
+        clicker_oncall: set[str] = set()
+
+        def on_call_now(person: str, entry: OnCallApprover) -> bool:
+            if person != clicker:  # a recorded approval: was its approver on call when they gave it?
+                return entry.oncall.key in recorded.get(person, ())
+            answer = self.on_call(entry.oncall)
+            if answer.error:
+                unavailable[entry.oncall.describe()] = answer.error
+                return False
+            if person in answer.users:
+                clicker_oncall.add(entry.oncall.key)
+                return True
+            return False
+
+        def in_rule(person: str, rule: Rule) -> bool:
+            names = rule.ids
+            if person in names or any(person in self.directory.members(g) for g in names if g.startswith("S")):
+                return True
+            # every schedule is asked (not only until one says yes): the approval keeps each one
+            # its approver is on call for, and each unreadable one is reported
+            hits = [on_call_now(person, a) for a in rule.approvers if isinstance(a, OnCallApprover)]
+            return any(hits)
+
+        member = {u: [r.path for r in rules if all([in_rule(u, side) for side in r.sides])] for u in people}
+        approvers = frozenset(u for u in people if member[u])
+        allowed = {r.path for r in rules if r.allow_self_approval}
+        eligible: dict[str, list[str]] = {}
+        self_approvers: set[str] = set()
+        for u in people:
+            paths = member[u]
+            if u == req.requester_slack_id:
+                paths = [p for p in paths if p in allowed]
+                if member[u] and not paths:
+                    self_approvers.add(u)
+            eligible[u] = paths
+        return ApprovalState(
+            rules=rules,
+            eligible=eligible,
+            assignment=assign([(r.path, r.count) for r in rules], eligible, people),
+            approvers=approvers,
+            self_approvers=frozenset(self_approvers),
+            unavailable=unavailable,
+            clicker_oncall=tuple(sorted(clicker_oncall)),
+        )
 
     def self_approval_allowed(self, req: AccessRequest) -> bool:
         return all((a := p.action(req.action)) is not None and a.allow_self_approval for p in self.both(req))

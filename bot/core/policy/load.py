@@ -16,9 +16,18 @@ from pydantic import BaseModel, ValidationError
 
 from bot.core.errors import PolicyError
 from bot.core.identity import normalize
+from bot.core.policy.approvals import reach, rules_of
 from bot.core.policy.oidc import OidcConfig
 from bot.core.policy.policy import Policy
-from bot.core.policy.schema import AUTO_APPROVE_KEYS, Action, BreakGlass, PolicyModel
+from bot.core.policy.schema import (
+    AUTO_APPROVE_KEYS,
+    CHOICE_TAGS,
+    Action,
+    Approver,
+    AutoApprove,
+    BreakGlass,
+    PolicyModel,
+)
 from bot.core.policy.windows import Windows, parse_window
 
 #: Grant type name → the schema of its `grant:` keys.
@@ -127,6 +136,7 @@ def _where(lines: dict, loc: tuple) -> int | None:
 
 
 def _fmt(source: str, lines: dict, loc: tuple, msg: str) -> str:
+    loc = tuple(p for p in loc if p not in CHOICE_TAGS)  # pydantic's names for an entry's kind
     line = _where(lines, loc)
     dotted = ".".join(str(p) for p in loc) or "(top)"
     return f"{source}:{line or '?'}: {dotted}: {msg}"
@@ -175,8 +185,9 @@ def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes
                     errors.append(_fmt(source, lines, base + ("grant", *err["loc"]), msg))
         if not action.channel and not model.defaults.channel:
             errors.append(_fmt(source, lines, base, "no channel: set actions.<name>.channel or defaults.channel"))
-        if not action.approvers and not action.approvers_by_environment:
+        if not action.approvers and not action.approvers_by_environment and not action.approvals:
             errors.append(_fmt(source, lines, base, "no approvers: set approvers or approvers_by_environment"))
+        errors += _rule_errors(source, lines, base, name, action)
         approver_sets = [(("approvers",), action.approvers)] if action.approvers else []
         approver_sets += [
             (("approvers_by_environment", env), people) for env, people in action.approvers_by_environment.items()
@@ -246,11 +257,11 @@ def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes
 
 
 def _approver_errors(
-    source: str, lines: dict, base: tuple, loc: tuple, approvers: list[str], required: int
+    source: str, lines: dict, base: tuple, loc: tuple, approvers: list[Approver], required: int
 ) -> list[str]:
     errors = []
-    people = {a for a in approvers if a[0] in "UW"}
-    groups = [a for a in approvers if a[0] == "S"]
+    people = {a for a in approvers if isinstance(a, str) and a[0] in "UW"}
+    groups = [a for a in approvers if a not in people]  # user groups and on-call schedules
     if not approvers:
         errors.append(_fmt(source, lines, base + loc, "the approver list is empty"))
     if len(set(approvers)) != len(approvers):
@@ -268,19 +279,67 @@ def _approver_errors(
     return errors
 
 
+def _rule_errors(source: str, lines: dict, base: tuple, name: str, action: Action) -> list[str]:
+    """`approvals:` rules: not mixed with approvers, no entry twice, and able to be met at all."""
+    if not action.approvals:
+        return []
+    errors = []
+    for key in ("approvers", "approvers_by_environment", "approvals_required"):
+        if key in action.model_fields_set:
+            errors.append(_fmt(source, lines, base + (key,), "set approvals or approvers, not both"))
+    rules = rules_of(name, action)
+    some_rule_alone = False
+    for i, (rule, spec) in enumerate(zip(rules, action.approvals, strict=True)):
+        if len(set(spec.from_)) != len(spec.from_):
+            errors.append(_fmt(source, lines, base + ("approvals", i, "from"), "an approver is listed twice"))
+        alone = reach([rule])
+        if not alone.ok:
+            some_rule_alone = True
+            errors.append(
+                _fmt(
+                    source,
+                    lines,
+                    base + ("approvals", i, "count"),
+                    f"needs {rule.count} distinct approvers but only {alone.reachable} can ever approve",
+                )
+            )
+    together = reach(rules)
+    if not together.ok and not some_rule_alone:  # one rule that cannot be met says it already
+        errors.append(
+            _fmt(
+                source,
+                lines,
+                base + ("approvals",),
+                f"the rules need {together.needed} distinct people (one person counts for one rule only) "
+                f"but at most {together.reachable} can ever approve",
+            )
+        )
+    return errors
+
+
 def _condition_errors(source: str, lines: dict, base: tuple, action: Action) -> list[str]:
     auto = action.auto_approve
     if auto is None:
         return []
-    loc = base + ("auto_approve",)
+    if isinstance(auto, AutoApprove):
+        return _auto_rule_errors(source, lines, base + ("auto_approve",), action, auto)
+    return [
+        e
+        for i, rule in enumerate(auto)
+        for e in _auto_rule_errors(source, lines, base + ("auto_approve", i), action, rule)
+    ]
+
+
+def _auto_rule_errors(source: str, lines: dict, loc: tuple, action: Action, auto: AutoApprove) -> list[str]:
     errors = []
-    if not auto.conditions:
+    if not auto.conditions and auto.oncall is None:
         errors.append(
             _fmt(
                 source,
                 lines,
                 loc,
-                f"auto_approve needs at least one condition on the verified context ({', '.join(AUTO_APPROVE_KEYS)})",
+                "auto_approve needs at least one condition on the verified context "
+                f"({', '.join(AUTO_APPROVE_KEYS)}) or an oncall schedule",
             )
         )
     if auto.max_ttl is not None and auto.max_ttl > action.ttl.max:

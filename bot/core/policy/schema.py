@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from bot.core.clock import parse_duration
 
@@ -144,6 +154,104 @@ class Pipeline(_Strict):
         return found[1].action or self.actions[0]
 
 
+class PagerDutySchedule(_Strict):
+    """Whoever PagerDuty's `GET /oncalls` puts on call for this schedule, at escalation levels
+    1…escalation_level of the escalation policies that use it."""
+
+    schedule: Annotated[str, Field(pattern=r"^P[A-Z0-9]{5,13}$")]
+    escalation_level: int = Field(1, ge=1, le=20)
+
+
+class OpsgenieSchedule(_Strict):
+    """Whoever Opsgenie's `GET /v2/schedules/{schedule}/on-calls` names (a schedule id or name)."""
+
+    schedule: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,99}$")]
+
+
+class OnCallSchedule(_Strict):
+    """One on-call schedule, of exactly one provider."""
+
+    pagerduty: PagerDutySchedule | None = None
+    opsgenie: OpsgenieSchedule | None = None
+
+    @model_validator(mode="after")
+    def _one_provider(self) -> OnCallSchedule:
+        if (self.pagerduty is None) == (self.opsgenie is None):
+            raise ValueError("name exactly one provider: pagerduty or opsgenie")
+        return self
+
+    @property
+    def provider(self) -> str:
+        return "pagerduty" if self.pagerduty is not None else "opsgenie"
+
+    @property
+    def schedule(self) -> str:
+        return (self.pagerduty or self.opsgenie).schedule  # type: ignore[union-attr]
+
+    @property
+    def max_level(self) -> int:
+        return self.pagerduty.escalation_level if self.pagerduty is not None else 1
+
+    @property
+    def key(self) -> str:
+        """Stable name of the schedule (and levels) for caches, audit entries and recorded approvals."""
+        if self.pagerduty is not None:
+            return f"pagerduty/{self.pagerduty.schedule}/{self.pagerduty.escalation_level}"
+        return f"opsgenie/{self.schedule}"
+
+    def describe(self) -> str:
+        if self.pagerduty is not None:
+            levels = "level 1" if self.max_level == 1 else f"levels 1-{self.max_level}"
+            return f"on call for PagerDuty schedule {self.schedule} ({levels})"
+        return f"on call for Opsgenie schedule {self.schedule}"
+
+
+class OnCall(OnCallSchedule):
+    #: The request DMs whoever is on call when it waits for approval.
+    dm: bool = False
+
+
+class OnCallApprover(_Strict):
+    """An approver entry naming an on-call schedule: `{oncall: {pagerduty: {schedule: P…}}}`."""
+
+    oncall: OnCall
+
+    def __str__(self) -> str:
+        return self.oncall.describe()
+
+
+def _approver_kind(v: object) -> str:
+    return "slack-id" if isinstance(v, str) else "oncall-entry"
+
+
+def _one_or_list(v: object) -> str:
+    return "rule-list" if isinstance(v, list) else "one-rule"
+
+
+#: Tags that pick one shape of a value that may take several; they appear in validation error
+#: locations, which the loader leaves out (bot/core/policy/load.py).
+CHOICE_TAGS = ("slack-id", "oncall-entry", "one-rule", "rule-list")
+
+#: An approver entry: a Slack user (U…/W…), a user group (S…), or whoever is on call.
+Approver = Annotated[
+    Annotated[SlackUserOrGroup, Tag("slack-id")] | Annotated[OnCallApprover, Tag("oncall-entry")],
+    Discriminator(_approver_kind),
+]
+
+
+class ApprovalRule(_Strict):
+    """One rule of an all-of approval: `count` distinct people from `from`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    from_: list[Approver] = Field(alias="from", min_length=1)
+    count: int = Field(1, ge=1)
+    #: How the message names the rule ("Leads 1/1 ✓ · Security 0/1"); default "Rule 1", "Rule 2"…
+    name: Annotated[str, Field(min_length=1, max_length=40)] | None = None
+    #: Overrides the action's allow_self_approval for this rule.
+    allow_self_approval: bool | None = None
+
+
 class AutoApprove(_Strict):
     """Approve without a human when every condition holds, against VERIFIED (OIDC) context only."""
 
@@ -155,9 +263,12 @@ class AutoApprove(_Strict):
     max_ttl: Duration | None = None
     #: Auto-approvals per pipeline per UTC day for this action; the rest go to humans.
     max_per_day: int = Field(20, ge=1, le=100_000)
+    #: The requester (a VERIFIED requested_by, mapped through `people`) is on call for this schedule.
+    oncall: OnCallSchedule | None = None
 
     @property
     def conditions(self) -> dict[str, list[str]]:
+        """The conditions on the verified context (the on-call condition aside)."""
         return {k: v for k in AUTO_APPROVE_KEYS if (v := getattr(self, k)) is not None}
 
 
@@ -176,9 +287,19 @@ class Action(_Strict):
     description: str = ""
     channel: SlackChannel | None = None
     #: Default approvers; per-environment lists in approvers_by_environment take precedence.
-    approvers: list[SlackUserOrGroup] = []
-    approvers_by_environment: dict[Name, list[SlackUserOrGroup]] = {}
-    auto_approve: AutoApprove | None = None
+    approvers: list[Approver] = []
+    approvers_by_environment: dict[Name, list[Approver]] = {}
+    #: All-of approval: every rule must be met, one person counts for one rule only. Instead of
+    #: approvers + approvals_required (which are one rule).
+    approvals: list[ApprovalRule] = []
+    #: One rule or a list of rules; the first that holds approves.
+    auto_approve: (
+        Annotated[
+            Annotated[AutoApprove, Tag("one-rule")] | Annotated[list[AutoApprove], Tag("rule-list")],
+            Discriminator(_one_or_list),
+        ]
+        | None
+    ) = None
     windows: list[str] = []
     #: Overrides the top-level break_glass; `false` turns it off for this action.
     break_glass: BreakGlass | Literal[False] | None = None

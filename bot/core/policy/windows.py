@@ -153,6 +153,10 @@ class Windows:
     def is_open(self, at: datetime) -> bool:
         return not self.windows or any(w.is_open(at) for w in self.windows)
 
+    def open_index(self, at: datetime) -> int | None:
+        """Which window (its place in the list) is open at `at`; None when none is."""
+        return next((i for i, w in enumerate(self.windows) if w.is_open(at)), None)
+
     def open_until(self, at: datetime) -> datetime | None:
         """When the windows stop being open, counting back-to-back openings as one; None when
         they are closed at `at`. (Without windows an action is always open: check `__bool__`.)"""

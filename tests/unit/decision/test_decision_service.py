@@ -203,7 +203,7 @@ def test_a_denial_needs_an_approver_and_a_reason(rt):
     req = rt.store.get(rid)
     assert (req.status, req.decided_by, req.deny_reason) == (Status.DENIED, "U0LEAD1", "not during the freeze")
     denied = [e.body for e in rt.audit.entries_for_request(rid) if e.body["event"] == "request.denied"]
-    assert denied[0]["details"] == {"reason": "not during the freeze"}
+    assert denied[0]["details"] == {"reason": "not during the freeze", "rule": "actions.deploy-prod.approvers"}
     with pytest.raises(E.AlreadyDecided):
         rt.decisions.deny(rid, "U0LEAD2", "again")
 

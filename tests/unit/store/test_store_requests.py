@@ -10,6 +10,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from unit_support import RULE
 
 from bot.core.model import Status
 from bot.store import keys
@@ -131,7 +132,7 @@ def test_an_approval_below_the_threshold_is_recorded_and_updates_the_message(bar
     assert bare.kicks.members == ["slack:req1"]
     assert bare.due()["timeout:req1"] == bare.t0 + 30 * MIN, "still pending: the timeout stays"
     given = bare.outbox()[-1]
-    assert given == {"body": {"event": "approval.given"}, "patch": {"approvals": 1, "required": 2}}
+    assert given == {"body": {"event": "approval.given"}, "patch": {"approvals": 1, "required": 2, "rule": RULE}}
 
 
 def test_the_last_approval_approves_queues_the_grant_and_stops_the_pending_timers(bare):
@@ -156,7 +157,7 @@ def test_the_last_approval_approves_queues_the_grant_and_stops_the_pending_timer
     assert due["grant:req1"] == t + LEASE_MS, "kicked work comes back after its lease if its job is lost"
     assert bare.claims()["grant:req1"] == token, "the grant job runs under the claim it was kicked with"
     assert bare.events() == ["approval.given", "request.approved"]
-    assert bare.outbox()[0]["patch"] == {"approvals": 2, "required": 2}
+    assert bare.outbox()[0]["patch"] == {"approvals": 2, "required": 2, "rule": RULE}
 
 
 def test_the_same_approver_twice_is_a_duplicate_and_changes_nothing(bare):

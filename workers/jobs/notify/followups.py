@@ -20,6 +20,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.core.clock import human, now, now_ms, to_ms
 from bot.core.model import AccessRequest, Status
+from bot.decision.slack.views.blocks import oncall_page_text
 from bot.decision.slack.views.text import MAX_MESSAGE_TEXT, code, fit, literal, mention
 from bot.decision.slack.views.text import date as slack_date
 from bot.store import keys
@@ -118,6 +119,8 @@ def warning_text(req: AccessRequest) -> str:
 
 def schedule(rt, req: AccessRequest) -> None:
     """Queue the notes `req` owes now (idempotent). Called by the `slack:` job after each transition."""
+    for user in rt.decisions.oncall_to_page(req):  # `dm: true` on-call entries: once per person
+        rt.notices.queue(user, oncall_page_text(req, req.channel))
     marks = dict(zip(_MARKS, rt.redis.hmget(keys.request(req.id), list(_MARKS)), strict=True))
     at: dict[str, int] = {}
     if req.status == Status.PENDING and not marks["reminded_ms"]:

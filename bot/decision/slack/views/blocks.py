@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from bot.core.clock import human, now
@@ -89,13 +90,17 @@ def request_blocks(
     auto_rule: str | None = None,
     self_approval: str = "enforced",
     cut_by_window: bool = False,
+    rules: list[dict[str, Any]] | None = None,
+    oncall_notes: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The request's channel message. `break_glass`: the action has break-glass approvers
     (show the button); `break_glass_requested`: the pipeline asked for it (no Approve button);
     `break_glass_by`/`justification`: it was used; `auto_rule`: the rule that auto-approved;
     `self_approval`: "enforced", "allowed" or "unknown_requester" (the requester is no known
     person, so self-approval cannot be ruled out); `cut_by_window`: the grant ends with its
-    change window rather than after its full TTL."""
+    change window rather than after its full TTL; `rules`: an all-of action's rules, each
+    {name, count, counted, approvers}, shown with their progress ("Leads 1/1 ✓ · Security 0/1");
+    `oncall_notes`: on-call schedules that cannot be read now (they count nobody)."""
     ctx = req.context
     auto = req.decided_by == "auto"
     rule = auto_rule or f"actions.{req.action}.auto_approve"
@@ -138,16 +143,25 @@ def request_blocks(
             f"*Justification:* {literal(justification, 500) or EMPTY}"
         )
     else:
-        progress = f"*Approvals:* {len(req.approvals)} of {req.approvals_required}"
+        if rules:
+            progress = "*Approvals:* " + rules_progress(rules)
+        else:
+            progress = f"*Approvals:* {len(req.approvals)} of {req.approvals_required}"
         if req.approvals:
             progress += " — " + ", ".join(mention(u) for u in req.approved_by)
+        if req.status == Status.PENDING and rules and not break_glass_requested:
+            progress += "".join(
+                f"\n_{literal(r['name'], 40)}:_ " + ", ".join(mention(a) for a in r["approvers"][:10]) for r in rules
+            )
         if req.status == Status.PENDING and break_glass_requested:
             progress += (
                 "\n:rotating_light: *Break glass requested* — only a break-glass approver can "
                 "approve, alone, with a written justification"
             )
-        elif req.status == Status.PENDING and approvers:
+        elif req.status == Status.PENDING and approvers and not rules:
             progress += "\n_Approvers:_ " + ", ".join(mention(a) for a in approvers[:20])
+        for note in (oncall_notes or [])[:5] if req.status == Status.PENDING else []:
+            progress += f"\n:warning: {literal(note, 300)}"
         if req.status == Status.PENDING and self_approval == "unknown_requester":
             progress += (
                 "\n:warning: *The requester is not a known person* (no requested_by, or one the "
@@ -170,6 +184,29 @@ def request_blocks(
     elif req.status == Status.ACTIVE:
         blocks.append({"type": "actions", "block_id": f"grant:{req.id}", "elements": [revoke_button(req)]})
     return blocks
+
+
+def rules_progress(rules: list[dict[str, Any]]) -> str:
+    """Each rule's approvals against its count: "Leads 1/1 ✓ · Security 0/1"."""
+    parts = []
+    for r in rules:
+        done = len(r["counted"]) >= r["count"]
+        parts.append(f"{literal(r['name'], 40)} {len(r['counted'])}/{r['count']}" + (" ✓" if done else ""))
+    return " · ".join(parts)
+
+
+def _channel(channel: str) -> str:
+    """A live channel link for a channel id; anything else as literal text."""
+    return f"<#{channel}>" if re.fullmatch(r"[CG][A-Z0-9]{2,20}", channel or "") else literal(channel, 40)
+
+
+def oncall_page_text(req: AccessRequest, channel: str) -> str:
+    """The DM to whoever is on call when a request waits for approval."""
+    return fit(
+        f":pager: You are on call: {code(req.action, 64)} for {code(req.pipeline, 100)} waits for approval "
+        f"in {_channel(channel)} (request {code(req.id, 64)}). Reason: {literal(req.reason, 300) or EMPTY}",
+        MAX_MESSAGE_TEXT,
+    )
 
 
 def revoke_button(req: AccessRequest) -> dict[str, Any]:
