@@ -16,7 +16,7 @@ import psutil
 import pytest
 import redis as redislib
 import requests
-from dev_support import JIT, Dev, clean_env, listening
+from dev_support import JIT, Dev, clean_env, click, listening, request_waiting, sandbox_messages
 from procs import wait_until
 from support import ROOT, free_port
 
@@ -40,46 +40,6 @@ def listen_addresses(port: int) -> set[str]:
         for c in psutil.net_connections(kind="tcp")
         if c.status == psutil.CONN_LISTEN and c.laddr.port == port
     }
-
-
-def page_token(sandbox_url: str) -> str:
-    html = requests.get(sandbox_url + "/", timeout=10).text
-    return re.search(r'name="jit-sandbox-token" content="([^"]+)"', html).group(1)
-
-
-def sandbox_messages(sandbox_url: str, user: str = "U0ALICE") -> list[dict]:
-    state = requests.get(
-        f"{sandbox_url}/ui/state?user={user}", headers={"X-Sandbox-Token": page_token(sandbox_url)}, timeout=30
-    )
-    return state.json()["messages"]
-
-
-def request_waiting(sandbox_url: str, exclude: str) -> str | None:
-    """The id of a pending request whose message is in the sandbox, other than `exclude`."""
-    for m in sandbox_messages(sandbox_url):
-        for block in m.get("blocks") or []:
-            if block.get("type") == "actions" and block.get("block_id", "").startswith("decide:"):
-                rid = block["block_id"].split(":", 1)[1]
-                if rid != exclude:
-                    return rid
-    return None
-
-
-def click(sandbox_url: str, user: str, rid: str, label: str) -> None:
-    """What the page sends when `user` clicks `label` on the request's message."""
-    for m in sandbox_messages(sandbox_url, user):
-        for i, block in enumerate(m.get("blocks") or []):
-            for j, element in enumerate(block.get("elements") or []):
-                if element.get("value") == rid and element["text"]["text"] == label:
-                    r = requests.post(
-                        sandbox_url + "/ui/click",
-                        json={"user": user, "where": {"kind": "message", "ts": m["ts"]}, "block": i, "element": j},
-                        headers={"X-Sandbox-Token": page_token(sandbox_url)},
-                        timeout=30,
-                    )
-                    assert r.status_code == 200, r.text
-                    return
-    raise AssertionError(f"no {label} button for {rid}")
 
 
 def test_jit_dev_starts_a_local_slack_and_prints_a_curl_that_works(tmp_path):
