@@ -32,6 +32,7 @@ from bench.common import (
 )
 
 BATCH = 500
+RULE = "actions.bench-record.approvers"  # the policy path of the one rule bench-record has
 
 
 def _runtime(stack):
@@ -105,8 +106,10 @@ class Seeder:
                     req.id,
                     APPROVER,
                     now_ms(),
-                    required=1,
-                    discounted=[],
+                    rules=[(RULE, 1, [APPROVER])],
+                    seen=[],
+                    rule=RULE,
+                    oncall=[],
                     given=self._event("approval.given", req.id, APPROVER),
                     approved=self._event("request.approved", req.id, APPROVER),
                 )
