@@ -31,6 +31,7 @@ from bot.decision.service import DecisionService
 from bot.decision.slack.directory import SlackDirectory
 from bot.decision.slack.oncall import Provider, SlackOnCall
 from bot.decision.slack.views.policy_notices import describe_changes
+from bot.grant.extend import ExtendService
 from bot.grant.service import GrantService
 from bot.request.service import RequestService
 from bot.revoke.service import RevokeService
@@ -203,6 +204,10 @@ class Runtime:
     @cached_property
     def grants(self) -> GrantService:
         return GrantService(self.store, self.audit, self.rules, self.vault, self.metrics)
+
+    @cached_property
+    def extensions(self) -> ExtendService:
+        return ExtendService(self.store, self.audit, self.rules, self.decisions, self.vault)
 
     @cached_property
     def revokes(self) -> RevokeService:

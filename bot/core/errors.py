@@ -169,3 +169,24 @@ class OutsideWindow(JitError):
             'In an emergency, ask with "break_glass": true.'
         )
         self.next_opening = next_opening
+
+
+class NoExtend(JitError):
+    """The action's policy has no `extend:` block: its grants cannot be extended."""
+
+    code = "no_extend"
+    http_status = 403
+
+
+class OverMaxTotal(JitError):
+    """An extension would make the grant's whole window longer than the action's extend.max_total."""
+
+    code = "over_max_total"
+    http_status = 422
+
+
+class ExtensionPending(JitError):
+    """Another extension of this grant is still waiting for approval."""
+
+    code = "extension_pending"
+    http_status = 409

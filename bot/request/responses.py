@@ -72,7 +72,9 @@ class RequestView(Answer):
     created_at: Timestamp
     pending_until: Timestamp
     issued_at: Timestamp | None
-    expires_at: Timestamp | None = Field(description="fixed when the credential is issued; final")
+    expires_at: Timestamp | None = Field(
+        description="set when the credential is issued; an extension only ever moves it later"
+    )
     revoked_by: str | None
     revoke_pending: bool = Field(description="a credential issued (or possibly issued) is still being revoked")
     verified_fields: list[str] = Field(

@@ -111,6 +111,40 @@ class RequestBody(BaseModel):
         return hashlib.sha256(raw.encode()).hexdigest()
 
 
+class ExtendBody(BaseModel):
+    """`POST /v1/requests/{id}/extend`: more time for an active grant."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, title="ExtendRequest")
+
+    ttl: Annotated[int | str | None, WithJsonSchema(_TTL_SCHEMA)] = Field(
+        None,
+        description="time to add to the window: `90s`, `15m`, `2h` or integer seconds; absent = the action's "
+        "default ttl",
+    )
+    reason: str = Field("", max_length=MAX_REASON, description="why the job needs more time (shown to approvers)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        for where, value in _strings(data):
+            if not encodable(value):
+                raise ValueError(f"{where} is not valid Unicode text")
+        return data
+
+
+def parse_extend_body(data: Any) -> ExtendBody:
+    """The body as an ExtendBody, or a 400 naming the first problem."""
+    if not isinstance(data, dict):
+        raise E.BadRequest("the body must be a JSON object")
+    try:
+        return ExtendBody.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        raise E.BadRequest(f"{where if encodable(where) else 'body'}: {msg}"[:300]) from None
+
+
 def _strings(data: Any, where: str = "body"):
     if isinstance(data, str):
         yield where, data

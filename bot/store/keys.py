@@ -17,6 +17,12 @@ def approvals(request_id: str) -> str:
     return f"{PREFIX}req:{request_id}:approvals"
 
 
+def extension_approvals(request_id: str) -> str:
+    """Hash user_id → approval time (ms) of the extension waiting for approval; deleted when it
+    is applied, TTL JIT_REQUEST_RETENTION."""
+    return f"{PREFIX}req:{request_id}:ext_approvals"
+
+
 def credential(request_id: str) -> str:
     """String: the encrypted credential. Deleted when the revoke succeeds; TTL as backstop."""
     return f"{PREFIX}cred:{request_id}"

@@ -465,6 +465,130 @@ return reply('ok', final)
 )
 
 
+# Extensions (bot/grant/extend.py). An extension adds time to an active grant's window: its
+# expiry and its scheduled revocation (`expire:`) move together here, only ever later, and the
+# "expires soon" note is re-armed; the credential is re-issued by a job (`reissue:`) when its
+# backend needs it. The caller read the expiry it extends (compare-and-set: 'stale' → read again).
+# Every extension script, KEYS: 9 the extension's approvals (hash user → ms)
+_EXTEND_LIB = (
+    _PRELUDE
+    + """
+-- nil, or the reply refusing to extend the grant expiring at `old` by `add` ms (within `max_total`)
+local function not_extendable(old, add, max_total)
+  local st = redis.call('HGET', KEYS[1], 'status')
+  if not st then return reply('missing') end
+  if st ~= 'active' then return reply('not_active', st) end
+  local exp = tonumber(redis.call('HGET', KEYS[1], 'expires_ms'))
+  if NOW >= exp then return reply('not_active', 'expired') end
+  if exp ~= old then return reply('stale') end
+  if add <= 0 then return reply('invalid') end
+  if old + add - tonumber(redis.call('HGET', KEYS[1], 'issued_ms')) > max_total then return reply('over') end
+  return nil
+end
+local function close_round()
+  redis.call('HDEL', KEYS[1], 'ext_round', 'ext_add_ms', 'ext_reason', 'ext_by', 'ext_required', 'ext_asked_ms')
+  redis.call('DEL', KEYS[9])
+end
+-- the window ends `add` ms later: expiry and revocation move together, the warning is owed again
+local function apply_extension(old, add, by, body)
+  local new = old + add
+  redis.call('HSET', KEYS[1], 'expires_ms', new, 'extended_by', by, 'extended_ms', ARGV[2])
+  redis.call('HINCRBY', KEYS[1], 'extensions', 1)
+  schedule('expire:' .. ID, new)
+  unschedule('warn:' .. ID)
+  redis.call('HDEL', KEYS[1], 'warned_ms')
+  close_round()
+  kick('reissue:' .. ID)
+  kick('slack:' .. ID)
+  audit(body)
+  changed()
+  return new
+end
+"""
+)
+
+# Applies at once (no approvals needed).
+# ARGV: 8 expiry read by the caller (ms), 9 ms to add, 10 max total window ms, 11 by
+_EXTEND = (
+    _EXTEND_LIB
+    + """
+local old, add = tonumber(ARGV[8]), tonumber(ARGV[9])
+local refused = not_extendable(old, add, tonumber(ARGV[10]))
+if refused then return refused end
+return reply('ok', apply_extension(old, add, ARGV[11], ARGV[6]))
+"""
+)
+
+# Opens an approval round on the request's message (one at a time).
+# ARGV: 8 expiry read, 9 ms to add, 10 max total ms, 11 by, 12 reason, 13 approvals required,
+#       14 round id
+_EXTEND_ASK = (
+    _EXTEND_LIB
+    + """
+local old, add = tonumber(ARGV[8]), tonumber(ARGV[9])
+local refused = not_extendable(old, add, tonumber(ARGV[10]))
+if refused then return refused end
+local open = redis.call('HGET', KEYS[1], 'ext_round')
+if open then
+  if redis.call('HGET', KEYS[1], 'ext_add_ms') == ARGV[9] then return reply('open', open) end
+  return reply('busy', open)
+end
+redis.call('DEL', KEYS[9])
+redis.call('HSET', KEYS[1], 'ext_round', ARGV[14], 'ext_add_ms', ARGV[9], 'ext_by', ARGV[11],
+  'ext_reason', ARGV[12], 'ext_required', ARGV[13], 'ext_asked_ms', ARGV[2])
+kick('slack:' .. ID)
+audit(ARGV[6])
+changed()
+return reply('ok', ARGV[14])
+"""
+)
+
+# One approval of the open round; the last one applies the extension.
+# ARGV: 8 expiry read, 9 max total ms, 10 user, 11 round id the caller saw
+_EXTEND_APPROVE = (
+    _EXTEND_LIB
+    + """
+local round = redis.call('HGET', KEYS[1], 'ext_round')
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return reply('missing') end
+if st ~= 'active' then return reply('not_active', st) end
+if not round then return reply('no_round') end
+if round ~= ARGV[11] then return reply('stale') end
+if redis.call('HEXISTS', KEYS[9], ARGV[10]) == 1 then return reply('duplicate') end
+local old, add = tonumber(ARGV[8]), tonumber(redis.call('HGET', KEYS[1], 'ext_add_ms'))
+local refused = not_extendable(old, add, tonumber(ARGV[9]))
+if refused then return refused end
+redis.call('HSET', KEYS[9], ARGV[10], ARGV[2])
+redis.call('EXPIRE', KEYS[9], ARGV[4])
+local count = redis.call('HLEN', KEYS[9])
+audit(ARGV[6], {approvals = count})
+if count >= tonumber(redis.call('HGET', KEYS[1], 'ext_required')) then
+  apply_extension(old, add, redis.call('HGET', KEYS[1], 'ext_by'), ARGV[7])
+  return reply('approved', count)
+end
+kick('slack:' .. ID)
+changed()
+return reply('recorded', count)
+"""
+)
+
+# The backend re-issued the credential for the window ending at ARGV[8]: kept while that is still
+# the active grant's window (else a later extension's job re-issues again).
+# ARGV: 8 expiry it was issued for (ms), 9 sealed credential, 10 credential ttl ms
+_REISSUED = (
+    _PRELUDE
+    + """
+if redis.call('HGET', KEYS[1], 'status') ~= 'active' then return reply('decided') end
+if redis.call('HGET', KEYS[1], 'expires_ms') ~= ARGV[8] then return reply('stale') end
+if redis.call('EXISTS', KEYS[8]) == 0 then return reply('decided') end
+redis.call('SET', KEYS[8], ARGV[9], 'PX', ARGV[10])
+audit(ARGV[6])
+changed()
+return reply('ok')
+"""
+)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What a transition did: `result` is 'ok'/'approved'/'recorded'/…; `status` the one it met."""
@@ -508,6 +632,10 @@ class Store:
                 "grant_attempt_failed": _GRANT_ATTEMPT_FAILED,
                 "fail": _FAIL,
                 "revoked": _REVOKED,
+                "extend": _EXTEND,
+                "extend_ask": _EXTEND_ASK,
+                "extend_approve": _EXTEND_APPROVE,
+                "reissued": _REISSUED,
             }.items()
         }
 
@@ -769,6 +897,87 @@ class Store:
         """Record that `user` is (about to be) told of this request as its on-call; False when
         they already were (once per request and person)."""
         return bool(self._mark_paged(keys=[keys.request(request_id)], args=[f"paged:{user}"]))
+
+    # ---------------------------------------------------------------- extensions
+
+    def extend(
+        self, request_id: str, old_ms: int, add_ms: int, max_total_ms: int, by: str, now_ms: int, event: str
+    ) -> Outcome:
+        """active → active, its window `add_ms` longer: 'ok' (count: the new expiry in ms), 'stale'
+        (the expiry is no longer `old_ms`: read again), 'over' (past `max_total_ms` from the grant's
+        start), 'not_active', 'missing'."""
+        return _outcome(
+            self._run(
+                "extend",
+                request_id,
+                now_ms,
+                events=(event, ""),
+                keys_extra=[keys.extension_approvals(request_id)],
+                args_extra=[old_ms, add_ms, max_total_ms, by],
+            )
+        )
+
+    def extend_ask(
+        self,
+        request_id: str,
+        old_ms: int,
+        add_ms: int,
+        max_total_ms: int,
+        by: str,
+        reason: str,
+        required: int,
+        round_id: str,
+        now_ms: int,
+        event: str,
+    ) -> Outcome:
+        """Open an extension's approval round: 'ok' (status: the round id), 'open' (the same
+        extension is already waiting), 'busy' (another one is), or a refusal as `extend`."""
+        return _outcome(
+            self._run(
+                "extend_ask",
+                request_id,
+                now_ms,
+                events=(event, ""),
+                keys_extra=[keys.extension_approvals(request_id)],
+                args_extra=[old_ms, add_ms, max_total_ms, by, reason, required, round_id],
+            )
+        )
+
+    def extend_approve(
+        self,
+        request_id: str,
+        old_ms: int,
+        max_total_ms: int,
+        user: str,
+        round_id: str,
+        now_ms: int,
+        *,
+        given: str,
+        extended: str,
+    ) -> Outcome:
+        """`user` approves the open round `round_id`: 'recorded', 'approved' (applied), 'duplicate',
+        'no_round', 'stale' (read again), or a refusal as `extend`."""
+        return _outcome(
+            self._run(
+                "extend_approve",
+                request_id,
+                now_ms,
+                events=(given, extended),
+                keys_extra=[keys.extension_approvals(request_id)],
+                args_extra=[old_ms, max_total_ms, user, round_id],
+            )
+        )
+
+    def extension_approvers(self, request_id: str) -> list[str]:
+        return sorted(self.r.hkeys(keys.extension_approvals(request_id)))
+
+    def reissued(self, request_id: str, expires_ms: int, blob: str, now_ms: int, event: str) -> Outcome:
+        """Keep a credential re-issued for the window ending at `expires_ms`: 'ok', 'stale' (the
+        window moved again meanwhile) or 'decided' (the grant ended)."""
+        cred_ttl_ms = max(expires_ms - now_ms, 0) + self.retention_s * 1000
+        return _outcome(
+            self._run("reissued", request_id, now_ms, events=(event, ""), args_extra=[expires_ms, blob, cred_ttl_ms])
+        )
 
     def set_fields(self, request_id: str, **fields: str) -> None:
         if self.r.exists(keys.request(request_id)):

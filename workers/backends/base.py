@@ -61,6 +61,12 @@ class GrantBackend:
         """Destroy what `grant` created. `credential` is None when the grant never completed."""
         raise NotImplementedError
 
+    def extend(self, request: GrantRequest, credential: dict[str, Any]) -> dict[str, Any] | None:
+        """The grant was extended to `request.expires_at`: bring the target along and return the
+        credential as it is now, or None when nothing at the target depends on the window's end
+        (jit's revoke at the new end is the bound). Idempotent; never shortens anything."""
+        return None
+
 
 @dataclass(frozen=True)
 class BackendEnv:

@@ -435,6 +435,34 @@ class PostgresBackend(GrantBackend):
                     sql.SQL("ALTER ROLE {} SET {} = {}").format(ident, sql.SQL(setting), sql.Literal(bound_ms))
                 )
 
+    def extend(self, request: GrantRequest, credential: dict[str, Any]) -> dict[str, Any] | None:
+        """The window grew: ``VALID UNTIL`` and the role's session bounds follow its new end. The
+        password stays (open sessions and the pipeline's copy keep working). Sessions opened
+        before keep the bounds they started with: a bound only ever ends a session early, never late."""
+        name = credential.get("username") if isinstance(credential.get("username"), str) else self.username(request)
+        valid_until = self._valid_until(request.expires_at)
+        conn, admin_password = self._connect()
+        with conn:
+            try:
+                with conn.transaction():
+                    exists, marker = self._role_marker(conn, name)
+                    if not exists or marker != self._marker(request):
+                        raise GrantError(f"role {name} of request {request.id} is gone; cannot extend it")
+                    ident = sql.Identifier(name)
+                    conn.execute(sql.SQL("ALTER ROLE {} VALID UNTIL {}").format(ident, sql.Literal(valid_until)))
+                    bound_ms = _session_bound_seconds(request) * 1000
+                    for setting in _SESSION_BOUNDS:
+                        conn.execute(
+                            sql.SQL("ALTER ROLE {} SET {} = {}").format(ident, sql.SQL(setting), sql.Literal(bound_ms))
+                        )
+            except GrantError:
+                raise
+            except psycopg.Error as e:
+                raise GrantError(
+                    f"PostgreSQL extension of role {name} failed: {_pg_error(e, admin_password)}"
+                ) from None
+        return {**credential, "valid_until": _rfc3339(request.expires_at)}
+
     def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> None:
         names = [self.username(request)]
         if credential and isinstance(credential.get("username"), str):

@@ -38,6 +38,11 @@ class TokenBackend(GrantBackend):
         token = self.env.token_signer.sign(claims)
         return {"token": token, "token_type": "Bearer", "expires_at": request.as_json()["expires_at"]}
 
+    def extend(self, request: GrantRequest, credential: dict[str, Any]) -> dict[str, Any] | None:
+        # The token carries its `exp`: a new one with the new end (same jti, same claims); the
+        # pipeline fetches it again. The old one stays valid until its own `exp`, no longer.
+        return self.grant(request)
+
     def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> None:
         # Nothing to destroy: introspection answers inactive once the request is not active,
         # and the token's own `exp` bounds it for verifiers that only check signatures.

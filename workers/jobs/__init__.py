@@ -15,7 +15,7 @@ from bot.core.clock import now_ms
 from bot.runtime import Runtime
 from bot.store.due import DueQueue
 from workers.backends.base import GrantError
-from workers.jobs import gate, grant, revoke, timeout
+from workers.jobs import gate, grant, reissue, revoke, timeout
 from workers.jobs.notify import followups, message, notices
 from workers.queue.retry import RetryLater
 from workers.queue.scheduler import Lease
@@ -26,6 +26,7 @@ HANDLERS: dict[str, Callable[[Runtime, str, str], None]] = {
     "grant": grant.grant,
     "expire": revoke.expire,
     "revoke": revoke.revoke,
+    "reissue": reissue.reissue,  # an extended grant's credential follows its new end
     "timeout": timeout.time_out,
     "slack": message.on_change,  # the request's message follows its state
     "dm": followups.dm,  # the requester's DM per outcome
@@ -85,7 +86,7 @@ def _failed(rt: Runtime, kind: str, rid: str, attempts: int, error: Exception) -
         extra={"request_id": rid},
         exc_info=not isinstance(error, GrantError),
     )
-    req = rt.store.get(rid) if kind in ("grant", "expire", "revoke") else None
+    req = rt.store.get(rid) if kind in ("grant", "expire", "revoke", "reissue") else None
     action = req.action if req else None
     if kind == "grant":
         rt.audit.append(
@@ -99,6 +100,15 @@ def _failed(rt: Runtime, kind: str, rid: str, attempts: int, error: Exception) -
         rt.metrics.grant_failed(action)
         if req is not None and attempts >= rt.settings.jit_grant_max_attempts:
             rt.grants.fail(req, message_, attempts)
+    elif kind == "reissue":
+        rt.audit.append(
+            "credential.reissue_failed",
+            request_id=rid,
+            action=action,
+            actor="jit",
+            outcome="error",
+            details={"attempt": attempts, "error": message_},
+        )
     elif kind in ("expire", "revoke"):
         rt.audit.append(
             "revoke.attempt_failed",

@@ -283,6 +283,25 @@ class BreakGlass(_Strict):
     max_ttl: Duration = timedelta(minutes=30)
 
 
+class Extend(_Strict):
+    """How an active grant may be extended (`POST /v1/requests/{id}/extend`, the Extend button)."""
+
+    #: The longest the whole window may last, measured from the grant's start, extensions included.
+    max_total: Duration
+    #: Approvals an extension needs (distinct approvers of the action, never the one who asked nor
+    #: the requester unless self-approval is allowed); 0 applies it at once.
+    approvals_required: int = Field(0, ge=0, le=50)
+
+    @field_validator("max_total")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("max_total must be a positive duration such as 2h")
+        if v > timedelta(days=7):
+            raise ValueError("max_total must be at most 7d: a grant is temporary by design")
+        return v
+
+
 class Action(_Strict):
     description: str = ""
     channel: SlackChannel | None = None
@@ -309,7 +328,18 @@ class Action(_Strict):
     unknown_requester: UnknownRequester | None = None
     ttl: Ttl = Ttl()
     pending_timeout: Duration | None = None
+    #: Active grants of this action may be extended within these limits; absent: never.
+    extend: Extend | None = None
     grant: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _extend_fits(self) -> Action:
+        if self.extend is not None and self.extend.max_total < self.ttl.default:
+            raise ValueError(
+                f"extend.max_total ({int(self.extend.max_total.total_seconds())}s) is shorter than ttl.default "
+                f"({int(self.ttl.default.total_seconds())}s): no grant could ever be extended"
+            )
+        return self
 
 
 class PolicyModel(_Strict):

@@ -20,7 +20,7 @@ from bot.request.http.limits import (
     MAX_WAIT,
 )
 from bot.request.responses import CreatedRequest, Credential, Error, Introspection, Jwks, Ok, RequestView
-from bot.request.schemas import RequestBody
+from bot.request.schemas import ExtendBody, RequestBody
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -29,6 +29,7 @@ REF_TEMPLATE = "#/components/schemas/{model}"
 MODELS: tuple[type[BaseModel], ...] = (
     Error,
     RequestBody,
+    ExtendBody,
     RequestView,
     CreatedRequest,
     Credential,
@@ -184,6 +185,37 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                         "401": _UNAUTHORIZED,
                         "404": _NOT_FOUND,
                         "409": _err("the request was decided meanwhile"),
+                        "503": _UNAVAILABLE,
+                    },
+                },
+            },
+            "/v1/requests/{request_id}/extend": {
+                "parameters": [_REQUEST_ID],
+                "post": {
+                    "operationId": "extendRequest",
+                    "summary": "Ask for more time on an active grant",
+                    "description": follow_up_note
+                    + " The window grows by `ttl`, measured from the grant's start, within the action's "
+                    "`extend.max_total`; `expires_at` only ever moves later. With `extend.approvals_required: 0` "
+                    "it applies at once (200); otherwise approvers approve it on the request's message (202) "
+                    "and `expires_at` moves when they have. A `token` credential is re-issued with the new "
+                    "`exp`: fetch it again.",
+                    "requestBody": {
+                        "required": True,
+                        "description": f"at most {MAX_BODY} bytes",
+                        "content": {"application/json": {"schema": _ref(ExtendBody)}},
+                    },
+                    "responses": {
+                        "200": _json(_ref(RequestView), "extended: the request with its new expires_at"),
+                        "202": _json(_ref(RequestView), "waiting for approval on the request's message"),
+                        "400": _err("malformed JSON, an unknown field, a bad ttl"),
+                        "401": _UNAUTHORIZED,
+                        "403": _err("the action has no `extend:` in the policy"),
+                        "404": _NOT_FOUND,
+                        "409": _err("the grant is not active, or another extension waits for approval"),
+                        "413": _err(f"body larger than {MAX_BODY} bytes"),
+                        "415": _err("Content-Type is not application/json"),
+                        "422": _err("the window would exceed extend.max_total (or outlast its change window)"),
                         "503": _UNAVAILABLE,
                     },
                 },

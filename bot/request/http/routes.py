@@ -28,7 +28,7 @@ from bot.request.http.limits import (
 )
 from bot.request.http.openapi import document
 from bot.request.responses import Answer, CreatedRequest, Credential, Error, Introspection, Jwks, Ok, RequestView
-from bot.request.schemas import parse_body
+from bot.request.schemas import parse_body, parse_extend_body
 from bot.web import bounded_input
 
 bp = Blueprint("hook", __name__)
@@ -182,6 +182,16 @@ def _long_poll(request_id: str, status: Status, wait: float):
 def get_credential(request_id: str):
     credential, req = rt().grants.credential(_follow_up(request_id))
     return answer(Credential.of(credential, req), headers={"Cache-Control": "no-store"})
+
+
+@bp.post("/v1/requests/<request_id>/extend")
+def extend_request(request_id: str):
+    """More time for an active grant: 200 applied, 202 waiting for approval (same message)."""
+    follow_up = _follow_up(request_id)
+    body = parse_extend_body(_read_json())
+    req = follow_up.request
+    done = rt().extensions.ask(req, f"pipeline:{req.pipeline}", body.ttl, body.reason)
+    return answer(RequestView.of(done.request), 200 if done.applied else 202)
 
 
 @bp.delete("/v1/requests/<request_id>")
