@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from functools import lru_cache
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.core.audit_sinks import FileSink, HttpSink, SyslogSink, parse_sinks
+from bot.core.clock import parse_duration
 from bot.core.net import check_url
 from bot.platforms.github import read_private_key
 from bot.store.sentinel import parse as parse_sentinel_url
@@ -78,6 +80,17 @@ class Settings(BaseSettings):
     opsgenie_api_url: str = Field("https://api.opsgenie.com", alias="OPSGENIE_API_URL")
     #: How long who-is-on-call is cached (s): a hand-over takes effect at most this late.
     jit_oncall_cache_seconds: int = Field(30, alias="JIT_ONCALL_CACHE_SECONDS", ge=0, le=600)
+    #: How long before an active grant ends its thread hears "expires in 5 min" (with Extend and
+    #: Release buttons): `90s`, `5m`, `1h` or seconds. Only grants whose window is longer than
+    #: 10 minutes (and than this) are warned.
+    jit_warn_before: timedelta = Field(timedelta(minutes=5), alias="JIT_WARN_BEFORE")
+
+    @field_validator("jit_warn_before", mode="before")
+    @classmethod
+    def _warn_before(cls, v: object) -> object:
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v.strip())
+        return v if isinstance(v, timedelta) else parse_duration(v)
 
     @field_validator("pagerduty_api_url", "opsgenie_api_url")
     @classmethod

@@ -344,6 +344,25 @@ class DecisionService:
             "auto_rule": extra.get("auto_rule"),
             "self_approval": self_approval,
             "cut_by_window": bool(extra.get("cut_by_window")),
+            "extendable": req.status == Status.ACTIVE and self._extendable(req),
+            "extension": self._extension(req) if req.status == Status.ACTIVE else None,
+        }
+
+    def _extendable(self, req: AccessRequest) -> bool:
+        action = self.rules.policy.action(req.action)
+        return action is not None and action.extend is not None
+
+    def _extension(self, req: AccessRequest) -> dict[str, Any] | None:
+        """The extension waiting for approval on `req` (bot/grant/extend.py opens it), if any."""
+        f = self.store.fields(req.id, "ext_round", "ext_add_ms", "ext_by", "ext_reason", "ext_required")
+        if not f.get("ext_round"):
+            return None
+        return {
+            "add_s": int(f.get("ext_add_ms") or 0) // 1000,
+            "by": f.get("ext_by", ""),
+            "reason": f.get("ext_reason", ""),
+            "required": int(f.get("ext_required") or 1),
+            "approvers": self.store.extension_approvers(req.id),
         }
 
     def _oncall_notes(self, req: AccessRequest) -> list[str]:

@@ -53,6 +53,26 @@ class RevokeService:
         self._revoke(req, user)
         return self.store.get(req.id) or req
 
+    def release_by_person(self, request_id: str, user: str) -> bool:
+        """The Release now button ("I'm done"): the requester (a Slack user) or an approver ends the
+        grant now. True when this click released it; False when it had ended already (a second
+        click: one release)."""
+        req = self.decisions.load(request_id)
+        if user != req.requester_slack_id:
+            self.decisions.require_approver(req, user, "release")
+        if req.status in (Status.PENDING, Status.APPROVED):
+            self.decisions.refused(req, user, "release", f"not active ({req.status.value})")
+            raise E.NotActive(f"Only an active grant can be released; this request is {req.status.value}.")
+        if req.status != Status.ACTIVE:
+            return False
+        out = self.store.revoke(
+            req.id,
+            user,
+            to_ms(now()),
+            self._event("grant.released", req, actor=user, details={"via": "slack", "early": True}),
+        )
+        return out.ok
+
     def _revoke(self, req: AccessRequest, actor: str) -> None:
         out = self.store.revoke(req.id, actor, to_ms(now()), self._event("grant.revoke_requested", req, actor=actor))
         if out.result == "decided":

@@ -1,4 +1,5 @@
-"""Notes a request owes people: the requester's DM per outcome, a pending reminder, "expires in 5 min".
+"""Notes a request owes people: the requester's DM per outcome, a pending reminder, "expires in 5 min"
+(JIT_WARN_BEFORE, with Extend and Release buttons; re-armed when the grant is extended).
 
 Each is a due-queue item (`dm:`, `remind:`, `warn:` + request id), so it survives restarts.
 The `slack:` job, which runs after every transition, schedules them from the request's state
@@ -12,6 +13,7 @@ sending. A note whose request has moved on does nothing. Posts take a slot of th
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from datetime import timedelta
 
@@ -20,7 +22,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.core.clock import human, now, now_ms, to_ms
 from bot.core.model import AccessRequest, Status
-from bot.decision.slack.views.blocks import oncall_page_text
+from bot.decision.slack.views.blocks import oncall_page_text, warning_blocks
 from bot.decision.slack.views.text import MAX_MESSAGE_TEXT, code, fit, literal, mention
 from bot.decision.slack.views.text import date as slack_date
 from bot.store import keys
@@ -31,8 +33,9 @@ from workers.queue.retry import RetryLater
 
 log = logging.getLogger("jit.slack.notices")
 
-#: An active grant longer than this gets a warning this long before it ends.
-WARN_BEFORE = timedelta(minutes=5)
+#: Only a grant whose window (extensions included) is longer than this, and than JIT_WARN_BEFORE,
+#: is warned before it ends.
+MIN_WARNED_WINDOW = timedelta(minutes=10)
 #: Outcomes the requester hears about, in the order they can happen.
 DM_OUTCOMES = ("approved", "denied", "timed_out", "expired", "revoked", "failed")
 _MARKS = ("reminded_ms", "warned_ms", *(f"dm_{o}" for o in DM_OUTCOMES))
@@ -67,8 +70,15 @@ def reminder_at(req: AccessRequest):
     return req.created_at + (req.pending_until - req.created_at) / 2
 
 
-def warning_at(req: AccessRequest):
-    return req.expires_at - WARN_BEFORE if req.expires_at else None
+def warning_at(req: AccessRequest, before: timedelta):
+    return req.expires_at - before if req.expires_at else None
+
+
+def warned(req: AccessRequest, before: timedelta) -> bool:
+    """Whether `req`'s window is long enough to be warned `before` its end."""
+    if req.expires_at is None or req.issued_at is None:
+        return False
+    return req.expires_at - req.issued_at > max(MIN_WARNED_WINDOW, before)
 
 
 def dm_text(req: AccessRequest, outcome: str) -> str:
@@ -109,7 +119,10 @@ def reminder_text(req: AccessRequest, approvers: list[str] | None) -> str:
 
 
 def warning_text(req: AccessRequest) -> str:
-    left = human(max(req.expires_at - now(), timedelta(0))) if req.expires_at else "?"
+    left = "?"
+    if req.expires_at:
+        seconds = max((req.expires_at - now()).total_seconds(), 0)
+        left = f"{math.ceil(seconds / 60)} min" if seconds >= 60 else human(seconds)
     at = f" (at {slack_date(req.expires_at)})" if req.expires_at else ""
     return f":hourglass: This grant expires in {left}{at}."
 
@@ -125,8 +138,9 @@ def schedule(rt, req: AccessRequest) -> None:
     at: dict[str, int] = {}
     if req.status == Status.PENDING and not marks["reminded_ms"]:
         at[f"remind:{req.id}"] = to_ms(reminder_at(req))
-    if req.status == Status.ACTIVE and req.ttl > WARN_BEFORE and req.expires_at and not marks["warned_ms"]:
-        at[f"warn:{req.id}"] = to_ms(warning_at(req))
+    before = rt.settings.jit_warn_before
+    if req.status == Status.ACTIVE and warned(req, before) and not marks["warned_ms"]:
+        at[f"warn:{req.id}"] = to_ms(warning_at(req, before))
     if req.requester_slack_id and any(not marks[f"dm_{o}"] for o in owed_outcomes(req)):
         at[f"dm:{req.id}"] = now_ms() + LEASE_MS  # due now; the lease covers the job kicked below
     # Notes for a state the request has left would do nothing when due: drop them now.
@@ -186,14 +200,20 @@ def do_warn(rt, rid: str) -> None:
     req = rt.store.get(rid)
     if req is None or req.status != Status.ACTIVE or req.expires_at is None or not req.message_ts:
         return
-    if now() < warning_at(req):
-        raise RetryLater(to_ms(warning_at(req)) - now_ms())
+    before = rt.settings.jit_warn_before
+    if not warned(req, before):
+        return
+    if now() < warning_at(req, before):
+        raise RetryLater(to_ms(warning_at(req, before)) - now_ms())
     if now() >= req.expires_at:
         return  # too late to warn; the expiry itself says it
+    action = rt.policy.action(req.action)
+    extendable = action is not None and action.extend is not None
     with _NoticeLock(rt, rid):
         if rt.redis.hget(keys.request(rid), "warned_ms"):
             return
-        _send_once(rt, req, "warned_ms", lambda: _post_in_thread(rt, req, warning_text(req)))
+        text = warning_text(req)
+        _send_once(rt, req, "warned_ms", lambda: _post_in_thread(rt, req, text, warning_blocks(req, text, extendable)))
 
 
 def do_dm(rt, rid: str) -> None:
@@ -248,11 +268,12 @@ def _send_once(rt, req: AccessRequest, mark: str, send) -> None:
     rt.store.set_fields(req.id, **{mark: str(now_ms())})
 
 
-def _post_in_thread(rt, req: AccessRequest, text: str) -> None:
+def _post_in_thread(rt, req: AccessRequest, text: str, blocks: list | None = None) -> None:
 
     channel = rt.redis.hget(keys.request(req.id), "message_channel") or req.channel
     take_slot(rt, channel)
-    call_slack(rt, channel, rt.slack.chat_postMessage, channel=channel, thread_ts=req.message_ts, text=text)
+    extra = {"blocks": blocks} if blocks else {}
+    call_slack(rt, channel, rt.slack.chat_postMessage, channel=channel, thread_ts=req.message_ts, text=text, **extra)
 
 
 def _send_dm(rt, req: AccessRequest, text: str) -> None:

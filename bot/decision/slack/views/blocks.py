@@ -36,6 +36,13 @@ BREAK_GLASS = "jit_break_glass"
 BREAK_GLASS_MODAL = "jit_break_glass_modal"
 JUSTIFICATION_BLOCK = "justification"
 JUSTIFICATION_INPUT = "justification_input"
+EXTEND = "jit_extend"
+EXTEND_MODAL = "jit_extend_modal"
+EXTEND_TTL_BLOCK = "ttl"
+EXTEND_TTL_INPUT = "ttl_input"
+EXTEND_REASON_BLOCK = "reason"
+EXTEND_REASON_INPUT = "reason_input"
+RELEASE = "jit_release"
 
 #: Shown for a run URL from the pipeline (https only, with its host; see text.link).
 RUN_LINK_LABEL = "View the run"
@@ -92,6 +99,8 @@ def request_blocks(
     cut_by_window: bool = False,
     rules: list[dict[str, Any]] | None = None,
     oncall_notes: list[str] | None = None,
+    extendable: bool = False,
+    extension: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The request's channel message. `break_glass`: the action has break-glass approvers
     (show the button); `break_glass_requested`: the pipeline asked for it (no Approve button);
@@ -100,7 +109,9 @@ def request_blocks(
     person, so self-approval cannot be ruled out); `cut_by_window`: the grant ends with its
     change window rather than after its full TTL; `rules`: an all-of action's rules, each
     {name, count, counted, approvers}, shown with their progress ("Leads 1/1 ✓ · Security 0/1");
-    `oncall_notes`: on-call schedules that cannot be read now (they count nobody)."""
+    `oncall_notes`: on-call schedules that cannot be read now (they count nobody); `extendable`:
+    the action's grants may be extended (show Extend); `extension`: the extension waiting for
+    approval, {add_s, by, reason, required, approvers} (shown with an Approve button)."""
     ctx = req.context
     auto = req.decided_by == "auto"
     rule = auto_rule or f"actions.{req.action}.auto_approve"
@@ -182,8 +193,51 @@ def request_blocks(
             buttons.append(button(BREAK_GLASS, "Break glass", req.id))
         blocks.append({"type": "actions", "block_id": f"decide:{req.id}", "elements": buttons})
     elif req.status == Status.ACTIVE:
-        blocks.append({"type": "actions", "block_id": f"grant:{req.id}", "elements": [revoke_button(req)]})
+        if extension:
+            blocks.append(section(extension_text(extension)))
+        blocks.append(
+            {"type": "actions", "block_id": f"grant:{req.id}", "elements": grant_buttons(req, extendable, extension)}
+        )
     return blocks
+
+
+def extension_text(extension: dict[str, Any]) -> str:
+    """An extension waiting for approval: how much, who asked, why, and its approvals so far."""
+    by = extension.get("by") or ""
+    who = code(by, 100) if by.startswith("pipeline:") else mention(by)
+    line = (
+        f":hourglass_flowing_sand: *Extension requested* by {who}: +{human(extension['add_s'])}"
+        f" — {literal(extension.get('reason'), 300) or EMPTY}\n"
+        f"*Approvals:* {len(extension.get('approvers') or [])} of {extension.get('required', 1)}"
+    )
+    if extension.get("approvers"):
+        line += " — " + ", ".join(mention(u) for u in extension["approvers"])
+    return line
+
+
+def grant_buttons(
+    req: AccessRequest, extendable: bool = False, extension: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """An active grant's buttons: Approve (an extension waits), Extend, Release now, Revoke now."""
+    out = []
+    if extension:
+        out.append(button(APPROVE, "Approve", req.id, "primary"))
+    elif extendable:
+        out.append(button(EXTEND, "Extend", req.id))
+    out.append(release_button(req))
+    out.append(revoke_button(req))
+    return out
+
+
+def release_button(req: AccessRequest) -> dict[str, Any]:
+    """ "I'm done": the requester or an approver ends the grant now."""
+    return button(RELEASE, "Release now", req.id)
+
+
+def warning_blocks(req: AccessRequest, text: str, extendable: bool) -> list[dict[str, Any]]:
+    """The "expires in 5 min" note in the request's thread, with Extend and Release buttons."""
+    elements = ([button(EXTEND, "Extend", req.id)] if extendable else []) + [release_button(req)]
+    return [section(text), {"type": "actions", "block_id": f"warn:{req.id}", "elements": elements}]
 
 
 def rules_progress(rules: list[dict[str, Any]]) -> str:
@@ -298,6 +352,34 @@ def break_glass_modal(
                 min_length=10,
                 max_length=500,
             ),
+        ],
+    )
+
+
+def extend_modal(
+    req: AccessRequest, default_ttl: str, channel: str | None = None, message_ts: str | None = None
+) -> dict[str, Any]:
+    """How much longer, and why (the reason is optional)."""
+    ttl_input = _text_input(EXTEND_TTL_BLOCK, EXTEND_TTL_INPUT, "Extend by", "15m, 1h, 90s", max_length=20)
+    ttl_input["element"]["multiline"] = False
+    ttl_input["element"]["initial_value"] = default_ttl
+    reason = _text_input(
+        EXTEND_REASON_BLOCK, EXTEND_REASON_INPUT, "Reason", "Why the job needs more time", max_length=500
+    )
+    reason["optional"] = True
+    return _modal(
+        EXTEND_MODAL,
+        "Extend the grant",
+        "Extend",
+        {"id": req.id, "channel": channel, "ts": message_ts},
+        [
+            section(
+                f"Extend {code(req.action, 64)} for {code(req.pipeline, 100)} (request {code(req.id, 64)})"
+                + (f", which ends {slack_date(req.expires_at)}" if req.expires_at else "")
+                + "?"
+            ),
+            ttl_input,
+            reason,
         ],
     )
 
