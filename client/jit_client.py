@@ -7,6 +7,7 @@ from the server itself and run it with no install at all:
 
     curl -fsS "$JIT_URL/v1/client.py" -o jit_client.py
     python3 jit_client.py request deploy-db --reason "migrate orders" --format env
+    python3 jit_client.py extend "$JIT_REQUEST_ID" --ttl 15m --reason "migration is slow"
     python3 jit_client.py release "$JIT_REQUEST_ID"
 
 Exit codes: 0 granted (or released), 10 denied, 11 timed out, 12 expired / revoked /
@@ -14,7 +15,7 @@ cancelled before the credential was fetched, 2 usage error, 1 anything else.
 
 Variables. The client reads its own settings from CLIENT_ENV: JIT_URL, JIT_TOKEN,
 JIT_AUDIENCE, JIT_IDEMPOTENCY_KEY, JIT_ENVIRONMENT, JIT_ID_TOKEN (--oidc gitlab),
-JIT_REQUEST_ID and JIT_REQUEST_TOKEN (release). `--format env|github|gitlab` exports:
+JIT_REQUEST_ID and JIT_REQUEST_TOKEN (release, extend). `--format env|github|gitlab` exports:
 
     JIT_CREDENTIAL_<KEY>  each credential field: `password` -> JIT_CREDENTIAL_PASSWORD,
                           `db-host` -> JIT_CREDENTIAL_DB_HOST, the `token` backend's `token`
@@ -766,6 +767,52 @@ class Runner:
         self.say(f"{a.id} released ({status})")
         return EXIT_GRANTED
 
+    # -------------------------------------------------------------- extend
+
+    def extend(self) -> int:
+        """More time for an active grant: 0 when extended or waiting for approval (202)."""
+        a = self.args
+        if not a.id:
+            raise UsageError("extend needs a request ID (or $JIT_REQUEST_ID)")
+        if not a.token:
+            raise UsageError("extend needs --request-token (or $JIT_REQUEST_TOKEN)")
+        path = f"/v1/requests/{urllib.parse.quote(a.id)}"
+        deadline = self.clock() + RELEASE_RETRY_SECONDS
+        body: dict[str, Any] = {"reason": a.reason or ""}
+        if a.ttl is not None:
+            body["ttl"] = a.ttl
+        try:
+            _, before = self.call("GET", path, deadline, "reading the request", token=a.token)
+            status, r = self._extend_once(path, body, before, deadline)
+        except ApiError as e:
+            raise ClientError(f"cannot extend {a.id}: {e.message} ({e.code})") from None
+        if status == 202:
+            self.say(f"{a.id}: the extension waits for approval in Slack (expires {r.get('expires_at')} until then)")
+        else:
+            self.say(f"{a.id} extended: now expires {r.get('expires_at')}")
+        return EXIT_GRANTED
+
+    def _extend_once(self, path: str, body: dict[str, Any], before: Any, deadline: float) -> tuple[int, Any]:
+        """POST the extension once: after a lost answer, the request's expiry says whether it
+        landed (an extension is not repeated); asking again for a waiting one changes nothing."""
+        delay = 1.0
+        while True:
+            try:
+                return self.http("POST", self.base + path + "/extend", token=self.args.token, body=body)
+            except Transient as e:
+                if self.clock() >= deadline:
+                    raise ClientError(f"extending: giving up after retries ({e})") from None
+                self.say(f"extending: {e}; checking whether it landed in {delay:.0f}s", always=True)
+                self.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                _, now_ = self.call("GET", path, deadline, "reading the request", token=self.args.token)
+                if (
+                    isinstance(now_, dict)
+                    and isinstance(before, dict)
+                    and now_.get("expires_at") != before.get("expires_at")
+                ):
+                    return 200, now_
+
 
 # ------------------------------------------------------------------------ CLI
 
@@ -848,6 +895,28 @@ def build_parser(env: Mapping[str, str], prog: str | None = None) -> argparse.Ar
     )
     rel.add_argument("--quiet", action="store_true")
     rel.add_argument("--insecure-http", action="store_true")
+
+    ext = sub.add_parser(
+        "extend",
+        help="ask for more time on an active grant",
+        description="Ask for more time on an active grant: applied at once within the action's policy, "
+        "or after approval in Slack (exit 0 either way; the log says which).",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ext.add_argument("id", nargs="?", default=env.get("JIT_REQUEST_ID"))
+    ext.add_argument("--ttl", type=_duration_arg, help="time to add (15m, 1h; default: the action's default ttl)")
+    ext.add_argument("--reason", default="", help="why the job needs more time")
+    ext.add_argument("--url", default=env.get("JIT_URL"))
+    ext.add_argument(
+        "--token",
+        "--request-token",
+        dest="token",
+        default=env.get("JIT_REQUEST_TOKEN"),
+        help="the request's token ($JIT_REQUEST_TOKEN)",
+    )
+    ext.add_argument("--quiet", action="store_true")
+    ext.add_argument("--insecure-http", action="store_true")
     return p
 
 
@@ -895,6 +964,8 @@ def main(
     try:
         _check_url(args.url, args.insecure_http)
         runner = Runner(args, env, out, err, sleep=sleep, clock=clock)
+        if args.command == "extend":
+            return runner.extend()
         return runner.request() if args.command == "request" else runner.release()
     except UsageError as e:
         print(f"jit: {e}", file=err)

@@ -94,6 +94,9 @@ class RequestService:
                 f"{int(action.ttl.max.total_seconds())}s"
             )
         context, requested_by, verified_keys = _merge_verified(body, verified)
+        held = self._held(pipeline, body, verified)
+        if held is not None:
+            return held
 
         t = from_ms(now_ms())  # millisecond precision: the 201 and every later read agree
         break_glass = policy.break_glass_for(body.action)
@@ -172,6 +175,30 @@ class RequestService:
         if not body.break_glass:
             req = self._try_auto_approve(policy, req, verified, t) or req
         return Created(req, token, True)
+
+    def _held(self, pipeline: str, body: RequestBody, verified: dict[str, Any] | None) -> Created | None:
+        """The active grant of this action the same pipeline already holds — for an OIDC caller, one
+        its own run asked for — handed back rather than a second credential (200, same id)."""
+        caller = dict((verified or {}).get("context") or {})
+        t = from_ms(now_ms())
+        for req in self.store.active_for(pipeline, body.action):
+            if req.expires_at is None or req.expires_at <= t or req.verified != bool(verified):
+                continue
+            if verified and _same_run(req, caller) is None:
+                continue
+            self.audit.append(
+                "request.reused",
+                request_id=req.id,
+                action=req.action,
+                actor=f"pipeline:{pipeline}",
+                details={
+                    "why": "the pipeline holds an active grant of this action; it gets that grant back",
+                    "reason": body.reason,
+                    "asked_ttl": body.ttl,
+                },
+            )
+            return Created(req, self.vault.open(req.request_token_enc), False)
+        return None
 
     def _bound(self, pipeline: str, action: str, platform: str, verified: dict[str, Any] | None) -> Created:
         """The request approved for the very run whose job holds this OIDC token: its repository

@@ -668,6 +668,17 @@ class Store:
         """Not-yet-final requests, newest first."""
         return self.r.zrevrange(keys.open_requests(), 0, limit - 1)
 
+    def active_for(self, pipeline: str, action: str, limit: int = 5000) -> list[AccessRequest]:
+        """The active grants of `action` that `pipeline` holds (among the newest `limit` open
+        requests), newest first."""
+        ids = self.r.zrevrange(keys.open_requests(), 0, limit - 1)
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hmget(keys.request(i), ["pipeline", "action", "status"])
+        rows = pipe.execute() if ids else []
+        hits = [i for i, (p, a, st) in zip(ids, rows, strict=True) if p == pipeline and a == action and st == "active"]
+        return self.get_many(hits)
+
     def credential_blob(self, request_id: str) -> str | None:
         return self.r.get(keys.credential(request_id))
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from support import WEB_TOKEN, policy_text
+from support import OTHER_TOKEN, WEB_TOKEN, policy_text
 
 from bot.core.clock import from_ms
 
@@ -109,3 +109,19 @@ def test_an_extension_that_needs_approval(jit, slack):
     events = [e.body for e in jit.rt.audit.entries_for_request(rid) if e.body["event"] == "grant.extended"]
     assert len(events) == 1 and events[0]["details"]["approved_by"] == ["U0LEAD1"]
     assert "Extension requested" not in str(slack.message(ts)["blocks"])
+
+
+def test_the_same_pipeline_asking_again_gets_its_active_grant_back(jit):
+    rid = active(jit, "read-secret", ["U0LEAD1"], ttl="10m")
+    again = jit.ask("read-secret", expect=200, reason="a second step of the same job")
+    assert again["id"] == rid and again["status"] == "active"
+    assert again["request_token"] == jit.request_tokens[(rid, WEB_TOKEN)]
+    reused = [e.body for e in jit.rt.audit.entries_for_request(rid) if e.body["event"] == "request.reused"]
+    assert len(reused) == 1 and reused[0]["details"]["reason"] == "a second step of the same job"
+    # another pipeline, or another action, is not the same grant
+    other = jit.ask("read-secret", token=OTHER_TOKEN)
+    assert other["id"] != rid and other["status"] == "pending"
+    assert jit.ask("deploy-prod")["id"] != rid
+    # once the grant is over, asking again is a new request
+    assert jit.release(rid).status_code == 200
+    assert jit.ask("read-secret")["id"] != rid
