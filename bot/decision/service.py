@@ -345,19 +345,22 @@ class DecisionService:
             "self_approval": self_approval,
             "cut_by_window": bool(extra.get("cut_by_window")),
             "extendable": req.status == Status.ACTIVE and self._extendable(req),
-            "extension": self._extension(req) if req.status == Status.ACTIVE else None,
+            "extension": self.extension_round(req) if req.status == Status.ACTIVE else None,
         }
 
     def _extendable(self, req: AccessRequest) -> bool:
         action = self.rules.policy.action(req.action)
         return action is not None and action.extend is not None
 
-    def _extension(self, req: AccessRequest) -> dict[str, Any] | None:
-        """The extension waiting for approval on `req` (bot/grant/extend.py opens it), if any."""
+    def extension_round(self, req: AccessRequest) -> dict[str, Any] | None:
+        """The extension waiting for approval on `req` (bot/grant/extend.py opens it), if any:
+        {id, add_ms, add_s, by, reason, required, approvers}."""
         f = self.store.fields(req.id, "ext_round", "ext_add_ms", "ext_by", "ext_reason", "ext_required")
         if not f.get("ext_round"):
             return None
         return {
+            "id": f["ext_round"],
+            "add_ms": int(f.get("ext_add_ms") or 0),
             "add_s": int(f.get("ext_add_ms") or 0) // 1000,
             "by": f.get("ext_by", ""),
             "reason": f.get("ext_reason", ""),

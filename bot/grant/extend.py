@@ -167,16 +167,16 @@ class ExtendService:
 
     def round(self, req: AccessRequest) -> Round | None:
         """The extension waiting for approval on `req`, if any."""
-        f = self.store.fields(req.id, "ext_round", "ext_add_ms", "ext_by", "ext_reason", "ext_required")
-        if not f.get("ext_round"):
+        found = self.decisions.extension_round(req)
+        if found is None:
             return None
         return Round(
-            id=f["ext_round"],
-            add=timedelta(milliseconds=int(f.get("ext_add_ms") or 0)),
-            by=f.get("ext_by", ""),
-            reason=f.get("ext_reason", ""),
-            required=int(f.get("ext_required") or 1),
-            approvers=self.store.extension_approvers(req.id),
+            id=found["id"],
+            add=timedelta(milliseconds=found["add_ms"]),
+            by=found["by"],
+            reason=found["reason"],
+            required=found["required"],
+            approvers=found["approvers"],
         )
 
     def approve(self, request_id: str, user: str) -> tuple[Outcome, Round]:

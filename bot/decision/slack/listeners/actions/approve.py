@@ -15,7 +15,7 @@ def approve(ack: Ack, body: dict, context: BoltContext) -> None:
     rt = context["jit"]
     user, request_id = clicked(body)
     req = rt.store.get(request_id)
-    if req is not None and req.status == Status.ACTIVE:
+    if req is not None and req.status == Status.ACTIVE and rt.extensions.round(req) is not None:
         approve_extension(rt, body, user, request_id)
         return
     try:
