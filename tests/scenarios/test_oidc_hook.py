@@ -120,3 +120,16 @@ def test_auto_approve_on_a_gitlab_branch_never_matches_a_tag_of_the_same_name(gi
     # a GitLab too old to send ref_path: its type still decides
     old_tag = gitlab_token(issuers, ref_type="tag", ref_path=None)
     assert ask(jit.http, old_tag, action="deploy-staging").get_json()["status"] == "pending"
+
+
+def test_the_same_run_asking_again_gets_its_active_grant_and_another_run_does_not(oidc_policy, jit, issuers):
+    first = ask(jit.http, mint(github_claims(issuers.github))).get_json()
+    jit.approve(first["id"], "U0LEAD1")
+    jit.drain(lambda: jit.status(first["id"], token=first["request_token"]).get_json()["status"] == "active")
+    again = ask(jit.http, mint(github_claims(issuers.github)))  # a fresh token of the same run
+    assert again.status_code == 200, again.get_json()
+    assert again.get_json()["id"] == first["id"] and again.get_json()["request_token"] == first["request_token"]
+    other_run = ask(jit.http, mint(github_claims(issuers.github, run_id="22259804999")))
+    assert other_run.status_code == 201 and other_run.get_json()["id"] != first["id"]
+    retried = ask(jit.http, mint(github_claims(issuers.github, run_attempt="2")))  # a re-run is another run
+    assert retried.status_code == 201 and retried.get_json()["id"] != first["id"]
