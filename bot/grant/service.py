@@ -15,6 +15,7 @@ from bot.core.model import UNDECIDED, AccessRequest, Status
 from bot.core.policy.inflight import InFlightRules
 from bot.core.ports import GrantBackend, GrantRequest, Metrics
 from bot.request.service import FollowUp
+from bot.store import keys
 from bot.store.audit import AuditLog
 from bot.store.requests import Outcome, Store
 
@@ -113,6 +114,7 @@ class GrantService:
                 details={**details, "why": "the request ended while the backend worked: revoking at once"},
                 **event,
             ),
+            held=keys.held_grants(req.pipeline, req.action),
         )
         if out.result == "ok":
             if cut:

@@ -17,6 +17,12 @@ def approvals(request_id: str) -> str:
     return f"{PREFIX}req:{request_id}:approvals"
 
 
+def held_grants(pipeline: str, action: str) -> str:
+    """Set of request ids: the grants of `action` that `pipeline` was issued (added when a grant
+    turns active; ended ones are pruned when read). TTL JIT_REQUEST_RETENTION."""
+    return f"{PREFIX}held:{pipeline}:{action}"
+
+
 def extension_approvals(request_id: str) -> str:
     """Hash user_id → approval time (ms) of the extension waiting for approval; deleted when it
     is applied, TTL JIT_REQUEST_RETENTION."""

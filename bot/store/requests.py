@@ -372,7 +372,9 @@ return reply('decided', st)
 
 # The backend answered. The current claim holder records the credential: approved → active, or,
 # when the request ended while the backend worked, the credential is kept (encrypted) only to be
-# revoked through the due queue at once.
+# revoked through the due queue at once. An active grant joins its pipeline's held grants of the
+# action (KEYS[9], '' for none), where the same pipeline asking again finds it.
+# KEYS: 9 held grants set or ''
 # ARGV: 8 claim token, 9 issued_ms, 10 expires_ms, 11 sealed credential, 12 credential ttl ms
 _FINISH_GRANT = (
     _PRELUDE
@@ -386,6 +388,10 @@ redis.call('HDEL', KEYS[1], 'grant_inflight')
 redis.call('SET', KEYS[8], ARGV[11], 'PX', ARGV[12])
 if st == 'approved' then
   redis.call('HSET', KEYS[1], 'status', 'active', 'issued_ms', ARGV[9], 'expires_ms', ARGV[10])
+  if KEYS[9] ~= '' then
+    redis.call('SADD', KEYS[9], ID)
+    redis.call('EXPIRE', KEYS[9], ARGV[4])
+  end
   schedule('expire:' .. ID, ARGV[10])
   kick('slack:' .. ID)
   gate_owed()
@@ -668,16 +674,15 @@ class Store:
         """Not-yet-final requests, newest first."""
         return self.r.zrevrange(keys.open_requests(), 0, limit - 1)
 
-    def active_for(self, pipeline: str, action: str, limit: int = 5000) -> list[AccessRequest]:
-        """The active grants of `action` that `pipeline` holds (among the newest `limit` open
-        requests), newest first."""
-        ids = self.r.zrevrange(keys.open_requests(), 0, limit - 1)
-        pipe = self.r.pipeline(transaction=False)
-        for i in ids:
-            pipe.hmget(keys.request(i), ["pipeline", "action", "status"])
-        rows = pipe.execute() if ids else []
-        hits = [i for i, (p, a, st) in zip(ids, rows, strict=True) if p == pipeline and a == action and st == "active"]
-        return self.get_many(hits)
+    def active_for(self, pipeline: str, action: str) -> list[AccessRequest]:
+        """The active grants of `action` that `pipeline` holds; the ended ones leave the set."""
+        held = keys.held_grants(pipeline, action)
+        ids = sorted(self.r.smembers(held))
+        found = {req.id: req for req in self.get_many(ids)}
+        ended = [i for i in ids if i not in found or found[i].status != Status.ACTIVE]
+        if ended:
+            self.r.srem(held, *ended)
+        return [req for req in found.values() if req.status == Status.ACTIVE]
 
     def credential_blob(self, request_id: str) -> str | None:
         return self.r.get(keys.credential(request_id))
@@ -873,9 +878,11 @@ class Store:
         *,
         issued: str,
         late: str,
+        held: str = "",
     ) -> Outcome:
         """Record what the backend issued: 'ok' (now active), 'late' (the request ended meanwhile:
-        revoke queued) or 'stale' (not the current claim: nothing recorded)."""
+        revoke queued) or 'stale' (not the current claim: nothing recorded). `held`: the
+        pipeline's held-grants key (keys.held_grants) the active grant joins."""
         cred_ttl_ms = max(expires_ms - now_ms, 0) + self.retention_s * 1000
         return _outcome(
             self._run(
@@ -883,6 +890,7 @@ class Store:
                 request_id,
                 now_ms,
                 events=(issued, late),
+                keys_extra=[held],
                 args_extra=[
                     token,
                     issued_ms,
