@@ -116,8 +116,16 @@ def test_the_warning_has_buttons_and_release_now_ends_the_grant(stack):
     blocks = warning.params["blocks"]
     blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
     assert buttons(blocks) == {EXTEND: "Extend", RELEASE: "Release now"}
-    click = block_action(RELEASE, rid, "U0ALICE", channel="C0APPROVALS", message_ts=ts, button_text="Release now")
-    assert stack.slack_post(click).status_code == 200
+    warn_ts = warning.response["ts"]
+    message = stack.slack.message(warn_ts)
+    forged = block_action(
+        RELEASE, rid, "U0ALICE", channel="C0APPROVALS", message_ts="1.000001", button_text="Release now"
+    )
+    assert stack.slack_post(forged).status_code == 400  # a button names only the request of its own message
+    click = block_action(
+        RELEASE, rid, "U0ALICE", channel="C0APPROVALS", message_ts=warn_ts, message=message, button_text="Release now"
+    )
+    assert stack.slack_post(click).status_code == 200  # clicked in the warning itself
     ended = stack.wait_status(rid, WEB_TOKEN, {"revoked"})
     assert ended["revoked_by"] == "U0ALICE"
     assert stack.get(rid, WEB_TOKEN, path="/credential").status_code == 410

@@ -17,7 +17,7 @@ from slack_bolt.request import BoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk import WebClient
 
-from bot.decision.slack.views.blocks import APPROVE, BREAK_GLASS, DENY, REVOKE
+from bot.decision.slack.views.blocks import APPROVE, BREAK_GLASS, DENY, EXTEND, RELEASE, REVOKE
 from bot.runtime import Runtime
 from bot.store import keys
 from bot.store.refusals import record_refusal
@@ -172,7 +172,14 @@ def _check_buttons(rt: Runtime, payload: dict, user: str | None) -> tuple[int, s
     """A button's value is a lookup key: it must name the request whose message holds it."""
     container = payload.get("container") or {}
     for act in payload.get("actions") or []:
-        if not isinstance(act, dict) or act.get("action_id") not in (APPROVE, DENY, REVOKE, BREAK_GLASS):
+        if not isinstance(act, dict) or act.get("action_id") not in (
+            APPROVE,
+            DENY,
+            REVOKE,
+            BREAK_GLASS,
+            RELEASE,
+            EXTEND,
+        ):
             continue
         rid = str(act.get("value") or "")
         if container.get("type") != "message":
@@ -180,8 +187,12 @@ def _check_buttons(rt: Runtime, payload: dict, user: str | None) -> tuple[int, s
         req = rt.store.get(rid)
         if req is None:
             continue  # the listener answers "no such request"
-        # no message of ours holds this request yet, or another message does
-        if container.get("message_ts") != req.message_ts:
+        # no message of ours holds this request yet, or another message does (Extend and Release
+        # also sit in the request's "expires in 5 min" note in its thread)
+        held_by = {req.message_ts}
+        if act.get("action_id") in (RELEASE, EXTEND):
+            held_by.add(rt.store.fields(rid, "warn_ts").get("warn_ts"))
+        if container.get("message_ts") not in held_by - {None}:
             record_refusal(
                 rt.redis,
                 rt.audit,

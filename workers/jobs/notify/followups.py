@@ -213,7 +213,13 @@ def do_warn(rt, rid: str) -> None:
         if rt.redis.hget(keys.request(rid), "warned_ms"):
             return
         text = warning_text(req)
-        _send_once(rt, req, "warned_ms", lambda: _post_in_thread(rt, req, text, warning_blocks(req, text, extendable)))
+
+        def post() -> None:
+            resp = _post_in_thread(rt, req, text, warning_blocks(req, text, extendable))
+            # its buttons belong to this request too (bot/decision/slack/middleware.py)
+            rt.store.set_fields(req.id, warn_ts=str(resp.get("ts") or ""))
+
+        _send_once(rt, req, "warned_ms", post)
 
 
 def do_dm(rt, rid: str) -> None:
@@ -268,12 +274,14 @@ def _send_once(rt, req: AccessRequest, mark: str, send) -> None:
     rt.store.set_fields(req.id, **{mark: str(now_ms())})
 
 
-def _post_in_thread(rt, req: AccessRequest, text: str, blocks: list | None = None) -> None:
+def _post_in_thread(rt, req: AccessRequest, text: str, blocks: list | None = None):
 
     channel = rt.redis.hget(keys.request(req.id), "message_channel") or req.channel
     take_slot(rt, channel)
     extra = {"blocks": blocks} if blocks else {}
-    call_slack(rt, channel, rt.slack.chat_postMessage, channel=channel, thread_ts=req.message_ts, text=text, **extra)
+    return call_slack(
+        rt, channel, rt.slack.chat_postMessage, channel=channel, thread_ts=req.message_ts, text=text, **extra
+    )
 
 
 def _send_dm(rt, req: AccessRequest, text: str) -> None:
