@@ -100,6 +100,7 @@ def summarize(request_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     decision = None
     approvals, fetched, revoke_failures, grant_failures, session = [], [], [], [], []
     issued = revoked = revoke_requested = None
+    extensions: list[dict] = []
     outcome = "pending" if created is not None else None
     for r in rows:
         event, d = r.get("event"), r.get("details") or {}
@@ -122,8 +123,10 @@ def summarize(request_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
             grant_failures.append({**_at(r), "details": d})
         elif event == "credential.fetched":
             fetched.append(_at(r))
-        elif event == "grant.revoke_requested":
+        elif event in ("grant.revoke_requested", "grant.released"):
             revoke_requested = _at(r)
+        elif event == "grant.extended":
+            extensions.append({**_at(r), "details": d})
         elif event == "revoke.attempt_failed":
             revoke_failures.append({**_at(r), "details": d})
         elif event == "grant.revoked":
@@ -138,7 +141,10 @@ def summarize(request_id: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         credential = {
             "issued_at": (issued or {}).get("time"),
             "issue_seq": (issued or {}).get("seq"),
-            "expires_at": di.get("expires_at") or dr.get("expires_at"),
+            "expires_at": (extensions[-1]["details"].get("new_expires_at") if extensions else None)
+            or di.get("expires_at")
+            or dr.get("expires_at"),
+            "extensions": extensions,
             "backend": di.get("backend") or dr.get("backend"),
             "ttl_seconds": di.get("ttl_seconds"),
             "cut_by_window": bool(di.get("cut_by_window")),

@@ -48,6 +48,15 @@ def _credential(cred: dict[str, Any]) -> list[str]:
         [
             ("Issued", f"{_cell(cred.get('issued_at'))} (entry {_entry(cred.get('issue_seq'))})"),
             ("Expires", _cell(cred.get("expires_at"))),
+            (
+                "Extended",
+                _cell(
+                    [
+                        f"{e['by']} at {e['at']} to {e['details'].get('new_expires_at')} (#{e['seq']})"
+                        for e in cred.get("extensions") or []
+                    ]
+                ),
+            ),
             ("Backend", _code(cred.get("backend"))),
             ("Fetched", _cell([f"{f['by']} at {f['at']} (#{f['seq']})" for f in cred.get("fetched") or []])),
             ("Revoke asked", _cell(cred.get("revoke_requested"))),

@@ -96,3 +96,18 @@ def test_break_glass_denial_failures_and_sessions():
 def test_a_request_whose_creation_was_trimmed_away_still_summarizes():
     s = summarize("r1", [row(9, "grant.revoked", "expiry")])
     assert s["request"] is None and s["pipeline"] is None and s["outcome"] == "expired"
+
+
+def test_extensions_move_the_expiry_and_a_release_is_the_revoke_asked():
+    rows = [
+        CREATED,
+        row(2, "request.approved", "U0LEAD1"),
+        row(3, "grant.issued", backend="exec", expires_at="2026-03-01T10:10:03.000Z", ttl_seconds=600),
+        row(4, "grant.extended", "pipeline:gh-deploy", new_expires_at="2026-03-01T10:20:03.000Z", added_seconds=600),
+        row(5, "grant.extended", "U0LEAD2", new_expires_at="2026-03-01T10:25:03.000Z", added_seconds=300),
+        row(6, "grant.released", "U0ALICE"),
+    ]
+    cred = summarize("r1", rows)["credential"]
+    assert cred["expires_at"] == "2026-03-01T10:25:03.000Z"
+    assert [e["by"] for e in cred["extensions"]] == ["pipeline:gh-deploy", "U0LEAD2"]
+    assert cred["revoke_requested"]["by"] == "U0ALICE"
