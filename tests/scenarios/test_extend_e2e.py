@@ -115,7 +115,7 @@ def test_the_warning_has_buttons_and_release_now_ends_the_grant(stack):
     assert "expires in 10 min" in warning.params["text"]
     blocks = warning.params["blocks"]
     blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
-    assert buttons(blocks) == {EXTEND: "Extend", RELEASE: "Release now"}
+    assert buttons(blocks) == {EXTEND: "Extend", RELEASE: "Release"}
     warn_ts = warning.response["ts"]
     message = stack.slack.message(warn_ts)
     forged = block_action(
@@ -123,7 +123,7 @@ def test_the_warning_has_buttons_and_release_now_ends_the_grant(stack):
     )
     assert stack.slack_post(forged).status_code == 400  # a button names only the request of its own message
     click = block_action(
-        RELEASE, rid, "U0ALICE", channel="C0APPROVALS", message_ts=warn_ts, message=message, button_text="Release now"
+        RELEASE, rid, "U0ALICE", channel="C0APPROVALS", message_ts=warn_ts, message=message, button_text="Release"
     )
     assert stack.slack_post(click).status_code == 200  # clicked in the warning itself
     ended = stack.wait_status(rid, WEB_TOKEN, {"revoked"})

@@ -171,7 +171,7 @@ def test_the_warning_has_extend_and_release_and_is_rearmed(warn_ten_minutes_befo
         jit,
     )[0]
     assert "expires in 10 min" in warning.params["text"]
-    assert buttons(warning.params["blocks"]) == {EXTEND: "Extend", RELEASE: "Release now"}
+    assert buttons(warning.params["blocks"]) == {EXTEND: "Extend", RELEASE: "Release"}
     # extended: the warning is owed again, before the new end
     resp = jit.http.post(
         f"/v1/requests/{rid}/extend",

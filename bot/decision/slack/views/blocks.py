@@ -229,14 +229,14 @@ def grant_buttons(
     return out
 
 
-def release_button(req: AccessRequest) -> dict[str, Any]:
-    """ "I'm done": the requester or an approver ends the grant now."""
-    return button(RELEASE, "Release now", req.id)
+def release_button(req: AccessRequest, label: str = "Release now") -> dict[str, Any]:
+    """The requester ("I'm done") or an approver ends the grant now."""
+    return button(RELEASE, label, req.id)
 
 
 def warning_blocks(req: AccessRequest, text: str, extendable: bool) -> list[dict[str, Any]]:
     """The "expires in 5 min" note in the request's thread, with Extend and Release buttons."""
-    elements = ([button(EXTEND, "Extend", req.id)] if extendable else []) + [release_button(req)]
+    elements = ([button(EXTEND, "Extend", req.id)] if extendable else []) + [release_button(req, "Release")]
     return [section(text), {"type": "actions", "block_id": f"warn:{req.id}", "elements": elements}]
 
 
