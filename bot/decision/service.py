@@ -313,7 +313,13 @@ class DecisionService:
         policy = self.rules.policy_of(req)
         action = policy.action(req.action)
         extra = self.store.fields(
-            req.id, "break_glass", "break_glass_by", "break_glass_justification", "auto_rule", "cut_by_window"
+            req.id,
+            "break_glass",
+            "break_glass_by",
+            "break_glass_justification",
+            "auto_rule",
+            "cut_by_window",
+            "extensions",
         )
         if self.rules.self_approval_allowed(req):
             self_approval = "allowed"
@@ -345,6 +351,7 @@ class DecisionService:
             "self_approval": self_approval,
             "cut_by_window": bool(extra.get("cut_by_window")),
             "extendable": req.status == Status.ACTIVE and self._extendable(req),
+            "extensions": int(extra.get("extensions") or 0),
             "extension": self.extension_round(req) if req.status == Status.ACTIVE else None,
         }
 

@@ -128,6 +128,9 @@ def test_an_approver_extends_with_the_modal(jit, slack):
     ok = submit_extend(jit, view, "U0LEAD1", "5m", "still migrating")
     assert ok.status_code == 200 and not ok.data
     assert (jit.rt.store.get(rid).expires_at - before).total_seconds() == 300
+    jit.work()
+    status = json.dumps(slack.message(jit.rt.store.get(rid).message_ts)["blocks"], ensure_ascii=False)
+    assert "Active" in status and "— extended" in status
     ext = [e.body for e in jit.rt.audit.entries_for_request(rid) if e.body["event"] == "grant.extended"]
     assert ext[0]["actor"] == "U0LEAD1" and ext[0]["details"]["reason"] == "still migrating"
     # a stranger's click opens nothing

@@ -101,6 +101,7 @@ def request_blocks(
     oncall_notes: list[str] | None = None,
     extendable: bool = False,
     extension: dict[str, Any] | None = None,
+    extensions: int = 0,
 ) -> list[dict[str, Any]]:
     """The request's channel message. `break_glass`: the action has break-glass approvers
     (show the button); `break_glass_requested`: the pipeline asked for it (no Approve button);
@@ -111,7 +112,8 @@ def request_blocks(
     {name, count, counted, approvers}, shown with their progress ("Leads 1/1 ✓ · Security 0/1");
     `oncall_notes`: on-call schedules that cannot be read now (they count nobody); `extendable`:
     the action's grants may be extended (show Extend); `extension`: the extension waiting for
-    approval, {add_s, by, reason, required, approvers} (shown with an Approve button)."""
+    approval, {add_s, by, reason, required, approvers} (shown with an Approve button); `extensions`:
+    how many times the grant was extended."""
     ctx = req.context
     auto = req.decided_by == "auto"
     rule = auto_rule or f"actions.{req.action}.auto_approve"
@@ -182,6 +184,8 @@ def request_blocks(
     status = status_line(req)
     if cut_by_window and req.status == Status.ACTIVE:
         status += " — cut to end with its change window"
+    if extensions and req.status == Status.ACTIVE:
+        status += " — extended" + (f" {extensions} times" if extensions > 1 else "")
     if req.revoke_pending:
         status += "\n:hourglass: *Revoking the credential* — jit retries until the target confirms"
     blocks.append(section(status))
