@@ -252,8 +252,9 @@ def test_a_token_grant_exported_to_the_shell_leaves_the_next_request_working(sta
     script = """
         VARS="$("$PY" "$CLIENT" request read-secret --reason first --format env --quiet)" || exit 90
         eval "$VARS"
-        "$PY" "$CLIENT" request read-secret --reason second --no-wait --format json --quiet > second.json || exit 91
+        "$PY" "$CLIENT" request quick --reason second --no-wait --format json --quiet > second.json || exit 91
         printf '%s\n' "$JIT_TOKEN" "$JIT_CREDENTIAL_TOKEN" "$JIT_REQUEST_ID" > seen.txt
+        "$PY" "$CLIENT" release --quiet || exit 92
     """
     before = known_ids(stack)
     proc = subprocess.Popen(
@@ -276,8 +277,10 @@ def test_a_token_grant_exported_to_the_shell_leaves_the_next_request_working(sta
     pipeline_token, credential_token, first_id = (tmp_path / "seen.txt").read_text().splitlines()
     assert pipeline_token == WEB_TOKEN and first_id == rid
     assert credential_token.count(".") == 2  # the grant's JWT, under its own name
+    # another action: a new request (read-secret again would hand back the grant this run holds)
     second = json.loads((tmp_path / "second.json").read_text())
     assert second["id"] != rid and second["request_token"]
+    assert stored_status(stack, rid) == "revoked"  # released with what the eval left in the shell
 
 
 def test_a_server_that_is_down_is_announced_with_the_deadline():
