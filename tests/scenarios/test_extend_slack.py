@@ -104,6 +104,9 @@ def test_the_requester_releases_and_a_second_click_changes_nothing(jit, slack):
     released = [e.body for e in jit.rt.audit.entries_for_request(rid) if e.body["event"] == "grant.released"]
     assert len(released) == 1 and released[0]["actor"] == "U0ALICE"
     assert jit.credential(rid).status_code == 410
+    texts = [c.params.get("text") or "" for c in slack.calls("chat.postMessage")]
+    assert any("was approved" in t for t in texts)  # the requester's DMs go on…
+    assert not any("revoked early" in t for t in texts)  # …but ending it themselves is no news to them
 
 
 def test_a_stranger_cannot_release(jit, slack):

@@ -61,8 +61,10 @@ def owed_outcomes(req: AccessRequest) -> list[str]:
         out.append("expired")
     elif s == Status.FAILED:
         out.append("failed")
-    elif s == Status.REVOKED and not (req.revoked_by or "").startswith("pipeline:"):
-        out.append("revoked")  # the pipeline releasing its own grant is no news to its requester
+    elif s == Status.REVOKED and not (
+        (req.revoked_by or "").startswith("pipeline:") or req.revoked_by == req.requester_slack_id
+    ):
+        out.append("revoked")  # the pipeline (or the requester) releasing its own grant is no news to them
     return out
 
 
