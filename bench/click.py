@@ -41,6 +41,14 @@ async def _create(conn: Connection, action: str = "bench-token") -> dict[str, An
     return remember(resp.json())
 
 
+async def _release(conn: Connection, rid: str) -> None:
+    """Done with the credential, as a pipeline is (after the measurement): the pipeline's next ask
+    is a new request, not the grant it still holds."""
+    resp = await conn.request("DELETE", f"/v1/requests/{rid}", headers=auth(rid))
+    if resp.status != 200:
+        raise RuntimeError(f"release failed: {resp.status} {resp.body[:200]!r}")
+
+
 async def _message_ts(r, rid: str, timeout: float = 30.0) -> str:
     from bot.store import keys
 
@@ -114,6 +122,7 @@ async def _long_poll_run(stack, r, n: int, log) -> dict[str, Any]:
         to_approved.append(int(h[0]) - t0_wall * 1000)
         to_grant_start.append(int(h[1]) - int(h[0]))
         grant_to_seen.append(t0_wall * 1000 + (t_active - t0) * 1000 - int(h[1]))
+        await _release(create, rid)
         if (i + 1) % 100 == 0:
             log(f"  {i + 1}/{n} clicks")
     for c in (create, poll, click):
@@ -142,6 +151,7 @@ async def _poll_run(stack, r, n: int, interval: float, rng: random.Random) -> li
         t0 = time.perf_counter()
         await clicker.request("POST", "/slack/events", headers=headers, body=body)
         t_cred, polls = await asyncio.wait_for(poller, 60)
+        await _release(conn, rid)
         await conn.close()
         await clicker.close()
         return {"ms": (t_cred - t0) * 1000, "polls": polls}

@@ -42,6 +42,14 @@ async def _create_many(port: int, n: int, concurrency: int = 20) -> list[str]:
     return list(ids)
 
 
+async def _release_all(port: int, ids: list[str], concurrency: int = 20) -> None:
+    """The pipeline is done with the long-poll phase's grants (a held grant is handed back to the
+    same pipeline asking again: the throughput run must create new requests)."""
+    pool = Pool("127.0.0.1", port, concurrency)
+    await asyncio.gather(*(pool.request("DELETE", f"/v1/requests/{rid}", headers=auth(rid)) for rid in ids))
+    await pool.close()
+
+
 def _wait_messages(r, ids: list[str], timeout: float) -> dict[str, str]:
     from bot.store import keys
 
@@ -185,6 +193,7 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
             ts = _wait_messages(r, ids, 600)
             log(f"  {len(ids)} requests created and posted; long-polls open, approving")
             waiters = asyncio.run(_waiters(stack.port, r, ids, ts, 3.0 if sizes.waiters >= 500 else 1.0))
+            asyncio.run(_release_all(stack.port, ids))  # else the pipeline's next asks get these grants back
             try:
                 wait_for(lambda: _queues_drained(r), 120, 0.2, "the approvals' jobs to finish")
             except TimeoutError:

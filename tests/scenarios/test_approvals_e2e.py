@@ -8,6 +8,7 @@ import json
 
 import pytest
 import redis as redislib
+import requests
 from approvals_support import ALL_OF, ONCALL, staff_oncall, with_actions
 from fakes.opsgenie import OpsgenieFake
 from fakes.pagerduty import PagerDutyFake
@@ -124,6 +125,11 @@ def test_pagerduty_on_call_hand_over_and_outage_through_real_processes(stack, pr
     told(stack, "U0ONA", "not an approver")
     click(stack, rid, "U0ONB")
     stack.wait_status(rid, rtok, {"active"})
+    # done with it: asking for hotfix again while it is active would hand this grant back
+    released = requests.delete(
+        f"{stack.url}/v1/requests/{rid}", headers={"Authorization": f"Bearer {rtok}"}, timeout=10
+    )
+    assert released.status_code == 200 and released.json()["status"] == "revoked"
 
     pd.stop()  # PagerDuty unreachable: fails closed, and says so
     oncall_cache_expired(stack)
