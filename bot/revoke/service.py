@@ -38,6 +38,8 @@ class RevokeService:
             out = self._close(req, Status.CANCELLED, {Status.PENDING, Status.APPROVED}, actor, revoked_by=actor)
             if not out.ok and out.status == "timed_out":  # its time was up: it times out now rather than a moment later
                 self.time_out(req.id)
+            elif not out.ok and out.status == Status.ACTIVE:  # the grant landed meanwhile: end it all the same
+                self._revoke(req, actor)
         elif req.status == Status.ACTIVE:
             self._revoke(req, actor)
         return self.store.get(req.id) or req

@@ -80,6 +80,17 @@ def test_releasing_an_active_grant_revokes_it_at_once_and_the_backend_follows(rt
     assert events(rt, rid, "grant.revoked")[0]["actor"] == "pipeline:web-ci"
 
 
+def test_a_release_that_races_the_grant_still_ends_it(rt, backend):
+    """The pipeline read its request `approved`, then the grant landed before its DELETE did: the
+    DELETE revokes the fresh grant rather than answering 200 and leaving it active."""
+    rid = ask(rt, "read-secret")
+    rt.decisions.approve(rid, "U0LEAD1")
+    seen = FollowUp(rt.store.get(rid), "request_token")  # approved, as the DELETE found it
+    rt.grants.issue(rid, grant_claim(rt, rid), backend.backend_for)
+    req = rt.revokes.release(seen)
+    assert (req.status, req.revoked_by) == (Status.REVOKED, "pipeline:web-ci")
+
+
 def test_releasing_a_finished_request_changes_nothing(rt):
     rid = ask(rt, "read-secret")
     rt.decisions.deny(rid, "U0LEAD1", "no")
