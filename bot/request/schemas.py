@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
@@ -14,6 +14,7 @@ from bot.core.clock import DURATION, MAX_DURATION_S
 from bot.core.identity import encodable
 
 MAX_REASON = 500
+_Body = TypeVar("_Body", bound=BaseModel)
 MAX_CONTEXT_VALUE = 500
 #: A context key; checked by `RequestBody._context` (for its message) and published with the model.
 CONTEXT_KEY = r"^[a-z][a-z0-9_]{0,39}$"
@@ -78,12 +79,7 @@ class RequestBody(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _storable(cls, data: Any) -> Any:
-        """Every string must be storable (and auditable) as UTF-8: a lone surrogate is a 400
-        here, before anything is written."""
-        for where, value in _strings(data):
-            if not encodable(value):
-                raise ValueError(f"{where} is not valid Unicode text")
-        return data
+        return storable(data)
 
     @field_validator("reason")
     @classmethod
@@ -126,23 +122,21 @@ class ExtendBody(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _storable(cls, data: Any) -> Any:
-        for where, value in _strings(data):
-            if not encodable(value):
-                raise ValueError(f"{where} is not valid Unicode text")
-        return data
+        return storable(data)
+
+
+def storable(data: Any) -> Any:
+    """Every string must be storable (and auditable) as UTF-8: a lone surrogate is a 400 here,
+    before anything is written."""
+    for where, value in _strings(data):
+        if not encodable(value):
+            raise ValueError(f"{where} is not valid Unicode text")
+    return data
 
 
 def parse_extend_body(data: Any) -> ExtendBody:
     """The body as an ExtendBody, or a 400 naming the first problem."""
-    if not isinstance(data, dict):
-        raise E.BadRequest("the body must be a JSON object")
-    try:
-        return ExtendBody.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-        raise E.BadRequest(f"{where if encodable(where) else 'body'}: {msg}"[:300]) from None
+    return _parsed(ExtendBody, data)
 
 
 def _strings(data: Any, where: str = "body"):
@@ -161,10 +155,14 @@ def _strings(data: Any, where: str = "body"):
 
 def parse_body(data: Any) -> RequestBody:
     """The body as a RequestBody, or a 400 naming the first problem."""
+    return _parsed(RequestBody, data)
+
+
+def _parsed(model: type[_Body], data: Any) -> _Body:
     if not isinstance(data, dict):
         raise E.BadRequest("the body must be a JSON object")
     try:
-        return RequestBody.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
