@@ -9,16 +9,12 @@ from datetime import datetime
 
 import pytest
 import requests
+from extend_support import with_extend
 from fakes.slack import block_action
 from procs import JIT, Stack, wait_until
 from support import WEB_TOKEN, policy_text
 
 from bot.decision.slack.views.blocks import EXTEND, RELEASE
-
-
-def with_extend(text: str, action: str, block: str) -> str:
-    marker = f"  {action}:\n"
-    return text.replace(marker, f"{marker}    extend: {block}\n", 1)
 
 
 @pytest.fixture(scope="module")

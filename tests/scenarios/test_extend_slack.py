@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from extend_support import with_extend
 from fakes.slack import view_submission
 from support import WEB_TOKEN, policy_text
 
@@ -18,11 +19,6 @@ from bot.decision.slack.views.blocks import (
     EXTEND_TTL_INPUT,
     RELEASE,
 )
-
-
-def with_extend(text: str, action: str, block: str) -> str:
-    marker = f"  {action}:\n"
-    return text.replace(marker, f"{marker}    extend: {block}\n", 1)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import json
 from unittest.mock import MagicMock
 
 import pytest
+from extend_support import with_extend
 from fakes.slack import block_action
 from unit_support import ask, context, grant_claim, interaction, told
 
@@ -16,8 +17,7 @@ from bot.decision.slack.views.blocks import EXTEND, EXTEND_MODAL
 
 @pytest.fixture
 def policy_file(policy_file):
-    text = policy_file.read_text().replace("  read-secret:\n", "  read-secret:\n    extend: {max_total: 1h}\n", 1)
-    policy_file.write_text(text)
+    policy_file.write_text(with_extend(policy_file.read_text(), "read-secret", "{max_total: 1h}"))
     return policy_file
 
 
