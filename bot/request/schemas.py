@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
@@ -105,9 +106,15 @@ class RequestBody(BaseModel):
             raise ValueError("context.run_url must be an http(s) URL")
         return v
 
-    def fingerprint(self, pipeline: str) -> str:
-        """What an Idempotency-Key promises: the same pipeline asking the same thing."""
-        raw = json.dumps([pipeline, self.model_dump()], sort_keys=True, separators=(",", ":"))
+    def fingerprint(self, pipeline: str, verified: Mapping[str, Any] | None = None) -> str:
+        """What an Idempotency-Key promises: the same caller asking the same thing. The caller is
+        the pipeline and, on a verified (OIDC) request, what its token vouches for (the run, its
+        commit, its actor): keys are derived from public CI data, so another run of the same
+        pipeline can compute one, and it must never get this run's request back."""
+        parts: list[Any] = [pipeline, self.model_dump()]
+        if verified:
+            parts.append({"context": dict(verified.get("context") or {}), "by": verified.get("requested_by")})
+        raw = json.dumps(parts, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(raw.encode()).hexdigest()
 
 

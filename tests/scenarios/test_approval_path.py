@@ -238,6 +238,10 @@ def test_idempotency_key_returns_same_request(jit, slack):
     assert a["id"] == b["id"] and a["request_token"] == b["request_token"]
     jit.work()
     assert len(slack.calls("chat.postMessage")) == 1
+    # with a static pipeline token the key is as good as the request_token: every replay is on the record
+    replays = [e.body for e in jit.rt.audit.entries_for_request(a["id"]) if e.body["event"] == "request.replayed"]
+    assert [(e["actor"], e["details"]["via"]) for e in replays] == [("pipeline:web-ci", "idempotency_key")]
+    assert a["request_token"] not in json.dumps(replays)
 
 
 def test_token_backend_jwks_and_introspection(jit):

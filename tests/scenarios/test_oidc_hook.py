@@ -120,3 +120,36 @@ def test_auto_approve_on_a_gitlab_branch_never_matches_a_tag_of_the_same_name(gi
     # a GitLab too old to send ref_path: its type still decides
     old_tag = gitlab_token(issuers, ref_type="tag", ref_path=None)
     assert ask(jit.http, old_tag, action="deploy-staging").get_json()["status"] == "pending"
+
+
+def test_an_idempotency_key_never_hands_one_runs_request_to_another_run(oidc_policy, jit, issuers):
+    """The client derives its key from public CI data (repository, run, job, action), so another
+    run of the same pipeline can compute it; the key promises the same *caller* asking the same
+    thing, and a different run is a different caller: it never sees the first run's request_token."""
+    key = {"Idempotency-Key": "acme/deploy-22259804324-1-deploy-read-secret"}
+    victim = mint(github_claims(issuers.github))
+    first = jit.http.post(
+        "/v1/requests",
+        json={"action": "read-secret", "reason": "rotate"},
+        headers={"Authorization": f"Bearer {victim}", **key},
+    )
+    assert first.status_code == 201, first.get_json()
+    other_run = mint(github_claims(issuers.github, run_id="2000002", actor="mallory", ref="refs/heads/mallory"))
+    stolen = jit.http.post(
+        "/v1/requests",
+        json={"action": "read-secret", "reason": "rotate"},
+        headers={"Authorization": f"Bearer {other_run}", **key},
+    )
+    assert stolen.status_code == 422, stolen.get_json()
+    assert stolen.get_json()["error"] == "idempotency_key_reused"
+    assert first.get_json()["request_token"] not in stolen.get_data(as_text=True)
+    assert first.get_json()["id"] not in stolen.get_data(as_text=True)
+    # the run that asked can still retry its step and gets its own request back
+    again = jit.http.post(
+        "/v1/requests",
+        json={"action": "read-secret", "reason": "rotate"},
+        headers={"Authorization": f"Bearer {mint(github_claims(issuers.github))}", **key},
+    )
+    assert again.status_code == 200, again.get_json()
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert again.get_json()["request_token"] == first.get_json()["request_token"]
