@@ -18,6 +18,7 @@ from bot.store.due import DueQueue
 from bot.store.gates import GateStore
 from bot.web.app import create_app
 from bot.wiring import build
+from workers.jobs import gate as gate_job
 from workers.jobs import run_due
 from workers.jobs.gate import tell
 from workers.queue.retry import RetryLater
@@ -125,6 +126,32 @@ def test_a_lost_answer_then_a_refusal_counts_as_delivered(app_jit, gh):
     jit.approve(rid, "U0LEAD1")
     jit.drain(lambda: gates.get(gid).told, what="the gate settles")
     assert gates.get(gid).told == "approved" and gates.get(gid).gave_up is None
+
+
+def test_a_job_dying_after_github_took_the_decision_never_leaves_a_false_refusal(app_jit, gh, monkeypatch):
+    """Found by the attack review: the job ends (killed, or an error) after GitHub took the
+    decision and before jit recorded it; the resend is refused by GitHub as decided already, and
+    jit must read that as delivered (it may have landed), not as GitHub's own refusal."""
+    jit = app_jit
+    rid = hold(jit, gh, 2251, "staging")["request"]
+    gates = GateStore(jit.rt.redis, jit.rt.settings.jit_request_retention)
+    gid = gate_of(jit, rid).id
+    send = gate_job._send
+    died = []
+
+    def send_then_die(*args, **kwargs):
+        send(*args, **kwargs)
+        if not died:
+            died.append(True)
+            raise RuntimeError("the job died after GitHub took the decision")
+
+    monkeypatch.setattr(gate_job, "_send", send_then_die)
+    jit.approve(rid, "U0LEAD1")
+    jit.drain(lambda: died, what="the first callback")
+    gh.fail_callbacks(422)  # GitHub: this run's environment is decided already
+    jit.drain(lambda: gates.get(gid).told or gates.get(gid).gave_up, what="the gate settles")
+    assert gates.get(gid).told == "approved" and gates.get(gid).gave_up is None
+    assert [c.status for c in gh.attempts(2251)] == [204, 422]
 
 
 def test_a_deployment_whose_request_was_never_recorded_is_rejected_by_its_watchdog(app_jit, gh):

@@ -43,12 +43,16 @@ def _tell(rt: Runtime, gid: str) -> None:
         gates.told(gid, "cancelled", v.note, now_ms())
         _show(rt, rid)
         return
+    landed_unseen = None
+    gates.sending(gid)
     try:
         _send(rt, rec, v.state, v.comment)
     except (ApiError, UnknownInstallation) as e:
         permanent = isinstance(e, UnknownInstallation) or e.permanent
         if permanent and rec.unsure:
-            pass  # the last attempt's answer was lost, and it did land: the platform is decided
+            # the last attempt's answer was lost (or its job died after sending), and it did land:
+            # the platform is decided, and refuses to decide again
+            landed_unseen = str(e)
         elif permanent:
             gates.give_up(gid, str(e))
             _audit(rt, rec, rid, "gate.refused", {"state": v.state, "error": str(e)}, outcome="error")
@@ -59,7 +63,10 @@ def _tell(rt: Runtime, gid: str) -> None:
             _show(rt, rid)
             raise RuntimeError(f"telling {TITLE[rec.platform]} failed (attempt {attempts}): {e}") from None
     gates.told(gid, v.state, v.comment, now_ms())
-    _audit(rt, rec, rid, "gate.told", {"state": v.state, "comment": v.comment, "failed_attempts": rec.attempts})
+    details = {"state": v.state, "comment": v.comment, "failed_attempts": rec.attempts}
+    if landed_unseen is not None:
+        details["resend_refused"] = landed_unseen  # told by an earlier attempt whose answer jit never saw
+    _audit(rt, rec, rid, "gate.told", details)
     _show(rt, rid)
 
 
