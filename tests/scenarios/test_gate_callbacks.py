@@ -89,9 +89,11 @@ def test_the_message_shows_a_failed_callback_while_jit_retries(app_jit, gh, slac
     gh.fail_all_callbacks(503)
     jit.approve(rid, "U0LEAD1")
     jit.drain(lambda: gh.attempts(2001), what="the first attempt")  # grant, then the callback: it fails
-    jit.work()
-    shown = message(jit, slack, rid)
-    assert "has not heard the decision" in shown and "HTTP 503" in shown and "keeps retrying" in shown
+    # message updates are paced per message: the failure shows at the next allowed update
+    shown = jit.drain(
+        lambda: (m := message(jit, slack, rid)) and "has not heard the decision" in m and m, what="the failure shows"
+    )
+    assert "HTTP 503" in shown and "keeps retrying" in shown
     gh.clear_faults()
     jit.drain(lambda: gh.reviews(2001), what="a retry lands")
     statuses = [c.status for c in gh.attempts(2001)]
