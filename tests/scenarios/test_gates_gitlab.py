@@ -213,6 +213,18 @@ def test_a_canceled_event_gitlab_does_not_confirm_changes_nothing(world):
     assert approval.body["status"] == "approved"
 
 
+def test_a_branch_named_like_a_full_ref_is_never_that_ref(world):
+    """GitLab names a deployment's ref by its short name: a branch literally named
+    `refs/heads/main` must not pass for main (auto_approve rules match `ref`)."""
+    stack, gl, _ = world
+    payload = blocked(gl, 506)
+    gl.deployments[(PROJECT_ID, 506)]["ref"] = "refs/heads/main"
+    rid = send(stack, payload).json()["request"]
+    assert redis_of(stack).hget(f"jit:req:{rid}", "status") == "pending"
+    context = json.loads(redis_of(stack).hget(f"jit:req:{rid}", "context"))
+    assert context["ref"] == "refs/heads/refs/heads/main"
+
+
 def test_policy_check_says_when_the_gitlab_instance_has_no_approvals_api(tmp_path):
     issuers = Issuers()
     policy = tmp_path / "jit-policy.yaml"

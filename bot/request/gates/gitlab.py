@@ -103,7 +103,9 @@ def _blocked(rt: Any, gates: GateStore, ev: DeploymentEvent) -> Response:
     env = str(_mapping(dep.get("environment")).get("name") or ev.environment)
     path = str(project.get("path_with_namespace") or "")
     ref = str(dep.get("ref") or "")
-    ref = ref if ref.startswith("refs/") or not ref else ("refs/tags/" if job.get("tag") else "refs/heads/") + ref
+    # GitLab names a deployment's ref by its short name, always: a branch literally named
+    # "refs/heads/main" is refs/heads/refs/heads/main, never the branch main
+    ref = ("refs/tags/" if job.get("tag") else "refs/heads/") + ref if ref else ""
     user = str(_mapping(dep.get("user")).get("username") or "") or None
     sha = str(dep.get("sha") or "")
     base = api.base_url
