@@ -86,7 +86,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field, field_validator, model_validator
 
 from bot.core.clock import rfc3339
-from workers.backends import naming
+from workers.backends import naming, postgres_usage
 from workers.backends import postgres_owned as owned
 from workers.backends.base import (
     BackendConfig,
@@ -435,24 +435,28 @@ class PostgresBackend(GrantBackend):
                     sql.SQL("ALTER ROLE {} SET {} = {}").format(ident, sql.SQL(setting), sql.Literal(bound_ms))
                 )
 
-    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> None:
+    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> dict[str, Any] | None:
         names = [self.username(request)]
         if credential and isinstance(credential.get("username"), str):
             if credential["username"] not in names:  # template changed since the grant
                 names.append(credential["username"])
         conn, admin_password = self._connect()
+        observed: list[dict[str, Any]] = []
         with conn:
             for name in names:
                 try:
-                    self._drop(conn, request, name)
+                    self._drop(conn, request, name, observed)
                 except GrantError:
                     raise
                 except psycopg.Error as e:
                     raise GrantError(
                         f"PostgreSQL revoke of role {name} failed: {_pg_error(e, admin_password)}"
                     ) from None
+        return postgres_usage.merge(observed)
 
-    def _drop(self, conn: psycopg.Connection, request: GrantRequest, name: str) -> None:
+    def _drop(
+        self, conn: psycopg.Connection, request: GrantRequest, name: str, observed: list[dict[str, Any]] | None = None
+    ) -> None:
         ident = sql.Identifier(name)
         exists, marker = self._role_marker(conn, name)
         if not exists:
@@ -471,6 +475,8 @@ class PostgresBackend(GrantBackend):
             self._disarm(conn, name)
         except psycopg.errors.UndefinedObject:
             return  # dropped concurrently
+        if observed is not None:  # the role can do nothing now; its sessions and statements are still there to read
+            observed.append(postgres_usage.observe(conn, name))
         self._terminate_sessions(conn, name)
         for dbname, allows_connections in owned.other_databases(conn, name):
             if not allows_connections:
