@@ -63,7 +63,7 @@ from urllib.parse import quote, urlsplit
 import redis
 from pydantic import field_validator
 
-from workers.backends import naming
+from workers.backends import naming, redis_acl_usage
 from workers.backends.base import (
     BackendConfig,
     GrantBackend,
@@ -349,7 +349,7 @@ class RedisAclBackend(GrantBackend):
             "url": handed,
         }
 
-    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> None:
+    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> dict[str, Any] | None:
         names = [self.username(request)]
         if credential and isinstance(credential.get("username"), str):
             if credential["username"] not in names and credential["username"] != "default":
@@ -357,6 +357,7 @@ class RedisAclBackend(GrantBackend):
         url = self._url()
         admin_password = urlsplit(url).password
         client = self._client(url)
+        observed: list[dict[str, Any]] = []
         try:
             for name in names:
                 state = self._state(client, name, request)
@@ -373,6 +374,8 @@ class RedisAclBackend(GrantBackend):
                         request.id,
                     )
                     continue
+                # before DELUSER, which closes its connections; best effort (errors land in the summary)
+                observed.append(redis_acl_usage.observe(client, name))
                 client.execute_command("ACL", "DELUSER", name)  # 0 (gone meanwhile) is fine too
         except redis.RedisError as e:
             raise GrantError(
@@ -380,3 +383,4 @@ class RedisAclBackend(GrantBackend):
             ) from None
         finally:
             client.close()
+        return redis_acl_usage.merge(observed)
