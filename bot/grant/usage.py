@@ -5,6 +5,7 @@ encrypted with the request, shown on its message (docs/audit.md, docs/backends.m
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from bot.core.clock import now_ms, rfc3339_ms
@@ -17,7 +18,7 @@ from bot.store.usage import WINDOW_MS, UsageStore
 log = logging.getLogger("jit.usage")
 
 
-def resource_server(audiences: set[str]) -> str:
+def resource_server(audiences: Iterable[str]) -> str:
     """How an introspection caller is named: the audiences its credential is for (`*`: any)."""
     return ",".join(sorted(audiences))[:200] or "?"
 
@@ -31,10 +32,12 @@ class UsageService:
 
     # ---------------------------------------------------------------- while the grant lives
 
-    def token_checked(self, req: AccessRequest, server: str, active: bool, why: str | None = None) -> None:
-        """A resource server asked whether `req`'s token is active. Counted always; audited one
-        by one up to a few per window and resource server, the rest summed up in one entry once
-        the window is over: a server calling in a loop cannot flood the trail."""
+    def token_checked(self, req: AccessRequest, audiences: Iterable[str], active: bool, why: str | None = None) -> None:
+        """A resource server (named by the audiences its introspection credential is for) asked
+        whether `req`'s token is active. Counted always; audited one by one up to a few per window
+        and resource server, the rest summed up in one entry once the window is over: a server
+        calling in a loop cannot flood the trail."""
+        server = resource_server(audiences)
         counted = self.store.count_check(req.id, server, active, now_ms(), self.update_ms)
         for rid, who, n, end in counted.suppressed:
             self.audit.append(
@@ -62,6 +65,10 @@ class UsageService:
 
     def checks(self, request_id: str) -> dict[str, dict[str, Any]]:
         return self.store.checks(request_id)
+
+    def headline(self, request_id: str) -> dict[str, Any] | None:
+        """The recorded session summary's headline (counts, no query text), or None."""
+        return self.store.headline(request_id)
 
     # ---------------------------------------------------------------- at revoke
 
