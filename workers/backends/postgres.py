@@ -39,12 +39,14 @@ Revoke, in this order, so that a revoke that gets stuck leaves no access behind:
 
 1. ``ALTER ROLE … NOLOGIN`` and ``REVOKE`` of every membership of the role (its
    ``grant_roles``, and anyone made a member of it), in one transaction;
-2. ``pg_terminate_backend`` of the role's sessions;
-3. in every *other* database where ``pg_shdepend`` shows the role owning objects or holding
+2. what the role did — its sessions and, with ``pg_stat_statements``, its statements — read
+   for the request's usage record (``postgres_usage``; best effort, bounded, never an error);
+3. ``pg_terminate_backend`` of the role's sessions;
+4. in every *other* database where ``pg_shdepend`` shows the role owning objects or holding
    privileges (PostgreSQL <= 14 lets every login create in ``public``), connect with the same
    admin credentials and run ``REASSIGN OWNED`` (if configured) and ``DROP OWNED``; a database
    that does not allow connections is a GrantError naming it;
-4. the same in the admin DSN's database, then ``DROP ROLE IF EXISTS``. A missing role is success.
+5. the same in the admin DSN's database, then ``DROP ROLE IF EXISTS``. A missing role is success.
 
 ``on_owned_objects: reassign`` refuses (GrantError, retried and alerted by the job layer)
 while the role owns anything that would run with ``reassign_to``'s rights once reassigned —

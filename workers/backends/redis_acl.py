@@ -12,7 +12,8 @@ Grant runs ``ACL SETUSER <name> reset on >password <rules…> (~jit-owner:<reque
 resetchannels -@all)``. ``reset`` first means a retried grant replaces the user (and its
 password) instead of adding a second password, so there is one identity per request and the
 latest password is the only one. Revoke runs ``ACL DELUSER <name>``, which also closes the
-user's open connections; a missing user is success.
+user's open connections; a missing user is success. Just before, it reads the user's
+connections and ACL LOG denials for the request's usage record (``redis_acl_usage``).
 
 The last rule is jit's ownership marker: a selector that allows no command (so it grants
 nothing: a selector only ever adds permissions, and this one has none), which Redis stores
