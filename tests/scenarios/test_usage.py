@@ -152,3 +152,12 @@ def test_the_revoke_commands_output_is_the_session_summary_sealed_audited_and_ex
     assert line["attachment"]["sha256"] == line["details"]["sha256"]  # tied to the signed entry
     assert password not in out.read_text()
     assert all("attachment" not in row for row in lines if row["event"] != "session.usage")
+
+    # the request's evidence bundle carries it in its session section, verifiable offline
+    bundle = tmp_path / "evidence.json"
+    assert jit_cli(["audit", "evidence", rid, "--output", str(bundle)]) == 0
+    assert jit_cli(["audit", "verify", "--evidence", str(bundle)]) == 0
+    capsys.readouterr()
+    session = json.loads(bundle.read_text())["session"]
+    assert [s["details"]["sha256"] for s in session if s["event"] == "session.usage"] == [d["sha256"]]
+    assert password not in bundle.read_text() and "10.0.0.5" not in bundle.read_text()
