@@ -46,14 +46,24 @@ def digest(summary: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(summary).encode()).hexdigest()
 
 
+#: Credential fields that name where and who, not a secret: a summary may show them (a session's
+#: client address equal to the credential's host stays readable). Every other string is masked.
+NOT_SECRET = frozenset(
+    {"username", "user", "host", "hostname", "port", "dbname", "database", "db", "token_type", "expires_at"}
+    | {"valid_until", "issued_at"}
+)
+
+
 def secret_values(credential: Any) -> list[str]:
-    """Every string in a credential long enough to be a secret (passwords, tokens, DSNs)."""
+    """Every string in a credential long enough to be a secret (passwords, tokens, DSNs, URLs,
+    anything a backend returned), except the fields in NOT_SECRET."""
     found: list[str] = []
 
     def walk(v: Any) -> None:
         if isinstance(v, dict):
-            for x in v.values():
-                walk(x)
+            for k, x in v.items():
+                if str(k).lower() not in NOT_SECRET:
+                    walk(x)
         elif isinstance(v, list):
             for x in v:
                 walk(x)

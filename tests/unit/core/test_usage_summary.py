@@ -51,3 +51,11 @@ def test_the_headline_has_counts_and_metadata_only():
     assert head["denied"] == 2 and head["denied_by_reason"] == {"key": 2, "command": 1}
     assert head["denied_commands"] == ["flushall"] and head["output_keys"] == ["k"]
     assert head["errors"] == ["statements: timed out after 2000 ms"]
+
+
+def test_where_and_who_stay_readable_while_secrets_are_masked():
+    credential = {**CREDENTIAL, "host": "db.internal.example", "url": "redis://u:pw-0123456789@h:6379"}
+    summary = {"role": "jit_deploy_1", "sessions": [{"client_addr": "db.internal.example"}]}
+    kept = bounded(summary, secret_values(credential))
+    assert kept["role"] == "jit_deploy_1" and kept["sessions"][0]["client_addr"] == "db.internal.example"
+    assert "redis://u:pw-0123456789@h:6379" in secret_values(credential)
