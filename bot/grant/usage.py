@@ -81,7 +81,7 @@ class UsageService:
         try:
             found = dict(summary) if isinstance(summary, dict) else {}
             checks = self.store.checks(req.id)
-            if checks or backend_type == "token":
+            if checks or (backend_type == "token" and credential is not None):  # "never checked" is news too
                 found["checks"] = checks
             if not found:
                 return False

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fakes.slack import slash_command
 from freezegun import freeze_time
+from redis_state import orphans
 from support import INTROSPECTION_TOKEN
 
 from bot.cli import main as jit_cli
@@ -82,6 +83,7 @@ def test_token_checks_are_counted_audited_and_shown_on_the_message(jit):
     jit.rt.store.set_fields(rid, revoke_pending="1")
     jit.rt.revokes.complete(rid, jit.rt.backend_for)
     assert len(events(jit, rid, "session.usage")) == 1
+    assert orphans(jit.rt.redis) == []  # every usage key has a TTL or hangs off an index
 
 
 def test_a_resource_server_calling_in_a_loop_cannot_flood_the_trail(jit):
