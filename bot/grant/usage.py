@@ -34,8 +34,8 @@ class UsageService:
 
     def token_checked(self, req: AccessRequest, audiences: Iterable[str], active: bool, why: str | None = None) -> None:
         """A resource server (named by the audiences its introspection credential is for) asked
-        whether `req`'s token is active. Counted always; audited one by one up to a few per window
-        and resource server, the rest summed up in one entry once the window is over: a server
+        whether `req`'s token is active. Counted always; the first checks by each resource server
+        audited one by one, the rest summed up in one entry per window once it is over: a server
         calling in a loop cannot flood the trail."""
         server = resource_server(audiences)
         counted = self.store.count_check(req.id, server, active, now_ms(), self.update_ms)

@@ -341,15 +341,9 @@ def token_checks(request_id: str) -> str:
     return f"{PREFIX}usage:checks:{request_id}"
 
 
-def token_check_window(request_id: str, server: str) -> str:
-    """Hash start (ms), n: checks of one request's token by one resource server in the current
-    audit window (beyond a few per window they are counted, not written). TTL one window."""
-    return f"{PREFIX}usage:window:{request_id}:{server}"
-
-
 def token_checks_suppressed() -> str:
-    """Hash [request id, server] (JSON) → checks not written to the audit trail in a window that is
-    over or running. A field leaves when its summary entry is written."""
+    """Hash [request id, server] (JSON) → checks not written to the audit trail one by one (past the
+    first few) in a window that is over or running. A field leaves when its summary entry is written."""
     return f"{PREFIX}usage:suppressed"
 
 

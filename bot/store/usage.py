@@ -1,5 +1,5 @@
 """Usage seen from the target side, in Redis: a token's introspection checks counted per resource
-server (a few per window audited one by one, the rest summed up), and each request's session
+server (the first few audited one by one, the rest summed up per window), and each request's session
 summary stored once, sealed, with its `session.usage` audit event in the same atomic step."""
 
 from __future__ import annotations
@@ -13,66 +13,62 @@ from redis import Redis
 from bot.core.clock import from_ms, rfc3339
 from bot.store import keys
 
-#: Checks of one token by one resource server written to the audit trail per window; beyond,
-#: only counted (and summed up in one entry once the window is over).
-CHECKS_PER_WINDOW = 5
-WINDOW_MS = 60_000
+#: Checks of one token by one resource server written to the audit trail one by one; beyond, only
+#: counted, and summed up in one entry per window once that window is over. Bounded for the life
+#: of a grant, not per minute: a busy resource server must not push a request's creation and
+#: approvals out of its audit index (the last 500 entries of a request).
+CHECKS_AUDITED = 10
+WINDOW_MS = 600_000
 #: Summaries of finished windows one call hands out at most (the next calls hand out the rest).
 SUMMARIES_PER_CALL = 20
 
 # Count one check; say whether to audit it; hand out the suppressed counts of windows that are
 # over (anyone's: a summary must not wait for its resource server to come back); and owe the
-# request's message an update (`usage:<id>`, at most one per ARGV[10] ms).
-# KEYS: 1 checks hash, 2 this pair's window, 3 suppressed counts, 4 due summaries, 5 request hash,
-#       6 due queue, 7 due claims, 8 due wake
-# ARGV: 1 now ms, 2 window ms, 3 limit, 4 server, 5 member ([request id, server] JSON),
-#       6 most summaries to hand out, 7 '1' when the answer was active, 8 ttl s,
-#       9 due member of the message update, 10 update delay ms
+# request's message an update (`usage:<id>`, at most one per ARGV[9] ms).
+# KEYS: 1 checks hash, 2 suppressed counts, 3 due summaries, 4 request hash, 5 due queue,
+#       6 due claims, 7 due wake
+# ARGV: 1 now ms, 2 window ms, 3 checks audited one by one, 4 server, 5 member ([request id,
+#       server] JSON), 6 most summaries to hand out, 7 '1' when the answer was active, 8 ttl s,
+#       9 update delay ms, 10 due member of the message update
 # → {1 when this check is to be written else 0, checks so far, member, count, window end ms, …}
 _CHECK = """
-local now, window, limit = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local server = ARGV[4]
-local n = redis.call('HINCRBY', KEYS[1], server .. ':n', 1)
-if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[1], server .. ':active', 1) end
-redis.call('HSETNX', KEYS[1], server .. ':first', now)
-redis.call('HSET', KEYS[1], server .. ':last', now)
-redis.call('EXPIRE', KEYS[1], ARGV[8])
-local ts = redis.call('HGET', KEYS[5], 'message_ts')
-if ts and ts ~= '' then
-  local m = ARGV[9]
-  local score = redis.call('ZSCORE', KEYS[6], m)
-  -- waiting already: it renders the latest count when it runs; claimed: its job may have read the
-  -- count before this check, so it comes back (only these checks ever schedule `usage:` items)
-  if (not score) or redis.call('HEXISTS', KEYS[7], m) == 1 then
-    redis.call('ZADD', KEYS[6], now + tonumber(ARGV[10]), m)
-    redis.call('HDEL', KEYS[7], m)
-    redis.call('RPUSH', KEYS[8], '1')
-    redis.call('LTRIM', KEYS[8], -16, -1)
-  end
-end
-local out = {0, n}
-local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[6]))
+local out = {0, 0}
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[6]))
 for i = 1, #due, 2 do
-  local c = redis.call('HGET', KEYS[3], due[i])
-  redis.call('HDEL', KEYS[3], due[i])
-  redis.call('ZREM', KEYS[4], due[i])
+  local c = redis.call('HGET', KEYS[2], due[i])
+  redis.call('HDEL', KEYS[2], due[i])
+  redis.call('ZREM', KEYS[3], due[i])
   if c then
     table.insert(out, due[i]); table.insert(out, c); table.insert(out, due[i + 1])
   end
 end
-local start = tonumber(redis.call('HGET', KEYS[2], 'start') or '-1')
-if start < 0 or now >= start + window then
-  redis.call('HSET', KEYS[2], 'start', now, 'n', 1)
-  redis.call('PEXPIRE', KEYS[2], window)
+local n = redis.call('HINCRBY', KEYS[1], server .. ':n', 1)
+out[2] = n
+if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[1], server .. ':active', 1) end
+redis.call('HSETNX', KEYS[1], server .. ':first', now)
+redis.call('HSET', KEYS[1], server .. ':last', now)
+redis.call('EXPIRE', KEYS[1], ARGV[8])
+local ts = redis.call('HGET', KEYS[4], 'message_ts')
+if ts and ts ~= '' then
+  local m = ARGV[10]
+  local score = redis.call('ZSCORE', KEYS[5], m)
+  -- waiting already: it renders the latest count when it runs; claimed: its job may have read the
+  -- count before this check, so it comes back (only these checks ever schedule `usage:` items)
+  if (not score) or redis.call('HEXISTS', KEYS[6], m) == 1 then
+    redis.call('ZADD', KEYS[5], now + tonumber(ARGV[9]), m)
+    redis.call('HDEL', KEYS[6], m)
+    redis.call('RPUSH', KEYS[7], '1')
+    redis.call('LTRIM', KEYS[7], -16, -1)
+  end
+end
+if n <= tonumber(ARGV[3]) then
   out[1] = 1
   return out
 end
-if redis.call('HINCRBY', KEYS[2], 'n', 1) <= limit then
-  out[1] = 1
-  return out
-end
-redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
-redis.call('ZADD', KEYS[4], start + window, ARGV[5])
+redis.call('HINCRBY', KEYS[2], ARGV[5], 1)
+redis.call('ZADD', KEYS[3], 'NX', (math.floor(now / window) + 1) * window, ARGV[5])
 return out
 """
 
@@ -110,13 +106,10 @@ class UsageStore:
         self._check = redis.register_script(_CHECK)
         self._record = redis.register_script(_RECORD)
 
-    def count_check(
-        self, request_id: str, server: str, active: bool, now_ms: int, update_ms: int, window_ms: int = WINDOW_MS
-    ) -> Counted:
+    def count_check(self, request_id: str, server: str, active: bool, now_ms: int, update_ms: int) -> Counted:
         out = [_text(v) for v in self._check(
             keys=[
                 keys.token_checks(request_id),
-                keys.token_check_window(request_id, server),
                 keys.token_checks_suppressed(),
                 keys.token_checks_due(),
                 keys.request(request_id),
@@ -126,15 +119,15 @@ class UsageStore:
             ],
             args=[
                 now_ms,
-                window_ms,
-                CHECKS_PER_WINDOW,
+                WINDOW_MS,
+                CHECKS_AUDITED,
                 server,
                 json.dumps([request_id, server]),
                 SUMMARIES_PER_CALL,
                 "1" if active else "",
                 self.retention_s,
-                usage_member(request_id),
                 update_ms,
+                usage_member(request_id),
             ],
         )]  # fmt: skip
         suppressed = []
