@@ -39,18 +39,7 @@ class UsageService:
         calling in a loop cannot flood the trail."""
         server = resource_server(audiences)
         counted = self.store.count_check(req.id, server, active, now_ms(), self.update_ms)
-        for rid, who, n, end in counted.suppressed:
-            self.audit.append(
-                "session.token_checks_suppressed",
-                request_id=rid,
-                actor=f"resource-server:{who}",
-                details={
-                    "resource_server": who,
-                    "count": n,
-                    "window_start": rfc3339_ms(end - WINDOW_MS),
-                    "window_end": rfc3339_ms(end),
-                },
-            )
+        self._sum_up(counted.suppressed)
         if counted.write:
             details: dict[str, Any] = {"resource_server": server, "active": active, "checks": counted.count}
             if why:
@@ -61,6 +50,27 @@ class UsageService:
                 action=req.action,
                 actor=f"resource-server:{server}",
                 details=details,
+            )
+
+    def write_due_summaries(self) -> int:
+        """Sum up the checks of windows that are over, without waiting for the next check (the
+        worker's upkeep calls this). Returns the entries written."""
+        found = self.store.due_summaries(now_ms())
+        self._sum_up(found)
+        return len(found)
+
+    def _sum_up(self, suppressed: list[tuple[str, str, int, int]]) -> None:
+        for rid, who, n, end in suppressed:
+            self.audit.append(
+                "session.token_checks_suppressed",
+                request_id=rid,
+                actor=f"resource-server:{who}",
+                details={
+                    "resource_server": who,
+                    "count": n,
+                    "window_start": rfc3339_ms(end - WINDOW_MS),
+                    "window_end": rfc3339_ms(end),
+                },
             )
 
     def checks(self, request_id: str) -> dict[str, dict[str, Any]]:

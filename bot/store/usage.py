@@ -31,19 +31,27 @@ SUMMARIES_PER_CALL = 20
 #       server] JSON), 6 most summaries to hand out, 7 '1' when the answer was active, 8 ttl s,
 #       9 update delay ms, 10 due member of the message update
 # → {1 when this check is to be written else 0, checks so far, member, count, window end ms, …}
-_CHECK = """
+_HAND_OUT = """
+local function hand_out(out, suppressed, due_set, now, most)
+  local due = redis.call('ZRANGEBYSCORE', due_set, '-inf', now, 'WITHSCORES', 'LIMIT', 0, most)
+  for i = 1, #due, 2 do
+    local c = redis.call('HGET', suppressed, due[i])
+    redis.call('HDEL', suppressed, due[i])
+    redis.call('ZREM', due_set, due[i])
+    if c then
+      table.insert(out, due[i]); table.insert(out, c); table.insert(out, due[i + 1])
+    end
+  end
+  return out
+end
+"""
+
+_CHECK = (
+    _HAND_OUT
+    + """
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local server = ARGV[4]
-local out = {0, 0}
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[6]))
-for i = 1, #due, 2 do
-  local c = redis.call('HGET', KEYS[2], due[i])
-  redis.call('HDEL', KEYS[2], due[i])
-  redis.call('ZREM', KEYS[3], due[i])
-  if c then
-    table.insert(out, due[i]); table.insert(out, c); table.insert(out, due[i + 1])
-  end
-end
+local out = hand_out({0, 0}, KEYS[2], KEYS[3], now, tonumber(ARGV[6]))
 local n = redis.call('HINCRBY', KEYS[1], server .. ':n', 1)
 out[2] = n
 if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[1], server .. ':active', 1) end
@@ -71,6 +79,18 @@ redis.call('HINCRBY', KEYS[2], ARGV[5], 1)
 redis.call('ZADD', KEYS[3], 'NX', (math.floor(now / window) + 1) * window, ARGV[5])
 return out
 """
+)
+
+# The suppressed counts of windows that are over, without a check (the worker's upkeep: a sum
+# must not wait for the next check, which may never come).
+# KEYS: 1 suppressed counts, 2 due summaries   ARGV: 1 now ms, 2 most to hand out
+# → {0, 0, member, count, window end ms, …}
+_DUE = (
+    _HAND_OUT
+    + """
+return hand_out({0, 0}, KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))
+"""
+)
 
 # Keep a request's session summary once, with its audit event, in one step: a second revoke
 # (at-least-once) finds it kept and records nothing.
@@ -105,6 +125,7 @@ class UsageStore:
         self.retention_s = retention_s
         self._check = redis.register_script(_CHECK)
         self._record = redis.register_script(_RECORD)
+        self._due = redis.register_script(_DUE)
 
     def count_check(self, request_id: str, server: str, active: bool, now_ms: int, update_ms: int) -> Counted:
         out = [_text(v) for v in self._check(
@@ -130,11 +151,14 @@ class UsageStore:
                 usage_member(request_id),
             ],
         )]  # fmt: skip
-        suppressed = []
-        for i in range(2, len(out), 3):
-            rid, who = json.loads(out[i])
-            suppressed.append((rid, who, int(out[i + 1]), int(out[i + 2])))
-        return Counted(out[0] == "1", int(out[1]), suppressed)
+        return Counted(out[0] == "1", int(out[1]), _suppressed(out))
+
+    def due_summaries(self, now_ms: int) -> list[tuple[str, str, int, int]]:
+        """Suppressed counts of windows that are over: (request id, server, count, window end ms)."""
+        out = [_text(v) for v in self._due(
+            keys=[keys.token_checks_suppressed(), keys.token_checks_due()], args=[now_ms, SUMMARIES_PER_CALL]
+        )]  # fmt: skip
+        return _suppressed(out)
 
     def checks(self, request_id: str) -> dict[str, dict[str, Any]]:
         """Resource server → {count, active, first, last} (times RFC 3339) for one request's token."""
@@ -174,3 +198,11 @@ class UsageStore:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _suppressed(out: list[str]) -> list[tuple[str, str, int, int]]:
+    found = []
+    for i in range(2, len(out), 3):
+        rid, who = json.loads(out[i])
+        found.append((rid, who, int(out[i + 1]), int(out[i + 2])))
+    return found

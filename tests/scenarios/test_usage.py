@@ -16,6 +16,7 @@ from support import INTROSPECTION_TOKEN
 from bot.cli import main as jit_cli
 from bot.store import keys
 from bot.store.usage import CHECKS_AUDITED, WINDOW_MS
+from workers.upkeep import AuditUpkeep
 
 
 @pytest.fixture
@@ -104,6 +105,20 @@ def test_a_resource_server_calling_in_a_loop_cannot_flood_the_trail(jit):
     assert jit.rt.usage.checks(rid)["secrets-api"]["count"] == 300
     assert jit.rt.redis.dbsize() - before <= 5  # counters, window, suppressed, due: a fixed handful
     assert jit.rt.redis.zscore(keys.due(), f"usage:{rid}") is not None  # one pending update, not 300
+
+
+def test_the_worker_sums_up_checks_when_no_further_check_comes(jit):
+    rid, token = active_token(jit)
+    for _ in range(CHECKS_AUDITED + 2):
+        introspect(jit, token)
+    upkeep = AuditUpkeep(jit.rt)
+    assert upkeep.sum_up_token_checks() == 0  # the window is still running
+    window_end_ms = (int(datetime.now(UTC).timestamp() * 1000) // WINDOW_MS + 1) * WINDOW_MS
+    with freeze_time(datetime.fromtimestamp(window_end_ms / 1000 + 1, UTC)):
+        assert upkeep.sum_up_token_checks() == 1
+        assert upkeep.sum_up_token_checks() == 0  # once
+    (summed,) = events(jit, rid, "session.token_checks_suppressed")
+    assert summed["details"]["count"] == 2 and summed["actor"] == "resource-server:secrets-api"
 
 
 def test_a_token_for_another_audience_counts_as_an_inactive_check(jit):
