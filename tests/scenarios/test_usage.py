@@ -45,6 +45,11 @@ def events(jit, rid: str, name: str) -> list[dict]:
     return [e.body for e in jit.rt.audit.entries_for_request(rid, limit=500) if e.body["event"] == name]
 
 
+def window_end_ms() -> int:
+    """The end of the usage window running now (windows are aligned to multiples of WINDOW_MS)."""
+    return (int(datetime.now(UTC).timestamp() * 1000) // WINDOW_MS + 1) * WINDOW_MS
+
+
 def message_text(jit, rid: str) -> str:
     req = jit.rt.store.get(rid)
     return json.dumps(jit.slack.message(req.message_ts)["blocks"]) if req.message_ts else ""
@@ -63,18 +68,14 @@ def test_token_checks_are_counted_audited_and_shown_on_the_message(jit):
     assert len(checked) == CHECKS_AUDITED  # the checks after the first few are counted only
     assert all(c["actor"] == "resource-server:secrets-api" and c["details"]["active"] is True for c in checked)
     assert [c["details"]["checks"] for c in checked] == list(range(1, CHECKS_AUDITED + 1))
-    assert not events(jit, rid, "session.token_checks_suppressed")  # their window is not over yet
 
-    # once the window is over, the next check writes the sum of what was not written one by one
-    window_end_ms = (int(datetime.now(UTC).timestamp() * 1000) // WINDOW_MS + 1) * WINDOW_MS
-    with freeze_time(datetime.fromtimestamp(window_end_ms / 1000 + 1, UTC)):
+    # once their window is over, the next check writes the sum of what was not written one by one
+    # (checks that straddled a window boundary are summed per window: the sums add up)
+    with freeze_time(datetime.fromtimestamp(window_end_ms() / 1000 + 1, UTC)):
         assert introspect(jit, token)["active"] is True
-    (summed,) = events(jit, rid, "session.token_checks_suppressed")
-    assert summed["details"]["count"] == 14 - CHECKS_AUDITED
-    assert summed["details"]["resource_server"] == "secrets-api"
-    assert summed["details"]["window_end"].startswith(
-        datetime.fromtimestamp(window_end_ms / 1000, UTC).isoformat()[:19]
-    )
+    summed = events(jit, rid, "session.token_checks_suppressed")
+    assert sum(e["details"]["count"] for e in summed) == 14 - CHECKS_AUDITED
+    assert {e["details"]["resource_server"] for e in summed} == {"secrets-api"}
 
     jit.release(rid)
     jit.work()
@@ -112,13 +113,13 @@ def test_the_worker_sums_up_checks_when_no_further_check_comes(jit):
     for _ in range(CHECKS_AUDITED + 2):
         introspect(jit, token)
     upkeep = AuditUpkeep(jit.rt)
-    assert upkeep.sum_up_token_checks() == 0  # the window is still running
-    window_end_ms = (int(datetime.now(UTC).timestamp() * 1000) // WINDOW_MS + 1) * WINDOW_MS
-    with freeze_time(datetime.fromtimestamp(window_end_ms / 1000 + 1, UTC)):
-        assert upkeep.sum_up_token_checks() == 1
-        assert upkeep.sum_up_token_checks() == 0  # once
-    (summed,) = events(jit, rid, "session.token_checks_suppressed")
-    assert summed["details"]["count"] == 2 and summed["actor"] == "resource-server:secrets-api"
+    with freeze_time(datetime.fromtimestamp(window_end_ms() / 1000 + 1, UTC)):
+        while upkeep.sum_up_token_checks():  # two sums when the checks straddled a window boundary
+            pass
+        assert upkeep.sum_up_token_checks() == 0  # each sum is written once
+    summed = events(jit, rid, "session.token_checks_suppressed")
+    assert sum(e["details"]["count"] for e in summed) == 2
+    assert {e["actor"] for e in summed} == {"resource-server:secrets-api"}
 
 
 def test_a_token_for_another_audience_counts_as_an_inactive_check(jit):
