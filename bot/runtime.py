@@ -32,6 +32,7 @@ from bot.decision.slack.directory import SlackDirectory
 from bot.decision.slack.oncall import Provider, SlackOnCall
 from bot.decision.slack.views.policy_notices import describe_changes
 from bot.grant.service import GrantService
+from bot.grant.usage import UsageService
 from bot.request.service import RequestService
 from bot.revoke.service import RevokeService
 from bot.settings import Settings
@@ -44,6 +45,7 @@ from bot.store.notices import Notices
 from bot.store.policy_versions import PolicyStore
 from bot.store.ratelimit import PipelineRateLimiter
 from bot.store.requests import Store
+from bot.store.usage import UsageStore
 
 log = logging.getLogger("jit")
 
@@ -206,7 +208,13 @@ class Runtime:
 
     @cached_property
     def revokes(self) -> RevokeService:
-        return RevokeService(self.store, self.audit, self.decisions, self.vault, self.metrics)
+        return RevokeService(self.store, self.audit, self.decisions, self.vault, self.metrics, usage=self.usage)
+
+    @cached_property
+    def usage(self) -> UsageService:
+        """What the targets saw of each grant's use (token checks, sessions at revoke)."""
+        store = UsageStore(self.redis, self.settings.jit_request_retention)
+        return UsageService(store, self.audit, self.vault, self.settings.jit_usage_update_ms)
 
     # ---------------------------------------------------------------- policy
 

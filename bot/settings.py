@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     opsgenie_api_url: str = Field("https://api.opsgenie.com", alias="OPSGENIE_API_URL")
     #: How long who-is-on-call is cached (s): a hand-over takes effect at most this late.
     jit_oncall_cache_seconds: int = Field(30, alias="JIT_ONCALL_CACHE_SECONDS", ge=0, le=600)
+    #: A request's message shows its token's /v1/introspect checks, updated at most this often (ms).
+    jit_usage_update_ms: int = Field(30_000, alias="JIT_USAGE_UPDATE_MS", ge=1000)
 
     @field_validator("pagerduty_api_url", "opsgenie_api_url")
     @classmethod

@@ -13,11 +13,13 @@ import requests
 from bot.commands import evidence as bundle
 from bot.commands.evidence_md import render as render_markdown
 from bot.core.clock import now, parse_duration, to_ms
-from bot.core.crypto import AuditSigner
+from bot.core.crypto import AuditSigner, Vault
+from bot.core.usage import digest as usage_digest
 from bot.settings import Settings
 from bot.store.audit import AuditKeys, AuditLog, Checkpoint, export_line, read_export
 from bot.store.connection import redis_from_url
 from bot.store.policy_versions import PolicyStore
+from bot.store.usage import UsageStore
 from bot.wiring import parse_policy
 
 
@@ -101,15 +103,33 @@ def verify(
     return 0
 
 
+def _usage_attachment(log: AuditLog, request_id: str) -> dict | None:
+    """The request's whole session summary, decrypted, for its `session.usage` line (needs
+    JIT_SECRET_KEY): its sha256 is the one the signed entry carries."""
+    secret = os.environ.get("JIT_SECRET_KEY", "").strip()
+    sealed = UsageStore(log.r, 0).sealed(request_id) if secret else None
+    if not sealed:
+        return None
+    previous = [k.strip() for k in os.environ.get("JIT_PREVIOUS_SECRET_KEYS", "").split(",") if k.strip()]
+    try:
+        summary = Vault(secret, previous).open(sealed)
+    except ValueError as e:
+        print(f"jit: the usage summary of {request_id} is not included: {e}", file=sys.stderr)
+        return None
+    return {"session_summary": summary, "sha256": usage_digest(summary)}
+
+
 def export(since: str | None, request_id: str | None, output: str | None) -> int:
     log = _audit_log()
     since_ms = _parse_since(since) if since else None
+    usage = _usage_attachment(log, request_id) if request_id else None
     out = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115 - or stdout
     try:
         for e in log.entries(since_ms=since_ms):
             if request_id and e.body.get("request_id") != request_id:
                 continue
-            out.write(export_line(e) + "\n")
+            attach = usage if e.body.get("event") == "session.usage" else None
+            out.write(export_line(e, attach) + "\n")
     finally:
         if output:
             out.close()

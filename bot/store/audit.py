@@ -265,10 +265,12 @@ def stream_order(sid: str) -> tuple[int, int]:
 # ------------------------------------------------------------------------- export format
 
 
-def export_line(e: AuditEntry) -> str:
+def export_line(e: AuditEntry, attachment: dict[str, Any] | None = None) -> str:
     """One JSON line of `jit audit export`: the entry's body plus its hash, signature and key,
-    enough for `jit audit verify --trimmed` to check it and join it to the trail."""
-    return canonical({**e.body, "hash": e.hash, "sig": e.sig, "kid": e.kid})
+    enough for `jit audit verify --trimmed` to check it and join it to the trail. `attachment`:
+    what the entry only names by digest (a `session.usage` summary), outside the signed body."""
+    extra = {"attachment": attachment} if attachment is not None else {}
+    return canonical({**e.body, "hash": e.hash, "sig": e.sig, "kid": e.kid, **extra})
 
 
 def read_export(lines: Iterable[str], source: str = "export") -> list[AuditEntry]:
@@ -282,6 +284,7 @@ def read_export(lines: Iterable[str], source: str = "export") -> list[AuditEntry
             if not isinstance(row, dict):
                 raise ValueError
             extra = {k: str(row.pop(k, "") or "") for k in ("hash", "sig", "kid")}
+            row.pop("attachment", None)  # not part of the signed entry (export_line)
         except ValueError:
             raise ValueError(f"{source} line {n}: not an exported audit entry") from None
         out.append(AuditEntry(f"{source} line {n}", row, extra["hash"], extra["sig"], extra["kid"]))

@@ -34,6 +34,7 @@ HANDLERS: dict[str, Callable[[Runtime, str, str], None]] = {
     "bgalert": notices.break_glass_alert,  # the security channel hears of a break glass
     "notice": notices.notice,  # one owed Slack message (alerts, audit-channel lines, refusals)
     "gate": gate.tell,  # GitHub/GitLab hear the decision on a deployment they hold
+    "usage": message.usage_changed,  # the request's message shows its token's latest checks (paced)
 }
 
 

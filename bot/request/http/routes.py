@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import secrets
 import time
 from functools import cache
@@ -32,6 +33,7 @@ from bot.request.schemas import parse_body
 from bot.web import bounded_input
 
 bp = Blueprint("hook", __name__)
+log = logging.getLogger("jit.hook")
 
 
 def rt():
@@ -218,12 +220,26 @@ def introspect():
         claims = runtime.signer.verify(token)
     except Exception:  # noqa: BLE001 - any invalid token is simply inactive
         return answer(Introspection.inactive())
-    if not _meant_for(claims, audiences):
-        return answer(Introspection.inactive())  # what an unknown token gets: nothing to learn
     req = runtime.store.get(str(claims.get("jti", "")))
+    if not _meant_for(claims, audiences):
+        _checked(req, audiences, False, "not meant for this resource server")
+        return answer(Introspection.inactive())  # what an unknown token gets: nothing to learn
     if req is None or req.status != Status.ACTIVE or req.expires_at is None or req.expires_at <= now():
+        _checked(req, audiences, False)
         return answer(Introspection.inactive())
+    _checked(req, audiences, True)
     return answer(Introspection.of(claims))
+
+
+def _checked(req, audiences: set[str], active: bool, why: str | None = None) -> None:
+    """A usage event of a token jit issued (counted, rate-limited into the audit trail); a failure
+    to record it never changes the answer."""
+    if req is None:
+        return
+    try:
+        rt().usage.token_checked(req, audiences, active, why)
+    except Exception as e:  # noqa: BLE001 - the resource server gets its answer regardless
+        log.warning("could not record a token check of %s: %s", req.id, type(e).__name__)
 
 
 def _introspection_audiences(bearer: str) -> set[str]:

@@ -92,6 +92,7 @@ def request_blocks(
     cut_by_window: bool = False,
     rules: list[dict[str, Any]] | None = None,
     oncall_notes: list[str] | None = None,
+    usage: str = "",
 ) -> list[dict[str, Any]]:
     """The request's channel message. `break_glass`: the action has break-glass approvers
     (show the button); `break_glass_requested`: the pipeline asked for it (no Approve button);
@@ -100,7 +101,8 @@ def request_blocks(
     person, so self-approval cannot be ruled out); `cut_by_window`: the grant ends with its
     change window rather than after its full TTL; `rules`: an all-of action's rules, each
     {name, count, counted, approvers}, shown with their progress ("Leads 1/1 ✓ · Security 0/1");
-    `oncall_notes`: on-call schedules that cannot be read now (they count nobody)."""
+    `oncall_notes`: on-call schedules that cannot be read now (they count nobody); `usage`: what the
+    target saw of the grant's use (views/usage.py), shown under the status."""
     ctx = req.context
     auto = req.decided_by == "auto"
     rule = auto_rule or f"actions.{req.action}.auto_approve"
@@ -174,6 +176,8 @@ def request_blocks(
     if req.revoke_pending:
         status += "\n:hourglass: *Revoking the credential* — jit retries until the target confirms"
     blocks.append(section(status))
+    if usage:
+        blocks.append(context(usage))
 
     if req.status == Status.PENDING:
         buttons = [] if break_glass_requested else [button(APPROVE, "Approve", req.id, "primary")]
