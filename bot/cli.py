@@ -42,7 +42,7 @@ def _policy_file(args: argparse.Namespace) -> str:
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    return _policy_commands().check(_policy_file(args))
+    return _policy_commands().check(_policy_file(args), named=args.file is not None)
 
 
 def cmd_policy_test(args: argparse.Namespace) -> int:

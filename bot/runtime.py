@@ -21,7 +21,7 @@ from redis import Redis
 from slack_sdk import WebClient
 
 from bot.core.crypto import AuditSigner, TokenSigner, Vault
-from bot.core.errors import PolicyError
+from bot.core.errors import PolicyError, PolicyFileMissing
 from bot.core.policy.diff import policy_diff
 from bot.core.policy.inflight import InFlightRules
 from bot.core.policy.load import load_policy, parse_policy
@@ -245,6 +245,9 @@ class Runtime:
         """At start-up: a bad policy stops the process with one line per problem."""
         try:
             policy = self.policy
+        except PolicyFileMissing as e:  # the path came from the settings
+            print(f"jit: {e.errors[0]}: set JIT_POLICY_FILE to your policy's path", file=sys.stderr)
+            raise SystemExit(2) from None
         except PolicyError as e:
             print(f"jit: invalid policy: {e.errors[0]}", file=sys.stderr)
             for extra in e.errors[1:]:

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from bot.core.errors import PolicyError
+from bot.core.errors import PolicyError, PolicyFileMissing
 from bot.core.identity import normalize
 from bot.core.policy.approvals import reach, rules_of
 from bot.core.policy.oidc import OidcConfig
@@ -22,6 +22,7 @@ from bot.core.policy.policy import Policy
 from bot.core.policy.schema import (
     AUTO_APPROVE_KEYS,
     CHOICE_TAGS,
+    PATTERN_HELP,
     Action,
     Approver,
     AutoApprove,
@@ -142,8 +143,84 @@ def _fmt(source: str, lines: dict, loc: tuple, msg: str) -> str:
     return f"{source}:{line or '?'}: {dotted}: {msg}"
 
 
+def _message(err: Mapping[str, Any]) -> str:
+    """A pydantic error in words: `unknown key`, what a mismatched ID or hash should be (never the
+    regular expression), or pydantic's own message."""
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "string_pattern_mismatch":
+        hint = PATTERN_HELP.get(err.get("ctx", {}).get("pattern"))
+        if hint:
+            return hint
+    return err["msg"].removeprefix("Value error, ")
+
+
+def _validation_errors(source: str, lines: dict, base: tuple, error: ValidationError) -> list[str]:
+    return [_fmt(source, lines, base + tuple(err["loc"]), _message(err)) for err in error.errors()]
+
+
+#: Top-level keys a policy cannot do without: when one of them is unusable, nothing else is checked.
+_REQUIRED = ("actions",)
+#: Top-level mappings whose entries are validated apart: a broken entry leaves the others checked.
+_BY_ENTRY = ("actions", "pipelines")
+
+
+def _part_of(loc: tuple) -> tuple | None:
+    """The part of the document a schema error sits in, which the rest is checked without: one
+    action or pipeline, or one top-level key. None when the error leaves nothing to check."""
+    if not loc:
+        return None
+    if loc[0] in _BY_ENTRY and len(loc) >= 2:
+        return loc[:2]
+    return None if loc[0] in _REQUIRED else loc[:1]
+
+
+def _validate_parts(data: dict, source: str, lines: dict) -> tuple[PolicyModel | None, list[str], set[tuple]]:
+    """The model of every part of the policy that fits the schema, the schema errors of the rest,
+    and the parts left out — so one run reports the schema errors and the errors of everything
+    else (None: a required part is broken, so only the schema errors)."""
+    errors: list[str] = []
+    left_out: set[tuple] = set()
+    work = dict(data)
+    for _ in range(3):  # leaving a part out can only remove errors; a bound all the same
+        try:
+            return PolicyModel.model_validate(work), errors, left_out
+        except ValidationError as e:
+            for err in e.errors():
+                line = _fmt(source, lines, err["loc"], _message(err))
+                if line not in errors:
+                    errors.append(line)
+                part = _part_of(tuple(err["loc"]))
+                if part is None:
+                    return None, errors, left_out
+                left_out.add(part)
+            work = dict(data)
+            for part in left_out:
+                if len(part) == 1:
+                    work.pop(part[0], None)
+                else:
+                    work[part[0]] = {k: v for k, v in work[part[0]].items() if k != part[1]}
+    return None, errors, left_out
+
+
+def _grant_errors(
+    source: str, lines: dict, base: tuple, grant: Mapping[str, Any], grant_types: GrantTypes
+) -> tuple[list[str], tuple[str, BaseModel] | None]:
+    """An action's `grant:`: its type is known and its keys fit that type's schema."""
+    cfg = dict(grant)
+    gtype = cfg.pop("type", None)
+    if gtype not in grant_types:
+        known = ", ".join(sorted(t for t, schema in grant_types.items() if getattr(schema, "offered", True)))
+        return [_fmt(source, lines, base + ("grant", "type"), f"unknown grant type {gtype!r} (known: {known})")], None
+    try:
+        return [], (gtype, grant_types[gtype].model_validate(cfg))
+    except ValidationError as e:
+        return _validation_errors(source, lines, base + ("grant",), e), None
+
+
 def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes) -> Policy:
-    """Validate a policy's YAML text. Raises PolicyError listing every problem with its line."""
+    """Validate a policy's YAML text. Raises PolicyError listing every problem with its line: the
+    schema's and, for every part that fits the schema, the rest."""
     if len(text) > MAX_POLICY_BYTES:
         raise PolicyError([f"{source}:1: {_TOO_LARGE}"])
     node, data = _compose(text, source)
@@ -153,15 +230,15 @@ def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes
     errors = [_fmt(source, lines, loc, msg) for loc, _, msg in lines.pop("__dupes__", [])]
     if not isinstance(data, dict):
         raise PolicyError([f"{source}:1: the policy must be a mapping"])
-    try:
-        model = PolicyModel.model_validate(data)
-    except ValidationError as e:
-        for err in e.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            errors.append(_fmt(source, lines, err["loc"], msg))
-        raise PolicyError(errors) from None
+    model, schema_errors, left_out = _validate_parts(data, source, lines)
+    errors += schema_errors
+    if model is None:
+        raise PolicyError(errors)
+    broken_actions = {part[1] for part in left_out if part[0] == "actions" and len(part) == 2}
+    for name in broken_actions:
+        raw = data["actions"].get(name)
+        if isinstance(raw, dict) and isinstance(raw.get("grant"), dict):
+            errors += _grant_errors(source, lines, ("actions", name), raw["grant"], grant_types)[0]
 
     grants: dict[str, Any] = {}
     windows: dict[str, Windows] = {}
@@ -169,21 +246,12 @@ def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes
         errors += _break_glass_errors(source, lines, ("break_glass",), model.break_glass)
     for name, action in model.actions.items():
         base = ("actions", name)
-        cfg = dict(action.grant)
-        gtype = cfg.pop("type", None)
-        if gtype not in grant_types:
-            known = ", ".join(sorted(grant_types))
-            errors.append(
-                _fmt(source, lines, base + ("grant", "type"), f"unknown grant type {gtype!r} (known: {known})")
-            )
-        else:
-            try:
-                grants[name] = (gtype, grant_types[gtype].model_validate(cfg))
-            except ValidationError as e:
-                for err in e.errors():
-                    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                    errors.append(_fmt(source, lines, base + ("grant", *err["loc"]), msg))
-        if not action.channel and not model.defaults.channel:
+        grant_errors, grant = _grant_errors(source, lines, base, action.grant, grant_types)
+        errors += grant_errors
+        if grant is not None:
+            grants[name] = grant
+        # with defaults left out (an error of their own), defaults.channel may well be set
+        if not action.channel and not model.defaults.channel and ("defaults",) not in left_out:
             errors.append(_fmt(source, lines, base, "no channel: set actions.<name>.channel or defaults.channel"))
         if not action.approvers and not action.approvers_by_environment and not action.approvals:
             errors.append(_fmt(source, lines, base, "no approvers: set approvers or approvers_by_environment"))
@@ -238,11 +306,9 @@ def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes
             try:
                 OidcConfig.model_validate(p.oidc)
             except ValidationError as e:
-                for err in e.errors():
-                    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                    errors.append(_fmt(source, lines, base + ("oidc", *err["loc"]), msg))
+                errors += _validation_errors(source, lines, base + ("oidc",), e)
         for i, a in enumerate(p.actions):
-            if a not in model.actions:
+            if a not in model.actions and a not in broken_actions:  # a broken action has its own errors
                 errors.append(_fmt(source, lines, base + ("actions", i), f"unknown action {a!r}"))
     if errors:
         raise PolicyError(errors)
@@ -393,7 +459,7 @@ def load_policy(path: str | Path, *, grant_types: GrantTypes) -> Policy:
         with p.open("rb") as f:
             data = f.read(MAX_POLICY_BYTES + 1)
     except FileNotFoundError:
-        raise PolicyError([f"{p}: policy file not found (set JIT_POLICY_FILE)"]) from None
+        raise PolicyFileMissing([f"{p}: policy file not found"]) from None
     except OSError as e:
         raise PolicyError([f"{p}: cannot read policy file: {e.strerror}"]) from None
     return parse_policy(decode_policy(data, str(p)), source=str(p), grant_types=grant_types)
