@@ -241,10 +241,11 @@ class Runtime:
         except Exception as e:  # noqa: BLE001 - Redis down: the policy still loads; retried on reload
             log.warning("could not store policy %s: %s", policy.sha256[:12], type(e).__name__)
 
-    def load_policy_or_exit(self) -> Policy:
-        """At start-up: a bad policy stops the process with one line per problem."""
+    def load_policy_or_exit(self, keep: bool = True) -> Policy:
+        """At start-up: a bad policy stops the process with one line per problem. `keep=False`
+        only reads the file: nothing is stored in Redis (which may not answer yet), nothing put in force."""
         try:
-            policy = self.policy
+            policy = self.policy if keep else load_policy(self.policy_file, grant_types=self.plugins.grant_types())
         except PolicyFileMissing as e:  # the path came from the settings
             print(f"jit: {e.errors[0]}: set JIT_POLICY_FILE to your policy's path", file=sys.stderr)
             raise SystemExit(2) from None
