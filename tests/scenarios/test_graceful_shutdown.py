@@ -115,3 +115,32 @@ def test_sigterm_to_serve_finishes_the_requests_in_flight(stack):
     with pytest.raises(requests.ConnectionError):
         requests.get(stack.url + "/healthz", timeout=5)
     idle.close()
+
+
+def test_ctrl_c_to_serve_answers_the_waiting_pipeline_and_says_what_it_does(stack):
+    """Ctrl-C reaches the whole process group (master and workers): the long-poll is answered
+    with its status rather than cut off, the server says it is stopping, then that it stopped."""
+    r = stack.ask("read-secret", WEB_TOKEN, reason="Ctrl-C while a pipeline waits")
+    rid, rtok = r.json()["id"], r.json()["request_token"]
+    watcher = redislib.Redis.from_url(stack.redis.url)
+    result: dict = {}
+
+    def long_poll():
+        try:
+            resp = stack.get(rid, rtok, wait=60)
+            result["status"], result["body"] = resp.status_code, resp.json()
+        except Exception as e:  # noqa: BLE001 - the assertion below reports it
+            result["error"] = repr(e)
+
+    t = threading.Thread(target=long_poll)
+    t.start()
+    wait_until(lambda: watcher.zcard("jit:longpolls:pipeline:web-ci") >= 1, timeout=30, message="the long-poll")
+    serve = stack.procs[0]
+    serve.signal(signal.SIGINT)
+    assert serve.popen.wait(50) == 0, serve.log()  # well before the 60 s long-poll would have ended
+    t.join(30)
+    assert result.get("status") == 200, result
+    assert result["body"]["status"] == "pending"
+    log = serve.log()
+    assert "jit: stopping — requests in flight finish, open long-polls are answered now with their status" in log
+    assert log.rstrip().endswith("jit: stopped") and "Traceback" not in log
