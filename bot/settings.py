@@ -263,6 +263,8 @@ def describe(error: ValidationError) -> list[str]:
             lines.append(f"jit: setting {name} is required but not set: {hint}")
         else:
             msg = err["msg"].removeprefix("Value error, ")
+            if msg == "must not be empty" and name in HOW_TO_SET:
+                msg += f": {HOW_TO_SET[name]}"
             lines.append(f"jit: setting {name} is invalid: {msg}")
     return lines
 
