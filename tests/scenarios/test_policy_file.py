@@ -148,12 +148,15 @@ def test_ids_and_hashes_say_what_they_should_be_not_a_regular_expression():
 
 
 def test_schema_errors_and_the_rest_are_reported_in_one_run():
-    """A schema error in one part does not hide the errors of the others, nor those a broken
-    action's grant has: fix them all after one run."""
+    """A schema error does not hide the other errors — of other parts, nor of the same action
+    (read-secret's channel and its approvals): fix them all after one run."""
     text = (
         BASE.replace("channel: C0PROD", "channel: prod-deploys")
         .replace("grant_command:", "grant_comand:", 1)
-        .replace("approvers: [U0LEAD1, U0ALICE]", "approvers: [U0LEAD1, U0ALICE]\n    approvals_required: 3")
+        .replace(
+            "approvers: [U0LEAD1, U0ALICE]",
+            'channel: "#ops"\n    approvers: [U0LEAD1, U0ALICE]\n    approvals_required: 3',
+        )
         .replace("actions: [read-secret]", "actions: [read-secret, rotate-keys]")
         .replace("alice: U0ALICE", "alice: U0ALICE\n  bob: bob")
     )
@@ -162,6 +165,8 @@ def test_schema_errors_and_the_rest_are_reported_in_one_run():
         f"p.yaml:{line_of(text, 'bob: bob')}: people.bob: must be a Slack user ID such as U0123ABCD, "
         "not a name (a profile's ⋮ menu → Copy member ID)",
         f"p.yaml:{line_of(text, 'prod-deploys')}: actions.deploy-prod.channel: must be a Slack channel ID such as "
+        "C0123ABCD, not a channel name (Slack shows it at the bottom of the channel's details)",
+        f"p.yaml:{line_of(text, '#ops')}: actions.read-secret.channel: must be a Slack channel ID such as "
         "C0123ABCD, not a channel name (Slack shows it at the bottom of the channel's details)",
         f"p.yaml:{line_of(text, 'grant:')}: actions.deploy-prod.grant.grant_command: Field required",
         f"p.yaml:{line_of(text, 'grant_comand')}: actions.deploy-prod.grant.grant_comand: unknown key",

@@ -27,6 +27,7 @@ from bot.core.policy.schema import (
     Approver,
     AutoApprove,
     BreakGlass,
+    Pipeline,
     PolicyModel,
 )
 from bot.core.policy.windows import Windows, parse_window
@@ -161,18 +162,42 @@ def _validation_errors(source: str, lines: dict, base: tuple, error: ValidationE
 
 #: Top-level keys a policy cannot do without: when one of them is unusable, nothing else is checked.
 _REQUIRED = ("actions",)
-#: Top-level mappings whose entries are validated apart: a broken entry leaves the others checked.
-_BY_ENTRY = ("actions", "pipelines")
+#: Top-level mappings whose entries are validated apart, each entry key by key: a broken key leaves
+#: the rest of its entry checked, a broken entry the other entries.
+_BY_ENTRY: dict[str, type[BaseModel]] = {"actions": Action, "pipelines": Pipeline}
 
 
 def _part_of(loc: tuple) -> tuple | None:
-    """The part of the document a schema error sits in, which the rest is checked without: one
-    action or pipeline, or one top-level key. None when the error leaves nothing to check."""
+    """The part of the document a schema error sits in, which the rest is checked without: one key
+    of an action or pipeline, a whole entry (its name is wrong, or a key it cannot do without), or
+    one top-level key. None when the error leaves nothing to check."""
     if not loc:
         return None
     if loc[0] in _BY_ENTRY and len(loc) >= 2:
-        return loc[:2]
+        model = _BY_ENTRY[loc[0]]
+        if len(loc) == 2 or loc[2] == "[key]":  # not a mapping, or a bad name
+            return loc[:2]
+        field = model.model_fields.get(loc[2]) if isinstance(loc[2], str) else None
+        return loc[:2] if field is not None and field.is_required() else loc[:3]
     return None if loc[0] in _REQUIRED else loc[:1]
+
+
+def _without(data: dict, parts: set[tuple]) -> dict:
+    """`data` with `parts` (see _part_of) left out; `data` itself is not changed."""
+    work = dict(data)
+    for part in sorted(parts, key=len, reverse=True):
+        if len(part) == 1:
+            work.pop(part[0], None)
+            continue
+        section = work.get(part[0])
+        if not isinstance(section, dict) or part[1] not in section:
+            continue
+        section = work[part[0]] = dict(section)
+        if len(part) == 2:
+            del section[part[1]]
+        elif isinstance(section[part[1]], dict):
+            section[part[1]] = {k: v for k, v in section[part[1]].items() if k != part[2]}
+    return work
 
 
 def _validate_parts(data: dict, source: str, lines: dict) -> tuple[PolicyModel | None, list[str], set[tuple]]:
@@ -181,10 +206,9 @@ def _validate_parts(data: dict, source: str, lines: dict) -> tuple[PolicyModel |
     else (None: a required part is broken, so only the schema errors)."""
     errors: list[str] = []
     left_out: set[tuple] = set()
-    work = dict(data)
     for _ in range(3):  # leaving a part out can only remove errors; a bound all the same
         try:
-            return PolicyModel.model_validate(work), errors, left_out
+            return PolicyModel.model_validate(_without(data, left_out)), errors, left_out
         except ValidationError as e:
             for err in e.errors():
                 line = _fmt(source, lines, err["loc"], _message(err))
@@ -194,13 +218,18 @@ def _validate_parts(data: dict, source: str, lines: dict) -> tuple[PolicyModel |
                 if part is None:
                     return None, errors, left_out
                 left_out.add(part)
-            work = dict(data)
-            for part in left_out:
-                if len(part) == 1:
-                    work.pop(part[0], None)
-                else:
-                    work[part[0]] = {k: v for k, v in work[part[0]].items() if k != part[1]}
     return None, errors, left_out
+
+
+def _left_out_keys(left_out: set[tuple], section: str, name: str) -> set[str]:
+    """Keys of one action or pipeline that were left out for their schema errors."""
+    return {part[2] for part in left_out if len(part) == 3 and part[:2] == (section, name)}
+
+
+#: What each check of an action reads: with one of these keys left out, the check would judge a
+#: default the author never wrote, so it is skipped (the key's own error is reported).
+_APPROVER_KEYS = {"approvers", "approvers_by_environment", "approvals", "approvals_required"}
+_CONDITION_KEYS = _APPROVER_KEYS | {"auto_approve", "ttl"}
 
 
 def _grant_errors(
@@ -250,19 +279,23 @@ def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes
         errors += grant_errors
         if grant is not None:
             grants[name] = grant
-        # with defaults left out (an error of their own), defaults.channel may well be set
-        if not action.channel and not model.defaults.channel and ("defaults",) not in left_out:
+        # keys left out for an error of their own are not judged again as if they were unset
+        skipped = _left_out_keys(left_out, "actions", name)
+        channel_unknown = "channel" in skipped or ("defaults",) in left_out
+        if not action.channel and not model.defaults.channel and not channel_unknown:
             errors.append(_fmt(source, lines, base, "no channel: set actions.<name>.channel or defaults.channel"))
-        if not action.approvers and not action.approvers_by_environment and not action.approvals:
-            errors.append(_fmt(source, lines, base, "no approvers: set approvers or approvers_by_environment"))
-        errors += _rule_errors(source, lines, base, name, action)
-        approver_sets = [(("approvers",), action.approvers)] if action.approvers else []
-        approver_sets += [
-            (("approvers_by_environment", env), people) for env, people in action.approvers_by_environment.items()
-        ]
-        for loc, approvers in approver_sets:
-            errors += _approver_errors(source, lines, base, loc, approvers, action.approvals_required)
-        errors += _condition_errors(source, lines, base, action)
+        if not skipped & _APPROVER_KEYS:
+            if not action.approvers and not action.approvers_by_environment and not action.approvals:
+                errors.append(_fmt(source, lines, base, "no approvers: set approvers or approvers_by_environment"))
+            errors += _rule_errors(source, lines, base, name, action)
+            approver_sets = [(("approvers",), action.approvers)] if action.approvers else []
+            approver_sets += [
+                (("approvers_by_environment", env), people) for env, people in action.approvers_by_environment.items()
+            ]
+            for loc, approvers in approver_sets:
+                errors += _approver_errors(source, lines, base, loc, approvers, action.approvals_required)
+        if not skipped & _CONDITION_KEYS:
+            errors += _condition_errors(source, lines, base, action)
         parsed: list = []
         for i, spec in enumerate(action.windows):
             try:
@@ -294,7 +327,8 @@ def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes
                     _fmt(source, lines, base + (p.gate_key[0],), f"the same gate as pipeline {gated[p.gate_key]!r}")
                 )
             gated.setdefault(p.gate_key, name)
-        if (p.token_sha256 is None) == (p.oidc is None):
+        skipped = _left_out_keys(left_out, "pipelines", name)
+        if (p.token_sha256 is None) == (p.oidc is None) and not skipped & {"token_sha256", "oidc"}:
             errors.append(_fmt(source, lines, base, "set exactly one of token_sha256 or oidc"))
         if p.token_sha256 and p.token_sha256 in hashes:
             errors.append(
