@@ -10,11 +10,9 @@ from datetime import timedelta
 
 import pytest
 from freezegun import freeze_time
-from support import policy_text
+from support import clock_start, policy_text
 
 from bot.core.clock import to_ms
-
-START = "2026-11-30 10:00:00"
 
 
 @pytest.fixture
@@ -48,7 +46,7 @@ def active(jit, rid) -> None:
 
 
 def test_pending_reminder_at_half_the_timeout(jit, slack):
-    with freeze_time(START) as clock:
+    with freeze_time(clock_start()) as clock:
         rid, ts = asked_and_posted(jit)
         req = jit.rt.store.get(rid)
         # in Redis (survives any restart), due at exactly half of the 4 s pending timeout
@@ -70,7 +68,7 @@ def test_pending_reminder_at_half_the_timeout(jit, slack):
 
 
 def test_a_decided_request_gets_no_reminder(jit, slack):
-    with freeze_time(START) as clock:
+    with freeze_time(clock_start()) as clock:
         rid, ts = asked_and_posted(jit)
         active(jit, rid)
         clock.tick(timedelta(seconds=3))  # past the reminder's moment: its item comes due and retires
@@ -80,7 +78,7 @@ def test_a_decided_request_gets_no_reminder(jit, slack):
 
 
 def test_expiry_warning_five_minutes_before_the_end(jit, slack):
-    with freeze_time(START) as clock:
+    with freeze_time(clock_start()) as clock:
         rid, ts = asked_and_posted(jit, ttl=303)  # 5m 3s: the warning is due 3 s after the grant
         active(jit, rid)
         req = jit.rt.store.get(rid)
@@ -99,7 +97,7 @@ def test_expiry_warning_five_minutes_before_the_end(jit, slack):
 
 
 def test_short_grants_get_no_warning(jit, slack):
-    with freeze_time(START):
+    with freeze_time(clock_start()):
         rid, _ = asked_and_posted(jit, ttl="5m")
         active(jit, rid)
         jit.work()
@@ -107,7 +105,7 @@ def test_short_grants_get_no_warning(jit, slack):
 
 
 def test_a_grant_ended_early_gets_no_warning(jit, slack):
-    with freeze_time(START) as clock:
+    with freeze_time(clock_start()) as clock:
         rid, ts = asked_and_posted(jit, ttl=303)
         active(jit, rid)
         jit.release(rid)

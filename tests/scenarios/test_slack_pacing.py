@@ -9,10 +9,9 @@ import redis as redislib
 from fakes.slack import block_action
 from freezegun import freeze_time
 from procs import Stack, wait_until
-from support import WEB_TOKEN
+from support import WEB_TOKEN, clock_start
 
 DIGEST = "new access requests"
-START = "2026-11-30 10:00:00"
 
 
 def request_posts(slack, channel):
@@ -92,7 +91,7 @@ def ask_one_ms_apart(jit, clock, n: int, action: str = "read-secret", what: str 
 
 
 def test_posts_to_one_channel_are_spaced(jit, slack):
-    with freeze_time(START) as clock:
+    with freeze_time(clock_start()) as clock:
         ids = ask_one_ms_apart(jit, clock, 3)
         jit.work()
         assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == ids[:1]
@@ -106,7 +105,7 @@ def test_posts_to_one_channel_are_spaced(jit, slack):
 
 
 def test_other_channels_are_not_held_up(jit, slack):
-    with freeze_time(START) as clock:
+    with freeze_time(clock_start()) as clock:
         ask_one_ms_apart(jit, clock, 4, what="busy")
         jit.ask("deploy-prod")  # C0PROD
         jit.work()
@@ -117,7 +116,7 @@ def test_other_channels_are_not_held_up(jit, slack):
 
 def test_retry_after_is_honoured(jit, slack):
     slack.rate_limit(retry_after=2, times=1, methods="chat.postMessage")
-    with freeze_time(START) as clock:
+    with freeze_time(clock_start()) as clock:
         ids = ask_one_ms_apart(jit, clock, 2, what="limited")
         jit.work()
         assert [c.status for c in slack.calls("chat.postMessage")] == [429]
@@ -132,7 +131,7 @@ def test_retry_after_is_honoured(jit, slack):
 
 
 def test_a_request_gone_before_its_post_does_not_block_the_channel(jit, slack):
-    with freeze_time(START) as clock:
+    with freeze_time(clock_start()) as clock:
         ids = ask_one_ms_apart(jit, clock, 5, what="gone")
         jit.work()  # the first is posted, the others wait for their slots (one a second)
         gone = ids[3]
