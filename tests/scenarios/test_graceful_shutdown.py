@@ -78,6 +78,22 @@ def test_sigterm_to_the_whole_process_group_loses_no_grant(stack):
     assert len((stack.state_dir / f"{rid}.grant").read_text().splitlines()) == 1
 
 
+def long_poll_in_background(stack: Stack, rid: str, rtok: str, wait: int) -> tuple[threading.Thread, dict]:
+    """A pipeline waiting on its request: the thread, and what it got (status and body, or error)."""
+    result: dict = {}
+
+    def long_poll():
+        try:
+            resp = stack.get(rid, rtok, wait=wait)
+            result["status"], result["body"] = resp.status_code, resp.json()
+        except Exception as e:  # noqa: BLE001 - the assertion reports it
+            result["error"] = repr(e)
+
+    t = threading.Thread(target=long_poll)
+    t.start()
+    return t, result
+
+
 def test_sigterm_to_serve_finishes_the_requests_in_flight(stack):
     r = stack.ask("quick", WEB_TOKEN, reason="long-poll during shutdown")
     rid, rtok = r.json()["id"], r.json()["request_token"]
@@ -88,17 +104,7 @@ def test_sigterm_to_serve_finishes_the_requests_in_flight(stack):
     idle = requests.Session()
     assert idle.get(stack.url + "/healthz", timeout=10).status_code == 200
 
-    result: dict = {}
-
-    def long_poll():
-        try:
-            resp = stack.get(rid, rtok, wait=5)
-            result["status"], result["body"] = resp.status_code, resp.json()
-        except Exception as e:  # noqa: BLE001 - the assertion below reports it
-            result["error"] = repr(e)
-
-    t = threading.Thread(target=long_poll)
-    t.start()
+    t, result = long_poll_in_background(stack, rid, rtok, wait=5)
     # the first long-poll of a fresh server opens its wake-up subscription: it is now in flight
     wait_until(
         lambda: watcher.pubsub_numsub(keys.changed_channel())[0][1] >= 1,
@@ -123,17 +129,7 @@ def test_ctrl_c_to_serve_answers_the_waiting_pipeline_and_says_what_it_does(stac
     r = stack.ask("read-secret", WEB_TOKEN, reason="Ctrl-C while a pipeline waits")
     rid, rtok = r.json()["id"], r.json()["request_token"]
     watcher = redislib.Redis.from_url(stack.redis.url)
-    result: dict = {}
-
-    def long_poll():
-        try:
-            resp = stack.get(rid, rtok, wait=60)
-            result["status"], result["body"] = resp.status_code, resp.json()
-        except Exception as e:  # noqa: BLE001 - the assertion below reports it
-            result["error"] = repr(e)
-
-    t = threading.Thread(target=long_poll)
-    t.start()
+    t, result = long_poll_in_background(stack, rid, rtok, wait=60)
     wait_until(lambda: watcher.zcard("jit:longpolls:pipeline:web-ci") >= 1, timeout=30, message="the long-poll")
     serve = stack.procs[0]
     serve.signal(signal.SIGINT)
