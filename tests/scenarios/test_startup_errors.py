@@ -83,3 +83,10 @@ def test_policy_check_cli(tmp_path, policy_file):
     p = run(["policy", "check", str(bad)], {}, tmp_path)
     assert p.returncode == 1
     assert "carrier-pigeon" in p.stdout and "grant.type" in p.stdout
+
+
+def test_a_policy_file_that_is_not_there_is_named(tmp_path, policy_file):
+    missing = tmp_path / "nope.yaml"
+    p = run(["worker", "--burst"], base_env(missing), tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == f"jit: {missing}: policy file not found: set JIT_POLICY_FILE to your policy's path"
