@@ -21,7 +21,7 @@ from redis import Redis
 from slack_sdk import WebClient
 
 from bot.core.crypto import AuditSigner, TokenSigner, Vault
-from bot.core.errors import PolicyError
+from bot.core.errors import PolicyError, PolicyFileMissing
 from bot.core.policy.diff import policy_diff
 from bot.core.policy.inflight import InFlightRules
 from bot.core.policy.load import load_policy, parse_policy
@@ -249,10 +249,14 @@ class Runtime:
         except Exception as e:  # noqa: BLE001 - Redis down: the policy still loads; retried on reload
             log.warning("could not store policy %s: %s", policy.sha256[:12], type(e).__name__)
 
-    def load_policy_or_exit(self) -> Policy:
-        """At start-up: a bad policy stops the process with one line per problem."""
+    def load_policy_or_exit(self, keep: bool = True) -> Policy:
+        """At start-up: a bad policy stops the process with one line per problem. `keep=False`
+        only reads the file: nothing is stored in Redis (which may not answer yet), nothing put in force."""
         try:
-            policy = self.policy
+            policy = self.policy if keep else load_policy(self.policy_file, grant_types=self.plugins.grant_types())
+        except PolicyFileMissing as e:  # the path came from the settings
+            print(f"jit: {e.errors[0]}: set JIT_POLICY_FILE to your policy's path", file=sys.stderr)
+            raise SystemExit(2) from None
         except PolicyError as e:
             print(f"jit: invalid policy: {e.errors[0]}", file=sys.stderr)
             for extra in e.errors[1:]:

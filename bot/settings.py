@@ -243,23 +243,40 @@ def _introspection_entries(raw: str) -> list[tuple[str, str]]:
 
 
 class SettingsError(SystemExit):
-    """Start-up stops with one line naming the variable; no traceback."""
+    """Start-up stops with one line per bad setting, each naming the variable; no traceback."""
 
 
-def describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
-    if first["type"] == "missing":
-        return f"jit: setting {name} is required but not set"
-    msg = first["msg"].removeprefix("Value error, ")
-    return f"jit: setting {name} is invalid: {msg}"
+#: How to fix a setting that is missing, by variable: the line that reports it says so.
+HOW_TO_SET = {
+    "SLACK_BOT_TOKEN": "the Bot User OAuth Token (xoxb-…) from your Slack app's OAuth & Permissions page",
+    "SLACK_SIGNING_SECRET": "the Signing Secret from your Slack app's Basic Information page",
+    "JIT_SECRET_KEY": "at least 32 random characters: `openssl rand -hex 32` (`jit init` writes one into .env)",
+}
+
+
+def describe(error: ValidationError) -> list[str]:
+    """One line per bad setting, each naming the variable and what to do about it: every problem at
+    once, not one per start."""
+    lines: list[str] = []
+    for err in error.errors():
+        name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+        if err["type"] == "missing":
+            hint = HOW_TO_SET.get(name, "set it in the environment or in .env")
+            lines.append(f"jit: setting {name} is required but not set: {hint}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if msg == "must not be empty" and name in HOW_TO_SET:
+                msg += f": {HOW_TO_SET[name]}"
+            lines.append(f"jit: setting {name} is invalid: {msg}")
+    return lines
 
 
 def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as e:
-        print(describe(e), file=sys.stderr)
+        for line in describe(e):
+            print(line, file=sys.stderr)
         raise SettingsError(2) from None
 
 

@@ -24,6 +24,10 @@ class PolicyError(Exception):
         self.errors = errors
 
 
+class PolicyFileMissing(PolicyError):
+    """There is no file at the policy's path; what to do depends on who named the path."""
+
+
 class BadRequest(JitError):
     code = "bad_request"
     http_status = 400

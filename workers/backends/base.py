@@ -18,6 +18,10 @@ class BackendConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: Whether the grant type is named where users choose one (the list an unknown type's error
+    #: shows); a type that is not is still accepted.
+    offered: ClassVar[bool] = True
+
     def warnings(self, environ: Mapping[str, str] | None = None) -> list[str]:
         """Valid but risky settings, which `jit policy check` prints without failing.
 
