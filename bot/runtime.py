@@ -34,6 +34,7 @@ from bot.decision.slack.views.policy_notices import describe_changes
 from bot.grant.service import GrantService
 from bot.request.service import RequestService
 from bot.revoke.service import RevokeService
+from bot.revoke.session import SessionService
 from bot.settings import Settings
 from bot.store import keys
 from bot.store.audit import AuditLog
@@ -207,6 +208,10 @@ class Runtime:
     @cached_property
     def revokes(self) -> RevokeService:
         return RevokeService(self.store, self.audit, self.decisions, self.vault, self.metrics)
+
+    @cached_property
+    def sessions(self) -> SessionService:
+        return SessionService(self.store, self.audit, self.vault, self.settings.jit_session_transcript_max_bytes)
 
     # ---------------------------------------------------------------- policy
 

@@ -265,10 +265,17 @@ def stream_order(sid: str) -> tuple[int, int]:
 # ------------------------------------------------------------------------- export format
 
 
-def export_line(e: AuditEntry) -> str:
+#: Fields an export line may carry beside the entry, outside what its hash covers: a `session.ended`
+#: entry's transcript (`jit audit export --request`), checked against the entry's transcript_sha256.
+ATTACHED = ("transcript",)
+
+
+def export_line(e: AuditEntry, **attached: str) -> str:
     """One JSON line of `jit audit export`: the entry's body plus its hash, signature and key,
-    enough for `jit audit verify --trimmed` to check it and join it to the trail."""
-    return canonical({**e.body, "hash": e.hash, "sig": e.sig, "kid": e.kid})
+    enough for `jit audit verify --trimmed` to check it and join it to the trail; and what is
+    `attached` to it (ATTACHED), which verification sets aside."""
+    extra = {k: v for k, v in attached.items() if k in ATTACHED}
+    return canonical({**e.body, "hash": e.hash, "sig": e.sig, "kid": e.kid, **extra})
 
 
 def read_export(lines: Iterable[str], source: str = "export") -> list[AuditEntry]:
@@ -282,6 +289,8 @@ def read_export(lines: Iterable[str], source: str = "export") -> list[AuditEntry
             if not isinstance(row, dict):
                 raise ValueError
             extra = {k: str(row.pop(k, "") or "") for k in ("hash", "sig", "kid")}
+            for k in ATTACHED:
+                row.pop(k, None)
         except ValueError:
             raise ValueError(f"{source} line {n}: not an exported audit entry") from None
         out.append(AuditEntry(f"{source} line {n}", row, extra["hash"], extra["sig"], extra["kid"]))
