@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""The pipeline side of jit: ask for a credential, wait for approval, print it, release it.
+"""The pipeline side of jit: ask for a credential, wait for approval, print it, release it — or run
+a command with it (`jit run ACTION -- COMMAND`: the credential in the command's environment only,
+masked in its output, released the moment it exits, the session recorded).
 
 Standard library only, one file: install it alone (`pip install jit-client`, command
 `jit-client`), use it as `jit request`/`jit release` from the server's package, or fetch it
