@@ -1057,8 +1057,11 @@ class CommandSession:
                 self.expires_at = parse_time(view.get("expires_at")) or self.expires_at
                 self.issued_at = parse_time(view.get("issued_at")) or self.issued_at
                 if status != "active":
-                    by = f" by {view['revoked_by']}" if status == "revoked" and view.get("revoked_by") else ""
-                    self._over(f"the grant was {status}{by}")
+                    if status == "revoked":
+                        by = f" by {view['revoked_by']}" if view.get("revoked_by") else ""
+                        self._over(f"the grant was revoked{by}")
+                    else:
+                        self._over("the grant expired" if status == "expired" else f"the grant is {status}")
                     return
             now = datetime.now(timezone.utc)  # noqa: UP017 - 3.10
             if self.expires_at is not None:

@@ -200,3 +200,49 @@ def test_run_without_a_command_is_a_usage_error():
     err = io.StringIO()
     code = client.main(["run", "db", "--url", "https://jit.example", "--token", "pt"], env={}, stderr=err)
     assert code == client.EXIT_USAGE and "after --" in err.getvalue()
+
+
+# ------------------------------------------------------------------ the expiry warning
+
+
+def session_for_warning(window_minutes: float):
+    from datetime import UTC, datetime, timedelta
+
+    err = io.StringIO()
+    args = client.build_parser({}).parse_args(["run", "db", "--url", "https://jit.example", "--token", "pt"])
+    args.cmd = ["true"]
+    runner = client.Runner(args, {}, io.StringIO(), err, http=Server(CREDENTIAL))
+    runner.req_token = "rt"
+    issued = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+    expires = issued + timedelta(minutes=window_minutes)
+    session = client.CommandSession(runner, {"credential": CREDENTIAL, "expires_at": expires.isoformat()})
+    session.issued_at = issued
+    return session, err, issued, expires
+
+
+def test_the_expiry_warning_comes_once_five_minutes_before_and_again_after_an_extension():
+    from datetime import timedelta
+
+    session, err, issued, expires = session_for_warning(30)
+    session._maybe_warn(expires - timedelta(minutes=6))
+    assert err.getvalue() == ""
+    session._maybe_warn(expires - timedelta(minutes=5))
+    session._maybe_warn(expires - timedelta(minutes=4))
+    assert err.getvalue().count("jit: access expires in 5 min") == 1
+    # an extension moves expires_at later: armed again for the new time
+    session.expires_at = expires + timedelta(minutes=20)
+    session._maybe_warn(expires - timedelta(minutes=3))
+    assert err.getvalue().count("access expires in") == 1
+    session._maybe_warn(session.expires_at - timedelta(minutes=5))
+    assert err.getvalue().count("jit: access expires in 5 min") == 2
+    # and the watcher wakes for it rather than a whole poll later
+    assert session._next_poll(session.expires_at - timedelta(minutes=5, seconds=1)) == pytest.approx(1.0)
+
+
+def test_no_warning_for_windows_of_ten_minutes_or_less():
+    from datetime import timedelta
+
+    session, err, issued, expires = session_for_warning(10)
+    for minute in range(11):
+        session._maybe_warn(issued + timedelta(minutes=minute))
+    assert err.getvalue() == ""
