@@ -1236,7 +1236,12 @@ class CommandSession:
             )
             digest = body["transcript_sha256"][:12]
             r.say(f"session recorded: exit {code}, {_duration(ended - started)}, transcript sha256 {digest}")
-        except (ApiError, ClientError) as e:
+        except ApiError as e:
+            if e.code == "session_recorded":  # a retry after an answer that was lost: it is stored
+                r.say("session recorded")
+            else:
+                r.say(f"the session record was not stored: {e}", always=True)
+        except ClientError as e:
             r.say(f"the session record was not stored: {e}", always=True)
 
 

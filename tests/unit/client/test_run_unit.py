@@ -246,3 +246,21 @@ def test_no_warning_for_windows_of_ten_minutes_or_less():
     for minute in range(11):
         session._maybe_warn(issued + timedelta(minutes=minute))
     assert err.getvalue() == ""
+
+
+def test_a_session_record_stored_by_a_lost_answer_is_not_reported_as_lost():
+    server = Server(CREDENTIAL)
+    answers = [client.Transient("HTTP 502"), client.ApiError(409, "session_recorded", "recorded already")]
+
+    def http(method, url, **kw):
+        if url.endswith("/session") and answers:
+            server.calls.append((method, urllib.parse.urlsplit(url).path, kw))
+            raise answers.pop(0)
+        return server(method, url, **kw)
+
+    err = io.StringIO()
+    args = client.build_parser({}).parse_args(["run", "db", "--url", "https://jit.example", "--token", "pt"])
+    args.cmd = [sys.executable, "-c", "print('ok')"]
+    runner = client.Runner(args, {}, io.StringIO(), err, http=http, sleep=lambda s: None)
+    assert runner.run() == 0
+    assert "not stored" not in err.getvalue() and "session recorded" in err.getvalue()
