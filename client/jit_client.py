@@ -440,7 +440,9 @@ class Masker:
 
     def __init__(self, secrets_: Iterable[bytes]) -> None:
         self.secrets = [s for s in secrets_ if s]
+        # longest first: at any position the regex takes the longest secret that is there
         self.pattern = re.compile(b"|".join(re.escape(s) for s in self.secrets)) if self.secrets else None
+        self.longest = max((len(s) for s in self.secrets), default=0)
         self.held = b""
 
     def _open_prefix(self, tail: bytes) -> bool:
@@ -456,7 +458,8 @@ class Masker:
         pos = 0
         hold_from = None
         for m in self.pattern.finditer(buf):
-            if not final and self._open_prefix(buf[m.start() :]):
+            # near the end of what was read, a longer secret may still be arriving
+            if not final and len(buf) - m.start() < self.longest and self._open_prefix(buf[m.start() :]):
                 hold_from = m.start()  # a longer secret may start here: wait for more
                 break
             out += buf[pos : m.start()] + MASK
@@ -464,8 +467,7 @@ class Masker:
         if hold_from is None:
             hold_from = len(buf)
             if not final:
-                longest = max(len(s) for s in self.secrets)
-                for j in range(max(pos, len(buf) - longest + 1), len(buf)):
+                for j in range(max(pos, len(buf) - self.longest + 1), len(buf)):
                     if self._open_prefix(buf[j:]):
                         hold_from = j
                         break

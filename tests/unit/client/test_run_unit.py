@@ -10,6 +10,8 @@ import sys
 import urllib.parse
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jit_client as client
 from jit_client import Masker, Transcript, child_environment, masked_forms
@@ -264,3 +266,32 @@ def test_a_session_record_stored_by_a_lost_answer_is_not_reported_as_lost():
     runner = client.Runner(args, {}, io.StringIO(), err, http=http, sleep=lambda s: None)
     assert runner.run() == 0
     assert "not stored" not in err.getvalue() and "session recorded" in err.getvalue()
+
+
+# ------------------------------------------------------------------ masking, for any split
+
+
+_ALPHABET = st.sampled_from(list(b"abcd%@ \n"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    secrets=st.lists(
+        st.binary(min_size=4, max_size=12).map(lambda b: bytes(x % 4 + 97 for x in b)), min_size=1, max_size=4
+    ),
+    pieces=st.lists(st.one_of(st.integers(0, 3), st.lists(_ALPHABET, max_size=6).map(bytes)), max_size=20),
+    cuts=st.lists(st.integers(1, 9), min_size=1, max_size=30),
+)
+def test_any_split_masks_like_reading_it_whole(secrets, pieces, cuts):
+    text = b"".join(secrets[p % len(secrets)] if isinstance(p, int) else p for p in pieces)
+    whole = Masker(secrets).feed(text, final=True)
+    m = Masker(secrets)
+    out, i, k = b"", 0, 0
+    while i < len(text):
+        size = cuts[k % len(cuts)]
+        out += m.feed(text[i : i + size])
+        i, k = i + size, k + 1
+    out += m.flush()
+    assert out == whole
+    for s in secrets:
+        assert s not in out.replace(b"***", b"\x00")
