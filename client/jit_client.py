@@ -380,6 +380,8 @@ STATUS_POLL_SECONDS = 5.0
 #: After expires_at, how long a server that still says `active` is believed (clock skew).
 EXPIRY_SLACK_SECONDS = 2.0
 SESSION_RETRY_SECONDS = 60.0
+#: The largest session body the server reads (its MAX_SESSION_BODY), as JSON.
+SESSION_BODY_MAX = 2 * 1024 * 1024 + 64 * 1024
 
 
 def guess_backend(credential: Mapping[str, Any]) -> str | None:
@@ -1118,6 +1120,8 @@ class CommandSession:
     def run(self) -> int:
         r, a = self.runner, self.args
         drop = [a.oidc_env] if getattr(a, "oidc_env", None) else []
+        if getattr(a, "oidc", None) == "github":  # what mints the job's OIDC tokens: not the command's
+            drop += ["ACTIONS_ID_TOKEN_REQUEST_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_URL"]
         env = child_environment(r.env, self.credential, self.backend, r.req_id, self.expires_text, drop)
         started = time.time()
         try:
@@ -1227,6 +1231,12 @@ class CommandSession:
         runner_name = r.env.get("RUNNER_NAME") or r.env.get("CI_RUNNER_DESCRIPTION") or r.env.get("CI_RUNNER_ID")
         if runner_name:
             body["runner"] = runner_name[:200]
+        # JSON escapes (colour codes, non-ASCII) can make the body larger than the server reads:
+        # keep a shorter tail then
+        while len(json.dumps(body)) > SESSION_BODY_MAX and body["transcript"]:
+            body["transcript"] = body["transcript"][len(body["transcript"]) // 4 + 1 :]
+            body["transcript_sha256"] = hashlib.sha256(body["transcript"].encode("utf-8")).hexdigest()
+            body["transcript_truncated"] = True
         try:
             r.call(
                 "POST",

@@ -295,3 +295,14 @@ def test_any_split_masks_like_reading_it_whole(secrets, pieces, cuts):
     assert out == whole
     for s in secrets:
         assert s not in out.replace(b"***", b"\x00")
+
+
+def test_a_transcript_that_json_would_blow_up_is_cut_to_what_the_server_reads():
+    # colour codes: each ESC is six bytes of JSON
+    script = "import sys\nfor i in range(30000): sys.stdout.write('\\x1b' * 40 + str(i) + '\\n')\n"
+    code, server, out, err = run_command(script)
+    assert code == 0
+    [body] = [kw["body"] for m, p, kw in server.calls if p.endswith("/session")]
+    assert len(json.dumps(body)) <= client.SESSION_BODY_MAX
+    assert body["transcript_truncated"] and body["transcript"].endswith("29999\n")
+    assert body["transcript_sha256"] == hashlib.sha256(body["transcript"].encode()).hexdigest()
