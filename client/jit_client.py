@@ -438,11 +438,12 @@ def masked_forms(values: Iterable[str]) -> list[bytes]:
 
 class Masker:
     """Replaces every secret in a byte stream with `***`, also one split across reads: it holds
-    back a tail that could still become (or extend to) a secret until the next read says."""
+    back a tail that could still become (or extend to) a secret until the next read says. The
+    result is the same however the stream is cut: leftmost match first, the longest secret there."""
 
     def __init__(self, secrets_: Iterable[bytes]) -> None:
-        self.secrets = [s for s in secrets_ if s]
         # longest first: at any position the regex takes the longest secret that is there
+        self.secrets = sorted({s for s in secrets_ if s}, key=lambda s: (-len(s), s))
         self.pattern = re.compile(b"|".join(re.escape(s) for s in self.secrets)) if self.secrets else None
         self.longest = max((len(s) for s in self.secrets), default=0)
         self.held = b""
@@ -456,26 +457,24 @@ class Masker:
         if self.pattern is None:
             self.held = b""
             return buf
+        # Positions where a secret may start but is not complete yet: nothing from the first of
+        # them on is decided (a match there, or one overlapping it, could still grow).
+        opens = (
+            []
+            if final
+            else [j for j in range(max(0, len(buf) - self.longest + 1), len(buf)) if self._open_prefix(buf[j:])]
+        )
         out = bytearray()
         pos = 0
-        hold_from = None
-        for m in self.pattern.finditer(buf):
-            # near the end of what was read, a longer secret may still be arriving
-            if not final and len(buf) - m.start() < self.longest and self._open_prefix(buf[m.start() :]):
-                hold_from = m.start()  # a longer secret may start here: wait for more
-                break
+        while True:
+            undecided = next((j for j in opens if j >= pos), len(buf))
+            m = self.pattern.search(buf, pos)
+            if m is None or m.start() >= undecided:
+                out += buf[pos:undecided]
+                self.held = buf[undecided:]
+                return bytes(out)
             out += buf[pos : m.start()] + MASK
             pos = m.end()
-        if hold_from is None:
-            hold_from = len(buf)
-            if not final:
-                for j in range(max(pos, len(buf) - self.longest + 1), len(buf)):
-                    if self._open_prefix(buf[j:]):
-                        hold_from = j
-                        break
-        out += buf[pos:hold_from]
-        self.held = buf[hold_from:]
-        return bytes(out)
 
     def flush(self) -> bytes:
         return self.feed(b"", final=True)
@@ -1156,10 +1155,10 @@ class CommandSession:
         elif self.interrupted:
             ended_by = "interrupt"
         self._release()
-        for t in readers:
+        for t, pipe in zip(readers, (self.child.stdout, self.child.stderr), strict=True):
             t.join(5)  # a grandchild holding the pipes open does not hold up the end
-        for p in (self.child.stdout, self.child.stderr):
-            p.close()
+            if not t.is_alive():  # never close a descriptor a reader may still use
+                pipe.close()
         self._finish(started, code, ended_by)
         return code
 
