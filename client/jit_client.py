@@ -823,7 +823,8 @@ class Runner:
         if not a.cmd:
             raise UsageError("run needs a command after --: jit run ACTION [options] -- COMMAND [ARGS...]")
         if not a.reason:
-            a.reason = f"jit run: {shlex.join(a.cmd)}"[:MAX_REASON]
+            # the program only: its arguments may hold what the shell expanded from CI secrets
+            a.reason = f"jit run {os.path.basename(a.cmd[0])}"[:MAX_REASON]
         deadline = self.create()
         code = self.await_grant(deadline)
         if code != EXIT_GRANTED:
@@ -1133,7 +1134,7 @@ class CommandSession:
             self._release()
             self._finish(started, 127, "command")
             return 127
-        r.say(f"running {shlex.join(a.cmd)[:200]} with {a.action}'s credential")
+        r.say(f"running {os.path.basename(a.cmd[0])} with {a.action}'s credential")
         readers = [
             threading.Thread(target=self._pump, args=(w, p.fileno()), daemon=True)
             for w, p in (("out", self.child.stdout), ("err", self.child.stderr))
@@ -1351,7 +1352,7 @@ def build_parser(env: Mapping[str, str], prog: str | None = None) -> argparse.Ar
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("action")
-    run.add_argument("--reason", help="why (default: the command line)")
+    run.add_argument("--reason", help="why (default: `jit run PROGRAM`, without its arguments)")
     run.add_argument("--grace", type=_duration_arg, default=10, help="SIGTERM → SIGKILL when the grant ends (10s)")
     run.add_argument(
         "--kill-on-expiry",

@@ -306,3 +306,12 @@ def test_a_transcript_that_json_would_blow_up_is_cut_to_what_the_server_reads():
     assert len(json.dumps(body)) <= client.SESSION_BODY_MAX
     assert body["transcript_truncated"] and body["transcript"].endswith("29999\n")
     assert body["transcript_sha256"] == hashlib.sha256(body["transcript"].encode()).hexdigest()
+
+
+def test_the_default_reason_names_the_program_and_never_its_arguments():
+    server = Server(CREDENTIAL)
+    args = client.build_parser({}).parse_args(["run", "db", "--url", "https://jit.example", "--token", "pt", "--quiet"])
+    args.cmd = [sys.executable, "-c", "pass", "--api-key=expanded-ci-secret"]
+    client.Runner(args, {}, io.StringIO(), io.StringIO(), http=server).run()
+    [create] = [kw["body"] for m, p, kw in server.calls if (m, p) == ("POST", "/v1/requests")]
+    assert create["reason"].startswith("jit run python") and "expanded-ci-secret" not in create["reason"]
