@@ -377,7 +377,8 @@ WARN_BEFORE_SECONDS = 5 * 60
 #: Only grants longer than this get the "expires in 5 min" line.
 WARN_WINDOWS_OVER_SECONDS = 10 * 60
 STATUS_POLL_SECONDS = 5.0
-#: After expires_at, how long a server that still says `active` is believed (clock skew).
+#: While the server cannot be reached: how long after expires_at (by this runner's clock) the
+#: grant is taken to have expired.
 EXPIRY_SLACK_SECONDS = 2.0
 SESSION_RETRY_SECONDS = 60.0
 #: The largest session body the server reads (its MAX_SESSION_BODY), as JSON.
@@ -1069,7 +1070,9 @@ class CommandSession:
                     return
             now = datetime.now(timezone.utc)  # noqa: UP017 - 3.10
             if self.expires_at is not None:
-                if now.timestamp() > self.expires_at.timestamp() + EXPIRY_SLACK_SECONDS:
+                # the server says when a grant ends; this runner's clock only when it cannot be asked
+                late = now.timestamp() > self.expires_at.timestamp() + EXPIRY_SLACK_SECONDS
+                if view is None and late:
                     self._over(f"the grant expired at {self.expires_at:%Y-%m-%dT%H:%M:%SZ}")
                     return
                 self._maybe_warn(now)

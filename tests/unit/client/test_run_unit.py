@@ -315,3 +315,28 @@ def test_the_default_reason_names_the_program_and_never_its_arguments():
     client.Runner(args, {}, io.StringIO(), io.StringIO(), http=server).run()
     [create] = [kw["body"] for m, p, kw in server.calls if (m, p) == ("POST", "/v1/requests")]
     assert create["reason"].startswith("jit run python") and "expanded-ci-secret" not in create["reason"]
+
+
+def test_a_server_out_of_reach_past_expiry_stops_the_command_by_the_runners_clock():
+    from datetime import UTC, datetime, timedelta
+
+    server = Server(CREDENTIAL)
+    expires = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+
+    fetched = []
+
+    def http(method, url, **kw):
+        path = urllib.parse.urlsplit(url).path
+        if method == "GET" and path.endswith("/credential"):
+            fetched.append(path)
+            return 200, {"id": "req1", "credential": CREDENTIAL, "expires_at": expires}
+        if method == "GET" and fetched:
+            raise client.Transient("connection refused")  # from the credential on: out of reach
+        return server(method, url, **kw)
+
+    err = io.StringIO()
+    args = client.build_parser({}).parse_args(["run", "db", "--url", "https://jit.example", "--token", "pt"])
+    args.cmd = [sys.executable, "-c", "import time\nwhile True: time.sleep(0.1)"]
+    runner = client.Runner(args, {}, io.StringIO(), err, http=http, sleep=lambda s: None)
+    assert runner.run() == 128 + 15
+    assert "the grant expired at" in err.getvalue() and "stopping the command" in err.getvalue()
