@@ -830,10 +830,18 @@ class Runner:
         code = self.await_grant(deadline)
         if code != EXIT_GRANTED:
             return code
-        code, data = self.fetch_credential(deadline)
-        if data is None:
-            return code
-        return CommandSession(self, data).run()
+        try:
+            code, data = self.fetch_credential(deadline)
+            if data is None:
+                return code
+            return CommandSession(self, data).run()
+        except KeyboardInterrupt:  # cancelled around the command (it forwards signals while it runs)
+            self.say("interrupted: releasing the grant", always=True)
+            try:
+                self.release_now(self.req_id, self.req_token)
+            except ClientError as e:
+                self.say(f"could not release {self.req_id}: {e}", always=True)
+            return 130
 
     def wait(self, current: Mapping[str, Any], deadline: float) -> Mapping[str, Any]:
         """Long-poll until a status other than pending/approved, or the --timeout."""
