@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     # line before this parser sees it. These entries only list them in `jit --help`.
     sub.add_parser("request", help="pipeline client: ask for access (jit request --help)", add_help=False)
     sub.add_parser("release", help="pipeline client: end a request (jit release --help)", add_help=False)
+    sub.add_parser("run", help="pipeline client: run a command with a credential (jit run --help)", add_help=False)
 
     d = sub.add_parser("dev", help="server, worker and Redis in one command, for trying it out")
     d.add_argument("--port", type=int, default=3000, help="port of the server (default: 3000)")
@@ -241,6 +242,7 @@ def _bench(argv: list[str]) -> int:
 PASSTHROUGH = {
     "request": lambda rest: _client(["request", *rest]),
     "release": lambda rest: _client(["release", *rest]),
+    "run": lambda rest: _client(["run", *rest]),
     "bench": lambda rest: _bench(rest),
 }
 

@@ -35,6 +35,7 @@ from bot.grant.service import GrantService
 from bot.grant.usage import UsageService
 from bot.request.service import RequestService
 from bot.revoke.service import RevokeService
+from bot.revoke.session import SessionService
 from bot.settings import Settings
 from bot.store import keys
 from bot.store.audit import AuditLog
@@ -215,6 +216,10 @@ class Runtime:
         """What the targets saw of each grant's use (token checks, sessions at revoke)."""
         store = UsageStore(self.redis, self.settings.jit_request_retention)
         return UsageService(store, self.audit, self.vault, self.settings.jit_usage_update_ms)
+
+    @cached_property
+    def sessions(self) -> SessionService:
+        return SessionService(self.store, self.audit, self.vault, self.settings.jit_session_transcript_max_bytes)
 
     # ---------------------------------------------------------------- policy
 

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     jit_revoke_alert_after: int = Field(3, alias="JIT_REVOKE_ALERT_AFTER", ge=1)
     #: How long finished requests stay readable (status, audit context) before Redis drops them.
     jit_request_retention: int = Field(30 * 86400, alias="JIT_REQUEST_RETENTION", gt=0)
+    #: The most of a `jit run` transcript the server keeps (UTF-8 bytes, its tail; at most 1 MiB):
+    #: `POST /v1/requests/{id}/session` refuses a longer one with 413.
+    jit_session_transcript_max_bytes: int = Field(
+        1024 * 1024, alias="JIT_SESSION_TRANSCRIPT_MAX_BYTES", ge=0, le=1024 * 1024
+    )
     #: Request creations allowed per pipeline per minute (0 = unlimited); over it: 429.
     jit_rate_limit: int = Field(120, alias="JIT_RATE_LIMIT", ge=0)
     #: Long-polls (`GET /v1/requests/{id}?wait=N`) one pipeline may hold open at once, counted

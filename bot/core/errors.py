@@ -173,3 +173,24 @@ class OutsideWindow(JitError):
             'In an emergency, ask with "break_glass": true.'
         )
         self.next_opening = next_opening
+
+
+class TooLarge(JitError):
+    """The body (or a part of it, such as a session transcript) is larger than jit keeps."""
+
+    code = "too_large"
+    http_status = 413
+
+
+class SessionRecorded(JitError):
+    """This request's session was recorded already: a session is recorded once."""
+
+    code = "session_recorded"
+    http_status = 409
+
+
+class GrantNotOver(JitError):
+    """A session is recorded once its grant has ended (released, revoked or expired)."""
+
+    code = "not_ended"
+    http_status = 409

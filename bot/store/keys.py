@@ -17,6 +17,12 @@ def approvals(request_id: str) -> str:
     return f"{PREFIX}req:{request_id}:approvals"
 
 
+def session(request_id: str) -> str:
+    """String: the encrypted session record `jit run` sent (its transcript included). Written once,
+    after the grant ended, with the request's own remaining TTL: it goes when the request goes."""
+    return f"{PREFIX}req:{request_id}:session"
+
+
 def credential(request_id: str) -> str:
     """String: the encrypted credential. Deleted when the revoke succeeds; TTL as backstop."""
     return f"{PREFIX}cred:{request_id}"

@@ -76,6 +76,13 @@ class Ttl(_Strict):
     max: Duration = timedelta(hours=1)
 
 
+class SessionOptions(_Strict):
+    """What the request's thread shows of a `jit run` session (docs/policy.md)."""
+
+    #: Also post the masked transcript (its tail) to the thread; auditors always have it.
+    transcript_in_slack: bool = False
+
+
 class AuditConfig(_Strict):
     channel: SlackChannel | None = None
     #: How often the chain head is posted to the audit channel.
@@ -328,6 +335,7 @@ class Action(_Strict):
     ttl: Ttl = Ttl()
     pending_timeout: Duration | None = None
     grant: dict[str, Any]
+    session: SessionOptions = SessionOptions()
 
 
 class PolicyModel(_Strict):

@@ -117,9 +117,15 @@ REFUSED = (
 
 
 def audit_blocks(
-    q: AuditQuery, entries: list[dict[str, Any]], head: dict[str, str], cut_short: bool, scan_limit: int
+    q: AuditQuery,
+    entries: list[dict[str, Any]],
+    head: dict[str, str],
+    cut_short: bool,
+    scan_limit: int,
+    session: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The matching entries (bodies, newest first) with what the search did and the chain head."""
+    """The matching entries (bodies, newest first) with what the search did and the chain head;
+    `session`: the request's session summary (bot/decision/slack/views/session.py), shown first."""
     what = f"matching {q.describe()}" if q.filtered else ""
     if not entries:
         return [section(f"No audit events {what}".rstrip() + ".")]
@@ -135,6 +141,8 @@ def audit_blocks(
     blocks = [section(title)]
     if notes:
         blocks.append(context(" · ".join(notes)))
+    if session:
+        blocks.append(section(session))
     return blocks + chunk_lines([event_line(e) for e in entries], MAX_BLOCKS - len(blocks))
 
 

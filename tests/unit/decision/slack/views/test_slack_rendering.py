@@ -153,6 +153,18 @@ class StandIn:
             get_many=lambda ids: reqs,
             get=lambda rid: by_id.get(rid),
         )
+        session = {
+            "started_at": value,
+            "duration_ms": 133_000,
+            "exit_code": 0,
+            "run": value,
+            "runner": value,
+            "output_lines": 3,
+            "output_bytes": 10,
+            "transcript_sha256": value,
+            "transcript": value,
+        }
+        self.sessions = SimpleNamespace(read=lambda rid: session)
         self.audit = SimpleNamespace(
             entries_for_request=lambda rid, limit: entries[:limit],
             newest=lambda since_ms: iter(entries),
