@@ -40,8 +40,9 @@ def issuers():
 
 @pytest.fixture
 def gated(gh, issuers, jit_env, policy_file, monkeypatch, tmp_path):
-    """The app wired to the GitHub test server, with the gate policy of the process tests."""
-    policy_file.write_text(gate_policy(issuers.github))
+    """The app wired to the GitHub test server, with the gate policy of the process tests (its 3 s
+    staging timeout, there to test timeouts, made long: a busy machine must not time these out)."""
+    policy_file.write_text(gate_policy(issuers.github).replace("pending_timeout: 3s", "pending_timeout: 10m"))
     key = gh.write_private_key(tmp_path / "app.pem")
     for name, value in {
         "GITHUB_APP_ID": gh.app_id,
@@ -211,7 +212,7 @@ def test_a_deployment_outside_the_actions_windows_is_rejected_with_when(gated, p
     closed = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[(today + 3) % 7]
     text = gate_policy(issuers.github).replace(
         "    approvers: [U0LEAD1]\n    pending_timeout: 3s\n",
-        f'    approvers: [U0LEAD1]\n    pending_timeout: 3s\n    windows: ["{closed} 00:00-01:00 UTC"]\n',
+        f'    approvers: [U0LEAD1]\n    pending_timeout: 10m\n    windows: ["{closed} 00:00-01:00 UTC"]\n',
     )
     policy_file.write_text(text)
     rt = build(load_settings())
