@@ -132,6 +132,27 @@ def wait_for_redis(rt: Runtime, every: float = REDIS_RETRY_SECONDS) -> bool:
     return True
 
 
+#: Seconds between two looks at the forked children.
+SUPERVISE_EVERY = 1.0
+
+
+def _supervise(
+    children: list[multiprocessing.Process],
+    start: Callable[[], multiprocessing.Process],
+    stopping: threading.Event,
+    every: float = SUPERVISE_EVERY,
+) -> None:
+    """Replace a child that died (the OOM killer, a crash) until the worker stops: a job it held
+    comes back through its due item's lease, and the worker keeps its concurrency."""
+    while not stopping.wait(every):
+        for i, p in enumerate(children):
+            if p.is_alive() or stopping.is_set():
+                continue
+            log.warning("worker child died; replaced", extra={"pid": p.pid, "exitcode": p.exitcode})
+            p.join(timeout=0)
+            children[i] = start()
+
+
 def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = False, scheduler: bool = True) -> int:
     if not wait_for_redis(rt):
         return 0
@@ -154,10 +175,14 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
 
         reloader = watch(rt, sighup=threading.current_thread() is threading.main_thread(), also=[forward_hup])
     ctx = multiprocessing.get_context("fork")
-    for _ in range(max(concurrency, 1) - 1):
+
+    def start_child() -> multiprocessing.Process:
         p = ctx.Process(target=_child, args=(build, rt.settings, rt.policy_path, burst), daemon=False)
         p.start()
-        children.append(p)
+        return p
+
+    for _ in range(max(concurrency, 1) - 1):
+        children.append(start_child())
 
     sched = None
     if scheduler:
@@ -189,6 +214,11 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
                     os.kill(p.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+
+    if not burst and children:
+        threading.Thread(
+            target=_supervise, args=(children, start_child, forwarded), name="jit-supervisor", daemon=True
+        ).start()
 
     try:
         log.info("worker started", extra={"concurrency": concurrency, "scheduler": scheduler})
