@@ -42,7 +42,7 @@ def _policy_file(args: argparse.Namespace) -> str:
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    return _policy_commands().check(_policy_file(args))
+    return _policy_commands().check(_policy_file(args), named=args.file is not None)
 
 
 def cmd_policy_test(args: argparse.Namespace) -> int:
@@ -104,6 +104,9 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------- main
 
 
+POLICY_FILE_HELP = "the policy file (default: $JIT_POLICY_FILE, else jit-policy.yaml)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jit", description="Just-in-time access for CI/CD pipelines, approved in Slack.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -117,8 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_init)
 
     s = sub.add_parser("serve", help="the HTTP server: Slack endpoint and pipeline hook")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=3000)
+    s.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 for every interface)",
+    )
+    s.add_argument("--port", type=int, default=3000, help="port to listen on (default: 3000)")
     s.add_argument("--workers", type=int, help="gunicorn workers (default: JIT_WEB_WORKERS, 2)")
     s.set_defaults(func=cmd_serve)
 
@@ -130,16 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     pol = sub.add_parser("policy", help="policy tools").add_subparsers(dest="policy_cmd", required=True)
     pc = pol.add_parser("check", help="validate a policy file")
-    pc.add_argument("file", nargs="?")
+    pc.add_argument("file", nargs="?", help=POLICY_FILE_HELP)
     pc.set_defaults(func=cmd_policy_check)
     pt = pol.add_parser("test", help="run a policy's cases; exit 1 with a diff when one fails")
-    pt.add_argument("file", nargs="?")
+    pt.add_argument("file", nargs="?", help=POLICY_FILE_HELP)
     pt.add_argument("--cases", help="the cases file (default: FILE with .cases.yaml, e.g. jit-policy.cases.yaml)")
     pt.set_defaults(func=cmd_policy_test)
     pe = pol.add_parser("explain", help="print, in words, what the policy does with one request")
-    pe.add_argument("file", nargs="?")
-    pe.add_argument("--action", required=True)
-    pe.add_argument("--pipeline", required=True)
+    pe.add_argument("file", nargs="?", help=POLICY_FILE_HELP)
+    pe.add_argument("--action", required=True, help="the action the request asks for")
+    pe.add_argument("--pipeline", required=True, help="the pipeline that asks (a name under pipelines:)")
     pe.add_argument("--at", metavar="TIME", help="RFC 3339 time of the request (default: now)")
     pe.add_argument("--context", nargs="*", metavar="KEY=VALUE", help="the request's context")
     pe.add_argument("--verified", nargs="*", metavar="KEY=VALUE", help="claims an OIDC token vouches for")
@@ -180,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     ae.add_argument("--output", "-o", help="file to write (default: stdout)")
     ae.set_defaults(func=cmd_audit_export)
     ev = aud.add_parser("evidence", help="one request's signed evidence bundle, for auditors (verify it offline)")
-    ev.add_argument("request_id", metavar="REQUEST_ID")
+    ev.add_argument("request_id", metavar="REQUEST_ID", help="the request's id (`jit request` printed it)")
     ev.add_argument("--output", "-o", help="file to write (default: stdout)")
     ev.add_argument("--format", choices=("json", "md"), default="json", help="json (default) or readable Markdown")
     ev.set_defaults(func=cmd_audit_evidence)
@@ -190,12 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("request", help="pipeline client: ask for access (jit request --help)", add_help=False)
     sub.add_parser("release", help="pipeline client: end a request (jit release --help)", add_help=False)
     sub.add_parser("extend", help="pipeline client: more time for a grant (jit extend --help)", add_help=False)
+    sub.add_parser("run", help="pipeline client: run a command with a credential (jit run --help)", add_help=False)
 
     d = sub.add_parser("dev", help="server, worker and Redis in one command, for trying it out")
-    d.add_argument("--port", type=int, default=3000)
-    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=3000, help="port of the server (default: 3000)")
+    d.add_argument("--host", default="127.0.0.1", help="address the server listens on (default: 127.0.0.1)")
     d.add_argument("--example-policy", action="store_true", help="write a commented starter jit-policy.yaml")
-    d.add_argument("--data-dir", default=".jit")
+    d.add_argument(
+        "--data-dir", default=".jit", help="folder for the generated keys, pipeline token and Redis (default: .jit)"
+    )
     d.add_argument(
         "--no-sandbox",
         action="store_true",
@@ -234,6 +244,7 @@ PASSTHROUGH = {
     "request": lambda rest: _client(["request", *rest]),
     "release": lambda rest: _client(["release", *rest]),
     "extend": lambda rest: _client(["extend", *rest]),
+    "run": lambda rest: _client(["run", *rest]),
     "bench": lambda rest: _bench(rest),
 }
 

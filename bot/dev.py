@@ -79,7 +79,8 @@ def dev_environment(data_dir: Path) -> tuple[dict[str, str], list[str], bool]:
         missing = {str(err["loc"][0]).upper() for err in e.errors() if err["type"] == "missing"}
         others, title = [err for err in e.errors() if err["type"] != "missing"], e.title
     if others:
-        raise DevError(describe(ValidationError.from_exception_data(title, others)).removeprefix("jit: "))
+        lines = [line.removeprefix("jit: ") for line in describe(ValidationError.from_exception_data(title, others))]
+        raise DevError("\njit dev: ".join(lines))  # every bad setting at once, one line each
     if "JIT_SECRET_KEY" in missing:
         key_file = data_dir / "secret-key"
         if not key_file.exists():

@@ -21,7 +21,7 @@ from redis import Redis
 from slack_sdk import WebClient
 
 from bot.core.crypto import AuditSigner, TokenSigner, Vault
-from bot.core.errors import PolicyError
+from bot.core.errors import PolicyError, PolicyFileMissing
 from bot.core.policy.diff import policy_diff
 from bot.core.policy.inflight import InFlightRules
 from bot.core.policy.load import load_policy, parse_policy
@@ -33,8 +33,10 @@ from bot.decision.slack.oncall import Provider, SlackOnCall
 from bot.decision.slack.views.policy_notices import describe_changes
 from bot.grant.extend import ExtendService
 from bot.grant.service import GrantService
+from bot.grant.usage import UsageService
 from bot.request.service import RequestService
 from bot.revoke.service import RevokeService
+from bot.revoke.session import SessionService
 from bot.settings import Settings
 from bot.store import keys
 from bot.store.audit import AuditLog
@@ -45,6 +47,7 @@ from bot.store.notices import Notices
 from bot.store.policy_versions import PolicyStore
 from bot.store.ratelimit import PipelineRateLimiter
 from bot.store.requests import Store
+from bot.store.usage import UsageStore
 
 log = logging.getLogger("jit")
 
@@ -211,7 +214,17 @@ class Runtime:
 
     @cached_property
     def revokes(self) -> RevokeService:
-        return RevokeService(self.store, self.audit, self.decisions, self.vault, self.metrics)
+        return RevokeService(self.store, self.audit, self.decisions, self.vault, self.metrics, usage=self.usage)
+
+    @cached_property
+    def usage(self) -> UsageService:
+        """What the targets saw of each grant's use (token checks, sessions at revoke)."""
+        store = UsageStore(self.redis, self.settings.jit_request_retention)
+        return UsageService(store, self.audit, self.vault, self.settings.jit_usage_update_ms)
+
+    @cached_property
+    def sessions(self) -> SessionService:
+        return SessionService(self.store, self.audit, self.vault, self.settings.jit_session_transcript_max_bytes)
 
     # ---------------------------------------------------------------- policy
 
@@ -246,10 +259,14 @@ class Runtime:
         except Exception as e:  # noqa: BLE001 - Redis down: the policy still loads; retried on reload
             log.warning("could not store policy %s: %s", policy.sha256[:12], type(e).__name__)
 
-    def load_policy_or_exit(self) -> Policy:
-        """At start-up: a bad policy stops the process with one line per problem."""
+    def load_policy_or_exit(self, keep: bool = True) -> Policy:
+        """At start-up: a bad policy stops the process with one line per problem. `keep=False`
+        only reads the file: nothing is stored in Redis (which may not answer yet), nothing put in force."""
         try:
-            policy = self.policy
+            policy = self.policy if keep else load_policy(self.policy_file, grant_types=self.plugins.grant_types())
+        except PolicyFileMissing as e:  # the path came from the settings
+            print(f"jit: {e.errors[0]}: set JIT_POLICY_FILE to your policy's path", file=sys.stderr)
+            raise SystemExit(2) from None
         except PolicyError as e:
             print(f"jit: invalid policy: {e.errors[0]}", file=sys.stderr)
             for extra in e.errors[1:]:

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     jit_revoke_alert_after: int = Field(3, alias="JIT_REVOKE_ALERT_AFTER", ge=1)
     #: How long finished requests stay readable (status, audit context) before Redis drops them.
     jit_request_retention: int = Field(30 * 86400, alias="JIT_REQUEST_RETENTION", gt=0)
+    #: The most of a `jit run` transcript the server keeps (UTF-8 bytes, its tail; at most 1 MiB):
+    #: `POST /v1/requests/{id}/session` refuses a longer one with 413.
+    jit_session_transcript_max_bytes: int = Field(
+        1024 * 1024, alias="JIT_SESSION_TRANSCRIPT_MAX_BYTES", ge=0, le=1024 * 1024
+    )
     #: Request creations allowed per pipeline per minute (0 = unlimited); over it: 429.
     jit_rate_limit: int = Field(120, alias="JIT_RATE_LIMIT", ge=0)
     #: Long-polls (`GET /v1/requests/{id}?wait=N`) one pipeline may hold open at once, counted
@@ -91,6 +96,9 @@ class Settings(BaseSettings):
         if isinstance(v, str) and v.strip().isdigit():
             v = int(v.strip())
         return v if isinstance(v, timedelta) else parse_duration(v)
+
+    #: A request's message shows its token's /v1/introspect checks, updated at most this often (ms).
+    jit_usage_update_ms: int = Field(30_000, alias="JIT_USAGE_UPDATE_MS", ge=1000)
 
     @field_validator("pagerduty_api_url", "opsgenie_api_url")
     @classmethod
@@ -254,23 +262,40 @@ def _introspection_entries(raw: str) -> list[tuple[str, str]]:
 
 
 class SettingsError(SystemExit):
-    """Start-up stops with one line naming the variable; no traceback."""
+    """Start-up stops with one line per bad setting, each naming the variable; no traceback."""
 
 
-def describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
-    if first["type"] == "missing":
-        return f"jit: setting {name} is required but not set"
-    msg = first["msg"].removeprefix("Value error, ")
-    return f"jit: setting {name} is invalid: {msg}"
+#: How to fix a setting that is missing, by variable: the line that reports it says so.
+HOW_TO_SET = {
+    "SLACK_BOT_TOKEN": "the Bot User OAuth Token (xoxb-…) from your Slack app's OAuth & Permissions page",
+    "SLACK_SIGNING_SECRET": "the Signing Secret from your Slack app's Basic Information page",
+    "JIT_SECRET_KEY": "at least 32 random characters: `openssl rand -hex 32` (`jit init` writes one into .env)",
+}
+
+
+def describe(error: ValidationError) -> list[str]:
+    """One line per bad setting, each naming the variable and what to do about it: every problem at
+    once, not one per start."""
+    lines: list[str] = []
+    for err in error.errors():
+        name = str(err["loc"][0]).upper() if err["loc"] else "settings"
+        if err["type"] == "missing":
+            hint = HOW_TO_SET.get(name, "set it in the environment or in .env")
+            lines.append(f"jit: setting {name} is required but not set: {hint}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if msg == "must not be empty" and name in HOW_TO_SET:
+                msg += f": {HOW_TO_SET[name]}"
+            lines.append(f"jit: setting {name} is invalid: {msg}")
+    return lines
 
 
 def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as e:
-        print(describe(e), file=sys.stderr)
+        for line in describe(e):
+            print(line, file=sys.stderr)
         raise SettingsError(2) from None
 
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""The pipeline side of jit: ask for a credential, wait for approval, print it, release it.
+"""The pipeline side of jit: ask for a credential, wait for approval, print it, release it — or run
+a command with it (`jit run ACTION -- COMMAND`: the credential in the command's environment only,
+masked in its output, released the moment it exits, the session recorded).
 
 Standard library only, one file: install it alone (`pip install jit-client`, command
 `jit-client`), use it as `jit request`/`jit release` from the server's package, or fetch it
@@ -41,6 +43,7 @@ import os
 import re
 import shlex
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -76,6 +79,8 @@ MAX_BACKOFF_SECONDS = 10.0
 CREATE_RETRY_SECONDS = 300.0
 RELEASE_RETRY_SECONDS = 60.0
 USER_AGENT = "jit-client/1"
+#: The server's limit on `reason`.
+MAX_REASON = 500
 
 #: Every environment variable the client reads for its own settings.
 CLIENT_ENV = frozenset(
@@ -349,6 +354,187 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
+# ------------------------------------------------------------------------ jit run (pure parts)
+
+#: Credential fields each backend's credential is also exported under, in COMMAND's environment.
+BACKEND_ENV: dict[str, tuple[tuple[str, str], ...]] = {
+    "postgres": (
+        ("PGHOST", "host"),
+        ("PGPORT", "port"),
+        ("PGUSER", "username"),
+        ("PGPASSWORD", "password"),
+        ("PGDATABASE", "dbname"),
+        ("DATABASE_URL", "dsn"),
+    ),
+    "redis_acl": (("REDIS_URL", "url"),),
+    "token": (("JIT_TOKEN", "token"),),
+}
+MASK = b"***"
+#: A credential value shorter than this is not masked: it cannot be secret material, and masking
+#: every `1` or `on` would garble the output.
+MIN_MASKED = 4
+TRANSCRIPT_MAX_BYTES = 1024 * 1024
+WARN_BEFORE_SECONDS = 5 * 60
+#: Only grants longer than this get the "expires in 5 min" line.
+WARN_WINDOWS_OVER_SECONDS = 10 * 60
+STATUS_POLL_SECONDS = 5.0
+#: While the server cannot be reached: how long after expires_at (by this runner's clock) the
+#: grant is taken to have expired.
+EXPIRY_SLACK_SECONDS = 2.0
+SESSION_RETRY_SECONDS = 60.0
+#: The largest session body the server reads (its MAX_SESSION_BODY), as JSON.
+SESSION_BODY_MAX = 2 * 1024 * 1024 + 64 * 1024
+
+
+def guess_backend(credential: Mapping[str, Any]) -> str | None:
+    """For a server that does not name the backend: what the credential looks like."""
+    if str(credential.get("dsn", "")).startswith(("postgres://", "postgresql://")):
+        return "postgres"
+    if str(credential.get("url", "")).startswith(("redis://", "rediss://")):
+        return "redis_acl"
+    if isinstance(credential.get("token"), str) and credential.get("token_type") == "Bearer":
+        return "token"
+    return None
+
+
+def child_environment(
+    env: Mapping[str, str],
+    credential: Mapping[str, Any],
+    backend: str | None,
+    request_id: str,
+    expires_at: str | None,
+    drop: Iterable[str] = (),
+) -> dict[str, str]:
+    """COMMAND's environment: the parent's, without the client's own secrets (the pipeline's
+    JIT_TOKEN, OIDC token, request token: least privilege) or an earlier credential's variables,
+    plus this credential: JIT_CREDENTIAL (JSON), JIT_CREDENTIAL_<KEY>, the backend's own
+    variables (BACKEND_ENV), JIT_REQUEST_ID and JIT_EXPIRES_AT."""
+    dropped = set(CLIENT_ENV) | set(drop)
+    out = {
+        k: v for k, v in env.items() if k not in dropped and k != CREDENTIAL_VAR and not k.startswith(CREDENTIAL_PREFIX)
+    }
+    out.update(credential_vars(request_id, credential, expires_at))
+    for name, key in BACKEND_ENV.get(backend or "", ()):
+        if credential.get(key) not in (None, ""):
+            out[name] = value_text(credential[key])
+    return out
+
+
+def masked_forms(values: Iterable[str]) -> list[bytes]:
+    """Every form a secret may take in output: as is, URL-encoded (`%40`, and `+` for spaces)
+    and JSON-escaped; longest first."""
+    forms: set[bytes] = set()
+    for value in values:
+        if len(value) < MIN_MASKED:
+            continue
+        for form in (
+            value,
+            urllib.parse.quote(value, safe=""),
+            urllib.parse.quote_plus(value, safe=""),
+            json.dumps(value, ensure_ascii=False)[1:-1],
+            json.dumps(value)[1:-1],
+        ):
+            forms.add(form.encode("utf-8", "surrogateescape"))
+    return sorted(forms, key=lambda f: (-len(f), f))
+
+
+class Masker:
+    """Replaces every secret in a byte stream with `***`, also one split across reads: it holds
+    back a tail that could still become (or extend to) a secret until the next read says. The
+    result is the same however the stream is cut: leftmost match first, the longest secret there."""
+
+    def __init__(self, secrets_: Iterable[bytes]) -> None:
+        # longest first: at any position the regex takes the longest secret that is there
+        self.secrets = sorted({s for s in secrets_ if s}, key=lambda s: (-len(s), s))
+        self.pattern = re.compile(b"|".join(re.escape(s) for s in self.secrets)) if self.secrets else None
+        self.longest = max((len(s) for s in self.secrets), default=0)
+        self.held = b""
+
+    def _open_prefix(self, tail: bytes) -> bool:
+        """Could more bytes turn `tail` into a (longer) secret?"""
+        return any(len(s) > len(tail) and s.startswith(tail) for s in self.secrets)
+
+    def feed(self, data: bytes, final: bool = False) -> bytes:
+        buf = self.held + data
+        if self.pattern is None:
+            self.held = b""
+            return buf
+        # Positions where a secret may start but is not complete yet: nothing from the first of
+        # them on is decided (a match there, or one overlapping it, could still grow).
+        opens = (
+            []
+            if final
+            else [j for j in range(max(0, len(buf) - self.longest + 1), len(buf)) if self._open_prefix(buf[j:])]
+        )
+        out = bytearray()
+        pos = 0
+        while True:
+            undecided = next((j for j in opens if j >= pos), len(buf))
+            m = self.pattern.search(buf, pos)
+            if m is None or m.start() >= undecided:
+                out += buf[pos:undecided]
+                self.held = buf[undecided:]
+                return bytes(out)
+            out += buf[pos : m.start()] + MASK
+            pos = m.end()
+
+    def flush(self) -> bytes:
+        return self.feed(b"", final=True)
+
+
+class Transcript:
+    """The masked output of both streams, in the order it came, keeping the last `cap` bytes;
+    and the size of the whole output."""
+
+    def __init__(self, cap: int = TRANSCRIPT_MAX_BYTES) -> None:
+        self.cap = cap
+        self.data = bytearray()
+        self.truncated = False
+        self.output_bytes = 0
+        self.output_lines = 0
+        self.lock = threading.Lock()
+
+    def count(self, raw: bytes) -> None:
+        with self.lock:
+            self.output_bytes += len(raw)
+            self.output_lines += raw.count(b"\n")
+
+    def add(self, masked: bytes) -> None:
+        with self.lock:
+            self.data += masked
+            if len(self.data) > self.cap:
+                del self.data[: len(self.data) - self.cap]
+                self.truncated = True
+
+    def text(self) -> str:
+        """The transcript as sent: UTF-8 (a character cut by the cap is replaced)."""
+        with self.lock:
+            return bytes(self.data).decode("utf-8", "replace")
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def rfc3339_now(t: float | None = None) -> str:
+    dt = datetime.fromtimestamp(time.time() if t is None else t, timezone.utc)  # noqa: UP017 - 3.10
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def exit_status(returncode: int) -> int:
+    """A child's exit code as a shell reports it: 128 + N for a signal."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _duration(seconds: float) -> str:
+    return _span(max(0, int(seconds)))
+
+
 # ------------------------------------------------------------------------ HTTP
 
 
@@ -555,6 +741,31 @@ class Runner:
         a = self.args
         if a.format == "github" and not self.env.get("GITHUB_ENV"):
             raise UsageError("--format github needs $GITHUB_ENV (run it in a GitHub Actions step)")
+        deadline = self.create()
+        if a.format == "github":
+            # Now, so that a later `jit release` step (if: always()) can cancel it even if
+            # this step is cancelled or times out.
+            write_github(
+                [("JIT_REQUEST_ID", self.req_id), ("JIT_REQUEST_TOKEN", self.req_token)],
+                [self.req_token],
+                self.env["GITHUB_ENV"],
+                self.out,
+            )
+        if not a.wait:
+            return self._print_handle()
+        code = self.await_grant(deadline)
+        if code != EXIT_GRANTED:
+            return code
+        code, data = self.fetch_credential(deadline)
+        if data is None:
+            return code
+        self.emit(data["credential"], data.get("expires_at"))
+        return EXIT_GRANTED
+
+    def create(self) -> float:
+        """Ask (`POST /v1/requests`, retried with one Idempotency-Key); returns the --timeout
+        deadline. Sets `req_id` and `req_token`."""
+        a = self.args
         token = self.pipeline_token()
         key = a.idempotency_key
         if not key:
@@ -567,7 +778,7 @@ class Runner:
         requested_by = a.requested_by or self.env.get("GITHUB_ACTOR") or self.env.get("GITLAB_USER_LOGIN")
         if requested_by:
             body["requested_by"] = requested_by
-        context = ci_context(self.env)
+        context = {**ci_context(self.env), **dict(getattr(a, "context", None) or [])}
         if context:
             body["context"] = context
 
@@ -592,29 +803,46 @@ class Runner:
         self.say(f"request {self.req_id} for {a.action} {verb}; {self._progress(created)}")
         if created.get("approvers_pending"):
             self.say("waiting for: " + ", ".join(map(str, created["approvers_pending"])))
+        self.created = created
+        return deadline
 
-        if a.format == "github":
-            # Now, so that a later `jit release` step (if: always()) can cancel it even if
-            # this step is cancelled or times out.
-            write_github(
-                [("JIT_REQUEST_ID", self.req_id), ("JIT_REQUEST_TOKEN", self.req_token)],
-                [self.req_token],
-                self.env["GITHUB_ENV"],
-                self.out,
-            )
-        if not a.wait:
-            return self._print_handle()
-
+    def await_grant(self, deadline: float) -> int:
+        """Wait for the decision: EXIT_GRANTED once active, else the exit code (explained)."""
         try:
-            final = self.wait(created, deadline)
+            final = self.wait(self.created, deadline)
         except KeyboardInterrupt:
             self.say("interrupted: cancelling the request", always=True)
             self.cancel()
             return 130
         code = exit_code_for_status(final["status"])
         if code == EXIT_GRANTED:
-            return self.deliver(deadline)
+            return code
         return self.explain(final, code)
+
+    def run(self) -> int:
+        """`jit run ACTION -- COMMAND`: ask, wait, run COMMAND with the credential (CommandSession)."""
+        a = self.args
+        if not a.cmd:
+            raise UsageError("run needs a command after --: jit run ACTION [options] -- COMMAND [ARGS...]")
+        if not a.reason:
+            # the program only: its arguments may hold what the shell expanded from CI secrets
+            a.reason = f"jit run {os.path.basename(a.cmd[0])}"[:MAX_REASON]
+        deadline = self.create()
+        code = self.await_grant(deadline)
+        if code != EXIT_GRANTED:
+            return code
+        try:
+            code, data = self.fetch_credential(deadline)
+            if data is None:
+                return code
+            return CommandSession(self, data).run()
+        except KeyboardInterrupt:  # cancelled around the command (it forwards signals while it runs)
+            self.say("interrupted: releasing the grant", always=True)
+            try:
+                self.release_now(self.req_id, self.req_token)
+            except ClientError as e:
+                self.say(f"could not release {self.req_id}: {e}", always=True)
+            return 130
 
     def wait(self, current: Mapping[str, Any], deadline: float) -> Mapping[str, Any]:
         """Long-poll until a status other than pending/approved, or the --timeout."""
@@ -662,7 +890,8 @@ class Runner:
             self.say(f"request {self.req_id} ended as {status}", always=True)
         return EXIT_ERROR if code is None else code
 
-    def deliver(self, deadline: float) -> int:
+    def fetch_credential(self, deadline: float) -> tuple[int, Mapping[str, Any] | None]:
+        """`GET …/credential`: (EXIT_GRANTED, the answer) or (exit code, None) when it is gone."""
         path = f"/v1/requests/{urllib.parse.quote(self.req_id)}/credential"
         grace = max(deadline, self.clock() + 60)
         while True:
@@ -675,14 +904,12 @@ class Runner:
                     continue
                 if e.status in (404, 410):
                     self.say(f"request {self.req_id}: the credential is gone ({e.message})", always=True)
-                    return EXIT_GONE
+                    return EXIT_GONE, None
                 raise ClientError(f"cannot fetch the credential: {e.message} ({e.code})") from None
         credential = data.get("credential") if isinstance(data, dict) else None
         if not isinstance(credential, dict):
             raise ClientError("the server's answer has no credential")
-        expires_at = data.get("expires_at")
-        self.emit(credential, expires_at)
-        return EXIT_GRANTED
+        return EXIT_GRANTED, data
 
     def emit(self, credential: Mapping[str, Any], expires_at: str | None) -> None:
         a, rid = self.args, self.req_id
@@ -750,22 +977,26 @@ class Runner:
             raise UsageError("release needs a request ID (or $JIT_REQUEST_ID)")
         if not a.token:
             raise UsageError("release needs --request-token (or $JIT_REQUEST_TOKEN)")
+        self.release_now(a.id, a.token)
+        return EXIT_GRANTED
+
+    def release_now(self, request_id: str, request_token: str) -> None:
+        """`DELETE` the request (retried for RELEASE_RETRY_SECONDS); one that is over already is fine."""
         try:
             _, r = self.call(
                 "DELETE",
-                f"/v1/requests/{urllib.parse.quote(a.id)}",
+                f"/v1/requests/{urllib.parse.quote(request_id)}",
                 self.clock() + RELEASE_RETRY_SECONDS,
                 "releasing",
-                token=a.token,
+                token=request_token,
             )
         except ApiError as e:
             if e.status in (404, 409, 410):  # already over: nothing left to release
-                self.say(f"{a.id}: nothing to release ({e.message})")
-                return EXIT_GRANTED
-            raise ClientError(f"cannot release {a.id}: {e.message} ({e.code})") from None
+                self.say(f"{request_id}: nothing to release ({e.message})")
+                return
+            raise ClientError(f"cannot release {request_id}: {e.message} ({e.code})") from None
         status = r.get("status") if isinstance(r, dict) else None
-        self.say(f"{a.id} released ({status})")
-        return EXIT_GRANTED
+        self.say(f"{request_id} released ({status})")
 
     # -------------------------------------------------------------- extend
 
@@ -816,6 +1047,275 @@ class Runner:
 
 # ------------------------------------------------------------------------ CLI
 
+# ------------------------------------------------------------------------ jit run
+
+
+class CommandSession:
+    """`jit run`'s COMMAND: run with the credential in its environment only, its output streamed
+    through masked, stopped when the grant ends, the grant released the moment it exits, and the
+    session record sent to the server."""
+
+    def __init__(self, runner: Runner, answer: Mapping[str, Any]) -> None:
+        self.runner = runner
+        self.args = runner.args
+        self.credential: Mapping[str, Any] = answer["credential"]
+        self.backend = answer.get("backend") or guess_backend(self.credential)
+        self.expires_text = answer.get("expires_at")
+        self.expires_at = parse_time(self.expires_text)
+        self.issued_at: datetime | None = None
+        self.transcript = Transcript()
+        forms = masked_forms([*secret_values(self.credential), runner.req_token])
+        self.maskers = {"out": Masker(forms), "err": Masker(forms)}
+        self.write_lock = threading.Lock()
+        self.done = threading.Event()
+        self.grant_over: str | None = None
+        self.warned_for: datetime | None = None
+        self.interrupted: int | None = None
+        self.child: subprocess.Popen[bytes] | None = None
+
+    # -------------------------------------------------------------- output
+
+    def _write(self, which: str, data: bytes) -> None:
+        if not data:
+            return
+        stream = self.runner.out if which == "out" else self.runner.err
+        with self.write_lock:
+            self.transcript.add(data)
+            raw = getattr(stream, "buffer", None)
+            if raw is not None:
+                stream.flush()
+                raw.write(data)
+                raw.flush()
+            else:
+                stream.write(data.decode("utf-8", "replace"))
+                stream.flush()
+
+    def _pump(self, which: str, fd: int) -> None:
+        masker = self.maskers[which]
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            self.transcript.count(chunk)
+            self._write(which, masker.feed(chunk))
+        self._write(which, masker.flush())
+
+    # -------------------------------------------------------------- the grant while COMMAND runs
+
+    def _watch(self) -> None:
+        """Poll the request (cheap GETs): note its end, a moved expires_at, the 5-minute warning."""
+        r = self.runner
+        path = f"{r.base}/v1/requests/{urllib.parse.quote(r.req_id)}"
+        while not self.done.is_set():
+            try:
+                _, view = r.http("GET", path, token=r.req_token, timeout=10)
+            except (ApiError, Transient):
+                view = None
+            if isinstance(view, dict):
+                status = view.get("status")
+                self.expires_at = parse_time(view.get("expires_at")) or self.expires_at
+                self.issued_at = parse_time(view.get("issued_at")) or self.issued_at
+                if status != "active":
+                    if status == "revoked":
+                        by = f" by {view['revoked_by']}" if view.get("revoked_by") else ""
+                        self._over(f"the grant was revoked{by}")
+                    else:
+                        self._over("the grant expired" if status == "expired" else f"the grant is {status}")
+                    return
+            now = datetime.now(timezone.utc)  # noqa: UP017 - 3.10
+            if self.expires_at is not None:
+                # the server says when a grant ends; this runner's clock only when it cannot be asked
+                late = now.timestamp() > self.expires_at.timestamp() + EXPIRY_SLACK_SECONDS
+                if view is None and late:
+                    self._over(f"the grant expired at {self.expires_at:%Y-%m-%dT%H:%M:%SZ}")
+                    return
+                self._maybe_warn(now)
+            self.done.wait(self._next_poll(now))
+
+    def _over(self, why: str) -> None:
+        if not self.done.is_set():
+            self.grant_over = why
+
+    def _warn_at(self) -> datetime | None:
+        if self.expires_at is None:
+            return None
+        issued = self.issued_at or self.expires_at
+        if (self.expires_at - issued).total_seconds() <= WARN_WINDOWS_OVER_SECONDS:
+            return None
+        return self.expires_at - timedelta(seconds=WARN_BEFORE_SECONDS)
+
+    def _maybe_warn(self, now: datetime) -> None:
+        at = self._warn_at()
+        # once per expires_at: an extension that moves it later arms the warning again
+        if at is not None and at <= now < self.expires_at and self.warned_for != self.expires_at:
+            self.warned_for = self.expires_at
+            left = max(1, round((self.expires_at - now).total_seconds() / 60))
+            self.runner.say(f"access expires in {left} min", always=True)
+
+    def _next_poll(self, now: datetime) -> float:
+        at = self._warn_at()
+        if at is not None and at > now:
+            return max(0.05, min(STATUS_POLL_SECONDS, (at - now).total_seconds()))
+        return STATUS_POLL_SECONDS
+
+    # -------------------------------------------------------------- signals
+
+    def _signal_child(self, signum: int) -> None:
+        if self.child is None or self.child.returncode is not None:
+            return
+        try:
+            os.killpg(self.child.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _forward(self, signum: int, frame: Any) -> None:
+        self.interrupted = signum
+        self._signal_child(signum)
+
+    # -------------------------------------------------------------- the run
+
+    def run(self) -> int:
+        r, a = self.runner, self.args
+        drop = [a.oidc_env] if getattr(a, "oidc_env", None) else []
+        if getattr(a, "oidc", None) == "github":  # what mints the job's OIDC tokens: not the command's
+            drop += ["ACTIONS_ID_TOKEN_REQUEST_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_URL"]
+        env = child_environment(r.env, self.credential, self.backend, r.req_id, self.expires_text, drop)
+        started = time.time()
+        try:
+            # its own session (and process group): a stop reaches whatever it started too
+            self.child = subprocess.Popen(
+                a.cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+            )
+        except OSError as e:
+            r.say(f"cannot run {a.cmd[0]!r}: {e.strerror or e}", always=True)
+            self._release()
+            self._finish(started, 127, "command")
+            return 127
+        r.say(f"running {os.path.basename(a.cmd[0])} with {a.action}'s credential")
+        readers = [
+            threading.Thread(target=self._pump, args=(w, p.fileno()), daemon=True)
+            for w, p in (("out", self.child.stdout), ("err", self.child.stderr))
+        ]
+        watcher = threading.Thread(target=self._watch, daemon=True)
+        for t in (*readers, watcher):
+            t.start()
+        previous = self._install_forwarding()
+        try:
+            returncode = self._wait()
+        finally:
+            self.done.set()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        code = exit_status(returncode)
+        ended_by = "command"
+        if self.grant_over and a.kill_on_expiry:
+            ended_by = "grant_end"
+        elif self.interrupted:
+            ended_by = "interrupt"
+        self._release()
+        for t, pipe in zip(readers, (self.child.stdout, self.child.stderr), strict=True):
+            t.join(5)  # a grandchild holding the pipes open does not hold up the end
+            if not t.is_alive():  # never close a descriptor a reader may still use
+                pipe.close()
+        self._finish(started, code, ended_by)
+        return code
+
+    def _install_forwarding(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return previous
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[signum] = signal.signal(signum, self._forward)
+            except (ValueError, OSError):
+                pass
+        return previous
+
+    def _wait(self) -> int:
+        child, a = self.child, self.args
+        assert child is not None
+        kill_at: float | None = None
+        told = False
+        while True:
+            try:
+                return child.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+            if self.grant_over and not told:
+                told = True
+                if a.kill_on_expiry:
+                    self.runner.say(
+                        f"{self.grant_over}: stopping the command (SIGTERM, then SIGKILL after {_span(a.grace)})",
+                        always=True,
+                    )
+                    self._signal_child(signal.SIGTERM)
+                    kill_at = time.monotonic() + a.grace
+                else:
+                    self.runner.say(
+                        f"{self.grant_over}: the command keeps running (--no-kill-on-expiry), "
+                        "but its credential no longer works",
+                        always=True,
+                    )
+            if kill_at is not None and time.monotonic() >= kill_at:
+                self.runner.say("the command did not stop: SIGKILL", always=True)
+                self._signal_child(signal.SIGKILL)
+                kill_at = None
+
+    def _release(self) -> None:
+        r = self.runner
+        try:
+            r.release_now(r.req_id, r.req_token)
+        except ClientError as e:
+            r.say(f"could not release {r.req_id}: {e}; it ends at its expiry", always=True)
+
+    def _finish(self, started: float, code: int, ended_by: str) -> None:
+        """Send the session record (retried like a release); a refusal is reported, not fatal."""
+        r = self.runner
+        ended = time.time()
+        text = self.transcript.text()
+        body: dict[str, Any] = {
+            "started_at": rfc3339_now(started),
+            "ended_at": rfc3339_now(ended),
+            "exit_code": code,
+            "duration_ms": max(0, int((ended - started) * 1000)),
+            "output_bytes": self.transcript.output_bytes,
+            "output_lines": self.transcript.output_lines,
+            "transcript": text,
+            "transcript_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            "transcript_truncated": self.transcript.truncated,
+            "ended_by": ended_by,
+        }
+        runner_name = r.env.get("RUNNER_NAME") or r.env.get("CI_RUNNER_DESCRIPTION") or r.env.get("CI_RUNNER_ID")
+        if runner_name:
+            body["runner"] = runner_name[:200]
+        # JSON escapes (colour codes, non-ASCII) can make the body larger than the server reads:
+        # keep a shorter tail then
+        while len(json.dumps(body)) > SESSION_BODY_MAX and body["transcript"]:
+            body["transcript"] = body["transcript"][len(body["transcript"]) // 4 + 1 :]
+            body["transcript_sha256"] = hashlib.sha256(body["transcript"].encode("utf-8")).hexdigest()
+            body["transcript_truncated"] = True
+        try:
+            r.call(
+                "POST",
+                f"/v1/requests/{urllib.parse.quote(r.req_id)}/session",
+                r.clock() + SESSION_RETRY_SECONDS,
+                "sending the session record",
+                token=r.req_token,
+                body=body,
+            )
+            digest = body["transcript_sha256"][:12]
+            r.say(f"session recorded: exit {code}, {_duration(ended - started)}, transcript sha256 {digest}")
+        except ApiError as e:
+            if e.code == "session_recorded":  # a retry after an answer that was lost: it is stored
+                r.say("session recorded")
+            else:
+                r.say(f"the session record was not stored: {e}", always=True)
+        except ClientError as e:
+            r.say(f"the session record was not stored: {e}", always=True)
+
 
 _EXIT_CODES = """\
 exit codes: 0 granted (or released), 10 denied, 11 timed out, 12 expired/revoked/cancelled
@@ -842,6 +1342,20 @@ retries: network errors, HTTP 5xx, 408 and 429 are retried for up to
 {_EXIT_CODES}"""
 
 
+_RUN_EPILOG = f"""\
+COMMAND's environment: the parent's, minus the client's own secrets (JIT_TOKEN, JIT_ID_TOKEN,
+  JIT_REQUEST_TOKEN, ...), plus JIT_CREDENTIAL (JSON), JIT_CREDENTIAL_<KEY>, JIT_REQUEST_ID,
+  JIT_EXPIRES_AT and, by backend: postgres PGHOST PGPORT PGUSER PGPASSWORD PGDATABASE
+  DATABASE_URL; redis_acl REDIS_URL; token JIT_TOKEN (the issued token, not the pipeline's).
+
+output: COMMAND's stdout and stderr pass through with every credential value (and its
+  URL-encoded and JSON-escaped forms) replaced by ***. SIGINT and SIGTERM are forwarded.
+  When the grant is revoked or expires, COMMAND gets SIGTERM, then SIGKILL after --grace.
+
+exit code: COMMAND's (128+N when a signal N ended it); before COMMAND runs, jit's own:
+{_EXIT_CODES}"""
+
+
 def build_parser(env: Mapping[str, str], prog: str | None = None) -> argparse.ArgumentParser:
     """The client's command line; `prog` is how usage lines name it (default: how it was run)."""
     p = argparse.ArgumentParser(
@@ -861,21 +1375,10 @@ def build_parser(env: Mapping[str, str], prog: str | None = None) -> argparse.Ar
     )
     r.add_argument("action")
     r.add_argument("--reason", required=True)
-    r.add_argument("--ttl", type=_duration_arg, help="how long the credential lives (15m, 2h)")
     r.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True)
-    r.add_argument("--timeout", type=_duration_arg, default=30 * 60, help="give up after (default 30m)")
     r.add_argument("--format", choices=["json", "env", "github", "gitlab"], default="json")
     r.add_argument("--dotenv-file", default="jit.env", help="--format gitlab: where to write")
-    r.add_argument("--url", default=env.get("JIT_URL"))
-    auth = r.add_mutually_exclusive_group()
-    auth.add_argument("--token", default=env.get("JIT_TOKEN"), help="pipeline token ($JIT_TOKEN)")
-    auth.add_argument("--oidc", choices=["github", "gitlab"], help="authenticate with the CI's OIDC token")
-    r.add_argument("--audience", default=env.get("JIT_AUDIENCE", "jit-bot"))
-    r.add_argument("--oidc-env", default="JIT_ID_TOKEN", help="--oidc gitlab: the id_tokens variable")
-    r.add_argument("--requested-by", help="who this is for (default: the CI actor)")
-    r.add_argument("--idempotency-key", default=env.get("JIT_IDEMPOTENCY_KEY"))
-    r.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    r.add_argument("--insecure-http", action="store_true", help="allow http:// to a non-local server")
+    _asking_options(r, env)
 
     rel = sub.add_parser(
         "release",
@@ -917,7 +1420,56 @@ def build_parser(env: Mapping[str, str], prog: str | None = None) -> argparse.Ar
     )
     ext.add_argument("--quiet", action="store_true")
     ext.add_argument("--insecure-http", action="store_true")
+    run = sub.add_parser(
+        "run",
+        help="ask, wait, and run a command with the credential in its environment only",
+        description="Ask for a credential, wait for approval, run COMMAND with the credential in its "
+        "environment (never printed), release the grant the moment COMMAND exits, and record the session.",
+        usage="%(prog)s ACTION [options] -- COMMAND [ARGS...]",
+        epilog=_RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("action")
+    run.add_argument("--reason", help="why (default: `jit run PROGRAM`, without its arguments)")
+    run.add_argument("--grace", type=_duration_arg, default=10, help="SIGTERM → SIGKILL when the grant ends (10s)")
+    run.add_argument(
+        "--kill-on-expiry",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="stop COMMAND when the grant is revoked or expires (default); --no-kill-on-expiry lets it run on",
+    )
+    _asking_options(run, env)
     return p
+
+
+def _context_arg(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--context takes KEY=VALUE, not {text!r}")
+    return key, value
+
+
+def _asking_options(r: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """What `request` and `run` share: how to ask, who asks, and how long to wait."""
+    r.add_argument("--ttl", type=_duration_arg, help="how long the credential lives (15m, 2h)")
+    r.add_argument("--timeout", type=_duration_arg, default=30 * 60, help="give up after (default 30m)")
+    r.add_argument(
+        "--context",
+        type=_context_arg,
+        action="append",
+        metavar="KEY=VALUE",
+        help="shown to approvers (repeatable); verified OIDC claims win",
+    )
+    r.add_argument("--url", default=env.get("JIT_URL"))
+    auth = r.add_mutually_exclusive_group()
+    auth.add_argument("--token", default=env.get("JIT_TOKEN"), help="pipeline token ($JIT_TOKEN)")
+    auth.add_argument("--oidc", choices=["github", "gitlab"], help="authenticate with the CI's OIDC token")
+    r.add_argument("--audience", default=env.get("JIT_AUDIENCE", "jit-bot"))
+    r.add_argument("--oidc-env", default="JIT_ID_TOKEN", help="--oidc gitlab: the id_tokens variable")
+    r.add_argument("--requested-by", help="who this is for (default: the CI actor)")
+    r.add_argument("--idempotency-key", default=env.get("JIT_IDEMPOTENCY_KEY"))
+    r.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    r.add_argument("--insecure-http", action="store_true", help="allow http:// to a non-local server")
 
 
 def _check_url(url: str | None, insecure: bool) -> None:
@@ -946,10 +1498,16 @@ def main(
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     parser = build_parser(env, prog)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if argv[:1] == ["run"] and "--" in argv:  # everything after the first `--` is COMMAND, untouched
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1 :]
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse prints its own message
         return EXIT_USAGE if e.code not in (0, None) else 0
+    args.cmd = command
 
     restore = None
     if threading.current_thread() is threading.main_thread():
@@ -966,6 +1524,8 @@ def main(
         runner = Runner(args, env, out, err, sleep=sleep, clock=clock)
         if args.command == "extend":
             return runner.extend()
+        if args.command == "run":
+            return runner.run()
         return runner.request() if args.command == "request" else runner.release()
     except UsageError as e:
         print(f"jit: {e}", file=err)

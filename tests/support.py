@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,12 @@ OTHER_TOKEN = "pipeline-token-other-0123456789"
 #: The resource server `secrets-api` asking /v1/introspect (JIT_INTROSPECTION_TOKENS in jit_env).
 INTROSPECTION_TOKEN = "introspection-token-secrets-api-0123"
 GRANT_SCRIPT = str(ROOT / "tests" / "fixtures" / "grant.py")
+
+
+def clock_start() -> datetime:
+    """A moment to freeze the clock at (freezegun) in tests that move time by hand: a whole second,
+    just before the real now, so nothing run after the freeze waits for a moment still to come."""
+    return datetime.now(UTC).replace(microsecond=0)
 
 
 def free_port() -> int:

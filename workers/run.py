@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -92,7 +93,69 @@ def _learn_team(rt: Runtime) -> None:
         log.warning("auth.test failed (%s); workspace check relies on SLACK_TEAM_ID", type(e).__name__)
 
 
+#: Seconds between two tries of a Redis that does not answer at start-up.
+REDIS_RETRY_SECONDS = 2.0
+
+
+def wait_for_redis(rt: Runtime, every: float = REDIS_RETRY_SECONDS) -> bool:
+    """Block until Redis answers, saying once (one line, no traceback) that the worker waits for it
+    and once that it starts; False when SIGTERM or SIGINT (Ctrl-C) came first. `jit serve` answers
+    503 while Redis is away; the worker, which has nothing to do without it, waits likewise."""
+    stop = threading.Event()
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            handlers[sig] = signal.signal(sig, lambda *_: stop.set())
+    waited = False
+    try:
+        while True:
+            try:
+                rt.raw_redis.ping()
+                break
+            except (RedisConnectionError, RedisTimeoutError) as e:
+                if not waited:
+                    print(
+                        f"jit worker: Redis does not answer ({str(e).rstrip('.') or type(e).__name__}); "
+                        f"waiting for it, trying every {every:g} s (check REDIS_URL, or start Redis)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    waited = True
+            if stop.wait(every):
+                print("jit worker: stopped while waiting for Redis", file=sys.stderr, flush=True)
+                return False
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if waited:
+        print("jit worker: Redis answers; starting", file=sys.stderr, flush=True)
+    return True
+
+
+#: Seconds between two looks at the forked children.
+SUPERVISE_EVERY = 1.0
+
+
+def _supervise(
+    children: list[multiprocessing.Process],
+    start: Callable[[], multiprocessing.Process],
+    stopping: threading.Event,
+    every: float = SUPERVISE_EVERY,
+) -> None:
+    """Replace a child that died (the OOM killer, a crash) until the worker stops: a job it held
+    comes back through its due item's lease, and the worker keeps its concurrency."""
+    while not stopping.wait(every):
+        for i, p in enumerate(children):
+            if p.is_alive() or stopping.is_set():
+                continue
+            log.warning("worker child died; replaced", extra={"pid": p.pid, "exitcode": p.exitcode})
+            p.join(timeout=0)
+            children[i] = start()
+
+
 def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = False, scheduler: bool = True) -> int:
+    if not wait_for_redis(rt):
+        return 0
     rt.record_policy_loaded()
     if not burst:
         threading.Thread(target=_learn_team, args=(rt,), daemon=True).start()
@@ -112,10 +175,14 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
 
         reloader = watch(rt, sighup=threading.current_thread() is threading.main_thread(), also=[forward_hup])
     ctx = multiprocessing.get_context("fork")
-    for _ in range(max(concurrency, 1) - 1):
+
+    def start_child() -> multiprocessing.Process:
         p = ctx.Process(target=_child, args=(build, rt.settings, rt.policy_path, burst), daemon=False)
         p.start()
-        children.append(p)
+        return p
+
+    for _ in range(max(concurrency, 1) - 1):
+        children.append(start_child())
 
     sched = None
     if scheduler:
@@ -147,6 +214,11 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
                     os.kill(p.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+
+    if not burst and children:
+        threading.Thread(
+            target=_supervise, args=(children, start_child, forwarded), name="jit-supervisor", daemon=True
+        ).start()
 
     try:
         log.info("worker started", extra={"concurrency": concurrency, "scheduler": scheduler})

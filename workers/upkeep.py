@@ -1,6 +1,7 @@
-"""Periodic audit upkeep inside `jit worker`: chain what waits in the audit outbox, trim the
-trail by age (never past what an audit sink has not acknowledged, short of the hard cap), post
-its signed chain head to Slack.
+"""Periodic audit upkeep inside `jit worker`: chain what waits in the audit outbox, sum up token
+checks counted past the first few (once their window is over), trim the trail by age (never past
+what an audit sink has not acknowledged, short of the hard cap), post its signed chain head to
+Slack.
 
 Any number of workers may run this loop. Flushing and trimming are atomic scripts (the anchor
 only moves forward), and the head post takes a Redis lock with a TTL of one interval, so the
@@ -154,8 +155,14 @@ class AuditUpkeep:
 
     # ------------------------------------------------------------------ the loop
 
+    def sum_up_token_checks(self) -> int:
+        """Write the sums of token checks counted but not audited one by one, once their window
+        is over, even when no further check comes (bot/store/usage.py)."""
+        return self.rt.usage.write_due_summaries()
+
     def run_once(self) -> tuple[int, bool]:
         self.flush()
+        self.sum_up_token_checks()
         return self.trim(), self.post_head()
 
     def run(self) -> None:

@@ -13,11 +13,14 @@ import requests
 from bot.commands import evidence as bundle
 from bot.commands.evidence_md import render as render_markdown
 from bot.core.clock import now, parse_duration, to_ms
-from bot.core.crypto import AuditSigner
+from bot.core.crypto import AuditSigner, Vault
+from bot.core.usage import digest as usage_digest
 from bot.settings import Settings
+from bot.store import keys
 from bot.store.audit import AuditKeys, AuditLog, Checkpoint, export_line, read_export
 from bot.store.connection import redis_from_url
 from bot.store.policy_versions import PolicyStore
+from bot.store.usage import UsageStore
 from bot.wiring import parse_policy
 
 
@@ -101,19 +104,64 @@ def verify(
     return 0
 
 
+def _usage_attachment(log: AuditLog, request_id: str) -> dict | None:
+    """The request's whole session summary, decrypted, for its `session.usage` line (needs
+    JIT_SECRET_KEY): its sha256 is the one the signed entry carries."""
+    secret = os.environ.get("JIT_SECRET_KEY", "").strip()
+    sealed = UsageStore(log.r, 0).sealed(request_id) if secret else None
+    if not sealed:
+        return None
+    previous = [k.strip() for k in os.environ.get("JIT_PREVIOUS_SECRET_KEYS", "").split(",") if k.strip()]
+    try:
+        summary = Vault(secret, previous).open(sealed)
+    except ValueError as e:
+        print(f"jit: the usage summary of {request_id} is not included: {e}", file=sys.stderr)
+        return None
+    return {"session_summary": summary, "sha256": usage_digest(summary)}
+
+
 def export(since: str | None, request_id: str | None, output: str | None) -> int:
     log = _audit_log()
     since_ms = _parse_since(since) if since else None
+    usage = _usage_attachment(log, request_id) if request_id else None
+    transcript = _transcript(log, request_id) if request_id else None
     out = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115 - or stdout
     try:
         for e in log.entries(since_ms=since_ms):
             if request_id and e.body.get("request_id") != request_id:
                 continue
-            out.write(export_line(e) + "\n")
+            event = e.body.get("event")
+            out.write(
+                export_line(
+                    e,
+                    usage if event == "session.usage" else None,
+                    transcript if event == "session.ended" else None,
+                )
+                + "\n"
+            )
     finally:
         if output:
             out.close()
     return 0
+
+
+def _transcript(log: AuditLog, request_id: str) -> str | None:
+    """The masked transcript of the request's `jit run` session, decrypted with JIT_SECRET_KEY (or a
+    previous key); None when there is none (or it cannot be read: said on stderr)."""
+    blob = log.r.get(keys.session(request_id))
+    if not blob:
+        return None
+    secret = os.environ.get("JIT_SECRET_KEY", "").strip()
+    previous = [k.strip() for k in os.environ.get("JIT_PREVIOUS_SECRET_KEYS", "").split(",") if k.strip()]
+    try:
+        if not secret:
+            raise ValueError("JIT_SECRET_KEY is not set")
+        record = Vault(secret, previous).open(blob)
+    except ValueError as e:
+        print(f"jit: the session transcript of {request_id} is left out: {e}", file=sys.stderr)
+        return None
+    text = record.get("transcript") if isinstance(record, dict) else None
+    return text if isinstance(text, str) else None
 
 
 def _parse_since(value: str) -> int:

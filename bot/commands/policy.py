@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from slack_sdk import WebClient
 
 from bot.core.clock import now, rfc3339
-from bot.core.errors import PolicyError
+from bot.core.errors import PolicyError, PolicyFileMissing
 from bot.core.policy.approvals import every_rule, rule_findings
 from bot.core.policy.cases import CasesFile
 from bot.core.policy.cases import run as run_cases
@@ -25,12 +25,14 @@ from bot.request.gates.gitlab import policy_warnings as gitlab_warnings
 from bot.wiring import load_policy, parse_policy
 
 
-def check(path: str) -> int:
+def check(path: str, named: bool = True) -> int:
+    """`named`: the file was given on the command line (else it came from JIT_POLICY_FILE or the default)."""
     try:
         policy = load_policy(path)
     except PolicyError as e:
         for line in e.errors:
-            print(line)
+            hint = "" if named or not isinstance(e, PolicyFileMissing) else " (name one: jit policy check FILE)"
+            print(line + hint)
         print(f"{len(e.errors)} error(s) in {path}", file=sys.stderr)
         return 1
     print(f"{path}: ok — {len(policy.actions)} action(s), {len(policy.pipelines)} pipeline(s), sha256 {policy.sha256}")

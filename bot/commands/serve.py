@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 
 from bot import logs
 from bot.decision.slack.socket_mode import start_socket_mode
@@ -23,6 +24,28 @@ KEEPALIVE_S = 5
 LIMIT_REQUEST_LINE = 2048
 LIMIT_REQUEST_FIELDS = 32
 LIMIT_REQUEST_FIELD_SIZE = 8190
+
+
+STOPPING = "jit: stopping — requests in flight finish, open long-polls are answered now with their status"
+
+
+class JitArbiter(Arbiter):
+    """gunicorn's master, with Ctrl-C (SIGINT) stopping as gracefully as SIGTERM, and saying so.
+
+    gunicorn reads SIGINT as "quit now": workers exit mid-request and a waiting pipeline's
+    long-poll is cut off. Here both signals stop accepting, let requests in flight finish and
+    answer open long-polls at once (bot/web/gevent_worker.py), within seconds."""
+
+    def handle_term(self) -> None:
+        print(STOPPING, file=sys.stderr, flush=True)
+        super().handle_term()
+
+    def handle_int(self) -> None:
+        self.handle_term()
+
+
+def _stopped(server: Arbiter) -> None:  # noqa: ARG001 - gunicorn's on_exit hook
+    print("jit: stopped", file=sys.stderr, flush=True)
 
 
 def serve(host: str, port: int, workers: int | None = None) -> int:
@@ -53,6 +76,10 @@ def serve(host: str, port: int, workers: int | None = None) -> int:
             self.cfg.set("limit_request_field_size", LIMIT_REQUEST_FIELD_SIZE)
             self.cfg.set("accesslog", None)
             self.cfg.set("loglevel", "warning")
+            self.cfg.set("on_exit", _stopped)
+
+        def run(self) -> None:
+            JitArbiter(self).run()
 
         def load(self):
             worker_rt = build(rt.settings, rt.policy_path)

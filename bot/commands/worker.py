@@ -11,5 +11,5 @@ def worker(concurrency: int | None, burst: bool, scheduler: bool) -> int:
     rt = build(load_settings())
     concurrency = rt.settings.jit_worker_concurrency if concurrency is None else concurrency
     logs.setup(rt.settings.jit_log_level)
-    rt.load_policy_or_exit()
+    rt.load_policy_or_exit(keep=False)  # a bad policy stops the worker now, Redis or not
     return run_worker(rt, concurrency=concurrency, burst=burst, scheduler=scheduler)

@@ -24,6 +24,10 @@ class PolicyError(Exception):
         self.errors = errors
 
 
+class PolicyFileMissing(PolicyError):
+    """There is no file at the policy's path; what to do depends on who named the path."""
+
+
 class BadRequest(JitError):
     code = "bad_request"
     http_status = 400
@@ -189,4 +193,25 @@ class ExtensionPending(JitError):
     """Another extension of this grant is still waiting for approval."""
 
     code = "extension_pending"
+    http_status = 409
+
+
+class TooLarge(JitError):
+    """The body (or a part of it, such as a session transcript) is larger than jit keeps."""
+
+    code = "too_large"
+    http_status = 413
+
+
+class SessionRecorded(JitError):
+    """This request's session was recorded already: a session is recorded once."""
+
+    code = "session_recorded"
+    http_status = 409
+
+
+class GrantNotOver(JitError):
+    """A session is recorded once its grant has ended (released, revoked or expired)."""
+
+    code = "not_ended"
     http_status = 409

@@ -122,7 +122,11 @@ def verdict(req: AccessRequest, now: datetime, name: Callable[[str], str]) -> Ve
     if req.status == Status.FAILED:
         return Verdict(
             "rejected",
-            _fit(f"Approved by {approvers}, but the credential could not be issued: {req.error or 'unknown'} {ref}."),
+            # not the backend's error text: the deployment page may be public; approvers see it in Slack
+            _fit(
+                f"Approved by {approvers}, but the credential could not be issued "
+                f"(why: on the request's Slack message) {ref}."
+            ),
         )
     if req.status in (Status.EXPIRED, Status.REVOKED):
         return Verdict("rejected", _fit(f"The grant ended before the deployment could be released {ref}."))

@@ -122,10 +122,26 @@ class Credential(Answer):
     id: str
     credential: dict[str, Any] = Field(description="what the action's grant backend issued")
     expires_at: Timestamp
+    backend: str = Field(
+        None,
+        description="the grant backend's type (`postgres`, `redis_acl`, `token`, …): how `jit run` exports it; "
+        "absent from servers older than `jit run`",
+        json_schema_extra=lambda s: s.pop("default", None),
+    )
 
     @classmethod
-    def of(cls, credential: dict[str, Any], req: AccessRequest) -> Credential:
-        return cls(id=req.id, credential=credential, expires_at=rfc3339(req.expires_at))
+    def of(cls, credential: dict[str, Any], req: AccessRequest, backend: str | None = None) -> Credential:
+        more = {"backend": backend} if backend else {}
+        return cls(id=req.id, credential=credential, expires_at=rfc3339(req.expires_at), **more)
+
+
+class SessionReceipt(Answer):
+    """The answer to `POST /v1/requests/{id}/session`: what was recorded (never the transcript)."""
+
+    id: str
+    transcript_sha256: str = Field(description="the digest the audit entry `session.ended` carries")
+    transcript_bytes: int = Field(ge=0)
+    recorded_at: Timestamp
 
 
 def _absent_not_null(schema: dict[str, Any]) -> None:

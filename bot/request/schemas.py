@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any, TypeVar
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
@@ -101,9 +103,15 @@ class RequestBody(BaseModel):
             raise ValueError("context.run_url must be an http(s) URL")
         return v
 
-    def fingerprint(self, pipeline: str) -> str:
-        """What an Idempotency-Key promises: the same pipeline asking the same thing."""
-        raw = json.dumps([pipeline, self.model_dump()], sort_keys=True, separators=(",", ":"))
+    def fingerprint(self, pipeline: str, verified: Mapping[str, Any] | None = None) -> str:
+        """What an Idempotency-Key promises: the same caller asking the same thing. The caller is
+        the pipeline and, on a verified (OIDC) request, what its token vouches for (the run, its
+        commit, its actor): keys are derived from public CI data, so another run of the same
+        pipeline can compute one, and it must never get this run's request back."""
+        parts: list[Any] = [pipeline, self.model_dump()]
+        if verified:
+            parts.append({"context": dict(verified.get("context") or {}), "by": verified.get("requested_by")})
+        raw = json.dumps(parts, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(raw.encode()).hexdigest()
 
 
@@ -164,11 +172,78 @@ def _parsed(model: type[_Body], data: Any) -> _Body:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        msg = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            msg = "unknown field"
-        if not encodable(where):
-            where = "body"
-        raise E.BadRequest(f"{where}: {msg}"[:300]) from None
+        raise E.BadRequest(_first_problem(e)) from None
+
+
+def _first_problem(e: ValidationError) -> str:
+    first = e.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    if not encodable(where):
+        where = "body"
+    return f"{where}: {msg}"[:300]
+
+
+# ------------------------------------------------------------------------- the session record
+
+#: `POST /v1/requests/{id}/session`: the most transcript a pipeline may send (its tail), in UTF-8 bytes.
+MAX_TRANSCRIPT = 1024 * 1024
+SHA256_HEX = r"^[0-9a-f]{64}$"
+RFC3339 = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$"
+
+
+class SessionBody(BaseModel):
+    """`POST /v1/requests/{id}/session`: what `jit run` saw its command do with the grant."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, title="SessionRecord")
+
+    started_at: str = Field(pattern=RFC3339, max_length=40, description="when the command started (RFC 3339)")
+    ended_at: str = Field(pattern=RFC3339, max_length=40, description="when it ended (RFC 3339)")
+    exit_code: int = Field(ge=0, le=255, description="the command's exit code (128 + N for signal N)")
+    duration_ms: int = Field(ge=0, le=366 * 86400 * 1000)
+    output_bytes: int = Field(ge=0, description="bytes the command wrote to stdout and stderr")
+    output_lines: int = Field(ge=0)
+    transcript: str = Field(
+        description=f"the masked output, stdout and stderr as they came; its last {MAX_TRANSCRIPT} bytes (UTF-8) "
+        "at most (JIT_SESSION_TRANSCRIPT_MAX_BYTES)"
+    )
+    transcript_sha256: str = Field(pattern=SHA256_HEX, description="sha256 (hex) of `transcript` as UTF-8")
+    transcript_truncated: bool = Field(False, description="the start of the output was cut to fit the cap")
+    ended_by: Literal["command", "grant_end", "interrupt"] = Field(
+        "command",
+        description="`command`: it exited by itself; `grant_end`: jit stopped it when the grant was revoked or "
+        "expired; `interrupt`: a SIGINT/SIGTERM jit forwarded",
+    )
+    runner: str | None = Field(None, min_length=1, max_length=200, description="the CI runner that ran it")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        for where, value in _strings(data):
+            if not encodable(value):
+                raise ValueError(f"{where} is not valid Unicode text")
+        return data
+
+    @model_validator(mode="after")
+    def _digest(self) -> SessionBody:
+        if hashlib.sha256(self.transcript.encode()).hexdigest() != self.transcript_sha256:
+            raise ValueError("transcript_sha256 is not the sha256 of transcript (UTF-8)")
+        if _when(self.ended_at) < _when(self.started_at):
+            raise ValueError("ended_at is before started_at")
+        return self
+
+
+def _when(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def parse_session(data: Any) -> SessionBody:
+    """The body as a SessionBody, or a 400 naming the first problem."""
+    if not isinstance(data, dict):
+        raise E.BadRequest("the body must be a JSON object")
+    try:
+        return SessionBody.model_validate(data)
+    except ValidationError as e:
+        raise E.BadRequest(_first_problem(e)) from None

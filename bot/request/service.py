@@ -102,7 +102,7 @@ class RequestService:
         break_glass = policy.break_glass_for(body.action)
         if body.break_glass and break_glass is None:
             raise E.NoBreakGlass(f"{body.action} has no break-glass approvers; ask without break_glass")
-        fingerprint = body.fingerprint(pipeline)
+        fingerprint = body.fingerprint(pipeline, verified)
         windows = policy.windows_for(body.action)
         outside = bool(windows) and not windows.is_open(t)
         if outside and not body.break_glass:
@@ -170,7 +170,7 @@ class RequestService:
         )
         created, value = self.store.create(req, idem, to_ms(t), event, extra)
         if not created:
-            return self._existing(value, fingerprint)
+            return self._existing(value, fingerprint, pipeline)
         self.metrics.request(req.action, "created")
         if not body.break_glass:
             req = self._try_auto_approve(policy, req, verified, t) or req
@@ -239,14 +239,23 @@ class RequestService:
         )
         raise E.Forbidden(why)
 
-    def _existing(self, value: str, fingerprint: str) -> Created:
-        """The request an Idempotency-Key already made; a different body is an error (422)."""
+    def _existing(self, value: str, fingerprint: str, pipeline: str) -> Created:
+        """The request an Idempotency-Key already made; a different body or caller is an error (422).
+        Handing its request_token out again is audited (`request.replayed`): with a static pipeline
+        token the key is as good as the request_token, so every use of it is on the record."""
         rid, _, seen = value.partition("|")
         if seen and seen != fingerprint:
             raise E.IdempotencyKeyReused("this Idempotency-Key was already used for a different request; use a new key")
         existing = self.store.get(rid)
         if existing is None:  # expired between the two reads; treat the key as fresh
             raise E.NotFound("the request for this Idempotency-Key is gone; retry without it")
+        self.audit.append(
+            "request.replayed",
+            request_id=existing.id,
+            action=existing.action,
+            actor=f"pipeline:{pipeline}",
+            details={"via": "idempotency_key", "status": existing.status.value},
+        )
         return Created(existing, self.vault.open(existing.request_token_enc), False)
 
     def created_for(self, pipeline: str, idempotency_key: str) -> str | None:
@@ -259,7 +268,7 @@ class RequestService:
         if not idempotency_key:
             return None
         value = self.store.r.get(_idempotency_key(pipeline, idempotency_key))
-        return self._existing(value, fingerprint) if value else None
+        return self._existing(value, fingerprint, pipeline) if value else None
 
     def _try_auto_approve(
         self, policy: Policy, req: AccessRequest, verified: dict[str, Any] | None, t: datetime

@@ -10,6 +10,7 @@ from bot.core.model import AccessRequest, Status
 from bot.core.ports import Metrics
 from bot.decision.service import DecisionService
 from bot.grant.service import BackendFor, grant_request
+from bot.grant.usage import UsageService
 from bot.request.service import FollowUp
 from bot.store.audit import AuditLog
 from bot.store.requests import Outcome, Store
@@ -17,13 +18,20 @@ from bot.store.requests import Outcome, Store
 
 class RevokeService:
     def __init__(
-        self, store: Store, audit: AuditLog, decisions: DecisionService, vault: Vault, metrics: Metrics
+        self,
+        store: Store,
+        audit: AuditLog,
+        decisions: DecisionService,
+        vault: Vault,
+        metrics: Metrics,
+        usage: UsageService | None = None,
     ) -> None:
         self.store = store
         self.audit = audit
         self.decisions = decisions
         self.vault = vault
         self.metrics = metrics
+        self.usage = usage
 
     def _event(self, event: str, req: AccessRequest, **kw) -> str:
         return self.audit.event_body(event, request_id=req.id, action=req.action, **kw)
@@ -127,8 +135,10 @@ class RevokeService:
             return  # done already
         backend = backend_for(req.action, req.policy_sha256)
         started = now_ms()
-        backend.revoke(grant_request(req), credential)
+        observed = backend.revoke(grant_request(req), credential)
         t = now_ms()
+        if self.usage is not None:  # best effort, never raises; once per request (a re-run records nothing)
+            self.usage.record_session(req, backend.type, observed if isinstance(observed, dict) else None, credential)
         by = "expiry" if req.status == Status.ACTIVE else (req.revoked_by or "jit")
         details: dict = {"backend": backend.type}
         lateness = None

@@ -265,10 +265,18 @@ def stream_order(sid: str) -> tuple[int, int]:
 # ------------------------------------------------------------------------- export format
 
 
-def export_line(e: AuditEntry) -> str:
+#: Fields an export line may carry beside the entry, outside what its hash covers: a `session.usage`
+#: entry's summary (`attachment`) and a `session.ended` entry's transcript (`jit audit export
+#: --request`), each checked against the digest its signed entry names.
+ATTACHED = ("attachment", "transcript")
+
+
+def export_line(e: AuditEntry, attachment: dict[str, Any] | None = None, transcript: str | None = None) -> str:
     """One JSON line of `jit audit export`: the entry's body plus its hash, signature and key,
-    enough for `jit audit verify --trimmed` to check it and join it to the trail."""
-    return canonical({**e.body, "hash": e.hash, "sig": e.sig, "kid": e.kid})
+    enough for `jit audit verify --trimmed` to check it and join it to the trail; and what is
+    attached to it (ATTACHED), which verification sets aside."""
+    extra = {k: v for k, v in (("attachment", attachment), ("transcript", transcript)) if v is not None}
+    return canonical({**e.body, "hash": e.hash, "sig": e.sig, "kid": e.kid, **extra})
 
 
 def read_export(lines: Iterable[str], source: str = "export") -> list[AuditEntry]:
@@ -282,6 +290,8 @@ def read_export(lines: Iterable[str], source: str = "export") -> list[AuditEntry
             if not isinstance(row, dict):
                 raise ValueError
             extra = {k: str(row.pop(k, "") or "") for k in ("hash", "sig", "kid")}
+            for k in ATTACHED:  # not part of the signed entry (export_line)
+                row.pop(k, None)
         except ValueError:
             raise ValueError(f"{source} line {n}: not an exported audit entry") from None
         out.append(AuditEntry(f"{source} line {n}", row, extra["hash"], extra["sig"], extra["kid"]))

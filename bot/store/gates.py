@@ -184,6 +184,11 @@ class GateStore:
             mapping={"told": state, "told_comment": comment[:1000], "told_ms": str(now_ms), "unsure": ""},
         )
 
+    def sending(self, gid: str) -> None:
+        """About to send the decision: until an answer says otherwise it may have landed (a job
+        that dies after the platform took it leaves this behind for its retry to read)."""
+        self.r.hset(keys.gate(gid), "unsure", "1")
+
     def attempt_failed(self, gid: str, error: str, unsure: bool) -> int:
         with self.r.pipeline(transaction=True) as pipe:
             pipe.hincrby(keys.gate(gid), "attempts", 1)

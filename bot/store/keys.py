@@ -29,6 +29,12 @@ def extension_approvals(request_id: str) -> str:
     return f"{PREFIX}req:{request_id}:ext_approvals"
 
 
+def session(request_id: str) -> str:
+    """String: the encrypted session record `jit run` sent (its transcript included). Written once,
+    after the grant ended, with the request's own remaining TTL: it goes when the request goes."""
+    return f"{PREFIX}req:{request_id}:session"
+
+
 def credential(request_id: str) -> str:
     """String: the encrypted credential. Deleted when the revoke succeeds; TTL as backstop."""
     return f"{PREFIX}cred:{request_id}"
@@ -339,3 +345,27 @@ def github_installation_token(installation_id: str) -> str:
 def gate_lock(gate_id: str) -> str:
     """String lock (redis-py Lock) held while one job tells the platform about a gate. TTL 60 s."""
     return f"{PREFIX}lock:gate:{gate_id}"
+
+
+def usage(request_id: str) -> str:
+    """String: what the target saw of the grant's use (bot/core/usage.py), sealed (Fernet). Set once,
+    at the revoke that recorded it (a second revoke never replaces it). TTL request retention."""
+    return f"{PREFIX}usage:{request_id}"
+
+
+def token_checks(request_id: str) -> str:
+    """Hash `<resource server>:n|active|first|last` → count / ms: `/v1/introspect` calls about this
+    request's token, by resource server. TTL request retention, renewed on each check."""
+    return f"{PREFIX}usage:checks:{request_id}"
+
+
+def token_checks_suppressed() -> str:
+    """Hash [request id, server] (JSON) → checks not written to the audit trail one by one (past the
+    first few) in a window that is over or running. A field leaves when its summary entry is written."""
+    return f"{PREFIX}usage:suppressed"
+
+
+def token_checks_due() -> str:
+    """Sorted set [request id, server] (JSON) → end of the window (ms) whose suppressed checks
+    still need their summary entry. A member leaves when the summary is written."""
+    return f"{PREFIX}usage:suppressed:due"

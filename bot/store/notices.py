@@ -50,12 +50,13 @@ class Notices:
         user: str | None = None,
         not_after_ms: int | None = None,
         alert: bool = False,
+        owed_ms: int | None = None,
     ) -> str:
         """Owe one Slack message: a channel line, a thread reply (`thread_ts`) or an ephemeral
         one for `user`. Returns its due member. `alert` makes its lateness visible."""
         nid = secrets.token_hex(8)
         member = f"notice:{nid}"
-        t = now_ms()
+        t = now_ms() if owed_ms is None else owed_ms
         payload = {
             "channel": channel,
             "text": text,
@@ -75,7 +76,8 @@ class Notices:
 
     def tell(self, channel: str | None, user: str, text: str, *, within_ms: int = 60_000) -> str:
         """An ephemeral note to one user about their click (a refusal): useful only for a minute."""
-        return self.queue(channel or user, text, user=user, not_after_ms=now_ms() + within_ms)
+        t = now_ms()  # one reading: "useful for a minute" is exactly a minute after it was owed
+        return self.queue(channel or user, text, user=user, not_after_ms=t + within_ms, owed_ms=t)
 
     def payload(self, nid: str) -> dict | None:
         raw = self.r.get(keys.notice(nid))

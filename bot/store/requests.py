@@ -470,6 +470,30 @@ return reply('ok', final)
 """
 )
 
+# The session record of a grant that has ended (revoked or expired), once: stored sealed beside the
+# request with the request's remaining TTL, audited (the transcript's digest only), and the
+# thread's "Used … by run …" note owed (`session:` due item).
+# KEYS: 9 session key   ARGV: 8 sealed record
+_SESSION = (
+    _PRELUDE
+    + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return reply('missing') end
+if (st ~= 'revoked' and st ~= 'expired') or redis.call('HEXISTS', KEYS[1], 'issued_ms') == 0 then
+  return reply('not_ended', st)
+end
+if redis.call('EXISTS', KEYS[9]) == 1 then return reply('exists', st) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl <= 0 then ttl = tonumber(ARGV[4]) * 1000 end
+redis.call('SET', KEYS[9], ARGV[8], 'PX', ttl)
+redis.call('HSET', KEYS[1], 'session_ms', ARGV[2])
+kick('session:' .. ID)
+audit(ARGV[6])
+changed()
+return reply('ok', st)
+"""
+)
+
 
 # Extensions (bot/grant/extend.py). An extension adds time to an active grant's window: its
 # expiry and its scheduled revocation (`expire:`) move together here, only ever later, and the
@@ -642,6 +666,7 @@ class Store:
                 "extend_ask": _EXTEND_ASK,
                 "extend_approve": _EXTEND_APPROVE,
                 "reissued": _REISSUED,
+                "session": _SESSION,
             }.items()
         }
 
@@ -911,6 +936,23 @@ class Store:
         """Record that the backend revoke succeeded. `ok` for exactly one caller; 'inflight' when
         a grant is still running (its end queues another revoke)."""
         return _outcome(self._run("revoked", request_id, now_ms, events=(event, "")))
+
+    def record_session(self, request_id: str, sealed: str, now_ms: int, event: str) -> Outcome:
+        """Keep a grant's session record: 'ok' once; 'exists' after that; 'not_ended' while the
+        grant is not over (or never was); 'missing'."""
+        return _outcome(
+            self._run(
+                "session",
+                request_id,
+                now_ms,
+                events=(event, ""),
+                keys_extra=[keys.session(request_id)],
+                args_extra=[sealed],
+            )
+        )
+
+    def session_blob(self, request_id: str) -> str | None:
+        return self.r.get(keys.session(request_id)) if valid_id(request_id) else None
 
     def mark_paged(self, request_id: str, user: str) -> bool:
         """Record that `user` is (about to be) told of this request as its on-call; False when

@@ -19,6 +19,7 @@ from bot.decision.slack.app import build_app
 from bot.request.gates import github as github_gate
 from bot.request.gates import gitlab as gitlab_gate
 from bot.request.http import routes
+from bot.request.http.limits import MAX_SESSION_BODY
 from bot.request.http.longpoll import Waiters
 from bot.request.http.oidc import OidcVerifier
 from bot.runtime import Runtime
@@ -29,7 +30,7 @@ from bot.store.ratelimit import LongPollLeases
 log = logging.getLogger("jit.web")
 
 #: No endpoint reads a body larger than this (each has its own, smaller cap).
-MAX_ANY_BODY = 1024 * 1024
+MAX_ANY_BODY = max(1024 * 1024, MAX_SESSION_BODY)
 
 
 def create_app(rt: Runtime) -> Flask:

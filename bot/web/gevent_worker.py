@@ -10,6 +10,7 @@ polls again, of a server that is up) rather than after its full `wait`.
 
 from __future__ import annotations
 
+import signal
 import socket
 from contextlib import contextmanager
 
@@ -61,6 +62,12 @@ class GracefulGeventWorker(GeventWorker):
             # inside the generator: there PEP 479 turns it into a RuntimeError, i.e. a 500.
             raise StopIteration("shutting down")
         return self._idle_wait(me)
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        # Ctrl-C in a terminal reaches every process of the group, workers too: a worker stops as
+        # on SIGTERM (the master decides how fast), instead of exiting mid-request.
+        signal.signal(signal.SIGINT, self.handle_exit)
 
     def run(self) -> None:
         gevent.spawn(self._close_idle_when_stopping)

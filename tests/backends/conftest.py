@@ -161,7 +161,9 @@ def _shared_pg() -> Iterator[PgServer]:
 
 
 @contextlib.contextmanager
-def _own_pg() -> Iterator[PgServer]:
+def _own_pg(preload: str | None = None) -> Iterator[PgServer]:
+    """A cluster of our own (scram-sha-256 on TCP); `preload`: its shared_preload_libraries, each
+    created as an extension in the test database."""
     initdb, pg_ctl = _find_pg_bin("initdb"), _find_pg_bin("pg_ctl")
     if not initdb or not pg_ctl:
         pytest.skip("no initdb/pg_ctl (PATH, /usr/lib/postgresql/*/bin): cannot start a password-checking cluster")
@@ -213,7 +215,8 @@ def _own_pg() -> Iterator[PgServer]:
             "60",
             "start",
             "-o",
-            f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off",
+            f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off"
+            + (f" -c shared_preload_libraries={preload}" if preload else ""),
         )
         started = True
         server = PgServer("scram", "127.0.0.1", port, "postgres", admin_password, "jit_test", "deployer", True)
@@ -221,6 +224,9 @@ def _own_pg() -> Iterator[PgServer]:
             conn.execute("CREATE DATABASE jit_test")
         with server.admin() as conn:
             _setup_database(conn, "deployer")
+            for library in (preload or "").split(","):
+                if library:
+                    conn.execute(sql.SQL("CREATE EXTENSION {}").format(sql.Identifier(library)))
         yield server
     except subprocess.CalledProcessError as e:
         pytest.skip(f"could not start a throwaway cluster: {e.stderr.decode(errors='replace')[-300:]}")
@@ -297,14 +303,31 @@ class _TrackingPg:
         self.username(request)
         return self._backend.grant(request)
 
-    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> None:
+    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> dict[str, Any] | None:
         self.username(request)
-        self._backend.revoke(request, credential)
+        return self._backend.revoke(request, credential)
 
 
 @pytest.fixture
 def pg(pg_server: PgServer) -> Iterator[PgHarness]:
     harness = PgHarness(pg_server)
+    try:
+        yield harness
+    finally:
+        harness.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_stats_server() -> Iterator[PgServer]:
+    """A throwaway cluster started with `shared_preload_libraries = 'pg_stat_statements'` and the
+    extension created in its test database."""
+    with _own_pg(preload="pg_stat_statements") as server:
+        yield server
+
+
+@pytest.fixture
+def pg_stats(pg_stats_server: PgServer) -> Iterator[PgHarness]:
+    harness = PgHarness(pg_stats_server)
     try:
         yield harness
     finally:

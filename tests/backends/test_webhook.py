@@ -70,6 +70,11 @@ class Receiver:
                         }
                         return self._reply(200, json.dumps(cred).encode())
                     return self._reply(204, b"")
+                if mode == "summary":  # a revoke endpoint that says what it saw (echoing the credential)
+                    if body["event"] == "grant":
+                        return self._reply(200, json.dumps({"token": "tok-summary-0123456789"}).encode())
+                    seen = {"calls": 7, "last_ip": "10.1.2.3", "note": f"token {body['credential']['token']}"}
+                    return self._reply(200, json.dumps({**seen, "token": "tok-summary-0123456789"}).encode())
                 if mode == "500":
                     return self._reply(500, b'{"error":"boom","leaked":"internal-secret-xyz"}')
                 if mode == "slow":
@@ -138,6 +143,17 @@ def test_revoke_sends_credential_when_known(receiver, make_request):
     }
     assert second == {"event": "revoke", "request": request.as_json()}
     assert all(c["verified"] and c["headers"]["X-Jit-Event"] == "revoke" for c in receiver.calls)
+
+
+def test_revoke_answer_is_the_session_summary_scrubbed(receiver, make_request):
+    receiver.mode = "summary"
+    backend = make_backend(receiver.url)
+    request = make_request()
+    cred = backend.grant(request)
+    observed = backend.revoke(request, cred)
+    assert observed == {"output": {"calls": 7, "last_ip": "10.1.2.3", "note": "token ***"}}
+    receiver.mode = "ok"  # 204 without a body: no summary, and the revoke still succeeds
+    assert backend.revoke(request, cred) is None
 
 
 def test_bad_signature_is_rejected_by_the_receiver(receiver, make_request):
@@ -379,7 +395,7 @@ def test_a_dribbling_receiver_cannot_hold_a_worker_past_the_timeout(raw_receiver
     finished, outcome = call_in_thread(call)
     assert finished, "the call outlived its timeout by far: each read was bounded, not the call"
     if event == "revoke" and answer is dribble_body:
-        assert outcome is None  # a 2xx status is all revoke needs; the body is not read
+        assert outcome is None  # a 2xx status is all revoke needs; a body not read in time is ignored
     else:
         assert isinstance(outcome, GrantError) and "timed out after 1s" in str(outcome)
 

@@ -72,6 +72,9 @@ class JsonServer:
         self.requests: list[Request] = []
         #: When set, every request is answered with this HTTP status (an outage).
         self.failing: int | None = None
+        #: When set, every answer is held this many seconds first (a provider that hangs).
+        self.stall: float = 0.0
+        self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._lock = threading.Lock()
 
@@ -88,6 +91,8 @@ class JsonServer:
             def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 req = Request("GET", url.path, parse_qs(url.query), {k.lower(): v for k, v in self.headers.items()})
+                if owner.stall:
+                    owner._stopping.wait(owner.stall)
                 with owner._lock:
                     owner.requests.append(req)
                     failing = owner.failing
@@ -106,6 +111,7 @@ class JsonServer:
 
     def stop(self) -> None:
         """Gone: connections are refused from now on."""
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

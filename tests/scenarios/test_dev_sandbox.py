@@ -102,7 +102,14 @@ def test_jit_serve_never_starts_the_sandbox(tmp_path, redis_url):
         timeout=60,
     )
     assert bare.returncode == 2
-    assert bare.stderr.strip().splitlines() == ["jit: setting SLACK_BOT_TOKEN is required but not set"]
+    assert sorted(bare.stderr.strip().splitlines()) == [
+        "jit: setting JIT_SECRET_KEY is required but not set: "
+        "at least 32 random characters: `openssl rand -hex 32` (`jit init` writes one into .env)",
+        "jit: setting SLACK_BOT_TOKEN is required but not set: "
+        "the Bot User OAuth Token (xoxb-…) from your Slack app's OAuth & Permissions page",
+        "jit: setting SLACK_SIGNING_SECRET is required but not set: "
+        "the Signing Secret from your Slack app's Basic Information page",
+    ]
 
     port = free_port()
     starter = (ROOT / "bot" / "example-policy.yaml").read_text()

@@ -18,6 +18,7 @@ from bot.store.due import DueQueue
 from bot.store.gates import GateStore
 from bot.web.app import create_app
 from bot.wiring import build
+from workers.jobs import gate as gate_job
 from workers.jobs import run_due
 from workers.jobs.gate import tell
 from workers.queue.retry import RetryLater
@@ -39,8 +40,9 @@ def issuers():
 
 @pytest.fixture
 def gated(gh, issuers, jit_env, policy_file, monkeypatch, tmp_path):
-    """The app wired to the GitHub test server, with the gate policy of the process tests."""
-    policy_file.write_text(gate_policy(issuers.github))
+    """The app wired to the GitHub test server, with the gate policy of the process tests (its 3 s
+    staging timeout, there to test timeouts, made long: a busy machine must not time these out)."""
+    policy_file.write_text(gate_policy(issuers.github).replace("pending_timeout: 3s", "pending_timeout: 10m"))
     key = gh.write_private_key(tmp_path / "app.pem")
     for name, value in {
         "GITHUB_APP_ID": gh.app_id,
@@ -88,9 +90,11 @@ def test_the_message_shows_a_failed_callback_while_jit_retries(app_jit, gh, slac
     gh.fail_all_callbacks(503)
     jit.approve(rid, "U0LEAD1")
     jit.drain(lambda: gh.attempts(2001), what="the first attempt")  # grant, then the callback: it fails
-    jit.work()
-    shown = message(jit, slack, rid)
-    assert "has not heard the decision" in shown and "HTTP 503" in shown and "keeps retrying" in shown
+    # message updates are paced per message: the failure shows at the next allowed update
+    shown = jit.drain(
+        lambda: (m := message(jit, slack, rid)) and "has not heard the decision" in m and m, what="the failure shows"
+    )
+    assert "HTTP 503" in shown and "keeps retrying" in shown
     gh.clear_faults()
     jit.drain(lambda: gh.reviews(2001), what="a retry lands")
     statuses = [c.status for c in gh.attempts(2001)]
@@ -125,6 +129,32 @@ def test_a_lost_answer_then_a_refusal_counts_as_delivered(app_jit, gh):
     jit.approve(rid, "U0LEAD1")
     jit.drain(lambda: gates.get(gid).told, what="the gate settles")
     assert gates.get(gid).told == "approved" and gates.get(gid).gave_up is None
+
+
+def test_a_job_dying_after_github_took_the_decision_never_leaves_a_false_refusal(app_jit, gh, monkeypatch):
+    """Found by the attack review: the job ends (killed, or an error) after GitHub took the
+    decision and before jit recorded it; the resend is refused by GitHub as decided already, and
+    jit must read that as delivered (it may have landed), not as GitHub's own refusal."""
+    jit = app_jit
+    rid = hold(jit, gh, 2251, "staging")["request"]
+    gates = GateStore(jit.rt.redis, jit.rt.settings.jit_request_retention)
+    gid = gate_of(jit, rid).id
+    send = gate_job._send
+    died = []
+
+    def send_then_die(*args, **kwargs):
+        send(*args, **kwargs)
+        if not died:
+            died.append(True)
+            raise RuntimeError("the job died after GitHub took the decision")
+
+    monkeypatch.setattr(gate_job, "_send", send_then_die)
+    jit.approve(rid, "U0LEAD1")
+    jit.drain(lambda: died, what="the first callback")
+    gh.fail_callbacks(422)  # GitHub: this run's environment is decided already
+    jit.drain(lambda: gates.get(gid).told or gates.get(gid).gave_up, what="the gate settles")
+    assert gates.get(gid).told == "approved" and gates.get(gid).gave_up is None
+    assert [c.status for c in gh.attempts(2251)] == [204, 422]
 
 
 def test_a_deployment_whose_request_was_never_recorded_is_rejected_by_its_watchdog(app_jit, gh):
@@ -182,7 +212,7 @@ def test_a_deployment_outside_the_actions_windows_is_rejected_with_when(gated, p
     closed = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")[(today + 3) % 7]
     text = gate_policy(issuers.github).replace(
         "    approvers: [U0LEAD1]\n    pending_timeout: 3s\n",
-        f'    approvers: [U0LEAD1]\n    pending_timeout: 3s\n    windows: ["{closed} 00:00-01:00 UTC"]\n',
+        f'    approvers: [U0LEAD1]\n    pending_timeout: 10m\n    windows: ["{closed} 00:00-01:00 UTC"]\n',
     )
     policy_file.write_text(text)
     rt = build(load_settings())

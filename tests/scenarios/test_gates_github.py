@@ -103,7 +103,7 @@ def deploy(gh: GitHubFake, run_id: int, environment: str = "production", sender:
         run_id=run_id,
         environment=environment,
         sha=SHA,
-        deployment_id=run_id * 10 + 1,
+        deployment_id=kw.pop("deployment_id", run_id * 10 + 1),
         sender=sender,
         **kw,
     )
@@ -381,3 +381,34 @@ def test_the_job_runs_jit_request_and_gets_its_credential_without_asking_anyone(
     assert json.loads(step.stdout)["credential"]
     assert rid in step.stderr and "found again" in step.stderr
     assert requests_count(stack) == before  # nobody was asked again
+
+
+def test_two_jobs_of_one_run_deploying_to_one_environment_share_one_request(world):
+    """GitHub approves a run's environment once, releasing every job of the run waiting on it: so
+    jit asks once, tells GitHub once, and each job collects the one approved request (attack
+    review: a second request made the first job's ask fail, and denying it meant nothing)."""
+    stack, gh, issuers = world
+    first = deliver(stack, gh, "deployment_protection_rule", deploy(gh, 4701))
+    second = deliver(stack, gh, "deployment_protection_rule", deploy(gh, 4701, deployment_id=47012))
+    assert first.status_code == 202 and second.status_code in (200, 202), (first.text, second.text)
+    rid = first.json()["request"]
+    assert second.json()["request"] == rid
+    click(stack, rid, "U0LEAD1")
+    wait_until(lambda: redis_of(stack).hlen(f"jit:req:{rid}:approvals") == 1, message="first approval")
+    click(stack, rid, "U0LEAD2")
+    wait_until(lambda: gh.reviews(4701), message="GitHub hears the decision")
+    mine = ask_with(stack, run_token(issuers, 4701))
+    assert mine.status_code == 200 and mine.json()["id"] == rid, mine.text
+
+    def gates_of_request() -> list[dict]:
+        r = redis_of(stack)
+        found = (r.hgetall(k) for k in r.scan_iter("jit:gate:gh-*"))
+        return [g for g in found if g.get("request_id") == rid]
+
+    settled = wait_until(
+        lambda: (gs := gates_of_request()) and len(gs) == 2 and all(g.get("told") for g in gs) and gs,
+        message="both deployments' gates settle",
+    )
+    assert sorted(g["told"] for g in settled) == ["approved", "approved"]
+    assert [c.status for c in gh.attempts(4701)] == [204]  # GitHub approves a run's environment once
+    assert not [e for e in audit_events(stack, rid) if e.get("event") == "gate.refused"]

@@ -180,9 +180,49 @@ def test_a_canceled_deployment_cancels_its_request(world):
         environment="production",
         sha=SHA,
     )
+    gl.cancel(PROJECT_ID, 504)
     assert send(stack, canceled).status_code == 200
     wait_until(lambda: redis_of(stack).hget(f"jit:req:{rid}", "status") == "cancelled", message="cancelled")
     assert gl.decided(504) == []
+
+
+def test_a_canceled_event_gitlab_does_not_confirm_changes_nothing(world):
+    """One webhook token serves every hooked project, so whoever set up a hook anywhere can send a
+    `canceled` event for any deployment id: its word is not taken, GitLab is asked."""
+    stack, gl, _ = world
+    rid = send(stack, blocked(gl, 505)).json()["request"]
+    stack.message_ts(rid)
+    forged = deployment_event(
+        base=gl.url,
+        status="canceled",
+        project_path=PROJECT,
+        project_id=PROJECT_ID,
+        deployment_id=505,
+        job_id=5050,
+        environment="production",
+        sha=SHA,
+    )
+    reply = send(stack, forged)
+    assert reply.status_code == 200 and reply.json()["result"] == "ignored", reply.text
+    assert redis_of(stack).hget(f"jit:req:{rid}", "status") == "pending"
+    # the gate is still owed its decision: the approvers' clicks reach GitLab as before
+    click(stack, rid, "U0LEAD1")
+    wait_until(lambda: redis_of(stack).hlen(f"jit:req:{rid}:approvals") == 1, message="first approval")
+    click(stack, rid, "U0LEAD2")
+    approval = wait_until(lambda: gl.decided(505), message="GitLab hears the decision")[0]
+    assert approval.body["status"] == "approved"
+
+
+def test_a_branch_named_like_a_full_ref_is_never_that_ref(world):
+    """GitLab names a deployment's ref by its short name: a branch literally named
+    `refs/heads/main` must not pass for main (auto_approve rules match `ref`)."""
+    stack, gl, _ = world
+    payload = blocked(gl, 506)
+    gl.deployments[(PROJECT_ID, 506)]["ref"] = "refs/heads/main"
+    rid = send(stack, payload).json()["request"]
+    assert redis_of(stack).hget(f"jit:req:{rid}", "status") == "pending"
+    context = json.loads(redis_of(stack).hget(f"jit:req:{rid}", "context"))
+    assert context["ref"] == "refs/heads/refs/heads/main"
 
 
 def test_policy_check_says_when_the_gitlab_instance_has_no_approvals_api(tmp_path):

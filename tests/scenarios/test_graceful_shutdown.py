@@ -78,6 +78,22 @@ def test_sigterm_to_the_whole_process_group_loses_no_grant(stack):
     assert len((stack.state_dir / f"{rid}.grant").read_text().splitlines()) == 1
 
 
+def long_poll_in_background(stack: Stack, rid: str, rtok: str, wait: int) -> tuple[threading.Thread, dict]:
+    """A pipeline waiting on its request: the thread, and what it got (status and body, or error)."""
+    result: dict = {}
+
+    def long_poll():
+        try:
+            resp = stack.get(rid, rtok, wait=wait)
+            result["status"], result["body"] = resp.status_code, resp.json()
+        except Exception as e:  # noqa: BLE001 - the assertion reports it
+            result["error"] = repr(e)
+
+    t = threading.Thread(target=long_poll)
+    t.start()
+    return t, result
+
+
 def test_sigterm_to_serve_finishes_the_requests_in_flight(stack):
     r = stack.ask("quick", WEB_TOKEN, reason="long-poll during shutdown")
     rid, rtok = r.json()["id"], r.json()["request_token"]
@@ -88,17 +104,7 @@ def test_sigterm_to_serve_finishes_the_requests_in_flight(stack):
     idle = requests.Session()
     assert idle.get(stack.url + "/healthz", timeout=10).status_code == 200
 
-    result: dict = {}
-
-    def long_poll():
-        try:
-            resp = stack.get(rid, rtok, wait=5)
-            result["status"], result["body"] = resp.status_code, resp.json()
-        except Exception as e:  # noqa: BLE001 - the assertion below reports it
-            result["error"] = repr(e)
-
-    t = threading.Thread(target=long_poll)
-    t.start()
+    t, result = long_poll_in_background(stack, rid, rtok, wait=5)
     # the first long-poll of a fresh server opens its wake-up subscription: it is now in flight
     wait_until(
         lambda: watcher.pubsub_numsub(keys.changed_channel())[0][1] >= 1,
@@ -115,3 +121,22 @@ def test_sigterm_to_serve_finishes_the_requests_in_flight(stack):
     with pytest.raises(requests.ConnectionError):
         requests.get(stack.url + "/healthz", timeout=5)
     idle.close()
+
+
+def test_ctrl_c_to_serve_answers_the_waiting_pipeline_and_says_what_it_does(stack):
+    """Ctrl-C reaches the whole process group (master and workers): the long-poll is answered
+    with its status rather than cut off, the server says it is stopping, then that it stopped."""
+    r = stack.ask("read-secret", WEB_TOKEN, reason="Ctrl-C while a pipeline waits")
+    rid, rtok = r.json()["id"], r.json()["request_token"]
+    watcher = redislib.Redis.from_url(stack.redis.url)
+    t, result = long_poll_in_background(stack, rid, rtok, wait=60)
+    wait_until(lambda: watcher.zcard("jit:longpolls:pipeline:web-ci") >= 1, timeout=30, message="the long-poll")
+    serve = stack.procs[0]
+    serve.signal(signal.SIGINT)
+    assert serve.popen.wait(50) == 0, serve.log()  # well before the 60 s long-poll would have ended
+    t.join(30)
+    assert result.get("status") == 200, result
+    assert result["body"]["status"] == "pending"
+    log = serve.log()
+    assert "jit: stopping — requests in flight finish, open long-polls are answered now with their status" in log
+    assert log.rstrip().endswith("jit: stopped") and "Traceback" not in log

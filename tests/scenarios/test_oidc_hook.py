@@ -133,3 +133,36 @@ def test_the_same_run_asking_again_gets_its_active_grant_and_another_run_does_no
     assert other_run.status_code == 201 and other_run.get_json()["id"] != first["id"]
     retried = ask(jit.http, mint(github_claims(issuers.github, run_attempt="2")))  # a re-run is another run
     assert retried.status_code == 201 and retried.get_json()["id"] != first["id"]
+
+
+def test_an_idempotency_key_never_hands_one_runs_request_to_another_run(oidc_policy, jit, issuers):
+    """The client derives its key from public CI data (repository, run, job, action), so another
+    run of the same pipeline can compute it; the key promises the same *caller* asking the same
+    thing, and a different run is a different caller: it never sees the first run's request_token."""
+    key = {"Idempotency-Key": "acme/deploy-22259804324-1-deploy-read-secret"}
+    victim = mint(github_claims(issuers.github))
+    first = jit.http.post(
+        "/v1/requests",
+        json={"action": "read-secret", "reason": "rotate"},
+        headers={"Authorization": f"Bearer {victim}", **key},
+    )
+    assert first.status_code == 201, first.get_json()
+    other_run = mint(github_claims(issuers.github, run_id="2000002", actor="mallory", ref="refs/heads/mallory"))
+    stolen = jit.http.post(
+        "/v1/requests",
+        json={"action": "read-secret", "reason": "rotate"},
+        headers={"Authorization": f"Bearer {other_run}", **key},
+    )
+    assert stolen.status_code == 422, stolen.get_json()
+    assert stolen.get_json()["error"] == "idempotency_key_reused"
+    assert first.get_json()["request_token"] not in stolen.get_data(as_text=True)
+    assert first.get_json()["id"] not in stolen.get_data(as_text=True)
+    # the run that asked can still retry its step and gets its own request back
+    again = jit.http.post(
+        "/v1/requests",
+        json={"action": "read-secret", "reason": "rotate"},
+        headers={"Authorization": f"Bearer {mint(github_claims(issuers.github))}", **key},
+    )
+    assert again.status_code == 200, again.get_json()
+    assert again.get_json()["id"] == first.get_json()["id"]
+    assert again.get_json()["request_token"] == first.get_json()["request_token"]

@@ -5,6 +5,7 @@ says so; a requester on call at the first escalation level is approved without a
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from approvals_support import ONCALL, rules_of_request, staff_oncall, with_actions
@@ -116,6 +117,21 @@ def test_an_unreachable_provider_fails_closed_and_the_message_says_so(jit, pager
     assert "on call for PagerDuty schedule PSCHED1" in text and "nobody counts as on call" in text
     # the approvers the policy names by id are not affected
     assert jit.rt.decisions.approve(rid, "U0LEAD1").result == "approved"
+
+
+def test_a_provider_that_hangs_is_given_up_on_within_the_lookups_budget(jit, pagerduty):
+    """A click waits for the on-call lookup and Slack gives a click 3 s: a PagerDuty that hangs
+    fails closed within the lookup's budget instead of holding the click (attack review)."""
+    rid = jit.ask("hotfix")["id"]
+    pagerduty.stall = 30
+    started = time.monotonic()
+    with pytest.raises(OnCallUnavailable) as refused:
+        jit.rt.decisions.approve(rid, "U0ONA")
+    waited = time.monotonic() - started
+    assert "PagerDuty did not answer" in refused.value.message
+    assert waited < 15, f"the click waited {waited:.1f} s for a provider that hangs for 30 s"
+    assert status(jit, rid) == "pending"
+    assert jit.rt.decisions.approve(rid, "U0LEAD1").result == "approved"  # approvers named by id still count
 
 
 def test_without_a_key_a_provider_counts_nobody(jit, monkeypatch, pagerduty):

@@ -1,12 +1,18 @@
-"""The requester hears the outcome in a DM: once per outcome, however often the jobs run."""
+"""The requester hears the outcome in a DM: once per outcome, however often the jobs run.
+
+The clock is frozen and moved by hand (freezegun): a 3 s pending timeout or a 2 s grant ends when
+the test says, never while a busy machine is still working through the step before.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 import pytest
-from support import policy_text
+from freezegun import freeze_time
+from support import clock_start, policy_text
 
 ALICE = "U0ALICE"  # `people: alice@example.com` in the test policy
 
@@ -18,70 +24,83 @@ def policy_file(tmp_path, state_dir):
     return p
 
 
+@pytest.fixture
+def clock():
+    with freeze_time(clock_start()) as frozen:
+        yield frozen
+
+
 def dms(slack, user=ALICE):
     channel = slack.dm_channel(user)
     return [m["text"] for m in slack.messages(channel).values()]
 
 
-def settle(jit, seconds=1.5):
-    """Let any job that might still send something run."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        jit.work()
-        time.sleep(0.1)
+def later(jit, clock, seconds: float = 1.5) -> None:
+    """Time passes (less than the 3 s pending timeout): any job that might still send something runs."""
+    clock.tick(timedelta(seconds=seconds))
+    jit.work()
 
 
-def test_approval_then_expiry(jit, slack):
+def test_approval_then_expiry(jit, slack, clock):
     rid = jit.ask("quick", ttl="2s", requested_by="alice@example.com")["id"]
     assert jit.rt.store.get(rid).requester_slack_id == ALICE
     jit.work()
     jit.approve(rid, "U0LEAD1")
-    got = jit.drain(lambda: len(dms(slack)) >= 2 and dms(slack), timeout=30, what="approved and expired DMs")
-    assert "was approved by <@U0LEAD1>" in got[0] and rid in got[0]
-    assert "expired and was revoked" in got[1]
-    settle(jit)
+    jit.work()
+    (approved,) = dms(slack)
+    assert "was approved by <@U0LEAD1>" in approved and rid in approved
+    clock.tick(timedelta(seconds=2))
+    jit.work()
+    assert dms(slack)[1:] and "expired and was revoked" in dms(slack)[1]
+    later(jit, clock, 5)
     assert len(dms(slack)) == 2
     assert [c.params["users"] for c in slack.calls("conversations.open")] == [ALICE]  # DM channel cached
 
 
-def test_denial_with_its_reason(jit, slack):
+def test_denial_with_its_reason(jit, slack, clock):
     rid = jit.ask("read-secret", requested_by="alice@example.com")["id"]
     jit.work()
     jit.rt.decisions.deny(rid, "U0LEAD1", "not during the freeze")
-    got = jit.drain(lambda: dms(slack), what="denied DM")
-    assert "was denied by <@U0LEAD1>: not during the freeze" in got[0]
-    settle(jit)
+    jit.work()
+    (got,) = dms(slack)
+    assert "was denied by <@U0LEAD1>: not during the freeze" in got
+    later(jit, clock)
     assert len(dms(slack)) == 1
 
 
-def test_timed_out(jit, slack):
+def test_timed_out(jit, slack, clock):
     rid = jit.ask("read-secret", requested_by="alice@example.com")["id"]
-    got = jit.drain(lambda: [t for t in dms(slack) if "timed out" in t], timeout=30, what="timed-out DM")
-    assert rid in got[0] and "3s" in got[0]
-    settle(jit)
+    jit.work()
+    assert dms(slack) == []
+    clock.tick(timedelta(seconds=3))  # the pending timeout
+    jit.work()
+    (got,) = dms(slack)
+    assert "timed out" in got and rid in got and "3s" in got
+    later(jit, clock, 5)
     assert len(dms(slack)) == 1
 
 
-def test_pipeline_release_is_no_news_to_its_requester(jit, slack):
+def test_pipeline_release_is_no_news_to_its_requester(jit, slack, clock):
     rid = jit.ask("read-secret", requested_by="alice")["id"]
     jit.work()
     jit.approve(rid, "U0LEAD1")
-    jit.drain(lambda: dms(slack), what="approved DM")
+    jit.work()
+    assert len(dms(slack)) == 1
     jit.release(rid)
-    settle(jit)
+    later(jit, clock)
     assert len(dms(slack)) == 1 and "approved" in dms(slack)[0]
 
 
-def test_no_slack_user_no_dm(jit, slack):
+def test_no_slack_user_no_dm(jit, slack, clock):
     rid = jit.ask("read-secret", requested_by="mallory@example.com")["id"]
     jit.work()
     jit.rt.decisions.deny(rid, "U0LEAD1", "who are you")
-    settle(jit)
+    later(jit, clock)
     assert not slack.calls("conversations.open")
     assert not [c for c in slack.calls("chat.postMessage") if c.params["channel"].startswith("D")]
 
 
-def test_concurrent_and_repeated_jobs_send_once(jit, slack):
+def test_concurrent_and_repeated_jobs_send_once(jit, slack, clock):
     from workers.jobs.notify import followups
     from workers.queue.retry import RetryLater
 
@@ -95,7 +114,7 @@ def test_concurrent_and_repeated_jobs_send_once(jit, slack):
             try:
                 followups.do_dm(jit.rt, rid)
                 return
-            except RetryLater as e:
+            except RetryLater as e:  # another call holds the notice lock (a Redis lock, in real time)
                 time.sleep(e.delay_ms / 1000)
 
     threads = [threading.Thread(target=run) for _ in range(4)]
@@ -107,14 +126,14 @@ def test_concurrent_and_repeated_jobs_send_once(jit, slack):
     assert len(dms(slack)) == 1
 
 
-def test_a_user_slack_refuses_is_not_retried_forever(jit, slack):
+def test_a_user_slack_refuses_is_not_retried_forever(jit, slack, clock):
     slack.api_error("user_not_found", methods="conversations.open")
     rid = jit.ask("read-secret", requested_by="alice@example.com")["id"]
     jit.work()
     jit.rt.decisions.deny(rid, "U0LEAD1", "no")
-    jit.drain(lambda: jit.rt.redis.hget(f"jit:req:{rid}", "dm_denied"), what="the DM given up")
+    jit.work()
     assert jit.rt.redis.hget(f"jit:req:{rid}", "dm_denied") == "error:user_not_found"
     assert jit.rt.redis.zscore("jit:due", f"dm:{rid}") is None
     calls = len(slack.calls("conversations.open"))
-    settle(jit)
+    later(jit, clock)
     assert len(slack.calls("conversations.open")) == calls

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
+from datetime import timedelta
 
+import redis as redislib
 from fakes.slack import block_action
+from freezegun import freeze_time
 from procs import Stack, wait_until
-from support import WEB_TOKEN
+from support import WEB_TOKEN, clock_start
 
 DIGEST = "new access requests"
 
@@ -42,7 +44,10 @@ def test_a_burst_to_one_channel_arrives_whole_in_order_once_each():
         wait_until(
             lambda: len(request_posts(stack.slack, "C0APPROVALS")) >= 20, timeout=120, message="all 20 request messages"
         )
-        time.sleep(1.5)  # anything still in flight would show as a duplicate now
+        # every request posted leaves the channel's outbox, and only its head is ever posted: once
+        # the outbox is empty, no post of these requests is still on its way
+        outbox = redislib.Redis.from_url(stack.redis.url)
+        wait_until(lambda: not outbox.exists("jit:slack:outbox:C0APPROVALS"), timeout=60, message="an empty outbox")
         posts = request_posts(stack.slack, "C0APPROVALS")
         posted = [rid_of(c) for c in posts]
         assert sorted(posted) == sorted(ids)  # nothing lost, nothing twice
@@ -76,50 +81,67 @@ def test_many_waiting_get_a_digest_first_then_their_own_messages(jit, slack):
     assert not [c for c in slack.calls("chat.update") if c.params["ts"] != msg["ts"]]
 
 
+def ask_one_ms_apart(jit, clock, n: int, action: str = "read-secret", what: str = "spacing") -> list[str]:
+    """n requests, each made a millisecond after the one before (the frozen clock moves only by hand)."""
+    ids = []
+    for i in range(n):
+        ids.append(jit.ask(action, reason=f"{what} {i}")["id"])
+        clock.tick(timedelta(milliseconds=1))
+    return ids
+
+
 def test_posts_to_one_channel_are_spaced(jit, slack):
-    for i in range(3):
-        jit.ask("read-secret", reason=f"spacing {i}")
-    jit.drain(lambda: len(request_posts(slack, "C0APPROVALS")) == 3, what="3 messages")
-    times = [c.time for c in request_posts(slack, "C0APPROVALS")]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
-    assert all(g >= 0.9 for g in gaps), gaps
+    with freeze_time(clock_start()) as clock:
+        ids = ask_one_ms_apart(jit, clock, 3)
+        jit.work()
+        assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == ids[:1]
+        for n in (2, 3):
+            clock.tick(timedelta(milliseconds=999))  # a second after the last post, less a millisecond
+            jit.work()
+            assert len(request_posts(slack, "C0APPROVALS")) == n - 1, "not before its slot"
+            clock.tick(timedelta(milliseconds=1))
+            jit.work()
+            assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == ids[:n]
 
 
 def test_other_channels_are_not_held_up(jit, slack):
-    for i in range(4):
-        jit.ask("read-secret", reason=f"busy {i}")
-    jit.ask("deploy-prod")  # C0PROD
-    jit.drain(
-        lambda: len(request_posts(slack, "C0APPROVALS")) == 4 and request_posts(slack, "C0PROD"),
-        timeout=60,
-        what="every post",
-    )
-    prod = request_posts(slack, "C0PROD")[0]
-    busy = request_posts(slack, "C0APPROVALS")
-    # C0PROD's post did not wait behind C0APPROVALS's queue (paced at one a second)
-    assert prod.time < busy[-1].time
+    with freeze_time(clock_start()) as clock:
+        ask_one_ms_apart(jit, clock, 4, what="busy")
+        jit.ask("deploy-prod")  # C0PROD
+        jit.work()
+        # C0PROD's post did not wait behind C0APPROVALS's queue (paced at one a second)
+        assert len(request_posts(slack, "C0PROD")) == 1
+        assert len(request_posts(slack, "C0APPROVALS")) == 1
 
 
 def test_retry_after_is_honoured(jit, slack):
     slack.rate_limit(retry_after=2, times=1, methods="chat.postMessage")
-    ids = [jit.ask("read-secret", reason=f"limited {i}")["id"] for i in range(2)]
-    jit.drain(lambda: len(request_posts(slack, "C0APPROVALS")) == 2, what="both messages")
-    limited = [c for c in slack.calls("chat.postMessage") if c.status == 429]
-    assert len(limited) == 1
-    after = [c for c in slack.calls("chat.postMessage") if c.time > limited[0].time]
-    assert after and min(c.time for c in after) >= limited[0].time + 2.0
-    assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == ids
+    with freeze_time(clock_start()) as clock:
+        ids = ask_one_ms_apart(jit, clock, 2, what="limited")
+        jit.work()
+        assert [c.status for c in slack.calls("chat.postMessage")] == [429]
+        clock.tick(timedelta(milliseconds=1998))  # Retry-After: 2 (s), from the 429
+        jit.work()
+        assert len(slack.calls("chat.postMessage")) == 1, "nothing posted before Retry-After ran out"
+        clock.tick(timedelta(milliseconds=2))
+        jit.work()
+        clock.tick(timedelta(seconds=1))
+        jit.work()
+        assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == ids
 
 
 def test_a_request_gone_before_its_post_does_not_block_the_channel(jit, slack):
-    ids = [jit.ask("read-secret", reason=f"gone {i}")["id"] for i in range(5)]
-    jit.work()  # the first is posted, the others wait for their slots (one a second)
-    gone = ids[3]
-    assert jit.rt.redis.zscore("jit:slack:outbox:C0APPROVALS", gone) is not None
-    jit.rt.redis.delete(f"jit:req:{gone}")  # e.g. retention dropped it while it waited
-    jit.drain(lambda: len(request_posts(slack, "C0APPROVALS")) == 4, what="the rest")
-    assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == [i for i in ids if i != gone]
-    assert not jit.rt.redis.exists("jit:slack:outbox:C0APPROVALS")
+    with freeze_time(clock_start()) as clock:
+        ids = ask_one_ms_apart(jit, clock, 5, what="gone")
+        jit.work()  # the first is posted, the others wait for their slots (one a second)
+        gone = ids[3]
+        assert jit.rt.redis.zscore("jit:slack:outbox:C0APPROVALS", gone) is not None
+        jit.rt.redis.delete(f"jit:req:{gone}")  # e.g. retention dropped it while it waited
+        for _ in range(4):
+            clock.tick(timedelta(seconds=1))
+            jit.work()
+        assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == [i for i in ids if i != gone]
+        assert not jit.rt.redis.exists("jit:slack:outbox:C0APPROVALS")
 
 
 def test_a_message_slack_refuses_does_not_hold_up_the_channel(jit, slack):

@@ -31,8 +31,27 @@ def test_missing_setting_names_the_variable(tmp_path, policy_file):
     del env["SLACK_SIGNING_SECRET"]
     p = run(["worker", "--burst"], env, tmp_path)
     assert p.returncode != 0
-    assert p.stderr.strip() == "jit: setting SLACK_SIGNING_SECRET is required but not set"
+    assert p.stderr.strip() == (
+        "jit: setting SLACK_SIGNING_SECRET is required but not set: "
+        "the Signing Secret from your Slack app's Basic Information page"
+    )
     assert "Traceback" not in p.stderr
+
+
+def test_every_bad_setting_is_reported_in_one_start(tmp_path, policy_file):
+    """Three problems, one run: a line for each, naming the setting and how to fix it."""
+    env = {"JIT_POLICY_FILE": str(policy_file), "JIT_SECRET_KEY": "short", "REDIS_URL": "http://nope"}
+    p = run(["serve"], env, tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    lines = sorted(p.stderr.strip().splitlines())
+    assert lines == [
+        "jit: setting JIT_SECRET_KEY is invalid: must be at least 32 characters (e.g. `openssl rand -hex 32`)",
+        "jit: setting REDIS_URL is invalid: must start with redis://, rediss://, unix:// or redis+sentinel://",
+        "jit: setting SLACK_BOT_TOKEN is required but not set: "
+        "the Bot User OAuth Token (xoxb-…) from your Slack app's OAuth & Permissions page",
+        "jit: setting SLACK_SIGNING_SECRET is required but not set: "
+        "the Signing Secret from your Slack app's Basic Information page",
+    ]
 
 
 def test_invalid_setting_names_the_variable(tmp_path, policy_file):
@@ -64,3 +83,10 @@ def test_policy_check_cli(tmp_path, policy_file):
     p = run(["policy", "check", str(bad)], {}, tmp_path)
     assert p.returncode == 1
     assert "carrier-pigeon" in p.stdout and "grant.type" in p.stdout
+
+
+def test_a_policy_file_that_is_not_there_is_named(tmp_path, policy_file):
+    missing = tmp_path / "nope.yaml"
+    p = run(["worker", "--burst"], base_env(missing), tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == f"jit: {missing}: policy file not found: set JIT_POLICY_FILE to your policy's path"

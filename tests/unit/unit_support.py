@@ -207,7 +207,8 @@ class Bare:
             "due": self.due(),
             "claims": self.claims(),
             "outbox": self.r.lrange(keys.audit_outbox(), 0, -1),
-            "ttl": self.r.ttl(keys.request(rid)),
+            # when it expires, not how long is left (a TTL in seconds ticks between two snapshots)
+            "expires": self.r.execute_command("EXPIRETIME", keys.request(rid)),
         }
 
 

@@ -18,6 +18,10 @@ class BackendConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: Whether the grant type is named where users choose one (the list an unknown type's error
+    #: shows); a type that is not is still accepted.
+    offered: ClassVar[bool] = True
+
     def warnings(self, environ: Mapping[str, str] | None = None) -> list[str]:
         """Valid but risky settings, which `jit policy check` prints without failing.
 
@@ -57,8 +61,14 @@ class GrantBackend:
         """Create the credential and return it (a JSON object handed to the pipeline)."""
         raise NotImplementedError
 
-    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> None:
-        """Destroy what `grant` created. `credential` is None when the grant never completed."""
+    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Destroy what `grant` created. `credential` is None when the grant never completed.
+
+        May return what the target saw of the credential's use (a session summary, keys as in
+        bot/core/usage.py), or None. Collecting it is best effort: a failure to observe goes into
+        the summary's `errors`, never into an exception, and never delays the revoke more than a
+        short, bounded wait. The revoke itself comes first (jit stores the summary only after it).
+        """
         raise NotImplementedError
 
     def extend(self, request: GrantRequest, credential: dict[str, Any]) -> dict[str, Any] | None:

@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import Field
 
+from bot.core.usage import secret_values
+from workers.backends import session_summary
 from workers.backends.base import BackendConfig, GrantBackend, GrantError, GrantRequest, register
 
 #: Variables a command always gets; anything else must be listed in `env_passthrough`,
@@ -69,5 +71,9 @@ class ExecBackend(GrantBackend):
             raise GrantError("grant_command did not print a JSON object")
         return cred
 
-    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> None:
-        self._run(self.config.revoke_command, {**request.as_json(), "credential": credential}, request)
+    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Run revoke_command; a JSON object it prints is the session summary (scrubbed of the
+        credential and of the passed-through variables' values; not kept past 64 KiB)."""
+        out = self._run(self.config.revoke_command, {**request.as_json(), "credential": credential}, request)
+        passed = [v for k in self.config.env_passthrough if len(v := self.env.environ.get(k) or "") >= 8]
+        return session_summary.from_output(out.strip(), [*secret_values(credential), *passed])

@@ -39,12 +39,14 @@ Revoke, in this order, so that a revoke that gets stuck leaves no access behind:
 
 1. ``ALTER ROLE … NOLOGIN`` and ``REVOKE`` of every membership of the role (its
    ``grant_roles``, and anyone made a member of it), in one transaction;
-2. ``pg_terminate_backend`` of the role's sessions;
-3. in every *other* database where ``pg_shdepend`` shows the role owning objects or holding
+2. what the role did — its sessions and, with ``pg_stat_statements``, its statements — read
+   for the request's usage record (``postgres_usage``; best effort, bounded, never an error);
+3. ``pg_terminate_backend`` of the role's sessions;
+4. in every *other* database where ``pg_shdepend`` shows the role owning objects or holding
    privileges (PostgreSQL <= 14 lets every login create in ``public``), connect with the same
    admin credentials and run ``REASSIGN OWNED`` (if configured) and ``DROP OWNED``; a database
    that does not allow connections is a GrantError naming it;
-4. the same in the admin DSN's database, then ``DROP ROLE IF EXISTS``. A missing role is success.
+5. the same in the admin DSN's database, then ``DROP ROLE IF EXISTS``. A missing role is success.
 
 ``on_owned_objects: reassign`` refuses (GrantError, retried and alerted by the job layer)
 while the role owns anything that would run with ``reassign_to``'s rights once reassigned —
@@ -86,7 +88,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field, field_validator, model_validator
 
 from bot.core.clock import rfc3339
-from workers.backends import naming
+from workers.backends import naming, postgres_usage
 from workers.backends import postgres_owned as owned
 from workers.backends.base import (
     BackendConfig,
@@ -463,24 +465,28 @@ class PostgresBackend(GrantBackend):
                 ) from None
         return {**credential, "valid_until": _rfc3339(request.expires_at)}
 
-    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> None:
+    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> dict[str, Any] | None:
         names = [self.username(request)]
         if credential and isinstance(credential.get("username"), str):
             if credential["username"] not in names:  # template changed since the grant
                 names.append(credential["username"])
         conn, admin_password = self._connect()
+        observed: list[dict[str, Any]] = []
         with conn:
             for name in names:
                 try:
-                    self._drop(conn, request, name)
+                    self._drop(conn, request, name, observed)
                 except GrantError:
                     raise
                 except psycopg.Error as e:
                     raise GrantError(
                         f"PostgreSQL revoke of role {name} failed: {_pg_error(e, admin_password)}"
                     ) from None
+        return postgres_usage.merge(observed)
 
-    def _drop(self, conn: psycopg.Connection, request: GrantRequest, name: str) -> None:
+    def _drop(
+        self, conn: psycopg.Connection, request: GrantRequest, name: str, observed: list[dict[str, Any]] | None = None
+    ) -> None:
         ident = sql.Identifier(name)
         exists, marker = self._role_marker(conn, name)
         if not exists:
@@ -499,6 +505,8 @@ class PostgresBackend(GrantBackend):
             self._disarm(conn, name)
         except psycopg.errors.UndefinedObject:
             return  # dropped concurrently
+        if observed is not None:  # the role can do nothing now; its sessions and statements are still there to read
+            observed.append(postgres_usage.observe(conn, name))
         self._terminate_sessions(conn, name)
         for dbname, allows_connections in owned.other_databases(conn, name):
             if not allows_connections:

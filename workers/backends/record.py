@@ -10,7 +10,7 @@ duplicate revoke shows up. Not meant for production policies: it issues nothing.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 from redis import Redis
@@ -26,6 +26,8 @@ _lock = threading.Lock()
 class RecordConfig(BackendConfig):
     key: str = Field(min_length=1, max_length=200, description="Redis hash that receives the times")
     redis_url_env: str = Field("REDIS_URL", pattern=r"^[A-Z_][A-Z0-9_]*$")
+
+    offered: ClassVar[bool] = False  # a benchmark's instrument, not a credential: never offered to users
 
 
 def _client(url: str) -> Redis:

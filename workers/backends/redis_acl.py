@@ -12,7 +12,8 @@ Grant runs ``ACL SETUSER <name> reset on >password <rules…> (~jit-owner:<reque
 resetchannels -@all)``. ``reset`` first means a retried grant replaces the user (and its
 password) instead of adding a second password, so there is one identity per request and the
 latest password is the only one. Revoke runs ``ACL DELUSER <name>``, which also closes the
-user's open connections; a missing user is success.
+user's open connections; a missing user is success. Just before, it reads the user's
+connections and ACL LOG denials for the request's usage record (``redis_acl_usage``).
 
 The last rule is jit's ownership marker: a selector that allows no command (so it grants
 nothing: a selector only ever adds permissions, and this one has none), which Redis stores
@@ -63,7 +64,7 @@ from urllib.parse import quote, urlsplit
 import redis
 from pydantic import field_validator
 
-from workers.backends import naming
+from workers.backends import naming, redis_acl_usage
 from workers.backends.base import (
     BackendConfig,
     GrantBackend,
@@ -349,7 +350,7 @@ class RedisAclBackend(GrantBackend):
             "url": handed,
         }
 
-    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> None:
+    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> dict[str, Any] | None:
         names = [self.username(request)]
         if credential and isinstance(credential.get("username"), str):
             if credential["username"] not in names and credential["username"] != "default":
@@ -357,6 +358,7 @@ class RedisAclBackend(GrantBackend):
         url = self._url()
         admin_password = urlsplit(url).password
         client = self._client(url)
+        observed: list[dict[str, Any]] = []
         try:
             for name in names:
                 state = self._state(client, name, request)
@@ -373,6 +375,8 @@ class RedisAclBackend(GrantBackend):
                         request.id,
                     )
                     continue
+                # before DELUSER, which closes its connections; best effort (errors land in the summary)
+                observed.append(redis_acl_usage.observe(client, name))
                 client.execute_command("ACL", "DELUSER", name)  # 0 (gone meanwhile) is fine too
         except redis.RedisError as e:
             raise GrantError(
@@ -380,3 +384,4 @@ class RedisAclBackend(GrantBackend):
             ) from None
         finally:
             client.close()
+        return redis_acl_usage.merge(observed)

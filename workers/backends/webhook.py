@@ -34,10 +34,12 @@ a re-serialised body) and reject anything older than 5 minutes::
 
 A ``grant`` must answer 2xx with a JSON object of at most 64 KiB: that object *is* the
 credential handed to the pipeline (and passed back as ``"credential"`` on revoke). ``revoke``
-needs any 2xx (its body is not read). Everything else — another status (redirects are not
-followed), a timeout, a connection failure, a grant body over 64 KiB or not a JSON object — is
-a GrantError naming the status only (never the body); the job layer retries with backoff and
-the same request id.
+needs any 2xx; if its body is a JSON object of at most 64 KiB, jit keeps it (scrubbed of the
+credential's values) as the session summary — what your endpoint saw of the credential's use.
+A body that cannot be read or parsed is ignored: the 2xx alone completes the revoke. Everything
+else — another status (redirects are not followed), a timeout, a connection failure, a grant
+body over 64 KiB or not a JSON object — is a GrantError naming the status only (never the
+body); the job layer retries with backoff and the same request id.
 
 ``timeout`` bounds the whole call: connecting (and its retries), sending, and reading the
 status line, headers and body: every wait on the socket is bounded by the time left, so a
@@ -71,6 +73,8 @@ from urllib.parse import SplitResult, urlsplit
 from pydantic import Field, field_validator
 
 from bot.core.net import is_loopback
+from bot.core.usage import secret_values
+from workers.backends import session_summary
 from workers.backends.base import (
     BackendConfig,
     GrantBackend,
@@ -230,7 +234,7 @@ class WebhookBackend(GrantBackend):
         return urlsplit(self.config.url).hostname or "webhook"
 
     def _post(self, event: str, request: GrantRequest, payload: dict[str, Any]) -> bytes | None:
-        """POST the event; the body of a 2xx answer to `grant` (None for `revoke`).
+        """POST the event; the body of a 2xx answer (for `revoke`, None when it cannot be read).
 
         The whole call — connecting (with its retries), sending, the status line, headers and
         body — ends within `timeout`: a watchdog shuts the socket down at the deadline, so a
@@ -261,7 +265,7 @@ class WebhookBackend(GrantBackend):
             if not 200 <= response.status < 300:
                 raise GrantError(f"webhook {event} to {self._where()} answered HTTP {response.status}")
             if event != "grant":
-                return None  # revoke needs the status only: its body is never read
+                return self._revoke_body(response)  # the status alone completes a revoke
             if response.length is not None and response.length > MAX_RESPONSE_BYTES:
                 raise self._too_big(event)
             data = response.read(MAX_RESPONSE_BYTES + 1)
@@ -304,6 +308,17 @@ class WebhookBackend(GrantBackend):
             return conn
         raise AssertionError("unreachable")  # the loop returns or raises
 
+    @staticmethod
+    def _revoke_body(response: http.client.HTTPResponse) -> bytes | None:
+        """A revoke answer's body, if it can be read within the call's deadline and cap."""
+        if response.length is not None and response.length > MAX_RESPONSE_BYTES:
+            return None
+        try:
+            data = response.read(MAX_RESPONSE_BYTES + 1)
+        except (TimeoutError, OSError, http.client.HTTPException):
+            return None
+        return data if len(data) <= MAX_RESPONSE_BYTES else None
+
     def _timed_out(self, event: str) -> GrantError:
         return GrantError(f"webhook {event} to {self._where()} timed out after {self.config.timeout:g}s")
 
@@ -324,8 +339,11 @@ class WebhookBackend(GrantBackend):
             )
         return credential
 
-    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> None:
+    def revoke(self, request: GrantRequest, credential: dict[str, Any] | None) -> dict[str, Any] | None:
         payload: dict[str, Any] = {"event": "revoke", "request": request.as_json()}
         if credential is not None:
             payload["credential"] = credential
-        self._post("revoke", request, payload)
+        body = self._post("revoke", request, payload)
+        return session_summary.from_output(
+            body, [*secret_values(credential), self.env.environ.get(self.config.secret_env)]
+        )

@@ -32,9 +32,11 @@ HANDLERS: dict[str, Callable[[Runtime, str, str], None]] = {
     "dm": followups.dm,  # the requester's DM per outcome
     "remind": followups.remind,  # a pending request's reminder at half its timeout
     "warn": followups.warn,  # "expires in 5 min" in an active grant's thread
+    "session": followups.session,  # "Used 2 m 13 s by run 42 · exit 0 · …" once `jit run` sent its record
     "bgalert": notices.break_glass_alert,  # the security channel hears of a break glass
     "notice": notices.notice,  # one owed Slack message (alerts, audit-channel lines, refusals)
     "gate": gate.tell,  # GitHub/GitLab hear the decision on a deployment they hold
+    "usage": message.usage_changed,  # the request's message shows its token's latest checks (paced)
 }
 
 

@@ -9,7 +9,7 @@ from contextlib import suppress
 from redis.exceptions import LockError
 
 from bot.core.clock import now, now_ms
-from bot.core.gates import GITHUB, TITLE, Verdict, refusal_comment, verdict
+from bot.core.gates import GITHUB, TITLE, Verdict, refusal_comment, run_group, verdict
 from bot.platforms.github import GitHubApp, UnknownInstallation
 from bot.platforms.gitlab import GitLabApi
 from bot.platforms.http import ApiError
@@ -38,17 +38,30 @@ def _tell(rt: Runtime, gid: str) -> None:
     rec = gates.get(gid)
     if rec is None or rec.told or rec.gave_up:
         return  # gone with its retention, or nothing more is owed
+    first = gates.of_request(rec.request_id) if rec.request_id else None
+    if first is not None and first.id != rec.id:
+        # another deployment of the same run and environment: GitHub takes one decision for both,
+        # which the request's own gate sends; this one only follows it
+        if not first.told and not first.gave_up:
+            raise RetryLater(5000)
+        state = first.told or "gave_up"
+        gates.told(gid, state, f"decided with deployment gate {first.id}", now_ms())
+        return
     rid, v = _verdict(rt, gates, rec)
     if v.state is None:
         gates.told(gid, "cancelled", v.note, now_ms())
         _show(rt, rid)
         return
+    landed_unseen = None
+    gates.sending(gid)
     try:
         _send(rt, rec, v.state, v.comment)
     except (ApiError, UnknownInstallation) as e:
         permanent = isinstance(e, UnknownInstallation) or e.permanent
         if permanent and rec.unsure:
-            pass  # the last attempt's answer was lost, and it did land: the platform is decided
+            # the last attempt's answer was lost (or its job died after sending), and it did land:
+            # the platform is decided, and refuses to decide again
+            landed_unseen = str(e)
         elif permanent:
             gates.give_up(gid, str(e))
             _audit(rt, rec, rid, "gate.refused", {"state": v.state, "error": str(e)}, outcome="error")
@@ -59,8 +72,22 @@ def _tell(rt: Runtime, gid: str) -> None:
             _show(rt, rid)
             raise RuntimeError(f"telling {TITLE[rec.platform]} failed (attempt {attempts}): {e}") from None
     gates.told(gid, v.state, v.comment, now_ms())
-    _audit(rt, rec, rid, "gate.told", {"state": v.state, "comment": v.comment, "failed_attempts": rec.attempts})
+    _settle_followers(rt, gates, rec, rid, v.state)
+    details = {"state": v.state, "comment": v.comment, "failed_attempts": rec.attempts}
+    if landed_unseen is not None:
+        details["resend_refused"] = landed_unseen  # told by an earlier attempt whose answer jit never saw
+    _audit(rt, rec, rid, "gate.told", details)
     _show(rt, rid)
+
+
+def _settle_followers(rt: Runtime, gates: GateStore, rec: GateRecord, rid: str | None, state: str) -> None:
+    """The other deployments of the run and environment that joined this gate's request: GitHub's
+    one decision released them too."""
+    req = rt.store.get(rid) if rid and rec.platform == GITHUB else None
+    group = run_group(req.context) if req is not None else None
+    for other in gates.in_group(group) if group is not None else []:
+        if other.id != rec.id and other.request_id == rid and not other.told:
+            gates.told(other.id, state, f"decided with deployment gate {rec.id}", now_ms())
 
 
 def _verdict(rt: Runtime, gates: GateStore, rec: GateRecord) -> tuple[str | None, Verdict]:

@@ -105,6 +105,44 @@ class ApprovalState:
         return [(r, list(self.assignment.get(r.path, ()))) for r in self.rules]
 
 
+def _pair(current: list[Rule], creation: list[Rule]) -> list[InFlightRule]:
+    """Each current rule with its creation-policy self, if it has one: the rule with the same key
+    (its name, else its place); failing that, the one in the same place (a rule named, unnamed or
+    renamed where it stands is the same rule); failing that, one naming the same approvers (an
+    unnamed rule that moved). A creation rule left over is met on its own, under a path of its
+    own: the matching is keyed by path, and two rules sharing one would merge."""
+    left = list(creation)
+
+    def take(match: Callable[[Rule], bool]) -> Rule | None:
+        found = next((c for c in left if match(c)), None)
+        if found is not None:
+            left.remove(found)
+        return found
+
+    partner: dict[int, Rule] = {}
+    for i, r in enumerate(current):
+        if (c := take(lambda c, r=r: c.key == r.key)) is not None:
+            partner[i] = c
+    now_keys = {r.key for r in current}
+    for i, r in enumerate(current):
+        if i not in partner and (c := take(lambda c, r=r: c.path == r.path and c.key not in now_keys)) is not None:
+            partner[i] = c
+    for i, r in enumerate(current):  # an unnamed rule that moved: the same people
+        if i not in partner and (c := take(lambda c, r=r: _people(c) == _people(r))) is not None:
+            partner[i] = c
+    out = [InFlightRule((r, partner[i]) if i in partner else (r,)) for i, r in enumerate(current)]
+    taken = {r.path for r in current}
+    for c in left:
+        path = c.path if c.path not in taken else f"{c.path} (as created)"
+        taken.add(path)
+        out.append(InFlightRule((replace(c, path=path),)))
+    return out
+
+
+def _people(rule: Rule) -> set[str]:
+    return {repr(a) for a in rule.approvers}  # on-call entries are models: compared by their fields
+
+
 class InFlightRules:
     def __init__(
         self,
@@ -171,10 +209,7 @@ class InFlightRules:
                 current = [replace(only, count=max(only.count, req.approvals_required))]
         else:
             creation = rules_for(creation_policy, req.action, env)
-        by_key = {r.key: r for r in creation}
-        out = [InFlightRule((r, by_key[r.key]) if r.key in by_key else (r,)) for r in current]
-        now_keys = {r.key for r in current}
-        return out + [InFlightRule((r,)) for r in creation if r.key not in now_keys]
+        return _pair(current, creation)
 
     def is_break_glass_approver(self, req: AccessRequest, user: str) -> bool:
         groups = [p.break_glass_for(req.action) for p in self.both(req)]

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from bot.core.errors import PolicyError
+from bot.core.errors import PolicyError, PolicyFileMissing
 from bot.core.identity import normalize
 from bot.core.policy.approvals import reach, rules_of
 from bot.core.policy.oidc import OidcConfig
@@ -22,10 +22,12 @@ from bot.core.policy.policy import Policy
 from bot.core.policy.schema import (
     AUTO_APPROVE_KEYS,
     CHOICE_TAGS,
+    PATTERN_HELP,
     Action,
     Approver,
     AutoApprove,
     BreakGlass,
+    Pipeline,
     PolicyModel,
 )
 from bot.core.policy.windows import Windows, parse_window
@@ -142,8 +144,112 @@ def _fmt(source: str, lines: dict, loc: tuple, msg: str) -> str:
     return f"{source}:{line or '?'}: {dotted}: {msg}"
 
 
+def _message(err: Mapping[str, Any]) -> str:
+    """A pydantic error in words: `unknown key`, what a mismatched ID or hash should be (never the
+    regular expression), or pydantic's own message."""
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "string_pattern_mismatch":
+        hint = PATTERN_HELP.get(err.get("ctx", {}).get("pattern"))
+        if hint:
+            return hint
+    return err["msg"].removeprefix("Value error, ")
+
+
+def _validation_errors(source: str, lines: dict, base: tuple, error: ValidationError) -> list[str]:
+    return [_fmt(source, lines, base + tuple(err["loc"]), _message(err)) for err in error.errors()]
+
+
+#: Top-level keys a policy cannot do without: when one of them is unusable, nothing else is checked.
+_REQUIRED = ("actions",)
+#: Top-level mappings whose entries are validated apart, each entry key by key: a broken key leaves
+#: the rest of its entry checked, a broken entry the other entries.
+_BY_ENTRY: dict[str, type[BaseModel]] = {"actions": Action, "pipelines": Pipeline}
+
+
+def _part_of(loc: tuple) -> tuple | None:
+    """The part of the document a schema error sits in, which the rest is checked without: one key
+    of an action or pipeline, a whole entry (its name is wrong, or a key it cannot do without), or
+    one top-level key. None when the error leaves nothing to check."""
+    if not loc:
+        return None
+    if loc[0] in _BY_ENTRY and len(loc) >= 2:
+        model = _BY_ENTRY[loc[0]]
+        if len(loc) == 2 or loc[2] == "[key]":  # not a mapping, or a bad name
+            return loc[:2]
+        field = model.model_fields.get(loc[2]) if isinstance(loc[2], str) else None
+        return loc[:2] if field is not None and field.is_required() else loc[:3]
+    return None if loc[0] in _REQUIRED else loc[:1]
+
+
+def _without(data: dict, parts: set[tuple]) -> dict:
+    """`data` with `parts` (see _part_of) left out; `data` itself is not changed."""
+    work = dict(data)
+    for part in sorted(parts, key=len, reverse=True):
+        if len(part) == 1:
+            work.pop(part[0], None)
+            continue
+        section = work.get(part[0])
+        if not isinstance(section, dict) or part[1] not in section:
+            continue
+        section = work[part[0]] = dict(section)
+        if len(part) == 2:
+            del section[part[1]]
+        elif isinstance(section[part[1]], dict):
+            section[part[1]] = {k: v for k, v in section[part[1]].items() if k != part[2]}
+    return work
+
+
+def _validate_parts(data: dict, source: str, lines: dict) -> tuple[PolicyModel | None, list[str], set[tuple]]:
+    """The model of every part of the policy that fits the schema, the schema errors of the rest,
+    and the parts left out — so one run reports the schema errors and the errors of everything
+    else (None: a required part is broken, so only the schema errors)."""
+    errors: list[str] = []
+    left_out: set[tuple] = set()
+    for _ in range(3):  # leaving a part out can only remove errors; a bound all the same
+        try:
+            return PolicyModel.model_validate(_without(data, left_out)), errors, left_out
+        except ValidationError as e:
+            for err in e.errors():
+                line = _fmt(source, lines, err["loc"], _message(err))
+                if line not in errors:
+                    errors.append(line)
+                part = _part_of(tuple(err["loc"]))
+                if part is None:
+                    return None, errors, left_out
+                left_out.add(part)
+    return None, errors, left_out
+
+
+def _left_out_keys(left_out: set[tuple], section: str, name: str) -> set[str]:
+    """Keys of one action or pipeline that were left out for their schema errors."""
+    return {part[2] for part in left_out if len(part) == 3 and part[:2] == (section, name)}
+
+
+#: What each check of an action reads: with one of these keys left out, the check would judge a
+#: default the author never wrote, so it is skipped (the key's own error is reported).
+_APPROVER_KEYS = {"approvers", "approvers_by_environment", "approvals", "approvals_required"}
+_CONDITION_KEYS = _APPROVER_KEYS | {"auto_approve", "ttl"}
+
+
+def _grant_errors(
+    source: str, lines: dict, base: tuple, grant: Mapping[str, Any], grant_types: GrantTypes
+) -> tuple[list[str], tuple[str, BaseModel] | None]:
+    """An action's `grant:`: its type is known and its keys fit that type's schema."""
+    cfg = dict(grant)
+    gtype = cfg.pop("type", None)
+    if gtype not in grant_types:
+        known = ", ".join(sorted(t for t, schema in grant_types.items() if getattr(schema, "offered", True)))
+        return [_fmt(source, lines, base + ("grant", "type"), f"unknown grant type {gtype!r} (known: {known})")], None
+    try:
+        return [], (gtype, grant_types[gtype].model_validate(cfg))
+    except ValidationError as e:
+        return _validation_errors(source, lines, base + ("grant",), e), None
+
+
 def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes) -> Policy:
-    """Validate a policy's YAML text. Raises PolicyError listing every problem with its line."""
+    """Validate a policy's YAML text. Raises PolicyError listing every problem with its line: the
+    schema's and, for every part that fits the schema, the rest."""
     if len(text) > MAX_POLICY_BYTES:
         raise PolicyError([f"{source}:1: {_TOO_LARGE}"])
     node, data = _compose(text, source)
@@ -153,15 +259,15 @@ def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes
     errors = [_fmt(source, lines, loc, msg) for loc, _, msg in lines.pop("__dupes__", [])]
     if not isinstance(data, dict):
         raise PolicyError([f"{source}:1: the policy must be a mapping"])
-    try:
-        model = PolicyModel.model_validate(data)
-    except ValidationError as e:
-        for err in e.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key"
-            errors.append(_fmt(source, lines, err["loc"], msg))
-        raise PolicyError(errors) from None
+    model, schema_errors, left_out = _validate_parts(data, source, lines)
+    errors += schema_errors
+    if model is None:
+        raise PolicyError(errors)
+    broken_actions = {part[1] for part in left_out if part[0] == "actions" and len(part) == 2}
+    for name in broken_actions:
+        raw = data["actions"].get(name)
+        if isinstance(raw, dict) and isinstance(raw.get("grant"), dict):
+            errors += _grant_errors(source, lines, ("actions", name), raw["grant"], grant_types)[0]
 
     grants: dict[str, Any] = {}
     windows: dict[str, Windows] = {}
@@ -169,32 +275,27 @@ def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes
         errors += _break_glass_errors(source, lines, ("break_glass",), model.break_glass)
     for name, action in model.actions.items():
         base = ("actions", name)
-        cfg = dict(action.grant)
-        gtype = cfg.pop("type", None)
-        if gtype not in grant_types:
-            known = ", ".join(sorted(grant_types))
-            errors.append(
-                _fmt(source, lines, base + ("grant", "type"), f"unknown grant type {gtype!r} (known: {known})")
-            )
-        else:
-            try:
-                grants[name] = (gtype, grant_types[gtype].model_validate(cfg))
-            except ValidationError as e:
-                for err in e.errors():
-                    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                    errors.append(_fmt(source, lines, base + ("grant", *err["loc"]), msg))
-        if not action.channel and not model.defaults.channel:
+        grant_errors, grant = _grant_errors(source, lines, base, action.grant, grant_types)
+        errors += grant_errors
+        if grant is not None:
+            grants[name] = grant
+        # keys left out for an error of their own are not judged again as if they were unset
+        skipped = _left_out_keys(left_out, "actions", name)
+        channel_unknown = "channel" in skipped or ("defaults",) in left_out
+        if not action.channel and not model.defaults.channel and not channel_unknown:
             errors.append(_fmt(source, lines, base, "no channel: set actions.<name>.channel or defaults.channel"))
-        if not action.approvers and not action.approvers_by_environment and not action.approvals:
-            errors.append(_fmt(source, lines, base, "no approvers: set approvers or approvers_by_environment"))
-        errors += _rule_errors(source, lines, base, name, action)
-        approver_sets = [(("approvers",), action.approvers)] if action.approvers else []
-        approver_sets += [
-            (("approvers_by_environment", env), people) for env, people in action.approvers_by_environment.items()
-        ]
-        for loc, approvers in approver_sets:
-            errors += _approver_errors(source, lines, base, loc, approvers, action.approvals_required)
-        errors += _condition_errors(source, lines, base, action)
+        if not skipped & _APPROVER_KEYS:
+            if not action.approvers and not action.approvers_by_environment and not action.approvals:
+                errors.append(_fmt(source, lines, base, "no approvers: set approvers or approvers_by_environment"))
+            errors += _rule_errors(source, lines, base, name, action)
+            approver_sets = [(("approvers",), action.approvers)] if action.approvers else []
+            approver_sets += [
+                (("approvers_by_environment", env), people) for env, people in action.approvers_by_environment.items()
+            ]
+            for loc, approvers in approver_sets:
+                errors += _approver_errors(source, lines, base, loc, approvers, action.approvals_required)
+        if not skipped & _CONDITION_KEYS:
+            errors += _condition_errors(source, lines, base, action)
         parsed: list = []
         for i, spec in enumerate(action.windows):
             try:
@@ -226,7 +327,8 @@ def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes
                     _fmt(source, lines, base + (p.gate_key[0],), f"the same gate as pipeline {gated[p.gate_key]!r}")
                 )
             gated.setdefault(p.gate_key, name)
-        if (p.token_sha256 is None) == (p.oidc is None):
+        skipped = _left_out_keys(left_out, "pipelines", name)
+        if (p.token_sha256 is None) == (p.oidc is None) and not skipped & {"token_sha256", "oidc"}:
             errors.append(_fmt(source, lines, base, "set exactly one of token_sha256 or oidc"))
         if p.token_sha256 and p.token_sha256 in hashes:
             errors.append(
@@ -238,11 +340,9 @@ def parse_policy(text: str, source: str = "<policy>", *, grant_types: GrantTypes
             try:
                 OidcConfig.model_validate(p.oidc)
             except ValidationError as e:
-                for err in e.errors():
-                    msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                    errors.append(_fmt(source, lines, base + ("oidc", *err["loc"]), msg))
+                errors += _validation_errors(source, lines, base + ("oidc",), e)
         for i, a in enumerate(p.actions):
-            if a not in model.actions:
+            if a not in model.actions and a not in broken_actions:  # a broken action has its own errors
                 errors.append(_fmt(source, lines, base + ("actions", i), f"unknown action {a!r}"))
     if errors:
         raise PolicyError(errors)
@@ -393,7 +493,7 @@ def load_policy(path: str | Path, *, grant_types: GrantTypes) -> Policy:
         with p.open("rb") as f:
             data = f.read(MAX_POLICY_BYTES + 1)
     except FileNotFoundError:
-        raise PolicyError([f"{p}: policy file not found (set JIT_POLICY_FILE)"]) from None
+        raise PolicyFileMissing([f"{p}: policy file not found"]) from None
     except OSError as e:
         raise PolicyError([f"{p}: cannot read policy file: {e.strerror}"]) from None
     return parse_policy(decode_policy(data, str(p)), source=str(p), grant_types=grant_types)

@@ -19,10 +19,28 @@ from pydantic import (
 
 from bot.core.clock import parse_duration
 
+SLACK_USER_OR_GROUP_ID = r"^[UWS][A-Z0-9]{2,}$"
+SLACK_USER_ID = r"^[UW][A-Z0-9]{2,}$"
+SLACK_CHANNEL_ID = r"^[CGD][A-Z0-9]{2,}$"
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+SHA256_HEX = r"^[0-9a-f]{64}$"
+
+#: What a value that does not match one of the patterns above should be, in words a newcomer can act
+#: on (the loader reports these instead of the regular expression).
+PATTERN_HELP = {
+    SLACK_CHANNEL_ID: "must be a Slack channel ID such as C0123ABCD, not a channel name "
+    "(Slack shows it at the bottom of the channel's details)",
+    SLACK_USER_OR_GROUP_ID: "must be a Slack user ID such as U0123ABCD or a user group ID such as S0123ABCD, "
+    "not a name (a profile's ⋮ menu → Copy member ID)",
+    SLACK_USER_ID: "must be a Slack user ID such as U0123ABCD, not a name (a profile's ⋮ menu → Copy member ID)",
+    NAME: "must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+    SHA256_HEX: 'must be the SHA-256 of the token, not the token: printf %s "$TOKEN" | sha256sum',
+}
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-SlackUserOrGroup = Annotated[str, Field(pattern=r"^[UWS][A-Z0-9]{2,}$")]
-SlackChannel = Annotated[str, Field(pattern=r"^[CGD][A-Z0-9]{2,}$")]
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+SlackUserOrGroup = Annotated[str, Field(pattern=SLACK_USER_OR_GROUP_ID)]
+SlackChannel = Annotated[str, Field(pattern=SLACK_CHANNEL_ID)]
+Name = Annotated[str, Field(pattern=NAME)]
 
 
 def _one_or_many(v: object) -> object:
@@ -56,6 +74,13 @@ class Defaults(_Strict):
 class Ttl(_Strict):
     default: Duration = timedelta(minutes=15)
     max: Duration = timedelta(hours=1)
+
+
+class SessionOptions(_Strict):
+    """What the request's thread shows of a `jit run` session (docs/policy.md)."""
+
+    #: Also post the masked transcript (its tail) to the thread; auditors always have it.
+    transcript_in_slack: bool = False
 
 
 class AuditConfig(_Strict):
@@ -96,7 +121,7 @@ def gate_key(platform: str, place: str, environment: str) -> tuple[str, str, str
 
 
 class Pipeline(_Strict):
-    token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    token_sha256: Annotated[str, Field(pattern=SHA256_HEX)] | None = None
     oidc: dict[str, Any] | None = None
     actions: list[Name] = Field(min_length=1)
     #: Deployments to this GitHub environment wait for a decision in Slack; the approved run's
@@ -331,6 +356,7 @@ class Action(_Strict):
     #: Active grants of this action may be extended within these limits; absent: never.
     extend: Extend | None = None
     grant: dict[str, Any]
+    session: SessionOptions = SessionOptions()
 
     @model_validator(mode="after")
     def _extend_fits(self) -> Action:
@@ -345,7 +371,7 @@ class Action(_Strict):
 class PolicyModel(_Strict):
     defaults: Defaults = Defaults()
     auditors: list[SlackUserOrGroup] = []
-    people: dict[str, Annotated[str, Field(pattern=r"^[UW][A-Z0-9]{2,}$")]] = {}
+    people: dict[str, Annotated[str, Field(pattern=SLACK_USER_ID)]] = {}
     pipelines: dict[Name, Pipeline] = {}
     actions: dict[Name, Action]
     audit: AuditConfig = AuditConfig()

@@ -3,8 +3,12 @@
 (`users.lookupByEmail`), each cached briefly in Redis (bot/store/keys.py).
 
 Fails closed: a provider that cannot be read (no key, unreachable, an error, an answer that does
-not parse) counts nobody, and the answer says why; a person whose email Slack does not know is
-simply not counted.
+not parse, or slower than the lookup's budget) counts nobody, and the answer says why; a person
+whose email Slack does not know is simply not counted.
+
+Bounded: a click waits for this, and Slack gives a click 3 s. One schedule's lookup (all its pages
+and its people's Slack look-ups) has a budget of its own, enforced on the whole exchange (a
+provider that drips its answer byte by byte is cut off too), and answers are capped in size.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -34,6 +39,10 @@ EMAIL_CACHE_SECONDS = 3600
 NO_USER_CACHE_SECONDS = 300
 #: PagerDuty pages of on-calls read at most (100 each).
 MAX_PAGES = 10
+#: Seconds one schedule's lookup may take in all (a click waits for it; Slack allows 3 s).
+LOOKUP_BUDGET = 1.5
+#: The most a provider's answer may weigh.
+MAX_ANSWER_BYTES = 2 * 1024 * 1024
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
 
@@ -49,7 +58,7 @@ class Provider:
     key: str | None
 
 
-def pagerduty_emails(pd: Provider, schedule: str, max_level: int, timeout: float) -> set[str]:
+def pagerduty_emails(pd: Provider, schedule: str, max_level: int, deadline: float) -> set[str]:
     """Emails of the people on call now for `schedule` at escalation levels 1…max_level."""
     if not pd.key:
         raise ProviderError("PAGERDUTY_TOKEN is not set")
@@ -67,7 +76,7 @@ def pagerduty_emails(pd: Provider, schedule: str, max_level: int, timeout: float
                 "offset": offset,
             },
             {"Authorization": f"Token token={pd.key}", "Accept": "application/vnd.pagerduty+json;version=2"},
-            timeout,
+            deadline,
         )
         oncalls = body.get("oncalls")
         if not isinstance(oncalls, list):
@@ -84,7 +93,7 @@ def pagerduty_emails(pd: Provider, schedule: str, max_level: int, timeout: float
     raise ProviderError(f"PagerDuty listed more than {MAX_PAGES * 100} on-calls")
 
 
-def opsgenie_emails(og: Provider, schedule: str, timeout: float) -> set[str]:
+def opsgenie_emails(og: Provider, schedule: str, deadline: float) -> set[str]:
     """Emails (Opsgenie usernames) of the people on call now for `schedule` (an id or a name)."""
     if not og.key:
         raise ProviderError("OPSGENIE_API_KEY is not set")
@@ -93,7 +102,7 @@ def opsgenie_emails(og: Provider, schedule: str, timeout: float) -> set[str]:
         f"{og.url}/v2/schedules/{quote(schedule, safe='')}/on-calls",
         {"scheduleIdentifierType": "id" if _UUID.match(schedule) else "name", "flat": "true"},
         {"Authorization": f"GenieKey {og.key}"},
-        timeout,
+        deadline,
     )
     recipients = (body.get("data") or {}).get("onCallRecipients")
     if not isinstance(recipients, list):
@@ -101,15 +110,33 @@ def opsgenie_emails(og: Provider, schedule: str, timeout: float) -> set[str]:
     return {r for r in recipients if isinstance(r, str) and r}
 
 
-def _get(name: str, url: str, params: dict[str, Any], headers: dict[str, str], timeout: float) -> dict:
+def _get(name: str, url: str, params: dict[str, Any], headers: dict[str, str], deadline: float) -> dict:
+    """GET within `deadline` (time.monotonic()): the whole exchange, not each socket read."""
+
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ProviderError(f"{name} did not answer within {LOOKUP_BUDGET:g} s")
+        return remaining
+
     try:
-        resp = requests.get(url, params=params, headers=headers, timeout=timeout, allow_redirects=False)
+        with requests.get(
+            url, params=params, headers=headers, timeout=left(), allow_redirects=False, stream=True
+        ) as resp:
+            if resp.status_code != 200:
+                raise ProviderError(f"{name} answered HTTP {resp.status_code}")
+            raw = bytearray()
+            for chunk in resp.iter_content(16 * 1024):
+                raw += chunk
+                left()
+                if len(raw) > MAX_ANSWER_BYTES:
+                    raise ProviderError(f"{name} answered more than {MAX_ANSWER_BYTES // 1024} KiB")
     except requests.RequestException as e:
+        if isinstance(e, requests.Timeout):
+            raise ProviderError(f"{name} did not answer within {LOOKUP_BUDGET:g} s") from None
         raise ProviderError(f"{name} is unreachable ({type(e).__name__})") from None
-    if resp.status_code != 200:
-        raise ProviderError(f"{name} answered HTTP {resp.status_code}")
     try:
-        body = resp.json()
+        body = json.loads(raw)
     except ValueError:
         raise ProviderError(f"{name} answered something that is not JSON") from None
     if not isinstance(body, dict):
@@ -131,14 +158,14 @@ class SlackOnCall:
         pagerduty: Provider,
         opsgenie: Provider,
         cache_seconds: int = 30,
-        timeout: float = 3.0,
+        budget: float = LOOKUP_BUDGET,
     ) -> None:
         self.client = client
         self.r = redis
         self.pagerduty = pagerduty
         self.opsgenie = opsgenie
         self.cache_seconds = cache_seconds
-        self.timeout = timeout
+        self.budget = budget
 
     def on_call(self, schedule: OnCallSchedule) -> OnCallAnswer:
         key = keys.oncall_cache(_digest(schedule.key))
@@ -146,12 +173,13 @@ class SlackOnCall:
         if cached:
             data = json.loads(cached)
             return OnCallAnswer(frozenset(data.get("users", ())), data.get("error"))
+        deadline = time.monotonic() + self.budget
         try:
             if schedule.pagerduty is not None:
-                emails = pagerduty_emails(self.pagerduty, schedule.schedule, schedule.max_level, self.timeout)
+                emails = pagerduty_emails(self.pagerduty, schedule.schedule, schedule.max_level, deadline)
             else:
-                emails = opsgenie_emails(self.opsgenie, schedule.schedule, self.timeout)
-            answer = OnCallAnswer(frozenset(u for e in sorted(emails) if (u := self.slack_user(e))))
+                emails = opsgenie_emails(self.opsgenie, schedule.schedule, deadline)
+            answer = OnCallAnswer(frozenset(u for e in sorted(emails) if (u := self.slack_user(e, deadline))))
         except ProviderError as e:
             log.warning("on-call %s unreadable: %s", schedule.key, e)
             answer = OnCallAnswer(error=str(e))
@@ -160,12 +188,15 @@ class SlackOnCall:
             self.r.set(key, json.dumps({"users": sorted(answer.users), "error": answer.error}), ex=ttl)
         return answer
 
-    def slack_user(self, email: str) -> str | None:
-        """The Slack user with this email (cached), or None: not found, or Slack not reachable."""
+    def slack_user(self, email: str, deadline: float | None = None) -> str | None:
+        """The Slack user with this email (cached), or None: not found, or Slack not reachable.
+        Past `deadline`, an email not cached yet raises ProviderError (the lookup took too long)."""
         key = keys.slack_user_by_email(_digest(email.strip().lower()))
         cached = self.r.get(key)
         if cached is not None:
             return cached or None
+        if deadline is not None and time.monotonic() > deadline:
+            raise ProviderError(f"matching on-call people to Slack took longer than {self.budget:g} s")
         try:
             user = (self.client.users_lookupByEmail(email=email).get("user") or {}).get("id")
         except SlackApiError as e:

@@ -83,10 +83,7 @@ def _handle(rt: Any, gates: GateStore, data: dict[str, Any]) -> Response:
     if ev.status == "blocked":
         return _blocked(rt, gates, ev)
     if ev.status == "canceled":
-        rec = gates.get(gate_id(GITLAB, ev.project.id, ev.deployment_id))
-        service = GateService(rt.requests, gates, rt.revokes)
-        ended = service.cancel([rec] if rec else [], "the deployment was canceled on GitLab")
-        return answer(200, "cancelled", requests=ended)
+        return _canceled(rt, gates, ev)
     return answer(200, "ignored", f"jit does not act on deployments that are {ev.status!r}")
 
 
@@ -106,7 +103,9 @@ def _blocked(rt: Any, gates: GateStore, ev: DeploymentEvent) -> Response:
     env = str(_mapping(dep.get("environment")).get("name") or ev.environment)
     path = str(project.get("path_with_namespace") or "")
     ref = str(dep.get("ref") or "")
-    ref = ref if ref.startswith("refs/") or not ref else ("refs/tags/" if job.get("tag") else "refs/heads/") + ref
+    # GitLab names a deployment's ref by its short name, always: a branch literally named
+    # "refs/heads/main" is refs/heads/refs/heads/main, never the branch main
+    ref = ("refs/tags/" if job.get("tag") else "refs/heads/") + ref if ref else ""
     user = str(_mapping(dep.get("user")).get("username") or "") or None
     sha = str(dep.get("sha") or "")
     base = api.base_url
@@ -134,6 +133,25 @@ def _blocked(rt: Any, gates: GateStore, ev: DeploymentEvent) -> Response:
     )
     opened = GateService(rt.requests, gates, rt.revokes).open(held)
     return answer(200 if opened.known else 202, "known" if opened.known else "held", **opened.body())
+
+
+def _canceled(rt: Any, gates: GateStore, ev: DeploymentEvent) -> Response:
+    """A deployment jit holds was canceled — if GitLab says so. One webhook token serves every
+    hooked project, so the event alone is not believed (as for `blocked`): the deployment is read
+    back, and only a `canceled` one ends its request."""
+    rec = gates.get(gate_id(GITLAB, ev.project.id, ev.deployment_id))
+    if rec is None:
+        return answer(200, "ignored", "jit holds no request for this deployment")
+    try:
+        dep = GitLabApi.from_settings(rt.settings).deployment(ev.project.id, ev.deployment_id)
+    except ApiError as e:
+        if e.status == 404:
+            raise Refused(422, "unknown_deployment", f"GitLab has no deployment {ev.deployment_id}") from None
+        raise Refused(502, "gitlab_unavailable", f"asking GitLab for the deployment failed: {e}") from None
+    if dep.get("status") != "canceled":
+        return answer(200, "ignored", f"GitLab says this deployment is {str(dep.get('status'))[:40]!r}, not canceled")
+    ended = GateService(rt.requests, gates, rt.revokes).cancel([rec], "the deployment was canceled on GitLab")
+    return answer(200, "cancelled", requests=ended)
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -96,6 +96,10 @@ class GateService:
             )
             self.gates.refuse(held.gate_id, why, t)
             return Opened(held.gate_id, refused=why)
+        sibling = self._sibling(held, context)
+        if sibling is not None:
+            self.gates.link(held.gate_id, sibling.id, None, run_group(sibling.context))
+            return Opened(held.gate_id, sibling.id, sibling.status.value)
         action = policy.pipelines[pipeline].gate_action
         try:
             body = RequestBody(action=action or "", reason=_reason(held.reason))
@@ -112,6 +116,17 @@ class GateService:
         req = created.request
         self.link(held.gate_id, req)
         return Opened(held.gate_id, req.id, req.status.value)
+
+    def _sibling(self, held: HeldDeployment, context: dict[str, str]) -> AccessRequest | None:
+        """GitHub decides a run's environment once, releasing every job of the run waiting on it:
+        another deployment of the same run attempt to the same environment joins the open request
+        the first one made (one decision, told once by the first gate), rather than a second one."""
+        key = run_key(held.platform, context) if held.platform == GITHUB else None
+        first = self.gates.for_run(key) if key is not None else None
+        if first is None or first.id == held.gate_id or not first.request_id:
+            return None
+        req = self.requests.store.get(first.request_id)
+        return req if req is not None and req.status in OPEN else None
 
     def link(self, gate_id: str, req: AccessRequest) -> None:
         platform = GITHUB if gate_id.startswith("gh-") else "gitlab"

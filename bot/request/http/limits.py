@@ -14,3 +14,5 @@ MAX_IDEMPOTENCY_KEY = 255
 CLIENT_MODULE = "jit_client"
 CLIENT_CONTENT_TYPE = "text/x-python; charset=utf-8"
 CLIENT_CACHE_CONTROL = "public, max-age=300"
+#: `POST /v1/requests/{id}/session`: room for the largest transcript (1 MiB) however JSON escapes it.
+MAX_SESSION_BODY = 2 * 1024 * 1024 + 64 * 1024

@@ -17,10 +17,20 @@ from bot.request.http.limits import (
     CLIENT_CONTENT_TYPE,
     MAX_BODY,
     MAX_IDEMPOTENCY_KEY,
+    MAX_SESSION_BODY,
     MAX_WAIT,
 )
-from bot.request.responses import CreatedRequest, Credential, Error, Introspection, Jwks, Ok, RequestView
-from bot.request.schemas import ExtendBody, RequestBody
+from bot.request.responses import (
+    CreatedRequest,
+    Credential,
+    Error,
+    Introspection,
+    Jwks,
+    Ok,
+    RequestView,
+    SessionReceipt,
+)
+from bot.request.schemas import ExtendBody, RequestBody, SessionBody
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -36,6 +46,8 @@ MODELS: tuple[type[BaseModel], ...] = (
     Introspection,
     Jwks,
     Ok,
+    SessionBody,
+    SessionReceipt,
 )
 
 
@@ -236,6 +248,32 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                         "404": _NOT_FOUND,
                         "409": _err("not issued yet"),
                         "410": _err("expired, revoked or never issued"),
+                        "503": _UNAVAILABLE,
+                    },
+                },
+            },
+            "/v1/requests/{request_id}/session": {
+                "parameters": [_REQUEST_ID],
+                "post": {
+                    "operationId": "recordSession",
+                    "summary": "Record what `jit run`'s command did with the grant, once it has ended",
+                    "description": "Bearer: the request's `request_token` only. Once per request, after its grant "
+                    "was released, revoked or expired. Stored encrypted with the request (same retention); the "
+                    "audit entry `session.ended` carries `transcript_sha256`, never the transcript.",
+                    "requestBody": {
+                        "required": True,
+                        "description": f"at most {MAX_SESSION_BODY} bytes; the transcript at most "
+                        "JIT_SESSION_TRANSCRIPT_MAX_BYTES (default 1 MiB) as UTF-8",
+                        "content": {"application/json": {"schema": _ref(SessionBody)}},
+                    },
+                    "responses": {
+                        "201": _json(_ref(SessionReceipt), "recorded"),
+                        "400": _err("malformed JSON, a missing/unknown field, a digest that does not match"),
+                        "401": _UNAUTHORIZED,
+                        "404": _NOT_FOUND,
+                        "409": _err("recorded already (`session_recorded`), or the grant has not ended (`not_ended`)"),
+                        "413": _err("body or transcript larger than the cap"),
+                        "415": _err("Content-Type is not application/json"),
                         "503": _UNAVAILABLE,
                     },
                 },

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import secrets
 import time
 from functools import cache
@@ -24,14 +25,26 @@ from bot.request.http.limits import (
     MAX_BODY,
     MAX_IDEMPOTENCY_KEY,
     MAX_JSON_DEPTH,
+    MAX_SESSION_BODY,
     MAX_WAIT,
 )
 from bot.request.http.openapi import document
-from bot.request.responses import Answer, CreatedRequest, Credential, Error, Introspection, Jwks, Ok, RequestView
-from bot.request.schemas import parse_body, parse_extend_body
+from bot.request.responses import (
+    Answer,
+    CreatedRequest,
+    Credential,
+    Error,
+    Introspection,
+    Jwks,
+    Ok,
+    RequestView,
+    SessionReceipt,
+)
+from bot.request.schemas import parse_body, parse_extend_body, parse_session
 from bot.web import bounded_input
 
 bp = Blueprint("hook", __name__)
+log = logging.getLogger("jit.hook")
 
 
 def rt():
@@ -72,15 +85,15 @@ def _oidc():
     return current_app.config.get("JIT_OIDC")
 
 
-def _read_json() -> Any:
+def _read_json(cap: int = MAX_BODY) -> Any:
     ctype = (request.mimetype or "").lower()
     if ctype != "application/json":
         raise _Abort(error(415, "unsupported_media_type", "send Content-Type: application/json"))
     try:
-        raw = bounded_input.read_body(request.stream, request.content_length, MAX_BODY)
+        raw = bounded_input.read_body(request.stream, request.content_length, cap)
         return bounded_input.loads(raw, MAX_JSON_DEPTH)
     except bounded_input.TooLarge:
-        raise _Abort(error(413, "too_large", f"the body is larger than {MAX_BODY} bytes")) from None
+        raise _Abort(error(413, "too_large", f"the body is larger than {cap} bytes")) from None
     except bounded_input.TooDeep as e:
         raise _Abort(error(400, "malformed_json", str(e))) from None
     except ValueError:  # UnicodeDecodeError and json's errors included
@@ -181,7 +194,9 @@ def _long_poll(request_id: str, status: Status, wait: float):
 @bp.get("/v1/requests/<request_id>/credential")
 def get_credential(request_id: str):
     credential, req = rt().grants.credential(_follow_up(request_id))
-    return answer(Credential.of(credential, req), headers={"Cache-Control": "no-store"})
+    grant = rt().policy.grants.get(req.action)
+    body = Credential.of(credential, req, grant[0] if grant else None)
+    return answer(body, headers={"Cache-Control": "no-store"})
 
 
 @bp.post("/v1/requests/<request_id>/extend")
@@ -198,6 +213,23 @@ def extend_request(request_id: str):
 def release_request(request_id: str):
     req = rt().revokes.release(_follow_up(request_id))
     return answer(RequestView.of(req))
+
+
+@bp.post("/v1/requests/<request_id>/session")
+def record_session(request_id: str):
+    """What `jit run`'s command did with the grant, once its grant has ended: the request's own
+    request_token only (not an OIDC token of the run: the record is the client's to send)."""
+    runtime = rt()
+    follow_up = runtime.requests.authorize_follow_up(request_id, bearer_token(request))
+    body = parse_session(_read_json(MAX_SESSION_BODY))
+    summary = runtime.sessions.record(follow_up, body)
+    receipt = SessionReceipt(
+        id=request_id,
+        transcript_sha256=summary["transcript_sha256"],
+        transcript_bytes=summary["transcript_bytes"],
+        recorded_at=summary["recorded_at"],
+    )
+    return answer(receipt, 201)
 
 
 # ------------------------------------------------------------------------- tokens
@@ -228,12 +260,26 @@ def introspect():
         claims = runtime.signer.verify(token)
     except Exception:  # noqa: BLE001 - any invalid token is simply inactive
         return answer(Introspection.inactive())
-    if not _meant_for(claims, audiences):
-        return answer(Introspection.inactive())  # what an unknown token gets: nothing to learn
     req = runtime.store.get(str(claims.get("jti", "")))
+    if not _meant_for(claims, audiences):
+        _checked(req, audiences, False, "not meant for this resource server")
+        return answer(Introspection.inactive())  # what an unknown token gets: nothing to learn
     if req is None or req.status != Status.ACTIVE or req.expires_at is None or req.expires_at <= now():
+        _checked(req, audiences, False)
         return answer(Introspection.inactive())
+    _checked(req, audiences, True)
     return answer(Introspection.of(claims))
+
+
+def _checked(req, audiences: set[str], active: bool, why: str | None = None) -> None:
+    """A usage event of a token jit issued (counted, rate-limited into the audit trail); a failure
+    to record it never changes the answer."""
+    if req is None:
+        return
+    try:
+        rt().usage.token_checked(req, audiences, active, why)
+    except Exception as e:  # noqa: BLE001 - the resource server gets its answer regardless
+        log.warning("could not record a token check of %s: %s", req.id, type(e).__name__)
 
 
 def _introspection_audiences(bearer: str) -> set[str]:

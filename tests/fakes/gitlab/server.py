@@ -124,6 +124,11 @@ class GitLabFake:
             username=username,
         )
 
+    def cancel(self, project_id: int, deployment_id: int) -> None:
+        """Someone cancels the deployment's pipeline on GitLab: the deployment reads `canceled`."""
+        with self._lock:
+            self.deployments[(project_id, deployment_id)]["status"] = "canceled"
+
     def fail_approvals(self, *statuses: int) -> None:
         with self._lock:
             self._fail.extend(statuses)

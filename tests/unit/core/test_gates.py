@@ -82,7 +82,7 @@ def test_undecided_requests_are_looked_at_again_later():
         (Status.ACTIVE, {"decided_by": "auto"}, "approved", ["auto-approval rule"]),
         (Status.DENIED, {"decided_by": "U0LEAD1", "deny_reason": "freeze"}, "rejected", ["U0LEAD1", "freeze"]),
         (Status.TIMED_OUT, {}, "rejected", ["decided in time", "20m"]),
-        (Status.FAILED, {"error": "target down"}, "rejected", ["could not be issued", "target down"]),
+        (Status.FAILED, {"error": "target down"}, "rejected", ["could not be issued", "Slack message"]),
         (Status.EXPIRED, {}, "rejected", ["ended before"]),
     ],
 )
@@ -91,6 +91,13 @@ def test_each_end_tells_the_platform_why(status, kw, state, words):
     assert v.state == state and v.wait_ms == 0
     assert all(w in v.comment for w in words), v.comment
     assert "0123456789abcdef" in v.comment
+
+
+def test_a_backends_error_text_stays_off_the_deployment_page():
+    """The deployment page may be public (an open-source repository); a backend's error (an exec
+    command's last stderr line) is for approvers, on the Slack message and in the audit trail."""
+    v = verdict(request(Status.FAILED, error="psql: password authentication failed for user ci_admin"), T0, name)
+    assert v.state == "rejected" and "ci_admin" not in v.comment and "psql" not in v.comment
 
 
 def test_a_cancelled_request_owes_the_platform_nothing():

@@ -1,7 +1,8 @@
 """Notes a request owes people: the requester's DM per outcome, a pending reminder, "expires in 5 min"
-(JIT_WARN_BEFORE, with Extend and Release buttons; re-armed when the grant is extended).
+(JIT_WARN_BEFORE, with Extend and Release buttons; re-armed when the grant is extended), and how its
+grant was used ("Used 2 m 13 s by run 42 · exit 0 · released 12 m 47 s early").
 
-Each is a due-queue item (`dm:`, `remind:`, `warn:` + request id), so it survives restarts.
+Each is a due-queue item (`dm:`, `remind:`, `warn:`, `session:` + request id), so it survives restarts.
 The `slack:` job, which runs after every transition, schedules them from the request's state
 (`schedule`, idempotent: ZADD NX). A note is sent at most once per request and kind: a marker
 field on the request (`dm_<outcome>`, `reminded_ms`, `warned_ms`) is written under the
@@ -23,6 +24,7 @@ from slack_sdk.errors import SlackApiError
 from bot.core.clock import human, now, now_ms, to_ms
 from bot.core.model import AccessRequest, Status
 from bot.decision.slack.views.blocks import oncall_page_text, warning_blocks
+from bot.decision.slack.views.session import session_line, transcript_message
 from bot.decision.slack.views.text import MAX_MESSAGE_TEXT, code, fit, literal, mention
 from bot.decision.slack.views.text import date as slack_date
 from bot.store import keys
@@ -39,6 +41,8 @@ MIN_WARNED_WINDOW = timedelta(minutes=10)
 #: Outcomes the requester hears about, in the order they can happen.
 DM_OUTCOMES = ("approved", "denied", "timed_out", "expired", "revoked", "failed")
 _MARKS = ("reminded_ms", "warned_ms", *(f"dm_{o}" for o in DM_OUTCOMES))
+#: Markers of the session notes: the summary line, then (policy permitting) the transcript.
+SESSION_MARKS = ("session_noted_ms", "session_transcript_ms")
 DM_CHANNEL_TTL_S = 86400
 
 
@@ -224,6 +228,26 @@ def do_warn(rt, rid: str) -> None:
         _send_once(rt, req, "warned_ms", post)
 
 
+def do_session(rt, rid: str) -> None:
+    """The session record's line in the thread, then, when the action's policy says
+    `session: {transcript_in_slack: true}`, the masked transcript as a code block. Each once."""
+    req = rt.store.get(rid)
+    if req is None:
+        return
+    if not req.message_ts:
+        raise RetryLater(1000)  # the thread does not exist yet (its post waits for a slot)
+    record = rt.sessions.read(rid)
+    if record is None:
+        return
+    action = rt.policy.action(req.action)
+    with _NoticeLock(rt, rid):
+        noted, shown = rt.redis.hmget(keys.request(rid), list(SESSION_MARKS))
+        if not noted:
+            _send_once(rt, req, "session_noted_ms", lambda: _post_in_thread(rt, req, session_line(req, record)))
+        if action is not None and action.session.transcript_in_slack and not shown:
+            _send_once(rt, req, "session_transcript_ms", lambda: _post_in_thread(rt, req, transcript_message(record)))
+
+
 def do_dm(rt, rid: str) -> None:
     req = rt.store.get(rid)
     if req is None or not req.requester_slack_id:
@@ -314,3 +338,8 @@ def remind(rt, rid: str, token: str) -> None:
 def warn(rt, rid: str, token: str) -> None:
     """`warn:<id>`."""
     do_warn(rt, rid)
+
+
+def session(rt, rid: str, token: str) -> None:
+    """`session:<id>`."""
+    do_session(rt, rid)

@@ -70,3 +70,9 @@ def on_change(rt, rid: str, token: str) -> None:
         # First, so a message still waiting for its channel's slot never holds up a DM.
         followups.schedule(rt, req)
     sync_request_message(rt, rid)
+
+
+def usage_changed(rt, rid: str, token: str) -> None:
+    """`usage:<id>`: a resource server checked the request's token; the message shows the count.
+    Scheduled by the checks themselves, at most one per JIT_USAGE_UPDATE_MS (bot/store/usage.py)."""
+    sync_request_message(rt, rid)

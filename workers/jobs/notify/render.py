@@ -7,12 +7,14 @@ import json
 
 from bot.decision.slack.views.blocks import request_blocks, request_summary
 from bot.decision.slack.views.gate import gate_context
+from bot.decision.slack.views.usage import usage_line
 from bot.store.gates import GateStore
 
 
 def render(rt, req) -> tuple[str, list]:
     """(fallback text, blocks)."""
-    blocks = request_blocks(req, **rt.decisions.message_facts(req))
+    usage = usage_line(rt.usage.checks(req.id), rt.usage.headline(req.id))
+    blocks = request_blocks(req, **rt.decisions.message_facts(req), usage=usage)
     gate = GateStore(rt.redis, rt.settings.jit_request_retention).of_request(req.id)
     if gate is not None:  # a deployment GitHub/GitLab holds for this decision: above the buttons
         at = len(blocks) - 1 if blocks and blocks[-1].get("type") == "actions" else len(blocks)

@@ -19,6 +19,7 @@ from bot.decision.slack.views.text import (
     section,
     width,
 )
+from bot.decision.slack.views.usage import check_lines, headline_lines
 
 DEFAULT_N = 20
 MAX_N = 100
@@ -116,9 +117,15 @@ REFUSED = (
 
 
 def audit_blocks(
-    q: AuditQuery, entries: list[dict[str, Any]], head: dict[str, str], cut_short: bool, scan_limit: int
+    q: AuditQuery,
+    entries: list[dict[str, Any]],
+    head: dict[str, str],
+    cut_short: bool,
+    scan_limit: int,
+    session: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The matching entries (bodies, newest first) with what the search did and the chain head."""
+    """The matching entries (bodies, newest first) with what the search did and the chain head;
+    `session`: the request's session summary (bot/decision/slack/views/session.py), shown first."""
     what = f"matching {q.describe()}" if q.filtered else ""
     if not entries:
         return [section(f"No audit events {what}".rstrip() + ".")]
@@ -134,6 +141,8 @@ def audit_blocks(
     blocks = [section(title)]
     if notes:
         blocks.append(context(" · ".join(notes)))
+    if session:
+        blocks.append(section(session))
     return blocks + chunk_lines([event_line(e) for e in entries], MAX_BLOCKS - len(blocks))
 
 
@@ -144,9 +153,21 @@ def _who(actor: str | None) -> str:
     return mention(actor) if actor else "—"
 
 
+def _usage_summary(event: str, d: dict[str, Any]) -> list[str]:
+    """What the target saw (session.* usage events), as counts: never query text or key names."""
+    if event == "session.usage":
+        return check_lines(d.get("checks") if isinstance(d.get("checks"), dict) else None) + headline_lines(d)
+    if event == "session.token_checked":
+        state = "active" if d.get("active") is True else "inactive"
+        return [f"by {literal(d.get('resource_server'), 100)}: {state} (check #{literal(d.get('checks'), 12)})"]
+    if event == "session.token_checks_suppressed":
+        return [f"{literal(d.get('count'), 12)} more checks by {literal(d.get('resource_server'), 100)}, counted only"]
+    return []
+
+
 def _detail_summary(body: dict[str, Any]) -> str:
     d = body.get("details") or {}
-    bits = []
+    bits = _usage_summary(str(body.get("event") or ""), d)
     if d.get("break_glass") is True:
         bits.append(":rotating_light: break-glass")
     for key, limit, shown in (

@@ -102,6 +102,7 @@ def request_blocks(
     extendable: bool = False,
     extension: dict[str, Any] | None = None,
     extensions: int = 0,
+    usage: str = "",
 ) -> list[dict[str, Any]]:
     """The request's channel message. `break_glass`: the action has break-glass approvers
     (show the button); `break_glass_requested`: the pipeline asked for it (no Approve button);
@@ -113,7 +114,8 @@ def request_blocks(
     `oncall_notes`: on-call schedules that cannot be read now (they count nobody); `extendable`:
     the action's grants may be extended (show Extend); `extension`: the extension waiting for
     approval, {add_s, by, reason, required, approvers} (shown with an Approve button); `extensions`:
-    how many times the grant was extended."""
+    how many times the grant was extended; `usage`: what the target saw of the grant's use
+    (views/usage.py), shown under the status."""
     ctx = req.context
     auto = req.decided_by == "auto"
     rule = auto_rule or f"actions.{req.action}.auto_approve"
@@ -189,6 +191,8 @@ def request_blocks(
     if req.revoke_pending:
         status += "\n:hourglass: *Revoking the credential* — jit retries until the target confirms"
     blocks.append(section(status))
+    if usage:
+        blocks.append(context(usage))
 
     if req.status == Status.PENDING:
         buttons = [] if break_glass_requested else [button(APPROVE, "Approve", req.id, "primary")]

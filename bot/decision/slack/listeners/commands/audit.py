@@ -13,6 +13,7 @@ from bot.decision.slack.views.audit_view import (
     audit_blocks,
     parse_query,
 )
+from bot.decision.slack.views.session import audit_summary
 from bot.decision.slack.views.text import section
 from bot.runtime import Runtime
 from bot.store.audit import REQUEST_INDEX_LEN, SCAN_LIMIT, AuditEntry
@@ -64,4 +65,15 @@ def answer(rt: Runtime, user: str, args: str) -> list[dict[str, Any]]:
     entries, cut_short = find(rt, q)
     head = rt.audit.head()
     rt.audit.append("audit.read", actor=user, details={"args": args[:200], "returned": len(entries)})
-    return audit_blocks(q, [e.body for e in entries], head, cut_short, SCAN_LIMIT)
+    return audit_blocks(q, [e.body for e in entries], head, cut_short, SCAN_LIMIT, _session(rt, q))
+
+
+def _session(rt: Runtime, q: AuditQuery) -> str | None:
+    """The summary of the request's `jit run` session, when one was recorded (never the transcript)."""
+    if not q.request_id:
+        return None
+    try:
+        record = rt.sessions.read(q.request_id)
+    except ValueError:  # sealed with a key no longer configured
+        return None
+    return audit_summary(rt.store.get(q.request_id), record) if record else None

@@ -24,6 +24,7 @@ from bot.decision.slack.listeners.commands import audit as audit_commands
 from bot.decision.slack.listeners.commands import jit as jit_command
 from bot.decision.slack.views import answers, audit_view, blocks, home, text
 from bot.decision.slack.views.policy_notices import describe_changes, describe_rejection
+from bot.decision.slack.views.usage import usage_line
 from bot.store.audit import AuditEntry
 from bot.wiring import parse_policy
 from workers.jobs.notify import followups, pacing
@@ -152,6 +153,18 @@ class StandIn:
             get_many=lambda ids: reqs,
             get=lambda rid: by_id.get(rid),
         )
+        session = {
+            "started_at": value,
+            "duration_ms": 133_000,
+            "exit_code": 0,
+            "run": value,
+            "runner": value,
+            "output_lines": 3,
+            "output_bytes": 10,
+            "transcript_sha256": value,
+            "transcript": value,
+        }
+        self.sessions = SimpleNamespace(read=lambda rid: session)
         self.audit = SimpleNamespace(
             entries_for_request=lambda rid, limit: entries[:limit],
             newest=lambda since_ms: iter(entries),
@@ -230,6 +243,49 @@ def renderings(value: str) -> list[tuple[str, Any]]:
         ("pending line", answers.pending_line(req)),
         ("active line", answers.active_line(request(value, Status.ACTIVE))),
         ("event line", audit_view.event_line(audit_body(value))),
+        # what a target saw: client-chosen names (application_name, client name), key and command names
+        (
+            "usage on the message",
+            blocks.request_blocks(
+                request(value, Status.REVOKED),
+                usage=usage_line(
+                    {value: {"count": 3, "active": 1}},
+                    {
+                        "sessions": 1,
+                        "session_list": [{"client_addr": value, "application_name": value}],
+                        "statements": 1,
+                        "statements_source": value,
+                        "connections": 1,
+                        "connection_list": [{"addr": value, "name": value}],
+                        "denied": 2,
+                        "denied_commands": [value],
+                        "output_keys": [value],
+                        "errors": [value],
+                    },
+                ),
+            ),
+        ),
+        (
+            "usage event line",
+            audit_view.event_line(
+                {
+                    **audit_body(value),
+                    "event": "session.usage",
+                    "details": {
+                        "checks": {value: {"count": 1, "active": 0}},
+                        "session_list": [{"client_addr": value, "application_name": value}],
+                        "sessions": 1,
+                        "output_keys": [value],
+                    },
+                }
+            ),
+        ),
+        (
+            "token check line",
+            audit_view.event_line(
+                {**audit_body(value), "event": "session.token_checked", "details": {"resource_server": value}}
+            ),
+        ),
         ("policy rejected", describe_rejection(value, "ab" * 32, "cd" * 32, [value] * 30, value)),
     ]
     rt = StandIn(value)
