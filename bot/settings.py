@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     jit_slack_post_interval_ms: int = Field(1000, alias="JIT_SLACK_POST_INTERVAL_MS", ge=0)
     #: More new requests than this waiting for one channel: post a digest listing them first.
     jit_slack_digest_after: int = Field(5, alias="JIT_SLACK_DIGEST_AFTER", ge=1)
+    #: Message updates after expiries are spaced by this many ms across the workspace (chat.update
+    #: is Slack's Tier 3, about 50 a minute; 1500 leaves room for the updates clicks make).
+    jit_slack_update_interval_ms: int = Field(1500, alias="JIT_SLACK_UPDATE_INTERVAL_MS", ge=0)
     #: When set, clicks and commands from any other workspace are refused.
     slack_team_id: str | None = Field(None, alias="SLACK_TEAM_ID")
     jit_policy_file: str = Field("jit-policy.yaml", alias="JIT_POLICY_FILE")

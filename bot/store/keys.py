@@ -228,6 +228,29 @@ def channel_outbox(channel: str) -> str:
     return f"{PREFIX}slack:outbox:{channel}"
 
 
+def expired_messages() -> str:
+    """Sorted set `channel:request_id` → revoked (ms): expired grants whose Slack message still
+    shows them active. Revocation only adds here; the `updates:expired` job updates the messages at
+    chat.update's pace and removes each once updated, so the key vanishes when all are current."""
+    return f"{PREFIX}slack:expired"
+
+
+def expired_digested(channel: str) -> str:
+    """String: ms up to which expiries in `channel` were counted in a digest reply. TTL 1 day."""
+    return f"{PREFIX}slack:expired:digested:{channel}"
+
+
+def expired_digest_slot(channel: str) -> str:
+    """String: ms before which `channel` gets no further expiry digest (one a minute). TTL 1 min."""
+    return f"{PREFIX}slack:expired:digest-slot:{channel}"
+
+
+def update_slot() -> str:
+    """String: ms of the next free `chat.update` slot for catch-up updates, for the whole workspace
+    (Slack's Tier 3: about 50 a minute). TTL slot + 60 s."""
+    return f"{PREFIX}slack:update-slot"
+
+
 def dm_channel(user_id: str) -> str:
     """String: the bot's DM channel with a Slack user (from conversations.open). TTL 1 day."""
     return f"{PREFIX}slack:dm:{user_id}"

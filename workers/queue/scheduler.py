@@ -72,6 +72,45 @@ class Lease:
             pass
 
 
+class BatchLease:
+    """`Lease` for a batch of claimed members run by one job: one extend round trip and one beating
+    thread for all of them. `held` lists the members whose claim was still this job's at the start
+    (only those run); a worker that dies stops extending, and every unfinished member comes due."""
+
+    def __init__(self, due: DueQueue, items: list[tuple[str, str]], lease_ms: int = LEASE_MS) -> None:
+        self.due = due
+        self.items = items
+        self.lease_ms = lease_ms
+        self.held: list[tuple[str, str]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._beat, name="jit-lease", daemon=True)
+
+    def _extend(self) -> list[bool]:
+        try:
+            return self.due.extend_many(self.held or self.items, now_ms() + self.lease_ms)
+        except Exception:  # noqa: BLE001 - Redis away: the leases may lapse; the claims fence
+            return []
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease_ms / 3000):
+            with self._lock:
+                if self._stop.is_set() or not any(self._extend()):
+                    return
+
+    def __enter__(self) -> BatchLease:
+        kept = self._extend()
+        self.held = [item for item, ok in zip(self.items, kept, strict=False) if ok]
+        if self.held:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        with self._lock:
+            pass
+
+
 class Handoff(Protocol):
     """Hands claimed items to jobs (workers/queue/dispatch.py)."""
 
