@@ -20,7 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("click_to_credential", "revocation_lateness", "hook_throughput", "slack_burst", "audit_sink")
+SECTIONS = (
+    "click_to_credential",
+    "revocation_lateness",
+    "mass_expiry",
+    "hook_throughput",
+    "slack_burst",
+    "audit_sink",
+)
 
 
 def _memory(res: dict[str, Any]) -> dict[str, Any]:
@@ -32,6 +39,8 @@ def _memory(res: dict[str, Any]) -> dict[str, Any]:
         mem = dict(sec.get("memory") or {})
         if name == "revocation_lateness" and "jit" in sec:
             mem = {"worker": sec["jit"]["worker_memory"]}
+        if name == "mass_expiry" and "worker_memory" in sec:
+            mem = {"worker": sec["worker_memory"]}
         for proc, m in mem.items():
             peak = (m or {}).get("peak") or {}
             per_section.setdefault(name, {})[proc] = peak
@@ -70,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
-    from bench import audit_sink, click, hook, revocation, slack_burst
+    from bench import audit_sink, click, hook, mass_expiry, revocation, slack_burst
     from bench.common import RESULTS, Sizes, machine
     from bench.report import table
 
@@ -78,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = {
         "click_to_credential": click.run,
         "revocation_lateness": revocation.run,
+        "mass_expiry": mass_expiry.run,
         "hook_throughput": hook.run,
         "slack_burst": slack_burst.run,
         "audit_sink": audit_sink.run,

@@ -289,6 +289,8 @@ class Sizes:
     burst_deadline_s: float = 420.0
     sink_events_per_s: float = 100.0
     sink_seconds: float = 30.0
+    mass_grants: int = 10_000
+    mass_watch_s: float = 30.0
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -305,4 +307,6 @@ class Sizes:
             burst=8,
             burst_deadline_s=40.0,
             sink_seconds=2.0,
+            mass_grants=200,
+            mass_watch_s=4.0,
         )

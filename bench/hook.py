@@ -27,12 +27,16 @@ async def _create_many(port: int, n: int, concurrency: int = 20) -> list[str]:
     pool = Pool("127.0.0.1", port, concurrency)
 
     async def one() -> str:
-        resp = await pool.request(
-            "POST",
-            "/v1/requests",
-            headers=auth(),
-            json_body={"action": "bench-token", "reason": "bench: long-poll"},
-        )
+        while True:
+            resp = await pool.request(
+                "POST",
+                "/v1/requests",
+                headers=auth(),
+                json_body={"action": "bench-token", "reason": "bench: long-poll"},
+            )
+            if resp.status != 503:
+                break
+            await asyncio.sleep(_retry_after(resp))  # at capacity: back after Retry-After, as jit_client does
         if resp.status != 201:
             raise RuntimeError(f"create failed: {resp.status} {resp.body[:200]!r}")
         return remember(resp.json())["id"]
@@ -124,8 +128,16 @@ async def _waiters(port: int, r, ids: list[str], ts: dict[str, str], settle_s: f
     }
 
 
+def _retry_after(resp) -> float:
+    for k, v in resp.headers.items():
+        if k.lower() == "retry-after":
+            return float(v)
+    return 1.0
+
+
 async def _throughput(port: int, clients: int, seconds: float) -> dict[str, Any]:
     lat: list[float] = []
+    refused: list[float] = []
     codes: dict[int, int] = {}
     deadline = time.perf_counter() + seconds
 
@@ -146,6 +158,9 @@ async def _throughput(port: int, clients: int, seconds: float) -> dict[str, Any]
             codes[status] = codes.get(status, 0) + 1
             if status == 201:
                 lat.append((time.perf_counter() - t) * 1000)
+            elif status == 503:  # at capacity: refused at once; back after Retry-After, as jit_client does
+                refused.append((time.perf_counter() - t) * 1000)
+                await asyncio.sleep(min(_retry_after(resp), max(deadline - time.perf_counter(), 0)))
         await conn.close()
 
     t0 = time.perf_counter()
@@ -158,7 +173,9 @@ async def _throughput(port: int, clients: int, seconds: float) -> dict[str, Any]
         "creates_per_s": round(codes.get(201, 0) / elapsed, 1),
         "latency_ms": summary(lat, 1),
         "status_codes": {str(k): v for k, v in sorted(codes.items())},
-        "errors": sum(v for k, v in codes.items() if k != 201),
+        "refused": codes.get(503, 0),
+        "refused_ms": summary(refused, 1),
+        "errors": sum(v for k, v in codes.items() if k not in (201, 503)),
     }
 
 

@@ -77,6 +77,23 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 _met(ok),
             )
         )
+    me = res.get("mass_expiry") or {}
+    if "all_revoked_s" in me:
+        sl = me["slack"]
+        whole = me["final_statuses"] == {"expired": me["grants"]} and me["revoked_events"] == me["grants"]
+        out.append(
+            (
+                f"2b. Mass expiry: {me['grants']} overdue grants, worker starts after an outage",
+                f"all revoked {me['all_revoked_s']} s after the worker started; audit "
+                f"{me['requests_with_one_revoked_event']}/{me['grants']} recorded once, chain "
+                f"{'intact' if me['audit_chain_intact'] else 'BROKEN'}; "
+                f"CPU {me['cpu_ms_per_revocation']} ms/revocation",
+                f"Slack: {sl['digests']} digest(s); chat.update {sl['chat_update_per_min_in_watch']:g}/min "
+                f"(Tier 3: 50/min); 429s {sl['rate_limited_429']}",
+                "all within 20 s; audit complete; 429s 0",
+                _met(whole and me["all_revoked_s"] <= 20 and sl["rate_limited_429"] == 0),
+            )
+        )
     h = res.get("hook_throughput") or {}
     if "throughput" in h:
         t = h["throughput"]

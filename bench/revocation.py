@@ -32,7 +32,6 @@ from bench.common import (
 )
 
 BATCH = 500
-RULE = "actions.bench-record.approvers"  # the policy path of the one rule bench-record has
 
 
 def _runtime(stack):
@@ -46,10 +45,12 @@ def _runtime(stack):
 class Seeder:
     """Puts active grants in place through the store's transitions, with no follow-up work left."""
 
-    def __init__(self, rt) -> None:
+    def __init__(self, rt, action: str = "bench-record") -> None:
         from bot.store.requests import NoEffects, Store
 
         self.rt = rt
+        self.action = action
+        self.rule = f"actions.{action}.approvers"  # the policy path of the action's one rule
         self.store = Store(rt.redis, rt.audit, rt.settings.jit_request_retention, effects=NoEffects())
         self.policy = rt.policy
 
@@ -62,7 +63,7 @@ class Seeder:
         token = new_token()
         return AccessRequest(
             id=secrets.token_hex(8),
-            action="bench-record",
+            action=self.action,
             pipeline="bench-ci",
             reason="bench: revocation",
             ttl=ttl,
@@ -88,7 +89,7 @@ class Seeder:
         pipe.execute()
 
     def _event(self, event: str, rid: str, actor: str) -> str:
-        return self.rt.audit.event_body(event, request_id=rid, action="bench-record", actor=actor)
+        return self.rt.audit.event_body(event, request_id=rid, action=self.action, actor=actor)
 
     def approve_many(self, n: int, ttl: timedelta) -> list[str]:
         """create + approve: n requests in state `approved` (their grant job removed)."""
@@ -106,9 +107,9 @@ class Seeder:
                     req.id,
                     APPROVER,
                     now_ms(),
-                    rules=[(RULE, 1, [APPROVER])],
+                    rules=[(self.rule, 1, [APPROVER])],
                     seen=[],
-                    rule=RULE,
+                    rule=self.rule,
                     oncall=[],
                     given=self._event("approval.given", req.id, APPROVER),
                     approved=self._event("request.approved", req.id, APPROVER),

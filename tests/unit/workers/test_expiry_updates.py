@@ -51,9 +51,7 @@ def shown(slack, rid: str) -> str:
     return msg["text"]
 
 
-def test_a_storm_is_revoked_with_no_slack_call_then_one_digest_and_paced_updates(
-    posts_unpaced, rt, backend, slack
-):
+def test_a_storm_is_revoked_with_no_slack_call_then_one_digest_and_paced_updates(posts_unpaced, rt, backend, slack):
     ids = active_with_messages(rt, backend, 8)
     calls = len(slack.calls())
     with freeze_time(AFTER):

@@ -110,7 +110,11 @@ def post_digests(rt) -> None:
         fresh = [s for s in scores if s > mark]
         if len(fresh) <= rt.settings.jit_slack_digest_after or r.exists(keys.expired_digest_slot(channel)):
             continue
-        take_slot(rt, channel)  # the channel's posting slot, or RetryLater: nothing marked yet
+        try:
+            take_slot(rt, channel)  # the channel's posting slot (shared with its other posts)
+        except RetryLater:
+            r.delete(keys.expired_digest_slot(""))  # owed still: look again next run, in a moment
+            continue
         # Marked before posting: a crash here loses a heads-up, never posts it twice.
         r.set(keys.expired_digest_slot(channel), "1", px=DIGEST_EVERY_MS)
         r.set(keys.expired_digested(channel), int(max(fresh)), ex=86400)
