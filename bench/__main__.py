@@ -52,12 +52,15 @@ def _memory(res: dict[str, Any]) -> dict[str, Any]:
     return {
         "method": (
             "Redis: INFO used_memory before/after making the grants active (revocation section, jit side: "
-            "request hash, approvals hash, sealed credential, index and due-queue entries), divided by the "
-            "grant count; MEMORY USAGE of the audit stream before/after the throughput run, divided by the "
-            "events appended. Processes: VmRSS and Pss summed over each process tree from /proc, sampled "
+            "request hash, approvals hash, sealed credential, index and due-queue entries, and the audit "
+            "trail's events), divided by the grant count; without_audit: less MEMORY USAGE growth of the audit "
+            "stream and nonce set and each request's audit index; MEMORY USAGE of the audit stream "
+            "before/after the throughput run, divided by the events appended. Processes: VmRSS and Pss "
+            "summed over each process tree from /proc, sampled "
             "every 0.5 s during each section (RSS counts pages shared after fork once per process)."
         ),
         "redis_bytes_per_active_grant": rv.get("redis_bytes_per_active_grant"),
+        "redis_bytes_per_active_grant_without_audit": rv.get("redis_bytes_per_active_grant_without_audit"),
         "redis_key_bytes_of_one_grant": keys,
         "redis_bytes_per_audit_event": hook.get("redis_bytes_per_audit_event"),
         "serve_peak_rss_mb": peaks["serve"]["rss_mb"],

@@ -148,11 +148,12 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     if "redis_bytes_per_active_grant" in m:
         out.append(
             (
-                "5. Redis memory per active grant / per audit event",
-                f"{m['redis_bytes_per_active_grant']} B / {m['redis_bytes_per_audit_event']} B",
+                "5. Redis memory per active grant (without its audit events) / per audit event",
+                f"{m['redis_bytes_per_active_grant']} B ({m.get('redis_bytes_per_active_grant_without_audit')} B) "
+                f"/ {m['redis_bytes_per_audit_event']} B",
                 "",
-                "",
-                "—",
+                "≤ 1 500 B per grant",
+                _met(_lt(m.get("redis_bytes_per_active_grant_without_audit"), 1501)),
             )
         )
         out.append(

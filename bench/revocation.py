@@ -138,10 +138,18 @@ class Seeder:
                 if on_active is not None:
                     on_active(rid, exp)
             self._drop_follow_ups(batch)
+            # the grant job, done, lets go of its claim (DueQueue.done): nothing of it stays
+            self.rt.redis.hdel(keys.due_claims(), *[f"grant:{rid}" for rid in batch])
 
 
 def _used_memory(r) -> int:
     return int(r.info("memory")["used_memory"])
+
+
+def _audit_bytes(r) -> int:
+    from bot.store import keys
+
+    return sum(int(r.memory_usage(k, samples=0) or 0) for k in (keys.audit_stream(), keys.audit_nonces()))
 
 
 def _grant_key_bytes(r, rid: str) -> dict[str, int]:
@@ -152,6 +160,8 @@ def _grant_key_bytes(r, rid: str) -> dict[str, int]:
         ("request", keys.request(rid)),
         ("approvals", keys.approvals(rid)),
         ("credential", keys.credential(rid)),
+        ("request_token", keys.request_token(rid)),
+        ("audit_index", keys.audit_by_request(rid)),
     ):
         out[name] = int(r.memory_usage(key, samples=0) or 0)
     return out
@@ -175,6 +185,7 @@ def _run_side(side: str, sizes: Sizes, rng_seed: int, log) -> dict[str, Any]:
         rng = random.Random(rng_seed)  # both sides get the same expiry offsets
         offsets = sorted(rng.uniform(0, sizes.spread_s * 1000) for _ in range(sizes.grants))
         mem0 = _used_memory(r)
+        audit0 = _audit_bytes(r)
         t_seed = time.monotonic()
         ids = seeder.approve_many(sizes.grants, timedelta(seconds=int(sizes.spread_s) + 60))
         seed_a = time.monotonic() - t_seed
@@ -204,6 +215,7 @@ def _run_side(side: str, sizes: Sizes, rng_seed: int, log) -> dict[str, Any]:
         seeded_at = time.time_ns() // 1_000_000
         seed_total = time.monotonic() - t_seed
         mem1 = _used_memory(r)
+        audit1 = _audit_bytes(r)
         sample_keys = _grant_key_bytes(r, ids[0])
         expired_before_seeded = sum(1 for e in expires if e <= seeded_at)
         log(
@@ -252,6 +264,8 @@ def _run_side(side: str, sizes: Sizes, rng_seed: int, log) -> dict[str, Any]:
             "seeding_s": round(seed_total, 2),
             "expired_before_seeding_done": expired_before_seeded,
             "redis_used_memory_delta": mem1 - mem0,
+            # the audit trail's share: the stream, its recent-nonce set, each request's index of entries
+            "redis_audit_memory_delta": audit1 - audit0 + sizes.grants * sample_keys["audit_index"],
             "sample_grant_key_bytes": sample_keys,
             "worker_memory": rss.result()["worker"],
         }
@@ -299,4 +313,7 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
         "p99_ratio_rq_over_jit": _ratio(jit, rq),
         "below_capacity": below,
         "redis_bytes_per_active_grant": round(jit["redis_used_memory_delta"] / max(sizes.grants, 1)),
+        "redis_bytes_per_active_grant_without_audit": round(
+            (jit["redis_used_memory_delta"] - jit["redis_audit_memory_delta"]) / max(sizes.grants, 1)
+        ),
     }

@@ -200,7 +200,7 @@ class RequestService:
                 actor=f"pipeline:{pipeline}",
                 details={"platform": platform, "run": run},
             )
-            return Created(req, self.vault.open(req.request_token_enc), False)
+            return Created(req, self.vault.open(self.store.request_token_blob(req.id)), False)
         record_refusal(
             self.store.r,
             self.audit,
@@ -214,13 +214,14 @@ class RequestService:
 
     def _existing(self, value: str, fingerprint: str) -> Created:
         """The request an Idempotency-Key already made; a different body is an error (422)."""
-        rid, _, seen = value.partition("|")
+        rid, _, rest = value.partition("|")
+        seen, _, sealed = rest.partition("|")  # the request token rides in the key's value
         if seen and seen != fingerprint:
             raise E.IdempotencyKeyReused("this Idempotency-Key was already used for a different request; use a new key")
         existing = self.store.get(rid)
         if existing is None:  # expired between the two reads; treat the key as fresh
             raise E.NotFound("the request for this Idempotency-Key is gone; retry without it")
-        return Created(existing, self.vault.open(existing.request_token_enc), False)
+        return Created(existing, self.vault.open(sealed or self.store.request_token_blob(existing.id)), False)
 
     def created_for(self, pipeline: str, idempotency_key: str) -> str | None:
         """The id of the request this pipeline's Idempotency-Key made (kept 24 h), if any."""

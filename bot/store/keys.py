@@ -17,13 +17,21 @@ def approvals(request_id: str) -> str:
     return f"{PREFIX}req:{request_id}:approvals"
 
 
+def request_token(request_id: str) -> str:
+    """String: a gated request's sealed request_token, handed to its deployment's job when the job
+    asks. Apart from the request hash because, at ~140 bytes, it alone would push the hash past
+    Redis's compact (listpack) encoding. TTL: the pending timeout + the TTL + 1 day. (A request
+    made with an Idempotency-Key keeps its token in that key's value instead: `idempotency`.)"""
+    return f"{PREFIX}req:{request_id}:token"
+
+
 def credential(request_id: str) -> str:
     """String: the encrypted credential. Deleted when the revoke succeeds; TTL as backstop."""
     return f"{PREFIX}cred:{request_id}"
 
 
 def idempotency(pipeline: str, key_hash: str) -> str:
-    """String: request id for an Idempotency-Key. TTL 24 h."""
+    """String: `request id|body fingerprint|sealed request token` for an Idempotency-Key. TTL 24 h."""
     return f"{PREFIX}idem:{pipeline}:{key_hash}"
 
 

@@ -167,9 +167,9 @@ end
 
 # The first Slack post is due at once and left to the scheduler, which batches bursts; the
 # request also takes its place, in creation order, in its channel's queue of first posts.
-# KEYS: 9 idempotency key or '', 10 all-requests index, 11 channel outbox
+# KEYS: 9 idempotency key or '', 10 all-requests index, 11 channel outbox, 12 sealed request token
 # ARGV: 8 fields (JSON object of strings), 9 created_ms, 10 timeout due ms, 11 idem ttl s,
-#       12 idempotency value
+#       12 idempotency value, 13 sealed request token, 14 its ttl s
 _CREATE = (
     _PRELUDE
     + """
@@ -183,6 +183,7 @@ for k, v in pairs(cjson.decode(ARGV[8])) do
   flat[#flat + 1] = v
 end
 redis.call('HSET', KEYS[1], unpack(flat))
+if ARGV[13] ~= '' then redis.call('SET', KEYS[12], ARGV[13], 'EX', ARGV[14]) end
 redis.call('ZADD', KEYS[3], ARGV[9], ID)
 redis.call('ZADD', KEYS[10], ARGV[9], ID)
 schedule('timeout:' .. ID, ARGV[10])
@@ -558,6 +559,11 @@ class Store:
         """Not-yet-final requests, newest first."""
         return self.r.zrevrange(keys.open_requests(), 0, limit - 1)
 
+    def request_token_blob(self, request_id: str) -> str:
+        """A gated request's sealed request_token ('' when none); older requests kept it in their hash."""
+        own = self.r.get(keys.request_token(request_id))
+        return own or self.r.hget(keys.request(request_id), "request_token_enc") or ""
+
     def credential_blob(self, request_id: str) -> str | None:
         return self.r.get(keys.credential(request_id))
 
@@ -632,20 +638,33 @@ class Store:
         extra: dict[str, str] | None = None,
     ) -> tuple[bool, str]:
         """Store a new request with its creation event. With `idempotency` = (key, fingerprint),
-        a key already used returns (False, "<request id>|<fingerprint>")."""
+        a key already used returns (False, "<request id>|<fingerprint>[|<sealed request token>]")."""
         idem_key, fingerprint = idempotency or ("", "")
+        # Compact: no empty fields, and the sealed request token out of the hash — a hash whose
+        # values all fit Redis's listpack limit (64 bytes by default) takes a third of the memory.
+        # Only two things ever read the token again: an Idempotency-Key replay (so it rides in the
+        # idempotency key's value, which lives exactly as long) and a gated deployment's job
+        # (so a gated request keeps it in a key of its own).
+        fields = {k: v for k, v in {**req.to_hash(), **(extra or {})}.items() if v != ""}
+        token = fields.pop("request_token_enc", "")
+        token_ttl_s = _ms(req.pending_until) // 1000 - now_ms // 1000 + int(req.ttl.total_seconds()) + 86400
+        idem_value = f"{req.id}|{fingerprint}" + (f"|{token}" if token else "")
+        if "gate" not in fields:
+            token = ""
         res = self._run(
             "create",
             req.id,
             now_ms,
             events=(event, ""),
-            keys_extra=[idem_key, keys.all_requests(), keys.channel_outbox(req.channel)],
+            keys_extra=[idem_key, keys.all_requests(), keys.channel_outbox(req.channel), keys.request_token(req.id)],
             args_extra=[
-                json.dumps({**req.to_hash(), **(extra or {})}),
+                json.dumps(fields),
                 _ms(req.created_at),
                 _ms(req.pending_until),
                 86400,
-                f"{req.id}|{fingerprint}",
+                idem_value,
+                token,
+                max(token_ttl_s, 86400),
             ],
         )
         return res[0] == "ok", res[1]

@@ -95,6 +95,7 @@ def test_every_section_reports_numbers(results):
     _numeric(
         results["memory"],
         "redis_bytes_per_active_grant",
+        "redis_bytes_per_active_grant_without_audit",
         "redis_bytes_per_audit_event",
         "serve_peak_rss_mb",
         "worker_peak_rss_mb",
