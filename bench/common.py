@@ -281,6 +281,7 @@ class Sizes:
     spread_s: float = 60.0
     light_grants: int = 1000  # 0: skip the below-capacity comparison
     light_spread_s: float = 20.0
+    load_creates_per_s: float = 100.0  # 0: skip the run under hook load
     hook_clients: int = 50
     hook_seconds: float = 30.0
     waiters: int = 1000
@@ -301,6 +302,7 @@ class Sizes:
             grants=200,
             spread_s=2.0,
             light_grants=0,
+            load_creates_per_s=20.0,
             hook_clients=8,
             hook_seconds=2.0,
             waiters=40,

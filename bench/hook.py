@@ -179,6 +179,21 @@ async def _throughput(port: int, clients: int, seconds: float) -> dict[str, Any]
     }
 
 
+def _system_cpu_s(r, roots: list[int]) -> float:
+    """CPU seconds used so far by these process trees (jit serve, jit worker) and by Redis."""
+    from bench.common import process_tree
+    from bench.mass_expiry import _cpu_s, _redis_cpu_s
+
+    return _cpu_s([p for root in roots for p in process_tree(root)]) + _redis_cpu_s(r)
+
+
+def _due_now(r) -> bool:
+    """Due-queue work that is due now (timers set for later, like pending timeouts, do not count)."""
+    from bot.store import keys
+
+    return bool(r.zcount(keys.due(), "-inf", time.time() * 1000))
+
+
 def _queues_drained(r) -> bool:
     return r.llen("rq:queue:jit-access") + r.llen("rq:queue:jit-slack") == 0
 
@@ -209,10 +224,17 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
             log("  throughput run")
             audit_bytes0 = int(r.memory_usage(keys.audit_stream(), samples=0) or 0)
             audit_len0 = r.xlen(keys.audit_stream())
+            cpu0 = _system_cpu_s(r, [serve.popen.pid, worker.popen.pid])
             through = asyncio.run(_throughput(stack.port, sizes.hook_clients, sizes.hook_seconds))
             audit_bytes1 = int(r.memory_usage(keys.audit_stream(), samples=0) or 0)
             audit_len1 = r.xlen(keys.audit_stream())
             through["slack_posts_still_queued_at_end"] = r.llen("rq:queue:jit-slack")
+            try:  # the creates' follow-up work (their Slack posts) is part of what a create costs
+                wait_for(lambda: _queues_drained(r) and not _due_now(r), 300, 0.5, "the creates' Slack posts")
+            except TimeoutError:
+                log("  worker still busy with the creates' follow-ups; CPU per create counts what was done")
+            cpu1 = _system_cpu_s(r, [serve.popen.pid, worker.popen.pid])
+            through["cpu_ms_per_create"] = round((cpu1 - cpu0) * 1000 / max(through["created"], 1), 2)
         events = audit_len1 - audit_len0
         return {
             "method": (

@@ -81,6 +81,7 @@ def test_every_section_reports_numbers(results):
         results["hook_throughput"],
         "throughput.creates_per_s",
         "throughput.latency_ms.p99",
+        "throughput.cpu_ms_per_create",
         "long_poll.click_to_waiter_ms.p99",
         "long_poll.starved",
         "redis_bytes_per_audit_event",
