@@ -74,6 +74,11 @@ class Dispatcher:
                     )
             pipe.execute()
 
+    def waiting(self) -> int:
+        """Jobs in the access queue no worker has started yet (the scheduler holds back while many)."""
+        q = self.queues[ACCESS_QUEUE]
+        return int(q.connection.llen(q.key))
+
     def publish_home(self, user: str) -> None:
         """views.publish is a Slack call: a worker makes it, never a request thread."""
         self.queues[SLACK_QUEUE].enqueue_call(publish_home, args=(user,), result_ttl=0, failure_ttl=3600, ttl=600)

@@ -26,6 +26,15 @@ log = logging.getLogger("jit.expiry")
 #: member again, and again every 10 s: the backlog fed itself (bench/RESULTS.md).
 QUEUED_LEASE_MS = 60_000
 
+#: While this many jobs wait in RQ's access queue, the scheduler claims nothing more: due items
+#: stay in the due queue, unclaimed, and the next claim takes all of them into full batches.
+#: Without it, expiries falling due at a steady rate (167 a second) were handed out one or two a
+#: job as they came; RQ's cost per job then outgrew the workers, the queue grew, and lateness with
+#: it (bench/revocation.py: p99 52 s). Held back, the work per job grows with the backlog instead.
+MAX_WAITING_JOBS = 4
+#: How often a held-back scheduler looks at the queue again.
+HOLD_OFF_S = 0.005
+
 
 class Lease:
     """Keeps a claimed member's lease alive while its job runs, so a long grant or revoke is not
@@ -112,7 +121,8 @@ class BatchLease:
 
 
 class Handoff(Protocol):
-    """Hands claimed items to jobs (workers/queue/dispatch.py)."""
+    """Hands claimed items to jobs (workers/queue/dispatch.py). One that also has `waiting()` (jobs
+    not yet started) is not fed faster than its workers take the work (MAX_WAITING_JOBS)."""
 
     def kick_many(self, items: list[tuple[str, str]]) -> None: ...
 
@@ -131,6 +141,7 @@ class Scheduler:
         self.dispatcher = dispatcher
         self.batch = batch
         self.stopping = threading.Event()
+        self._waiting = getattr(dispatcher, "waiting", None)
 
     def run_once(self) -> int:
         """Claim and dispatch everything due now. Returns how many were dispatched."""
@@ -142,6 +153,9 @@ class Scheduler:
         log.info("expiry scheduler started")
         while not self.stopping.is_set():
             try:
+                if self._waiting is not None and self._waiting() >= MAX_WAITING_JOBS:
+                    self.stopping.wait(HOLD_OFF_S)  # the workers are behind: let the due items gather
+                    continue
                 if self.run_once() >= self.batch:
                     continue
                 nxt = self.due.next_due_ms()
