@@ -179,12 +179,12 @@ async def _throughput(port: int, clients: int, seconds: float) -> dict[str, Any]
     }
 
 
-def _system_cpu_s(r, roots: list[int]) -> float:
-    """CPU seconds used so far by these process trees (jit serve, jit worker) and by Redis."""
+def _cpu_parts(r, serve: int, worker: int) -> dict[str, float]:
+    """CPU seconds used so far by `jit serve`'s and `jit worker`'s process trees and by Redis."""
     from bench.common import process_tree
     from bench.mass_expiry import _cpu_s, _redis_cpu_s
 
-    return _cpu_s([p for root in roots for p in process_tree(root)]) + _redis_cpu_s(r)
+    return {"serve": _cpu_s(process_tree(serve)), "worker": _cpu_s(process_tree(worker)), "redis": _redis_cpu_s(r)}
 
 
 def _due_now(r) -> bool:
@@ -224,7 +224,7 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
             log("  throughput run")
             audit_bytes0 = int(r.memory_usage(keys.audit_stream(), samples=0) or 0)
             audit_len0 = r.xlen(keys.audit_stream())
-            cpu0 = _system_cpu_s(r, [serve.popen.pid, worker.popen.pid])
+            cpu0 = _cpu_parts(r, serve.popen.pid, worker.popen.pid)
             through = asyncio.run(_throughput(stack.port, sizes.hook_clients, sizes.hook_seconds))
             audit_bytes1 = int(r.memory_usage(keys.audit_stream(), samples=0) or 0)
             audit_len1 = r.xlen(keys.audit_stream())
@@ -233,8 +233,10 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
                 wait_for(lambda: _queues_drained(r) and not _due_now(r), 300, 0.5, "the creates' Slack posts")
             except TimeoutError:
                 log("  worker still busy with the creates' follow-ups; CPU per create counts what was done")
-            cpu1 = _system_cpu_s(r, [serve.popen.pid, worker.popen.pid])
-            through["cpu_ms_per_create"] = round((cpu1 - cpu0) * 1000 / max(through["created"], 1), 2)
+            cpu1 = _cpu_parts(r, serve.popen.pid, worker.popen.pid)
+            per = {k: round((cpu1[k] - cpu0[k]) * 1000 / max(through["created"], 1), 2) for k in cpu0}
+            through["cpu_ms_per_create"] = round(sum(per.values()), 2)
+            through["cpu_ms_per_create_by_process"] = per
         events = audit_len1 - audit_len0
         return {
             "method": (

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     #: Hook requests one `jit serve` worker process works on at once (0 = unbounded); over it the
     #: hook answers 503 + Retry-After at once instead of making every request slower (long-polls
     #: are not counted: see JIT_MAX_LONG_POLLS_PER_PIPELINE).
-    jit_hook_max_in_flight: int = Field(16, alias="JIT_HOOK_MAX_IN_FLIGHT", ge=0)
+    jit_hook_max_in_flight: int = Field(4, alias="JIT_HOOK_MAX_IN_FLIGHT", ge=0)
     jit_log_level: str = Field("INFO", alias="JIT_LOG_LEVEL")
     #: Bearer token a scraper sends to /metrics (≥ 16 chars); unset: /metrics answers loopback only.
     jit_metrics_token: SecretStr | None = Field(None, alias="JIT_METRICS_TOKEN")
