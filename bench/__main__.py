@@ -20,7 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("click_to_credential", "revocation_lateness", "hook_throughput", "slack_burst", "audit_sink")
+SECTIONS = (
+    "click_to_credential",
+    "revocation_lateness",
+    "mass_expiry",
+    "hook_throughput",
+    "slack_burst",
+    "audit_sink",
+)
 
 
 def _memory(res: dict[str, Any]) -> dict[str, Any]:
@@ -32,6 +39,8 @@ def _memory(res: dict[str, Any]) -> dict[str, Any]:
         mem = dict(sec.get("memory") or {})
         if name == "revocation_lateness" and "jit" in sec:
             mem = {"worker": sec["jit"]["worker_memory"]}
+        if name == "mass_expiry" and "worker_memory" in sec:
+            mem = {"worker": sec["worker_memory"]}
         for proc, m in mem.items():
             peak = (m or {}).get("peak") or {}
             per_section.setdefault(name, {})[proc] = peak
@@ -43,12 +52,15 @@ def _memory(res: dict[str, Any]) -> dict[str, Any]:
     return {
         "method": (
             "Redis: INFO used_memory before/after making the grants active (revocation section, jit side: "
-            "request hash, approvals hash, sealed credential, index and due-queue entries), divided by the "
-            "grant count; MEMORY USAGE of the audit stream before/after the throughput run, divided by the "
-            "events appended. Processes: VmRSS and Pss summed over each process tree from /proc, sampled "
+            "request hash, approvals hash, sealed credential, index and due-queue entries, and the audit "
+            "trail's events), divided by the grant count; without_audit: less MEMORY USAGE growth of the audit "
+            "stream and nonce set and each request's audit index; MEMORY USAGE of the audit stream "
+            "before/after the throughput run, divided by the events appended. Processes: VmRSS and Pss "
+            "summed over each process tree from /proc, sampled "
             "every 0.5 s during each section (RSS counts pages shared after fork once per process)."
         ),
         "redis_bytes_per_active_grant": rv.get("redis_bytes_per_active_grant"),
+        "redis_bytes_per_active_grant_without_audit": rv.get("redis_bytes_per_active_grant_without_audit"),
         "redis_key_bytes_of_one_grant": keys,
         "redis_bytes_per_audit_event": hook.get("redis_bytes_per_audit_event"),
         "serve_peak_rss_mb": peaks["serve"]["rss_mb"],
@@ -70,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
-    from bench import audit_sink, click, hook, revocation, slack_burst
+    from bench import audit_sink, click, hook, mass_expiry, revocation, slack_burst
     from bench.common import RESULTS, Sizes, machine
     from bench.report import table
 
@@ -78,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = {
         "click_to_credential": click.run,
         "revocation_lateness": revocation.run,
+        "mass_expiry": mass_expiry.run,
         "hook_throughput": hook.run,
         "slack_burst": slack_burst.run,
         "audit_sink": audit_sink.run,

@@ -281,6 +281,7 @@ class Sizes:
     spread_s: float = 60.0
     light_grants: int = 1000  # 0: skip the below-capacity comparison
     light_spread_s: float = 20.0
+    load_creates_per_s: float = 100.0  # 0: skip the run under hook load
     hook_clients: int = 50
     hook_seconds: float = 30.0
     waiters: int = 1000
@@ -289,6 +290,8 @@ class Sizes:
     burst_deadline_s: float = 420.0
     sink_events_per_s: float = 100.0
     sink_seconds: float = 30.0
+    mass_grants: int = 10_000
+    mass_watch_s: float = 30.0
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -299,10 +302,13 @@ class Sizes:
             grants=200,
             spread_s=2.0,
             light_grants=0,
+            load_creates_per_s=20.0,
             hook_clients=8,
             hook_seconds=2.0,
             waiters=40,
             burst=8,
             burst_deadline_s=40.0,
             sink_seconds=2.0,
+            mass_grants=200,
+            mass_watch_s=4.0,
         )

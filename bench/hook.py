@@ -27,12 +27,16 @@ async def _create_many(port: int, n: int, concurrency: int = 20) -> list[str]:
     pool = Pool("127.0.0.1", port, concurrency)
 
     async def one() -> str:
-        resp = await pool.request(
-            "POST",
-            "/v1/requests",
-            headers=auth(),
-            json_body={"action": "bench-token", "reason": "bench: long-poll"},
-        )
+        while True:
+            resp = await pool.request(
+                "POST",
+                "/v1/requests",
+                headers=auth(),
+                json_body={"action": "bench-token", "reason": "bench: long-poll"},
+            )
+            if resp.status != 503:
+                break
+            await asyncio.sleep(_retry_after(resp))  # at capacity: back after Retry-After, as jit_client does
         if resp.status != 201:
             raise RuntimeError(f"create failed: {resp.status} {resp.body[:200]!r}")
         return remember(resp.json())["id"]
@@ -132,8 +136,16 @@ async def _waiters(port: int, r, ids: list[str], ts: dict[str, str], settle_s: f
     }
 
 
+def _retry_after(resp) -> float:
+    for k, v in resp.headers.items():
+        if k.lower() == "retry-after":
+            return float(v)
+    return 1.0
+
+
 async def _throughput(port: int, clients: int, seconds: float) -> dict[str, Any]:
     lat: list[float] = []
+    refused: list[float] = []
     codes: dict[int, int] = {}
     deadline = time.perf_counter() + seconds
 
@@ -154,6 +166,9 @@ async def _throughput(port: int, clients: int, seconds: float) -> dict[str, Any]
             codes[status] = codes.get(status, 0) + 1
             if status == 201:
                 lat.append((time.perf_counter() - t) * 1000)
+            elif status == 503:  # at capacity: refused at once; back after Retry-After, as jit_client does
+                refused.append((time.perf_counter() - t) * 1000)
+                await asyncio.sleep(min(_retry_after(resp), max(deadline - time.perf_counter(), 0)))
         await conn.close()
 
     t0 = time.perf_counter()
@@ -166,8 +181,25 @@ async def _throughput(port: int, clients: int, seconds: float) -> dict[str, Any]
         "creates_per_s": round(codes.get(201, 0) / elapsed, 1),
         "latency_ms": summary(lat, 1),
         "status_codes": {str(k): v for k, v in sorted(codes.items())},
-        "errors": sum(v for k, v in codes.items() if k != 201),
+        "refused": codes.get(503, 0),
+        "refused_ms": summary(refused, 1),
+        "errors": sum(v for k, v in codes.items() if k not in (201, 503)),
     }
+
+
+def _cpu_parts(r, serve: int, worker: int) -> dict[str, float]:
+    """CPU seconds used so far by `jit serve`'s and `jit worker`'s process trees and by Redis."""
+    from bench.common import process_tree
+    from bench.mass_expiry import _cpu_s, _redis_cpu_s
+
+    return {"serve": _cpu_s(process_tree(serve)), "worker": _cpu_s(process_tree(worker)), "redis": _redis_cpu_s(r)}
+
+
+def _due_now(r) -> bool:
+    """Due-queue work that is due now (timers set for later, like pending timeouts, do not count)."""
+    from bot.store import keys
+
+    return bool(r.zcount(keys.due(), "-inf", time.time() * 1000))
 
 
 def _queues_drained(r) -> bool:
@@ -201,10 +233,19 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
             log("  throughput run")
             audit_bytes0 = int(r.memory_usage(keys.audit_stream(), samples=0) or 0)
             audit_len0 = r.xlen(keys.audit_stream())
+            cpu0 = _cpu_parts(r, serve.popen.pid, worker.popen.pid)
             through = asyncio.run(_throughput(stack.port, sizes.hook_clients, sizes.hook_seconds))
             audit_bytes1 = int(r.memory_usage(keys.audit_stream(), samples=0) or 0)
             audit_len1 = r.xlen(keys.audit_stream())
             through["slack_posts_still_queued_at_end"] = r.llen("rq:queue:jit-slack")
+            try:  # the creates' follow-up work (their Slack posts) is part of what a create costs
+                wait_for(lambda: _queues_drained(r) and not _due_now(r), 300, 0.5, "the creates' Slack posts")
+            except TimeoutError:
+                log("  worker still busy with the creates' follow-ups; CPU per create counts what was done")
+            cpu1 = _cpu_parts(r, serve.popen.pid, worker.popen.pid)
+            per = {k: round((cpu1[k] - cpu0[k]) * 1000 / max(through["created"], 1), 2) for k in cpu0}
+            through["cpu_ms_per_create"] = round(sum(per.values()), 2)
+            through["cpu_ms_per_create_by_process"] = per
         events = audit_len1 - audit_len0
         return {
             "method": (

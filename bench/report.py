@@ -56,6 +56,9 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     variants = [("2. Revocation lateness", rv)] if "jit" in rv else []
     if rv.get("below_capacity"):
         variants.append(("   same, below capacity", rv["below_capacity"]))
+    if rv.get("under_load"):
+        u = rv["under_load"]
+        variants.append((f"   same, while the hook takes {u['creates_per_s']:g} creates/s", u))
     for label, v in variants:
         j, q = v["jit"], v["rq_enqueue_at"]
         keys = ("p50", "p99", "max")
@@ -77,6 +80,23 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 _met(ok),
             )
         )
+    me = res.get("mass_expiry") or {}
+    if "all_revoked_s" in me:
+        sl = me["slack"]
+        whole = me["final_statuses"] == {"expired": me["grants"]} and me["revoked_events"] == me["grants"]
+        out.append(
+            (
+                f"2b. Mass expiry: {me['grants']} overdue grants, worker starts after an outage",
+                f"all revoked {me['all_revoked_s']} s after the worker started; audit "
+                f"{me['requests_with_one_revoked_event']}/{me['grants']} recorded once, chain "
+                f"{'intact' if me['audit_chain_intact'] else 'BROKEN'}; "
+                f"CPU {me['cpu_ms_per_revocation']} ms/revocation",
+                f"Slack: {sl['digests']} digest(s); chat.update {sl['chat_update_per_min_in_watch']:g}/min "
+                f"(Tier 3: 50/min); 429s {sl['rate_limited_429']}",
+                "all within 20 s; audit complete; 429s 0",
+                _met(whole and me["all_revoked_s"] <= 20 and sl["rate_limited_429"] == 0),
+            )
+        )
     h = res.get("hook_throughput") or {}
     if "throughput" in h:
         t = h["throughput"]
@@ -84,7 +104,8 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             (
                 f"3. POST /v1/requests, {t['clients']} clients × {t['seconds']:g} s",
                 f"{t['creates_per_s']:.0f} creates/s, p50 / p95 / p99 {_pct(t['latency_ms'])}; errors {t['errors']}",
-                "",
+                f"refused at capacity (503): {t.get('refused', 0)}, refusal p50 / p95 / p99 "
+                f"{_pct(t.get('refused_ms'))}; CPU per create {t.get('cpu_ms_per_create')} ms (whole system)",
                 "≥ 500/s, p99 < 50 ms",
                 _met(t["creates_per_s"] >= 500 and bool(_lt(t["latency_ms"]["p99"], 50))),
             )
@@ -131,11 +152,12 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     if "redis_bytes_per_active_grant" in m:
         out.append(
             (
-                "5. Redis memory per active grant / per audit event",
-                f"{m['redis_bytes_per_active_grant']} B / {m['redis_bytes_per_audit_event']} B",
+                "5. Redis memory per active grant (without its audit events) / per audit event",
+                f"{m['redis_bytes_per_active_grant']} B ({m.get('redis_bytes_per_active_grant_without_audit')} B) "
+                f"/ {m['redis_bytes_per_audit_event']} B",
                 "",
-                "",
-                "—",
+                "≤ 1 500 B per grant",
+                _met(_lt(m.get("redis_bytes_per_active_grant_without_audit"), 1501)),
             )
         )
         out.append(

@@ -11,9 +11,11 @@ baseline. The `record` backend writes the wall-clock time of every revoke into R
 
 from __future__ import annotations
 
+import asyncio
 import random
 import secrets
 import sys
+import threading
 import time
 from dataclasses import replace
 from datetime import timedelta
@@ -32,7 +34,6 @@ from bench.common import (
 )
 
 BATCH = 500
-RULE = "actions.bench-record.approvers"  # the policy path of the one rule bench-record has
 
 
 def _runtime(stack):
@@ -46,10 +47,12 @@ def _runtime(stack):
 class Seeder:
     """Puts active grants in place through the store's transitions, with no follow-up work left."""
 
-    def __init__(self, rt) -> None:
+    def __init__(self, rt, action: str = "bench-record") -> None:
         from bot.store.requests import NoEffects, Store
 
         self.rt = rt
+        self.action = action
+        self.rule = f"actions.{action}.approvers"  # the policy path of the action's one rule
         self.store = Store(rt.redis, rt.audit, rt.settings.jit_request_retention, effects=NoEffects())
         self.policy = rt.policy
 
@@ -62,7 +65,7 @@ class Seeder:
         token = new_token()
         return AccessRequest(
             id=secrets.token_hex(8),
-            action="bench-record",
+            action=self.action,
             pipeline="bench-ci",
             reason="bench: revocation",
             ttl=ttl,
@@ -88,7 +91,7 @@ class Seeder:
         pipe.execute()
 
     def _event(self, event: str, rid: str, actor: str) -> str:
-        return self.rt.audit.event_body(event, request_id=rid, action="bench-record", actor=actor)
+        return self.rt.audit.event_body(event, request_id=rid, action=self.action, actor=actor)
 
     def approve_many(self, n: int, ttl: timedelta) -> list[str]:
         """create + approve: n requests in state `approved` (their grant job removed)."""
@@ -106,9 +109,9 @@ class Seeder:
                     req.id,
                     APPROVER,
                     now_ms(),
-                    rules=[(RULE, 1, [APPROVER])],
+                    rules=[(self.rule, 1, [APPROVER])],
                     seen=[],
-                    rule=RULE,
+                    rule=self.rule,
                     oncall=[],
                     given=self._event("approval.given", req.id, APPROVER),
                     approved=self._event("request.approved", req.id, APPROVER),
@@ -137,10 +140,18 @@ class Seeder:
                 if on_active is not None:
                     on_active(rid, exp)
             self._drop_follow_ups(batch)
+            # the grant job, done, lets go of its claim (DueQueue.done): nothing of it stays
+            self.rt.redis.hdel(keys.due_claims(), *[f"grant:{rid}" for rid in batch])
 
 
 def _used_memory(r) -> int:
     return int(r.info("memory")["used_memory"])
+
+
+def _audit_bytes(r) -> int:
+    from bot.store import keys
+
+    return sum(int(r.memory_usage(k, samples=0) or 0) for k in (keys.audit_stream(), keys.audit_nonces()))
 
 
 def _grant_key_bytes(r, rid: str) -> dict[str, int]:
@@ -151,15 +162,87 @@ def _grant_key_bytes(r, rid: str) -> dict[str, int]:
         ("request", keys.request(rid)),
         ("approvals", keys.approvals(rid)),
         ("credential", keys.credential(rid)),
+        ("request_token", keys.request_token(rid)),
+        ("audit_index", keys.audit_by_request(rid)),
     ):
         out[name] = int(r.memory_usage(key, samples=0) or 0)
     return out
 
 
-def _run_side(side: str, sizes: Sizes, rng_seed: int, log) -> dict[str, Any]:
-    """One side of the comparison on a fresh stack: 'jit' (jit worker) or 'rq' (enqueue_at)."""
-    stack = new_stack()
+class CreateLoad:
+    """Pipelines asking `POST /v1/requests` at a steady `rate` per second (open loop: a slow answer
+    does not slow the asking), from a thread of its own, until stopped."""
+
+    def __init__(self, port: int, rate: float) -> None:
+        self.port = port
+        self.rate = rate
+        self.latency_ms: list[float] = []
+        self.codes: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="create-load", daemon=True)
+
+    async def _run(self) -> None:
+        from bench.common import auth
+        from bench.http import Connection
+
+        idle: list[Connection] = []
+        body = {"action": "bench-token", "reason": "bench: load during expiries"}
+
+        async def one() -> None:
+            conn = idle.pop() if idle else Connection("127.0.0.1", self.port)
+            t = time.perf_counter()
+            try:
+                resp = await conn.request("POST", "/v1/requests", headers=auth(), json_body=body)
+                status = resp.status
+            except (ConnectionError, OSError):
+                status = 0
+            self.codes[status] = self.codes.get(status, 0) + 1
+            if status == 201:
+                self.latency_ms.append((time.perf_counter() - t) * 1000)
+            idle.append(conn)
+
+        tasks = set()
+        start = time.perf_counter()
+        sent = 0
+        while not self._stop.is_set():
+            due = start + sent / self.rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            task = asyncio.create_task(one())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            sent += 1
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for conn in idle:
+            await conn.close()
+
+    def __enter__(self) -> CreateLoad:
+        self._thread.start()
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        self.seconds = time.perf_counter() - self.started
+
+    def result(self) -> dict[str, Any]:
+        created = self.codes.get(201, 0)
+        return {
+            "rate_asked_per_s": self.rate,
+            "creates_per_s": round(created / max(self.seconds, 0.001), 1),
+            "latency_ms": summary(self.latency_ms, 1),
+            "status_codes": {str(k): v for k, v in sorted(self.codes.items())},
+        }
+
+
+def _run_side(side: str, sizes: Sizes, rng_seed: int, log, load_per_s: float = 0.0) -> dict[str, Any]:
+    """One side of the comparison on a fresh stack: 'jit' (jit worker) or 'rq' (enqueue_at); with
+    `load_per_s`, `jit serve` takes that many creates a second while the grants expire."""
+    # one channel for the load's requests; the Slack stand-in does not limit here
+    stack = new_stack(JIT_SLACK_POST_INTERVAL_MS="0") if load_per_s else new_stack()
     try:
+        if load_per_s:
+            stack.serve(workers=2)
         rt = _runtime(stack)
         r = rt.redis
         if side == "jit":
@@ -174,6 +257,7 @@ def _run_side(side: str, sizes: Sizes, rng_seed: int, log) -> dict[str, Any]:
         rng = random.Random(rng_seed)  # both sides get the same expiry offsets
         offsets = sorted(rng.uniform(0, sizes.spread_s * 1000) for _ in range(sizes.grants))
         mem0 = _used_memory(r)
+        audit0 = _audit_bytes(r)
         t_seed = time.monotonic()
         ids = seeder.approve_many(sizes.grants, timedelta(seconds=int(sizes.spread_s) + 60))
         seed_a = time.monotonic() - t_seed
@@ -203,6 +287,7 @@ def _run_side(side: str, sizes: Sizes, rng_seed: int, log) -> dict[str, Any]:
         seeded_at = time.time_ns() // 1_000_000
         seed_total = time.monotonic() - t_seed
         mem1 = _used_memory(r)
+        audit1 = _audit_bytes(r)
         sample_keys = _grant_key_bytes(r, ids[0])
         expired_before_seeded = sum(1 for e in expires if e <= seeded_at)
         log(
@@ -211,15 +296,23 @@ def _run_side(side: str, sizes: Sizes, rng_seed: int, log) -> dict[str, Any]:
         )
 
         deadline_s = (max(expires) - time.time_ns() // 1_000_000) / 1000 + 120
+        load = None
         with RssSampler({"worker": [w.popen.pid for w in workers]}) as rss:
 
             def all_revoked() -> bool:
                 return r.hlen(RECORD_KEY) >= 2 * sizes.grants
 
+            if load_per_s:
+                wait_for(lambda: time.time_ns() // 1_000_000 >= t0_ms - 1000, deadline_s, 0.05, "the first expiry")
+                load = CreateLoad(stack.port, load_per_s)
+                load.__enter__()
             try:
                 wait_for(all_revoked, deadline_s, 0.25, "every grant to be revoked")
             except TimeoutError:
                 log(f"  {side}: not every grant was revoked before the deadline")
+            finally:
+                if load is not None:
+                    load.__exit__(None, None, None)
         recorded = r.hgetall(RECORD_KEY)
         late, missing, dup = [], 0, 0
         for rid, exp in zip(ids, expires, strict=True):
@@ -251,8 +344,11 @@ def _run_side(side: str, sizes: Sizes, rng_seed: int, log) -> dict[str, Any]:
             "seeding_s": round(seed_total, 2),
             "expired_before_seeding_done": expired_before_seeded,
             "redis_used_memory_delta": mem1 - mem0,
+            # the audit trail's share: the stream, its recent-nonce set, each request's index of entries
+            "redis_audit_memory_delta": audit1 - audit0 + sizes.grants * sample_keys["audit_index"],
             "sample_grant_key_bytes": sample_keys,
             "worker_memory": rss.result()["worker"],
+            **({"create_load": load.result()} if load is not None else {}),
         }
     finally:
         close_stack(stack)
@@ -284,6 +380,23 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
             "rq_enqueue_at": lrq,
             "p99_ratio_rq_over_jit": _ratio(ljit, lrq),
         }
+    under_load = None
+    if sizes.load_creates_per_s:
+        # The issue's load again, while `jit serve` takes creates on the same two cores.
+        log(
+            f"revocation lateness: {sizes.grants} grants over {sizes.spread_s:g}s while the hook takes "
+            f"{sizes.load_creates_per_s:g} creates/s"
+        )
+        ujit = _run_side("jit", sizes, seed, log, sizes.load_creates_per_s)
+        urq = _run_side("rq", sizes, seed, log, sizes.load_creates_per_s)
+        under_load = {
+            "grants": sizes.grants,
+            "spread_s": sizes.spread_s,
+            "creates_per_s": sizes.load_creates_per_s,
+            "jit": ujit,
+            "rq_enqueue_at": urq,
+            "p99_ratio_rq_over_jit": _ratio(ujit, urq),
+        }
     return {
         "method": (
             "grants made active through the store's own Lua transitions (create, approve, activate) "
@@ -291,11 +404,18 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
             "removed. Revocation: the real `jit worker` process (expiry scheduler + RQ SimpleWorker, "
             "concurrency 2) vs two RQ SimpleWorkers with with_scheduler=True running the same revoke "
             "handler via Queue.enqueue_at(expires_at). Lateness = record backend's call time - "
-            "expires_at. Each side on a fresh Redis, one after the other."
+            "expires_at. Each side on a fresh Redis, one after the other. under_load: the same while "
+            "asyncio pipelines POST /v1/requests at a steady rate to `jit serve` (2 gevent workers) from the "
+            "first expiry to the last revoke (jit side: its worker also posts those requests' Slack "
+            "messages; RQ side: nobody does)."
         ),
         "jit": jit,
         "rq_enqueue_at": rq,
         "p99_ratio_rq_over_jit": _ratio(jit, rq),
         "below_capacity": below,
+        "under_load": under_load,
         "redis_bytes_per_active_grant": round(jit["redis_used_memory_delta"] / max(sizes.grants, 1)),
+        "redis_bytes_per_active_grant_without_audit": round(
+            (jit["redis_used_memory_delta"] - jit["redis_audit_memory_delta"]) / max(sizes.grants, 1)
+        ),
     }

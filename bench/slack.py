@@ -3,7 +3,8 @@
 A deliberately small stand-in, so `jit bench` runs from an installed package (a container image)
 where the test suite's full Slack fake (tests/fakes/slack/) is not shipped. It answers what jit
 calls while a request is asked, posted, approved and granted — `auth.test`, `chat.postMessage`
-(with Slack's per-channel limit when asked: 429 + Retry-After), `chat.update`,
+(with Slack's per-channel limit when asked: 429 + Retry-After), `chat.update` (with Tier 3's
+workspace limit when asked),
 `conversations.history`, `conversations.open`, `chat.postEphemeral`, `views.publish` — in Slack's
 wire format, and records every call with its time. Anything else answers `unknown_method`, as
 Slack does, so a new call shows up as an error rather than as a silent success.
@@ -54,6 +55,8 @@ class SlackStandIn:
         self._last_ts = 0
         self._rate: tuple[float, float] | None = None  # (per second, burst)
         self._buckets: dict[str, tuple[float, float]] = {}  # channel → (tokens, at)
+        self._update_rate: tuple[float, float] | None = None  # chat.update: (per second, burst)
+        self._update_bucket: tuple[float, float] | None = None  # (tokens, at), whole workspace
         self._server: ThreadingHTTPServer | None = None
 
     def start(self) -> SlackStandIn:
@@ -88,6 +91,23 @@ class SlackStandIn:
             self._rate = (float(per_second), float(burst))
             self._buckets.clear()
 
+    def enforce_update_rate(self, per_minute: float = 50.0, burst: int = 3) -> None:
+        """Slack's Tier 3 for `chat.update` (about 50 a minute per workspace, short bursts tolerated):
+        a token bucket for the whole workspace; over it, 429 + Retry-After."""
+        with self._lock:
+            self._update_rate = (per_minute / 60.0, float(burst))
+            self._update_bucket = None
+
+    def seed_messages(self, channel: str, texts: list[str]) -> list[str]:
+        """Messages already in `channel` (as if posted earlier); returns their ts, in order."""
+        with self._lock:
+            out = []
+            for text in texts:
+                msg = {"type": "message", "user": BOT_USER_ID, "bot_id": BOT_ID, "ts": self._next_ts(), "text": text}
+                self._messages.setdefault(channel, []).append(msg)
+                out.append(msg["ts"])
+            return out
+
     # ------------------------------------------------------------------ the methods
 
     def answer(self, method: str, params: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -110,6 +130,9 @@ class SlackStandIn:
                 self._messages.setdefault(channel, []).append(msg)
             return 200, {"ok": True, "channel": channel, "ts": msg["ts"], "message": msg}, {}
         if method == "chat.update":
+            retry = self._update_limited()
+            if retry is not None:
+                return 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": str(retry)}
             for msg in self._messages.get(p.get("channel") or "", []):
                 if msg["ts"] == p.get("ts"):
                     msg.update({k: p[k] for k in ("text", "blocks", "metadata") if k in p})
@@ -141,6 +164,20 @@ class SlackStandIn:
             self._buckets[channel] = (tokens - 1.0, now)
             return None
         self._buckets[channel] = (tokens, now)
+        return max(1, math.ceil((1.0 - tokens) / rate))
+
+    def _update_limited(self) -> int | None:
+        """Seconds to wait if `chat.update` is over the workspace's rate, else None (a call is counted)."""
+        if self._update_rate is None:
+            return None
+        rate, burst = self._update_rate
+        now = time.monotonic()
+        tokens, at = self._update_bucket or (burst, now)
+        tokens = min(burst, tokens + (now - at) * rate)
+        if tokens >= 1.0:
+            self._update_bucket = (tokens - 1.0, now)
+            return None
+        self._update_bucket = (tokens, now)
         return max(1, math.ceil((1.0 - tokens) / rate))
 
 

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     jit_slack_post_interval_ms: int = Field(1000, alias="JIT_SLACK_POST_INTERVAL_MS", ge=0)
     #: More new requests than this waiting for one channel: post a digest listing them first.
     jit_slack_digest_after: int = Field(5, alias="JIT_SLACK_DIGEST_AFTER", ge=1)
+    #: Message updates after expiries are spaced by this many ms across the workspace (chat.update
+    #: is Slack's Tier 3, about 50 a minute; 1500 leaves room for the updates clicks make).
+    jit_slack_update_interval_ms: int = Field(1500, alias="JIT_SLACK_UPDATE_INTERVAL_MS", ge=0)
     #: When set, clicks and commands from any other workspace are refused.
     slack_team_id: str | None = Field(None, alias="SLACK_TEAM_ID")
     jit_policy_file: str = Field("jit-policy.yaml", alias="JIT_POLICY_FILE")
@@ -57,6 +60,10 @@ class Settings(BaseSettings):
     #: Long-polls (`GET /v1/requests/{id}?wait=N`) one pipeline may hold open at once, counted
     #: across every server process (0 = unlimited); over it: 429 + Retry-After.
     jit_max_long_polls_per_pipeline: int = Field(200, alias="JIT_MAX_LONG_POLLS_PER_PIPELINE", ge=0)
+    #: Hook requests one `jit serve` worker process works on at once (0 = unbounded); over it the
+    #: hook answers 503 + Retry-After at once instead of making every request slower (long-polls
+    #: are not counted: see JIT_MAX_LONG_POLLS_PER_PIPELINE).
+    jit_hook_max_in_flight: int = Field(16, alias="JIT_HOOK_MAX_IN_FLIGHT", ge=0)
     jit_log_level: str = Field("INFO", alias="JIT_LOG_LEVEL")
     #: Bearer token a scraper sends to /metrics (≥ 16 chars); unset: /metrics answers loopback only.
     jit_metrics_token: SecretStr | None = Field(None, alias="JIT_METRICS_TOKEN")

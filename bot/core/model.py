@@ -50,7 +50,9 @@ class AccessRequest:
     verified_keys: tuple[str, ...] = ()
     policy_sha256: str = ""
     request_token_hash: str = ""
-    request_token_enc: str = ""
+    #: The sealed request_token; the store keeps it apart from the request hash (its own key), so a
+    #: request read back carries it only if stored the old way: `Store.request_token_blob` reads it.
+    request_token_enc: str = field(default="", compare=False, repr=False)
     approvals: list[tuple[str, datetime]] = field(default_factory=list)
     decided_by: str | None = None
     decided_at: datetime | None = None

@@ -50,6 +50,10 @@ class Metrics(Protocol):
 
     def revoked(self, action: str, backend: str, seconds: float, lateness_s: float | None) -> None: ...
 
+    def revoked_many(self, revokes: list[tuple[str, str, str, float, float | None]]) -> None:
+        """(action, outcome, backend, seconds, lateness_s) per revoke: `request` + `revoked` for each."""
+        ...
+
 
 @dataclass(frozen=True)
 class GrantRequest:

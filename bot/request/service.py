@@ -197,7 +197,7 @@ class RequestService:
                     "asked_ttl": body.ttl,
                 },
             )
-            return Created(req, self.vault.open(req.request_token_enc), False)
+            return Created(req, self.vault.open(self.store.request_token_blob(req.id)), False)
         return None
 
     def _bound(self, pipeline: str, action: str, platform: str, verified: dict[str, Any] | None) -> Created:
@@ -227,7 +227,7 @@ class RequestService:
                 actor=f"pipeline:{pipeline}",
                 details={"platform": platform, "run": run},
             )
-            return Created(req, self.vault.open(req.request_token_enc), False)
+            return Created(req, self.vault.open(self.store.request_token_blob(req.id)), False)
         record_refusal(
             self.store.r,
             self.audit,
@@ -243,7 +243,8 @@ class RequestService:
         """The request an Idempotency-Key already made; a different body or caller is an error (422).
         Handing its request_token out again is audited (`request.replayed`): with a static pipeline
         token the key is as good as the request_token, so every use of it is on the record."""
-        rid, _, seen = value.partition("|")
+        rid, _, rest = value.partition("|")
+        seen, _, sealed = rest.partition("|")  # older keys carried the sealed request token here
         if seen and seen != fingerprint:
             raise E.IdempotencyKeyReused("this Idempotency-Key was already used for a different request; use a new key")
         existing = self.store.get(rid)
@@ -256,7 +257,7 @@ class RequestService:
             actor=f"pipeline:{pipeline}",
             details={"via": "idempotency_key", "status": existing.status.value},
         )
-        return Created(existing, self.vault.open(existing.request_token_enc), False)
+        return Created(existing, self.vault.open(sealed or self.store.request_token_blob(existing.id)), False)
 
     def created_for(self, pipeline: str, idempotency_key: str) -> str | None:
         """The id of the request this pipeline's Idempotency-Key made (kept 24 h), if any."""

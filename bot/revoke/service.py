@@ -3,6 +3,8 @@ comes — and the backend revoke that follows is recorded exactly once."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from bot.core import errors as E
 from bot.core.clock import now, now_ms, rfc3339, to_ms
 from bot.core.crypto import Vault
@@ -117,6 +119,39 @@ class RevokeService:
             self.complete(req, backend_for)
         return 0
 
+    def expire_many(self, request_ids: list[str], backend_for: BackendFor) -> dict[str, int | Exception]:
+        """`expire` for a batch (the hot path of an expiry storm): the requests and their credentials
+        are read in one round trip, each due one is revoked at its backend, and all are recorded in
+        one. Per id: ms still to wait (never early), 0 when done or nothing to do, or what its backend
+        revoke raised (that one is not recorded, and comes back with backoff). Nothing here talks to
+        Slack: an expiry's message update follows, paced, in another job."""
+        reqs = {r.id: r for r in self.store.get_many(request_ids)}
+        blobs = dict(zip(request_ids, self.store.credential_blobs(request_ids), strict=True))
+        out: dict[str, int | Exception] = {}
+        revoked: list[_Revoked] = []
+        for rid in request_ids:
+            req = reqs.get(rid)
+            out[rid] = 0
+            if req is not None and req.expires_at is not None and now() < req.expires_at:
+                out[rid] = to_ms(req.expires_at) - now_ms()
+            elif req is not None and req.status == Status.ACTIVE:  # else it ended some other way
+                try:
+                    done = self._revoke_at_backend(req, blobs[rid], backend_for)
+                except Exception as e:  # noqa: BLE001 - this one is retried; the rest go on
+                    out[rid] = e
+                    continue
+                if done is not None:
+                    revoked.append(done)
+        outcomes = self.store.mark_revoked_many([(d.req.id, d.at_ms, d.event) for d in revoked])
+        self.metrics.revoked_many(
+            [
+                (d.req.action, o.status or "", d.backend, d.seconds, d.lateness_s)
+                for d, o in zip(revoked, outcomes, strict=True)
+                if o.result == "ok" and o.status in (Status.EXPIRED, Status.REVOKED)
+            ]
+        )
+        return out
+
     # ---------------------------------------------------------------- the backend revoke
 
     def complete(self, req: AccessRequest | str, backend_for: BackendFor) -> None:
@@ -128,11 +163,19 @@ class RevokeService:
             if found is None:
                 return
             req = found
-        rid = req.id
-        blob = self.store.credential_blob(rid)
+        done = self._revoke_at_backend(req, self.store.credential_blob(req.id), backend_for)
+        if done is None:
+            return
+        out = self.store.mark_revoked(req.id, done.at_ms, done.event)
+        if out.result == "ok" and out.status in (Status.EXPIRED, Status.REVOKED):
+            self.metrics.request(req.action, out.status)
+            self.metrics.revoked(req.action, done.backend, done.seconds, done.lateness_s)
+
+    def _revoke_at_backend(self, req: AccessRequest, blob: str | None, backend_for: BackendFor) -> _Revoked | None:
+        """The backend revoke itself; what to record after it, or None when it was done already."""
         credential = self.vault.open(blob) if blob else None
         if req.revoke_done_at is not None and not req.revoke_pending and credential is None:
-            return  # done already
+            return None  # done already
         backend = backend_for(req.action, req.policy_sha256)
         started = now_ms()
         observed = backend.revoke(grant_request(req), credential)
@@ -149,9 +192,23 @@ class RevokeService:
                 details["lateness_ms"] = lateness
         if credential is None:
             details["cleanup"] = "no credential was recorded; cleaned up any partial grant"
-        out = self.store.mark_revoked(rid, t, self._event("grant.revoked", req, actor=by, details=details))
-        if out.result == "ok" and out.status in (Status.EXPIRED, Status.REVOKED):
-            self.metrics.request(req.action, out.status)
-            self.metrics.revoked(
-                req.action, backend.type, (t - started) / 1000, None if lateness is None else lateness / 1000
-            )
+        return _Revoked(
+            req=req,
+            at_ms=t,
+            event=self._event("grant.revoked", req, actor=by, details=details),
+            backend=backend.type,
+            seconds=(t - started) / 1000,
+            lateness_s=None if lateness is None else lateness / 1000,
+        )
+
+
+@dataclass(frozen=True)
+class _Revoked:
+    """A backend revoke that succeeded, waiting to be recorded."""
+
+    req: AccessRequest
+    at_ms: int
+    event: str
+    backend: str
+    seconds: float
+    lateness_s: float | None

@@ -123,6 +123,35 @@ class DueQueue:
     def extend(self, member: str, token: str, new_score: int) -> bool:
         return bool(self._extend(keys=[keys.due(), keys.due_claims()], args=[member, token, new_score]))
 
+    def extend_many(self, items: list[tuple[str, str]], new_score: int) -> list[bool]:
+        """`extend` for many (member, token) in one round trip."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for member, token in items:
+                self._extend(keys=[keys.due(), keys.due_claims()], args=[member, token, new_score], client=pipe)
+            return [bool(x) for x in pipe.execute()]
+
+    def done_many(self, items: list[tuple[str, str]]) -> None:
+        """`done` for many (member, token) in one round trip."""
+        if not items:
+            return
+        with self.r.pipeline(transaction=False) as pipe:
+            for member, token in items:
+                self._done(keys=[keys.due(), keys.due_claims(), keys.due_attempts()], args=[member, token], client=pipe)
+            pipe.execute()
+
+    def retry_at_many(self, items: list[tuple[str, str, int]]) -> None:
+        """`retry_at` for many (member, token, at_ms) in one round trip."""
+        if not items:
+            return
+        with self.r.pipeline(transaction=False) as pipe:
+            for member, token, at_ms in items:
+                self._retry(
+                    keys=[keys.due(), keys.due_claims(), keys.due_attempts(), keys.due_wake()],
+                    args=[member, token, at_ms, "0", 0, 0, 0],
+                    client=pipe,
+                )
+            pipe.execute()
+
     def next_due_ms(self) -> int | None:
         head = self.r.zrange(keys.due(), 0, 0, withscores=True)
         return int(head[0][1]) if head else None

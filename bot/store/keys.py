@@ -35,13 +35,22 @@ def session(request_id: str) -> str:
     return f"{PREFIX}req:{request_id}:session"
 
 
+def request_token(request_id: str) -> str:
+    """String: a request's sealed request_token, read when it is handed out again (an
+    Idempotency-Key replay, a gated deployment's job, a pipeline asking again for a grant it
+    holds). Apart from the request hash because, at ~140 bytes, it alone would push the hash past
+    Redis's compact (listpack) encoding. No TTL while the request is open; the request's retention
+    once it is final (set with the hash's, in `finalize`)."""
+    return f"{PREFIX}req:{request_id}:token"
+
+
 def credential(request_id: str) -> str:
     """String: the encrypted credential. Deleted when the revoke succeeds; TTL as backstop."""
     return f"{PREFIX}cred:{request_id}"
 
 
 def idempotency(pipeline: str, key_hash: str) -> str:
-    """String: request id for an Idempotency-Key. TTL 24 h."""
+    """String: `request id|body fingerprint|sealed request token` for an Idempotency-Key. TTL 24 h."""
     return f"{PREFIX}idem:{pipeline}:{key_hash}"
 
 
@@ -244,6 +253,29 @@ def channel_outbox(channel: str) -> str:
     `channel`, oldest first. A member leaves when its message is posted (or its request is gone),
     so the key vanishes when the backlog is empty."""
     return f"{PREFIX}slack:outbox:{channel}"
+
+
+def expired_messages() -> str:
+    """Sorted set `channel:request_id` → revoked (ms): expired grants whose Slack message still
+    shows them active. Revocation only adds here; the `updates:expired` job updates the messages at
+    chat.update's pace and removes each once updated, so the key vanishes when all are current."""
+    return f"{PREFIX}slack:expired"
+
+
+def expired_digested(channel: str) -> str:
+    """String: ms up to which expiries in `channel` were counted in a digest reply. TTL 1 day."""
+    return f"{PREFIX}slack:expired:digested:{channel}"
+
+
+def expired_digest_slot(channel: str) -> str:
+    """String: ms before which `channel` gets no further expiry digest (one a minute). TTL 1 min."""
+    return f"{PREFIX}slack:expired:digest-slot:{channel}"
+
+
+def update_slot() -> str:
+    """String: ms of the next free `chat.update` slot for catch-up updates, for the whole workspace
+    (Slack's Tier 3: about 50 a minute). TTL slot + 60 s."""
+    return f"{PREFIX}slack:update-slot"
 
 
 def dm_channel(user_id: str) -> str:

@@ -30,6 +30,11 @@ from bot.store import keys
 #: lost with its worker.
 LEASE_MS = 10_000
 
+#: The one due item that brings expired grants' Slack messages up to date (paced, coalesced).
+EXPIRED_UPDATES = "updates:expired"
+#: An expiry's message update waits this long for others to coalesce with.
+COALESCE_MS = 1000
+
 
 class Effects(Protocol):
     """Hands due-queue items to workers at once (implemented with RQ in workers/)."""
@@ -156,15 +161,17 @@ local function finalize()
   redis.call('ZREM', KEYS[3], ID)
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('EXPIRE', KEYS[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[1] .. ':token', ARGV[4])  -- keys.request_token: the request's own
 end
 """
 )
 
 # The first Slack post is due at once and left to the scheduler, which batches bursts; the
 # request also takes its place, in creation order, in its channel's queue of first posts.
-# KEYS: 9 idempotency key or '', 10 all-requests index, 11 channel outbox
+# KEYS: 9 idempotency key or '', 10 all-requests index, 11 channel outbox, 12 sealed request token
 # ARGV: 8 fields (JSON object of strings), 9 created_ms, 10 timeout due ms, 11 idem ttl s,
-#       12 idempotency value
+#       12 idempotency value, 13 sealed request token (kept until the request is final, then
+#       expires with it: finalize)
 _CREATE = (
     _PRELUDE
     + """
@@ -178,6 +185,7 @@ for k, v in pairs(cjson.decode(ARGV[8])) do
   flat[#flat + 1] = v
 end
 redis.call('HSET', KEYS[1], unpack(flat))
+if ARGV[13] ~= '' then redis.call('SET', KEYS[12], ARGV[13]) end
 redis.call('ZADD', KEYS[3], ARGV[9], ID)
 redis.call('ZADD', KEYS[10], ARGV[9], ID)
 schedule('timeout:' .. ID, ARGV[10])
@@ -447,6 +455,11 @@ return reply('ok', st)
 
 # After the backend revoke succeeded. Exactly one caller records it (revoke_done_ms set once).
 # While a grant is in flight nothing is recorded: its end queues another revoke.
+# An expiry does not kick its own Slack update: it joins the expired-messages set, and the one
+# `updates:expired` job (due in ARGV[8] ms unless already queued) updates messages at chat.update's
+# pace, with a digest per channel in a storm (workers/jobs/notify/expiries.py). So revoking stays
+# Redis work only, whatever Slack allows.
+# KEYS: 9 expired messages   ARGV: 8 coalescing delay ms
 _REVOKED = (
     _PRELUDE
     + """
@@ -462,8 +475,16 @@ if st == 'active' then
   redis.call('HSET', KEYS[1], 'status', 'expired', 'revoked_by', 'expiry', 'revoked_ms', ARGV[2])
   grant_timers_off()
   finalize()
+  redis.call('ZADD', KEYS[9], 'NX', NOW, (redis.call('HGET', KEYS[1], 'channel') or '') .. ':' .. ID)
+  if redis.call('ZADD', KEYS[4], 'NX', NOW + tonumber(ARGV[8]), '"""
+    + EXPIRED_UPDATES
+    + """') == 1 then
+    redis.call('RPUSH', KEYS[6], '1')
+    redis.call('LTRIM', KEYS[6], -16, -1)
+  end
+else
+  kick('slack:' .. ID)
 end
-kick('slack:' .. ID)
 audit(ARGV[6], {status = final})
 changed()
 return reply('ok', final)
@@ -709,6 +730,11 @@ class Store:
             self.r.srem(held, *ended)
         return [req for req in found.values() if req.status == Status.ACTIVE]
 
+    def request_token_blob(self, request_id: str) -> str:
+        """A request's sealed request_token ('' when none); older requests kept it in their hash."""
+        own = self.r.get(keys.request_token(request_id))
+        return own or self.r.hget(keys.request(request_id), "request_token_enc") or ""
+
     def credential_blob(self, request_id: str) -> str | None:
         return self.r.get(keys.credential(request_id))
 
@@ -733,34 +759,44 @@ class Store:
     ) -> list:
         token = secrets.token_hex(8)
         res = self._scripts[script](
-            keys=[
-                keys.request(request_id),
-                keys.approvals(request_id),
-                keys.open_requests(),
-                keys.due(),
-                keys.due_claims(),
-                keys.due_wake(),
-                keys.audit_outbox(),
-                keys.credential(request_id),
-                *(keys_extra or []),
-            ],
-            args=[
-                request_id,
-                now_ms,
-                now_ms + LEASE_MS,
-                self.retention_s,
-                token,
-                events[0],
-                events[1],
-                *(args_extra or []),
-            ],
+            keys=self._keys(request_id, keys_extra), args=self._args(request_id, now_ms, token, events, args_extra)
         )
-        kicked = [m for m in (res[2] or "").split(",") if m]
-        if kicked:
-            self.effects.kick(kicked, token)
+        self._after(res, token)
         if any(events):
             self.audit.flush()
         return res
+
+    def _keys(self, request_id: str, keys_extra: list[str] | None) -> list[str]:
+        return [
+            keys.request(request_id),
+            keys.approvals(request_id),
+            keys.open_requests(),
+            keys.due(),
+            keys.due_claims(),
+            keys.due_wake(),
+            keys.audit_outbox(),
+            keys.credential(request_id),
+            *(keys_extra or []),
+        ]
+
+    def _args(
+        self, request_id: str, now_ms: int, token: str, events: tuple[str, str], args_extra: list[object] | None
+    ) -> list[object]:
+        return [
+            request_id,
+            now_ms,
+            now_ms + LEASE_MS,
+            self.retention_s,
+            token,
+            events[0],
+            events[1],
+            *(args_extra or []),
+        ]
+
+    def _after(self, res: list, token: str) -> None:
+        kicked = [m for m in (res[2] or "").split(",") if m]
+        if kicked:
+            self.effects.kick(kicked, token)
 
     # ---------------------------------------------------------------- transitions
 
@@ -773,20 +809,29 @@ class Store:
         extra: dict[str, str] | None = None,
     ) -> tuple[bool, str]:
         """Store a new request with its creation event. With `idempotency` = (key, fingerprint),
-        a key already used returns (False, "<request id>|<fingerprint>")."""
+        a key already used returns (False, "<request id>|<fingerprint>[|<sealed request token>]")."""
         idem_key, fingerprint = idempotency or ("", "")
+        # Compact: no empty fields, and the sealed request token out of the hash — a hash whose
+        # values all fit Redis's listpack limit (64 bytes by default) takes a third of the memory.
+        # Only two things ever read the token again: an Idempotency-Key replay (so it rides in the
+        # idempotency key's value, which lives exactly as long) and a gated deployment's job
+        # (so a gated request keeps it in a key of its own).
+        fields = {k: v for k, v in {**req.to_hash(), **(extra or {})}.items() if v != ""}
+        token = fields.pop("request_token_enc", "")
+        idem_value = f"{req.id}|{fingerprint}"
         res = self._run(
             "create",
             req.id,
             now_ms,
             events=(event, ""),
-            keys_extra=[idem_key, keys.all_requests(), keys.channel_outbox(req.channel)],
+            keys_extra=[idem_key, keys.all_requests(), keys.channel_outbox(req.channel), keys.request_token(req.id)],
             args_extra=[
-                json.dumps({**req.to_hash(), **(extra or {})}),
+                json.dumps(fields),
                 _ms(req.created_at),
                 _ms(req.pending_until),
                 86400,
-                f"{req.id}|{fingerprint}",
+                idem_value,
+                token,
             ],
         )
         return res[0] == "ok", res[1]
@@ -935,7 +980,39 @@ class Store:
     def mark_revoked(self, request_id: str, now_ms: int, event: str) -> Outcome:
         """Record that the backend revoke succeeded. `ok` for exactly one caller; 'inflight' when
         a grant is still running (its end queues another revoke)."""
-        return _outcome(self._run("revoked", request_id, now_ms, events=(event, "")))
+        return _outcome(
+            self._run(
+                "revoked",
+                request_id,
+                now_ms,
+                events=(event, ""),
+                keys_extra=[keys.expired_messages()],
+                args_extra=[COALESCE_MS],
+            )
+        )
+
+    def mark_revoked_many(self, done: list[tuple[str, int, str]]) -> list[Outcome]:
+        """`mark_revoked` for many (request id, revoked ms, event) in one round trip and one audit
+        flush: the same script per request, so each is as atomic as alone (a batch of revokes)."""
+        if not done:
+            return []
+        tokens = [secrets.token_hex(8) for _ in done]
+        script = self._scripts["revoked"]
+        with self.r.pipeline(transaction=False) as pipe:
+            for (rid, t, event), token in zip(done, tokens, strict=True):
+                script(
+                    keys=self._keys(rid, [keys.expired_messages()]),
+                    args=self._args(rid, t, token, (event, ""), [COALESCE_MS]),
+                    client=pipe,
+                )
+            results = pipe.execute()
+        for res, token in zip(results, tokens, strict=True):
+            self._after(res, token)
+        self.audit.flush()
+        return [_outcome(res) for res in results]
+
+    def credential_blobs(self, ids: list[str]) -> list[str | None]:
+        return self.r.mget([keys.credential(i) for i in ids]) if ids else []
 
     def record_session(self, request_id: str, sealed: str, now_ms: int, event: str) -> Outcome:
         """Keep a grant's session record: 'ok' once; 'exists' after that; 'not_ended' while the

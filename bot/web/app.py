@@ -19,6 +19,7 @@ from bot.decision.slack.app import build_app
 from bot.request.gates import github as github_gate
 from bot.request.gates import gitlab as gitlab_gate
 from bot.request.http import routes
+from bot.request.http.admission import Admission
 from bot.request.http.limits import MAX_SESSION_BODY
 from bot.request.http.longpoll import Waiters
 from bot.request.http.oidc import OidcVerifier
@@ -46,6 +47,7 @@ def create_app(rt: Runtime) -> Flask:
     )
     flask_app.config["JIT_LONG_POLLS"] = LongPollLeases(rt.redis, rt.settings.jit_max_long_polls_per_pipeline)
     flask_app.config["JIT_OIDC"] = OidcVerifier()
+    flask_app.config["JIT_ADMISSION"] = Admission(rt.settings.jit_hook_max_in_flight)
     flask_app.register_blueprint(routes.bp)
     flask_app.register_blueprint(github_gate.bp)  # POST /github/webhook (docs/gates.md)
     flask_app.register_blueprint(gitlab_gate.bp)  # POST /gitlab/webhook

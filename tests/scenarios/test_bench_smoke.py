@@ -70,9 +70,18 @@ def test_every_section_reports_numbers(results):
         "redis_bytes_per_active_grant",
     )
     _numeric(
+        results["mass_expiry"],
+        "all_revoked_s",
+        "lateness_ms.p99",
+        "cpu_ms_per_revocation_with_startup",
+        "slack.chat_update_ok",
+        "slack.rate_limited_429",
+    )
+    _numeric(
         results["hook_throughput"],
         "throughput.creates_per_s",
         "throughput.latency_ms.p99",
+        "throughput.cpu_ms_per_create",
         "long_poll.click_to_waiter_ms.p99",
         "long_poll.starved",
         "redis_bytes_per_audit_event",
@@ -87,6 +96,7 @@ def test_every_section_reports_numbers(results):
     _numeric(
         results["memory"],
         "redis_bytes_per_active_grant",
+        "redis_bytes_per_active_grant_without_audit",
         "redis_bytes_per_audit_event",
         "serve_peak_rss_mb",
         "worker_peak_rss_mb",
@@ -101,6 +111,12 @@ def test_the_runs_behind_the_numbers_are_whole(results):
         assert revoke[side]["missing"] == 0 and revoke[side]["duplicate_revokes"] == 0
         assert revoke[side]["final_statuses"] == {"expired": revoke[side]["grants"]}
     assert revoke["jit"]["early"] == 0  # jit never revokes before expires_at
+    mass = results["mass_expiry"]
+    assert mass["final_statuses"] == {"expired": mass["grants"]}
+    assert mass["requests_with_one_revoked_event"] == mass["revoked_events"] == mass["grants"]
+    assert mass["audit_chain_intact"] and mass["lateness_ms"]["min"] >= 0
+    assert mass["slack"]["rate_limited_429"] == 0 and mass["slack"]["digests"] == 1
+    assert mass["slack"]["chat_update_ok"] > 0
     hook = results["hook_throughput"]
     assert hook["throughput"]["created"] > 0 and hook["throughput"]["errors"] == 0
     assert hook["long_poll"]["failed"] == 0 and hook["long_poll"]["starved"] == 0

@@ -11,7 +11,7 @@ import redis as redislib
 from bot.core.clock import now_ms
 from bot.store import keys
 from bot.store.due import DueQueue
-from workers.queue.scheduler import Lease, Scheduler
+from workers.queue.scheduler import MAX_WAITING_JOBS, Lease, Scheduler
 
 
 @pytest.fixture
@@ -151,3 +151,48 @@ def test_many_due_at_once_share_jobs_and_all_run(jit):
     assert [jit.rt.store.get(r).status for r in rids] == ["expired"] * 12
     revoked = [e.body["request_id"] for e in jit.rt.audit.latest(200) if e.body["event"] == "grant.revoked"]
     assert sorted(revoked) == sorted(rids)
+
+
+def test_the_scheduler_feeds_rq_no_faster_than_its_workers_take_the_work(r, redis_url):
+    """While jobs pile up unstarted, due items stay unclaimed in the due queue; once the workers catch
+    up, everything due by then is claimed at once (fuller batches), none early, none lost."""
+
+    class Backlogged(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.backlog = MAX_WAITING_JOBS
+            self.calls = 0
+
+        def waiting(self):
+            return self.backlog
+
+        def kick_many(self, items):
+            if items:
+                self.calls += 1
+            super().kick_many(items)
+
+    rec = Backlogged()
+    sched = Scheduler(r, redislib.Redis.from_url(redis_url, decode_responses=True), rec)
+    thread = threading.Thread(target=sched.run, daemon=True)
+    thread.start()
+    try:
+        t = now_ms()
+        due = {f"expire:b{i}": t + 20 * i for i in range(10)}
+        r.zadd(keys.due(), due)
+        r.rpush(keys.due_wake(), "1")
+        deadline = time.monotonic() + 10
+        while now_ms() < max(due.values()) + 300 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert rec.kicked == [], "nothing is handed out while the workers are behind"
+        assert DueQueue(r).claim(0) == [] and r.zcard(keys.due()) == 10  # unclaimed, all still owed
+        rec.backlog = 0  # the workers caught up
+        deadline = time.monotonic() + 10
+        while len(rec.kicked) < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        sched.stop()
+        r.rpush(keys.due_wake(), "1")
+        thread.join(10)
+    assert sorted(m for m, _, _ in rec.kicked) == sorted(due)
+    assert rec.calls == 1, "everything due by then goes out together"
+    assert all(fired >= due[m] for m, _, fired in rec.kicked)

@@ -16,9 +16,9 @@ from bot.runtime import Runtime
 from bot.store.due import DueQueue
 from workers.backends.base import GrantError
 from workers.jobs import gate, grant, reissue, revoke, timeout
-from workers.jobs.notify import followups, message, notices
+from workers.jobs.notify import expiries, followups, message, notices
 from workers.queue.retry import RetryLater
-from workers.queue.scheduler import Lease
+from workers.queue.scheduler import BatchLease, Lease
 
 log = logging.getLogger("jit.jobs")
 
@@ -37,13 +37,53 @@ HANDLERS: dict[str, Callable[[Runtime, str, str], None]] = {
     "notice": notices.notice,  # one owed Slack message (alerts, audit-channel lines, refusals)
     "gate": gate.tell,  # GitHub/GitLab hear the decision on a deployment they hold
     "usage": message.usage_changed,  # the request's message shows its token's latest checks (paced)
+    "updates": expiries.catch_up,  # expired grants' messages, paced and coalesced (one item)
 }
 
 
 def run_due_batch(rt: Runtime, items: list[tuple[str, str]]) -> None:
-    """Several due members in one job (the scheduler batches when many fall due at once)."""
+    """Several due members in one job (the scheduler batches when many fall due at once). Expiries
+    run together (`_run_expiries`); the rest one by one."""
+    expiries = [item for item in items if item[0].startswith("expire:")]
     for member, token in items:
-        run_due(rt, member, token)
+        if not member.startswith("expire:"):
+            run_due(rt, member, token)
+    if len(expiries) == 1:
+        run_due(rt, *expiries[0])
+    elif expiries:
+        with logs.bind(job="expire"):
+            _run_expiries(rt, expiries)
+
+
+def _run_expiries(rt: Runtime, items: list[tuple[str, str]]) -> None:
+    """A batch of `expire:` members: one lease, reads and writes pipelined, Slack left to the
+    `updates:expired` job. Every member is finished, put back for later, or failed on its own; one
+    that was not finished when the worker died comes back when its lease lapses (at least once)."""
+    due = DueQueue(rt.redis)
+    lease = BatchLease(due, items)
+    try:
+        with lease:
+            if not lease.held:
+                return
+            rids = [member.partition(":")[2] for member, _ in lease.held]
+            results: dict[str, int | Exception] = rt.revokes.expire_many(rids, rt.backend_for)
+    except Exception as e:  # noqa: BLE001 - Redis away mid-batch: every member is retried
+        results = {member.partition(":")[2]: e for member, _ in lease.held}
+    finished, later = [], []
+    t = now_ms()
+    for member, token in lease.held:
+        rid = member.partition(":")[2]
+        res = results.get(rid, 0)
+        if isinstance(res, Exception):
+            attempts = due.failed(member, token, t)
+            if attempts >= 0:
+                _failed(rt, "expire", rid, attempts, res)
+        elif res > 0:
+            later.append((member, token, t + res))  # never early
+        else:
+            finished.append((member, token))
+    due.retry_at_many(later)
+    due.done_many(finished)
 
 
 def run_due(rt: Runtime, member: str, token: str) -> None:

@@ -21,7 +21,7 @@ GATE_QUEUE = "jit-gates"  # telling GitHub/GitLab a decision: a slow platform ho
 QUEUES = (ACCESS_QUEUE, SLACK_QUEUE, GATE_QUEUE)
 
 #: Kinds that only talk to Slack; everything else (grants, revokes, timeouts) never waits behind them.
-SLACK_KINDS = ("slack:", "dm:", "remind:", "warn:", "bgalert:", "notice:", "usage:", "session:")
+SLACK_KINDS = ("slack:", "dm:", "remind:", "warn:", "bgalert:", "notice:", "usage:", "session:", "updates:")
 #: Kinds that talk to a CI platform (workers/jobs/gate.py).
 GATE_KINDS = ("gate:",)
 
@@ -73,6 +73,11 @@ class Dispatcher:
                         pipeline=pipe,
                     )
             pipe.execute()
+
+    def waiting(self) -> int:
+        """Jobs in the access queue no worker has started yet (the scheduler holds back while many)."""
+        q = self.queues[ACCESS_QUEUE]
+        return int(q.connection.llen(q.key))
 
     def publish_home(self, user: str) -> None:
         """views.publish is a Slack call: a worker makes it, never a request thread."""

@@ -26,6 +26,15 @@ log = logging.getLogger("jit.expiry")
 #: member again, and again every 10 s: the backlog fed itself (bench/RESULTS.md).
 QUEUED_LEASE_MS = 60_000
 
+#: While this many jobs wait in RQ's access queue, the scheduler claims nothing more: due items
+#: stay in the due queue, unclaimed, and the next claim takes all of them into full batches.
+#: Without it, expiries falling due at a steady rate (167 a second) were handed out one or two a
+#: job as they came; RQ's cost per job then outgrew the workers, the queue grew, and lateness with
+#: it (bench/revocation.py: p99 52 s). Held back, the work per job grows with the backlog instead.
+MAX_WAITING_JOBS = 4
+#: How often a held-back scheduler looks at the queue again.
+HOLD_OFF_S = 0.005
+
 
 class Lease:
     """Keeps a claimed member's lease alive while its job runs, so a long grant or revoke is not
@@ -72,8 +81,48 @@ class Lease:
             pass
 
 
+class BatchLease:
+    """`Lease` for a batch of claimed members run by one job: one extend round trip and one beating
+    thread for all of them. `held` lists the members whose claim was still this job's at the start
+    (only those run); a worker that dies stops extending, and every unfinished member comes due."""
+
+    def __init__(self, due: DueQueue, items: list[tuple[str, str]], lease_ms: int = LEASE_MS) -> None:
+        self.due = due
+        self.items = items
+        self.lease_ms = lease_ms
+        self.held: list[tuple[str, str]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._beat, name="jit-lease", daemon=True)
+
+    def _extend(self) -> list[bool]:
+        try:
+            return self.due.extend_many(self.held or self.items, now_ms() + self.lease_ms)
+        except Exception:  # noqa: BLE001 - Redis away: the leases may lapse; the claims fence
+            return []
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease_ms / 3000):
+            with self._lock:
+                if self._stop.is_set() or not any(self._extend()):
+                    return
+
+    def __enter__(self) -> BatchLease:
+        kept = self._extend()
+        self.held = [item for item, ok in zip(self.items, kept, strict=False) if ok]
+        if self.held:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        with self._lock:
+            pass
+
+
 class Handoff(Protocol):
-    """Hands claimed items to jobs (workers/queue/dispatch.py)."""
+    """Hands claimed items to jobs (workers/queue/dispatch.py). One that also has `waiting()` (jobs
+    not yet started) is not fed faster than its workers take the work (MAX_WAITING_JOBS)."""
 
     def kick_many(self, items: list[tuple[str, str]]) -> None: ...
 
@@ -92,6 +141,7 @@ class Scheduler:
         self.dispatcher = dispatcher
         self.batch = batch
         self.stopping = threading.Event()
+        self._waiting = getattr(dispatcher, "waiting", None)
 
     def run_once(self) -> int:
         """Claim and dispatch everything due now. Returns how many were dispatched."""
@@ -103,6 +153,9 @@ class Scheduler:
         log.info("expiry scheduler started")
         while not self.stopping.is_set():
             try:
+                if self._waiting is not None and self._waiting() >= MAX_WAITING_JOBS:
+                    self.stopping.wait(HOLD_OFF_S)  # the workers are behind: let the due items gather
+                    continue
                 if self.run_once() >= self.batch:
                     continue
                 nxt = self.due.next_due_ms()

@@ -88,7 +88,11 @@ def _err(description: str, headers: dict[str, Any] | None = None) -> dict[str, A
 
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}}
 _WWW_AUTH = {"WWW-Authenticate": {"schema": {"type": "string"}}}
-_UNAVAILABLE = _err("storage unavailable; retry shortly", _RETRY_AFTER)
+_UNAVAILABLE = _err(
+    "`unavailable`: storage unreachable, or `overloaded`: this server is at its in-flight bound "
+    "(JIT_HOOK_MAX_IN_FLIGHT); nothing was done — retry after Retry-After",
+    _RETRY_AFTER,
+)
 _UNAUTHORIZED = _err("missing or invalid bearer token", _WWW_AUTH)
 _NOT_FOUND = _err("no such request, or the caller may not see it")
 

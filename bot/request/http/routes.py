@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from bot.core import errors as E
 from bot.core.clock import now
@@ -62,6 +62,41 @@ def answer(body: Answer, status: int = 200, headers: dict[str, str] | None = Non
 
 def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     return answer(Error(error=code, message=message), status, headers)
+
+
+#: Endpoints that answer from memory, never refused for load (health checks must tell the truth).
+_ALWAYS_ADMITTED = {"hook.healthz", "hook.readyz", "hook.openapi", "hook.client_source", "hook.jwks", "hook.audit_keys"}
+
+
+@bp.before_request
+def _admit():
+    """Backpressure (bot/request/http/admission.py): over this process's in-flight bound, a quick
+    503 with Retry-After, before anything is read or stored. Long-polls are bounded per pipeline."""
+    if request.endpoint in _ALWAYS_ADMITTED or _long_poll_asked():
+        return None
+    admission = current_app.config["JIT_ADMISSION"]
+    if not admission.enter():
+        return error(
+            503,
+            "overloaded",
+            "the server is at capacity; retry after the Retry-After seconds",
+            {"Retry-After": str(admission.retry_after_s)},
+        )
+    g.jit_admitted = True
+    return None
+
+
+def _long_poll_asked() -> bool:
+    try:
+        return request.method == "GET" and float(request.args.get("wait", "0")) > 0
+    except ValueError:
+        return False  # refused as a bad request, under the bound like any other
+
+
+@bp.teardown_request
+def _leave(exc: BaseException | None) -> None:
+    if g.pop("jit_admitted", False):
+        current_app.config["JIT_ADMISSION"].leave()
 
 
 @bp.errorhandler(E.JitError)
