@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 from freezegun import freeze_time
-from unit_support import ask, grant_claim
+from unit_support import grant_claim
 
 from bot.core.model import Status
+from bot.request.schemas import RequestBody
 from bot.store import keys
 from bot.store.due import DueQueue
 from bot.store.requests import EXPIRED_UPDATES
@@ -29,7 +30,10 @@ def active_with_messages(rt, backend, n: int) -> list[str]:
     ids = []
     with freeze_time(T0):
         for i in range(n):
-            rid = ask(rt, "read-secret", reason=f"storm {i}")
+            # one grant per CI run: a pipeline asking again for a grant it holds gets that one back
+            run = {"context": {"repository": "acme/web", "run_id": str(1000 + i), "run_attempt": "1"}}
+            rid = rt.requests.create("web-ci", RequestBody(action="read-secret", reason=f"storm {i}"), verified=run)
+            rid = rid.request.id
             rt.decisions.approve(rid, "U0LEAD1")
             rt.grants.issue(rid, grant_claim(rt, rid), backend.backend_for)
             sync_request_message(rt, rid)
