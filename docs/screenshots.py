@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import requests
+from selenium.common.exceptions import StaleElementReferenceException
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the page object and the `jit dev` runner of the tests
@@ -42,6 +43,18 @@ def ask(dev: Dev, reason: str) -> str:
     return r.json()["id"]
 
 
+def shot(page: SandboxPage, rid: str, showing: str, path: Path) -> None:
+    """The message's picture once it shows `showing`; the page re-renders the feed as updates
+    arrive, so an element can go stale between finding it and taking its picture: find it again."""
+    for _ in range(10):
+        try:
+            page.screenshot(page.wait_message(rid, showing), str(path))
+            return
+        except StaleElementReferenceException:
+            continue
+    raise RuntimeError(f"the message of {rid} kept changing under the screenshot")
+
+
 def main() -> int:
     if not have_chromium():
         print("screenshots: needs /usr/bin/chromium and /usr/bin/chromedriver", file=sys.stderr)
@@ -55,24 +68,26 @@ def main() -> int:
             page = SandboxPage(driver, dev.sandbox_url()).open()
             page.be("U0ALICE")
 
+            # both asked before either is decided: a pipeline asking again for an action it holds an
+            # active grant of gets that grant back, not a second request
+            denied = ask(dev, "migrate the orders table")
             approved = ask(dev, "release 4.2: rotate the deploy key")
             page.wait_message(approved, "Waiting for approval")
             driver.execute_script("document.getElementById('feed').scrollTop = 1e9")
             driver.save_screenshot(str(OUT / "sandbox.png"))
-            page.screenshot(page.message(approved), str(OUT / "sandbox-pending.png"))
+            shot(page, approved, "Waiting for approval", OUT / "sandbox-pending.png")
 
             page.click_and_hear(approved, "Approve", "1 more needed")
             page.be("U0BOB")
             page.click(approved, "Approve")
-            page.screenshot(page.wait_message(approved, "Active"), str(OUT / "sandbox-active.png"))
+            shot(page, approved, "Active", OUT / "sandbox-active.png")
 
-            denied = ask(dev, "migrate the orders table")
             page.be("U0ALICE")
             page.click(denied, "Deny")
             page.type_in_modal("Not during the release freeze; ask again on Monday.")
             page.submit_modal()
             page.wait_modal_closed()
-            page.screenshot(page.wait_message(denied, "Denied"), str(OUT / "sandbox-denied.png"))
+            shot(page, denied, "Denied", OUT / "sandbox-denied.png")
         finally:
             driver.quit()
             dev.stop()
