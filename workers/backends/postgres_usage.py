@@ -26,6 +26,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from workers.backends.session_summary import merge_summaries
+
 OBSERVE_TIMEOUT_MS = 2000
 MAX_SESSIONS = 50
 MAX_STATEMENTS = 50
@@ -126,15 +128,10 @@ def observe(conn: psycopg.Connection, name: str) -> dict[str, Any]:
 
 def merge(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:
     """One summary for the roles one revoke removed (a template change can leave two)."""
-    if len(summaries) <= 1:
-        return summaries[0] if summaries else None
-    out: dict[str, Any] = {"roles": [s["role"] for s in summaries]}
-    for key in ("sessions", "statements", "errors"):
-        items = [x for s in summaries for x in s.get(key) or []]
-        if items or key != "errors":
-            out[key] = items
-    for key in ("sessions_total", "statements_total"):
-        out[key] = sum(int(s.get(key) or 0) for s in summaries)
+    lists, totals = ("sessions", "statements"), ("sessions_total", "statements_total")
+    out = merge_summaries(summaries, ("roles", "role"), lists, totals)
+    if out is None or len(summaries) == 1:
+        return out
     sources = {s["statements_source"] for s in summaries if s.get("statements_source")}
     if sources:
         out["statements_source"] = ", ".join(sorted(sources))

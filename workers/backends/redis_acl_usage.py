@@ -20,6 +20,8 @@ from typing import Any
 
 import redis
 
+from workers.backends.session_summary import merge_summaries
+
 MAX_CONNECTIONS = 50
 MAX_DENIED = 50
 _ACL_LOG_READ = 256  # entries asked for (the server keeps acllog-max-len at most)
@@ -110,13 +112,5 @@ def observe(client: redis.Redis, name: str) -> dict[str, Any]:
 
 def merge(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:
     """One summary for the users one revoke removed (a template change can leave two)."""
-    if len(summaries) <= 1:
-        return summaries[0] if summaries else None
-    out: dict[str, Any] = {"users": [s["user"] for s in summaries]}
-    for key in ("connections", "denied", "errors"):
-        items = [x for s in summaries for x in s.get(key) or []]
-        if items or key != "errors":
-            out[key] = items
-    for key in ("connections_total", "denied_total"):
-        out[key] = sum(int(s.get(key) or 0) for s in summaries)
-    return out
+    lists, totals = ("connections", "denied"), ("connections_total", "denied_total")
+    return merge_summaries(summaries, ("users", "user"), lists, totals)
