@@ -255,6 +255,12 @@ def channel_outbox(channel: str) -> str:
     return f"{PREFIX}slack:outbox:{channel}"
 
 
+def channel_digested(channel: str) -> str:
+    """String: the outbox score (created ms) of the newest request a digest in `channel` has
+    listed; requests waiting with a later score are the ones no digest has listed yet. TTL 1 day."""
+    return f"{PREFIX}slack:digested:{channel}"
+
+
 def expired_messages() -> str:
     """Sorted set `channel:request_id` → revoked (ms): expired grants whose Slack message still
     shows them active. Revocation only adds here; the `updates:expired` job updates the messages at

@@ -90,6 +90,27 @@ def ask_one_ms_apart(jit, clock, n: int, action: str = "read-secret", what: str 
     return ids
 
 
+def test_a_later_digest_lists_only_requests_no_digest_listed(jit, slack):
+    def digests():
+        return [c for c in slack.calls("chat.postMessage") if c.ok and DIGEST in c.params["text"]]
+
+    with freeze_time(clock_start()) as clock:
+        first = ask_one_ms_apart(jit, clock, 8, what="first")
+        jit.work()
+        assert len(digests()) == 1
+        few = ask_one_ms_apart(jit, clock, 3, what="few")  # not more than JIT_SLACK_DIGEST_AFTER (5) new
+        clock.tick(timedelta(seconds=1))
+        jit.work()
+        assert len(digests()) == 1, "a backlog a digest listed is not listed again"
+        more = ask_one_ms_apart(jit, clock, 6, what="more")
+        clock.tick(timedelta(seconds=1))
+        jit.work()
+        assert len(digests()) == 2
+        listed = json.dumps(digests()[1].params["blocks"])
+        assert all(rid in listed for rid in few + more) and "9 new access requests" in listed
+        assert not any(rid in listed for rid in first)
+
+
 def test_posts_to_one_channel_are_spaced(jit, slack):
     with freeze_time(clock_start()) as clock:
         ids = ask_one_ms_apart(jit, clock, 3)

@@ -155,23 +155,22 @@ def schedule(rt, req: AccessRequest) -> None:
         stale.append(f"remind:{req.id}")
     if req.status != Status.ACTIVE:
         stale.append(f"warn:{req.id}")
-    rt.redis.zrem(keys.due(), *stale)
-    if not at:
-        return
-    pipe = rt.redis.pipeline(transaction=False)
+    pipe = rt.redis.pipeline(transaction=False)  # one round trip for what is dropped and added
+    pipe.zrem(keys.due(), *stale)
     for member, score in at.items():
         pipe.zadd(keys.due(), {member: score}, nx=True)
-    added = pipe.execute()
+    added = pipe.execute()[1:]
     new = [m for m, n in zip(at, added, strict=True) if n]
     if not new:
         return
-    rt.redis.rpush(keys.due_wake(), "1")
-    rt.redis.ltrim(keys.due_wake(), -16, -1)
-    for member in new:
-        if member.startswith("dm:"):
-            token = secrets.token_hex(8)  # claimed for the job kicked now; its lease covers a loss
-            rt.redis.hset(keys.due_claims(), member, token)
-            rt.dispatcher.kick([member], token)
+    kicked = [(m, secrets.token_hex(8)) for m in new if m.startswith("dm:")]
+    pipe = rt.redis.pipeline(transaction=False)
+    pipe.rpush(keys.due_wake(), "1")
+    pipe.ltrim(keys.due_wake(), -16, -1)
+    for member, token in kicked:  # claimed for the job kicked now; its lease covers a loss
+        pipe.hset(keys.due_claims(), member, token)
+    pipe.execute()
+    rt.dispatcher.kick_many(kicked)
 
 
 # ------------------------------------------------------------------ the due handlers

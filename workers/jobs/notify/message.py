@@ -20,13 +20,18 @@ log = logging.getLogger("jit.slack")
 _SETTLING = "settling"
 
 
-def sync_request_message(rt, request_id: str) -> None:
-    """Post the request's message, or update it to the current state. Idempotent."""
-    req = rt.store.get(request_id)
+def sync_request_message(rt, request_id: str, req=None) -> None:
+    """Post the request's message, or update it to the current state. Idempotent. `req`: the
+    request as the caller just read it (read here when not given)."""
+    req = req or rt.store.get(request_id)
     if req is None:
         return
-    if not req.message_ts:
-        post_in_turn(rt, req)  # the first post: paced per channel, oldest request first
+    if not req.message_ts and post_in_turn(rt, req):  # the first post: paced per channel, oldest first
+        # Posted just now from the state read under the message lock. A transition since then
+        # kicked `slack:<id>` again (a new claim), so that job brings the message up to date:
+        # reading and rendering once more here would only find what that job will.
+        refresh_homes_quietly(rt)
+        return
     lock = keys.slack_lock(request_id)
     token = secrets.token_hex(8)
     if not rt.redis.set(lock, token, nx=True, px=30_000):
@@ -66,10 +71,11 @@ def on_change(rt, rid: str, token: str) -> None:
     """`slack:<id>`: after every transition, the notes the request now owes are scheduled and its
     message follows its state."""
     req = rt.store.get(rid)
-    if req is not None:
-        # First, so a message still waiting for its channel's slot never holds up a DM.
-        followups.schedule(rt, req)
-    sync_request_message(rt, rid)
+    if req is None:
+        return
+    # First, so a message still waiting for its channel's slot never holds up a DM.
+    followups.schedule(rt, req)
+    sync_request_message(rt, rid, req)
 
 
 def usage_changed(rt, rid: str, token: str) -> None:

@@ -133,8 +133,10 @@ class ChannelPacer:
         self.r.zrem(keys.channel_outbox(channel), request_id)
 
 
-def post_in_turn(rt, req) -> None:
+def post_in_turn(rt, req) -> bool:
     """See that `req`'s first message is posted, older waiting requests in its channel first.
+    True when this call posted it (rendered from the state read under its message lock), False
+    when it was out already or its request is gone.
 
     Raises RetryLater when the channel is not free: the caller's due item comes back then.
     """
@@ -145,11 +147,11 @@ def post_in_turn(rt, req) -> None:
     while True:
         turn = pacer.take_turn(channel)
         if turn.kind == "empty":
-            return  # ours is out (or its request is gone)
+            return False  # ours is out (or its request is gone)
         if turn.kind == "wait":
             place = pacer.position(channel, req.id)
             if place is None:
-                return  # posted meanwhile, by whoever had the slot
+                return False  # posted meanwhile, by whoever had the slot
             raise RetryLater(turn.wait_ms + place * pacer.interval_ms)
         assert turn.request_id is not None
         try:
@@ -163,7 +165,7 @@ def post_in_turn(rt, req) -> None:
         finally:
             pacer.release(turn.request_id, turn.token)
         if posted and turn.request_id == req.id:
-            return
+            return True
 
 
 def _post_head(rt, pacer: ChannelPacer, channel: str, turn: Turn) -> bool:
@@ -241,25 +243,23 @@ def call_history(rt, channel: str, since_ms: int):
 
 
 def _post_digest(rt, channel: str) -> bool:
-    """One message listing the waiting requests no digest has listed yet. True if posted."""
+    """One message listing the waiting requests no digest has listed yet. True if posted.
 
-    waiting = rt.redis.zrange(keys.channel_outbox(channel), 0, 199)
-    pipe = rt.redis.pipeline(transaction=False)
-    for rid in waiting:
-        pipe.hget(keys.request(rid), "digest_ms")
-    marks = pipe.execute()
-    fresh = [rid for rid, mark in zip(waiting, marks, strict=True) if not mark]
-    if len(fresh) <= rt.settings.jit_slack_digest_after:
+    Asked at every slot while the backlog is long, so the common answer ("no: the last digest
+    listed them") is one ZCOUNT: the channel keeps the outbox score of the newest request a digest
+    listed, and only requests waiting with a later score are new to a digest."""
+
+    outbox, mark_key = keys.channel_outbox(channel), keys.channel_digested(channel)
+    mark = rt.redis.get(mark_key)
+    after = f"({mark}" if mark else "-inf"
+    if rt.redis.zcount(outbox, after, "+inf") <= rt.settings.jit_slack_digest_after:
         return False
-    reqs = [r for r in rt.store.get_many(fresh) if not r.message_ts]
+    fresh = rt.redis.zrangebyscore(outbox, after, "+inf", start=0, num=200, withscores=True)
+    reqs = [r for r in rt.store.get_many([rid for rid, _ in fresh]) if not r.message_ts]
     if len(reqs) <= rt.settings.jit_slack_digest_after:
         return False
     # Marked before posting: a crash here loses a heads-up, never posts it twice.
-    t = str(now_ms())
-    pipe = rt.redis.pipeline(transaction=False)
-    for r in reqs:
-        pipe.hset(keys.request(r.id), "digest_ms", t)
-    pipe.execute()
+    rt.redis.set(mark_key, int(fresh[-1][1]), ex=86400)
     text, blocks = digest_blocks(reqs)
     call_slack(rt, channel, rt.slack.chat_postMessage, channel=channel, text=text, blocks=blocks)
     log.info("digest of %d requests posted to %s", len(reqs), channel)
