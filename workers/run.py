@@ -20,9 +20,12 @@ from bot.runtime import Runtime
 from bot.settings import Settings
 from bot.store import keys
 from bot.store.connection import redis_from_url
+from bot.store.due import DueQueue
 from bot.store.metrics import instrument_slack
 from workers.audit_sinks.delivery import AuditSinks
+from workers.jobs import run_expiries
 from workers.queue.dispatch import QUEUES
+from workers.queue.revoker import Revoker
 from workers.queue.scheduler import Scheduler
 from workers.queue.worker import JitWorker
 from workers.upkeep import AuditUpkeep
@@ -185,12 +188,15 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
         children.append(start_child())
 
     sched = None
+    revoker = None
     if scheduler:
         blocking = redis_from_url(rt.settings.redis_url, decode_responses=True, socket_timeout=None)
-        sched = Scheduler(rt.redis, blocking, rt.dispatcher)
-        if burst:
-            sched.run_once()
+        if burst:  # one pass, everything through RQ (the burst worker below runs it and exits)
+            Scheduler(rt.redis, blocking, rt.dispatcher).run_once()
         else:
+            # expiries are revoked by threads of this process, straight from the scheduler
+            revoker = Revoker(lambda items: run_expiries(rt, items), DueQueue(rt.redis)).start()
+            sched = Scheduler(rt.redis, blocking, rt.dispatcher, revoker=revoker)
             threading.Thread(target=sched.run, name="jit-scheduler", daemon=True).start()
 
     upkeep = None
@@ -226,6 +232,8 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
     finally:
         if sched is not None:
             sched.stop()
+        if revoker is not None:
+            revoker.stop()
         if reloader is not None:
             reloader.stop()
         if upkeep is not None:

@@ -10,7 +10,8 @@ import redis as redislib
 
 from bot.core.clock import now_ms
 from bot.store import keys
-from bot.store.due import DueQueue
+from bot.store.due import LEASE_MS, DueQueue
+from workers.queue.revoker import Revoker
 from workers.queue.scheduler import MAX_WAITING_JOBS, Lease, Scheduler
 
 
@@ -196,3 +197,92 @@ def test_the_scheduler_feeds_rq_no_faster_than_its_workers_take_the_work(r, redi
     assert sorted(m for m, _, _ in rec.kicked) == sorted(due)
     assert rec.calls == 1, "everything due by then goes out together"
     assert all(fired >= due[m] for m, _, fired in rec.kicked)
+
+
+class HeldRevoker(Revoker):
+    """A revoker whose batches block until released, and record what they were given."""
+
+    def __init__(self, due, threads=2):
+        self.batches: list[list[tuple[str, str]]] = []
+        self.release = threading.Event()
+        super().__init__(self._record, due, threads=threads)
+
+    def _record(self, items):
+        self.batches.append(items)
+        self.release.wait(10)
+
+
+def test_expiries_go_to_the_revoker_with_the_short_lease_and_the_rest_to_rq(r, redis_url):
+    q = DueQueue(r)
+    revoker = HeldRevoker(q).start()
+    rec = Recorder()
+    try:
+        t = now_ms()
+        r.zadd(keys.due(), {"expire:a": t - 5, "expire:b": t - 4, "slack:a": t - 3, "grant:c": t - 2})
+        Scheduler(r, redislib.Redis.from_url(redis_url, decode_responses=True), rec, revoker=revoker).run_once()
+        assert sorted(m for m, _, _ in rec.kicked) == ["grant:c", "slack:a"]
+        deadline = time.monotonic() + 10
+        while sum(len(b) for b in revoker.batches) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(m for b in revoker.batches for m, _ in b) == ["expire:a", "expire:b"]
+        # handed over in this process: leased for LEASE_MS, not the 60 s a job waiting in RQ gets,
+        # so a worker that dies with them in hand gives them back within seconds
+        for member in ("expire:a", "expire:b"):
+            assert q.score(member) <= now_ms() + LEASE_MS
+        assert q.score("slack:a") > now_ms() + LEASE_MS
+    finally:
+        revoker.release.set()
+        revoker.stop(5)
+
+
+def test_the_scheduler_claims_nothing_while_every_revoking_thread_is_busy(r, redis_url):
+    """Due items gather in the due queue (unclaimed, still owed) while the revoker has no free thread;
+    once one frees up, everything due by then goes out together."""
+    q = DueQueue(r)
+    revoker = HeldRevoker(q, threads=1).start()
+    sched = Scheduler(r, redislib.Redis.from_url(redis_url, decode_responses=True), Recorder(), revoker=revoker)
+    thread = threading.Thread(target=sched.run, daemon=True)
+    thread.start()
+    try:
+        t = now_ms()
+        r.zadd(keys.due(), {"expire:first": t})
+        r.rpush(keys.due_wake(), "1")
+        deadline = time.monotonic() + 10
+        while not revoker.batches and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [[m for m, _ in b] for b in revoker.batches] == [["expire:first"]]
+        later = {f"expire:l{i}": now_ms() + 10 * i for i in range(5)}
+        r.zadd(keys.due(), later)
+        r.rpush(keys.due_wake(), "1")
+        deadline = time.monotonic() + 10
+        while now_ms() < max(later.values()) + 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(revoker.batches) == 1, "nothing is handed over while the only thread is busy"
+        assert r.zcount(keys.due(), "-inf", now_ms()) == 5  # all due, none claimed
+        revoker.release.set()
+        deadline = time.monotonic() + 10
+        while len(revoker.batches) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(m for m, _ in revoker.batches[1]) == sorted(later), "one batch of everything due by then"
+    finally:
+        sched.stop()
+        r.rpush(keys.due_wake(), "1")
+        revoker.release.set()
+        thread.join(10)
+        revoker.stop(5)
+
+
+def test_a_revoker_batch_that_raises_leaves_its_claims_to_come_due_again(r):
+    q = DueQueue(r)
+    t = now_ms()
+    q.schedule("expire:x", t)
+    claimed = q.claim(t, lease_ms=60_000)
+
+    def boom(items):
+        raise RuntimeError("backend exploded")
+
+    revoker = Revoker(boom, q, threads=1).start()
+    revoker.submit(claimed)
+    revoker.stop(5)
+    assert q.score("expire:x") is not None  # still owed: its lease lapses and it is claimed again
+    assert q.score("expire:x") <= now_ms() + LEASE_MS

@@ -55,6 +55,13 @@ def run_due_batch(rt: Runtime, items: list[tuple[str, str]]) -> None:
             _run_expiries(rt, expiries)
 
 
+def run_expiries(rt: Runtime, items: list[tuple[str, str]]) -> None:
+    """A batch of claimed `expire:` members, however many (the worker's revoking threads run these:
+    workers/queue/revoker.py)."""
+    with logs.bind(job="expire"):
+        _run_expiries(rt, items)
+
+
 def _run_expiries(rt: Runtime, items: list[tuple[str, str]]) -> None:
     """A batch of `expire:` members: one lease, reads and writes pipelined, Slack left to the
     `updates:expired` job. Every member is finished, put back for later, or failed on its own; one
@@ -167,4 +174,4 @@ def _failed(rt: Runtime, kind: str, rid: str, attempts: int, error: Exception) -
                 notices.revoke_failing(rt, req, attempts, message_)
 
 
-__all__ = ["HANDLERS", "run_due", "run_due_batch"]
+__all__ = ["HANDLERS", "run_due", "run_due_batch", "run_expiries"]

@@ -16,6 +16,7 @@ from redis import Redis
 from bot.core.clock import now_ms
 from bot.store import keys
 from bot.store.due import LEASE_MS, DueQueue
+from workers.queue.revoker import Revoker
 
 log = logging.getLogger("jit.expiry")
 
@@ -135,26 +136,48 @@ class Scheduler:
     about every 100 ms.
     """
 
-    def __init__(self, redis: Redis, blocking_redis: Redis, dispatcher: Handoff, batch: int = 500) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        blocking_redis: Redis,
+        dispatcher: Handoff,
+        batch: int = 500,
+        revoker: Revoker | None = None,
+    ) -> None:
         self.due = DueQueue(redis)
         self.blocking = blocking_redis
         self.dispatcher = dispatcher
         self.batch = batch
+        self.revoker = revoker
         self.stopping = threading.Event()
         self._waiting = getattr(dispatcher, "waiting", None)
 
     def run_once(self) -> int:
-        """Claim and dispatch everything due now. Returns how many were dispatched."""
+        """Claim and dispatch everything due now. Returns how many were dispatched. With a revoker,
+        expiries go to its threads in this process; everything else to RQ."""
         items = self.due.claim(now_ms(), self.batch, QUEUED_LEASE_MS)
-        self.dispatcher.kick_many(items)
+        if self.revoker is not None:
+            self.revoker.submit([item for item in items if item[0].startswith("expire:")])
+            self.dispatcher.kick_many([item for item in items if not item[0].startswith("expire:")])
+        else:
+            self.dispatcher.kick_many(items)
         return len(items)
+
+    def _behind(self) -> bool:
+        """The workers are behind: let the due items gather into bigger batches."""
+        if self.revoker is not None and self.revoker.idle() <= 0:
+            return True
+        return self._waiting is not None and self._waiting() >= MAX_WAITING_JOBS
 
     def run(self) -> None:
         log.info("expiry scheduler started")
         while not self.stopping.is_set():
             try:
-                if self._waiting is not None and self._waiting() >= MAX_WAITING_JOBS:
-                    self.stopping.wait(HOLD_OFF_S)  # the workers are behind: let the due items gather
+                if self._behind():
+                    if self.revoker is not None:
+                        self.revoker.wait_idle(HOLD_OFF_S)  # wakes as soon as a batch ends
+                    else:
+                        self.stopping.wait(HOLD_OFF_S)
                     continue
                 if self.run_once() >= self.batch:
                     continue

@@ -1,0 +1,101 @@
+"""Expiries run inside `jit worker`'s own process: the scheduler hands them to revoking threads at
+once, without a trip through RQ.
+
+An expiry is the one piece of work whose lateness is the product's promise. Through RQ it paid the
+queue's own cost on every job — an enqueue, a blocking pop in another process, the job's fetch,
+registries and heartbeat (≈ 2 ms of CPU and several ms of waiting on two busy cores) — before the
+revoke began. Here the scheduler claims the due expiries and a thread of the same process runs them
+as a batch (workers/jobs `run_due_batch`: one lease, pipelined reads and writes).
+
+Crash safety stays with the due queue, not with this process: a claim handed over is leased for
+LEASE_MS (not the 60 s a job queued in RQ gets), the batch's lease keeps beating while it runs, and
+if the process dies — before a batch started or half-way through it — every unfinished expiry comes
+due again within seconds and the next worker's scheduler claims it (at least once; the revoke is
+idempotent and recorded once). The scheduler gives these threads no more than they can start at
+once (`idle`), so claimed work never waits here behind a slow backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from bot.core.clock import now_ms
+from bot.store.due import LEASE_MS, DueQueue
+
+log = logging.getLogger("jit.expiry")
+
+#: Revoking threads per `jit worker`: one slow backend revoke holds up only its own batch.
+THREADS = 4
+#: Most expiries one batch carries (one lease, one read and one write round trip for all).
+MAX_BATCH = 20
+
+Batch = list[tuple[str, str]]
+
+
+class Revoker:
+    """Threads that run batches of claimed `expire:` members with `run_batch`."""
+
+    def __init__(self, run_batch: Callable[[Batch], None], due: DueQueue, threads: int = THREADS) -> None:
+        self.run_batch = run_batch
+        self.due = due
+        self.size = threads
+        self._queue: queue.Queue[Batch | None] = queue.Queue()
+        self._busy = 0
+        self._changed = threading.Condition()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"jit-revoker-{i}", daemon=True) for i in range(threads)
+        ]
+
+    def start(self) -> Revoker:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def idle(self) -> int:
+        """Threads free to start a batch now (queued batches count against them)."""
+        with self._changed:
+            return self.size - self._busy - self._queue.qsize()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Until a thread is free (True) or `timeout` seconds passed (False)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.size - self._busy - self._queue.qsize() > 0, timeout)
+
+    def submit(self, items: Batch) -> None:
+        """Hand claimed expiries over, as batches spread over the free threads. Their claims move
+        from the queued lease to the short running one first, so a process that dies with them in
+        hand gives them back within LEASE_MS."""
+        if not items:
+            return
+        kept = self.due.extend_many(items, now_ms() + LEASE_MS)
+        items = [item for item, ok in zip(items, kept, strict=True) if ok]
+        free = max(self.idle(), 1)
+        size = max(1, min(MAX_BATCH, -(-len(items) // free)))
+        for i in range(0, len(items), size):
+            self._queue.put(items[i : i + size])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Let the batches in hand finish (a graceful stop), then end the threads."""
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout=timeout)
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            with self._changed:
+                self._busy += 1
+            try:
+                self.run_batch(batch)
+            except Exception:  # noqa: BLE001 - the claims were not finished: they come due again
+                log.exception("expiry batch failed; its expiries come due again when their lease lapses")
+            finally:
+                with self._changed:
+                    self._busy -= 1
+                    self._changed.notify_all()
