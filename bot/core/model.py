@@ -49,10 +49,9 @@ class AccessRequest:
     #: merely said.
     verified_keys: tuple[str, ...] = ()
     policy_sha256: str = ""
+    #: The hash of the request_token (bot/core/crypto.py RequestTokens): the token itself is
+    #: never stored, only made again from the id when it is handed back.
     request_token_hash: str = ""
-    #: The sealed request_token; the store keeps it apart from the request hash (its own key), so a
-    #: request read back carries it only if stored the old way: `Store.request_token_blob` reads it.
-    request_token_enc: str = field(default="", compare=False, repr=False)
     approvals: list[tuple[str, datetime]] = field(default_factory=list)
     decided_by: str | None = None
     decided_at: datetime | None = None
@@ -89,7 +88,6 @@ class AccessRequest:
             "verified_keys": ",".join(self.verified_keys),
             "policy_sha256": self.policy_sha256,
             "request_token_hash": self.request_token_hash,
-            "request_token_enc": self.request_token_enc,
         }
 
     @classmethod
@@ -117,7 +115,6 @@ class AccessRequest:
             verified_keys=tuple(k for k in (h.get("verified_keys") or "").split(",") if k),
             policy_sha256=h.get("policy_sha256", ""),
             request_token_hash=h.get("request_token_hash", ""),
-            request_token_enc=h.get("request_token_enc", ""),
             approvals=apr,
             decided_by=h.get("decided_by") or None,
             decided_at=t("decided_ms"),

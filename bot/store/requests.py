@@ -161,17 +161,17 @@ local function finalize()
   redis.call('ZREM', KEYS[3], ID)
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('EXPIRE', KEYS[2], ARGV[4])
-  redis.call('EXPIRE', KEYS[1] .. ':token', ARGV[4])  -- keys.request_token: the request's own
+  -- keys.request_token: a sealed token an earlier version kept (none are written now)
+  redis.call('EXPIRE', KEYS[1] .. ':token', ARGV[4])
 end
 """
 )
 
 # The first Slack post is due at once and left to the scheduler, which batches bursts; the
 # request also takes its place, in creation order, in its channel's queue of first posts.
-# KEYS: 9 idempotency key or '', 10 all-requests index, 11 channel outbox, 12 sealed request token
+# KEYS: 9 idempotency key or '', 10 all-requests index, 11 channel outbox
 # ARGV: 8 fields (JSON object of strings), 9 created_ms, 10 timeout due ms, 11 idem ttl s,
-#       12 idempotency value, 13 sealed request token (kept until the request is final, then
-#       expires with it: finalize)
+#       12 idempotency value
 _CREATE = (
     _PRELUDE
     + """
@@ -185,7 +185,6 @@ for k, v in pairs(cjson.decode(ARGV[8])) do
   flat[#flat + 1] = v
 end
 redis.call('HSET', KEYS[1], unpack(flat))
-if ARGV[13] ~= '' then redis.call('SET', KEYS[12], ARGV[13]) end
 redis.call('ZADD', KEYS[3], ARGV[9], ID)
 redis.call('ZADD', KEYS[10], ARGV[9], ID)
 schedule('timeout:' .. ID, ARGV[10])
@@ -731,7 +730,9 @@ class Store:
         return [req for req in found.values() if req.status == Status.ACTIVE]
 
     def request_token_blob(self, request_id: str) -> str:
-        """A request's sealed request_token ('' when none); older requests kept it in their hash."""
+        """The sealed request_token an earlier version kept for a request ('' when none: requests
+        made now keep none, their token is made again from the id). Read for requests still in
+        Redis from before an upgrade: in their own key, or, earliest, in their hash."""
         own = self.r.get(keys.request_token(request_id))
         return own or self.r.hget(keys.request(request_id), "request_token_enc") or ""
 
@@ -809,29 +810,25 @@ class Store:
         extra: dict[str, str] | None = None,
     ) -> tuple[bool, str]:
         """Store a new request with its creation event. With `idempotency` = (key, fingerprint),
-        a key already used returns (False, "<request id>|<fingerprint>[|<sealed request token>]")."""
+        a key already used returns (False, "<request id>|<fingerprint>"; keys an earlier version
+        wrote end in "|<sealed request token>")."""
         idem_key, fingerprint = idempotency or ("", "")
-        # Compact: no empty fields, and the sealed request token out of the hash — a hash whose
-        # values all fit Redis's listpack limit (64 bytes by default) takes a third of the memory.
-        # Only two things ever read the token again: an Idempotency-Key replay (so it rides in the
-        # idempotency key's value, which lives exactly as long) and a gated deployment's job
-        # (so a gated request keeps it in a key of its own).
+        # Compact: no empty fields — a hash whose values all fit Redis's listpack limit (64 bytes
+        # by default) takes a third of the memory. No request token either: only its hash is kept.
         fields = {k: v for k, v in {**req.to_hash(), **(extra or {})}.items() if v != ""}
-        token = fields.pop("request_token_enc", "")
         idem_value = f"{req.id}|{fingerprint}"
         res = self._run(
             "create",
             req.id,
             now_ms,
             events=(event, ""),
-            keys_extra=[idem_key, keys.all_requests(), keys.channel_outbox(req.channel), keys.request_token(req.id)],
+            keys_extra=[idem_key, keys.all_requests(), keys.channel_outbox(req.channel)],
             args_extra=[
                 json.dumps(fields),
                 _ms(req.created_at),
                 _ms(req.pending_until),
                 86400,
                 idem_value,
-                token,
             ],
         )
         return res[0] == "ok", res[1]

@@ -15,8 +15,10 @@ import requests
 from fakes.github import GitHubFake, delivery, sign, workflow_run
 from fakes.slack import block_action, view_submission
 from procs import JIT, Stack, wait_until
-from support import GRANT_SCRIPT
+from support import GRANT_SCRIPT, SECRET_KEY
 from test_oidc import Issuers, github_claims, mint
+
+from bot.core.crypto import RequestTokens
 
 SECRET = "github-webhook-secret-0123456789"
 REPO, REPO_ID, INSTALLATION = "acme/web", 1296269, 77
@@ -195,6 +197,10 @@ def test_two_slack_approvals_release_the_deployment_and_only_its_run_collects_th
     assert mine.status_code == 200, mine.text
     assert mine.json()["id"] == rid
     rtok = mine.json()["request_token"]
+    # the request's own token, made from the id with the stack's JIT_SECRET_KEY; the job asking
+    # again (a retried step) gets the very same one
+    assert rtok == RequestTokens(SECRET_KEY).token(rid)
+    assert ask_with(stack, run_token(issuers, 1001)).json()["request_token"] == rtok
     assert stack.wait_status(rid, rtok, {"active"})["status"] == "active"
     cred = stack.get(rid, rtok, path="/credential")
     assert cred.status_code == 200 and cred.json()["credential"]
