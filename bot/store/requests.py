@@ -205,8 +205,9 @@ return reply('ok', ID)
 # somewhere. Approved once every rule is full.
 # ARGV: 8 user, 9 rules (JSON list of [rule, count, [people counted]]), 10 approvers the caller
 #       saw recorded (JSON list), 11 the clicker's rule, 12 on-call schedules the clicker is on
-#       call for (JSON list), 13 the rule progress (JSON object, kept on the request), 14 the change
-#       window the approval came in ('' when the action has none)
+#       call for (JSON list), 13 the change window the approval came in ('' when the action has
+#       none). Which rule each approver counts toward is not kept on the request: it is matched
+#       again on every click, and the final matching is in the `request.approved` audit event.
 _APPROVE = (
     _PRELUDE
     + """
@@ -244,12 +245,11 @@ if #oncall > 0 then
   kept[USER] = oncall
   redis.call('HSET', KEYS[1], 'approved_oncall', cjson.encode(kept))
 end
-redis.call('HSET', KEYS[1], 'rule_progress', ARGV[13])
 audit(ARGV[6], {approvals = counted, required = required, rule = ARGV[11]})
 if full then
   redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', USER, 'decided_ms', ARGV[2],
     'approvals_required', required, 'rule', ARGV[11])
-  if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'window', ARGV[14]) end
+  if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'window', ARGV[13]) end
   audit(ARGV[7])
   approval_complete()
   return reply('approved', counted)
@@ -362,8 +362,7 @@ if redis.call('HGET', KEYS[5], 'grant:' .. ID) ~= ARGV[8] then return reply('sta
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return reply('missing') end
 if st == 'approved' then
-  redis.call('HSET', KEYS[1], 'grant_inflight', ARGV[8], 'grant_attempted', '1',
-    'grant_started_ms', ARGV[2])
+  redis.call('HSET', KEYS[1], 'grant_inflight', ARGV[8], 'grant_attempted', '1')
   return reply('ok')
 end
 if redis.call('HEXISTS', KEYS[1], 'grant_inflight') == 1 then
@@ -864,7 +863,6 @@ class Store:
                     json.dumps(seen),
                     rule,
                     json.dumps(oncall),
-                    json.dumps({r: people for r, _, people in rules}, sort_keys=True),
                     window or "",
                 ],
             )

@@ -375,7 +375,7 @@ def test_only_the_current_claim_may_begin_a_grant(bare):
     token = bare.claims()["grant:req1"]
     assert bare.store.begin_grant(rid, token, bare.t0 + 2000).result == "ok"
     h = bare.hash()
-    assert (h["grant_inflight"], h["grant_attempted"], h["grant_started_ms"]) == (token, "1", str(bare.t0 + 2000))
+    assert (h["grant_inflight"], h["grant_attempted"]) == (token, "1")
 
 
 def test_a_grant_job_after_the_request_ended_settles_the_attempt_that_died(bare):
