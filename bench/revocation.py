@@ -159,7 +159,6 @@ def _grant_key_bytes(r, rid: str) -> dict[str, int]:
     out = {}
     for name, key in (
         ("request", keys.request(rid)),
-        ("approvals", keys.approvals(rid)),
         ("credential", keys.credential(rid)),
         ("audit_index", keys.audit_by_request(rid)),
     ):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
+from bot.core.model import APPROVAL_FIELD
 from bot.store import keys
 
 _MARK = "\x00{}\x00"
@@ -115,6 +116,12 @@ def snapshot(r: Redis, ignore: tuple[str, ...] = ()) -> dict[str, object]:
         else:
             out[key] = kind
     return out
+
+
+def stored_approvals(r: Redis, request_id: str) -> dict[str, str]:
+    """A request's approvals as stored, user → time (ms): the `approval:<user>` fields of its hash."""
+    h = {_s(k): _s(v) for k, v in r.hgetall(keys.request(request_id)).items()}
+    return {k.removeprefix(APPROVAL_FIELD): v for k, v in h.items() if k.startswith(APPROVAL_FIELD)}
 
 
 def redis_dump(r: Redis) -> str:

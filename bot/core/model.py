@@ -23,6 +23,9 @@ class Status(StrEnum):
     FAILED = "failed"  # grant kept failing
 
 
+#: A request's approvals are fields of its hash: `approval:<user id>` → approval time (ms).
+APPROVAL_FIELD = "approval:"
+
 OPEN = frozenset({Status.PENDING, Status.APPROVED, Status.ACTIVE})
 FINAL = frozenset(Status) - OPEN
 #: Statuses a long-poll keeps waiting through.
@@ -92,11 +95,16 @@ class AccessRequest:
 
     @classmethod
     def from_hash(cls, h: dict[str, str], approvals: dict[str, str] | None = None) -> AccessRequest:
+        """`approvals`: the hash of its own (user → ms) that requests made by earlier versions keep
+        their approvals in; a request made now keeps them in `h` (APPROVAL_FIELD)."""
+
         def t(name: str) -> datetime | None:
             v = h.get(name)
             return from_ms(v) if v else None
 
-        apr = sorted(((u, from_ms(ms)) for u, ms in (approvals or {}).items()), key=lambda a: a[1])
+        given = dict(approvals or {})
+        given.update((k.removeprefix(APPROVAL_FIELD), v) for k, v in h.items() if k.startswith(APPROVAL_FIELD))
+        apr = sorted(((u, from_ms(ms)) for u, ms in given.items()), key=lambda a: a[1])
         return cls(
             id=h["id"],
             action=h["action"],

@@ -13,7 +13,9 @@ def request(request_id: str) -> str:
 
 
 def approvals(request_id: str) -> str:
-    """Hash user_id → approval time (ms). Same life as its request."""
+    """Hash user_id → approval time (ms) of a request an earlier version made: read, never written
+    (approvals are now fields of the request hash, `approval:<user>`, bot/core/model.py). Same
+    life as its request (expired with it in `finalize`)."""
     return f"{PREFIX}req:{request_id}:approvals"
 
 

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from redis import Redis
 
-from bot.core.model import AccessRequest, Status
+from bot.core.model import APPROVAL_FIELD, AccessRequest, Status
 from bot.store import keys
 
 #: A freshly kicked due item comes back due after this long, in case the job carrying it was
@@ -67,7 +67,8 @@ class AuditOutbox(Protocol):
 
 
 # Every transition script gets the same first KEYS and ARGV, so the shared Lua below can use them:
-# KEYS: 1 req, 2 approvals, 3 open index, 4 due, 5 due claims, 6 due wake, 7 audit outbox, 8 credential
+# KEYS: 1 req, 2 approvals of a request an earlier version made (read only), 3 open index, 4 due,
+#       5 due claims, 6 due wake, 7 audit outbox, 8 credential
 # ARGV: 1 id, 2 now_ms, 3 lease score for kicked items, 4 retention s, 5 claim token for kicked
 #       items, 6 first audit event body (JSON) or '', 7 second audit event body or ''
 # Script-specific KEYS start at 9, ARGV at 8.
@@ -77,6 +78,23 @@ _COMMON_ARGS = 7
 _PRELUDE = (
     """
 local ID, NOW = ARGV[1], tonumber(ARGV[2])
+local APPROVAL = '"""
+    + APPROVAL_FIELD
+    + """'
+-- the request's approvals (user → ms) and their number: `approval:<user>` fields of its hash.
+-- A request an earlier version made keeps them in a hash of their own (KEYS[2]): read, never
+-- written, expired with the request (finalize).
+local function approvals()
+  local out, n = {}, 0
+  local old = redis.call('HGETALL', KEYS[2])
+  for i = 1, #old, 2 do out[old[i]] = old[i + 1] end
+  local h = redis.call('HGETALL', KEYS[1])
+  for i = 1, #h, 2 do
+    if string.sub(h[i], 1, #APPROVAL) == APPROVAL then out[string.sub(h[i], #APPROVAL + 1)] = h[i + 1] end
+  end
+  for _ in pairs(out) do n = n + 1 end
+  return out, n
+end
 -- due at `score`; a claim some job holds on the member is void from now on (new work)
 local function schedule(member, score)
   redis.call('ZADD', KEYS[4], score, member)
@@ -214,11 +232,12 @@ _APPROVE = (
 local refused = not_pending(NOW)
 if refused then return reply(refused[1], refused[2]) end
 local USER = ARGV[8]
-if redis.call('HEXISTS', KEYS[2], USER) == 1 then return reply('duplicate') end
+local given, recorded = approvals()
+if given[USER] then return reply('duplicate') end
 local seen = cjson.decode(ARGV[10])
-if redis.call('HLEN', KEYS[2]) ~= #seen then return reply('stale') end
+if recorded ~= #seen then return reply('stale') end
 for _, u in ipairs(seen) do
-  if redis.call('HEXISTS', KEYS[2], u) == 0 then return reply('stale') end
+  if not given[u] then return reply('stale') end
 end
 local once, counted, required, mine, full = {}, 0, 0, false, true
 for _, rule in ipairs(cjson.decode(ARGV[9])) do
@@ -232,13 +251,13 @@ for _, rule in ipairs(cjson.decode(ARGV[9])) do
     counted = counted + 1
     if u == USER then
       mine = true
-    elseif redis.call('HEXISTS', KEYS[2], u) == 0 then
+    elseif not given[u] then
       return reply('invalid')
     end
   end
 end
 if not mine then return reply('invalid') end
-redis.call('HSET', KEYS[2], USER, ARGV[2])
+redis.call('HSET', KEYS[1], APPROVAL .. USER, ARGV[2])
 local oncall = cjson.decode(ARGV[12])
 if #oncall > 0 then
   local kept = cjson.decode(redis.call('HGET', KEYS[1], 'approved_oncall') or '{}')
@@ -289,7 +308,7 @@ local refused = not_pending(NOW)
 if refused then return reply(refused[1], refused[2]) end
 local asked = tonumber(redis.call('HGET', KEYS[1], 'ttl_s'))
 local ttl = math.min(asked, tonumber(ARGV[9]))
-redis.call('HSETNX', KEYS[2], ARGV[8], ARGV[2])
+if not approvals()[ARGV[8]] then redis.call('HSET', KEYS[1], APPROVAL .. ARGV[8], ARGV[2]) end
 redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', ARGV[8], 'decided_ms', ARGV[2],
   'ttl_s', ttl, 'break_glass_by', ARGV[8], 'break_glass_justification', ARGV[10],
   'break_glass_asked_ttl_s', asked, 'rule', ARGV[11])
@@ -696,7 +715,7 @@ class Store:
             return None
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(keys.request(request_id))
-        pipe.hgetall(keys.approvals(request_id))
+        pipe.hgetall(keys.approvals(request_id))  # where earlier versions kept approvals
         h, apr = pipe.execute()
         if not h or "status" not in h:
             return None
