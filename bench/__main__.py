@@ -52,7 +52,7 @@ def _memory(res: dict[str, Any]) -> dict[str, Any]:
     return {
         "method": (
             "Redis: INFO used_memory before/after making the grants active (revocation section, jit side: "
-            "request hash, approvals hash, sealed credential, index and due-queue entries, and the audit "
+            "request hash with its approvals, sealed credential, index and due-queue entries, and the audit "
             "trail's events), divided by the grant count; without_audit: less MEMORY USAGE growth of the audit "
             "stream and nonce set and each request's audit index; MEMORY USAGE of the audit stream "
             "before/after the throughput run, divided by the events appended. Processes: VmRSS and Pss "

@@ -58,13 +58,13 @@ class Seeder:
 
     def _new_request(self, ttl: timedelta):
         from bot.core.clock import now
-        from bot.core.crypto import new_token, token_hash
+        from bot.core.crypto import token_hash
         from bot.core.model import AccessRequest, Status
 
         t = now()
-        token = new_token()
+        rid = secrets.token_hex(8)
         return AccessRequest(
-            id=secrets.token_hex(8),
+            id=rid,
             action=self.action,
             pipeline="bench-ci",
             reason="bench: revocation",
@@ -76,8 +76,7 @@ class Seeder:
             channel=CHANNEL,
             requested_by="bench",
             policy_sha256=self.policy.sha256,
-            request_token_hash=token_hash(token),
-            request_token_enc=self.rt.vault.seal(token),
+            request_token_hash=token_hash(self.rt.request_tokens.token(rid)),
         )
 
     def _drop_follow_ups(self, ids: list[str]) -> None:
@@ -160,9 +159,7 @@ def _grant_key_bytes(r, rid: str) -> dict[str, int]:
     out = {}
     for name, key in (
         ("request", keys.request(rid)),
-        ("approvals", keys.approvals(rid)),
         ("credential", keys.credential(rid)),
-        ("request_token", keys.request_token(rid)),
         ("audit_index", keys.audit_by_request(rid)),
     ):
         out[name] = int(r.memory_usage(key, samples=0) or 0)

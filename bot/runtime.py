@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from redis import Redis
 from slack_sdk import WebClient
 
-from bot.core.crypto import AuditSigner, TokenSigner, Vault
+from bot.core.crypto import AuditSigner, RequestTokens, TokenSigner, Vault
 from bot.core.errors import PolicyError, PolicyFileMissing
 from bot.core.policy.diff import policy_diff
 from bot.core.policy.inflight import InFlightRules
@@ -117,6 +117,10 @@ class Runtime:
         return Vault(self.settings.jit_secret_key.get_secret_value(), self.settings.previous_secret_keys())
 
     @cached_property
+    def request_tokens(self) -> RequestTokens:
+        return RequestTokens(self.settings.jit_secret_key.get_secret_value(), self.settings.previous_secret_keys())
+
+    @cached_property
     def signer(self) -> TokenSigner:
         return TokenSigner(
             self.settings.jit_secret_key.get_secret_value(),
@@ -198,7 +202,7 @@ class Runtime:
 
     @cached_property
     def requests(self) -> RequestService:
-        return RequestService(self.store, self.audit, self.rules, self.vault, self.metrics)
+        return RequestService(self.store, self.audit, self.rules, self.request_tokens, self.vault, self.metrics)
 
     @cached_property
     def decisions(self) -> DecisionService:

@@ -1,4 +1,5 @@
-"""What jit keeps in Redis, read for tests: a comparable snapshot, and orphaned-key detection.
+"""What jit keeps in Redis, read for tests: a comparable snapshot, orphaned-key detection, and every
+value as text (for "nothing secret in the clear" scans).
 
 Key shapes come from `bot/store/keys.py` itself (each helper is called with placeholders), so
 a key added there is classified without touching this file.
@@ -7,11 +8,13 @@ a key added there is classified without touching this file.
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from dataclasses import dataclass
 
 from redis import Redis
 
+from bot.core.model import APPROVAL_FIELD
 from bot.store import keys
 
 _MARK = "\x00{}\x00"
@@ -113,6 +116,36 @@ def snapshot(r: Redis, ignore: tuple[str, ...] = ()) -> dict[str, object]:
         else:
             out[key] = kind
     return out
+
+
+def stored_approvals(r: Redis, request_id: str) -> dict[str, str]:
+    """A request's approvals as stored, user → time (ms): the `approval:<user>` fields of its hash."""
+    h = {_s(k): _s(v) for k, v in r.hgetall(keys.request(request_id)).items()}
+    return {k.removeprefix(APPROVAL_FIELD): v for k, v in h.items() if k.startswith(APPROVAL_FIELD)}
+
+
+def redis_dump(r: Redis) -> str:
+    """Every key and value in Redis (jit and RQ keys alike, every type) as text, for "stored only
+    encrypted or hashed" checks. `r` decodes responses."""
+    out = []
+    for key in r.scan_iter(count=1000):
+        kind = r.type(key)
+        if kind == "string":
+            out.append(r.get(key) or "")
+        elif kind == "hash":
+            out.append(json.dumps(r.hgetall(key)))
+        elif kind == "list":
+            out.append(json.dumps(r.lrange(key, 0, -1)))
+        elif kind == "set":
+            out.append(json.dumps(sorted(r.smembers(key))))
+        elif kind == "zset":
+            out.append(json.dumps(r.zrange(key, 0, -1)))
+        elif kind == "stream":
+            out.append(json.dumps(r.xrange(key)))
+        else:
+            raise AssertionError(f"redis_dump cannot read {key} ({kind})")
+        out.append(key)
+    return "\n".join(out)
 
 
 def _s(v: bytes | str) -> str:

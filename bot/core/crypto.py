@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import json
-import secrets
 from typing import Any
 
 import jwt
@@ -32,13 +31,41 @@ def _ed25519(secret: str, purpose: bytes) -> tuple[str, Ed25519PrivateKey, dict[
     return kid, private, jwk
 
 
-def new_token() -> str:
-    """A random bearer secret (request tokens)."""
-    return secrets.token_urlsafe(32)
-
-
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+class RequestTokens:
+    """Request tokens, made from the request id with a key derived from JIT_SECRET_KEY (purpose
+    `request-token`): base64url of HMAC-SHA256(key, "request-token/v1:" + id), 256 bits.
+
+    Nothing secret about a token is stored: the request keeps only its hash (to verify a presented
+    token), and the token is made again whenever it is handed back (an Idempotency-Key replay, a
+    pipeline asking again for the grant it holds, a gated deployment's job). Without the key a token
+    cannot be made or guessed; a deployment with another key makes other tokens. After a rotation
+    `recover` tries the previous keys too, so a request made before it gets its own token back.
+    """
+
+    def __init__(self, secret: str, previous: list[str] | None = None) -> None:
+        self._keys = [_derive(s, b"request-token") for s in [secret, *(previous or [])]]
+
+    @staticmethod
+    def _make(key: bytes, request_id: str) -> str:
+        mac = hmac.new(key, b"request-token/v1:" + request_id.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+    def token(self, request_id: str) -> str:
+        """The token of a new request (the current key)."""
+        return self._make(self._keys[0], request_id)
+
+    def recover(self, request_id: str, stored_hash: str) -> str | None:
+        """The request's token made again with whichever configured key made it (its hash is the
+        one stored), or None: made by a key no longer configured, or never derived at all."""
+        for key in self._keys:
+            token = self._make(key, request_id)
+            if hmac.compare_digest(token_hash(token), stored_hash):
+                return token
+        return None
 
 
 class Vault:

@@ -23,6 +23,9 @@ class Status(StrEnum):
     FAILED = "failed"  # grant kept failing
 
 
+#: A request's approvals are fields of its hash: `approval:<user id>` → approval time (ms).
+APPROVAL_FIELD = "approval:"
+
 OPEN = frozenset({Status.PENDING, Status.APPROVED, Status.ACTIVE})
 FINAL = frozenset(Status) - OPEN
 #: Statuses a long-poll keeps waiting through.
@@ -49,10 +52,9 @@ class AccessRequest:
     #: merely said.
     verified_keys: tuple[str, ...] = ()
     policy_sha256: str = ""
+    #: The hash of the request_token (bot/core/crypto.py RequestTokens): the token itself is
+    #: never stored, only made again from the id when it is handed back.
     request_token_hash: str = ""
-    #: The sealed request_token; the store keeps it apart from the request hash (its own key), so a
-    #: request read back carries it only if stored the old way: `Store.request_token_blob` reads it.
-    request_token_enc: str = field(default="", compare=False, repr=False)
     approvals: list[tuple[str, datetime]] = field(default_factory=list)
     decided_by: str | None = None
     decided_at: datetime | None = None
@@ -89,16 +91,20 @@ class AccessRequest:
             "verified_keys": ",".join(self.verified_keys),
             "policy_sha256": self.policy_sha256,
             "request_token_hash": self.request_token_hash,
-            "request_token_enc": self.request_token_enc,
         }
 
     @classmethod
     def from_hash(cls, h: dict[str, str], approvals: dict[str, str] | None = None) -> AccessRequest:
+        """`approvals`: the hash of its own (user → ms) that requests made by earlier versions keep
+        their approvals in; a request made now keeps them in `h` (APPROVAL_FIELD)."""
+
         def t(name: str) -> datetime | None:
             v = h.get(name)
             return from_ms(v) if v else None
 
-        apr = sorted(((u, from_ms(ms)) for u, ms in (approvals or {}).items()), key=lambda a: a[1])
+        given = dict(approvals or {})
+        given.update((k.removeprefix(APPROVAL_FIELD), v) for k, v in h.items() if k.startswith(APPROVAL_FIELD))
+        apr = sorted(((u, from_ms(ms)) for u, ms in given.items()), key=lambda a: a[1])
         return cls(
             id=h["id"],
             action=h["action"],
@@ -117,7 +123,6 @@ class AccessRequest:
             verified_keys=tuple(k for k in (h.get("verified_keys") or "").split(",") if k),
             policy_sha256=h.get("policy_sha256", ""),
             request_token_hash=h.get("request_token_hash", ""),
-            request_token_enc=h.get("request_token_enc", ""),
             approvals=apr,
             decided_by=h.get("decided_by") or None,
             decided_at=t("decided_ms"),

@@ -10,7 +10,7 @@ from typing import Any
 
 from bot.core import errors as E
 from bot.core.clock import from_ms, now_ms, parse_duration, to_ms
-from bot.core.crypto import Vault, new_token, token_hash
+from bot.core.crypto import RequestTokens, Vault, token_hash
 from bot.core.gates import BINDING, binding_mismatch, run_key
 from bot.core.identity import encodable
 from bot.core.model import AccessRequest, Status
@@ -50,11 +50,20 @@ class FollowUp:
 
 
 class RequestService:
-    def __init__(self, store: Store, audit: AuditLog, rules: InFlightRules, vault: Vault, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        store: Store,
+        audit: AuditLog,
+        rules: InFlightRules,
+        tokens: RequestTokens,
+        vault: Vault,
+        metrics: Metrics,
+    ) -> None:
         self.store = store
         self.audit = audit
         self.rules = rules
-        self.vault = vault
+        self.tokens = tokens
+        self.vault = vault  # opens the sealed tokens of requests made before tokens were derived
         self.metrics = metrics
         self.gates = GateStore(store.r, store.retention_s)
 
@@ -122,9 +131,10 @@ class RequestService:
                 "requested_by must name a person listed in the policy's `people` "
                 "(or come from a verified OIDC token mapped there)"
             )
-        token = new_token()
+        rid = _new_id()
+        token = self.tokens.token(rid)
         req = AccessRequest(
-            id=_new_id(),
+            id=rid,
             action=body.action,
             pipeline=pipeline,
             reason=body.reason,
@@ -141,7 +151,6 @@ class RequestService:
             verified_keys=verified_keys,
             policy_sha256=policy.sha256,
             request_token_hash=token_hash(token),
-            request_token_enc=self.vault.seal(token),
         )
         idem = None
         if idempotency_key:
@@ -197,7 +206,7 @@ class RequestService:
                     "asked_ttl": body.ttl,
                 },
             )
-            return Created(req, self.vault.open(self.store.request_token_blob(req.id)), False)
+            return Created(req, self._token_of(req), False)
         return None
 
     def _bound(self, pipeline: str, action: str, platform: str, verified: dict[str, Any] | None) -> Created:
@@ -227,7 +236,7 @@ class RequestService:
                 actor=f"pipeline:{pipeline}",
                 details={"platform": platform, "run": run},
             )
-            return Created(req, self.vault.open(self.store.request_token_blob(req.id)), False)
+            return Created(req, self._token_of(req), False)
         record_refusal(
             self.store.r,
             self.audit,
@@ -244,7 +253,7 @@ class RequestService:
         Handing its request_token out again is audited (`request.replayed`): with a static pipeline
         token the key is as good as the request_token, so every use of it is on the record."""
         rid, _, rest = value.partition("|")
-        seen, _, sealed = rest.partition("|")  # older keys carried the sealed request token here
+        seen, _, sealed = rest.partition("|")  # keys of older versions carried the sealed token here
         if seen and seen != fingerprint:
             raise E.IdempotencyKeyReused("this Idempotency-Key was already used for a different request; use a new key")
         existing = self.store.get(rid)
@@ -257,7 +266,21 @@ class RequestService:
             actor=f"pipeline:{pipeline}",
             details={"via": "idempotency_key", "status": existing.status.value},
         )
-        return Created(existing, self.vault.open(sealed or self.store.request_token_blob(existing.id)), False)
+        return Created(existing, self._token_of(existing, sealed), False)
+
+    def _token_of(self, req: AccessRequest, sealed: str = "") -> str:
+        """The request_token to hand back for `req`: made again from its id with the key that made
+        it (its hash is the one stored); nothing of the token itself is stored."""
+        token = self.tokens.recover(req.id, req.request_token_hash)
+        if token is not None:
+            return token
+        # A request made by an earlier version (still in Redis after an upgrade) has a random
+        # token, kept sealed: in its Idempotency-Key's value (`sealed`), in its own key
+        # `jit:req:<id>:token`, or, earliest, in the request hash. Nothing new is written there.
+        sealed = sealed or self.store.request_token_blob(req.id)
+        if not sealed:
+            raise ValueError("the request token cannot be made again with the configured keys")
+        return self.vault.open(sealed)
 
     def created_for(self, pipeline: str, idempotency_key: str) -> str | None:
         """The id of the request this pipeline's Idempotency-Key made (kept 24 h), if any."""

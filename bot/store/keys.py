@@ -13,7 +13,9 @@ def request(request_id: str) -> str:
 
 
 def approvals(request_id: str) -> str:
-    """Hash user_id → approval time (ms). Same life as its request."""
+    """Hash user_id → approval time (ms) of a request an earlier version made: read, never written
+    (approvals are now fields of the request hash, `approval:<user>`, bot/core/model.py). Same
+    life as its request (expired with it in `finalize`)."""
     return f"{PREFIX}req:{request_id}:approvals"
 
 
@@ -36,11 +38,10 @@ def session(request_id: str) -> str:
 
 
 def request_token(request_id: str) -> str:
-    """String: a request's sealed request_token, read when it is handed out again (an
-    Idempotency-Key replay, a gated deployment's job, a pipeline asking again for a grant it
-    holds). Apart from the request hash because, at ~140 bytes, it alone would push the hash past
-    Redis's compact (listpack) encoding. No TTL while the request is open; the request's retention
-    once it is final (set with the hash's, in `finalize`)."""
+    """String: the sealed request_token of a request an earlier version made. Read only, for
+    requests still in Redis from before an upgrade: tokens are now made again from the request id
+    (bot/core/crypto.py RequestTokens) and no longer stored. No TTL while the request is open; the
+    request's retention once it is final (set with the hash's, in `finalize`)."""
     return f"{PREFIX}req:{request_id}:token"
 
 
@@ -50,7 +51,8 @@ def credential(request_id: str) -> str:
 
 
 def idempotency(pipeline: str, key_hash: str) -> str:
-    """String: `request id|body fingerprint|sealed request token` for an Idempotency-Key. TTL 24 h."""
+    """String: `request id|body fingerprint` for an Idempotency-Key (an earlier version appended
+    `|sealed request token`). TTL 24 h."""
     return f"{PREFIX}idem:{pipeline}:{key_hash}"
 
 

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from redis import Redis
 
-from bot.core.model import AccessRequest, Status
+from bot.core.model import APPROVAL_FIELD, AccessRequest, Status
 from bot.store import keys
 
 #: A freshly kicked due item comes back due after this long, in case the job carrying it was
@@ -67,7 +67,8 @@ class AuditOutbox(Protocol):
 
 
 # Every transition script gets the same first KEYS and ARGV, so the shared Lua below can use them:
-# KEYS: 1 req, 2 approvals, 3 open index, 4 due, 5 due claims, 6 due wake, 7 audit outbox, 8 credential
+# KEYS: 1 req, 2 approvals of a request an earlier version made (read only), 3 open index, 4 due,
+#       5 due claims, 6 due wake, 7 audit outbox, 8 credential
 # ARGV: 1 id, 2 now_ms, 3 lease score for kicked items, 4 retention s, 5 claim token for kicked
 #       items, 6 first audit event body (JSON) or '', 7 second audit event body or ''
 # Script-specific KEYS start at 9, ARGV at 8.
@@ -77,6 +78,23 @@ _COMMON_ARGS = 7
 _PRELUDE = (
     """
 local ID, NOW = ARGV[1], tonumber(ARGV[2])
+local APPROVAL = '"""
+    + APPROVAL_FIELD
+    + """'
+-- the request's approvals (user → ms) and their number: `approval:<user>` fields of its hash.
+-- A request an earlier version made keeps them in a hash of their own (KEYS[2]): read, never
+-- written, expired with the request (finalize).
+local function approvals()
+  local out, n = {}, 0
+  local old = redis.call('HGETALL', KEYS[2])
+  for i = 1, #old, 2 do out[old[i]] = old[i + 1] end
+  local h = redis.call('HGETALL', KEYS[1])
+  for i = 1, #h, 2 do
+    if string.sub(h[i], 1, #APPROVAL) == APPROVAL then out[string.sub(h[i], #APPROVAL + 1)] = h[i + 1] end
+  end
+  for _ in pairs(out) do n = n + 1 end
+  return out, n
+end
 -- due at `score`; a claim some job holds on the member is void from now on (new work)
 local function schedule(member, score)
   redis.call('ZADD', KEYS[4], score, member)
@@ -161,17 +179,17 @@ local function finalize()
   redis.call('ZREM', KEYS[3], ID)
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('EXPIRE', KEYS[2], ARGV[4])
-  redis.call('EXPIRE', KEYS[1] .. ':token', ARGV[4])  -- keys.request_token: the request's own
+  -- keys.request_token: a sealed token an earlier version kept (none are written now)
+  redis.call('EXPIRE', KEYS[1] .. ':token', ARGV[4])
 end
 """
 )
 
 # The first Slack post is due at once and left to the scheduler, which batches bursts; the
 # request also takes its place, in creation order, in its channel's queue of first posts.
-# KEYS: 9 idempotency key or '', 10 all-requests index, 11 channel outbox, 12 sealed request token
+# KEYS: 9 idempotency key or '', 10 all-requests index, 11 channel outbox
 # ARGV: 8 fields (JSON object of strings), 9 created_ms, 10 timeout due ms, 11 idem ttl s,
-#       12 idempotency value, 13 sealed request token (kept until the request is final, then
-#       expires with it: finalize)
+#       12 idempotency value
 _CREATE = (
     _PRELUDE
     + """
@@ -185,7 +203,6 @@ for k, v in pairs(cjson.decode(ARGV[8])) do
   flat[#flat + 1] = v
 end
 redis.call('HSET', KEYS[1], unpack(flat))
-if ARGV[13] ~= '' then redis.call('SET', KEYS[12], ARGV[13]) end
 redis.call('ZADD', KEYS[3], ARGV[9], ID)
 redis.call('ZADD', KEYS[10], ARGV[9], ID)
 schedule('timeout:' .. ID, ARGV[10])
@@ -206,19 +223,21 @@ return reply('ok', ID)
 # somewhere. Approved once every rule is full.
 # ARGV: 8 user, 9 rules (JSON list of [rule, count, [people counted]]), 10 approvers the caller
 #       saw recorded (JSON list), 11 the clicker's rule, 12 on-call schedules the clicker is on
-#       call for (JSON list), 13 the rule progress (JSON object, kept on the request), 14 the change
-#       window the approval came in ('' when the action has none)
+#       call for (JSON list), 13 the change window the approval came in ('' when the action has
+#       none). Which rule each approver counts toward is not kept on the request: it is matched
+#       again on every click, and the final matching is in the `request.approved` audit event.
 _APPROVE = (
     _PRELUDE
     + """
 local refused = not_pending(NOW)
 if refused then return reply(refused[1], refused[2]) end
 local USER = ARGV[8]
-if redis.call('HEXISTS', KEYS[2], USER) == 1 then return reply('duplicate') end
+local given, recorded = approvals()
+if given[USER] then return reply('duplicate') end
 local seen = cjson.decode(ARGV[10])
-if redis.call('HLEN', KEYS[2]) ~= #seen then return reply('stale') end
+if recorded ~= #seen then return reply('stale') end
 for _, u in ipairs(seen) do
-  if redis.call('HEXISTS', KEYS[2], u) == 0 then return reply('stale') end
+  if not given[u] then return reply('stale') end
 end
 local once, counted, required, mine, full = {}, 0, 0, false, true
 for _, rule in ipairs(cjson.decode(ARGV[9])) do
@@ -232,25 +251,24 @@ for _, rule in ipairs(cjson.decode(ARGV[9])) do
     counted = counted + 1
     if u == USER then
       mine = true
-    elseif redis.call('HEXISTS', KEYS[2], u) == 0 then
+    elseif not given[u] then
       return reply('invalid')
     end
   end
 end
 if not mine then return reply('invalid') end
-redis.call('HSET', KEYS[2], USER, ARGV[2])
+redis.call('HSET', KEYS[1], APPROVAL .. USER, ARGV[2])
 local oncall = cjson.decode(ARGV[12])
 if #oncall > 0 then
   local kept = cjson.decode(redis.call('HGET', KEYS[1], 'approved_oncall') or '{}')
   kept[USER] = oncall
   redis.call('HSET', KEYS[1], 'approved_oncall', cjson.encode(kept))
 end
-redis.call('HSET', KEYS[1], 'rule_progress', ARGV[13])
 audit(ARGV[6], {approvals = counted, required = required, rule = ARGV[11]})
 if full then
   redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', USER, 'decided_ms', ARGV[2],
     'approvals_required', required, 'rule', ARGV[11])
-  if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'window', ARGV[14]) end
+  if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'window', ARGV[13]) end
   audit(ARGV[7])
   approval_complete()
   return reply('approved', counted)
@@ -290,7 +308,7 @@ local refused = not_pending(NOW)
 if refused then return reply(refused[1], refused[2]) end
 local asked = tonumber(redis.call('HGET', KEYS[1], 'ttl_s'))
 local ttl = math.min(asked, tonumber(ARGV[9]))
-redis.call('HSETNX', KEYS[2], ARGV[8], ARGV[2])
+if not approvals()[ARGV[8]] then redis.call('HSET', KEYS[1], APPROVAL .. ARGV[8], ARGV[2]) end
 redis.call('HSET', KEYS[1], 'status', 'approved', 'decided_by', ARGV[8], 'decided_ms', ARGV[2],
   'ttl_s', ttl, 'break_glass_by', ARGV[8], 'break_glass_justification', ARGV[10],
   'break_glass_asked_ttl_s', asked, 'rule', ARGV[11])
@@ -363,8 +381,7 @@ if redis.call('HGET', KEYS[5], 'grant:' .. ID) ~= ARGV[8] then return reply('sta
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return reply('missing') end
 if st == 'approved' then
-  redis.call('HSET', KEYS[1], 'grant_inflight', ARGV[8], 'grant_attempted', '1',
-    'grant_started_ms', ARGV[2])
+  redis.call('HSET', KEYS[1], 'grant_inflight', ARGV[8], 'grant_attempted', '1')
   return reply('ok')
 end
 if redis.call('HEXISTS', KEYS[1], 'grant_inflight') == 1 then
@@ -698,7 +715,7 @@ class Store:
             return None
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(keys.request(request_id))
-        pipe.hgetall(keys.approvals(request_id))
+        pipe.hgetall(keys.approvals(request_id))  # where earlier versions kept approvals
         h, apr = pipe.execute()
         if not h or "status" not in h:
             return None
@@ -731,7 +748,9 @@ class Store:
         return [req for req in found.values() if req.status == Status.ACTIVE]
 
     def request_token_blob(self, request_id: str) -> str:
-        """A request's sealed request_token ('' when none); older requests kept it in their hash."""
+        """The sealed request_token an earlier version kept for a request ('' when none: requests
+        made now keep none, their token is made again from the id). Read for requests still in
+        Redis from before an upgrade: in their own key, or, earliest, in their hash."""
         own = self.r.get(keys.request_token(request_id))
         return own or self.r.hget(keys.request(request_id), "request_token_enc") or ""
 
@@ -809,29 +828,25 @@ class Store:
         extra: dict[str, str] | None = None,
     ) -> tuple[bool, str]:
         """Store a new request with its creation event. With `idempotency` = (key, fingerprint),
-        a key already used returns (False, "<request id>|<fingerprint>[|<sealed request token>]")."""
+        a key already used returns (False, "<request id>|<fingerprint>"; keys an earlier version
+        wrote end in "|<sealed request token>")."""
         idem_key, fingerprint = idempotency or ("", "")
-        # Compact: no empty fields, and the sealed request token out of the hash — a hash whose
-        # values all fit Redis's listpack limit (64 bytes by default) takes a third of the memory.
-        # Only two things ever read the token again: an Idempotency-Key replay (so it rides in the
-        # idempotency key's value, which lives exactly as long) and a gated deployment's job
-        # (so a gated request keeps it in a key of its own).
+        # Compact: no empty fields — a hash whose values all fit Redis's listpack limit (64 bytes
+        # by default) takes a third of the memory. No request token either: only its hash is kept.
         fields = {k: v for k, v in {**req.to_hash(), **(extra or {})}.items() if v != ""}
-        token = fields.pop("request_token_enc", "")
         idem_value = f"{req.id}|{fingerprint}"
         res = self._run(
             "create",
             req.id,
             now_ms,
             events=(event, ""),
-            keys_extra=[idem_key, keys.all_requests(), keys.channel_outbox(req.channel), keys.request_token(req.id)],
+            keys_extra=[idem_key, keys.all_requests(), keys.channel_outbox(req.channel)],
             args_extra=[
                 json.dumps(fields),
                 _ms(req.created_at),
                 _ms(req.pending_until),
                 86400,
                 idem_value,
-                token,
             ],
         )
         return res[0] == "ok", res[1]
@@ -867,7 +882,6 @@ class Store:
                     json.dumps(seen),
                     rule,
                     json.dumps(oncall),
-                    json.dumps({r: people for r, _, people in rules}, sort_keys=True),
                     window or "",
                 ],
             )

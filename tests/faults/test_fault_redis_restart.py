@@ -25,6 +25,7 @@ from faultkit import (
     wait_status,
 )
 from procs import Stack, wait_until
+from redis_state import stored_approvals
 from support import WEB_TOKEN
 
 
@@ -32,7 +33,7 @@ def snapshot(stack: Stack, rids: list[str]) -> dict:
     r = rdb(stack)
     return {
         "requests": {rid: r.hgetall(f"jit:req:{rid}") for rid in rids},
-        "approvals": {rid: r.hgetall(f"jit:req:{rid}:approvals") for rid in rids},
+        "approvals": {rid: stored_approvals(r, rid) for rid in rids},
         "creds": {rid: r.get(f"jit:cred:{rid}") for rid in rids},
         "audit": [(sid, f["hash"]) for sid, f in r.xrange("jit:audit")],
         "due": {m: s for m, s in due(stack).items() if not m.startswith("slack:")},
@@ -57,7 +58,7 @@ def _restart_redis_under_load(stack: Stack, redis: ShippedRedis) -> None:
     pending, p_token = ask(stack, "deploy-prod", reason="fault 4: half approved")
     stack.message_ts(pending)
     approve(stack, pending, "U0LEAD1")
-    wait_until(lambda: rdb(stack).hlen(f"jit:req:{pending}:approvals") == 1, 15, message="first approval")
+    wait_until(lambda: len(stored_approvals(rdb(stack), pending)) == 1, 15, message="first approval")
     long, l_token = ask(stack, "quick", ttl="1m", reason="fault 4: outlives the outage")
     short, _ = ask(stack, "quick", ttl="8s", reason="fault 4: expires during the outage")
     for rid in (long, short):

@@ -15,8 +15,11 @@ import requests
 from fakes.github import GitHubFake, delivery, sign, workflow_run
 from fakes.slack import block_action, view_submission
 from procs import JIT, Stack, wait_until
-from support import GRANT_SCRIPT
+from redis_state import stored_approvals
+from support import GRANT_SCRIPT, SECRET_KEY
 from test_oidc import Issuers, github_claims, mint
+
+from bot.core.crypto import RequestTokens
 
 SECRET = "github-webhook-secret-0123456789"
 REPO, REPO_ID, INSTALLATION = "acme/web", 1296269, 77
@@ -177,7 +180,7 @@ def test_two_slack_approvals_release_the_deployment_and_only_its_run_collects_th
     assert "acme/web" in text and "production" in text and "Approve" in text
 
     assert click(stack, rid, "U0LEAD1").status_code == 200
-    wait_until(lambda: redis_of(stack).hlen(f"jit:req:{rid}:approvals") == 1, message="first approval")
+    wait_until(lambda: len(stored_approvals(redis_of(stack), rid)) == 1, message="first approval")
     assert gh.reviews(1001) == []  # one approval of two: GitHub still waits
     assert click(stack, rid, "U0LEAD2").status_code == 200
 
@@ -195,6 +198,10 @@ def test_two_slack_approvals_release_the_deployment_and_only_its_run_collects_th
     assert mine.status_code == 200, mine.text
     assert mine.json()["id"] == rid
     rtok = mine.json()["request_token"]
+    # the request's own token, made from the id with the stack's JIT_SECRET_KEY; the job asking
+    # again (a retried step) gets the very same one
+    assert rtok == RequestTokens(SECRET_KEY).token(rid)
+    assert ask_with(stack, run_token(issuers, 1001)).json()["request_token"] == rtok
     assert stack.wait_status(rid, rtok, {"active"})["status"] == "active"
     cred = stack.get(rid, rtok, path="/credential")
     assert cred.status_code == 200 and cred.json()["credential"]
@@ -251,7 +258,7 @@ def test_the_user_who_triggered_the_deployment_cannot_approve_it(world):
         ),
         message="the self-approval is refused",
     )
-    assert redis_of(stack).hlen(f"jit:req:{rid}:approvals") == 0
+    assert len(stored_approvals(redis_of(stack), rid)) == 0
     assert gh.attempts(1201) == []
 
 
@@ -344,7 +351,7 @@ def test_the_job_runs_jit_request_and_gets_its_credential_without_asking_anyone(
     stack, gh, issuers = world
     rid = deliver(stack, gh, "deployment_protection_rule", deploy(gh, 1801)).json()["request"]
     click(stack, rid, "U0LEAD1")
-    wait_until(lambda: redis_of(stack).hlen(f"jit:req:{rid}:approvals") == 1, message="first approval")
+    wait_until(lambda: len(stored_approvals(redis_of(stack), rid)) == 1, message="first approval")
     click(stack, rid, "U0LEAD2")
     wait_until(lambda: gh.reviews(1801), message="GitHub releases the job")
     before = requests_count(stack)
@@ -394,7 +401,7 @@ def test_two_jobs_of_one_run_deploying_to_one_environment_share_one_request(worl
     rid = first.json()["request"]
     assert second.json()["request"] == rid
     click(stack, rid, "U0LEAD1")
-    wait_until(lambda: redis_of(stack).hlen(f"jit:req:{rid}:approvals") == 1, message="first approval")
+    wait_until(lambda: len(stored_approvals(redis_of(stack), rid)) == 1, message="first approval")
     click(stack, rid, "U0LEAD2")
     wait_until(lambda: gh.reviews(4701), message="GitHub hears the decision")
     mine = ask_with(stack, run_token(issuers, 4701))

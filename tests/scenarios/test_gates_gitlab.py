@@ -13,6 +13,7 @@ import requests
 from fakes.gitlab import GitLabFake, delivery, deployment_event
 from fakes.slack import block_action, view_submission
 from procs import JIT, Stack, wait_until
+from redis_state import stored_approvals
 from support import ROOT
 from test_oidc import EC_KEY, GL_KID, Issuers, gitlab_claims, mint
 
@@ -110,7 +111,7 @@ def test_two_slack_approvals_approve_the_gitlab_deployment_and_its_job_collects_
     assert "acme/infra" in json.dumps(stack.slack.message(stack.message_ts(rid))["blocks"])
 
     click(stack, rid, "U0LEAD1")
-    wait_until(lambda: redis_of(stack).hlen(f"jit:req:{rid}:approvals") == 1, message="first approval")
+    wait_until(lambda: len(stored_approvals(redis_of(stack), rid)) == 1, message="first approval")
     assert gl.decided(501) == []
     click(stack, rid, "U0LEAD2")
     approval = wait_until(lambda: gl.decided(501), message="GitLab hears the decision")[0]
@@ -207,7 +208,7 @@ def test_a_canceled_event_gitlab_does_not_confirm_changes_nothing(world):
     assert redis_of(stack).hget(f"jit:req:{rid}", "status") == "pending"
     # the gate is still owed its decision: the approvers' clicks reach GitLab as before
     click(stack, rid, "U0LEAD1")
-    wait_until(lambda: redis_of(stack).hlen(f"jit:req:{rid}:approvals") == 1, message="first approval")
+    wait_until(lambda: len(stored_approvals(redis_of(stack), rid)) == 1, message="first approval")
     click(stack, rid, "U0LEAD2")
     approval = wait_until(lambda: gl.decided(505), message="GitLab hears the decision")[0]
     assert approval.body["status"] == "approved"

@@ -14,6 +14,7 @@ import redis as redislib
 import requests
 from fakes.slack import block_action, sign
 from procs import JIT, Proc, Stack, wait_until
+from redis_state import stored_approvals
 from support import SIGNING_SECRET, WEB_TOKEN, free_port
 
 from bot.store.sentinel import SentinelTarget, parse
@@ -90,8 +91,7 @@ def test_two_replicas_and_two_workers_act_as_one():
             if c.ok and not c.params.get("thread_ts") and rid in json.dumps(c.params)
         ]
         assert len(posts) == 1  # one approval message, updated in place
-        approvals = watcher.hgetall(f"jit:req:{rid}:approvals")
-        assert list(approvals) == [b"U0LEAD1"]
+        assert list(stored_approvals(watcher, rid)) == ["U0LEAD1"]
 
 
 # ---------------------------------------------------------------------- Sentinel

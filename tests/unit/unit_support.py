@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, parse_qsl
 
 import redis as redislib
+from redis_state import stored_approvals
 from slack_bolt import BoltContext
 
 from bot.core.clock import from_ms, now_ms
@@ -139,7 +140,8 @@ class Bare:
         """`user` approves under one rule needing `required` people; approvals by `discounted`
         people (removed from the policy) no longer count. The matching is what the decision
         service computes for a single rule: the people already counted, then the clicker."""
-        seen = sorted(self.r.hkeys(keys.approvals(rid)))
+        req = self.store.get(rid)
+        seen = sorted(req.approved_by) if req is not None else []
         others = [u for u in seen if u != user and u not in discounted][: required - 1]
         return self.store.approve(
             rid,
@@ -179,6 +181,10 @@ class Bare:
 
     def hash(self, rid: str = "req1") -> dict[str, str]:
         return self.r.hgetall(keys.request(rid))
+
+    def approvals(self, rid: str = "req1") -> dict[str, str]:
+        """user → approval time (ms), as the request hash keeps them."""
+        return stored_approvals(self.r, rid)
 
     def outbox(self) -> list[dict[str, Any]]:
         """The audit outbox: [{"body": {...}, "patch": {...}}], oldest first."""

@@ -5,17 +5,24 @@ holds once asked, idempotency, and who may follow it up — no HTTP in between."
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from freezegun import freeze_time
 from policy_rules_support import verified
+from redis_state import redis_dump
+from support import SECRET_KEY
 
 from bot.core import errors as E
-from bot.core.crypto import token_hash
+from bot.core.crypto import RequestTokens, token_hash
 from bot.core.model import Status
 from bot.request.schemas import RequestBody
+from bot.settings import load_settings
 from bot.store import keys
+from bot.wiring import build
+
+OTHER_SECRET_KEY = "another-deployment-secret-key-0123456789-xyz"
 
 
 def body(action: str = "deploy-prod", **over) -> RequestBody:
@@ -38,7 +45,6 @@ def test_a_request_takes_its_terms_from_the_policy(rt):
     assert req.policy_sha256 == rt.policy.sha256
     assert rt.store.get(req.id) == req
     assert req.request_token_hash == token_hash(made.request_token)
-    assert rt.vault.open(req.request_token_enc) == made.request_token
     (created,) = [e.body for e in rt.audit.entries_for_request(req.id)]
     assert (created["event"], created["actor"]) == ("request.created", "pipeline:web-ci")
     assert created["details"]["ttl_seconds"] == 900 and created["details"]["requester"] == "U0ALICE"
@@ -82,6 +88,42 @@ def test_the_same_idempotency_key_and_body_return_the_same_request(rt):
         rt.requests.create("web-ci", body(reason="another release"), idempotency_key="run-1")
     other = rt.requests.create("web-ci", body(), idempotency_key="run-2")
     assert other.created and other.request.id != first.request.id
+
+
+def test_a_replay_after_the_secret_key_rotated_returns_the_token_the_201_gave(rt, monkeypatch):
+    first = rt.requests.create("web-ci", body(), idempotency_key="run-1")
+    monkeypatch.setenv("JIT_SECRET_KEY", OTHER_SECRET_KEY)
+    monkeypatch.setenv("JIT_PREVIOUS_SECRET_KEYS", SECRET_KEY)
+    rotated = build(load_settings())
+    again = rotated.requests.create("web-ci", body(), idempotency_key="run-1")
+    assert (again.request.id, again.request_token) == (first.request.id, first.request_token)
+    assert rotated.requests.authorize_follow_up(first.request.id, first.request_token).via == "request_token"
+    # the old key dropped: the token cannot be made again, and nothing else hands one out
+    monkeypatch.setenv("JIT_PREVIOUS_SECRET_KEYS", "")
+    with pytest.raises(ValueError, match="request token"):
+        build(load_settings()).requests.create("web-ci", body(), idempotency_key="run-1")
+
+
+def test_a_request_stored_by_the_previous_version_gets_its_sealed_token_back(rt):
+    """Before request tokens were derived, a random one was sealed: in `jit:req:<id>:token`, in the
+    Idempotency-Key's value, or (earliest) in the request hash. A replay still returns it."""
+    for where in ("token key", "idempotency value", "request hash"):
+        made = rt.requests.create("web-ci", body(), idempotency_key=where)
+        rid, old = made.request.id, secrets.token_urlsafe(32)
+        rt.redis.hset(keys.request(rid), "request_token_hash", token_hash(old))
+        sealed = rt.vault.seal(old)
+        if where == "token key":
+            rt.redis.set(keys.request_token(rid), sealed)
+        elif where == "request hash":
+            rt.redis.hset(keys.request(rid), "request_token_enc", sealed)
+        else:
+            (idem,) = rt.redis.keys(keys.idempotency("web-ci", "*"))
+            rt.redis.set(idem, rt.redis.get(idem) + "|" + sealed)
+        again = rt.requests.create("web-ci", body(), idempotency_key=where)
+        assert (again.request.id, again.request_token) == (rid, old), where
+        assert rt.requests.authorize_follow_up(rid, old).via == "request_token"
+        for k in rt.redis.keys(keys.idempotency("web-ci", "*")):
+            rt.redis.delete(k)
 
 
 def test_the_same_key_from_another_pipeline_is_another_request(rt):
@@ -169,6 +211,26 @@ def test_only_the_request_token_follows_a_request_up(rt):
             rt.requests.authorize_follow_up(made.request.id, bearer)
     with pytest.raises(E.NotFound):
         rt.requests.authorize_follow_up("no-such-id", made.request_token)
+
+
+def test_a_request_token_is_made_from_the_secret_key_and_the_id_and_never_stored(rt):
+    made = rt.requests.create("web-ci", body())
+    rid, token = made.request.id, made.request_token
+    assert token == RequestTokens(SECRET_KEY).token(rid)
+    assert len(token) == 43 and token_hash(token) == rt.store.get(rid).request_token_hash  # 256 bits, base64url
+    # nothing token-shaped in Redis: no sealed copy, no key of its own, the token nowhere
+    assert not rt.redis.exists(keys.request_token(rid))
+    assert "request_token_enc" not in rt.redis.hgetall(keys.request(rid))
+    everything = redis_dump(rt.redis)
+    assert token not in everything and token_hash(token) in everything  # the scan reads the request hash
+    # every request its own token; without the key, another deployment makes other tokens
+    other = rt.requests.create("web-ci", body())
+    assert other.request_token != token and RequestTokens(SECRET_KEY).token(other.request.id) == other.request_token
+    elsewhere = RequestTokens(OTHER_SECRET_KEY)
+    assert elsewhere.token(rid) != token
+    for bearer in (elsewhere.token(rid), RequestTokens(SECRET_KEY).token(other.request.id), token_hash(token)):
+        with pytest.raises(E.NotFound):
+            rt.requests.authorize_follow_up(rid, bearer)
 
 
 def test_an_oidc_token_follows_up_only_from_the_same_run(rrt):
