@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from bot.core.clock import now_ms
@@ -78,11 +79,13 @@ class Revoker:
             self._queue.put(items[i : i + size])
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Let the batches in hand finish (a graceful stop), then end the threads."""
+        """Let the batches in hand finish (a graceful stop), then end the threads: `timeout` seconds
+        for all of them together (compose's stop grace period bounds the whole worker)."""
         for _ in self._threads:
             self._queue.put(None)
+        deadline = time.monotonic() + timeout
         for t in self._threads:
-            t.join(timeout=timeout)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while True:
