@@ -286,3 +286,22 @@ def test_a_revoker_batch_that_raises_leaves_its_claims_to_come_due_again(r):
     revoker.stop(5)
     assert q.score("expire:x") is not None  # still owed: its lease lapses and it is claimed again
     assert q.score("expire:x") <= now_ms() + LEASE_MS
+
+
+def test_a_revoker_stopping_lets_the_batch_in_hand_finish(r):
+    q = DueQueue(r)
+    finished = []
+    started = threading.Event()
+
+    def slow(items):
+        started.set()
+        time.sleep(0.3)
+        finished.extend(items)
+
+    revoker = Revoker(slow, q, threads=2).start()
+    t = now_ms()
+    q.schedule("expire:y", t)
+    revoker.submit(q.claim(t))
+    assert started.wait(5)
+    revoker.stop(10)
+    assert [m for m, _ in finished] == ["expire:y"]
