@@ -110,6 +110,12 @@ local function kick(member)
   redis.call('HSET', KEYS[5], member, ARGV[5])
   KICKED[#KICKED + 1] = member
 end
+-- the request's Slack message owes its new state: its revision moves on (a `slack:` job that finds
+-- the message showing this revision has nothing to render: workers/jobs/notify/message.py)
+local function message_owed()
+  redis.call('HINCRBY', KEYS[1], 'rev', 1)
+  kick('slack:' .. ID)
+end
 -- every script answers {result, status or count or false, members kicked (comma-separated)}
 local function reply(result, value)
   return {result, value or false, table.concat(KICKED, ',')}
@@ -154,7 +160,7 @@ end
 local function approval_complete()
   undecided_timers_off()
   kick('grant:' .. ID)
-  kick('slack:' .. ID)
+  message_owed()
   gate_owed()
   changed()
 end
@@ -273,7 +279,7 @@ if full then
   approval_complete()
   return reply('approved', counted)
 end
-kick('slack:' .. ID)
+message_owed()
 changed()
 return reply('recorded', counted)
 """
@@ -342,7 +348,7 @@ undecided_timers_off()
 if st == 'approved' then
   stop_grant()
 end
-kick('slack:' .. ID)
+message_owed()
 gate_owed()
 finalize()
 audit(ARGV[6])
@@ -362,7 +368,7 @@ if st ~= 'active' then return reply('decided', st) end
 redis.call('HSET', KEYS[1], 'status', 'revoked', 'revoked_by', ARGV[8], 'revoked_ms', ARGV[2])
 grant_timers_off()
 revoke_owed()
-kick('slack:' .. ID)
+message_owed()
 finalize()
 audit(ARGV[6])
 changed()
@@ -418,7 +424,7 @@ if st == 'approved' then
     redis.call('EXPIRE', KEYS[9], ARGV[4])
   end
   schedule('expire:' .. ID, ARGV[10])
-  kick('slack:' .. ID)
+  message_owed()
   gate_owed()
   audit(ARGV[6])
   changed()
@@ -427,7 +433,7 @@ end
 redis.call('HSET', KEYS[1], 'issued_ms', ARGV[9])
 redis.call('HDEL', KEYS[1], 'revoke_done_ms')
 revoke_owed()
-kick('slack:' .. ID)
+message_owed()
 audit(ARGV[7])
 changed()
 return reply('late', st)
@@ -461,7 +467,7 @@ local st = redis.call('HGET', KEYS[1], 'status')
 if st ~= 'approved' then return reply('decided', st or 'missing') end
 redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[8], 'decided_ms', ARGV[2])
 stop_grant()
-kick('slack:' .. ID)
+message_owed()
 gate_owed()
 finalize()
 audit(ARGV[6])
@@ -500,7 +506,7 @@ if st == 'active' then
     redis.call('LTRIM', KEYS[6], -16, -1)
   end
 else
-  kick('slack:' .. ID)
+  message_owed()
 end
 audit(ARGV[6], {status = final})
 changed()
@@ -567,7 +573,7 @@ local function apply_extension(old, add, by, body)
   redis.call('HDEL', KEYS[1], 'warned_ms')
   close_round()
   kick('reissue:' .. ID)
-  kick('slack:' .. ID)
+  message_owed()
   audit(body)
   changed()
   return new
@@ -604,7 +610,7 @@ end
 redis.call('DEL', KEYS[9])
 redis.call('HSET', KEYS[1], 'ext_round', ARGV[14], 'ext_add_ms', ARGV[9], 'ext_by', ARGV[11],
   'ext_reason', ARGV[12], 'ext_required', ARGV[13], 'ext_asked_ms', ARGV[2])
-kick('slack:' .. ID)
+message_owed()
 audit(ARGV[6])
 changed()
 return reply('ok', ARGV[14])
@@ -634,7 +640,7 @@ if count >= tonumber(redis.call('HGET', KEYS[1], 'ext_required')) then
   apply_extension(old, add, redis.call('HGET', KEYS[1], 'ext_by'), ARGV[7])
   return reply('approved', count)
 end
-kick('slack:' .. ID)
+message_owed()
 changed()
 return reply('recorded', count)
 """
@@ -1134,6 +1140,17 @@ class Store:
     def set_fields(self, request_id: str, **fields: str) -> None:
         if self.r.exists(keys.request(request_id)):
             self.r.hset(keys.request(request_id), mapping=fields)
+
+    def message_owed(self, request_id: str) -> None:
+        """What the request's message shows changed outside a transition (a gate's state): its
+        revision moves on, as the transitions' `message_owed` does, so the next `slack:` job renders."""
+        if self.r.exists(keys.request(request_id)):
+            self.r.hincrby(keys.request(request_id), "rev", 1)
+
+    def message_revisions(self, request_id: str) -> tuple[str, str | None]:
+        """(the request's revision, the revision its Slack message was last rendered from or None)."""
+        rev, shown = self.r.hmget(keys.request(request_id), "rev", "message_rev")
+        return rev or "0", shown
 
 
 def _outcome(res: list) -> Outcome:

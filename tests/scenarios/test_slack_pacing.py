@@ -174,3 +174,27 @@ def test_a_message_slack_refuses_does_not_hold_up_the_channel(jit, slack):
     posted = [rid_of(c) for c in request_posts(slack, "C0APPROVALS")]
     assert sorted(posted) == sorted(ids)
     assert posted[:2] == ids[1:]  # the others went first; the refused one came back after them
+
+
+def test_a_slack_job_with_nothing_new_for_its_message_renders_nothing(jit, slack, monkeypatch):
+    """A request's own `slack:` job often finds its message posted already (by the job that had the
+    channel's slot): the message shows the request's current revision, so it is not rendered again.
+    Anything that changes what the message shows moves the revision on, and then it is."""
+    from workers.jobs.notify import message
+
+    rid = jit.ask("read-secret", reason="revision")["id"]
+    jit.work()
+    ts = jit.rt.store.get(rid).message_ts
+    assert ts
+    rendered = []
+    real = message.render
+    monkeypatch.setattr(message, "render", lambda rt, req: rendered.append(req.id) or real(rt, req))
+    message.on_change(jit.rt, rid, "token")
+    assert rendered == []
+    jit.rt.store.message_owed(rid)  # a gate's state changed (workers/jobs/gate.py)
+    message.on_change(jit.rt, rid, "token")
+    assert rendered == [rid]
+    jit.approve(rid, "U0LEAD1")  # a transition: rendered again, and Slack hears of it
+    jit.drain(lambda: jit.status(rid).get_json()["status"] == "active", what="approval")
+    assert rendered.count(rid) >= 2
+    assert [c for c in slack.calls("chat.update") if c.params["ts"] == ts]

@@ -129,6 +129,7 @@ def _send(rt: Runtime, rec: GateRecord, state: str, comment: str) -> None:
 def _show(rt: Runtime, rid: str | None) -> None:
     """The request's message shows what the platform heard (or why not yet)."""
     if rid:
+        rt.store.message_owed(rid)
         DueQueue(rt.redis).schedule(f"slack:{rid}", now_ms())
 
 

@@ -20,9 +20,12 @@ log = logging.getLogger("jit.slack")
 _SETTLING = "settling"
 
 
-def sync_request_message(rt, request_id: str, req=None) -> None:
+def sync_request_message(rt, request_id: str, req=None, *, after_transition: bool = False) -> None:
     """Post the request's message, or update it to the current state. Idempotent. `req`: the
-    request as the caller just read it (read here when not given)."""
+    request as the caller just read it (read here when not given). `after_transition`: called for
+    a `slack:` item, which every transition bumps the request's revision for — a message already
+    rendered from the current revision (posted by another job that had the channel's slot) is
+    left alone without rendering it again."""
     req = req or rt.store.get(request_id)
     if req is None:
         return
@@ -32,6 +35,10 @@ def sync_request_message(rt, request_id: str, req=None) -> None:
         # reading and rendering once more here would only find what that job will.
         refresh_homes_quietly(rt)
         return
+    if after_transition:
+        rev, shown = rt.store.message_revisions(request_id)  # shown: None until a message exists
+        if rev == shown:
+            return
     lock = keys.slack_lock(request_id)
     token = secrets.token_hex(8)
     if not rt.redis.set(lock, token, nx=True, px=30_000):
@@ -39,6 +46,7 @@ def sync_request_message(rt, request_id: str, req=None) -> None:
             raise RetryLater(max(rt.redis.pttl(lock), 300))
         raise RetryLater(300)
     try:
+        rev, _ = rt.store.message_revisions(request_id)  # first: a transition after it renders again
         req = rt.store.get(request_id)  # re-read under the lock: render the latest state
         if req is None:
             return
@@ -59,9 +67,11 @@ def sync_request_message(rt, request_id: str, req=None) -> None:
                 # the late one must have landed, then send the latest state again.
                 settle_ms = int(rt.slack.timeout * 1000)
                 rt.redis.set(lock, _SETTLING, px=settle_ms)
-                rt.redis.hdel(keys.request(request_id), "message_hash")
+                rt.redis.hdel(keys.request(request_id), "message_hash", "message_rev")
                 raise RetryLater(settle_ms) from None
-            rt.store.set_fields(request_id, message_hash=digest)
+            rt.store.set_fields(request_id, message_hash=digest, message_rev=rev)
+        elif req.message_ts:
+            rt.store.set_fields(request_id, message_rev=rev)
     finally:
         locks.release(rt.redis, lock, token)
     refresh_homes_quietly(rt)  # App Home tabs open now show the change too
@@ -75,7 +85,7 @@ def on_change(rt, rid: str, token: str) -> None:
         return
     # First, so a message still waiting for its channel's slot never holds up a DM.
     followups.schedule(rt, req)
-    sync_request_message(rt, rid, req)
+    sync_request_message(rt, rid, req, after_transition=True)
 
 
 def usage_changed(rt, rid: str, token: str) -> None:

@@ -174,6 +174,7 @@ def _post_head(rt, pacer: ChannelPacer, channel: str, turn: Turn) -> bool:
     if turn.backlog > rt.settings.jit_slack_digest_after and _post_digest(rt, channel):
         return False
     rid = turn.request_id
+    rev, _ = rt.store.message_revisions(rid)  # before the read: a transition after it renders again
     req = rt.store.get(rid)
     if req is None or req.message_ts:
         pacer.posted(channel, rid)
@@ -209,7 +210,11 @@ def _post_head(rt, pacer: ChannelPacer, channel: str, turn: Turn) -> bool:
         )
         raise RetryLater(timeout_ms + 2000) from None
     rt.store.set_fields(
-        rid, message_ts=resp["ts"], message_channel=resp["channel"], message_hash=message_hash(text, blocks)
+        rid,
+        message_ts=resp["ts"],
+        message_channel=resp["channel"],
+        message_hash=message_hash(text, blocks),
+        message_rev=rev,
     )
     pacer.posted(channel, rid)
     return True
