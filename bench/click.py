@@ -145,10 +145,12 @@ async def _long_poll_run(stack, r, n: int, log) -> dict[str, Any]:
 
 
 async def _poll_run(stack, r, n: int, interval: float, rng: random.Random) -> list[dict[str, float]]:
-    async def one() -> dict[str, float]:
-        conn = Connection("127.0.0.1", stack.port)
-        created = await _create(conn)
-        rid = created["id"]
+    # Every pipeline has asked before any approver clicks: the bench's pipelines share one pipeline
+    # token, and one asking after another's grant is active would get that grant back (overlap).
+    conns = [Connection("127.0.0.1", stack.port) for _ in range(n)]
+    created = await asyncio.gather(*(_create(c) for c in conns))
+
+    async def one(conn: Connection, rid: str) -> dict[str, float]:
         ts = await _message_ts(r, rid)
         poller = asyncio.create_task(_poll_every(conn, rid, interval, rng.uniform(0, interval)))
         await asyncio.sleep(rng.uniform(0, interval))  # the approver clicks at a random moment
@@ -162,7 +164,7 @@ async def _poll_run(stack, r, n: int, interval: float, rng: random.Random) -> li
         await clicker.close()
         return {"ms": (t_cred - t0) * 1000, "polls": polls}
 
-    return await asyncio.gather(*(one() for _ in range(n)))
+    return await asyncio.gather(*(one(c, made["id"]) for c, made in zip(conns, created, strict=True)))
 
 
 def run(sizes: Sizes, log=print) -> dict[str, Any]:
