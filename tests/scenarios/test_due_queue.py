@@ -235,12 +235,20 @@ def test_expiries_go_to_the_revoker_with_the_short_lease_and_the_rest_to_rq(r, r
         revoker.stop(5)
 
 
-def test_the_scheduler_claims_nothing_while_every_revoking_thread_is_busy(r, redis_url):
-    """Due items gather in the due queue (unclaimed, still owed) while the revoker has no free thread;
-    once one frees up, everything due by then goes out together."""
+class BehindRq(Recorder):
+    """RQ's access queue with MAX_WAITING_JOBS unstarted jobs: the workers are behind."""
+
+    def waiting(self):
+        return MAX_WAITING_JOBS
+
+
+def test_the_scheduler_claims_nothing_while_every_revoking_thread_and_rq_are_busy(r, redis_url):
+    """Due items gather in the due queue (unclaimed, still owed) while the revoker has no free thread
+    and RQ is behind; once a thread frees up, everything due by then goes to it in one batch."""
     q = DueQueue(r)
     revoker = HeldRevoker(q, threads=1).start()
-    sched = Scheduler(r, redislib.Redis.from_url(redis_url, decode_responses=True), Recorder(), revoker=revoker)
+    rq = BehindRq()
+    sched = Scheduler(r, redislib.Redis.from_url(redis_url, decode_responses=True), rq, revoker=revoker)
     thread = threading.Thread(target=sched.run, daemon=True)
     thread.start()
     try:
@@ -257,18 +265,43 @@ def test_the_scheduler_claims_nothing_while_every_revoking_thread_is_busy(r, red
         deadline = time.monotonic() + 10
         while now_ms() < max(later.values()) + 200 and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert len(revoker.batches) == 1, "nothing is handed over while the only thread is busy"
+        assert len(revoker.batches) == 1 and rq.kicked == [], "nothing is handed out while both are busy"
         assert r.zcount(keys.due(), "-inf", now_ms()) == 5  # all due, none claimed
         revoker.release.set()
         deadline = time.monotonic() + 10
         while len(revoker.batches) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert sorted(m for m, _ in revoker.batches[1]) == sorted(later), "one batch of everything due by then"
+        assert rq.kicked == []
     finally:
         sched.stop()
         r.rpush(keys.due_wake(), "1")
         revoker.release.set()
         thread.join(10)
+        revoker.stop(5)
+
+
+def test_a_backlog_beyond_the_revoking_threads_goes_to_rq_workers_too(r, redis_url):
+    """A storm is spread over every process: what the free threads cannot start now goes to RQ,
+    whose worker processes revoke beside them."""
+    q = DueQueue(r)
+    revoker = HeldRevoker(q, threads=1).start()
+    rq = Recorder()
+    try:
+        t = now_ms()
+        overdue = {f"expire:s{i}": t - 100 + i for i in range(30)}
+        r.zadd(keys.due(), overdue)
+        Scheduler(r, redislib.Redis.from_url(redis_url, decode_responses=True), rq, revoker=revoker).run_once()
+        deadline = time.monotonic() + 10
+        while not revoker.batches and time.monotonic() < deadline:
+            time.sleep(0.01)
+        to_threads = [m for b in revoker.batches for m, _ in b]
+        to_rq = [m for m, _, _ in rq.kicked]
+        assert len(to_threads) == 20 and len(to_rq) == 10  # one thread, one batch of 20
+        assert sorted(to_threads + to_rq) == sorted(overdue)
+        assert max(overdue[m] for m in to_threads) < min(overdue[m] for m in to_rq), "the oldest first"
+    finally:
+        revoker.release.set()
         revoker.stop(5)
 
 

@@ -12,7 +12,8 @@ LEASE_MS (not the 60 s a job queued in RQ gets), the batch's lease keeps beating
 if the process dies — before a batch started or half-way through it — every unfinished expiry comes
 due again within seconds and the next worker's scheduler claims it (at least once; the revoke is
 idempotent and recorded once). The scheduler gives these threads no more than they can start at
-once (`idle`), so claimed work never waits here behind a slow backend.
+once (`idle`), so claimed work never waits here behind a slow backend; in a storm, what they
+cannot start goes to RQ as before, and the worker processes revoke beside them.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from redis import Redis
 from bot.core.clock import now_ms
 from bot.store import keys
 from bot.store.due import LEASE_MS, DueQueue
+from workers.queue.revoker import MAX_BATCH as REVOKER_BATCH
 from workers.queue.revoker import Revoker
 
 log = logging.getLogger("jit.expiry")
@@ -152,34 +153,41 @@ class Scheduler:
         self.stopping = threading.Event()
         self._waiting = getattr(dispatcher, "waiting", None)
 
-    def run_once(self) -> int:
-        """Claim and dispatch everything due now. Returns how many were dispatched. With a revoker,
-        expiries go to its threads in this process; everything else to RQ."""
-        items = self.due.claim(now_ms(), self.batch, QUEUED_LEASE_MS)
-        if self.revoker is not None:
-            self.revoker.submit([item for item in items if item[0].startswith("expire:")])
-            self.dispatcher.kick_many([item for item in items if not item[0].startswith("expire:")])
-        else:
+    def run_once(self, limit: int | None = None) -> int:
+        """Claim and dispatch what is due now (at most `limit`, else a full batch). Returns how many
+        were dispatched. With a revoker, expiries go to its threads as far as they are free; the
+        rest of a backlog, like all other work, goes to RQ, whose worker processes revoke beside
+        them (a storm is spread over every process, not only the threads of this one)."""
+        items = self.due.claim(now_ms(), limit or self.batch, QUEUED_LEASE_MS)
+        if self.revoker is None:
             self.dispatcher.kick_many(items)
+            return len(items)
+        expiries = [item for item in items if item[0].startswith("expire:")]
+        room = max(self.revoker.idle(), 0) * REVOKER_BATCH
+        self.revoker.submit(expiries[:room])
+        self.dispatcher.kick_many([item for item in items if not item[0].startswith("expire:")] + expiries[room:])
         return len(items)
 
-    def _behind(self) -> bool:
-        """The workers are behind: let the due items gather into bigger batches."""
-        if self.revoker is not None and self.revoker.idle() <= 0:
-            return True
-        return self._waiting is not None and self._waiting() >= MAX_WAITING_JOBS
+    def _room(self) -> int | None:
+        """How much to claim now: None for a full batch; 0 to hold off while the workers are behind,
+        so due items gather into bigger batches; else only what the free revoking threads take."""
+        rq_behind = self._waiting is not None and self._waiting() >= MAX_WAITING_JOBS
+        if not rq_behind:
+            return None
+        return 0 if self.revoker is None else max(self.revoker.idle(), 0) * REVOKER_BATCH
 
     def run(self) -> None:
         log.info("expiry scheduler started")
         while not self.stopping.is_set():
             try:
-                if self._behind():
+                room = self._room()
+                if room == 0:
                     if self.revoker is not None:
                         self.revoker.wait_idle(HOLD_OFF_S)  # wakes as soon as a batch ends
                     else:
                         self.stopping.wait(HOLD_OFF_S)
                     continue
-                if self.run_once() >= self.batch:
+                if self.run_once(room) >= (room or self.batch):
                     continue
                 nxt = self.due.next_due_ms()
                 wait = 5.0 if nxt is None else (nxt - now_ms()) / 1000
