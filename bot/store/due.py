@@ -152,6 +152,10 @@ class DueQueue:
                 )
             pipe.execute()
 
+    def count_due(self, now_ms: int) -> int:
+        """Members due by `now_ms` (claimed ones are leased into the future: not counted)."""
+        return int(self.r.zcount(keys.due(), "-inf", now_ms))
+
     def next_due_ms(self) -> int | None:
         head = self.r.zrange(keys.due(), 0, 0, withscores=True)
         return int(head[0][1]) if head else None

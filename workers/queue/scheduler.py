@@ -34,6 +34,9 @@ QUEUED_LEASE_MS = 60_000
 #: job as they came; RQ's cost per job then outgrew the workers, the queue grew, and lateness with
 #: it (bench/revocation.py: p99 52 s). Held back, the work per job grows with the backlog instead.
 MAX_WAITING_JOBS = 4
+#: Overdue expiries beyond what the revoking threads can start that make a storm: the rest of the
+#: backlog then goes to RQ's worker processes as well (fewer wait a moment for a free thread).
+STORM = 80
 #: How often a held-back scheduler looks at the queue again.
 HOLD_OFF_S = 0.005
 
@@ -153,41 +156,53 @@ class Scheduler:
         self.stopping = threading.Event()
         self._waiting = getattr(dispatcher, "waiting", None)
 
-    def run_once(self, limit: int | None = None) -> int:
+    def run_once(self, limit: int | None = None, *, storm: bool = False) -> int:
         """Claim and dispatch what is due now (at most `limit`, else a full batch). Returns how many
-        were dispatched. With a revoker, expiries go to its threads as far as they are free; the
-        rest of a backlog, like all other work, goes to RQ, whose worker processes revoke beside
-        them (a storm is spread over every process, not only the threads of this one)."""
+        were dispatched. With a revoker, expiries go to its threads; in a storm (more overdue than
+        the threads can start soon), what they cannot start now goes to RQ as well, whose worker
+        processes revoke beside them. `storm`: the threads are all busy and a backlog is building."""
         items = self.due.claim(now_ms(), limit or self.batch, QUEUED_LEASE_MS)
         if self.revoker is None:
             self.dispatcher.kick_many(items)
             return len(items)
         expiries = [item for item in items if item[0].startswith("expire:")]
-        room = max(self.revoker.idle(), 0) * REVOKER_BATCH
-        self.revoker.submit(expiries[:room])
-        self.dispatcher.kick_many([item for item in items if not item[0].startswith("expire:")] + expiries[room:])
+        room = 0 if storm else max(self.revoker.idle(), 0) * REVOKER_BATCH
+        if storm or len(expiries) - room >= STORM:
+            expiries, spill = expiries[:room], expiries[room:]
+        else:
+            spill = []  # a few batches more than the threads start at once: they wait here a moment
+        self.revoker.submit(expiries)
+        self.dispatcher.kick_many([item for item in items if not item[0].startswith("expire:")] + spill)
         return len(items)
 
-    def _room(self) -> int | None:
-        """How much to claim now: None for a full batch; 0 to hold off while the workers are behind,
-        so due items gather into bigger batches; else only what the free revoking threads take."""
+    def _plan(self) -> tuple[int | None, bool]:
+        """(how much to claim now: None for a full batch, 0 to hold off; whether it is a storm).
+
+        Holding off while the workers are behind lets due items gather into bigger batches. With
+        a revoker: while its threads are all busy, hold off (a batch ends within milliseconds)
+        unless a backlog of STORM or more is building and RQ keeps up; while RQ is behind, claim
+        only what the free threads take."""
         rq_behind = self._waiting is not None and self._waiting() >= MAX_WAITING_JOBS
-        if not rq_behind:
-            return None
-        return 0 if self.revoker is None else max(self.revoker.idle(), 0) * REVOKER_BATCH
+        if self.revoker is None:
+            return (0 if rq_behind else None), False
+        free = self.revoker.idle()
+        if free <= 0:
+            storm = not rq_behind and self.due.count_due(now_ms()) >= STORM
+            return (None if storm else 0), storm
+        return (free * REVOKER_BATCH if rq_behind else None), False
 
     def run(self) -> None:
         log.info("expiry scheduler started")
         while not self.stopping.is_set():
             try:
-                room = self._room()
+                room, storm = self._plan()
                 if room == 0:
                     if self.revoker is not None:
                         self.revoker.wait_idle(HOLD_OFF_S)  # wakes as soon as a batch ends
                     else:
                         self.stopping.wait(HOLD_OFF_S)
                     continue
-                if self.run_once(room) >= (room or self.batch):
+                if self.run_once(room, storm=storm) >= (room or self.batch):
                     continue
                 nxt = self.due.next_due_ms()
                 wait = 5.0 if nxt is None else (nxt - now_ms()) / 1000
