@@ -43,7 +43,7 @@ HANDLERS: dict[str, Callable[[Runtime, str, str], None]] = {
 
 def run_due_batch(rt: Runtime, items: list[tuple[str, str]]) -> None:
     """Several due members in one job (the scheduler batches when many fall due at once). Expiries
-    run together (`_run_expiries`); the rest one by one."""
+    run together (`run_expiries`); the rest one by one."""
     expiries = [item for item in items if item[0].startswith("expire:")]
     for member, token in items:
         if not member.startswith("expire:"):
@@ -51,8 +51,7 @@ def run_due_batch(rt: Runtime, items: list[tuple[str, str]]) -> None:
     if len(expiries) == 1:
         run_due(rt, *expiries[0])
     elif expiries:
-        with logs.bind(job="expire"):
-            _run_expiries(rt, expiries)
+        run_expiries(rt, expiries)
 
 
 def run_expiries(rt: Runtime, items: list[tuple[str, str]]) -> None:
