@@ -23,9 +23,10 @@ from bot.store.connection import redis_from_url
 from bot.store.due import DueQueue
 from bot.store.metrics import instrument_slack
 from workers.audit_sinks.delivery import AuditSinks
-from workers.jobs import run_expiries
+from workers.jobs import run_due_batch, run_expiries
 from workers.queue.dispatch import QUEUES
-from workers.queue.revoker import Revoker
+from workers.queue.lane import LaneReader
+from workers.queue.runner import Runner
 from workers.queue.scheduler import Scheduler
 from workers.queue.worker import JitWorker
 from workers.upkeep import AuditUpkeep
@@ -195,9 +196,21 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
             Scheduler(rt.redis, blocking, rt.dispatcher).run_once()
         else:
             # expiries are revoked by threads of this process, straight from the scheduler
-            revoker = Revoker(lambda items: run_expiries(rt, items), DueQueue(rt.redis)).start()
+            revoker = Runner(lambda items: run_expiries(rt, items), DueQueue(rt.redis), name="jit-revoker").start()
             sched = Scheduler(rt.redis, blocking, rt.dispatcher, revoker=revoker)
             threading.Thread(target=sched.run, name="jit-scheduler", daemon=True).start()
+
+    lane = None
+    lane_runner = None
+    if not burst:
+        # grants and revokes someone waits for start here at once, not after RQ's pickup
+        lane_runner = Runner(lambda items: run_due_batch(rt, items), DueQueue(rt.redis), name="jit-access").start()
+        lane = LaneReader(
+            rt.redis,
+            redis_from_url(rt.settings.redis_url, decode_responses=True, socket_timeout=None),
+            lane_runner,
+            lambda items: rt.dispatcher.kick_many(items, lane=False),
+        ).start()
 
     upkeep = None
     sinks = None
@@ -232,8 +245,12 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
     finally:
         if sched is not None:
             sched.stop()
+        if lane is not None:
+            lane.stop()
         if revoker is not None:
             revoker.stop()
+        if lane_runner is not None:
+            lane_runner.stop()
         if reloader is not None:
             reloader.stop()
         if upkeep is not None:

@@ -96,6 +96,18 @@ def due_wake() -> str:
     return f"{PREFIX}due:wake"
 
 
+def access_lane() -> str:
+    """List of `member token` entries: claimed grants and revokes a click or a pipeline asked for,
+    waiting for a `jit worker`'s access threads (workers/queue/lane.py) to start them at once."""
+    return f"{PREFIX}due:lane"
+
+
+def access_lane_alive() -> str:
+    """String with a short expiry, kept fresh by every `jit worker` reading the access lane: while
+    it exists, kicked grants and revokes go to the lane instead of RQ."""
+    return f"{PREFIX}due:lane:alive"
+
+
 def changed_channel() -> str:
     """Pub/sub channel: a request id each time a request changes (wakes long-polls)."""
     return f"{PREFIX}changed"

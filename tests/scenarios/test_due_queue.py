@@ -11,8 +11,8 @@ import redis as redislib
 from bot.core.clock import now_ms
 from bot.store import keys
 from bot.store.due import LEASE_MS, DueQueue
-from workers.queue.revoker import MAX_BATCH as REVOKER_BATCH
-from workers.queue.revoker import Revoker
+from workers.queue.runner import MAX_BATCH as REVOKER_BATCH
+from workers.queue.runner import Runner
 from workers.queue.scheduler import MAX_WAITING_JOBS, STORM, Lease, Scheduler
 
 
@@ -200,7 +200,7 @@ def test_the_scheduler_feeds_rq_no_faster_than_its_workers_take_the_work(r, redi
     assert all(fired >= due[m] for m, _, fired in rec.kicked)
 
 
-class HeldRevoker(Revoker):
+class HeldRunner(Runner):
     """A revoker whose batches block until released, and record what they were given."""
 
     def __init__(self, due, threads=2):
@@ -215,7 +215,7 @@ class HeldRevoker(Revoker):
 
 def test_expiries_go_to_the_revoker_with_the_short_lease_and_the_rest_to_rq(r, redis_url):
     q = DueQueue(r)
-    revoker = HeldRevoker(q).start()
+    revoker = HeldRunner(q).start()
     rec = Recorder()
     try:
         t = now_ms()
@@ -247,7 +247,7 @@ def test_the_scheduler_claims_nothing_while_every_revoking_thread_and_rq_are_bus
     """Due items gather in the due queue (unclaimed, still owed) while the revoker has no free thread
     and RQ is behind; once a thread frees up, everything due by then goes to it in one batch."""
     q = DueQueue(r)
-    revoker = HeldRevoker(q, threads=1).start()
+    revoker = HeldRunner(q, threads=1).start()
     rq = BehindRq()
     sched = Scheduler(r, redislib.Redis.from_url(redis_url, decode_responses=True), rq, revoker=revoker)
     thread = threading.Thread(target=sched.run, daemon=True)
@@ -287,7 +287,7 @@ def test_a_storm_beyond_the_revoking_threads_goes_to_rq_workers_too(r, redis_url
     """A storm is spread over every process: what the free threads cannot start now goes to RQ,
     whose worker processes revoke beside them. A few more than the threads take wait for them."""
     q = DueQueue(r)
-    revoker = HeldRevoker(q, threads=1).start()
+    revoker = HeldRunner(q, threads=1).start()
     rq = Recorder()
     try:
         t = now_ms()
@@ -321,7 +321,7 @@ def test_a_revoker_batch_that_raises_leaves_its_claims_to_come_due_again(r):
     def boom(items):
         raise RuntimeError("backend exploded")
 
-    revoker = Revoker(boom, q, threads=1).start()
+    revoker = Runner(boom, q, threads=1).start()
     revoker.submit(claimed)
     revoker.stop(5)
     assert q.score("expire:x") is not None  # still owed: its lease lapses and it is claimed again
@@ -338,7 +338,7 @@ def test_a_revoker_stopping_lets_the_batch_in_hand_finish(r):
         time.sleep(0.3)
         finished.extend(items)
 
-    revoker = Revoker(slow, q, threads=2).start()
+    revoker = Runner(slow, q, threads=2).start()
     t = now_ms()
     q.schedule("expire:y", t)
     revoker.submit(q.claim(t))

@@ -7,13 +7,16 @@ job breaks at import, not in production.
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from redis import Redis
 from rq import Queue
 
+from bot.store import keys
 from workers.jobs import run_due, run_due_batch
 from workers.jobs.notify.home import publish_home
+from workers.queue.lane import LANE_KINDS, entry
 
 ACCESS_QUEUE = "jit-access"  # grants, revokes, timeouts: never behind Slack traffic
 SLACK_QUEUE = "jit-slack"
@@ -27,6 +30,8 @@ GATE_KINDS = ("gate:",)
 
 #: Most due items one job carries.
 MAX_BATCH = 20
+#: How long a process trusts what it last read of whether a worker reads the access lane.
+LANE_CHECK_S = 0.5
 
 
 def queue_for(member: str) -> str:
@@ -38,20 +43,34 @@ def queue_for(member: str) -> str:
 class Dispatcher:
     def __init__(self, raw_redis: Redis) -> None:
         self.queues = {name: Queue(name, connection=raw_redis) for name in QUEUES}
+        self._lane_open = False
+        self._lane_checked = -LANE_CHECK_S
 
     def kick(self, members: list[str], token: str) -> None:
         self.kick_many([(m, token) for m in members])
 
-    def kick_many(self, items: list[tuple[str, str]]) -> None:
-        """Enqueue the items in one round trip. When many are due at once, several share a job,
-        which spares RQ's per-job overhead (≈ 1–2 ms of CPU a job): grants and revokes spread over
-        about four jobs so the workers share them; Slack and platform calls, paced anyway, go up
-        to MAX_BATCH a job (a burst of new requests is a few jobs, not one per request)."""
+    def lane_open(self) -> bool:
+        """Whether some `jit worker` reads the access lane (workers/queue/lane.py), as last read
+        at most LANE_CHECK_S ago."""
+        if time.monotonic() - self._lane_checked >= LANE_CHECK_S:
+            self._lane_open = bool(self.queues[ACCESS_QUEUE].connection.exists(keys.access_lane_alive()))
+            self._lane_checked = time.monotonic()
+        return self._lane_open
+
+    def kick_many(self, items: list[tuple[str, str]], *, lane: bool = True) -> None:
+        """Enqueue the items in one round trip. Grants and revokes take the access lane while a
+        worker reads it (`lane`: unless the lane itself is handing them on). When many are due at
+        once, several share a job, which spares RQ's per-job overhead (≈ 1–2 ms of CPU a job):
+        grants and revokes spread over about four jobs so the workers share them; Slack and
+        platform calls, paced anyway, go up to MAX_BATCH a job (a burst of new requests is a few
+        jobs, not one per request)."""
         if not items:
             return
+        laned = [item for item in items if item[0].startswith(LANE_KINDS)] if lane and self.lane_open() else []
         by_queue: dict[str, list[tuple[str, str]]] = {}
         for item in items:
-            by_queue.setdefault(queue_for(item[0]), []).append(item)
+            if not laned or not item[0].startswith(LANE_KINDS):
+                by_queue.setdefault(queue_for(item[0]), []).append(item)
         first = next(iter(self.queues.values()))
         with first.connection.pipeline() as pipe:
             for name, group in by_queue.items():
@@ -74,6 +93,8 @@ class Dispatcher:
                         timeout=600,
                         pipeline=pipe,
                     )
+            if laned:  # after RQ's enqueues: RQ opens the pipeline's MULTI itself
+                pipe.rpush(keys.access_lane(), *(entry(m, t) for m, t in laned))
             pipe.execute()
 
     def waiting(self) -> int:

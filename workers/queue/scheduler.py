@@ -16,8 +16,8 @@ from redis import Redis
 from bot.core.clock import now_ms
 from bot.store import keys
 from bot.store.due import LEASE_MS, DueQueue
-from workers.queue.revoker import MAX_BATCH as REVOKER_BATCH
-from workers.queue.revoker import Revoker
+from workers.queue.runner import MAX_BATCH as REVOKER_BATCH
+from workers.queue.runner import Runner
 
 log = logging.getLogger("jit.expiry")
 
@@ -146,7 +146,7 @@ class Scheduler:
         blocking_redis: Redis,
         dispatcher: Handoff,
         batch: int = 500,
-        revoker: Revoker | None = None,
+        revoker: Runner | None = None,
     ) -> None:
         self.due = DueQueue(redis)
         self.blocking = blocking_redis

@@ -1,19 +1,21 @@
-"""Expiries run inside `jit worker`'s own process: the scheduler hands them to revoking threads at
-once, without a trip through RQ.
+"""Threads inside `jit worker`'s own process that run claimed due work at once, without a trip
+through RQ: the expiries the scheduler hands over, and the grants and revokes a click or a pipeline
+asked for (the access lane, workers/queue/lane.py). Each use has its own `Runner`, so a slow grant
+backend never holds up a revocation.
 
-An expiry is the one piece of work whose lateness is the product's promise. Through RQ it paid the
-queue's own cost on every job — an enqueue, a blocking pop in another process, the job's fetch,
-registries and heartbeat (≈ 2 ms of CPU and several ms of waiting on two busy cores) — before the
-revoke began. Here the scheduler claims the due expiries and a thread of the same process runs them
-as a batch (workers/jobs `run_due_batch`: one lease, pipelined reads and writes).
+An expiry is the one piece of work whose lateness is the product's promise, and a grant is what an
+approver and a waiting pipeline watch. Through RQ each paid the queue's own cost — an enqueue, a
+blocking pop in another process, the job's fetch, registries and heartbeat (≈ 20 round trips and
+6–7 ms before the job starts, measured on an idle machine) — before the work began. Here a thread
+of the same process runs them as a batch (workers/jobs `run_due_batch`: expiries share one lease
+and pipelined reads and writes; the rest run one by one).
 
 Crash safety stays with the due queue, not with this process: a claim handed over is leased for
 LEASE_MS (not the 60 s a job queued in RQ gets), the batch's lease keeps beating while it runs, and
-if the process dies — before a batch started or half-way through it — every unfinished expiry comes
-due again within seconds and the next worker's scheduler claims it (at least once; the revoke is
-idempotent and recorded once). The scheduler gives these threads no more than they can start at
-once (`idle`), so claimed work never waits here behind a slow backend; in a storm, what they
-cannot start goes to RQ as before, and the worker processes revoke beside them.
+if the process dies — before a batch started or half-way through it — every unfinished item comes
+due again within seconds and the next worker's scheduler claims it (at least once; every handler
+is idempotent and fenced by its claim). Callers give a runner no more than it can start at once
+(`idle`), so claimed work never waits here behind a slow backend; what it cannot start goes to RQ.
 """
 
 from __future__ import annotations
@@ -27,31 +29,31 @@ from collections.abc import Callable
 from bot.core.clock import now_ms
 from bot.store.due import LEASE_MS, DueQueue
 
-log = logging.getLogger("jit.expiry")
+log = logging.getLogger("jit.worker")
 
-#: Revoking threads per `jit worker`: one slow backend revoke holds up only its own batch.
+#: Threads per runner: one slow backend call holds up only its own batch.
 THREADS = 4
-#: Most expiries one batch carries (one lease, one read and one write round trip for all).
+#: Most items one batch carries (expiries: one lease, one read and one write round trip for all).
 MAX_BATCH = 20
 
 Batch = list[tuple[str, str]]
 
 
-class Revoker:
-    """Threads that run batches of claimed `expire:` members with `run_batch`."""
+class Runner:
+    """Threads that run batches of claimed due members with `run_batch` (`name`: the threads' name)."""
 
-    def __init__(self, run_batch: Callable[[Batch], None], due: DueQueue, threads: int = THREADS) -> None:
+    def __init__(
+        self, run_batch: Callable[[Batch], None], due: DueQueue, threads: int = THREADS, name: str = "jit-runner"
+    ) -> None:
         self.run_batch = run_batch
         self.due = due
         self.size = threads
         self._queue: queue.Queue[Batch | None] = queue.Queue()
         self._busy = 0
         self._changed = threading.Condition()
-        self._threads = [
-            threading.Thread(target=self._run, name=f"jit-revoker-{i}", daemon=True) for i in range(threads)
-        ]
+        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(threads)]
 
-    def start(self) -> Revoker:
+    def start(self) -> Runner:
         for t in self._threads:
             t.start()
         return self
@@ -66,14 +68,15 @@ class Revoker:
         with self._changed:
             return self._changed.wait_for(lambda: self.size - self._busy - self._queue.qsize() > 0, timeout)
 
-    def submit(self, items: Batch) -> None:
-        """Hand claimed expiries over, as batches spread over the free threads. Their claims move
+    def submit(self, items: Batch, *, lease: bool = True) -> None:
+        """Hand claimed members over, as batches spread over the free threads. Their claims move
         from the queued lease to the short running one first, so a process that dies with them in
         hand gives them back within LEASE_MS."""
         if not items:
             return
-        kept = self.due.extend_many(items, now_ms() + LEASE_MS)
-        items = [item for item, ok in zip(items, kept, strict=True) if ok]
+        if lease:
+            kept = self.due.extend_many(items, now_ms() + LEASE_MS)
+            items = [item for item, ok in zip(items, kept, strict=True) if ok]
         free = max(self.idle(), 1)
         size = max(1, min(MAX_BATCH, -(-len(items) // free)))
         for i in range(0, len(items), size):
@@ -98,7 +101,7 @@ class Revoker:
             try:
                 self.run_batch(batch)
             except Exception:  # noqa: BLE001 - the claims were not finished: they come due again
-                log.exception("expiry batch failed; its expiries come due again when their lease lapses")
+                log.exception("batch failed; its members come due again when their lease lapses")
             finally:
                 with self._changed:
                     self._busy -= 1
