@@ -34,6 +34,11 @@ LEASE_MS = 10_000
 EXPIRED_UPDATES = "updates:expired"
 #: An expiry's message update waits this long for others to coalesce with.
 COALESCE_MS = 1000
+#: An approval's message update waits this long: the grant that follows within milliseconds is
+#: shown in the same update (one render and one chat.update, not two), and neither update runs
+#: while the waiting pipeline fetches its credential. A grant's own update waits as long, for the
+#: same reason. Slack itself takes longer than this to show an update.
+DECISION_MESSAGE_MS = 200
 
 
 class Effects(Protocol):
@@ -78,6 +83,9 @@ _COMMON_ARGS = 7
 _PRELUDE = (
     """
 local ID, NOW = ARGV[1], tonumber(ARGV[2])
+local DECISION_MESSAGE_MS = """
+    + str(DECISION_MESSAGE_MS)
+    + """
 local APPROVAL = '"""
     + APPROVAL_FIELD
     + """'
@@ -115,6 +123,16 @@ end
 local function message_owed()
   redis.call('HINCRBY', KEYS[1], 'rev', 1)
   kick('slack:' .. ID)
+end
+-- the same, shown DECISION_MESSAGE_MS from now, with whatever follows by then (the grant after an
+-- approval): due then, unless an update that has not started is due sooner anyway
+local function message_owed_soon()
+  redis.call('HINCRBY', KEYS[1], 'rev', 1)
+  local m = 'slack:' .. ID
+  local at = NOW + DECISION_MESSAGE_MS
+  local due = redis.call('ZSCORE', KEYS[4], m)
+  if due and tonumber(due) <= at and redis.call('HEXISTS', KEYS[5], m) == 0 then return end
+  schedule(m, at)
 end
 -- every script answers {result, status or count or false, members kicked (comma-separated)}
 local function reply(result, value)
@@ -160,7 +178,7 @@ end
 local function approval_complete()
   undecided_timers_off()
   kick('grant:' .. ID)
-  message_owed()
+  message_owed_soon()
   gate_owed()
   changed()
 end
@@ -424,7 +442,7 @@ if st == 'approved' then
     redis.call('EXPIRE', KEYS[9], ARGV[4])
   end
   schedule('expire:' .. ID, ARGV[10])
-  message_owed()
+  message_owed_soon()
   gate_owed()
   audit(ARGV[6])
   changed()

@@ -196,5 +196,31 @@ def test_a_slack_job_with_nothing_new_for_its_message_renders_nothing(jit, slack
     assert rendered == [rid]
     jit.approve(rid, "U0LEAD1")  # a transition: rendered again, and Slack hears of it
     jit.drain(lambda: jit.status(rid).get_json()["status"] == "active", what="approval")
+    # (DECISION_MESSAGE_MS after the click, with the grant that followed it)
+    jit.drain(lambda: [c for c in slack.calls("chat.update") if c.params["ts"] == ts], what="the update")
     assert rendered.count(rid) >= 2
-    assert [c for c in slack.calls("chat.update") if c.params["ts"] == ts]
+
+
+def test_an_approval_and_the_grant_after_it_are_one_message_update_off_the_credential_path(jit, slack):
+    """The approval's message update waits DECISION_MESSAGE_MS: the grant, milliseconds later, is
+    shown in the same update, and no Slack work runs between the click and the credential."""
+    from bot.core.clock import now_ms
+    from bot.store.due import DueQueue
+    from bot.store.requests import DECISION_MESSAGE_MS
+
+    rid = jit.ask("read-secret", reason="one update")["id"]
+    jit.work()
+    ts = jit.rt.store.get(rid).message_ts
+    assert ts
+    clicked = now_ms()
+    jit.approve(rid, "U0LEAD1")
+    assert DueQueue(jit.rt.redis).score(f"slack:{rid}") >= clicked + DECISION_MESSAGE_MS  # not kicked at once
+    jit.work()  # the grant runs now; its message waits
+    assert jit.rt.store.get(rid).status.value == "active"
+    assert [c for c in slack.calls("chat.update") if c.params["ts"] == ts] == []
+    jit.drain(lambda: [c for c in slack.calls("chat.update") if c.params["ts"] == ts], what="the update")
+    jit.work()
+    updates = [c for c in slack.calls("chat.update") if c.params["ts"] == ts]
+    assert len(updates) == 1, "approved and active shown in one update"
+    assert ":white_check_mark: *Active*" in json.dumps(updates[0].params)
+    assert now_ms() - clicked >= DECISION_MESSAGE_MS
