@@ -68,6 +68,9 @@ class AccessRequest:
     message_ts: str | None = None
     #: Something a grant issued (or may have issued) is still to be revoked.
     revoke_pending: bool = False
+    #: The request's hash as it was read, for the fields no attribute above names (`break_glass`,
+    #: `approved_oncall`, …): read with the rest, not in a round trip of their own.
+    fields: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     # -------------------------------------------------------------- redis mapping
 
@@ -135,6 +138,7 @@ class AccessRequest:
             error=h.get("error") or None,
             message_ts=h.get("message_ts") or None,
             revoke_pending=bool(h.get("revoke_pending")),
+            fields=dict(h),
         )
 
     # -------------------------------------------------------------- views

@@ -83,22 +83,26 @@ class DecisionService:
 
     # ---------------------------------------------------------------- approve
 
-    def approve(self, request_id: str, user: str) -> Outcome:
+    def approve(self, request_id: str, user: str, loaded: AccessRequest | None = None) -> Outcome:
         """`user` approves: their approval is matched, with everyone's, to the request's rules
         (bot/core/policy/inflight.py) and recorded only if it counts somewhere. The store
-        re-checks the matching atomically; when another click landed in between, match again."""
+        re-checks the matching atomically; when another click landed in between, match again.
+        `loaded`: the request as the caller just read it, matched first (the store's check makes
+        a stale one cost a second match, never a wrong approval)."""
         for _ in range(MATCH_ATTEMPTS):
-            out = self._approve_once(self._pending_for_approval(request_id, user), user)
+            if loaded is None or loaded.id != request_id:
+                loaded = self.load(request_id)
+            out = self._approve_once(self._pending_for_approval(loaded, user), user)
+            loaded = None
             if out is not None:
                 return out
         self.refused(self.load(request_id), user, "approval", "too many approvals at once")
         raise E.JitError("Many approvals arrived at once and yours was not recorded; please click again.")
 
-    def _pending_for_approval(self, request_id: str, user: str) -> AccessRequest:
-        req = self.load(request_id)
+    def _pending_for_approval(self, req: AccessRequest, user: str) -> AccessRequest:
         if req.status != Status.PENDING:
             raise self.refuse_decided(req, user, "approval", req.status.value)
-        if self.store.fields(req.id, "break_glass"):
+        if req.fields.get("break_glass"):
             self.refused(req, user, "approval", "a break-glass request: needs a break-glass approver")
             raise E.BreakGlassOnly(
                 "This request asked for break glass: only a break-glass approver can approve it, "
@@ -114,7 +118,7 @@ class DecisionService:
 
     def state(self, req: AccessRequest, clicker: str | None = None) -> ApprovalState:
         """The request's approvals matched to its rules (with `clicker`'s last, if given)."""
-        raw = self.store.fields(req.id, "approved_oncall").get("approved_oncall")
+        raw = req.fields.get("approved_oncall")
         return self.rules.approval_state(req, json.loads(raw) if raw else {}, clicker=clicker)
 
     def _approve_once(self, req: AccessRequest, user: str) -> Outcome | None:

@@ -17,6 +17,7 @@ from slack_bolt.request import BoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk import WebClient
 
+from bot.core.model import AccessRequest
 from bot.decision.slack.views.blocks import APPROVE, BREAK_GLASS, DENY, EXTEND, RELEASE, REVOKE
 from bot.runtime import Runtime
 from bot.store import keys
@@ -28,6 +29,8 @@ log = logging.getLogger("jit.slack")
 ENVELOPE_HEADER = "x-jit-envelope-id"
 #: How long the serving process waits for `auth.test` when it must learn its workspace.
 AUTH_TEST_TIMEOUT_S = 2.0
+#: Context key: request id → the request as the button check read it (a listener's first look).
+LOADED = "jit_loaded_requests"
 #: How long a request (signature) or envelope id is remembered: twice Slack's retry window.
 SEEN_FOR_S = 600
 
@@ -86,7 +89,9 @@ def refusal_of(rt: Runtime, req: BoltRequest) -> tuple[int, str] | None:
         record_refusal(rt.redis, rt.audit, "slack.refused", actor=user, details=why)
         return 401, "this workspace may not use jit"
     if payload.get("type") == "block_actions":
-        return _check_buttons(rt, payload, user)
+        loaded: dict[str, AccessRequest] = {}
+        req.context[LOADED] = loaded
+        return _check_buttons(rt, payload, user, loaded)
     return None
 
 
@@ -168,8 +173,11 @@ def _team_of(payload: dict) -> object:
     return payload.get("team_id")
 
 
-def _check_buttons(rt: Runtime, payload: dict, user: str | None) -> tuple[int, str] | None:
-    """A button's value is a lookup key: it must name the request whose message holds it."""
+def _check_buttons(
+    rt: Runtime, payload: dict, user: str | None, loaded: dict[str, AccessRequest]
+) -> tuple[int, str] | None:
+    """A button's value is a lookup key: it must name the request whose message holds it. The
+    requests read for the check are kept in `loaded` for the listener (one read per click)."""
     container = payload.get("container") or {}
     for act in payload.get("actions") or []:
         if not isinstance(act, dict) or act.get("action_id") not in (
@@ -187,6 +195,7 @@ def _check_buttons(rt: Runtime, payload: dict, user: str | None) -> tuple[int, s
         req = rt.store.get(rid)
         if req is None:
             continue  # the listener answers "no such request"
+        loaded[rid] = req
         # no message of ours holds this request yet, or another message does (Extend and Release
         # also sit in the request's "expires in 5 min" note in its thread)
         held_by = {req.message_ts}

@@ -15,7 +15,7 @@ from unit_support import RULE
 from bot.core.model import Status
 from bot.store import keys
 from bot.store.due import DueQueue
-from bot.store.requests import LEASE_MS, valid_id
+from bot.store.requests import DECISION_MESSAGE_MS, LEASE_MS, valid_id
 
 MIN = 60_000
 RETENTION_S = 3600  # the `bare` fixture's Store
@@ -152,9 +152,11 @@ def test_the_last_approval_approves_queues_the_grant_and_stops_the_pending_timer
         "2",
     )
     ((kicked, token),) = bare.kicks.calls
-    assert kicked == ["grant:req1", "slack:req1"]
+    assert kicked == ["grant:req1"]
     due = bare.due()
     assert "timeout:req1" not in due and "remind:req1" not in due
+    # the message waits for the grant that follows, to show both in one update
+    assert due["slack:req1"] == t + DECISION_MESSAGE_MS and "slack:req1" not in bare.claims()
     assert due["grant:req1"] == t + LEASE_MS, "kicked work comes back after its lease if its job is lost"
     assert bare.claims()["grant:req1"] == token, "the grant job runs under the claim it was kicked with"
     assert bare.events() == ["approval.given", "request.approved"]
@@ -222,8 +224,10 @@ def test_auto_approval_counts_against_the_daily_cap_and_queues_the_grant(bare):
     h = bare.hash()
     assert (h["status"], h["decided_by"], h["auto_rule"]) == ("approved", "auto", "actions.deploy-prod.auto_approve")
     assert bare.r.get("jit:auto:c") == "1" and 0 < bare.r.ttl("jit:auto:c") <= 2 * 86400
-    assert bare.kicks.members == ["grant:req1", "slack:req1"]
+    assert bare.kicks.members == ["grant:req1"]
     assert "timeout:req1" not in bare.due()
+    # the message (not posted yet here: due since the create) shows the approval when it is
+    assert bare.due()["slack:req1"] <= bare.t0 + DECISION_MESSAGE_MS
     assert bare.outbox()[-1]["patch"] == {"count_today": 1}
 
 
@@ -253,7 +257,8 @@ def test_break_glass_approves_alone_cuts_the_ttl_and_owes_the_security_alert(bar
     )
     assert h["break_glass_justification"] == "db is down, restoring"
     assert set(bare.approvals()) == {"U0ONCALL"}
-    assert bare.kicks.members == ["grant:req1", "slack:req1", "bgalert:req1"]
+    assert bare.kicks.members == ["grant:req1", "bgalert:req1"]
+    assert bare.due()["slack:req1"] <= t + DECISION_MESSAGE_MS  # shown with the grant
     assert bare.r.zscore(keys.undelivered_alerts(), "bgalert:req1") == t
     assert bare.outbox()[-1]["patch"] == {"ttl_seconds": 600}
 
@@ -460,7 +465,9 @@ def test_finishing_a_grant_activates_it_and_schedules_its_expiry_to_the_millisec
     assert bare.r.get(keys.credential(rid)) == "blob"
     pttl = bare.r.pttl(keys.credential(rid))
     assert 15 * MIN < pttl <= 15 * MIN + RETENTION_S * 1000, "the credential outlives its grant only as a backstop"
-    assert "slack:req1" in bare.kicks.members
+    # the message is owed, due with the approval's update if that has not run yet, else soon
+    assert int(h["rev"]) > int(h.get("message_rev") or 0)
+    assert bare.due()["slack:req1"] <= issued + DECISION_MESSAGE_MS and "slack:req1" not in bare.claims()
     assert bare.events() == ["ok"]
 
 

@@ -8,18 +8,19 @@ from slack_bolt import Ack, BoltContext
 from bot.core.errors import JitError
 from bot.core.model import Status
 from bot.decision.slack.listeners.common import click_channel, clicked, tell
+from bot.decision.slack.middleware import LOADED
 
 
 def approve(ack: Ack, body: dict, context: BoltContext) -> None:
     ack()
     rt = context["jit"]
     user, request_id = clicked(body)
-    req = rt.store.get(request_id)
+    req = (context.get(LOADED) or {}).get(request_id) or rt.store.get(request_id)
     if req is not None and req.status == Status.ACTIVE and rt.extensions.round(req) is not None:
         approve_extension(rt, body, user, request_id)
         return
     try:
-        out = rt.decisions.approve(request_id, user)
+        out = rt.decisions.approve(request_id, user, loaded=req)
     except JitError as e:
         tell(rt, click_channel(body), user, e.message)
         return
