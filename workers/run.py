@@ -25,11 +25,15 @@ from bot.store.metrics import instrument_slack
 from workers.audit_sinks.delivery import AuditSinks
 from workers.jobs import run_due_batch, run_expiries
 from workers.queue.dispatch import QUEUES
-from workers.queue.lane import LaneReader
+from workers.queue.lane import REFRESH_S, LaneReader
 from workers.queue.runner import Runner
 from workers.queue.scheduler import Scheduler
 from workers.queue.worker import JitWorker
 from workers.upkeep import AuditUpkeep
+
+#: The lane reader's socket timeout: its blocking pop waits REFRESH_S, so a read that takes this
+#: long is a connection lost without a reset (a partition), not a quiet lane.
+LANE_SOCKET_TIMEOUT_S = REFRESH_S + 10
 
 #: Builds a process's parts (bot.wiring.build): a forked child builds its own.
 Build = Callable[[Settings, str | None], Runtime]
@@ -207,7 +211,8 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
         lane_runner = Runner(lambda items: run_due_batch(rt, items), DueQueue(rt.redis), name="jit-access").start()
         lane = LaneReader(
             rt.redis,
-            redis_from_url(rt.settings.redis_url, decode_responses=True, socket_timeout=None),
+            # a read that outlasts its pop's timeout is a dead connection: raise and reconnect
+            redis_from_url(rt.settings.redis_url, decode_responses=True, socket_timeout=LANE_SOCKET_TIMEOUT_S),
             lane_runner,
             lambda items: rt.dispatcher.kick_many(items, lane=False),
         ).start()
