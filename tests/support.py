@@ -259,7 +259,13 @@ class Harness:
 
     # -- workers
     def work(self, rounds: int = 20) -> None:
-        """Run everything due now (jobs and timers) in-process until nothing is left."""
+        """Run everything due now (jobs and timers) in-process until nothing is left, as a worker
+        would: also what falls due within DECISION_MESSAGE_MS (a decision's message update, which
+        the product holds that long to show the grant after it in the same update). Time frozen
+        by freezegun does not move: then only what is due now runs."""
+        from bot.core.clock import now_ms
+        from bot.store.due import DueQueue
+        from bot.store.requests import DECISION_MESSAGE_MS
         from workers.queue.dispatch import QUEUES
         from workers.queue.scheduler import Scheduler
         from workers.queue.worker import JitWorker
@@ -269,7 +275,12 @@ class Harness:
         for _ in range(rounds):
             worker.work(burst=True, logging_level="ERROR")
             if sched.run_once() == 0 and not any(q.count for q in self.rt.dispatcher.queues.values()):
-                return
+                nxt, before = DueQueue(self.rt.redis).next_due_ms(), now_ms()
+                if nxt is None or nxt - before > DECISION_MESSAGE_MS:
+                    return
+                time.sleep(max(nxt - before, 1) / 1000)
+                if now_ms() == before:
+                    return
 
     def drain(self, predicate, timeout: float = 60.0, what: str = "condition"):
         """Run due jobs in-process (as a worker would) until `predicate()` holds; return its value."""
