@@ -239,6 +239,13 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
                 except ProcessLookupError:
                     pass
 
+    def stop_taking(signum: int) -> None:
+        # RQ's warm shutdown began: the lane stops handing grants to this process's threads too
+        # (what it pops now goes to RQ); the grants in hand finish below
+        if lane is not None:
+            lane.stop(join=False)
+        forward(signum, None)
+
     if not burst and children:
         threading.Thread(
             target=_supervise, args=(children, start_child, forwarded), name="jit-supervisor", daemon=True
@@ -246,7 +253,7 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
 
     try:
         log.info("worker started", extra={"concurrency": concurrency, "scheduler": scheduler})
-        _rq_worker(rt, burst, on_stop=lambda: forward(signal.SIGTERM, None))
+        _rq_worker(rt, burst, on_stop=lambda: stop_taking(signal.SIGTERM))
     finally:
         if sched is not None:
             sched.stop()

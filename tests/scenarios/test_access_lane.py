@@ -174,3 +174,44 @@ def test_a_stopping_reader_hands_what_it_popped_to_rq(r):
         assert to_rq == [("grant:a", "c1")] and runner.batches == []
     finally:
         runner.stop(5)
+
+
+def test_what_the_scheduler_claims_again_goes_to_rq_never_back_to_the_lane(r, raw, redis_url):
+    """A grant whose lane entry nobody ran comes due when its lease lapses; the scheduler's claim
+    of it goes to RQ (a lane that was not read could be unread still)."""
+    from workers.queue.scheduler import Scheduler
+
+    LaneReader(r, r, Runner(lambda items: None, DueQueue(r)), lambda items: None).say_alive()
+    d = Dispatcher(raw)
+    r.zadd(keys.due(), {"grant:a": now_ms() - 1, "revoke:b": now_ms() - 1})
+    assert Scheduler(r, redislib.Redis.from_url(redis_url, decode_responses=True), d).run_once() == 2
+    assert lane(r) == [] and len(rq_jobs(d, ACCESS_QUEUE)) >= 1
+
+
+class FailingPops:
+    """A connection whose blocking pops fail (a proxy that refuses them, an ACL without BLPOP)."""
+
+    def blpop(self, *a, **kw):
+        raise redislib.ConnectionError("blocking commands refused")
+
+
+def test_a_reader_whose_pops_fail_does_not_keep_the_lane_open(r):
+    reader = LaneReader(r, FailingPops(), Runner(lambda items: None, DueQueue(r)), lambda items: None)
+    with pytest.raises(redislib.ConnectionError):
+        reader.run_once(0.1)
+    assert not r.exists(keys.access_lane_alive())
+
+
+def test_a_stopping_reader_closes_the_lane_and_a_stopped_runner_takes_nothing(r):
+    q = DueQueue(r)
+    runner = Recording(q).start()
+    to_rq: list = []
+    reader = LaneReader(r, r, runner, to_rq.extend)
+    reader.say_alive()
+    reader.stop()
+    assert not r.exists(keys.access_lane_alive())
+    runner.stop(5)
+    assert runner.submit([("grant:a", "c1")]) is False
+    r.rpush(keys.access_lane(), entry("grant:a", "c1"))
+    reader.run_once(1)
+    assert to_rq == [("grant:a", "c1")] and runner.batches == []

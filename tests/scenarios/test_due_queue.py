@@ -25,7 +25,7 @@ class Recorder:
     def __init__(self):
         self.kicked: list[tuple[str, int, int]] = []
 
-    def kick_many(self, items):
+    def kick_many(self, items, *, lane=True):
         for m, score in items:
             self.kicked.append((m, score, now_ms()))
 
@@ -168,7 +168,7 @@ def test_the_scheduler_feeds_rq_no_faster_than_its_workers_take_the_work(r, redi
         def waiting(self):
             return self.backlog
 
-        def kick_many(self, items):
+        def kick_many(self, items, *, lane=True):
             if items:
                 self.calls += 1
             super().kick_many(items)

@@ -56,7 +56,7 @@ def run_due_batch(rt: Runtime, items: list[tuple[str, str]]) -> None:
 
 def run_expiries(rt: Runtime, items: list[tuple[str, str]]) -> None:
     """A batch of claimed `expire:` members, however many (the worker's revoking threads run these:
-    workers/queue/revoker.py)."""
+    workers/queue/runner.py)."""
     with logs.bind(job="expire"):
         _run_expiries(rt, items)
 

@@ -13,9 +13,16 @@ with a LEASE_MS lease (so the lane leases nothing more before the job's own `Lea
 worker pops the entry, or the one that popped it dies, the lease lapses and the scheduler claims
 the member again (with a new token, so a late pop of the old entry does nothing: its `Lease`
 finds the claim is not its own). Request threads push to the lane
-only while some worker says it reads it (`access_lane_alive`, refreshed every second, gone three
-seconds after the last reader died); otherwise, as when a worker runs in burst mode, the member
-goes to RQ as before. When every lane thread is busy, what is popped goes to RQ too.
+only while some worker says it reads it (`access_lane_alive`, refreshed after pops that worked,
+cleared by a reader that stops, lapsing ALIVE_MS after the last reader died; each request thread
+trusts what it read for LANE_CHECK_S); otherwise, as when a worker runs in burst mode, the member
+goes to RQ as before. When every lane thread is busy, or the worker is stopping, what is popped
+goes to RQ too. Only a transition's own kick takes the lane: what the scheduler claims again (a
+retry, a lapsed lease) goes to RQ, so an entry is never pushed back onto a lane nobody reads.
+
+Unlike an RQ job, a lane thread has no job timeout of its own: a backend must bound its own calls
+(the built-in ones do: exec and webhook timeouts, PostgreSQL and Redis socket timeouts), as it
+must for the revoking threads.
 """
 
 from __future__ import annotations
@@ -70,23 +77,27 @@ class LaneReader:
         self.redis.set(keys.access_lane_alive(), "1", px=ALIVE_MS)
         self._said = time.monotonic()
 
+    def say_gone(self) -> None:
+        """This reader stops: request threads go back to RQ at once rather than after ALIVE_MS
+        (another reader still running says so again within REFRESH_S)."""
+        self.redis.delete(keys.access_lane_alive())
+
     def run_once(self, timeout: float) -> int:
         """Wait up to `timeout` seconds for the lane's next entry; hand it over (to RQ once stopping
         or while every thread is busy). Returns how many were handed over (0 or 1: a burst is
         popped one entry a round trip, each at once, as a separate pop of the rest would cost a
         round trip too)."""
-        if time.monotonic() - self._said >= REFRESH_S:
-            self.say_alive()
         got = self.blocking.blpop([keys.access_lane()], timeout=timeout)
+        # said only after a pop that worked: a reader whose pops fail must not keep the lane open
+        if time.monotonic() - self._said >= REFRESH_S and not self.stopping.is_set():
+            self.say_alive()
         if not got:
             return 0
         item = parse(got[1])
         if item is None:
             return 0
         items = [item]
-        if self.runner.idle() > 0 and not self.stopping.is_set():
-            self.runner.submit(items, lease=False)
-        else:
+        if self.stopping.is_set() or self.runner.idle() <= 0 or not self.runner.submit(items, lease=False):
             self.to_rq(items)
         return len(items)
 
@@ -98,8 +109,12 @@ class LaneReader:
                 log.exception("access lane error; retrying")
                 self.stopping.wait(0.5)
 
-    def stop(self) -> None:
-        """Stop reading (within REFRESH_S); what was popped meanwhile goes to RQ."""
+    def stop(self, join: bool = True) -> None:
+        """Stop reading (within REFRESH_S) and say so; what is popped meanwhile goes to RQ."""
         self.stopping.set()
-        if self._thread.is_alive():
+        try:
+            self.say_gone()
+        except Exception:  # noqa: BLE001 - Redis away: the word lapses within ALIVE_MS anyway
+            log.warning("could not clear the access lane's alive key; it lapses in %d ms", ALIVE_MS)
+        if join and self._thread.is_alive():
             self._thread.join(timeout=REFRESH_S + 5)

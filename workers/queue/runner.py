@@ -50,6 +50,7 @@ class Runner:
         self.size = threads
         self._queue: queue.Queue[Batch | None] = queue.Queue()
         self._busy = 0
+        self._stopping = False
         self._changed = threading.Condition()
         self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True) for i in range(threads)]
 
@@ -68,12 +69,15 @@ class Runner:
         with self._changed:
             return self._changed.wait_for(lambda: self.size - self._busy - self._queue.qsize() > 0, timeout)
 
-    def submit(self, items: Batch, *, lease: bool = True) -> None:
-        """Hand claimed members over, as batches spread over the free threads. Their claims move
-        from the queued lease to the short running one first, so a process that dies with them in
-        hand gives them back within LEASE_MS."""
+    def submit(self, items: Batch, *, lease: bool = True) -> bool:
+        """Hand claimed members over, as batches spread over the free threads; False (nothing
+        taken) once the runner is stopping. With `lease`, their claims move from the queued lease
+        to the short running one first, so a process that dies with them in hand gives them back
+        within LEASE_MS (a transition's own kick already has that lease)."""
+        if self._stopping:
+            return False
         if not items:
-            return
+            return True
         if lease:
             kept = self.due.extend_many(items, now_ms() + LEASE_MS)
             items = [item for item, ok in zip(items, kept, strict=True) if ok]
@@ -81,10 +85,12 @@ class Runner:
         size = max(1, min(MAX_BATCH, -(-len(items) // free)))
         for i in range(0, len(items), size):
             self._queue.put(items[i : i + size])
+        return True
 
     def stop(self, timeout: float = 30.0) -> None:
         """Let the batches in hand finish (a graceful stop), then end the threads: `timeout` seconds
         for all of them together (compose's stop grace period bounds the whole worker)."""
+        self._stopping = True
         for _ in self._threads:
             self._queue.put(None)
         deadline = time.monotonic() + timeout

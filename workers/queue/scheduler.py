@@ -129,7 +129,7 @@ class Handoff(Protocol):
     """Hands claimed items to jobs (workers/queue/dispatch.py). One that also has `waiting()` (jobs
     not yet started) is not fed faster than its workers take the work (MAX_WAITING_JOBS)."""
 
-    def kick_many(self, items: list[tuple[str, str]]) -> None: ...
+    def kick_many(self, items: list[tuple[str, str]], *, lane: bool = True) -> None: ...
 
 
 class Scheduler:
@@ -162,8 +162,10 @@ class Scheduler:
         the threads can start soon), what they cannot start now goes to RQ as well, whose worker
         processes revoke beside them. `storm`: the threads are all busy and a backlog is building."""
         items = self.due.claim(now_ms(), limit or self.batch, QUEUED_LEASE_MS)
+        # what the scheduler claims (again) goes to RQ with its queued lease, never to the access
+        # lane: an item whose lane entry nobody ran must not be pushed back onto that lane
         if self.revoker is None:
-            self.dispatcher.kick_many(items)
+            self.dispatcher.kick_many(items, lane=False)
             return len(items)
         expiries = [item for item in items if item[0].startswith("expire:")]
         room = 0 if storm else max(self.revoker.idle(), 0) * REVOKER_BATCH
@@ -172,7 +174,7 @@ class Scheduler:
         else:
             spill = []  # a few batches more than the threads start at once: they wait here a moment
         self.revoker.submit(expiries)
-        self.dispatcher.kick_many([item for item in items if not item[0].startswith("expire:")] + spill)
+        self.dispatcher.kick_many([item for item in items if not item[0].startswith("expire:")] + spill, lane=False)
         return len(items)
 
     def _plan(self) -> tuple[int | None, bool]:

@@ -31,7 +31,8 @@ def sync_request_message(rt, request_id: str, req=None, *, after_transition: boo
         return
     if not req.message_ts and post_in_turn(rt, req):  # the first post: paced per channel, oldest first
         # Posted just now from the state read under the message lock. A transition since then
-        # kicked `slack:<id>` again (a new claim), so that job brings the message up to date:
+        # owed `slack:<id>` again (a new claim, at once or DECISION_MESSAGE_MS later), so that job
+        # brings the message up to date:
         # reading and rendering once more here would only find what that job will.
         refresh_homes_quietly(rt)
         return
