@@ -13,7 +13,8 @@ import pytest
 from freezegun import freeze_time
 from support import clock_start, policy_text
 
-from bot.core.clock import to_ms
+from bot.core.clock import now_ms, to_ms
+from bot.store.requests import DECISION_MESSAGE_MS
 
 
 @pytest.fixture
@@ -40,10 +41,14 @@ def asked_and_posted(jit, **body) -> tuple[str, str]:
     return rid, ts
 
 
-def active(jit, rid) -> None:
+def active(jit, rid, clock) -> None:
+    """Approved and granted; its message (and the follow-ups it schedules) goes out
+    DECISION_MESSAGE_MS later, with the grant in it."""
     jit.approve(rid, "U0LEAD1")
     jit.work()
     assert jit.status(rid).get_json()["status"] == "active"
+    clock.tick(timedelta(milliseconds=DECISION_MESSAGE_MS))
+    jit.work()
 
 
 def test_pending_reminder_at_half_the_timeout(jit, slack):
@@ -71,7 +76,7 @@ def test_pending_reminder_at_half_the_timeout(jit, slack):
 def test_a_decided_request_gets_no_reminder(jit, slack):
     with freeze_time(clock_start()) as clock:
         rid, ts = asked_and_posted(jit)
-        active(jit, rid)
+        active(jit, rid, clock)
         clock.tick(timedelta(seconds=3))  # past the reminder's moment: its item comes due and retires
         jit.work()
         assert jit.rt.redis.zscore("jit:due", f"remind:{rid}") is None
@@ -86,11 +91,11 @@ def warn_ten_minutes_before(monkeypatch, jit_env):
 def test_expiry_warning_before_the_end(warn_ten_minutes_before, jit, slack):
     with freeze_time(clock_start()) as clock:
         rid, ts = asked_and_posted(jit, ttl=603)  # 10m 3s: the warning is due 3 s after the grant
-        active(jit, rid)
+        active(jit, rid, clock)
         req = jit.rt.store.get(rid)
         warn_at = to_ms(req.expires_at) - 600_000
         assert jit.rt.redis.zscore("jit:due", f"warn:{rid}") == warn_at
-        clock.tick(timedelta(milliseconds=2999))
+        clock.tick(timedelta(milliseconds=warn_at - now_ms() - 1))
         jit.work()
         assert warnings(slack, ts) == [], "never early"
         clock.tick(timedelta(milliseconds=1))
@@ -103,9 +108,9 @@ def test_expiry_warning_before_the_end(warn_ten_minutes_before, jit, slack):
 
 
 def test_short_grants_get_no_warning(jit, slack):
-    with freeze_time(clock_start()):
+    with freeze_time(clock_start()) as clock:
         rid, _ = asked_and_posted(jit, ttl="5m")
-        active(jit, rid)
+        active(jit, rid, clock)
         jit.work()
         assert jit.rt.redis.zscore("jit:due", f"warn:{rid}") is None
 
@@ -113,7 +118,7 @@ def test_short_grants_get_no_warning(jit, slack):
 def test_a_grant_ended_early_gets_no_warning(jit, slack):
     with freeze_time(clock_start()) as clock:
         rid, ts = asked_and_posted(jit, ttl=303)
-        active(jit, rid)
+        active(jit, rid, clock)
         jit.release(rid)
         clock.tick(timedelta(seconds=4))  # past the warning's moment: its item comes due and retires
         jit.work()

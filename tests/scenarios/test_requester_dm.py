@@ -14,6 +14,8 @@ import pytest
 from freezegun import freeze_time
 from support import clock_start, policy_text
 
+from bot.store.requests import DECISION_MESSAGE_MS
+
 ALICE = "U0ALICE"  # `people: alice@example.com` in the test policy
 
 
@@ -46,6 +48,8 @@ def test_approval_then_expiry(jit, slack, clock):
     assert jit.rt.store.get(rid).requester_slack_id == ALICE
     jit.work()
     jit.approve(rid, "U0LEAD1")
+    jit.work()
+    clock.tick(timedelta(milliseconds=DECISION_MESSAGE_MS))  # the approval's message, with the grant
     jit.work()
     (approved,) = dms(slack)
     assert "was approved by <@U0LEAD1>" in approved and rid in approved
@@ -86,6 +90,8 @@ def test_pipeline_release_is_no_news_to_its_requester(jit, slack, clock):
     rid = jit.ask("read-secret", requested_by="alice")["id"]
     jit.work()
     jit.approve(rid, "U0LEAD1")
+    jit.work()
+    clock.tick(timedelta(milliseconds=DECISION_MESSAGE_MS))  # the approval's message, with the grant
     jit.work()
     assert len(dms(slack)) == 1
     jit.release(rid)
