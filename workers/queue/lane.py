@@ -88,18 +88,16 @@ class LaneReader:
         popped one entry a round trip, each at once, as a separate pop of the rest would cost a
         round trip too)."""
         got = self.blocking.blpop([keys.access_lane()], timeout=timeout)
-        # said only after a pop that worked: a reader whose pops fail must not keep the lane open
+        item = parse(got[1]) if got else None
+        if item is not None:
+            items = [item]
+            if self.stopping.is_set() or self.runner.idle() <= 0 or not self.runner.submit(items, lease=False):
+                self.to_rq(items)
+        # said only after a pop that worked (a reader whose pops fail must not keep the lane
+        # open), and after handing the item over (not between a click and its grant)
         if time.monotonic() - self._said >= REFRESH_S and not self.stopping.is_set():
             self.say_alive()
-        if not got:
-            return 0
-        item = parse(got[1])
-        if item is None:
-            return 0
-        items = [item]
-        if self.stopping.is_set() or self.runner.idle() <= 0 or not self.runner.submit(items, lease=False):
-            self.to_rq(items)
-        return len(items)
+        return 0 if item is None else 1
 
     def run(self) -> None:
         while not self.stopping.is_set():
