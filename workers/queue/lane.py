@@ -12,13 +12,15 @@ Nothing here is the durable record. The transition already claimed the member in
 with a LEASE_MS lease (so the lane leases nothing more before the job's own `Lease`): if no
 worker pops the entry, or the one that popped it dies, the lease lapses and the scheduler claims
 the member again (with a new token, so a late pop of the old entry does nothing: its `Lease`
-finds the claim is not its own). Request threads push to the lane
-only while some worker says it reads it (`access_lane_alive`, refreshed after pops that worked,
-cleared by a reader that stops, lapsing ALIVE_MS after the last reader died; each request thread
-trusts what it read for LANE_CHECK_S); otherwise, as when a worker runs in burst mode, the member
-goes to RQ as before. When every lane thread is busy, or the worker is stopping, what is popped
-goes to RQ too. Only a transition's own kick takes the lane: what the scheduler claims again (a
-retry, a lapsed lease) goes to RQ, so an entry is never pushed back onto a lane nobody reads.
+finds the claim is not its own).
+
+Request threads push to the lane only while some worker says it reads it (`access_lane_alive`,
+refreshed after pops that worked, cleared by a reader that stops, lapsing ALIVE_MS after the last
+reader died; each request thread trusts what it read for LANE_CHECK_S); otherwise, as when a
+worker runs in burst mode, the member goes to RQ as before. When every lane thread is busy, or
+the worker is stopping, what is popped goes to RQ too. Only a transition's own kick takes the
+lane: what the scheduler claims again (a retry, a lapsed lease) goes to RQ, so an entry is never
+pushed back onto a lane nobody reads.
 
 Unlike an RQ job, a lane thread has no job timeout of its own: a backend must bound its own calls
 (the built-in ones do: exec and webhook timeouts, PostgreSQL and Redis socket timeouts), as it
