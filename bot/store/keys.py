@@ -292,6 +292,11 @@ def expired_digest_slot(channel: str) -> str:
     return f"{PREFIX}slack:expired:digest-slot:{channel}"
 
 
+def expired_scan_slot() -> str:
+    """String: while it exists, the expired messages are not scanned for digests again. TTL 5 s."""
+    return f"{PREFIX}slack:expired:scan-slot"
+
+
 def update_slot() -> str:
     """String: ms of the next free `chat.update` slot for catch-up updates, for the whole workspace
     (Slack's Tier 3: about 50 a minute). TTL slot + 60 s."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 from freezegun import freeze_time
+from redis_state import classify, jit_keys, key_shapes
 from unit_support import grant_claim
 
 from bot.core.model import Status
@@ -72,6 +73,8 @@ def test_a_storm_is_revoked_with_no_slack_call_then_one_digest_and_paced_updates
         digests = [c for c in slack.calls("chat.postMessage") if "expired" in str(c.params.get("text"))]
         assert [c.params["text"] for c in digests] == ["8 grants expired in the last minute"]
         assert len(slack.calls("chat.update")) == 1
+        unnamed = [k for k in jit_keys(rt.redis) if classify(k, key_shapes()) is None]
+        assert unnamed == [], "every key the catch-up job writes is named by a helper in bot/store/keys.py"
 
         # Each later slot updates one more message, until all show their expiry.
         runs = 1

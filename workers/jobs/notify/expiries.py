@@ -97,7 +97,7 @@ def post_digests(rt) -> None:
     """One "N grants expired in the last minute" per channel where more than the digest threshold
     expired with no digest yet (one digest a minute per channel at most)."""
     r = rt.redis
-    if not r.set(keys.expired_digest_slot(""), "1", nx=True, px=SCAN_EVERY_MS):
+    if not r.set(keys.expired_scan_slot(), "1", nx=True, px=SCAN_EVERY_MS):
         return
     t = now_ms()
     by_channel: dict[str, list[float]] = {}
@@ -113,7 +113,7 @@ def post_digests(rt) -> None:
         try:
             take_slot(rt, channel)  # the channel's posting slot (shared with its other posts)
         except RetryLater:
-            r.delete(keys.expired_digest_slot(""))  # owed still: look again next run, in a moment
+            r.delete(keys.expired_scan_slot())  # owed still: look again next run, in a moment
             continue
         # Marked before posting: a crash here loses a heads-up, never posts it twice.
         r.set(keys.expired_digest_slot(channel), "1", px=DIGEST_EVERY_MS)
