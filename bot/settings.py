@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     #: hook answers 503 + Retry-After at once instead of making every request slower (long-polls
     #: are not counted: see JIT_MAX_LONG_POLLS_PER_PIPELINE).
     jit_hook_max_in_flight: int = Field(16, alias="JIT_HOOK_MAX_IN_FLIGHT", ge=0)
+    #: While hook requests that share a process take longer than this (ms), its in-flight bound
+    #: above shrinks (down to 2), and it grows back as they answer within it: refusing sooner
+    #: instead of answering everyone late (0 = the bound stays fixed). See
+    #: bot/request/http/admission.py.
+    jit_hook_latency_budget_ms: int = Field(20, alias="JIT_HOOK_LATENCY_BUDGET_MS", ge=0, le=60_000)
     jit_log_level: str = Field("INFO", alias="JIT_LOG_LEVEL")
     #: Bearer token a scraper sends to /metrics (≥ 16 chars); unset: /metrics answers loopback only.
     jit_metrics_token: SecretStr | None = Field(None, alias="JIT_METRICS_TOKEN")

@@ -47,7 +47,9 @@ def create_app(rt: Runtime) -> Flask:
     )
     flask_app.config["JIT_LONG_POLLS"] = LongPollLeases(rt.redis, rt.settings.jit_max_long_polls_per_pipeline)
     flask_app.config["JIT_OIDC"] = OidcVerifier()
-    flask_app.config["JIT_ADMISSION"] = Admission(rt.settings.jit_hook_max_in_flight)
+    flask_app.config["JIT_ADMISSION"] = Admission(
+        rt.settings.jit_hook_max_in_flight, rt.settings.jit_hook_latency_budget_ms
+    )
     flask_app.register_blueprint(routes.bp)
     flask_app.register_blueprint(github_gate.bp)  # POST /github/webhook (docs/gates.md)
     flask_app.register_blueprint(gitlab_gate.bp)  # POST /gitlab/webhook

@@ -70,19 +70,21 @@ _ALWAYS_ADMITTED = {"hook.healthz", "hook.readyz", "hook.openapi", "hook.client_
 
 @bp.before_request
 def _admit():
-    """Backpressure (bot/request/http/admission.py): over this process's in-flight bound, a quick
-    503 with Retry-After, before anything is read or stored. Long-polls are bounded per pipeline."""
+    """Backpressure (bot/request/http/admission.py): over this process's in-flight bound (which
+    shrinks while requests take longer than their latency budget), a quick 503 with Retry-After,
+    before anything is read or stored. Long-polls are bounded per pipeline."""
     if request.endpoint in _ALWAYS_ADMITTED or _long_poll_asked():
         return None
     admission = current_app.config["JIT_ADMISSION"]
-    if not admission.enter():
+    admitted = admission.enter()
+    if admitted is None:
         return error(
             503,
             "overloaded",
             "the server is at capacity; retry after the Retry-After seconds",
             {"Retry-After": str(admission.retry_after_s)},
         )
-    g.jit_admitted = True
+    g.jit_admitted = admitted
     return None
 
 
@@ -95,8 +97,9 @@ def _long_poll_asked() -> bool:
 
 @bp.teardown_request
 def _leave(exc: BaseException | None) -> None:
-    if g.pop("jit_admitted", False):
-        current_app.config["JIT_ADMISSION"].leave()
+    admitted = g.pop("jit_admitted", None)
+    if admitted is not None:
+        current_app.config["JIT_ADMISSION"].leave(admitted)
 
 
 @bp.errorhandler(E.JitError)
