@@ -41,7 +41,7 @@ async def _create(conn: Connection, action: str = "bench-token") -> dict[str, An
             break
         # the baseline's pipelines all ask at once: a server at its in-flight bound says when to
         # come back, and a pipeline does (as jit_client does)
-        await asyncio.sleep(float(resp.headers.get("retry-after") or 1))
+        await asyncio.sleep(resp.retry_after_s)
     if resp.status != 201:
         raise RuntimeError(f"create failed: {resp.status} {resp.body[:200]!r}")
     return remember(resp.json())

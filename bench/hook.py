@@ -37,7 +37,7 @@ async def _create_many(port: int, n: int, concurrency: int = 20) -> list[str]:
             )
             if resp.status != 503:
                 break
-            await asyncio.sleep(_retry_after(resp))  # at capacity: back after Retry-After, as jit_client does
+            await asyncio.sleep(resp.retry_after_s)  # at capacity: back after Retry-After, as jit_client does
         if resp.status != 201:
             raise RuntimeError(f"create failed: {resp.status} {resp.body[:200]!r}")
         return remember(resp.json())["id"]
@@ -51,7 +51,15 @@ async def _release_all(port: int, ids: list[str], concurrency: int = 20) -> None
     """The pipeline is done with the long-poll phase's grants (a held grant is handed back to the
     same pipeline asking again: the throughput run must create new requests)."""
     pool = Pool("127.0.0.1", port, concurrency)
-    await asyncio.gather(*(pool.request("DELETE", f"/v1/requests/{rid}", headers=auth(rid)) for rid in ids))
+
+    async def release(rid: str) -> None:
+        while True:
+            resp = await pool.request("DELETE", f"/v1/requests/{rid}", headers=auth(rid))
+            if resp.status != 503:
+                return
+            await asyncio.sleep(resp.retry_after_s)  # at capacity: back after Retry-After
+
+    await asyncio.gather(*(release(rid) for rid in ids))
     await pool.close()
 
 
@@ -137,13 +145,6 @@ async def _waiters(port: int, r, ids: list[str], ts: dict[str, str], settle_s: f
     }
 
 
-def _retry_after(resp) -> float:
-    for k, v in resp.headers.items():
-        if k.lower() == "retry-after":
-            return float(v)
-    return 1.0
-
-
 async def _throughput(port: int, clients: int, seconds: float) -> dict[str, Any]:
     lat: list[float] = []
     refused: list[float] = []
@@ -172,7 +173,7 @@ async def _throughput(port: int, clients: int, seconds: float) -> dict[str, Any]
                 lat.append((time.perf_counter() - t) * 1000)
             elif status == 503:  # at capacity: refused at once; back after Retry-After, as jit_client does
                 refused.append((time.perf_counter() - t) * 1000)
-                await asyncio.sleep(min(_retry_after(resp), max(deadline - time.perf_counter(), 0)))
+                await asyncio.sleep(min(resp.retry_after_s, max(deadline - time.perf_counter(), 0)))
         await conn.close()
 
     t0 = time.perf_counter()

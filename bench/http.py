@@ -19,6 +19,14 @@ class Response:
     def json(self) -> Any:
         return json.loads(self.body)
 
+    @property
+    def retry_after_s(self) -> float:
+        """Seconds a 503 or 429 asks to wait before trying again (1 when it does not say)."""
+        for k, v in self.headers.items():
+            if k.lower() == "retry-after":
+                return float(v)
+        return 1.0
+
 
 class Connection:
     """One keep-alive connection; one request at a time. Reconnects when the server closes it."""

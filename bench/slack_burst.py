@@ -20,12 +20,16 @@ async def _burst(port: int, n: int, window_s: float) -> tuple[list[str], float, 
 
     async def one(i: int) -> str:
         await asyncio.sleep(max(0.0, start + window_s * i / n - time.perf_counter()))
-        resp = await pool.request(
-            "POST",
-            "/v1/requests",
-            headers=auth(),
-            json_body={"action": "bench-burst", "reason": f"bench: burst {i}"},
-        )
+        while True:
+            resp = await pool.request(
+                "POST",
+                "/v1/requests",
+                headers=auth(),
+                json_body={"action": "bench-burst", "reason": f"bench: burst {i}"},
+            )
+            if resp.status != 503:
+                break
+            await asyncio.sleep(resp.retry_after_s)  # at capacity: back after Retry-After, as jit_client does
         if resp.status != 201:
             raise RuntimeError(f"create failed: {resp.status} {resp.body[:200]!r}")
         return remember(resp.json())["id"]
