@@ -27,7 +27,9 @@ makes it, and fewer in flight would not make it faster:
 
 What counts is the time from admission to the end of the request on this process, so a bound cut
 by a slow dependency (a Redis that answers late) is cut for the right reason too: more requests in
-flight would only queue in front of it.
+flight would only queue in front of it. Only requests answered with success count: anyone can send
+a request without a token and trickle its body, and such requests must not be able to talk the
+bound down for everyone else (they still take a place while in flight, as with any bound).
 
 Long-polls are not counted: they wait, not work, and are bounded per pipeline (LongPollLeases).
 """
@@ -89,12 +91,13 @@ class Admission:
             self.in_flight += 1
             return now
 
-    def leave(self, admitted: float | None = None) -> None:
-        """A request taken at `admitted` (what `enter` returned) is done; its duration moves the
-        bound when there is a budget."""
+    def leave(self, admitted: float | None = None, measured: bool = True) -> None:
+        """A request taken at `admitted` (what `enter` returned) is done; when there is a budget
+        and it is `measured` (answered with success: its time is the work's, not a sender's
+        trickling), its duration moves the bound."""
         with self._lock:
             self.in_flight -= 1
-            if not self.budget_s or not self.max_limit or admitted is None:
+            if not self.budget_s or not self.max_limit or admitted is None or not measured:
                 return
             sharing = self.in_flight + 1  # this request and the others in flight as it ends
             if sharing < 2 or sharing * 2 < self.limit:

@@ -95,11 +95,21 @@ def _long_poll_asked() -> bool:
         return False  # refused as a bad request, under the bound like any other
 
 
+@bp.after_request
+def _answered(resp: Response) -> Response:
+    g.jit_answered = resp.status_code
+    return resp
+
+
 @bp.teardown_request
 def _leave(exc: BaseException | None) -> None:
+    """Give the place back. Only a request answered with success tells the bound how long work
+    takes: one refused (no token, bad body, unknown id) or failed may have been slow because its
+    sender trickled the body, and anyone can send those."""
     admitted = g.pop("jit_admitted", None)
     if admitted is not None:
-        current_app.config["JIT_ADMISSION"].leave(admitted)
+        measured = g.pop("jit_answered", 500) < 400
+        current_app.config["JIT_ADMISSION"].leave(admitted, measured=measured)
 
 
 @bp.errorhandler(E.JitError)

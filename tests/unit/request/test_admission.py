@@ -207,3 +207,28 @@ def test_through_the_hook_slow_crowded_requests_shrink_the_bound_and_the_rest_ar
     assert rt.redis.zcard(keys.all_requests()) == before
     for t in others:
         adm.leave(t)
+
+
+def test_slow_refused_requests_do_not_talk_the_bound_down(app, http, monkeypatch):
+    """Anyone can send a request with no token and trickle it: however slow such requests are,
+    however crowded the process, only requests answered with success move the bound."""
+    clock = Clock()
+    adm = Admission(4, budget_ms=25, clock=clock)
+    monkeypatch.setitem(app.config, "JIT_ADMISSION", adm)
+    others = crowd(adm, 2)
+    real_enter = adm.enter
+
+    def enter_then_take_long():
+        taken = real_enter()
+        clock.now += 0.5
+        return taken
+
+    monkeypatch.setattr(adm, "enter", enter_then_take_long)
+    for _ in range(10):
+        assert http.post("/v1/requests", json={"action": "deploy-prod", "reason": "x"}).status_code == 401
+        bad = http.post("/v1/requests", data=b"{not json", headers={**BEARER, "Content-Type": "application/json"})
+        assert bad.status_code == 400
+        assert http.get("/v1/requests/nope", headers=BEARER).status_code == 404
+    assert adm.cuts == 0 and adm.limit == 4 and adm.in_flight == 2
+    for t in others:
+        adm.leave(t)
