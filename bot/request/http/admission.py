@@ -25,11 +25,12 @@ makes it, and fewer in flight would not make it faster:
   and after `RECOVER_S` without a slow crowded request it is the maximum again, so a burst after
   a quiet spell (a release's pipelines starting together) is taken whole, as with a fixed bound.
 
-What counts is the time from admission to the end of the request on this process, so a bound cut
-by a slow dependency (a Redis that answers late) is cut for the right reason too: more requests in
-flight would only queue in front of it. Only requests answered with success count: anyone can send
-a request without a token and trickle its body, and such requests must not be able to talk the
-bound down for everyone else (they still take a place while in flight, as with any bound).
+What counts is the server's own time on a request: from admission, or from the moment its body
+was read when it has one, to its end — and only for requests answered with success. Anyone can send
+a request without a token, and a sender can trickle its body: neither must be able to talk the
+bound down for everyone else (while in flight they still take a place, as under any bound). A
+slow Redis cuts the bound too; that costs throughput only when Redis is slow to answer rather than
+busy, and then the requests answer late anyway.
 
 Long-polls are not counted: they wait, not work, and are bounded per pipeline (LongPollLeases).
 """
@@ -70,6 +71,10 @@ class Admission:
         self._last_cut = float("-inf")  # when the bound was last cut
         self._last_slow = float("-inf")  # when a request last took longer than the budget
         self._lock = threading.Lock()  # gevent-patched in `jit serve`: never held across I/O
+
+    def now(self) -> float:
+        """This bound's clock (what `enter` returns and `leave` takes)."""
+        return self._clock()
 
     @property
     def limit(self) -> int:

@@ -90,7 +90,8 @@ _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"ty
 _WWW_AUTH = {"WWW-Authenticate": {"schema": {"type": "string"}}}
 _UNAVAILABLE = _err(
     "`unavailable`: storage unreachable, or `overloaded`: this server is at its in-flight bound "
-    "(JIT_HOOK_MAX_IN_FLIGHT); nothing was done — retry after Retry-After",
+    "(JIT_HOOK_MAX_IN_FLIGHT, lower while requests answer later than JIT_HOOK_LATENCY_BUDGET_MS); "
+    "nothing was done — retry after Retry-After",
     _RETRY_AFTER,
 )
 _UNAUTHORIZED = _err("missing or invalid bearer token", _WWW_AUTH)

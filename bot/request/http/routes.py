@@ -64,8 +64,18 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
     return answer(Error(error=code, message=message), status, headers)
 
 
-#: Endpoints that answer from memory, never refused for load (health checks must tell the truth).
-_ALWAYS_ADMITTED = {"hook.healthz", "hook.readyz", "hook.openapi", "hook.client_source", "hook.jwks", "hook.audit_keys"}
+#: Never refused for load: endpoints that answer from memory (health checks must tell the truth),
+#: and giving a grant back (`DELETE`), which ends access: a pipeline done with its grant must never
+#: be told to keep it a while longer.
+_ALWAYS_ADMITTED = {
+    "hook.healthz",
+    "hook.readyz",
+    "hook.openapi",
+    "hook.client_source",
+    "hook.jwks",
+    "hook.audit_keys",
+    "hook.release_request",
+}
 
 
 @bp.before_request
@@ -73,7 +83,7 @@ def _admit():
     """Backpressure (bot/request/http/admission.py): over this process's in-flight bound (which
     shrinks while requests take longer than their latency budget), a quick 503 with Retry-After,
     before anything is read or stored. Long-polls are bounded per pipeline."""
-    if request.endpoint in _ALWAYS_ADMITTED or _long_poll_asked():
+    if request.endpoint in _ALWAYS_ADMITTED or request.method == "OPTIONS" or _long_poll_asked():
         return None
     admission = current_app.config["JIT_ADMISSION"]
     admitted = admission.enter()
@@ -104,12 +114,19 @@ def _answered(resp: Response) -> Response:
 @bp.teardown_request
 def _leave(exc: BaseException | None) -> None:
     """Give the place back. Only a request answered with success tells the bound how long work
-    takes: one refused (no token, bad body, unknown id) or failed may have been slow because its
-    sender trickled the body, and anyone can send those."""
+    takes (one refused or failed, anyone can send), and only from the moment its body was read:
+    a sender that trickles its body must not be able to talk the bound down for everyone else."""
     admitted = g.pop("jit_admitted", None)
     if admitted is not None:
         measured = g.pop("jit_answered", 500) < 400
-        current_app.config["JIT_ADMISSION"].leave(admitted, measured=measured)
+        started = g.pop("jit_body_read", None)  # the work's start: the body's upload is the sender's time
+        current_app.config["JIT_ADMISSION"].leave(admitted if started is None else started, measured=measured)
+
+
+def _body_read() -> None:
+    """The request's body is in: from here on its time is the server's work (see _leave)."""
+    if "jit_admitted" in g:
+        g.jit_body_read = current_app.config["JIT_ADMISSION"].now()
 
 
 @bp.errorhandler(E.JitError)
@@ -139,6 +156,7 @@ def _read_json(cap: int = MAX_BODY) -> Any:
         raise _Abort(error(415, "unsupported_media_type", "send Content-Type: application/json"))
     try:
         raw = bounded_input.read_body(request.stream, request.content_length, cap)
+        _body_read()
         return bounded_input.loads(raw, MAX_JSON_DEPTH)
     except bounded_input.TooLarge:
         raise _Abort(error(413, "too_large", f"the body is larger than {cap} bytes")) from None
@@ -156,6 +174,7 @@ def _read_form() -> dict[str, str]:
         raw = bounded_input.read_body(request.stream, request.content_length, MAX_BODY)
     except bounded_input.TooLarge:
         raise _Abort(error(413, "too_large", f"the body is larger than {MAX_BODY} bytes")) from None
+    _body_read()
     return dict(parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True))
 
 

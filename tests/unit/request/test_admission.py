@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from support import WEB_TOKEN
 
+from bot.request.http import routes
 from bot.request.http.admission import FLOOR, RECOVER_S, Admission
 from bot.store import keys
 
@@ -181,54 +182,132 @@ def test_with_no_bound_nothing_is_refused(clock):
     crowd(adm, 500)
 
 
-def test_through_the_hook_slow_crowded_requests_shrink_the_bound_and_the_rest_are_refused(app, http, rt, monkeypatch):
-    """The app's own Admission: requests through the hook report their durations to it; while it
-    is cut, the request over the cut bound gets the 503 and nothing is stored."""
-    clock = Clock()
-    adm = Admission(4, budget_ms=25, clock=clock)
-    monkeypatch.setitem(app.config, "JIT_ADMISSION", adm)
-    others = crowd(adm, 2)  # two requests in flight elsewhere in this process
-    real_enter = adm.enter
+class SlowHook:
+    """The app's Admission on a fake clock, with each request's time set: `upload` seconds to
+    receive its body, `work` seconds of the server's own after that."""
 
-    def enter_then_take_long():
-        taken = real_enter()
-        clock.now += 0.1  # this request will have taken 100 ms when it ends
-        return taken
+    def __init__(self, app, monkeypatch, limit: int = 4) -> None:
+        self.clock = Clock()
+        self.adm = Admission(limit, budget_ms=25, clock=self.clock)
+        self.upload = self.work = 0.0
+        monkeypatch.setitem(app.config, "JIT_ADMISSION", self.adm)
+        real_read, real_leave = routes.bounded_input.read_body, self.adm.leave
 
-    monkeypatch.setattr(adm, "enter", enter_then_take_long)
+        def read_body(*a, **kw):
+            self.clock.now += self.upload
+            return real_read(*a, **kw)
+
+        def leave(*a, **kw):
+            self.clock.now += self.work
+            return real_leave(*a, **kw)
+
+        monkeypatch.setattr(routes.bounded_input, "read_body", read_body)
+        monkeypatch.setattr(self.adm, "leave", leave)
+
+
+@pytest.fixture
+def slow(app, monkeypatch) -> SlowHook:
+    return SlowHook(app, monkeypatch)
+
+
+def test_through_the_hook_slow_crowded_requests_shrink_the_bound_and_the_rest_are_refused(slow, http, rt):
+    """Requests through the hook report their durations to the app's Admission; while it is cut,
+    the request over the cut bound gets the 503 and nothing is stored."""
+    others = crowd(slow.adm, 2)  # two requests in flight elsewhere in this process
+    slow.work = 0.1
     resp = http.post("/v1/requests", json={"action": "deploy-prod", "reason": "slow"}, headers=BEARER)
     assert resp.status_code == 201, resp.get_json()
-    assert adm.cuts == 1 and adm.limit == 3 and adm.in_flight == 2
-    monkeypatch.setattr(adm, "enter", real_enter)
-    crowd(adm, 1)  # a third elsewhere: the cut bound is full
+    assert slow.adm.cuts == 1 and slow.adm.limit == 3 and slow.adm.in_flight == 2
+    crowd(slow.adm, 1)  # a third elsewhere: the cut bound is full
     before = rt.redis.zcard(keys.all_requests())
     resp = http.post("/v1/requests", json={"action": "deploy-prod", "reason": "over"}, headers=BEARER)
     assert resp.status_code == 503 and resp.get_json()["error"] == "overloaded"
     assert rt.redis.zcard(keys.all_requests()) == before
     for t in others:
-        adm.leave(t)
+        slow.adm.leave(t)
 
 
-def test_slow_refused_requests_do_not_talk_the_bound_down(app, http, monkeypatch):
-    """Anyone can send a request with no token and trickle it: however slow such requests are,
-    however crowded the process, only requests answered with success move the bound."""
-    clock = Clock()
-    adm = Admission(4, budget_ms=25, clock=clock)
-    monkeypatch.setitem(app.config, "JIT_ADMISSION", adm)
-    others = crowd(adm, 2)
-    real_enter = adm.enter
+def test_a_trickled_body_does_not_talk_the_bound_down(slow, http):
+    """A pipeline (token and all) that sends its bodies slowly: the upload is its time, not the
+    server's, however crowded the process."""
+    others = crowd(slow.adm, 2)
+    slow.upload = 1.5
+    for i in range(10):
+        resp = http.post("/v1/requests", json={"action": "deploy-prod", "reason": f"trickle {i}"}, headers=BEARER)
+        assert resp.status_code in (200, 201), resp.get_json()
+    assert slow.adm.cuts == 0 and slow.adm.limit == 4 and slow.adm.in_flight == 2
+    for t in others:
+        slow.adm.leave(t)
 
-    def enter_then_take_long():
-        taken = real_enter()
-        clock.now += 0.5
-        return taken
 
-    monkeypatch.setattr(adm, "enter", enter_then_take_long)
-    for _ in range(10):
+def test_slow_refused_or_failed_requests_do_not_talk_the_bound_down(slow, http, rt, monkeypatch):
+    """Anyone can send a request with no token, a bad body or an unknown id: however slow such
+    requests are, however crowded the process, only requests answered with success move the
+    bound; nor does one that failed with an error."""
+    others = crowd(slow.adm, 2)
+    slow.work = 0.5
+    for _ in range(5):
         assert http.post("/v1/requests", json={"action": "deploy-prod", "reason": "x"}).status_code == 401
         bad = http.post("/v1/requests", data=b"{not json", headers={**BEARER, "Content-Type": "application/json"})
         assert bad.status_code == 400
         assert http.get("/v1/requests/nope", headers=BEARER).status_code == 404
-    assert adm.cuts == 0 and adm.limit == 4 and adm.in_flight == 2
+
+    def broken(*a, **kw):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(rt.requests, "create", broken)
+    try:
+        failed = http.post("/v1/requests", json={"action": "deploy-prod", "reason": "x"}, headers=BEARER).status_code
+    except RuntimeError:  # the test app may hand the exception on instead of a 500
+        failed = 500
+    assert failed == 500
+    assert slow.adm.cuts == 0 and slow.adm.limit == 4 and slow.adm.in_flight == 2
     for t in others:
+        slow.adm.leave(t)
+
+
+def test_giving_a_grant_back_is_never_refused_for_load(app, http, rt):
+    """DELETE ends access: a server at its bound still takes it (and OPTIONS never counts)."""
+    created = http.post("/v1/requests", json={"action": "deploy-prod", "reason": "x"}, headers=BEARER).get_json()
+    fill(app)
+    assert http.post("/v1/requests", json={"action": "deploy-prod", "reason": "y"}, headers=BEARER).status_code == 503
+    assert http.open("/v1/requests", method="OPTIONS").status_code != 503
+    token = {"Authorization": f"Bearer {created['request_token']}"}
+    released = http.delete(f"/v1/requests/{created['id']}", headers=token)
+    assert released.status_code == 200, released.get_json()
+    assert released.get_json()["status"] in ("cancelled", "revoked")
+
+
+def test_alone_at_the_floor_slow_requests_do_not_hold_the_bound_down(clock):
+    """Cut to the floor, then one slow request at a time for longer than RECOVER_S: none of them
+    shared the process, so the bound is whole again for the next burst."""
+    adm = Admission(16, budget_ms=25, clock=clock)
+    while adm.limit > FLOOR:
+        taken = crowd(adm, adm.limit)
+        clock.now += 0.1
+        for t in taken:
+            adm.leave(t)
+    for _ in range(int(RECOVER_S * 4)):
+        t = adm.enter()
+        clock.now += 0.5
         adm.leave(t)
+    crowd(adm, 16)
+
+
+def test_fast_answers_at_the_bound_add_one_place_per_bound_of_answers(clock):
+    adm = Admission(16, budget_ms=25, clock=clock)
+    taken = crowd(adm, 16)
+    clock.now += 0.1
+    for t in taken:
+        adm.leave(t)
+    taken = crowd(adm, 12)
+    clock.now += 0.1
+    for t in taken:
+        adm.leave(t)
+    assert adm.limit == 9
+    for _ in range(2):  # in each round the answers given while at least half the bound was in use count
+        taken = crowd(adm, 9)
+        clock.now += 0.005
+        for t in taken:
+            adm.leave(t)
+    assert adm.limit == 10  # about one per bound's worth of answers, not one per answer
