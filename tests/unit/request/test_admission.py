@@ -78,6 +78,14 @@ def crowd(adm: Admission, n: int) -> list[float]:
     return taken
 
 
+def round_of(adm: Admission, clock: Clock, n: int, took: float) -> None:
+    """n requests admitted at once, each answered `took` seconds later."""
+    taken = crowd(adm, n)
+    clock.now += took
+    for t in taken:
+        adm.leave(t)
+
+
 def test_slow_requests_that_share_the_process_cut_the_bound_and_the_next_is_refused(clock):
     adm = Admission(16, budget_ms=25, clock=clock)
     taken = crowd(adm, 16)
@@ -95,10 +103,7 @@ def test_each_congestion_cuts_again_down_to_the_floor_never_below(clock):
     adm = Admission(16, budget_ms=25, clock=clock)
     seen = []
     for _ in range(20):
-        taken = crowd(adm, adm.limit)
-        clock.now += 0.1
-        for t in taken:
-            adm.leave(t)
+        round_of(adm, clock, adm.limit, 0.1)
         seen.append(adm.limit)
     assert seen[:5] == [12, 9, 6, 5, 3]
     assert seen[-1] == FLOOR and min(seen) == FLOOR
@@ -117,27 +122,18 @@ def test_a_request_alone_never_moves_the_bound_however_slow(clock):
 def test_few_in_flight_under_a_large_bound_do_not_move_it(clock):
     adm = Admission(16, budget_ms=25, clock=clock)
     for _ in range(20):
-        taken = crowd(adm, 3)  # 3 of 16: the bound shaped nothing
-        clock.now += 1.0
-        for t in taken:
-            adm.leave(t)
+        round_of(adm, clock, 3, 1.0)  # 3 of 16: the bound shaped nothing
     assert adm.limit == 16 and adm.cuts == 0
 
 
 def test_fast_answers_at_the_bound_grow_it_back_one_per_bound_of_answers(clock):
     adm = Admission(16, budget_ms=25, clock=clock)
     for _ in range(6):  # 16 → 12 → 9 → 6 → 5 → 3 → 2
-        taken = crowd(adm, adm.limit)
-        clock.now += 0.1
-        for t in taken:
-            adm.leave(t)
+        round_of(adm, clock, adm.limit, 0.1)
     assert adm.limit == FLOOR
     grown = []
     for _ in range(40):
-        taken = crowd(adm, adm.limit)
-        clock.now += 0.005  # within the budget
-        for t in taken:
-            adm.leave(t)
+        round_of(adm, clock, adm.limit, 0.005)  # within the budget
         grown.append(adm.limit)
     assert grown == sorted(grown), "fast answers never shrink the bound"
     assert FLOOR < grown[-1] <= 16
@@ -148,10 +144,7 @@ def test_fast_answers_at_the_bound_grow_it_back_one_per_bound_of_answers(clock):
 def test_after_a_quiet_spell_the_bound_is_whole_again_for_a_burst(clock):
     adm = Admission(16, budget_ms=25, clock=clock)
     for _ in range(4):
-        taken = crowd(adm, adm.limit)
-        clock.now += 0.1
-        for t in taken:
-            adm.leave(t)
+        round_of(adm, clock, adm.limit, 0.1)
     assert adm.limit < 16
     clock.now += RECOVER_S / 2
     assert adm.enter() is not None and adm.limit < 16  # not quiet long enough yet
@@ -174,10 +167,7 @@ def test_with_no_budget_the_bound_stays_fixed(clock):
 
 def test_with_no_bound_nothing_is_refused(clock):
     adm = Admission(0, budget_ms=25, clock=clock)
-    taken = crowd(adm, 500)
-    clock.now += 10
-    for t in taken:
-        adm.leave(t)
+    round_of(adm, clock, 500, 10)
     assert adm.refused == 0 and adm.limit == 0
     crowd(adm, 500)
 
@@ -283,10 +273,7 @@ def test_alone_at_the_floor_slow_requests_do_not_hold_the_bound_down(clock):
     shared the process, so the bound is whole again for the next burst."""
     adm = Admission(16, budget_ms=25, clock=clock)
     while adm.limit > FLOOR:
-        taken = crowd(adm, adm.limit)
-        clock.now += 0.1
-        for t in taken:
-            adm.leave(t)
+        round_of(adm, clock, adm.limit, 0.1)
     for _ in range(int(RECOVER_S * 4)):
         t = adm.enter()
         clock.now += 0.5
@@ -296,18 +283,9 @@ def test_alone_at_the_floor_slow_requests_do_not_hold_the_bound_down(clock):
 
 def test_fast_answers_at_the_bound_add_one_place_per_bound_of_answers(clock):
     adm = Admission(16, budget_ms=25, clock=clock)
-    taken = crowd(adm, 16)
-    clock.now += 0.1
-    for t in taken:
-        adm.leave(t)
-    taken = crowd(adm, 12)
-    clock.now += 0.1
-    for t in taken:
-        adm.leave(t)
+    round_of(adm, clock, 16, 0.1)
+    round_of(adm, clock, 12, 0.1)
     assert adm.limit == 9
     for _ in range(2):  # in each round the answers given while at least half the bound was in use count
-        taken = crowd(adm, 9)
-        clock.now += 0.005
-        for t in taken:
-            adm.leave(t)
+        round_of(adm, clock, 9, 0.005)
     assert adm.limit == 10  # about one per bound's worth of answers, not one per answer
