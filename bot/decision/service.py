@@ -316,8 +316,8 @@ class DecisionService:
         self-approval can be ruled out)."""
         policy = self.rules.policy_of(req)
         action = policy.action(req.action)
-        extra = self.store.fields(
-            req.id,
+        extra = self.store.fields_of(
+            req,
             "break_glass",
             "break_glass_by",
             "break_glass_justification",

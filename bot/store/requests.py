@@ -788,6 +788,13 @@ class Store:
         values = self.r.hmget(keys.request(request_id), list(names))
         return {n: v for n, v in zip(names, values, strict=True) if v}
 
+    def fields_of(self, req: AccessRequest, *names: str) -> dict[str, str]:
+        """`fields`, taken from the hash `req` was read from when it was read from Redis (the same
+        snapshot as the rest of `req`, and no round trip); read now for a request built in memory."""
+        if not req.fields:
+            return self.fields(req.id, *names)
+        return {n: v for n in names if (v := req.fields.get(n))}
+
     # ---------------------------------------------------------------- the one way to run a script
 
     def _run(
@@ -1165,10 +1172,11 @@ class Store:
         if self.r.exists(keys.request(request_id)):
             self.r.hincrby(keys.request(request_id), "rev", 1)
 
-    def message_revisions(self, request_id: str) -> tuple[str, str | None]:
-        """(the request's revision, the revision its Slack message was last rendered from or None)."""
-        rev, shown = self.r.hmget(keys.request(request_id), "rev", "message_rev")
-        return rev or "0", shown
+
+def revision_of(req: AccessRequest) -> str:
+    """The revision of the state `req` holds, read in the same snapshot as that state (so a
+    transition after the read bumps past it, and the message is rendered again)."""
+    return req.fields.get("rev") or "0"
 
 
 def _outcome(res: list) -> Outcome:

@@ -188,12 +188,16 @@ class UsageStore:
         return self.r.get(keys.usage(request_id))
 
     def headline(self, request_id: str) -> dict[str, Any] | None:
-        raw = self.r.hget(keys.request(request_id), "usage")
-        try:
-            value = json.loads(raw) if raw else None
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
+        return parse_headline(self.r.hget(keys.request(request_id), "usage"))
+
+
+def parse_headline(raw: str | None) -> dict[str, Any] | None:
+    """A request's `usage` field (its session's headline), or None when it has none."""
+    try:
+        value = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _text(value: object) -> str:

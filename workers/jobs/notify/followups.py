@@ -140,7 +140,7 @@ def schedule(rt, req: AccessRequest) -> None:
     """Queue the notes `req` owes now (idempotent). Called by the `slack:` job after each transition."""
     for user in rt.decisions.oncall_to_page(req):  # `dm: true` on-call entries: once per person
         rt.notices.queue(user, oncall_page_text(req, req.channel))
-    marks = dict(zip(_MARKS, rt.redis.hmget(keys.request(req.id), list(_MARKS)), strict=True))
+    marks = dict.fromkeys(_MARKS) | rt.store.fields_of(req, *_MARKS)
     at: dict[str, int] = {}
     if req.status == Status.PENDING and not marks["reminded_ms"]:
         at[f"remind:{req.id}"] = to_ms(reminder_at(req))

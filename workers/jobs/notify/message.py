@@ -6,6 +6,7 @@ import logging
 import secrets
 
 from bot.store import keys, locks
+from bot.store.requests import revision_of
 from workers.jobs.notify import followups
 from workers.jobs.notify.home import refresh_homes_quietly
 from workers.jobs.notify.pacing import post_in_turn
@@ -37,7 +38,9 @@ def sync_request_message(rt, request_id: str, req=None, *, after_transition: boo
         refresh_homes_quietly(rt)
         return
     if after_transition:
-        rev, shown = rt.store.message_revisions(request_id)  # shown: None until a message exists
+        # from the snapshot `req` was read in: a transition since owed `slack:<id>` anew, and that
+        # job looks again
+        rev, shown = revision_of(req), req.fields.get("message_rev")  # shown: None until a message exists
         if rev == shown:
             return
     lock = keys.slack_lock(request_id)
@@ -47,15 +50,15 @@ def sync_request_message(rt, request_id: str, req=None, *, after_transition: boo
             raise RetryLater(max(rt.redis.pttl(lock), 300))
         raise RetryLater(300)
     try:
-        rev, _ = rt.store.message_revisions(request_id)  # first: a transition after it renders again
         req = rt.store.get(request_id)  # re-read under the lock: render the latest state
         if req is None:
             return
+        rev = revision_of(req)  # the state's own: a transition after the read renders again
         text, blocks = render(rt, req)
         digest = message_hash(text, blocks)
         # Skip an update that would change nothing (the post may already show this state).
-        if req.message_ts and rt.redis.hget(keys.request(request_id), "message_hash") != digest:
-            channel = rt.redis.hget(keys.request(request_id), "message_channel") or req.channel
+        if req.message_ts and req.fields.get("message_hash") != digest:
+            channel = req.fields.get("message_channel") or req.channel
             try:
                 call_slack(
                     rt, channel, rt.slack.chat_update, channel=channel, ts=req.message_ts, text=text, blocks=blocks

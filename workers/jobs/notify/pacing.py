@@ -34,6 +34,7 @@ from slack_sdk.errors import SlackApiError
 from bot.core.clock import now_ms, to_ms
 from bot.decision.slack.views.text import MAX_TEXT, code, literal, section, width
 from bot.store import keys, locks
+from bot.store.requests import revision_of
 from workers.jobs.notify.render import message_hash, render
 from workers.jobs.notify.slack_api import call_slack, maybe_applied
 from workers.queue.retry import RetryLater
@@ -174,13 +175,13 @@ def _post_head(rt, pacer: ChannelPacer, channel: str, turn: Turn) -> bool:
     if turn.backlog > rt.settings.jit_slack_digest_after and _post_digest(rt, channel):
         return False
     rid = turn.request_id
-    rev, _ = rt.store.message_revisions(rid)  # before the read: a transition after it renders again
     req = rt.store.get(rid)
     if req is None or req.message_ts:
         pacer.posted(channel, rid)
         return True
+    rev = revision_of(req)  # the state's own: a transition after the read renders again
     text, blocks = render(rt, req)
-    sent_ms, settle_ms = rt.redis.hmget(keys.request(rid), "post_uncertain_ms", "post_settle_ms")
+    sent_ms, settle_ms = req.fields.get("post_uncertain_ms"), req.fields.get("post_settle_ms")
     if sent_ms:
         if now_ms() < int(settle_ms or 0):
             raise RetryLater(int(settle_ms) - now_ms())  # the lost attempt may still land

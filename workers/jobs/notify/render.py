@@ -9,13 +9,17 @@ from bot.decision.slack.views.blocks import request_blocks, request_summary
 from bot.decision.slack.views.gate import gate_context
 from bot.decision.slack.views.usage import usage_line
 from bot.store.gates import GateStore
+from bot.store.usage import parse_headline
 
 
 def render(rt, req) -> tuple[str, list]:
-    """(fallback text, blocks)."""
-    usage = usage_line(rt.usage.checks(req.id), rt.usage.headline(req.id))
+    """(fallback text, blocks). The request's own fields are taken from the hash `req` was read
+    from (one snapshot, no round trips of their own)."""
+    own = rt.store.fields_of(req, "usage", "gate")
+    usage = usage_line(rt.usage.checks(req.id), parse_headline(own.get("usage")))
     blocks = request_blocks(req, **rt.decisions.message_facts(req), usage=usage)
-    gate = GateStore(rt.redis, rt.settings.jit_request_retention).of_request(req.id)
+    gid = own.get("gate")
+    gate = GateStore(rt.redis, rt.settings.jit_request_retention).get(gid) if gid else None
     if gate is not None:  # a deployment GitHub/GitLab holds for this decision: above the buttons
         at = len(blocks) - 1 if blocks and blocks[-1].get("type") == "actions" else len(blocks)
         blocks.insert(
