@@ -27,7 +27,7 @@ from bot.store import keys
 N = 500
 AT_ONCE = 50
 #: Due-queue kinds that change a request or its message (the rest are courtesy notes).
-WORK = {"grant", "expire", "revoke", "timeout", "slack", "updates"}
+WORK = {"grant", "expire", "revoke", "timeout", "slack", "post", "updates"}
 
 
 def test_500_concurrent_requests_all_end_revoked_once_and_leave_nothing_behind():

@@ -226,3 +226,90 @@ def test_an_approval_and_the_grant_after_it_are_one_message_update_off_the_crede
     assert len(updates) == 1, "approved and active shown in one update"
     assert ":white_check_mark: *Active*" in json.dumps(updates[0].params)
     assert now_ms() - clicked >= DECISION_MESSAGE_MS
+
+
+def _count_runs(monkeypatch):
+    """How often each due member's handler ran (in-process, through the real job wrapper)."""
+    import workers.jobs as jobs
+
+    runs: dict[str, int] = {}
+    for kind, handler in list(jobs.HANDLERS.items()):
+
+        def counted(rt, rid, token, kind=kind, handler=handler):
+            runs[f"{kind}:{rid}"] = runs.get(f"{kind}:{rid}") or 0
+            runs[f"{kind}:{rid}"] += 1
+            return handler(rt, rid, token)
+
+        monkeypatch.setitem(jobs.HANDLERS, kind, counted)
+    return runs
+
+
+def test_a_burst_is_posted_by_the_channel_in_turn_and_each_request_job_runs_once(jit, slack, monkeypatch):
+    """A burst's first posts are the channel's one item's to make: no request's own job races for
+    the channel's head and comes back later to find its message posted by another."""
+    runs = _count_runs(monkeypatch)
+    with freeze_time(clock_start()) as clock:
+        ids = ask_one_ms_apart(jit, clock, 4, what="turn")
+        for _ in range(4):
+            jit.work()
+            clock.tick(timedelta(seconds=1))
+    assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == ids
+    assert all(runs[f"slack:{rid}"] == 1 for rid in ids), runs
+    assert runs["post:C0APPROVALS"] == 4  # one post per slot, a second apart
+    assert not jit.rt.redis.zscore("jit:due", "post:C0APPROVALS")  # done once the outbox is empty
+    assert not jit.rt.redis.exists("jit:slack:outbox:C0APPROVALS")
+
+
+def test_a_request_that_comes_in_as_the_channel_finishes_is_still_posted(jit, slack, monkeypatch):
+    """The channel's item found its outbox empty; a request made at that moment finds the item still
+    queued and does not arm it again. Finishing looks once more, so it is posted all the same."""
+    from workers.jobs.notify import message, pacing
+
+    first = jit.ask("read-secret", reason="before")["id"]
+    late: list[str] = []
+    real = pacing.ChannelPacer.take_turn
+
+    def take_turn(self, channel):
+        turn = real(self, channel)
+        if turn.kind == "empty" and not late:
+            rid = jit.ask("read-secret", reason="just as it finished")["id"]
+            message.on_change(jit.rt, rid, "its-claim")  # its own job, now: queued, nothing armed
+            jit.rt.redis.zrem("jit:due", f"slack:{rid}")  # ... and done
+            late.append(rid)
+        return turn
+
+    monkeypatch.setattr(pacing.ChannelPacer, "take_turn", take_turn)
+    jit.drain(lambda: len(request_posts(slack, "C0APPROVALS")) == 2, timeout=30, what="both posted")
+    assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == [first, late[0]]
+
+
+def test_a_message_slack_keeps_refusing_backs_off_on_its_own_while_the_channel_goes_on(jit, slack):
+    slack.api_error("invalid_blocks", methods="chat.postMessage", times=3)
+
+    def refused():
+        return len([c for c in slack.calls("chat.postMessage") if not c.ok])
+
+    with freeze_time(clock_start()) as clock:
+        bad = jit.ask("read-secret", reason="refused")["id"]
+        jit.work()
+        assert refused() == 1  # back in 1 s
+        clock.tick(timedelta(seconds=1))
+        jit.work()
+        assert refused() == 2  # back in 2 s
+        clock.tick(timedelta(milliseconds=1999))
+        jit.work()
+        assert refused() == 2, "not before its backoff"
+        clock.tick(timedelta(milliseconds=1))
+        jit.work()
+        assert refused() == 3  # back in 4 s
+        good = jit.ask("read-secret", reason="meanwhile")["id"]
+        clock.tick(timedelta(seconds=1))  # the channel's next slot
+        jit.work()
+        assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == [good]  # not held up
+        clock.tick(timedelta(milliseconds=2999))
+        jit.work()
+        assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == [good], "not before its backoff"
+        clock.tick(timedelta(milliseconds=1))
+        jit.work()
+    assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == [good, bad]
+    assert refused() == 3

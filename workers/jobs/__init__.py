@@ -16,7 +16,7 @@ from bot.runtime import Runtime
 from bot.store.due import DueQueue
 from workers.backends.base import GrantError
 from workers.jobs import gate, grant, reissue, revoke, timeout
-from workers.jobs.notify import expiries, followups, message, notices
+from workers.jobs.notify import expiries, followups, message, notices, pacing
 from workers.queue.retry import RetryLater
 from workers.queue.scheduler import BatchLease, Lease
 
@@ -29,6 +29,7 @@ HANDLERS: dict[str, Callable[[Runtime, str, str], None]] = {
     "reissue": reissue.reissue,  # an extended grant's credential follows its new end
     "timeout": timeout.time_out,
     "slack": message.on_change,  # the request's message follows its state
+    "post": pacing.drain_channel,  # a channel's waiting first messages, in turn (the id is the channel's)
     "dm": followups.dm,  # the requester's DM per outcome
     "remind": followups.remind,  # a pending request's reminder at half its timeout
     "warn": followups.warn,  # "expires in 5 min" in an active grant's thread
@@ -92,9 +93,14 @@ def _run_expiries(rt: Runtime, items: list[tuple[str, str]]) -> None:
     due.done_many(finished)
 
 
+#: Kinds whose id names a channel, not a request.
+CHANNEL_KINDS = frozenset({"post"})
+
+
 def run_due(rt: Runtime, member: str, token: str) -> None:
     kind, _, rid = member.partition(":")
-    with logs.bind(request_id=rid or None, job=kind):
+    subject = {"channel": rid} if kind in CHANNEL_KINDS else {"request_id": rid or None}
+    with logs.bind(**subject, job=kind):
         _run_due(rt, member, token)
 
 

@@ -24,7 +24,7 @@ GATE_QUEUE = "jit-gates"  # telling GitHub/GitLab a decision: a slow platform ho
 QUEUES = (ACCESS_QUEUE, SLACK_QUEUE, GATE_QUEUE)
 
 #: Kinds that only talk to Slack; everything else (grants, revokes, timeouts) never waits behind them.
-SLACK_KINDS = ("slack:", "dm:", "remind:", "warn:", "bgalert:", "notice:", "usage:", "session:", "updates:")
+SLACK_KINDS = ("slack:", "post:", "dm:", "remind:", "warn:", "bgalert:", "notice:", "usage:", "session:", "updates:")
 #: Kinds that talk to a CI platform (workers/jobs/gate.py).
 GATE_KINDS = ("gate:",)
 

@@ -9,7 +9,7 @@ from bot.store import keys, locks
 from bot.store.requests import revision_of
 from workers.jobs.notify import followups
 from workers.jobs.notify.home import refresh_homes_quietly
-from workers.jobs.notify.pacing import post_in_turn
+from workers.jobs.notify.pacing import BUSY_RETRY_MS, owe_first_post
 from workers.jobs.notify.render import message_hash, render
 from workers.jobs.notify.slack_api import call_slack, maybe_applied
 from workers.queue.retry import RetryLater
@@ -30,13 +30,15 @@ def sync_request_message(rt, request_id: str, req=None, *, after_transition: boo
     req = req or rt.store.get(request_id)
     if req is None:
         return
-    if not req.message_ts and post_in_turn(rt, req):  # the first post: paced per channel, oldest first
-        # Posted just now from the state read under the message lock. A transition since then
-        # owed `slack:<id>` again (a new claim, at once or DECISION_MESSAGE_MS later), so that job
-        # brings the message up to date:
-        # reading and rendering once more here would only find what that job will.
-        refresh_homes_quietly(rt)
-        return
+    if not req.message_ts:
+        # The first post is the channel's to make (paced, oldest first: pacing.drain_channel),
+        # from the state it reads then, which includes every transition before this job.
+        owed = owe_first_post(rt, req)
+        if owed == "busy":  # being posted now, perhaps from a state before ours: come back
+            raise RetryLater(BUSY_RETRY_MS)
+        if owed != "posted":
+            return
+        # posted since `req` was read: bring it up to date below
     if after_transition:
         # from the snapshot `req` was read in: a transition since owed `slack:<id>` anew, and that
         # job looks again

@@ -8,11 +8,19 @@ so every worker process shares it:
   nothing is posted to the channel before it;
 * `keys.channel_outbox(channel)` — requests whose first message waits, oldest first.
 
-A job that gets a channel's slot posts the *oldest* waiting request there, not necessarily its
-own, so requests appear in the order they were made however the jobs race; a job further back
-comes back about when its turn is due (position × interval), so a burst does not turn into a
-storm of retries. A request is only ever posted under its message lock and only while it has
-no `message_ts`: no duplicates. Nothing leaves the outbox unposted unless its request is gone.
+A request's first message is posted by its channel's one due item, `post:<channel>`
+(`drain_channel`), not by the request's own `slack:` job: that job only makes sure the request
+waits in the outbox and the channel's item is due (`owe_first_post`). The channel's item posts the
+outbox's head in each of the channel's slots, oldest first, until the outbox is empty, and comes
+back when the next slot is. So a burst of N requests is N quick `slack:` jobs and one job posting
+in turn — not N jobs racing for the head and coming back to find their message posted by another
+(each of those was a claim, a job and a dozen Redis round trips). A request is only ever posted
+under its message lock and only while it has no `message_ts`: no duplicates. Nothing leaves the
+outbox unposted unless its request is gone, or Slack refused its message: then its own `slack:`
+item comes back after a backoff and puts it at the back of the outbox, so one message Slack
+will not take never holds up the rest of the channel. The channel's item leaves the due queue only once
+the outbox is empty, and is armed again when a request came in meanwhile, so none is stranded; a
+worker that dies mid-drain leaves it to come due when its lease lapses.
 
 Digest: when more than `JIT_SLACK_DIGEST_AFTER` requests wait for one channel that no digest
 has listed yet, the next slot posts one "N new requests" message listing them (id, action,
@@ -34,7 +42,9 @@ from slack_sdk.errors import SlackApiError
 from bot.core.clock import now_ms, to_ms
 from bot.decision.slack.views.text import MAX_TEXT, code, literal, section, width
 from bot.store import keys, locks
+from bot.store.due import DueQueue
 from bot.store.requests import revision_of
+from workers.jobs.notify.home import refresh_homes_quietly
 from workers.jobs.notify.render import message_hash, render
 from workers.jobs.notify.slack_api import call_slack, maybe_applied
 from workers.queue.retry import RetryLater
@@ -51,6 +61,7 @@ DIGEST_LINES = 20
 # → {'wait', ms} | {'go'} (slot only) | {'post', request_id, backlog} | {'empty'}
 _TAKE = (
     """
+if #KEYS == 3 and redis.call('ZCARD', KEYS[3]) == 0 then return {'empty'} end
 local now = tonumber(ARGV[1])
 local free = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(redis.call('GET', KEYS[2]) or '0'))
 if free > now then return {'wait', tostring(free - now)} end
@@ -79,6 +90,35 @@ end
 )
 
 
+# KEYS: message lock, request, outbox, due, wake
+# ARGV: request id, outbox score (its creation ms), the channel's member, now_ms
+# → 'busy' (being posted right now) | 'posted' | 'gone' | 'queued'
+# A request whose message Slack refused before waits behind the ones waiting now.
+_OWE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'busy' end
+local ts = redis.call('HGET', KEYS[2], 'message_ts')
+if ts and ts ~= '' then return 'posted' end
+if not redis.call('HGET', KEYS[2], 'status') then return 'gone' end
+local score = ARGV[2]
+if redis.call('HEXISTS', KEYS[2], 'post_refusals') == 1 then score = ARGV[4] end
+redis.call('ZADD', KEYS[3], 'NX', score, ARGV[1])
+if redis.call('ZADD', KEYS[4], 'NX', ARGV[4], ARGV[3]) == 1 then
+  redis.call('RPUSH', KEYS[5], '1')
+  redis.call('LTRIM', KEYS[5], -16, -1)
+end
+return 'queued'
+"""
+
+#: A message Slack refused (ok=false) comes back after this long, doubling per refusal up to the cap.
+REFUSED_RETRY_MS = 1_000
+REFUSED_RETRY_CAP_MS = 300_000
+
+
+def channel_member(channel: str) -> str:
+    """The due member that posts a channel's waiting first messages (`drain_channel`)."""
+    return f"post:{channel}"
+
+
 @dataclass(frozen=True)
 class Turn:
     """What the channel allows now: wait `wait_ms`, or post `request_id` (its lock is ours)."""
@@ -96,12 +136,6 @@ class ChannelPacer:
         self.r = rt.redis
         self.interval_ms = rt.settings.jit_slack_post_interval_ms
         self._take = self.r.register_script(_TAKE)
-
-    def enqueue(self, channel: str, request_id: str, created_ms: int) -> None:
-        self.r.zadd(keys.channel_outbox(channel), {request_id: created_ms}, nx=True)
-
-    def position(self, channel: str, request_id: str) -> int | None:
-        return self.r.zrank(keys.channel_outbox(channel), request_id)
 
     def take_turn(self, channel: str) -> Turn:
         """The channel's slot, with the oldest waiting request to post in it (locked for us)."""
@@ -127,46 +161,81 @@ class ChannelPacer:
     def release(self, request_id: str, token: str) -> None:
         locks.release(self.r, keys.slack_lock(request_id), token)
 
-    def to_back(self, channel: str, request_id: str) -> None:
-        self.r.zadd(keys.channel_outbox(channel), {request_id: now_ms()}, xx=True)
-
     def posted(self, channel: str, request_id: str) -> None:
         self.r.zrem(keys.channel_outbox(channel), request_id)
 
 
-def post_in_turn(rt, req) -> bool:
-    """See that `req`'s first message is posted, older waiting requests in its channel first.
-    True when this call posted it (rendered from the state read under its message lock), False
-    when it was out already or its request is gone.
-
-    Raises RetryLater when the channel is not free: the caller's due item comes back then.
-    """
-
-    pacer = ChannelPacer(rt)
+def owe_first_post(rt, req) -> str:
+    """See that `req`'s first message will be posted: it waits in its channel's outbox and the
+    channel's item is due. 'queued' (the channel's item posts it, rendering the state it finds
+    then), 'posted' (it is out: bring it up to date instead), 'busy' (being posted right now,
+    maybe from a state older than the caller's: come back) or 'gone'."""
     channel = req.channel
-    pacer.enqueue(channel, req.id, to_ms(req.created_at))
-    while True:
-        turn = pacer.take_turn(channel)
-        if turn.kind == "empty":
-            return False  # ours is out (or its request is gone)
-        if turn.kind == "wait":
-            place = pacer.position(channel, req.id)
-            if place is None:
-                return False  # posted meanwhile, by whoever had the slot
-            raise RetryLater(turn.wait_ms + place * pacer.interval_ms)
-        assert turn.request_id is not None
-        try:
-            posted = _post_head(rt, pacer, channel, turn)
-        except SlackApiError as e:
-            if e.response is not None and e.response.status_code == 200:
-                # Slack refused this message itself (ok=false): to the back of the queue, so
-                # one message Slack will not take never holds up the rest of the channel.
-                pacer.to_back(channel, turn.request_id)
-            raise
-        finally:
-            pacer.release(turn.request_id, turn.token)
-        if posted and turn.request_id == req.id:
-            return True
+    script = rt.redis.register_script(_OWE)
+    return script(
+        keys=[
+            keys.slack_lock(req.id),
+            keys.request(req.id),
+            keys.channel_outbox(channel),
+            keys.due(),
+            keys.due_wake(),
+        ],
+        args=[req.id, to_ms(req.created_at), channel_member(channel), now_ms()],
+    )
+
+
+def drain_channel(rt, channel: str, token: str) -> None:
+    """`post:<channel>`: post the channel's waiting first messages in turn, oldest first, one per
+    slot; RetryLater until the next slot. Done only when the outbox is empty."""
+    pacer = ChannelPacer(rt)
+    posted = 0
+    try:
+        while True:
+            turn = pacer.take_turn(channel)
+            if turn.kind == "empty":
+                break
+            if turn.kind == "wait":
+                raise RetryLater(turn.wait_ms)
+            assert turn.request_id is not None
+            try:
+                posted += _post_head(rt, pacer, channel, turn)
+            except SlackApiError as e:
+                if e.response is None or e.response.status_code != 200:
+                    raise
+                # Slack refused this message itself (ok=false): out of the way, back later
+                _refused(rt, channel, turn.request_id, e)
+            finally:
+                pacer.release(turn.request_id, turn.token)
+    finally:
+        if posted:
+            refresh_homes_quietly(rt)
+    # Empty now. A request that came in after the last look found this item queued and did not
+    # arm it again: finish, then look once more.
+    member = channel_member(channel)
+    due = DueQueue(rt.redis)
+    due.done(member, token)
+    if rt.redis.zcard(keys.channel_outbox(channel)):
+        due.schedule(member, now_ms())
+
+
+def _refused(rt, channel: str, request_id: str, error: SlackApiError) -> None:
+    """The request leaves the outbox and its own `slack:` item comes back after a backoff (per
+    request, doubling), which puts it at the back of the outbox: the rest of the channel goes on."""
+    if not rt.redis.exists(keys.request(request_id)):
+        rt.redis.zrem(keys.channel_outbox(channel), request_id)
+        return
+    n = rt.redis.hincrby(keys.request(request_id), "post_refusals", 1)
+    delay = min(REFUSED_RETRY_MS * 2 ** (n - 1), REFUSED_RETRY_CAP_MS)
+    log.warning(
+        "Slack refused the message of %s (%s, refusal %d): trying again in %d ms",
+        request_id,
+        (error.response or {}).get("error"),
+        n,
+        delay,
+        extra={"request_id": request_id},
+    )
+    rt.redis.zrem(keys.channel_outbox(channel), request_id)
+    DueQueue(rt.redis).schedule(f"slack:{request_id}", now_ms() + delay)
 
 
 def _post_head(rt, pacer: ChannelPacer, channel: str, turn: Turn) -> bool:
