@@ -313,3 +313,20 @@ def test_a_message_slack_keeps_refusing_backs_off_on_its_own_while_the_channel_g
         jit.work()
     assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == [good, bad]
     assert refused() == 3
+
+
+def test_a_request_job_that_finds_its_first_post_being_made_comes_back_to_update_it(jit, slack):
+    """The channel's item may be posting the message from the state before this job's transition:
+    the job must not call it done, but come back and bring the message up to date."""
+    import pytest
+
+    from bot.store import keys
+    from workers.jobs.notify import message
+    from workers.queue.retry import RetryLater
+
+    rid = jit.ask("read-secret", reason="being posted")["id"]
+    jit.rt.redis.set(keys.slack_lock(rid), "the-channel-item", px=30_000)  # mid-post
+    with pytest.raises(RetryLater):
+        message.on_change(jit.rt, rid, "its-claim")
+    jit.rt.redis.delete(keys.slack_lock(rid))
+    jit.drain(lambda: len(request_posts(slack, "C0APPROVALS")) == 1, what="the post")
