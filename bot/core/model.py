@@ -149,6 +149,11 @@ class AccessRequest:
     def approved_by(self) -> list[str]:
         return [u for u, _ in self.approvals]
 
+    @property
+    def reminder_at(self) -> datetime:
+        """When a request still pending reminds its approvers: half-way to its timeout."""
+        return self.created_at + (self.pending_until - self.created_at) / 2
+
 
 #: `verified_keys` when a verified token vouches for every context key and the requester (the usual
 #: case): the list itself would be most of a GitHub request's hash after its context.

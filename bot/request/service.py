@@ -133,6 +133,7 @@ class RequestService:
             )
         rid = _new_id()
         token = self.tokens.token(rid)
+        rules = rules_for(policy, body.action, context.get("environment"))
         req = AccessRequest(
             id=rid,
             action=body.action,
@@ -142,7 +143,7 @@ class RequestService:
             status=Status.PENDING,
             created_at=t,
             pending_until=t + policy.pending_timeout_for(body.action),
-            approvals_required=sum(r.count for r in rules_for(policy, body.action, context.get("environment"))),
+            approvals_required=sum(r.count for r in rules),
             channel=policy.channel_for(body.action),
             requested_by=requested_by,
             requester_slack_id=requester,
@@ -177,7 +178,11 @@ class RequestService:
                 **({"break_glass": True, "outside_window": outside} if body.break_glass else {}),
             },
         )
-        created, value = self.store.create(req, idem, to_ms(t), event, extra)
+        # Unless an on-call schedule of its rules is paged by DM (a worker asks the schedule),
+        # a new request owes nothing but its reminder and its first post: no job of its own.
+        pages = any(schedule.dm for rule in rules for schedule in rule.oncall)
+        remind_ms = None if pages else to_ms(req.reminder_at)
+        created, value = self.store.create(req, idem, to_ms(t), event, extra, remind_ms=remind_ms)
         if not created:
             return self._existing(value, fingerprint, pipeline)
         self.metrics.request(req.action, "created")

@@ -78,6 +78,13 @@ redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
 return 1
 """
 
+
+def channel_post_member(channel: str) -> str:
+    """The due member that posts a channel's waiting first messages, in turn
+    (workers/jobs/notify/pacing.py `drain_channel`)."""
+    return f"post:{channel}"
+
+
 BACKOFF_BASE_MS = 1000
 BACKOFF_CAP_MS = 60_000
 

@@ -25,6 +25,7 @@ from redis import Redis
 
 from bot.core.model import APPROVAL_FIELD, AccessRequest, Status
 from bot.store import keys
+from bot.store.due import channel_post_member
 
 #: A freshly kicked due item comes back due after this long, in case the job carrying it was
 #: lost with its worker.
@@ -209,11 +210,12 @@ end
 """
 )
 
-# The first Slack post is due at once and left to the scheduler, which batches bursts; the
-# request also takes its place, in creation order, in its channel's queue of first posts.
+# The request takes its place, in creation order, in its channel's queue of first posts, and the
+# channel's poster is due (or its own `slack:` job, when it may owe more: see Store.create).
 # KEYS: 9 idempotency key or '', 10 all-requests index, 11 channel outbox
 # ARGV: 8 fields (JSON object of strings), 9 created_ms, 10 timeout due ms, 11 idem ttl s,
-#       12 idempotency value
+#       12 idempotency value, 13 reminder due ms or '' (then a `slack:` job instead), 14 the
+#       channel's poster (due member)
 _CREATE = (
     _PRELUDE
     + """
@@ -230,7 +232,14 @@ redis.call('HSET', KEYS[1], unpack(flat))
 redis.call('ZADD', KEYS[3], ARGV[9], ID)
 redis.call('ZADD', KEYS[10], ARGV[9], ID)
 schedule('timeout:' .. ID, ARGV[10])
-schedule('slack:' .. ID, NOW)
+if ARGV[13] ~= '' then
+  -- it owes nothing yet but its reminder and its first post: no job of its own, its channel's
+  -- poster posts it (the outbox entry below)
+  schedule('remind:' .. ID, ARGV[13])
+  redis.call('ZADD', KEYS[4], 'NX', NOW, ARGV[14])
+else
+  schedule('slack:' .. ID, NOW)
+end
 redis.call('ZADD', KEYS[11], 'NX', ARGV[9], ID)
 if KEYS[9] ~= '' then redis.call('SET', KEYS[9], ARGV[12], 'EX', ARGV[11]) end
 audit(ARGV[6])
@@ -857,10 +866,16 @@ class Store:
         now_ms: int,
         event: str,
         extra: dict[str, str] | None = None,
+        *,
+        remind_ms: int | None = None,
     ) -> tuple[bool, str]:
         """Store a new request with its creation event. With `idempotency` = (key, fingerprint),
         a key already used returns (False, "<request id>|<fingerprint>"; keys an earlier version
-        wrote end in "|<sealed request token>")."""
+        wrote end in "|<sealed request token>").
+
+        `remind_ms`: the caller knows the request owes nothing at creation but its reminder (due
+        then) and its first post (its channel's poster makes it), so no `slack:` job of its own is
+        needed; without it, that job works out what the request owes (on-call pages, say)."""
         idem_key, fingerprint = idempotency or ("", "")
         # Compact: no empty fields — a hash whose values all fit Redis's listpack limit (64 bytes
         # by default) takes a third of the memory. No request token either: only its hash is kept.
@@ -878,6 +893,8 @@ class Store:
                 _ms(req.pending_until),
                 86400,
                 idem_value,
+                "" if remind_ms is None else remind_ms,
+                channel_post_member(req.channel),
             ],
         )
         return res[0] == "ok", res[1]

@@ -16,6 +16,7 @@ from bot.store.due import DueQueue
 from bot.store.requests import EXPIRED_UPDATES
 from workers.jobs import run_due
 from workers.jobs.notify.message import sync_request_message
+from workers.jobs.notify.pacing import drain_channel
 
 T0 = "2026-12-02 10:00:00"
 AFTER = "2026-12-02 10:11:00"  # read-secret grants last 10 minutes
@@ -37,8 +38,10 @@ def active_with_messages(rt, backend, n: int) -> list[str]:
             rid = rid.request.id
             rt.decisions.approve(rid, "U0LEAD1")
             rt.grants.issue(rid, grant_claim(rt, rid), backend.backend_for)
-            sync_request_message(rt, rid)
             ids.append(rid)
+        for rid in ids:
+            sync_request_message(rt, rid)  # its first post is queued for its channel's poster
+        drain_channel(rt, rt.store.get(ids[0]).channel, "the-test's")
     assert all(r.status == Status.ACTIVE and r.message_ts for r in rt.store.get_many(ids))
     return ids
 

@@ -72,10 +72,6 @@ def owed_outcomes(req: AccessRequest) -> list[str]:
     return out
 
 
-def reminder_at(req: AccessRequest):
-    return req.created_at + (req.pending_until - req.created_at) / 2
-
-
 def warning_at(req: AccessRequest, before: timedelta):
     return req.expires_at - before if req.expires_at else None
 
@@ -143,7 +139,7 @@ def schedule(rt, req: AccessRequest) -> None:
     marks = dict.fromkeys(_MARKS) | rt.store.fields_of(req, *_MARKS)
     at: dict[str, int] = {}
     if req.status == Status.PENDING and not marks["reminded_ms"]:
-        at[f"remind:{req.id}"] = to_ms(reminder_at(req))
+        at[f"remind:{req.id}"] = to_ms(req.reminder_at)
     before = rt.settings.jit_warn_before
     if req.status == Status.ACTIVE and warned(req, before) and not marks["warned_ms"]:
         at[f"warn:{req.id}"] = to_ms(warning_at(req, before))
@@ -181,8 +177,8 @@ def do_remind(rt, rid: str) -> None:
     req = rt.store.get(rid)
     if req is None or req.status != Status.PENDING:
         return
-    if now() < reminder_at(req):
-        raise RetryLater(to_ms(reminder_at(req)) - now_ms())
+    if now() < req.reminder_at:
+        raise RetryLater(to_ms(req.reminder_at) - now_ms())
     if not req.message_ts:
         raise RetryLater(1000)  # the thread does not exist yet (its post waits for a slot)
     action = rt.policy.action(req.action)

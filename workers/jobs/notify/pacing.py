@@ -42,7 +42,7 @@ from slack_sdk.errors import SlackApiError
 from bot.core.clock import now_ms, to_ms
 from bot.decision.slack.views.text import MAX_TEXT, code, literal, section, width
 from bot.store import keys, locks
-from bot.store.due import DueQueue
+from bot.store.due import DueQueue, channel_post_member
 from bot.store.requests import revision_of
 from workers.jobs.notify.home import refresh_homes_quietly
 from workers.jobs.notify.render import message_hash, render
@@ -114,11 +114,6 @@ REFUSED_RETRY_MS = 1_000
 REFUSED_RETRY_CAP_MS = 300_000
 
 
-def channel_member(channel: str) -> str:
-    """The due member that posts a channel's waiting first messages (`drain_channel`)."""
-    return f"post:{channel}"
-
-
 @dataclass(frozen=True)
 class Turn:
     """What the channel allows now: wait `wait_ms`, or post `request_id` (its lock is ours)."""
@@ -180,7 +175,7 @@ def owe_first_post(rt, req) -> str:
             keys.due(),
             keys.due_wake(),
         ],
-        args=[req.id, to_ms(req.created_at), channel_member(channel), now_ms()],
+        args=[req.id, to_ms(req.created_at), channel_post_member(channel), now_ms()],
     )
 
 
@@ -211,7 +206,7 @@ def drain_channel(rt, channel: str, token: str) -> None:
             refresh_homes_quietly(rt)
     # Empty now. A request that came in after the last look found this item queued and did not
     # arm it again: finish, then look once more.
-    member = channel_member(channel)
+    member = channel_post_member(channel)
     due = DueQueue(rt.redis)
     due.done(member, token)
     if rt.redis.zcard(keys.channel_outbox(channel)):
