@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from slack_sdk.errors import SlackApiError
 
@@ -325,7 +326,7 @@ def _post_digest(rt, channel: str) -> bool:
     if rt.redis.zcount(outbox, after, "+inf") <= rt.settings.jit_slack_digest_after:
         return False
     fresh = rt.redis.zrangebyscore(outbox, after, "+inf", start=0, num=200, withscores=True)
-    reqs = [r for r in rt.store.get_many([rid for rid, _ in fresh]) if not r.message_ts]
+    reqs = _waiting([rid for rid, _ in fresh], rt.redis)
     if len(reqs) <= rt.settings.jit_slack_digest_after:
         return False
     # Marked before posting: a crash here loses a heads-up, never posts it twice.
@@ -334,6 +335,30 @@ def _post_digest(rt, channel: str) -> bool:
     call_slack(rt, channel, rt.slack.chat_postMessage, channel=channel, text=text, blocks=blocks)
     log.info("digest of %d requests posted to %s", len(reqs), channel)
     return True
+
+
+class Waiting(NamedTuple):
+    """What a digest lists of a request (read alone: a digest may list hundreds)."""
+
+    id: str
+    action: str
+    pipeline: str
+    reason: str
+
+
+_LISTED = ("action", "pipeline", "reason", "status", "message_ts")
+
+
+def _waiting(ids: list[str], r) -> list[Waiting]:
+    """The requests of `ids` that still wait for their first post (one round trip)."""
+    pipe = r.pipeline(transaction=False)
+    for rid in ids:
+        pipe.hmget(keys.request(rid), _LISTED)
+    out = []
+    for rid, (action, pipeline, reason, status, ts) in zip(ids, pipe.execute(), strict=True):
+        if status and not ts:
+            out.append(Waiting(rid, action or "", pipeline or "", reason or ""))
+    return out
 
 
 def digest_blocks(reqs) -> tuple[str, list[dict]]:
