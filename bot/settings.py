@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     #: instead of answering everyone late (0 = the bound stays fixed). See
     #: bot/request/http/admission.py.
     jit_hook_latency_budget_ms: int = Field(20, alias="JIT_HOOK_LATENCY_BUDGET_MS", ge=0, le=60_000)
+    #: A request body (hook, Slack, webhooks) must arrive within this many seconds of its headers;
+    #: else 408 and the connection is closed: a sender trickling its body holds no connection and
+    #: no place in the in-flight bound for longer.
+    jit_http_body_timeout_s: float = Field(10.0, alias="JIT_HTTP_BODY_TIMEOUT_S", gt=0, le=300)
     jit_log_level: str = Field("INFO", alias="JIT_LOG_LEVEL")
     #: Bearer token a scraper sends to /metrics (≥ 16 chars); unset: /metrics answers loopback only.
     jit_metrics_token: SecretStr | None = Field(None, alias="JIT_METRICS_TOKEN")

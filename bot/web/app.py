@@ -27,6 +27,7 @@ from bot.runtime import Runtime
 from bot.store import metrics
 from bot.store.connection import redis_from_url
 from bot.store.ratelimit import LongPollLeases
+from bot.web import bounded_input
 
 log = logging.getLogger("jit.web")
 
@@ -42,6 +43,7 @@ def create_app(rt: Runtime) -> Flask:
     # over it is refused unread, a chunked body is cut there (413). Above every cap of our own.
     flask_app.config["MAX_CONTENT_LENGTH"] = MAX_ANY_BODY
     flask_app.config["JIT_RUNTIME"] = rt
+    flask_app.config[bounded_input.DEADLINE_CONFIG] = rt.settings.jit_http_body_timeout_s
     flask_app.config["JIT_WAITERS"] = Waiters(
         lambda: redis_from_url(rt.settings.redis_url, decode_responses=True, socket_timeout=None)
     )

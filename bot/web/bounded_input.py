@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import AbstractContextManager, nullcontext
 from typing import IO, Any
+
+import gevent
+from flask import current_app, request
+from gevent import monkey
 
 #: Read the body in pieces of this size: a cap is never overshot by more than one piece's worth.
 _PIECE = 64 * 1024
@@ -12,6 +17,11 @@ _PIECE = 64 * 1024
 
 class TooLarge(ValueError):
     """The body is larger than the cap (declared or actually sent)."""
+
+
+class TooSlow(Exception):  # noqa: N818 - named for what the sender did, like TooLarge
+    """The body did not arrive within its deadline. A sender that trickles it would hold a
+    connection (and, on the hook, a place in the server's in-flight bound) for as long as it likes."""
 
 
 class TooDeep(ValueError):
@@ -22,25 +32,44 @@ class TooDeep(ValueError):
         self.max_depth = max_depth
 
 
-def read_body(stream: IO[bytes], content_length: int | None, cap: int) -> bytes:
-    """The body, at most `cap` bytes of it, or TooLarge.
+def read_body(stream: IO[bytes], content_length: int | None, cap: int, deadline_s: float | None = None) -> bytes:
+    """The body, at most `cap` bytes of it, within `deadline_s` seconds; else TooLarge or TooSlow.
 
     A declared Content-Length over the cap is refused before a byte is read; a body without one
     (chunked) is read until it ends or passes the cap, never further: at most cap + 1 bytes are
-    ever held. (Flask's `get_data()` would read everything the client sends.)"""
+    ever held. (Flask's `get_data()` would read everything the client sends.) The deadline holds
+    where sockets are gevent's (`jit serve`); the connection is not to be reused after TooSlow."""
     if content_length is not None and content_length > cap:
         raise TooLarge()
     chunks: list[bytes] = []
     held = 0
-    while held <= cap:
-        piece = stream.read(min(_PIECE, cap + 1 - held))
-        if not piece:
-            break
-        chunks.append(piece)
-        held += len(piece)
+    with _deadline(deadline_s):
+        while held <= cap:
+            piece = stream.read(min(_PIECE, cap + 1 - held))
+            if not piece:
+                break
+            chunks.append(piece)
+            held += len(piece)
     if held > cap:
         raise TooLarge()
     return b"".join(chunks)
+
+
+#: Where the app keeps JIT_HTTP_BODY_TIMEOUT_S (bot/web/app.py).
+DEADLINE_CONFIG = "JIT_BODY_DEADLINE_S"
+
+
+def request_body(cap: int) -> bytes:
+    """`read_body` of the Flask request being served, within the app's body deadline."""
+    return read_body(request.stream, request.content_length, cap, current_app.config.get(DEADLINE_CONFIG))
+
+
+def _deadline(seconds: float | None) -> AbstractContextManager[object]:
+    """TooSlow raised in the reading greenlet once `seconds` pass (a blocking read without gevent
+    cannot be interrupted: there the front proxy's timeout has to do)."""
+    if not seconds or not monkey.is_module_patched("socket"):
+        return nullcontext()
+    return gevent.Timeout(seconds, TooSlow())
 
 
 # What matters for nesting: quotes, backslashes (escapes inside strings) and brackets.

@@ -4,6 +4,7 @@ retried with its Idempotency-Key after Retry-After is created once (outcomes onl
 
 from __future__ import annotations
 
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -61,3 +62,47 @@ def test_a_flood_gets_quick_refusals_with_retry_after_and_nothing_half_created()
             assert again.status_code == 201, again.text
             ids.add(again.json()["id"])
         assert r.zcard(keys.all_requests()) == len(answers) == len(ids)
+
+
+def _trickle(port: int, path: str, headers: dict[str, str]) -> socket.socket:
+    """A request whose headers arrive but whose body (100 bytes declared) never does: one byte, then nothing."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: jit\r\nContent-Length: 100\r\n{head}\r\n{{".encode())
+    return sock
+
+
+def _status_then_closed(sock: socket.socket) -> tuple[int | None, bool]:
+    """The response's status, and whether the server then closed the connection."""
+    data = b""
+    try:
+        while piece := sock.recv(4096):
+            data += piece
+        closed = True
+    except TimeoutError:
+        closed = False
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else None
+    return status, closed
+
+
+def test_bodies_trickled_past_their_deadline_are_cut_off_and_hold_no_place():
+    """A pipeline (it holds a token) trickling bodies held its places in the in-flight bound for as
+    long as it liked, and every other pipeline was refused meanwhile. The body now has a deadline:
+    408, the connection closed, the place given back, nothing stored."""
+    env = {
+        "JIT_RATE_LIMIT": "0",
+        "JIT_HOOK_MAX_IN_FLIGHT": "2",
+        "JIT_HOOK_LATENCY_BUDGET_MS": "0",
+        "JIT_HTTP_BODY_TIMEOUT_S": "1",
+    }
+    with Stack(extra_env=env) as stack:
+        stack.serve(workers=1)
+        r = redislib.Redis.from_url(stack.redis.url, decode_responses=True)
+        hook = {"Authorization": f"Bearer {WEB_TOKEN}", "Content-Type": "application/json"}
+        slow = [_trickle(stack.port, "/v1/requests", hook) for _ in range(2)]  # both places
+        slack = _trickle(stack.port, "/slack/events", {"Content-Type": "application/x-www-form-urlencoded"})
+        for sock in [*slow, slack]:
+            with sock:
+                assert _status_then_closed(sock) == (408, True)
+        assert stack.ask("read-secret", WEB_TOKEN, reason="after the tricklers").status_code == 201
+        assert r.zcard(keys.all_requests()) == 1  # only that one

@@ -34,9 +34,13 @@ def blueprint(bolt: App, signing_secret: str) -> Blueprint:
     @bp.post("/slack/events")
     def slack_events():
         try:
-            raw = bounded_input.read_body(request.stream, request.content_length, MAX_SLACK_BODY)
+            raw = bounded_input.request_body(MAX_SLACK_BODY)
         except (bounded_input.TooLarge, RequestEntityTooLarge):  # the latter: over Flask's own cap
             return refusal(400, "request body too large")
+        except bounded_input.TooSlow:
+            resp = refusal(408, "request body too slow")
+            resp.headers["Connection"] = "close"  # cut off mid-body: not reusable
+            return resp
         if not verifier.is_valid_request(raw, dict(request.headers)):
             return refusal(401, "invalid or stale Slack signature")
         ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()

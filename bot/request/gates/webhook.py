@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from flask import Response, current_app, jsonify, request
+from flask import Response, current_app, jsonify
 
 from bot.store.gates import GateStore
 from bot.web import bounded_input
@@ -42,7 +42,11 @@ class Refused(Exception):
 def read_body() -> bytes:
     """The raw body (signatures are over the raw bytes), at most MAX_BODY of it."""
     try:
-        return bounded_input.read_body(request.stream, request.content_length, MAX_BODY)
+        return bounded_input.request_body(MAX_BODY)
+    except bounded_input.TooSlow:
+        refused = Refused(408, "too_slow", "the request body did not arrive in time")
+        refused.response.headers["Connection"] = "close"  # cut off mid-body: not reusable
+        raise refused from None
     except bounded_input.TooLarge:
         raise Refused(413, "too_large", f"the body is larger than {MAX_BODY} bytes") from None
 

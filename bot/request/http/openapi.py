@@ -88,6 +88,10 @@ def _err(description: str, headers: dict[str, Any] | None = None) -> dict[str, A
 
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}}
 _WWW_AUTH = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+_TOO_SLOW = _err(
+    "`too_slow`: the body did not arrive within JIT_HTTP_BODY_TIMEOUT_S of the headers; nothing was "
+    "done and the connection is closed"
+)
 _UNAVAILABLE = _err(
     "`unavailable`: storage unreachable, or `overloaded`: this server is at its in-flight bound "
     "(JIT_HOOK_MAX_IN_FLIGHT, lower while requests answer later than JIT_HOOK_LATENCY_BUDGET_MS); "
@@ -158,6 +162,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                             "change windows, or the requester is unknown where the policy refuses that"
                         ),
                         "404": _err("unknown action"),
+                        "408": _TOO_SLOW,
                         "413": _err(f"body larger than {MAX_BODY} bytes"),
                         "415": _err("Content-Type is not application/json"),
                         "422": _err("this Idempotency-Key was already used with another body"),
@@ -230,6 +235,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                         "403": _err("the action has no `extend:` in the policy"),
                         "404": _NOT_FOUND,
                         "409": _err("the grant is not active, or another extension waits for approval"),
+                        "408": _TOO_SLOW,
                         "413": _err(f"body larger than {MAX_BODY} bytes"),
                         "415": _err("Content-Type is not application/json"),
                         "422": _err("the window would exceed extend.max_total (or outlast its change window)"),
@@ -277,6 +283,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                         "401": _UNAUTHORIZED,
                         "404": _NOT_FOUND,
                         "409": _err("recorded already (`session_recorded`), or the grant has not ended (`not_ended`)"),
+                        "408": _TOO_SLOW,
                         "413": _err("body or transcript larger than the cap"),
                         "415": _err("Content-Type is not application/json"),
                         "503": _UNAVAILABLE,
@@ -305,6 +312,7 @@ def document(server_url: str | None = None) -> dict[str, Any]:
                         "200": _json(_ref(Introspection), "whether the token's grant is active"),
                         "400": _err("form field `token` is missing"),
                         "401": _UNAUTHORIZED,
+                        "408": _TOO_SLOW,
                         "413": _err(f"body larger than {MAX_BODY} bytes"),
                         "503": _UNAVAILABLE,
                     },
@@ -430,6 +438,7 @@ def _gate_webhooks(public: list[dict[str, list[str]]]) -> dict[str, Any]:
                     "400": _err("malformed JSON or event"),
                     "404": _err("this platform's gates are not configured"),
                     "409": _err("the delivery was handled already (a replay)"),
+                    "408": _TOO_SLOW,
                     "413": _err("the body is over 1 MiB"),
                     "422": _err("the platform has no such run or deployment"),
                     "502": _err("asking the platform failed; the delivery may be redelivered"),

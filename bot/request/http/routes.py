@@ -64,6 +64,14 @@ def error(status: int, code: str, message: str, headers: dict[str, str] | None =
     return answer(Error(error=code, message=message), status, headers)
 
 
+def too_slow() -> Response:
+    """408: the body was cut off mid-way, so the connection cannot carry another request."""
+    seconds = current_app.config.get(bounded_input.DEADLINE_CONFIG)
+    return error(
+        408, "too_slow", f"the request body did not arrive within {seconds:g} seconds", {"Connection": "close"}
+    )
+
+
 #: Never refused for load: endpoints that answer from memory (health checks must tell the truth),
 #: and giving a grant back (`DELETE`), which ends access: a pipeline done with its grant must never
 #: be told to keep it a while longer.
@@ -155,9 +163,11 @@ def _read_json(cap: int = MAX_BODY) -> Any:
     if ctype != "application/json":
         raise _Abort(error(415, "unsupported_media_type", "send Content-Type: application/json"))
     try:
-        raw = bounded_input.read_body(request.stream, request.content_length, cap)
+        raw = bounded_input.request_body(cap)
         _body_read()
         return bounded_input.loads(raw, MAX_JSON_DEPTH)
+    except bounded_input.TooSlow:
+        raise _Abort(too_slow()) from None
     except bounded_input.TooLarge:
         raise _Abort(error(413, "too_large", f"the body is larger than {cap} bytes")) from None
     except bounded_input.TooDeep as e:
@@ -171,7 +181,9 @@ def _read_form() -> dict[str, str]:
     if (request.mimetype or "").lower() != "application/x-www-form-urlencoded":
         return {}
     try:
-        raw = bounded_input.read_body(request.stream, request.content_length, MAX_BODY)
+        raw = bounded_input.request_body(MAX_BODY)
+    except bounded_input.TooSlow:
+        raise _Abort(too_slow()) from None
     except bounded_input.TooLarge:
         raise _Abort(error(413, "too_large", f"the body is larger than {MAX_BODY} bytes")) from None
     _body_read()
