@@ -1,7 +1,7 @@
 """Periodic audit upkeep inside `jit worker`: chain what waits in the audit outbox, sum up token
 checks counted past the first few (once their window is over), trim the trail by age (never past
 what an audit sink has not acknowledged, short of the hard cap), post its signed chain head to
-Slack.
+Slack; and, as a backstop, give a channel whose first posts wait with no poster due one again.
 
 Any number of workers may run this loop. Flushing and trimming are atomic scripts (the anchor
 only moves forward), and the head post takes a Redis lock with a TTL of one interval, so the
@@ -20,6 +20,7 @@ from bot.runtime import Runtime
 from bot.store import keys
 from bot.store.audit import TRIM_BATCH
 from bot.store.audit_sinks import SinkCursors
+from workers.jobs.notify.pacing import rearm_posters
 
 log = logging.getLogger("jit.periodic")
 
@@ -160,9 +161,15 @@ class AuditUpkeep:
         is over, even when no further check comes (bot/store/usage.py)."""
         return self.rt.usage.write_due_summaries()
 
+    def rearm_posters(self) -> list[str]:
+        """Not audit, but periodic too: a channel whose first posts wait with no poster due gets
+        one again (workers/jobs/notify/pacing.py)."""
+        return rearm_posters(self.rt)
+
     def run_once(self) -> tuple[int, bool]:
         self.flush()
         self.sum_up_token_checks()
+        self.rearm_posters()
         return self.trim(), self.post_head()
 
     def run(self) -> None:

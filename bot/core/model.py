@@ -91,7 +91,7 @@ class AccessRequest:
             "requester_slack_id": self.requester_slack_id or "",
             "context": json.dumps(self.context, sort_keys=True, separators=(",", ":")),
             "verified": "1" if self.verified else "",
-            "verified_keys": _verified_keys_field(self.verified_keys, self.context, self.requested_by),
+            "verified_keys": ",".join(self.verified_keys),
             "policy_sha256": self.policy_sha256,
             "request_token_hash": self.request_token_hash,
         }
@@ -105,8 +105,6 @@ class AccessRequest:
             v = h.get(name)
             return from_ms(v) if v else None
 
-        context = json.loads(h.get("context") or "{}")
-        requested_by = h.get("requested_by") or None
         given = dict(approvals or {})
         given.update((k.removeprefix(APPROVAL_FIELD), v) for k, v in h.items() if k.startswith(APPROVAL_FIELD))
         apr = sorted(((u, from_ms(ms)) for u, ms in given.items()), key=lambda a: a[1])
@@ -121,11 +119,11 @@ class AccessRequest:
             pending_until=from_ms(h["pending_until_ms"]),
             approvals_required=int(h["approvals_required"]),
             channel=h.get("channel", ""),
-            requested_by=requested_by,
+            requested_by=h.get("requested_by") or None,
             requester_slack_id=h.get("requester_slack_id") or None,
-            context=context,
+            context=json.loads(h.get("context") or "{}"),
             verified=bool(h.get("verified")),
-            verified_keys=_verified_keys(h.get("verified_keys") or "", context, requested_by),
+            verified_keys=tuple(k for k in (h.get("verified_keys") or "").split(",") if k),
             policy_sha256=h.get("policy_sha256", ""),
             request_token_hash=h.get("request_token_hash", ""),
             approvals=apr,
@@ -153,29 +151,6 @@ class AccessRequest:
     def reminder_at(self) -> datetime:
         """When a request still pending reminds its approvers: half-way to its timeout."""
         return self.created_at + (self.pending_until - self.created_at) / 2
-
-
-#: `verified_keys` when a verified token vouches for every context key and the requester (the usual
-#: case): the list itself would be most of a GitHub request's hash after its context.
-ALL_VERIFIED = "*"
-
-
-def _everything(context: dict[str, Any], requested_by: str | None) -> set[str]:
-    return set(context) | ({"requested_by"} if requested_by else set())
-
-
-def _verified_keys_field(verified_keys: tuple[str, ...], context: dict[str, Any], requested_by: str | None) -> str:
-    """Neither a request's context nor its requester changes after it is stored, so "all of them"
-    read back as exactly the keys vouched for when it was written."""
-    if verified_keys and set(verified_keys) == _everything(context, requested_by):
-        return ALL_VERIFIED
-    return ",".join(verified_keys)
-
-
-def _verified_keys(field: str, context: dict[str, Any], requested_by: str | None) -> tuple[str, ...]:
-    if field == ALL_VERIFIED:
-        return tuple(sorted(_everything(context, requested_by)))
-    return tuple(k for k in field.split(",") if k)
 
 
 def _ms(dt: datetime) -> str:

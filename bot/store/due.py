@@ -79,6 +79,23 @@ return 1
 """
 
 
+# KEYS: due, claims, attempts, wake, what the member works through (a sorted set)
+# ARGV: member, token, now_ms → 1 done; 0 due again now (something waits still); -1 not our claim
+_DONE_UNLESS_WAITING = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return -1 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('ZCARD', KEYS[5]) > 0 then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  redis.call('RPUSH', KEYS[4], '1')
+  redis.call('LTRIM', KEYS[4], -16, -1)
+  return 0
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
+"""
+
+
 def channel_post_member(channel: str) -> str:
     """The due member that posts a channel's waiting first messages, in turn
     (workers/jobs/notify/pacing.py `drain_channel`)."""
@@ -97,6 +114,7 @@ class DueQueue:
         self._retry = redis.register_script(_RETRY)
         self._extend = redis.register_script(_EXTEND)
         self._schedule = redis.register_script(_SCHEDULE)
+        self._done_unless_waiting = redis.register_script(_DONE_UNLESS_WAITING)
 
     def schedule(self, member: str, at_ms: int) -> None:
         """New work: `member` is due at `at_ms`; a job running it on an older claim is stale."""
@@ -109,6 +127,27 @@ class DueQueue:
 
     def done(self, member: str, token: str) -> bool:
         return bool(self._done(keys=[keys.due(), keys.due_claims(), keys.due_attempts()], args=[member, token]))
+
+    def done_unless_waiting(self, member: str, token: str, waiting: str, now_ms: int) -> int:
+        """`done` for a member that works through the sorted set `waiting` — unless something
+        waits there now (it came in after the member's last look): then it is due again at once,
+        in the same atomic step, so no crash in between can leave that entry with nobody to
+        take it. 1 done, 0 due again, -1 the claim was no longer ours."""
+        return int(
+            self._done_unless_waiting(
+                keys=[keys.due(), keys.due_claims(), keys.due_attempts(), keys.due_wake(), waiting],
+                args=[member, token, now_ms],
+            )
+        )
+
+    def ensure(self, member: str, at_ms: int) -> bool:
+        """`member` is due by `at_ms` unless it is queued already (a claim on it stays valid).
+        True when it was not queued."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zadd(keys.due(), {member: at_ms}, nx=True)
+        pipe.rpush(keys.due_wake(), "1")
+        pipe.ltrim(keys.due_wake(), -16, -1)
+        return bool(pipe.execute()[0])
 
     def retry_at(self, member: str, token: str, at_ms: int) -> None:
         """Put a member back, due at `at_ms` (not a failure: Retry-After, a busy lock)."""

@@ -345,3 +345,30 @@ def test_a_revoker_stopping_lets_the_batch_in_hand_finish(r):
     assert started.wait(5)
     revoker.stop(10)
     assert [m for m, _ in finished] == ["expire:y"]
+
+
+def test_a_member_that_works_through_a_set_is_done_only_with_the_set_empty_in_one_step(r):
+    """A channel's poster (`post:<channel>`) finishes and looks at its outbox once more in one
+    atomic step: no crash between the two can leave an entry with no member due to take it."""
+    q = DueQueue(r)
+    t = now_ms()
+    r.zadd(keys.due(), {"post:C1": t - 1})
+    ((member, token),) = q.claim(t)
+    r.hset(keys.due_attempts(), member, 3)  # earlier failures
+    r.zadd("jit:slack:outbox:C1", {"r1": t})  # came in after the poster's last look
+    assert q.done_unless_waiting(member, token, "jit:slack:outbox:C1", t + 5) == 0
+    assert q.score(member) == t + 5 and r.hget(keys.due_claims(), member) is None  # due now, unclaimed
+    assert q.done_unless_waiting(member, token, "jit:slack:outbox:C1", t + 6) == -1  # no longer its claim
+    ((member, token),) = q.claim(t + 10)
+    r.delete("jit:slack:outbox:C1")
+    assert q.done_unless_waiting(member, token, "jit:slack:outbox:C1", t + 11) == 1
+    assert q.score(member) is None and r.hget(keys.due_attempts(), member) is None
+
+
+def test_ensure_queues_a_member_once_and_leaves_a_claim_on_it_alone(r):
+    q = DueQueue(r)
+    t = now_ms()
+    assert q.ensure("post:C1", t) is True
+    ((member, token),) = q.claim(t)
+    assert q.ensure("post:C1", t) is False  # queued (claimed, running): unchanged
+    assert r.hget(keys.due_claims(), member) == token and q.score(member) > t

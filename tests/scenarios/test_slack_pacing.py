@@ -331,3 +331,38 @@ def test_a_request_job_that_finds_its_first_post_being_made_comes_back_to_update
         message.on_change(jit.rt, rid, "its-claim")
     jit.rt.redis.delete(keys.slack_lock(rid))
     jit.drain(lambda: len(request_posts(slack, "C0APPROVALS")) == 1, what="the post")
+
+
+def test_a_channel_that_posts_again_backs_off_from_the_start_after_its_next_failure(jit, slack):
+    """The channel's poster is one due item for as long as its outbox waits: a failure backs off the
+    whole channel, and a post that goes out again starts the count over (else every later blip
+    in a long burst would silence the channel for longer, up to a minute)."""
+    with freeze_time(clock_start()) as clock:
+        ids = ask_one_ms_apart(jit, clock, 3, what="blip")
+        slack.fail_with(503, times=1, methods="chat.postMessage")
+        jit.work()  # the first post fails: the channel backs off 1 s
+        assert request_posts(slack, "C0APPROVALS") == []
+        clock.tick(timedelta(seconds=1))
+        jit.work()
+        assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == ids[:1]
+        slack.fail_with(503, times=1, methods="chat.postMessage")
+        clock.tick(timedelta(seconds=1))
+        jit.work()  # the next slot's post fails: 1 s again, not 2
+        clock.tick(timedelta(seconds=1))
+        jit.work()
+        assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == ids[:2]
+
+
+def test_a_channel_whose_poster_was_dropped_gets_one_again(jit, slack):
+    """An older worker knows no `post:` items and drops one it claims: the outbox would wait
+    until some later request armed a poster again. Every worker's upkeep re-arms it."""
+    from workers.jobs.notify.pacing import rearm_posters
+
+    rid = jit.ask("read-secret", reason="dropped poster")["id"]
+    jit.rt.redis.zrem("jit:due", "post:C0APPROVALS")  # what the older worker's "unknown member" did
+    jit.work()
+    assert request_posts(slack, "C0APPROVALS") == []
+    assert rearm_posters(jit.rt) == ["C0APPROVALS"]
+    jit.work()
+    assert [rid_of(c) for c in request_posts(slack, "C0APPROVALS")] == [rid]
+    assert rearm_posters(jit.rt) == []  # nothing waits: nothing to do

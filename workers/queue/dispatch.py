@@ -15,7 +15,7 @@ from rq import Queue
 
 from bot.store import keys
 from workers.jobs import run_due, run_due_batch
-from workers.jobs.notify.home import publish_home
+from workers.jobs.notify.home import publish_home, refresh_homes_quietly
 from workers.queue.lane import LANE_KINDS, entry
 
 ACCESS_QUEUE = "jit-access"  # grants, revokes, timeouts: never behind Slack traffic
@@ -101,6 +101,13 @@ class Dispatcher:
         """Jobs in the access queue no worker has started yet (the scheduler holds back while many)."""
         q = self.queues[ACCESS_QUEUE]
         return int(q.connection.llen(q.key))
+
+    def refresh_homes(self) -> None:
+        """Recent viewers' Home tabs follow a change, in a job of its own (views.publish is a
+        Slack call per viewer; bursts coalesce in workers/jobs/notify/home.py)."""
+        q = self.queues[SLACK_QUEUE]
+        if q.connection.exists(keys.home_viewers()):
+            q.enqueue_call(refresh_homes_quietly, result_ttl=0, failure_ttl=3600, ttl=600)
 
     def publish_home(self, user: str) -> None:
         """views.publish is a Slack call: a worker makes it, never a request thread."""

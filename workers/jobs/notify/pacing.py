@@ -45,7 +45,6 @@ from bot.decision.slack.views.text import MAX_TEXT, code, literal, section, widt
 from bot.store import keys, locks
 from bot.store.due import DueQueue, channel_post_member
 from bot.store.requests import revision_of
-from workers.jobs.notify.home import refresh_homes_quietly
 from workers.jobs.notify.render import message_hash, render
 from workers.jobs.notify.slack_api import call_slack, maybe_applied
 from workers.queue.retry import RetryLater
@@ -184,6 +183,7 @@ def drain_channel(rt, channel: str, token: str) -> None:
     """`post:<channel>`: post the channel's waiting first messages in turn, oldest first, one per
     slot; RetryLater until the next slot. Done only when the outbox is empty."""
     pacer = ChannelPacer(rt)
+    member = channel_post_member(channel)
     posted = 0
     try:
         while True:
@@ -194,7 +194,10 @@ def drain_channel(rt, channel: str, token: str) -> None:
                 raise RetryLater(turn.wait_ms)
             assert turn.request_id is not None
             try:
-                posted += _post_head(rt, pacer, channel, turn)
+                if _post_head(rt, pacer, channel, turn):
+                    if not posted:  # the channel works: an earlier failure's backoff starts over
+                        rt.redis.hdel(keys.due_attempts(), member)
+                    posted += 1
             except SlackApiError as e:
                 if e.response is None or e.response.status_code != 200:
                     raise
@@ -204,34 +207,72 @@ def drain_channel(rt, channel: str, token: str) -> None:
                 pacer.release(turn.request_id, turn.token)
     finally:
         if posted:
-            refresh_homes_quietly(rt)
-    # Empty now. A request that came in after the last look found this item queued and did not
-    # arm it again: finish, then look once more.
-    member = channel_post_member(channel)
-    due = DueQueue(rt.redis)
-    due.done(member, token)
-    if rt.redis.zcard(keys.channel_outbox(channel)):
-        due.schedule(member, now_ms())
+            rt.dispatcher.refresh_homes()  # a job of its own: never between this channel's posts
+    # Empty when last looked at. A request that came in since found this item queued and did not
+    # arm it again: done and a last look are one atomic step, so it is never left behind.
+    DueQueue(rt.redis).done_unless_waiting(member, token, keys.channel_outbox(channel), now_ms())
+
+
+# KEYS: request, outbox, due, claims, wake
+# ARGV: request id, its `slack:` member, now_ms, first backoff ms, longest backoff ms
+# → {refusals so far, backoff ms}; {0, 0} when the request is gone. One step: no crash between
+# leaving the outbox and being due again can leave the request with nobody to post it.
+_REFUSED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return {0, 0}
+end
+local n = redis.call('HINCRBY', KEYS[1], 'post_refusals', 1)
+local delay = math.min(tonumber(ARGV[4]) * 2 ^ (n - 1), tonumber(ARGV[5]))
+redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + delay, ARGV[2])
+redis.call('HDEL', KEYS[4], ARGV[2])
+redis.call('RPUSH', KEYS[5], '1')
+redis.call('LTRIM', KEYS[5], -16, -1)
+redis.call('ZREM', KEYS[2], ARGV[1])
+return {n, delay}
+"""
 
 
 def _refused(rt, channel: str, request_id: str, error: SlackApiError) -> None:
     """The request leaves the outbox and its own `slack:` item comes back after a backoff (per
     request, doubling), which puts it at the back of the outbox: the rest of the channel goes on."""
-    if not rt.redis.exists(keys.request(request_id)):
-        rt.redis.zrem(keys.channel_outbox(channel), request_id)
-        return
-    n = rt.redis.hincrby(keys.request(request_id), "post_refusals", 1)
-    delay = min(REFUSED_RETRY_MS * 2 ** (n - 1), REFUSED_RETRY_CAP_MS)
-    log.warning(
-        "Slack refused the message of %s (%s, refusal %d): trying again in %d ms",
-        request_id,
-        (error.response or {}).get("error"),
-        n,
-        delay,
-        extra={"request_id": request_id},
+    n, delay = rt.redis.register_script(_REFUSED)(
+        keys=[
+            keys.request(request_id),
+            keys.channel_outbox(channel),
+            keys.due(),
+            keys.due_claims(),
+            keys.due_wake(),
+        ],
+        args=[request_id, f"slack:{request_id}", now_ms(), REFUSED_RETRY_MS, REFUSED_RETRY_CAP_MS],
     )
-    rt.redis.zrem(keys.channel_outbox(channel), request_id)
-    DueQueue(rt.redis).schedule(f"slack:{request_id}", now_ms() + delay)
+    if n:
+        log.warning(
+            "Slack refused the message of %s (%s, refusal %d): trying again in %d ms",
+            request_id,
+            (error.response or {}).get("error"),
+            n,
+            delay,
+            extra={"request_id": request_id},
+        )
+
+
+def rearm_posters(rt) -> list[str]:
+    """The channels of the policy whose outbox waits with no poster in the due queue get one: a
+    backstop for whatever dropped it (an older worker that knew no `post:` items, say). Returns
+    those channels. Run by every worker's upkeep."""
+    due = DueQueue(rt.redis)
+    channels = sorted({rt.policy.channel_for(action) for action in rt.policy.actions})
+    pipe = rt.redis.pipeline(transaction=False)
+    for channel in channels:
+        pipe.zcard(keys.channel_outbox(channel))
+        pipe.zscore(keys.due(), channel_post_member(channel))
+    got = pipe.execute()
+    stranded = [c for c, waiting, armed in zip(channels, got[::2], got[1::2], strict=True) if waiting and armed is None]
+    for channel in stranded:
+        if due.ensure(channel_post_member(channel), now_ms()):
+            log.warning("re-armed the poster of %s: its outbox waited with none due", channel)
+    return stranded
 
 
 def _post_head(rt, pacer: ChannelPacer, channel: str, turn: Turn) -> bool:
