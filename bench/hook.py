@@ -211,6 +211,14 @@ def _queues_drained(r) -> bool:
     return r.llen("rq:queue:jit-access") + r.llen("rq:queue:jit-slack") == 0
 
 
+def _drained(r) -> bool:
+    """The creates' follow-up work is done: no job queued, nothing due, and no first post waiting
+    (the channel's poster is one long job while its outbox waits, leased: neither queued nor due)."""
+    from bot.store import keys
+
+    return _queues_drained(r) and not _due_now(r) and not r.exists(keys.channel_outbox(CHANNEL))
+
+
 def _throughput_paced(sizes: Sizes, log=print) -> dict[str, Any]:
     """The same flood with the product's defaults: first posts paced at Slack's one a second per
     channel, so a flood into one channel becomes a digest and a queue of posts, not a post per
@@ -271,7 +279,7 @@ def run(sizes: Sizes, log=print) -> dict[str, Any]:
             audit_len1 = r.xlen(keys.audit_stream())
             through["slack_posts_still_queued_at_end"] = r.llen("rq:queue:jit-slack")
             try:  # the creates' follow-up work (their Slack posts) is part of what a create costs
-                wait_for(lambda: _queues_drained(r) and not _due_now(r), 300, 0.5, "the creates' Slack posts")
+                wait_for(lambda: _drained(r), 300, 0.5, "the creates' Slack posts")
             except TimeoutError:
                 log("  worker still busy with the creates' follow-ups; CPU per create counts what was done")
             cpu1 = _cpu_parts(r, serve.popen.pid, worker.popen.pid)
