@@ -9,18 +9,20 @@ so every worker process shares it:
 * `keys.channel_outbox(channel)` — requests whose first message waits, oldest first.
 
 A request's first message is posted by its channel's one due item, `post:<channel>`
-(`drain_channel`), not by the request's own `slack:` job: that job only makes sure the request
-waits in the outbox and the channel's item is due (`owe_first_post`). The channel's item posts the
-outbox's head in each of the channel's slots, oldest first, until the outbox is empty, and comes
-back when the next slot is. So a burst of N requests is N quick `slack:` jobs and one job posting
+(`drain_channel`): creating a request puts it in the outbox and makes that item due, and a later
+transition's `slack:` job that finds the message not yet out does the same (`owe_first_post`).
+The channel's item posts the outbox's head in each of the channel's slots, oldest first, until the
+outbox is empty, and comes back when the next slot is. So a burst of N requests is one job posting
 in turn — not N jobs racing for the head and coming back to find their message posted by another
-(each of those was a claim, a job and a dozen Redis round trips). A request is only ever posted
+(each of those was a claim, an RQ job and a dozen Redis round trips). A request is only ever posted
 under its message lock and only while it has no `message_ts`: no duplicates. Nothing leaves the
 outbox unposted unless its request is gone, or Slack refused its message: then its own `slack:`
-item comes back after a backoff and puts it at the back of the outbox, so one message Slack
-will not take never holds up the rest of the channel. The channel's item leaves the due queue only once
-the outbox is empty, and is armed again when a request came in meanwhile, so none is stranded; a
-worker that dies mid-drain leaves it to come due when its lease lapses.
+item comes back after a backoff and puts it at the back of the outbox, so one message Slack will
+not take never holds up the rest of the channel (leaving and coming back due are one atomic step).
+The channel's item is done only with the outbox empty — done and a last look are one atomic step,
+so a request that came in meanwhile is never left behind; a worker that dies mid-drain leaves the
+item to come due when its lease lapses; and every worker's upkeep re-arms a channel waiting with no
+item due (`rearm_posters`: an older worker drops `post:` items it does not know).
 
 Digest: when more than `JIT_SLACK_DIGEST_AFTER` requests wait for one channel that no digest
 has listed yet, the next slot posts one "N new requests" message listing them (id, action,
@@ -207,10 +209,19 @@ def drain_channel(rt, channel: str, token: str) -> None:
                 pacer.release(turn.request_id, turn.token)
     finally:
         if posted:
-            rt.dispatcher.refresh_homes()  # a job of its own: never between this channel's posts
+            _refresh_homes_later(rt)
     # Empty when last looked at. A request that came in since found this item queued and did not
     # arm it again: done and a last look are one atomic step, so it is never left behind.
     DueQueue(rt.redis).done_unless_waiting(member, token, keys.channel_outbox(channel), now_ms())
+
+
+def _refresh_homes_later(rt) -> None:
+    """App Home follows in a job of its own: never between this channel's posts, and never failing
+    the drain (it is a dashboard)."""
+    try:
+        rt.dispatcher.refresh_homes()
+    except Exception as e:  # noqa: BLE001
+        log.warning("App Home refresh not queued: %s", type(e).__name__)
 
 
 # KEYS: request, outbox, due, claims, wake
