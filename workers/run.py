@@ -200,7 +200,8 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
             Scheduler(rt.redis, blocking, rt.dispatcher).run_once()
         else:
             # expiries are revoked by threads of this process, straight from the scheduler
-            revoker = Runner(lambda items: run_expiries(rt, items), DueQueue(rt.redis), name="jit-revoker").start()
+            revoker = Runner(lambda items, held: run_expiries(rt, items, held), DueQueue(rt.redis), name="jit-revoker")
+            revoker.start()
             sched = Scheduler(rt.redis, blocking, rt.dispatcher, revoker=revoker)
             threading.Thread(target=sched.run, name="jit-scheduler", daemon=True).start()
 
@@ -208,7 +209,8 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
     lane_runner = None
     if not burst:
         # grants and revokes someone waits for start here at once, not after RQ's pickup
-        lane_runner = Runner(lambda items: run_due_batch(rt, items), DueQueue(rt.redis), name="jit-access").start()
+        lane_runner = Runner(lambda items, _held: run_due_batch(rt, items), DueQueue(rt.redis), name="jit-access")
+        lane_runner.start()
         lane = LaneReader(
             rt.redis,
             # a read that outlasts its pop's timeout is a dead connection: raise and reconnect

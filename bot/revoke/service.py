@@ -125,8 +125,9 @@ class RevokeService:
         one. Per id: ms still to wait (never early), 0 when done or nothing to do, or what its backend
         revoke raised (that one is not recorded, and comes back with backoff). Nothing here talks to
         Slack: an expiry's message update follows, paced, in another job."""
-        reqs = {r.id: r for r in self.store.get_many(request_ids)}
-        blobs = dict(zip(request_ids, self.store.credential_blobs(request_ids), strict=True))
+        found, sealed = self.store.get_many_with_credentials(request_ids)
+        reqs = {r.id: r for r in found}
+        blobs = dict(zip(request_ids, sealed, strict=True))
         out: dict[str, int | Exception] = {}
         revoked: list[_Revoked] = []
         for rid in request_ids:

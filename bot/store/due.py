@@ -12,6 +12,7 @@ from __future__ import annotations
 from redis import Redis
 
 from bot.store import keys
+from bot.store.pipelined import run_scripts
 
 #: A freshly kicked due item comes back due after this long, in case the job carrying it was
 #: lost with its worker (a claimed one is re-scored to now + its lease).
@@ -171,32 +172,22 @@ class DueQueue:
 
     def extend_many(self, items: list[tuple[str, str]], new_score: int) -> list[bool]:
         """`extend` for many (member, token) in one round trip."""
-        with self.r.pipeline(transaction=False) as pipe:
-            for member, token in items:
-                self._extend(keys=[keys.due(), keys.due_claims()], args=[member, token, new_score], client=pipe)
-            return [bool(x) for x in pipe.execute()]
+        calls = [(self._extend, [keys.due(), keys.due_claims()], [m, t, new_score]) for m, t in items]
+        return [bool(x) for x in run_scripts(self.r, calls)]
 
     def done_many(self, items: list[tuple[str, str]]) -> None:
         """`done` for many (member, token) in one round trip."""
         if not items:
             return
-        with self.r.pipeline(transaction=False) as pipe:
-            for member, token in items:
-                self._done(keys=[keys.due(), keys.due_claims(), keys.due_attempts()], args=[member, token], client=pipe)
-            pipe.execute()
+        ks = [keys.due(), keys.due_claims(), keys.due_attempts()]
+        run_scripts(self.r, [(self._done, ks, [member, token]) for member, token in items])
 
     def retry_at_many(self, items: list[tuple[str, str, int]]) -> None:
         """`retry_at` for many (member, token, at_ms) in one round trip."""
         if not items:
             return
-        with self.r.pipeline(transaction=False) as pipe:
-            for member, token, at_ms in items:
-                self._retry(
-                    keys=[keys.due(), keys.due_claims(), keys.due_attempts(), keys.due_wake()],
-                    args=[member, token, at_ms, "0", 0, 0, 0],
-                    client=pipe,
-                )
-            pipe.execute()
+        ks = [keys.due(), keys.due_claims(), keys.due_attempts(), keys.due_wake()]
+        run_scripts(self.r, [(self._retry, ks, [member, token, at_ms, "0", 0, 0, 0]) for member, token, at_ms in items])
 
     def count_due(self, now_ms: int) -> int:
         """Members due by `now_ms` (claimed ones are leased into the future: not counted)."""

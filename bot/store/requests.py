@@ -26,6 +26,7 @@ from redis import Redis
 from bot.core.model import APPROVAL_FIELD, AccessRequest, Status
 from bot.store import keys
 from bot.store.due import channel_post_member
+from bot.store.pipelined import run_scripts
 
 #: A freshly kicked due item comes back due after this long, in case the job carrying it was
 #: lost with its worker.
@@ -756,15 +757,18 @@ class Store:
 
     def get_many(self, ids: list[str]) -> list[AccessRequest]:
         pipe = self.r.pipeline(transaction=False)
-        for i in ids:
-            pipe.hgetall(keys.request(i))
-            pipe.hgetall(keys.approvals(i))
-        res = pipe.execute()
-        out = []
-        for h, apr in zip(res[::2], res[1::2], strict=True):
-            if h and "status" in h:
-                out.append(AccessRequest.from_hash(h, apr))
-        return out
+        _read_many(pipe, ids)
+        return _requests_of(pipe.execute())
+
+    def get_many_with_credentials(self, ids: list[str]) -> tuple[list[AccessRequest], list[str | None]]:
+        """`get_many` and `credential_blobs` in one round trip (an expiry batch's one read)."""
+        if not ids:
+            return [], []
+        pipe = self.r.pipeline(transaction=False)
+        _read_many(pipe, ids)
+        pipe.mget([keys.credential(i) for i in ids])
+        *res, blobs = pipe.execute()
+        return _requests_of(res), blobs
 
     def open_ids(self, limit: int = 500) -> list[str]:
         """Not-yet-final requests, newest first."""
@@ -1060,21 +1064,15 @@ class Store:
             return []
         tokens = [secrets.token_hex(8) for _ in done]
         script = self._scripts["revoked"]
-        with self.r.pipeline(transaction=False) as pipe:
-            for (rid, t, event), token in zip(done, tokens, strict=True):
-                script(
-                    keys=self._keys(rid, [keys.expired_messages()]),
-                    args=self._args(rid, t, token, (event, ""), [COALESCE_MS]),
-                    client=pipe,
-                )
-            results = pipe.execute()
+        calls = [
+            (script, self._keys(rid, [keys.expired_messages()]), self._args(rid, t, token, (event, ""), [COALESCE_MS]))
+            for (rid, t, event), token in zip(done, tokens, strict=True)
+        ]
+        results = run_scripts(self.r, calls)
         for res, token in zip(results, tokens, strict=True):
             self._after(res, token)
         self.audit.flush()
         return [_outcome(res) for res in results]
-
-    def credential_blobs(self, ids: list[str]) -> list[str | None]:
-        return self.r.mget([keys.credential(i) for i in ids]) if ids else []
 
     def record_session(self, request_id: str, sealed: str, now_ms: int, event: str) -> Outcome:
         """Keep a grant's session record: 'ok' once; 'exists' after that; 'not_ended' while the
@@ -1194,6 +1192,18 @@ def revision_of(req: AccessRequest) -> str:
     """The revision of the state `req` holds, read in the same snapshot as that state (so a
     transition after the read bumps past it, and the message is rendered again)."""
     return req.fields.get("rev") or "0"
+
+
+def _read_many(pipe, ids: list[str]) -> None:
+    """Queue the reads of `ids`' requests (with the approvals key earlier versions kept)."""
+    for i in ids:
+        pipe.hgetall(keys.request(i))
+        pipe.hgetall(keys.approvals(i))
+
+
+def _requests_of(res: list) -> list[AccessRequest]:
+    """The requests `_read_many`'s replies hold (the ones that exist)."""
+    return [AccessRequest.from_hash(h, apr) for h, apr in zip(res[::2], res[1::2], strict=True) if h and "status" in h]
 
 
 def _outcome(res: list) -> Outcome:

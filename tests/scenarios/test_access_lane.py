@@ -45,7 +45,7 @@ class Recording(Runner):
         self.hold.set()
         super().__init__(self._record, due, threads=threads)
 
-    def _record(self, items):
+    def _record(self, items, held_until_ms):
         self.batches.append(items)
         self.hold.wait(10)
 
@@ -65,7 +65,7 @@ def test_grants_and_revokes_go_to_rq_while_no_worker_reads_the_lane(r, raw):
 
 
 def test_grants_and_revokes_take_the_lane_while_a_worker_reads_it(r, raw):
-    LaneReader(r, r, Runner(lambda items: None, DueQueue(r)), lambda items: None).say_alive()
+    LaneReader(r, r, Runner(lambda items, held: None, DueQueue(r)), lambda items: None).say_alive()
     d = Dispatcher(raw)
     d.kick_many([("grant:a", "t1"), ("revoke:b", "t2"), ("reissue:c", "t4"), ("slack:a", "t3"), ("timeout:d", "t5")])
     assert lane(r) == [entry("grant:a", "t1"), entry("revoke:b", "t2"), entry("reissue:c", "t4")]
@@ -77,7 +77,7 @@ def test_grants_and_revokes_take_the_lane_while_a_worker_reads_it(r, raw):
 
 
 def test_the_lane_is_closed_again_once_its_readers_are_gone(r, raw):
-    reader = LaneReader(r, r, Runner(lambda items: None, DueQueue(r)), lambda items: None)
+    reader = LaneReader(r, r, Runner(lambda items, held: None, DueQueue(r)), lambda items: None)
     reader.say_alive()
     r.pexpire(keys.access_lane_alive(), 50)  # the reader died; its word lapses
     time.sleep(0.1)
@@ -96,7 +96,7 @@ def approved(jit) -> tuple[str, str]:
 
 
 def lane_threads(jit) -> Runner:
-    return Runner(lambda items: run_due_batch(jit.rt, items), DueQueue(jit.rt.redis), threads=2).start()
+    return Runner(lambda items, held: run_due_batch(jit.rt, items), DueQueue(jit.rt.redis), threads=2).start()
 
 
 def test_the_reader_grants_a_kicked_grant_in_its_own_threads(jit):
@@ -181,7 +181,7 @@ def test_what_the_scheduler_claims_again_goes_to_rq_never_back_to_the_lane(r, ra
     of it goes to RQ (a lane that was not read could be unread still)."""
     from workers.queue.scheduler import Scheduler
 
-    LaneReader(r, r, Runner(lambda items: None, DueQueue(r)), lambda items: None).say_alive()
+    LaneReader(r, r, Runner(lambda items, held: None, DueQueue(r)), lambda items: None).say_alive()
     d = Dispatcher(raw)
     r.zadd(keys.due(), {"grant:a": now_ms() - 1, "revoke:b": now_ms() - 1})
     assert Scheduler(r, redislib.Redis.from_url(redis_url, decode_responses=True), d).run_once() == 2
@@ -196,7 +196,7 @@ class FailingPops:
 
 
 def test_a_reader_whose_pops_fail_does_not_keep_the_lane_open(r):
-    reader = LaneReader(r, FailingPops(), Runner(lambda items: None, DueQueue(r)), lambda items: None)
+    reader = LaneReader(r, FailingPops(), Runner(lambda items, held: None, DueQueue(r)), lambda items: None)
     with pytest.raises(redislib.ConnectionError):
         reader.run_once(0.1)
     assert not r.exists(keys.access_lane_alive())

@@ -13,7 +13,7 @@ from bot.store import keys
 from bot.store.due import LEASE_MS, DueQueue
 from workers.queue.runner import MAX_BATCH as REVOKER_BATCH
 from workers.queue.runner import Runner
-from workers.queue.scheduler import MAX_WAITING_JOBS, STORM, Lease, Scheduler
+from workers.queue.scheduler import MAX_WAITING_JOBS, STORM, BatchLease, Lease, Scheduler
 
 
 @pytest.fixture
@@ -208,7 +208,7 @@ class HeldRunner(Runner):
         self.release = threading.Event()
         super().__init__(self._record, due, threads=threads)
 
-    def _record(self, items):
+    def _record(self, items, held_until_ms):
         self.batches.append(items)
         self.release.wait(10)
 
@@ -318,7 +318,7 @@ def test_a_revoker_batch_that_raises_leaves_its_claims_to_come_due_again(r):
     q.schedule("expire:x", t)
     claimed = q.claim(t, lease_ms=60_000)
 
-    def boom(items):
+    def boom(items, held_until_ms):
         raise RuntimeError("backend exploded")
 
     revoker = Runner(boom, q, threads=1).start()
@@ -333,7 +333,7 @@ def test_a_revoker_stopping_lets_the_batch_in_hand_finish(r):
     finished = []
     started = threading.Event()
 
-    def slow(items):
+    def slow(items, held_until_ms):
         started.set()
         time.sleep(0.3)
         finished.extend(items)
@@ -372,3 +372,47 @@ def test_ensure_queues_a_member_once_and_leaves_a_claim_on_it_alone(r):
     ((member, token),) = q.claim(t)
     assert q.ensure("post:C1", t) is False  # queued (claimed, running): unchanged
     assert r.hget(keys.due_claims(), member) == token and q.score(member) > t
+
+
+class CountingDue(DueQueue):
+    """A due queue that counts its lease round trips."""
+
+    def __init__(self, r):
+        super().__init__(r)
+        self.extends = 0
+
+    def extend_many(self, items, new_score):
+        self.extends += 1
+        return super().extend_many(items, new_score)
+
+
+def test_a_batch_the_runner_just_leased_starts_without_a_round_trip_of_its_own(r):
+    q = CountingDue(r)
+    t = now_ms()
+    q.schedule("expire:a", t)
+    ran = []
+    revoker = Runner(lambda items, held: ran.append((items, held)), q, threads=1).start()
+    revoker.submit(q.claim(t, lease_ms=60_000))  # moved to the running lease: one round trip
+    revoker.stop(5)
+    ((items, held_until),) = ran
+    assert q.extends == 1 and held_until >= t + LEASE_MS
+    with BatchLease(q, items, held_until_ms=held_until) as lease:
+        assert lease.held == items
+    assert q.extends == 1  # the start trusted the runner's fresh lease
+    assert q.score("expire:a") == held_until  # and the claim is that lease
+
+
+def test_a_batch_whose_hold_may_have_lapsed_checks_its_claims_and_runs_none_it_lost(r):
+    q = CountingDue(r)
+    t = now_ms()
+    q.schedule("expire:b", t)
+    mine = q.claim(t, lease_ms=1)
+    time.sleep(0.01)
+    theirs = q.claim(now_ms())  # the lease lapsed: another worker claimed it again
+    assert [m for m, _ in theirs] == ["expire:b"]
+    # a runner's hold, but with less than half a lease left: asked again, and found lost
+    with BatchLease(q, mine, held_until_ms=now_ms() + LEASE_MS // 4) as lease:
+        assert lease.held == []
+    assert q.extends == 1
+    with BatchLease(q, mine) as lease:  # nothing known: asked, as before
+        assert lease.held == []

@@ -55,19 +55,19 @@ def run_due_batch(rt: Runtime, items: list[tuple[str, str]]) -> None:
         run_expiries(rt, expiries)
 
 
-def run_expiries(rt: Runtime, items: list[tuple[str, str]]) -> None:
+def run_expiries(rt: Runtime, items: list[tuple[str, str]], held_until_ms: int = 0) -> None:
     """A batch of claimed `expire:` members, however many (the worker's revoking threads run these:
-    workers/queue/runner.py)."""
+    workers/queue/runner.py, which says how long their claims are known to be held)."""
     with logs.bind(job="expire"):
-        _run_expiries(rt, items)
+        _run_expiries(rt, items, held_until_ms)
 
 
-def _run_expiries(rt: Runtime, items: list[tuple[str, str]]) -> None:
+def _run_expiries(rt: Runtime, items: list[tuple[str, str]], held_until_ms: int = 0) -> None:
     """A batch of `expire:` members: one lease, reads and writes pipelined, Slack left to the
     `updates:expired` job. Every member is finished, put back for later, or failed on its own; one
     that was not finished when the worker died comes back when its lease lapses (at least once)."""
     due = DueQueue(rt.redis)
-    lease = BatchLease(due, items)
+    lease = BatchLease(due, items, held_until_ms=held_until_ms)
     try:
         with lease:
             if not lease.held:

@@ -43,12 +43,14 @@ class Runner:
     """Threads that run batches of claimed due members with `run_batch` (`name`: the threads' name)."""
 
     def __init__(
-        self, run_batch: Callable[[Batch], None], due: DueQueue, threads: int = THREADS, name: str = "jit-runner"
+        self, run_batch: Callable[[Batch, int], None], due: DueQueue, threads: int = THREADS, name: str = "jit-runner"
     ) -> None:
+        """`run_batch(items, held_until_ms)`: the claims of `items` were this process's, leased
+        until `held_until_ms`, when the runner handed them over (0: not known, check first)."""
         self.run_batch = run_batch
         self.due = due
         self.size = threads
-        self._queue: queue.Queue[Batch | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[Batch, int] | None] = queue.Queue()
         self._busy = 0
         self._stopping = False
         self._changed = threading.Condition()
@@ -78,13 +80,15 @@ class Runner:
             return False
         if not items:
             return True
+        held_until = 0
         if lease:
-            kept = self.due.extend_many(items, now_ms() + LEASE_MS)
+            held_until = now_ms() + LEASE_MS
+            kept = self.due.extend_many(items, held_until)
             items = [item for item, ok in zip(items, kept, strict=True) if ok]
         free = max(self.idle(), 1)
         size = max(1, min(MAX_BATCH, -(-len(items) // free)))
         for i in range(0, len(items), size):
-            self._queue.put(items[i : i + size])
+            self._queue.put((items[i : i + size], held_until))
         return True
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -99,13 +103,14 @@ class Runner:
 
     def _run(self) -> None:
         while True:
-            batch = self._queue.get()
-            if batch is None:
+            got = self._queue.get()
+            if got is None:
                 return
+            batch, held_until = got
             with self._changed:
                 self._busy += 1
             try:
-                self.run_batch(batch)
+                self.run_batch(batch, held_until)
             except Exception:  # noqa: BLE001 - the claims were not finished: they come due again
                 log.exception("batch failed; its members come due again when their lease lapses")
             finally:

@@ -89,12 +89,19 @@ class Lease:
 class BatchLease:
     """`Lease` for a batch of claimed members run by one job: one extend round trip and one beating
     thread for all of them. `held` lists the members whose claim was still this job's at the start
-    (only those run); a worker that dies stops extending, and every unfinished member comes due."""
+    (only those run); a worker that dies stops extending, and every unfinished member comes due.
 
-    def __init__(self, due: DueQueue, items: list[tuple[str, str]], lease_ms: int = LEASE_MS) -> None:
+    `held_until_ms`: the claims were this process's until then, as a runner that just extended
+    them knows; with at least half a lease of that left, the start needs no round trip of its own
+    (it is on the path of every revocation), and the beat takes over as usual."""
+
+    def __init__(
+        self, due: DueQueue, items: list[tuple[str, str]], lease_ms: int = LEASE_MS, held_until_ms: int = 0
+    ) -> None:
         self.due = due
         self.items = items
         self.lease_ms = lease_ms
+        self.held_until_ms = held_until_ms
         self.held: list[tuple[str, str]] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -113,8 +120,11 @@ class BatchLease:
                     return
 
     def __enter__(self) -> BatchLease:
-        kept = self._extend()
-        self.held = [item for item, ok in zip(self.items, kept, strict=False) if ok]
+        if self.held_until_ms - now_ms() >= self.lease_ms // 2:
+            self.held = list(self.items)
+        else:
+            kept = self._extend()
+            self.held = [item for item, ok in zip(self.items, kept, strict=False) if ok]
         if self.held:
             self._thread.start()
         return self
