@@ -194,6 +194,7 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
 
     sched = None
     revoker = None
+    stop_holding_metrics = None
     if scheduler:
         blocking = redis_from_url(rt.settings.redis_url, decode_responses=True, socket_timeout=None)
         if burst:  # one pass, everything through RQ (the burst worker below runs it and exits)
@@ -202,6 +203,8 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
             # expiries are revoked by threads of this process, straight from the scheduler
             revoker = Runner(lambda items, held: run_expiries(rt, items, held), DueQueue(rt.redis), name="jit-revoker")
             revoker.start()
+            # the revoking threads' counts are written once a second, not by every batch
+            stop_holding_metrics = rt.metrics.hold()
             sched = Scheduler(rt.redis, blocking, rt.dispatcher, revoker=revoker)
             threading.Thread(target=sched.run, name="jit-scheduler", daemon=True).start()
 
@@ -263,6 +266,8 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
             lane.stop()
         if revoker is not None:
             revoker.stop()
+        if stop_holding_metrics is not None:
+            stop_holding_metrics()
         if lane_runner is not None:
             lane_runner.stop()
         if reloader is not None:

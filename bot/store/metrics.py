@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -127,8 +130,37 @@ def _label(value: object) -> str:
     return str(value if value is not None else "")[:MAX_LABEL]
 
 
+@lru_cache(maxsize=4096)  # labels come from the policy (actions, backends): few, and repeated
 def _field(kind: str, name: str, labels: tuple[str, ...], extra: str = "") -> str:
     return json.dumps([kind, name, list(labels), extra], separators=(",", ":"))
+
+
+class _Tally:
+    """Counter and histogram increments summed in this process, for one write."""
+
+    def __init__(self) -> None:
+        self.ints: dict[str, int] = {}
+        self.floats: dict[str, float] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.ints or self.floats)
+
+    def count(self, field: str, n: int = 1) -> None:
+        self.ints[field] = self.ints.get(field, 0) + n
+
+    def observe(self, metric: Histogram, labels: tuple[str, ...], value: float) -> None:
+        """Every bucket the value falls in (cumulative, as Prometheus reads them), count and sum."""
+        for le in metric.buckets[bisect_left(metric.buckets, value) :]:
+            self.count(_field("h", metric.name, labels, repr(float(le))))
+        self.count(_field("h", metric.name, labels, "count"))
+        f = _field("h", metric.name, labels, "sum")
+        self.floats[f] = self.floats.get(f, 0.0) + float(value)
+
+    def merge(self, other: _Tally) -> None:
+        for f, n in other.ints.items():
+            self.count(f, n)
+        for f, x in other.floats.items():
+            self.floats[f] = self.floats.get(f, 0.0) + x
 
 
 class Metrics:
@@ -136,6 +168,8 @@ class Metrics:
 
     def __init__(self, redis: Redis) -> None:
         self.r = redis
+        self._held: _Tally | None = None  # see `hold`
+        self._held_lock = threading.Lock()
 
     # ------------------------------------------------------------------ primitives
 
@@ -177,35 +211,61 @@ class Metrics:
             self.observe(LATENESS, max(lateness, 0.0), action)
 
     def revoked_many(self, revokes: list[tuple[str, str, str, float, float | None]]) -> None:
-        """`request` + `revoked` for a batch of (action, outcome, backend, seconds, lateness_s), summed
-        here and written in one transaction (a batch of expiries costs one round trip, not three each)."""
-        ints: dict[str, int] = {}
-        floats: dict[str, float] = {}
-
-        def observe(metric: Histogram, value: float, *labels: str) -> None:
-            for le in metric.buckets:
-                if value <= le:
-                    f = _field("h", metric.name, labels, repr(float(le)))
-                    ints[f] = ints.get(f, 0) + 1
-            f = _field("h", metric.name, labels, "count")
-            ints[f] = ints.get(f, 0) + 1
-            f = _field("h", metric.name, labels, "sum")
-            floats[f] = floats.get(f, 0.0) + float(value)
-
+        """`request` + `revoked` for a batch of (action, outcome, backend, seconds, lateness_s),
+        summed here and written in one transaction — or, while `hold` is on (the worker's revoking
+        threads), summed into what the next flush writes, so the counting is off the path of every
+        revocation batch: one write a second instead of one per batch."""
+        tally = _Tally()
         for action, outcome, backend, seconds, lateness in revokes:
             a, b = _label(action), _label(backend)
-            f = _field("c", REQUESTS.name, (a, _label(outcome)))
-            ints[f] = ints.get(f, 0) + 1
-            observe(REVOKE_SECONDS, seconds, a, b)
+            tally.count(_field("c", REQUESTS.name, (a, _label(outcome))))
+            tally.observe(REVOKE_SECONDS, (a, b), seconds)
             if lateness is not None:
-                observe(LATENESS, max(lateness, 0.0), a)
-        if not ints:
+                tally.observe(LATENESS, (a,), max(lateness, 0.0))
+        if self._held is not None:
+            with self._held_lock:
+                self._held.merge(tally)
+            return
+        self._write(tally)
+
+    def hold(self, every_s: float = 1.0) -> Callable[[], None]:
+        """From now on `revoked_many` sums in this process and a thread writes the sums every
+        `every_s` seconds. Returns the stop, which writes what is left (a process that dies first
+        loses at most `every_s` of these counts: metrics, never the revocations themselves)."""
+        self._held = _Tally()
+        stop = threading.Event()
+
+        def run() -> None:
+            while not stop.wait(every_s):
+                self.flush()
+
+        thread = threading.Thread(target=run, name="jit-metrics", daemon=True)
+        thread.start()
+
+        def stop_holding() -> None:
+            stop.set()
+            thread.join(every_s + 5)
+            self.flush()
+            self._held = None
+
+        return stop_holding
+
+    def flush(self) -> None:
+        """Write what `revoked_many` summed while held."""
+        if self._held is None:
+            return
+        with self._held_lock:
+            tally, self._held = self._held, _Tally()
+        self._write(tally)
+
+    def _write(self, tally: _Tally) -> None:
+        if not tally:
             return
         try:
-            pipe = self.r.pipeline(transaction=True)
-            for f, n in ints.items():
+            pipe = self.r.pipeline(transaction=True)  # a scrape sees all of a batch or none
+            for f, n in tally.ints.items():
                 pipe.hincrby(keys.metrics(), f, n)
-            for f, x in floats.items():
+            for f, x in tally.floats.items():
                 pipe.hincrbyfloat(keys.metrics(), f, x)
             pipe.execute()
         except Exception as e:  # noqa: BLE001

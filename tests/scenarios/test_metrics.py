@@ -137,3 +137,34 @@ def test_a_metric_write_never_breaks_the_caller():
     dead = Redis(port=1, socket_connect_timeout=0.2)  # nothing listens on port 1
     Metrics(dead).request("x", "created")  # must not raise
     Metrics(dead).revoked("x", "exec", 0.1, lateness=0.1)
+
+
+def test_revocation_counts_held_by_a_worker_are_written_by_its_flush_and_at_its_stop(rt, http):
+    """The worker's revoking threads sum their counts in the process (no write per batch): the
+    numbers reach /metrics at the next flush, the same as written one batch at a time."""
+    from bot.store.connection import redis_from_url
+    from bot.store.metrics import Metrics
+
+    worker = Metrics(redis_from_url(rt.settings.redis_url, decode_responses=True))
+    stop = worker.hold(every_s=3600)  # no timed flush during the test: only the explicit ones
+    worker.revoked_many([("deploy-prod", "expired", "exec", 0.02, 0.03), ("deploy-prod", "expired", "exec", 0.2, 0.7)])
+    assert value(scrape(http), "jit_requests_total", action="deploy-prod", outcome="expired") == 0  # held
+    worker.flush()
+    after = scrape(http)
+    assert value(after, "jit_requests_total", action="deploy-prod", outcome="expired") == 2
+    assert value(after, "jit_revocation_lateness_seconds_bucket", action="deploy-prod", le="0.05") == 1
+    assert value(after, "jit_revocation_lateness_seconds_bucket", action="deploy-prod", le="0.5") == 1
+    assert value(after, "jit_revocation_lateness_seconds_bucket", action="deploy-prod", le="1.0") == 2
+    assert value(after, "jit_revocation_lateness_seconds_count", action="deploy-prod") == 2
+    assert abs(value(after, "jit_revocation_lateness_seconds_sum", action="deploy-prod") - 0.73) < 1e-9
+    assert value(after, "jit_revoke_duration_seconds_bucket", action="deploy-prod", backend="exec", le="0.01") == 0
+    assert value(after, "jit_revoke_duration_seconds_bucket", action="deploy-prod", backend="exec", le="0.05") == 1
+
+    worker.revoked_many([("deploy-prod", "revoked", "exec", 0.01, None)])
+    stop()  # the worker's stop writes what is left, and later batches are written at once
+    assert value(scrape(http), "jit_requests_total", action="deploy-prod", outcome="revoked") == 1
+    worker.revoked_many([("deploy-prod", "revoked", "exec", 0.01, None)])
+    after = scrape(http)
+    assert value(after, "jit_requests_total", action="deploy-prod", outcome="revoked") == 2
+    # an observation on a bucket's bound counts in that bucket (le: less than or equal)
+    assert value(after, "jit_revoke_duration_seconds_bucket", action="deploy-prod", backend="exec", le="0.01") == 2
