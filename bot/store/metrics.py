@@ -11,6 +11,8 @@ every host scraped separately. Here each event is one `HINCRBY` into `keys.metri
   with `max without (instance)`, never `sum`;
 - counters survive restarts (they live as long as Redis's data), so `rate()` sees no resets;
 - a metric write that fails (Redis away) is dropped and logged at debug: metrics never break a grant.
+- the worker's revoking threads sum their counts in the process and write them once a second
+  (`Metrics.hold`): off the path of every revocation batch, at most a second late.
 """
 
 from __future__ import annotations
