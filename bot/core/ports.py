@@ -38,6 +38,8 @@ class AuditOutbox(Protocol):
 
     def flush(self) -> int: ...
 
+    def flush_soon(self) -> None: ...
+
 
 class Metrics(Protocol):
     """Counters and timings of the request lifecycle (a failed write never fails the caller)."""

@@ -105,7 +105,7 @@ class UsageService:
                 details={"backend": backend_type, "sha256": digest(kept), **head},
             )
             recorded = self.store.record(req.id, self.vault.seal(kept), body, head)
-            self.audit.flush()
+            self.audit.flush_soon()
             return recorded
         except Exception as e:  # noqa: BLE001 - never in the way of the revoke
             log.warning("could not record the usage of %s: %s", req.id, type(e).__name__)

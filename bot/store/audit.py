@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,6 +37,7 @@ from redis.exceptions import ResponseError
 from bot.core.clock import now, now_ms, rfc3339, to_ms
 from bot.core.crypto import AuditSigner
 from bot.store import keys
+from bot.store.chainer import Chainer
 
 log = logging.getLogger("jit.audit")
 
@@ -407,6 +408,7 @@ class AuditLog:
         self._trim = redis.register_script(_TRIM)
         self._head: tuple[int, str, int] = (0, GENESIS, 0)  # our guess of (seq, hash, ms)
         self._duplicates: set[str] = set()  # outbox items whose nonce the script found chained
+        self._chainer: Chainer | None = None  # see chain_in_background
 
     def _signing(self) -> AuditSigner:
         if self.signer is None:
@@ -478,6 +480,21 @@ class AuditLog:
             state, _, chained = self._step(_State(seq, prev, ms, 1, [pushed]))
             done = len(chained)
         return done + self._drain(state, target=state.seq + state.waiting, limit=limit - done)[0]
+
+    def chain_in_background(self) -> Callable[[], None]:
+        """From now on `flush_soon` leaves the chaining to a thread of this process
+        (bot/store/chainer.py). Returns its stop, which chains what is left."""
+        if self.signer is not None and self._chainer is None:
+            self._chainer = Chainer(self.flush)
+        return self._chainer.stop if self._chainer is not None else (lambda: None)
+
+    def flush_soon(self) -> None:
+        """A writer's events are in the outbox: chain them now — or, in a process that chains in
+        the background, wake its chainer and return at once."""
+        if self._chainer is None:
+            self.flush()
+        else:
+            self._chainer.wake()
 
     def _settle(self) -> None:
         """Readers first chain what waits in the outbox; a trail they cannot extend still reads."""

@@ -72,6 +72,8 @@ class AuditOutbox(Protocol):
 
     def flush(self) -> int: ...
 
+    def flush_soon(self) -> None: ...
+
 
 # Every transition script gets the same first KEYS and ARGV, so the shared Lua below can use them:
 # KEYS: 1 req, 2 approvals of a request an earlier version made (read only), 3 open index, 4 due,
@@ -826,7 +828,7 @@ class Store:
         )
         self._after(res, token)
         if any(events):
-            self.audit.flush()
+            self.audit.flush_soon()
         return res
 
     def _keys(self, request_id: str, keys_extra: list[str] | None) -> list[str]:
@@ -1071,7 +1073,7 @@ class Store:
         results = run_scripts(self.r, calls)
         for res, token in zip(results, tokens, strict=True):
             self._after(res, token)
-        self.audit.flush()
+        self.audit.flush_soon()
         return [_outcome(res) for res in results]
 
     def record_session(self, request_id: str, sealed: str, now_ms: int, event: str) -> Outcome:

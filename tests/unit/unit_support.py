@@ -75,6 +75,9 @@ class HeldOutbox:
     def flush(self) -> int:
         return 0
 
+    def flush_soon(self) -> None:
+        return None
+
 
 @dataclass
 class Bare:
