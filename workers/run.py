@@ -195,6 +195,7 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
     sched = None
     revoker = None
     stop_holding_metrics = None
+    stop_chaining = None
     if scheduler:
         blocking = redis_from_url(rt.settings.redis_url, decode_responses=True, socket_timeout=None)
         if burst:  # one pass, everything through RQ (the burst worker below runs it and exits)
@@ -203,8 +204,10 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
             # expiries are revoked by threads of this process, straight from the scheduler
             revoker = Runner(lambda items, held: run_expiries(rt, items, held), DueQueue(rt.redis), name="jit-revoker")
             revoker.start()
-            # the revoking threads' counts are written once a second, not by every batch
+            # counts are written once a second, not by every batch, and the trail is chained by
+            # a thread of its own, not at the end of every batch
             stop_holding_metrics = rt.metrics.hold()
+            stop_chaining = rt.audit.chain_in_background()
             sched = Scheduler(rt.redis, blocking, rt.dispatcher, revoker=revoker)
             threading.Thread(target=sched.run, name="jit-scheduler", daemon=True).start()
 
@@ -270,6 +273,8 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
             stop_holding_metrics()
         if lane_runner is not None:
             lane_runner.stop()
+        if stop_chaining is not None:
+            stop_chaining()  # what the threads above wrote last is chained before the exit
         if reloader is not None:
             reloader.stop()
         if upkeep is not None:

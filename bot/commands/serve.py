@@ -93,6 +93,11 @@ def serve(host: str, port: int, workers: int | None = None) -> int:
             except Exception:  # noqa: BLE001 - Redis down at boot: the next load records it
                 pass
             reloader.start()
+            # a create answers once its state and audit event are stored; a thread chains the
+            # trail for all of this worker's requests (bot/store/chainer.py), and another writes
+            # the counts in /metrics once a second rather than one round trip per request
+            worker_rt.audit.chain_in_background()
+            worker_rt.metrics.hold()
             flask_app = create_app(worker_rt)
             if worker_rt.settings.slack_app_token is not None:
                 # One Socket Mode connection per server process: Slack spreads envelopes

@@ -11,8 +11,8 @@ every host scraped separately. Here each event is one `HINCRBY` into `keys.metri
   with `max without (instance)`, never `sum`;
 - counters survive restarts (they live as long as Redis's data), so `rate()` sees no resets;
 - a metric write that fails (Redis away) is dropped and logged at debug: metrics never break a grant.
-- the worker's revoking threads sum their counts in the process and write them once a second
-  (`Metrics.hold`): off the path of every revocation batch, at most a second late.
+- `jit serve`'s and `jit worker`'s processes sum their counts and write them once a second
+  (`Metrics.hold`): no round trip per create or revocation, and at most a second late.
 """
 
 from __future__ import annotations
@@ -158,11 +158,12 @@ class _Tally:
         f = _field("h", metric.name, labels, "sum")
         self.floats[f] = self.floats.get(f, 0.0) + float(value)
 
-    def merge(self, other: _Tally) -> None:
-        for f, n in other.ints.items():
-            self.count(f, n)
-        for f, x in other.floats.items():
-            self.floats[f] = self.floats.get(f, 0.0) + x
+    def merge_into(self, other: _Tally) -> None:
+        """Add these sums to `other`'s."""
+        for f, n in self.ints.items():
+            other.count(f, n)
+        for f, x in self.floats.items():
+            other.floats[f] = other.floats.get(f, 0.0) + x
 
 
 class Metrics:
@@ -177,24 +178,27 @@ class Metrics:
 
     def inc(self, metric: Counter, *values: object, amount: int = 1) -> None:
         labels = tuple(_label(v) for v in values)
+        field = _field("c", metric.name, labels)
+        if self._add(lambda tally: tally.count(field, amount)):
+            return
         try:
-            self.r.hincrby(keys.metrics(), _field("c", metric.name, labels), amount)
+            self.r.hincrby(keys.metrics(), field, amount)
         except Exception as e:  # noqa: BLE001 - a metric is never worth a failed grant
             log.debug("metric %s dropped: %s", metric.name, type(e).__name__)
 
     def observe(self, metric: Histogram, value: float, *values: object) -> None:
-        labels = tuple(_label(v) for v in values)
-        key = keys.metrics()
-        try:
-            pipe = self.r.pipeline(transaction=True)  # a scrape sees all of one observation or none
-            for le in metric.buckets:
-                if value <= le:
-                    pipe.hincrby(key, _field("h", metric.name, labels, repr(float(le))), 1)
-            pipe.hincrby(key, _field("h", metric.name, labels, "count"), 1)
-            pipe.hincrbyfloat(key, _field("h", metric.name, labels, "sum"), float(value))
-            pipe.execute()
-        except Exception as e:  # noqa: BLE001
-            log.debug("metric %s dropped: %s", metric.name, type(e).__name__)
+        tally = _Tally()
+        tally.observe(metric, tuple(_label(v) for v in values), value)
+        if not self._add(tally.merge_into):
+            self._write(tally)  # in one transaction: a scrape sees all of one observation or none
+
+    def _add(self, change: Callable[[_Tally], None]) -> bool:
+        """While held (see `hold`), apply `change` to what the next flush writes: True."""
+        with self._held_lock:
+            if self._held is None:
+                return False
+            change(self._held)
+            return True
 
     # ------------------------------------------------------------------ domain events
 
@@ -224,17 +228,16 @@ class Metrics:
             tally.observe(REVOKE_SECONDS, (a, b), seconds)
             if lateness is not None:
                 tally.observe(LATENESS, (a,), max(lateness, 0.0))
-        if self._held is not None:
-            with self._held_lock:
-                self._held.merge(tally)
-            return
-        self._write(tally)
+        if not self._add(tally.merge_into):
+            self._write(tally)
 
     def hold(self, every_s: float = 1.0) -> Callable[[], None]:
-        """From now on `revoked_many` sums in this process and a thread writes the sums every
-        `every_s` seconds. Returns the stop, which writes what is left (a process that dies first
-        loses at most `every_s` of these counts: metrics, never the revocations themselves)."""
-        self._held = _Tally()
+        """From now on this process sums its counts and observations and a thread writes the sums
+        every `every_s` seconds, in one transaction: no round trip per event on the path of a
+        create or a revocation batch. Returns the stop, which writes what is left (a process that
+        dies first loses at most `every_s` of counts: metrics, never the events themselves)."""
+        with self._held_lock:
+            self._held = _Tally()
         stop = threading.Event()
 
         def run() -> None:
@@ -247,16 +250,18 @@ class Metrics:
         def stop_holding() -> None:
             stop.set()
             thread.join(every_s + 5)
-            self.flush()
-            self._held = None
+            with self._held_lock:
+                left, self._held = self._held, None
+            if left is not None:
+                self._write(left)
 
         return stop_holding
 
     def flush(self) -> None:
-        """Write what `revoked_many` summed while held."""
-        if self._held is None:
-            return
+        """Write what was summed while held."""
         with self._held_lock:
+            if self._held is None:
+                return
             tally, self._held = self._held, _Tally()
         self._write(tally)
 

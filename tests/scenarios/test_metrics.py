@@ -139,18 +139,27 @@ def test_a_metric_write_never_breaks_the_caller():
     Metrics(dead).revoked("x", "exec", 0.1, lateness=0.1)
 
 
-def test_revocation_counts_held_by_a_worker_are_written_by_its_flush_and_at_its_stop(rt, http):
-    """The worker's revoking threads sum their counts in the process (no write per batch): the
-    numbers reach /metrics at the next flush, the same as written one batch at a time."""
+def test_counts_held_by_a_process_are_written_by_its_flush_and_at_its_stop(rt, http):
+    """`jit serve` and `jit worker` sum their counts in the process (no write per create or batch):
+    the numbers reach /metrics at the next flush, the same as written one event at a time."""
     from bot.store.connection import redis_from_url
     from bot.store.metrics import Metrics
 
     worker = Metrics(redis_from_url(rt.settings.redis_url, decode_responses=True))
     stop = worker.hold(every_s=3600)  # no timed flush during the test: only the explicit ones
     worker.revoked_many([("deploy-prod", "expired", "exec", 0.02, 0.03), ("deploy-prod", "expired", "exec", 0.2, 0.7)])
-    assert value(scrape(http), "jit_requests_total", action="deploy-prod", outcome="expired") == 0  # held
+    worker.request("deploy-prod", "created")  # one count and one observation, as `jit serve` makes
+    worker.approval_wait("deploy-prod", 20.0)
+    held = scrape(http)
+    assert value(held, "jit_requests_total", action="deploy-prod", outcome="expired") == 0
+    assert value(held, "jit_requests_total", action="deploy-prod", outcome="created") == 0
+    assert value(held, "jit_approval_wait_seconds_count", action="deploy-prod") == 0
     worker.flush()
     after = scrape(http)
+    assert value(after, "jit_requests_total", action="deploy-prod", outcome="created") == 1
+    assert value(after, "jit_approval_wait_seconds_bucket", action="deploy-prod", le="15.0") == 0
+    assert value(after, "jit_approval_wait_seconds_bucket", action="deploy-prod", le="30.0") == 1
+    assert value(after, "jit_approval_wait_seconds_sum", action="deploy-prod") == 20.0
     assert value(after, "jit_requests_total", action="deploy-prod", outcome="expired") == 2
     assert value(after, "jit_revocation_lateness_seconds_bucket", action="deploy-prod", le="0.05") == 1
     assert value(after, "jit_revocation_lateness_seconds_bucket", action="deploy-prod", le="0.5") == 1
