@@ -57,8 +57,12 @@ def _memory(res: dict[str, Any]) -> dict[str, Any]:
             "stream and nonce set and each request's audit index; MEMORY USAGE of the audit stream "
             "before/after the throughput run, divided by the events appended. Processes: VmRSS and Pss "
             "summed over each process tree from /proc, sampled "
-            "every 0.5 s during each section (RSS counts pages shared after fork once per process)."
+            "every 0.5 s during each section (RSS counts pages shared after fork once per process). "
+            "The Redis measurement waits (up to the time left before the first expiry) for the Slack jobs "
+            "the seeding's transitions queued before the seeder took them back: transient work whose keys go "
+            "when it is done, not what a grant keeps (jobs_queued_when_measured says how many were left)."
         ),
+        "jobs_queued_when_measured": (rv.get("jit") or {}).get("jobs_queued_when_measured"),
         "redis_bytes_per_active_grant": rv.get("redis_bytes_per_active_grant"),
         "redis_bytes_per_active_grant_without_audit": rv.get("redis_bytes_per_active_grant_without_audit"),
         "redis_key_bytes_of_one_grant": keys,

@@ -94,15 +94,17 @@ class Seeder:
 
     def approve_many(self, n: int, ttl: timedelta) -> list[str]:
         """create + approve: n requests in state `approved` (their grant job removed)."""
-        from bot.core.clock import now_ms
+        from bot.core.clock import now_ms, to_ms
 
         ids: list[str] = []
         for start in range(0, n, BATCH):
             batch = []
             for _ in range(min(BATCH, n - start)):
                 req = self._new_request(ttl)
-                self.store.create(req, None, now_ms(), self._event("request.created", req.id, "pipeline:bench-ci"))
-                # a new request's first post is due at once: take it back before a worker does
+                # as the hook creates it: nothing due at once but its channel's first post
+                event = self._event("request.created", req.id, "pipeline:bench-ci")
+                self.store.create(req, None, now_ms(), event, remind_ms=to_ms(req.reminder_at))
+                # that first post: take it back before a worker makes it
                 self._drop_follow_ups([req.id])
                 out = self.store.approve(
                     req.id,
@@ -151,6 +153,21 @@ def _audit_bytes(r) -> int:
     from bot.store import keys
 
     return sum(int(r.memory_usage(k, samples=0) or 0) for k in (keys.audit_stream(), keys.audit_nonces()))
+
+
+def _follow_ups_settled(r, within_s: float) -> int:
+    """Wait (at most `within_s`) for the Slack jobs the seeding's transitions queued before the
+    seeder took them back: transient work (each job's key goes when it is done), not what an
+    active grant keeps. Returns how many were still queued when the memory was measured."""
+
+    def queued() -> int:
+        return sum(int(r.llen(f"rq:queue:{q}")) for q in ("jit-slack", "jit-access"))
+
+    deadline = time.monotonic() + max(within_s, 0.0)
+    while queued() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.2)  # the job in hand, if any, finishes
+    return queued()
 
 
 def _grant_key_bytes(r, rid: str) -> dict[str, int]:
@@ -283,6 +300,7 @@ def _run_side(side: str, sizes: Sizes, rng_seed: int, log, load_per_s: float = 0
         seeder.activate_many(ids, expires, on_active)
         seeded_at = time.time_ns() // 1_000_000
         seed_total = time.monotonic() - t_seed
+        queued = _follow_ups_settled(r, (t0_ms - seeded_at) / 1000 - 1.0) if side == "jit" else 0
         mem1 = _used_memory(r)
         audit1 = _audit_bytes(r)
         sample_keys = _grant_key_bytes(r, ids[0])
@@ -341,6 +359,7 @@ def _run_side(side: str, sizes: Sizes, rng_seed: int, log, load_per_s: float = 0
             "seeding_s": round(seed_total, 2),
             "expired_before_seeding_done": expired_before_seeded,
             "redis_used_memory_delta": mem1 - mem0,
+            "jobs_queued_when_measured": queued,
             # the audit trail's share: the stream, its recent-nonce set, each request's index of entries
             "redis_audit_memory_delta": audit1 - audit0 + sizes.grants * sample_keys["audit_index"],
             "sample_grant_key_bytes": sample_keys,
