@@ -3,9 +3,7 @@ comes — and the backend revoke that follows is recorded exactly once."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 from bot.core import errors as E
 from bot.core.clock import now, now_ms, rfc3339, to_ms
@@ -132,7 +130,6 @@ class RevokeService:
         blobs = dict(zip(request_ids, sealed, strict=True))
         out: dict[str, int | Exception] = {}
         revoked: list[_Revoked] = []
-        usage: list[Callable[[], object]] = []  # each grant's usage, kept once every revoke is done
         for rid in request_ids:
             req = reqs.get(rid)
             out[rid] = 0
@@ -140,14 +137,12 @@ class RevokeService:
                 out[rid] = to_ms(req.expires_at) - now_ms()
             elif req is not None and req.status == Status.ACTIVE:  # else it ended some other way
                 try:
-                    done = self._revoke_at_backend(req, blobs[rid], backend_for, usage)
+                    done = self._revoke_at_backend(req, blobs[rid], backend_for)
                 except Exception as e:  # noqa: BLE001 - this one is retried; the rest go on
                     out[rid] = e
                     continue
                 if done is not None:
                     revoked.append(done)
-        for keep in usage:  # before the revokes are recorded: a crash in between re-runs both
-            keep()
         outcomes = self.store.mark_revoked_many([(d.req.id, d.at_ms, d.event) for d in revoked])
         self.metrics.revoked_many(
             [
@@ -177,16 +172,8 @@ class RevokeService:
             self.metrics.request(req.action, out.status)
             self.metrics.revoked(req.action, done.backend, done.seconds, done.lateness_s)
 
-    def _revoke_at_backend(
-        self,
-        req: AccessRequest,
-        blob: str | None,
-        backend_for: BackendFor,
-        usage: list[Callable[[], object]] | None = None,
-    ) -> _Revoked | None:
-        """The backend revoke itself; what to record after it, or None when it was done already.
-        `usage`: where a batch collects the keeping of each grant's usage, so that its round trips
-        wait until every revoke of the batch is done (else it is kept here, at once)."""
+    def _revoke_at_backend(self, req: AccessRequest, blob: str | None, backend_for: BackendFor) -> _Revoked | None:
+        """The backend revoke itself; what to record after it, or None when it was done already."""
         credential = self.vault.open(blob) if blob else None
         if req.revoke_done_at is not None and not req.revoke_pending and credential is None:
             return None  # done already
@@ -195,12 +182,7 @@ class RevokeService:
         observed = backend.revoke(grant_request(req), credential)
         t = now_ms()
         if self.usage is not None:  # best effort, never raises; once per request (a re-run records nothing)
-            summary = observed if isinstance(observed, dict) else None
-            keep = partial(self.usage.record_session, req, backend.type, summary, credential)
-            if usage is None:
-                keep()
-            else:
-                usage.append(keep)
+            self.usage.record_session(req, backend.type, observed if isinstance(observed, dict) else None, credential)
         by = "expiry" if req.status == Status.ACTIVE else (req.revoked_by or "jit")
         details: dict = {"backend": backend.type}
         lateness = None

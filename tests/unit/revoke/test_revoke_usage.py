@@ -75,36 +75,3 @@ def test_a_backend_with_nothing_to_report_records_no_usage(rt, observed):
     rt.revokes.complete(rid, backend.backend_for)
     assert rt.store.get(rid).revoke_done_at is not None
     assert not events(rt, rid, "session.usage")
-
-
-def test_a_batch_of_expiries_revokes_every_grant_before_keeping_any_usage(rt, monkeypatch):
-    """Keeping a grant's usage costs round trips: in a batch they wait until every revoke is done,
-    so the last grant of a batch is not revoked later for the usage of the ones before it. The
-    usage is still kept before the revokes are recorded (a crash in between re-runs both)."""
-    order: list[str] = []
-
-    class Logging(ObservingBackend):
-        def revoke(self, request, credential):
-            order.append(f"revoke {request.id}")
-            return super().revoke(request, credential)
-
-    backend = Logging()
-    rids = [ask(rt, "read-secret") for _ in range(3)]  # all asked before one is held
-    for rid in rids:
-        rt.decisions.approve(rid, "U0LEAD1")
-        rt.grants.issue(rid, grant_claim(rt, rid), backend.backend_for)
-    for rid in rids:
-        rt.store.set_fields(rid, expires_ms=str(rt.store.get(rid).fields["issued_ms"]))  # due now
-    keep = rt.usage.record_session
-
-    def logged(req, *a):
-        order.append(f"usage {req.id}")
-        assert rt.store.get(req.id).status == Status.ACTIVE  # not recorded as revoked yet
-        return keep(req, *a)
-
-    monkeypatch.setattr(rt.usage, "record_session", logged)
-    assert rt.revokes.expire_many(rids, backend.backend_for) == dict.fromkeys(rids, 0)
-    assert order == [f"revoke {rid}" for rid in rids] + [f"usage {rid}" for rid in rids]
-    for rid in rids:
-        assert rt.store.get(rid).status == Status.EXPIRED
-        assert len(events(rt, rid, "session.usage")) == 1 and events(rt, rid, "grant.revoked")
