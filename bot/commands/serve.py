@@ -6,6 +6,7 @@ imports this module.
 
 from __future__ import annotations
 
+import atexit
 import sys
 
 from gunicorn.app.base import BaseApplication
@@ -96,8 +97,8 @@ def serve(host: str, port: int, workers: int | None = None) -> int:
             # a create answers once its state and audit event are stored; a thread chains the
             # trail for all of this worker's requests (bot/store/chainer.py), and another writes
             # the counts in /metrics once a second rather than one round trip per request
-            worker_rt.audit.chain_in_background()
-            worker_rt.metrics.hold()
+            worker_rt.audit.chain_in_background()  # stops (chaining what is left) at exit
+            atexit.register(worker_rt.metrics.hold())  # at exit, writes what it holds
             flask_app = create_app(worker_rt)
             if worker_rt.settings.slack_app_token is not None:
                 # One Socket Mode connection per server process: Slack spreads envelopes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 
@@ -137,3 +138,23 @@ def test_ctrl_c_to_serve_answers_the_waiting_pipeline_and_says_what_it_does(stac
     log = serve.log()
     assert "jit: stopping — requests in flight finish, open long-polls are answered now with their status" in log
     assert log.rstrip().endswith("jit: stopped") and "Traceback" not in log
+
+
+def test_sigterm_to_the_server_writes_the_counts_it_held_and_chains_every_event(stack):
+    """`jit serve` counts in the process and chains the audit trail from a thread of its own: what
+    it held when told to stop reaches Redis before it exits (a deploy loses no count)."""
+    serve = stack.procs[0]
+    created = []
+    for _ in range(20):
+        r = stack.ask("quick", WEB_TOKEN, reason="counted at the stop")
+        assert r.status_code == 201, r.text
+        created.append(r.json()["id"])
+    serve.popen.send_signal(signal.SIGTERM)  # within the second the counts are held for
+    assert serve.popen.wait(60) == 0, serve.log()
+
+    r = redislib.Redis.from_url(stack.redis.url, decode_responses=True)
+    counts = {json.loads(f)[2][1]: int(v) for f, v in r.hgetall("jit:metrics").items() if '"jit_requests_total"' in f}
+    assert counts.get("created") == len(created)
+    assert r.llen("jit:audit:outbox") == 0  # every event chained before the exit
+    chained = [json.loads(e["data"]) for _, e in r.xrange("jit:audit")]
+    assert sorted(e["request_id"] for e in chained if e["event"] == "request.created") == sorted(created)
