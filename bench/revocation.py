@@ -159,9 +159,10 @@ def _follow_ups_settled(r, within_s: float) -> int:
     """Wait (at most `within_s`) for the Slack jobs the seeding's transitions queued before the
     seeder took them back: transient work (each job's key goes when it is done), not what an
     active grant keeps. Returns how many were still queued when the memory was measured."""
+    from workers.queue.dispatch import ACCESS_QUEUE, SLACK_QUEUE
 
     def queued() -> int:
-        return sum(int(r.llen(f"rq:queue:{q}")) for q in ("jit-slack", "jit-access"))
+        return sum(int(r.llen(f"rq:queue:{q}")) for q in (SLACK_QUEUE, ACCESS_QUEUE))
 
     deadline = time.monotonic() + max(within_s, 0.0)
     while queued() and time.monotonic() < deadline:

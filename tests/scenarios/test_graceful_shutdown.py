@@ -13,6 +13,8 @@ from fakes.slack import block_action
 from procs import Stack, wait_until
 from support import WEB_TOKEN
 
+from bot.store import keys
+
 
 @pytest.fixture
 def stack():
@@ -153,8 +155,8 @@ def test_sigterm_to_the_server_writes_the_counts_it_held_and_chains_every_event(
     assert serve.popen.wait(60) == 0, serve.log()
 
     r = redislib.Redis.from_url(stack.redis.url, decode_responses=True)
-    counts = {json.loads(f)[2][1]: int(v) for f, v in r.hgetall("jit:metrics").items() if '"jit_requests_total"' in f}
+    counts = {json.loads(f)[2][1]: int(v) for f, v in r.hgetall(keys.metrics()).items() if '"jit_requests_total"' in f}
     assert counts.get("created") == len(created)
-    assert r.llen("jit:audit:outbox") == 0  # every event chained before the exit
-    chained = [json.loads(e["data"]) for _, e in r.xrange("jit:audit")]
+    assert r.llen(keys.audit_outbox()) == 0  # every event chained before the exit
+    chained = [json.loads(e["data"]) for _, e in r.xrange(keys.audit_stream())]
     assert sorted(e["request_id"] for e in chained if e["event"] == "request.created") == sorted(created)
