@@ -109,7 +109,8 @@ def test_a_deny_with_a_reason_typed_in_the_modal_reaches_the_pipeline(dev, page)
     page.submit_modal()
     page.wait_modal_closed()
     page.wait_message(rid, "Denied")
-    assert "not during the freeze <b>really</b>" in page.message(rid).text  # shown as typed
+    # shown as typed (read again if the message re-renders meanwhile: an element read once goes stale)
+    page.wait_message(rid, "not during the freeze <b>really</b>")
 
     body = pipeline.get(rid, rtok).json()
     assert body["status"] == "denied"
