@@ -3,11 +3,15 @@ sealed, and audited as `session.usage`; failing to keep it never stops the revok
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
+from freezegun import freeze_time
 from redis.exceptions import ConnectionError as RedisConnectionError
 from unit_support import RecordingBackend, ask, grant_claim
 
 from bot.core.model import Status
+from bot.request.schemas import RequestBody
 from bot.request.service import FollowUp
 from bot.store import keys
 
@@ -75,3 +79,22 @@ def test_a_backend_with_nothing_to_report_records_no_usage(rt, observed):
     rt.revokes.complete(rid, backend.backend_for)
     assert rt.store.get(rid).revoke_done_at is not None
     assert not events(rt, rid, "session.usage")
+
+
+def test_a_batch_of_expiries_chains_each_usage_before_its_revoke_and_leaves_nothing_unchained(rt):
+    backend = ObservingBackend()
+    ids = []
+    for i in range(4):  # one grant per CI run: a pipeline asking again for a grant it holds gets that one back
+        run = {"context": {"repository": "acme/web", "run_id": str(1000 + i), "run_attempt": "1"}}
+        rid = rt.requests.create("web-ci", RequestBody(action="read-secret", reason=f"batch {i}"), verified=run)
+        rid = rid.request.id
+        ids.append(rid)
+        rt.decisions.approve(rid, "U0LEAD1")
+        rt.grants.issue(rid, grant_claim(rt, rid), backend.backend_for)
+    with freeze_time(datetime.now(UTC) + timedelta(hours=2)):
+        assert rt.revokes.expire_many(ids, backend.backend_for) == dict.fromkeys(ids, 0)
+    assert rt.audit.pending() == 0, "the batch's own record chained every event it wrote"
+    for rid in ids:
+        names = [e.body["event"] for e in rt.audit.entries_for_request(rid)]
+        assert names[-2:] == ["session.usage", "grant.revoked"], names
+    assert rt.audit.verify()[1] is None
