@@ -35,6 +35,30 @@ end
 return out
 """
 
+# Members of one kind (`prefix`) falling due within the next few ms, claimed before they are due
+# so that the claim and its hand-off are not on the path of the work (workers/queue/scheduler.py
+# `AHEAD_MS`); members that someone holds a claim on (a lease about to lapse) are left alone.
+# KEYS: due, claims, seq   ARGV: now_ms, until_ms, limit, lease_ms, prefix
+# → flat [member, token, due_ms, ...]
+_CLAIM_AHEAD = """
+local items = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], ARGV[2], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+local score = tonumber(ARGV[1]) + tonumber(ARGV[4])
+local prefix = ARGV[5]
+local out = {}
+for i = 1, #items, 2 do
+  local m = items[i]
+  if string.sub(m, 1, #prefix) == prefix and redis.call('HEXISTS', KEYS[2], m) == 0 then
+    local token = 'c' .. redis.call('INCR', KEYS[3])
+    redis.call('ZADD', KEYS[1], score, m)
+    redis.call('HSET', KEYS[2], m, token)
+    out[#out + 1] = m
+    out[#out + 1] = token
+    out[#out + 1] = items[i + 1]
+  end
+end
+return out
+"""
+
 # KEYS: due, claims, attempts   ARGV: member, token
 _DONE = """
 if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
@@ -111,6 +135,7 @@ class DueQueue:
     def __init__(self, redis: Redis) -> None:
         self.r = redis
         self._claim = redis.register_script(_CLAIM)
+        self._claim_ahead = redis.register_script(_CLAIM_AHEAD)
         self._done = redis.register_script(_DONE)
         self._retry = redis.register_script(_RETRY)
         self._extend = redis.register_script(_EXTEND)
@@ -125,6 +150,17 @@ class DueQueue:
         """Members due by `now_ms`, each with the token of this claim."""
         flat = self._claim(keys=[keys.due(), keys.due_claims(), keys.due_claim_seq()], args=[now_ms, limit, lease_ms])
         return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    def claim_ahead(
+        self, now_ms: int, until_ms: int, prefix: str, limit: int = 100, lease_ms: int = LEASE_MS
+    ) -> list[tuple[str, str, int]]:
+        """Members starting with `prefix`, not due yet but by `until_ms`, unclaimed: each with the
+        token of this claim (leased `lease_ms` from `now_ms`) and the ms it is due. Whoever takes
+        them must not start one before it is due."""
+        flat = self._claim_ahead(
+            keys=[keys.due(), keys.due_claims(), keys.due_claim_seq()], args=[now_ms, until_ms, limit, lease_ms, prefix]
+        )
+        return [(flat[i], flat[i + 1], int(float(flat[i + 2]))) for i in range(0, len(flat), 3)]
 
     def done(self, member: str, token: str) -> bool:
         return bool(self._done(keys=[keys.due(), keys.due_claims(), keys.due_attempts()], args=[member, token]))

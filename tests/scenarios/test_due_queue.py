@@ -416,3 +416,98 @@ def test_a_batch_whose_hold_may_have_lapsed_checks_its_claims_and_runs_none_it_l
     assert q.extends == 1
     with BatchLease(q, mine) as lease:  # nothing known: asked, as before
         assert lease.held == []
+
+
+def test_claim_ahead_takes_only_unclaimed_members_of_its_kind_falling_due_soon(r):
+    q = DueQueue(r)
+    t = now_ms()
+    r.zadd(
+        keys.due(),
+        {
+            "expire:soon": t + 10,
+            "expire:later": t + 1000,
+            "slack:soon": t + 5,
+            "expire:held": t + 8,
+            "expire:due": t - 1,
+        },
+    )
+    r.hset(keys.due_claims(), "expire:held", "c-someone")  # a claim whose lease is about to lapse
+    [(member, token, due)] = q.claim_ahead(t, t + 25, "expire:")
+    assert (member, due) == ("expire:soon", t + 10)
+    assert q.score("expire:soon") == t + LEASE_MS, "leased like any claim"
+    assert q.claim_ahead(t, t + 25, "expire:") == [], "claimed: nobody else takes it"
+    assert {m for m, _ in q.claim(t)} == {"expire:due"}, "what is due now is the ordinary claim's"
+    q.schedule("expire:soon", t + 600_000)  # an extension moves it: the early claim is void
+    assert not q.extend("expire:soon", token, t + LEASE_MS)
+
+
+class TimedRunner(Runner):
+    """A revoker that records when each batch was handed over and when it started."""
+
+    def __init__(self, due, threads=2):
+        self.handed: list[tuple[int, list[str]]] = []
+        self.started: list[tuple[int, list[str]]] = []
+        super().__init__(lambda items, held: self.started.append((now_ms(), [m for m, _ in items])), due, threads)
+
+    def submit_at(self, items, held_until_ms):
+        self.handed.append((now_ms(), [m for m, _, _ in items]))
+        return super().submit_at(items, held_until_ms)
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return predicate()
+
+
+def test_a_batch_handed_over_ahead_starts_when_its_last_member_is_due_never_before(r):
+    runner = TimedRunner(DueQueue(r)).start()
+    try:
+        t = now_ms()
+        due = {"expire:a": t + 40, "expire:b": t + 40, "expire:c": t + 120}
+        assert runner.submit_at([(m, "tok", at) for m, at in due.items()], t + LEASE_MS)
+        assert runner.idle() == runner.size, "a batch held for later takes no thread until it may start"
+        assert wait_for(lambda: len(runner.started) == 2)
+        assert sorted(sorted(members) for _, members in runner.started) == [["expire:a", "expire:b"], ["expire:c"]]
+        for at, members in runner.started:
+            assert at >= max(due[m] for m in members), "never before it is due"
+    finally:
+        runner.stop(5)
+
+
+def test_a_runner_stopping_still_runs_what_it_holds_for_later_when_due(r):
+    runner = TimedRunner(DueQueue(r)).start()
+    t = now_ms()
+    runner.submit_at([("expire:last", "tok", t + 80)], t + LEASE_MS)
+    runner.stop(5)
+    assert [m for _, m in runner.started] == [["expire:last"]]
+    assert runner.started[0][0] >= t + 80
+    assert not runner.submit_at([("expire:after", "tok", t + 80)], t + LEASE_MS), "stopped: takes nothing more"
+
+
+def test_an_expiry_about_to_fall_due_is_claimed_and_handed_over_before_its_time(r, redis_url):
+    """The claim and the hand-off are done before the expiry is due; the revoke starts when it is
+    due. Other kinds are never claimed early: they go to RQ when due."""
+    q = DueQueue(r)
+    revoker = TimedRunner(q).start()
+    rec = Recorder()
+    # ahead by more than the wait, so a busy machine cannot turn the early claim into a due one
+    sched = Scheduler(r, redislib.Redis.from_url(redis_url, decode_responses=True), rec, revoker=revoker, ahead_ms=5000)
+    thread = threading.Thread(target=sched.run, daemon=True)
+    thread.start()
+    try:
+        t = now_ms() + 2000
+        r.zadd(keys.due(), {"expire:x": t, "slack:y": t})
+        r.rpush(keys.due_wake(), "1")
+        assert wait_for(lambda: revoker.started and rec.kicked)
+        [(handed_at, handed)] = revoker.handed
+        assert handed == ["expire:x"] and handed_at < t, "claimed and handed over ahead of time"
+        [(started_at, started)] = revoker.started
+        assert started == ["expire:x"] and started_at >= t, "started when due, never before"
+        assert [(m, fired >= t) for m, _, fired in rec.kicked] == [("slack:y", True)]
+    finally:
+        sched.stop()
+        r.rpush(keys.due_wake(), "1")
+        thread.join(10)
+        revoker.stop(5)

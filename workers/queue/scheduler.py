@@ -39,6 +39,13 @@ MAX_WAITING_JOBS = 4
 STORM = 80
 #: How often a held-back scheduler looks at the queue again.
 HOLD_OFF_S = 0.005
+#: Expiries falling due within this many ms are claimed and handed to the revoking threads before
+#: they are due (each starts when due, never before): the claim, its lease and the hand-off —
+#: round trips and thread wake-ups, several ms each on busy cores — are then off the path between
+#: the due moment and the revoke. Enough to cover them on a loaded machine; an expiry held this
+#: long by a worker that dies comes back after its lease, like any claimed one.
+AHEAD_MS = 25
+EXPIRE_PREFIX = "expire:"
 
 
 class Lease:
@@ -157,8 +164,10 @@ class Scheduler:
         dispatcher: Handoff,
         batch: int = 500,
         revoker: Runner | None = None,
+        ahead_ms: int = AHEAD_MS,
     ) -> None:
         self.due = DueQueue(redis)
+        self.ahead_ms = ahead_ms if revoker is not None else 0
         self.blocking = blocking_redis
         self.dispatcher = dispatcher
         self.batch = batch
@@ -177,14 +186,27 @@ class Scheduler:
         if self.revoker is None:
             self.dispatcher.kick_many(items, lane=False)
             return len(items)
-        expiries = [item for item in items if item[0].startswith("expire:")]
+        expiries = [item for item in items if item[0].startswith(EXPIRE_PREFIX)]
         room = 0 if storm else max(self.revoker.idle(), 0) * REVOKER_BATCH
         if storm or len(expiries) - room >= STORM:
             expiries, spill = expiries[:room], expiries[room:]
         else:
             spill = []  # a few batches more than the threads start at once: they wait here a moment
         self.revoker.submit(expiries)
-        self.dispatcher.kick_many([item for item in items if not item[0].startswith("expire:")] + spill, lane=False)
+        self.dispatcher.kick_many([item for item in items if not item[0].startswith(EXPIRE_PREFIX)] + spill, lane=False)
+        return len(items)
+
+    def run_ahead(self) -> int:
+        """Claim the expiries falling due within `ahead_ms` (AHEAD_MS) and hand them to the revoking threads,
+        each to start when due. Returns how many (0 without a revoker, or with none that soon)."""
+        if self.revoker is None:
+            return 0
+        now = now_ms()
+        items = self.due.claim_ahead(now, now + self.ahead_ms, EXPIRE_PREFIX, REVOKER_BATCH * self.revoker.size)
+        if items and not self.revoker.submit_at(items, now + LEASE_MS):
+            # the revoker is stopping: give them back as they were, due when they were due
+            self.due.retry_at_many(items)
+            return 0
         return len(items)
 
     def _plan(self) -> tuple[int | None, bool]:
@@ -220,10 +242,15 @@ class Scheduler:
                 wait = 5.0 if nxt is None else (nxt - now_ms()) / 1000
                 if wait <= 0:
                     continue
-                if wait > 0.25:
-                    self.blocking.blpop([keys.due_wake()], timeout=min(wait - 0.15, 5.0))
+                ahead = self.ahead_ms / 1000
+                if wait <= ahead:
+                    if self.run_ahead():
+                        continue
+                    self.stopping.wait(wait)  # what is due next is not an expiry: wait for it
+                elif wait - ahead > 0.25:
+                    self.blocking.blpop([keys.due_wake()], timeout=min(wait - ahead - 0.15, 5.0))
                 else:
-                    self.stopping.wait(wait)
+                    self.stopping.wait(wait - ahead)
             except Exception:  # Redis away: keep trying, never die
                 log.exception("scheduler loop error; retrying")
                 self.stopping.wait(0.5)
