@@ -35,6 +35,10 @@ from workers.upkeep import AuditUpkeep
 #: long is a connection lost without a reset (a partition), not a quiet lane.
 LANE_SOCKET_TIMEOUT_S = REFRESH_S + 10
 
+#: The GIL's switch interval in the worker's own process (Python's default is 5 ms): 10 000
+#: overdue expiries took 17.5-19.4 s with it, 20.3 s without (docs/performance.md, sixth pass).
+SWITCH_INTERVAL_S = 0.001
+
 #: Builds a process's parts (bot.wiring.build): a forked child builds its own.
 Build = Callable[[Settings, str | None], Runtime]
 
@@ -191,6 +195,12 @@ def run_worker(rt: Runtime, build: Build, concurrency: int = 2, burst: bool = Fa
 
     for _ in range(max(concurrency, 1) - 1):
         children.append(start_child())
+
+    if not burst:
+        # This process's revoking threads share its GIL with CPU-bound threads (its RQ worker's
+        # Slack renders, the audit chainer): a thread back from a Redis reply waits for the GIL
+        # up to the switch interval, and every revocation makes a few round trips.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
 
     sched = None
     revoker = None
