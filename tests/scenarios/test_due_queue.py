@@ -464,10 +464,11 @@ def wait_for(predicate, timeout=10.0):
 def test_a_batch_handed_over_ahead_starts_when_its_last_member_is_due_never_before(r):
     runner = TimedRunner(DueQueue(r)).start()
     try:
-        t = now_ms()
-        due = {"expire:a": t + 40, "expire:b": t + 40, "expire:c": t + 120}
+        t = now_ms()  # due well after the checks below, however busy the machine
+        due = {"expire:a": t + 1500, "expire:b": t + 1500, "expire:c": t + 1600}
         assert runner.submit_at([(m, "tok", at) for m, at in due.items()], t + LEASE_MS)
         assert runner.idle() == runner.size, "a batch held for later takes no thread until it may start"
+        assert runner.started == []
         assert wait_for(lambda: len(runner.started) == 2)
         assert sorted(sorted(members) for _, members in runner.started) == [["expire:a", "expire:b"], ["expire:c"]]
         for at, members in runner.started:
