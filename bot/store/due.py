@@ -121,6 +121,10 @@ return 1
 """
 
 
+#: The due members that revoke a grant at its expiry are `expire:<request id>`.
+EXPIRE_PREFIX = "expire:"
+
+
 def channel_post_member(channel: str) -> str:
     """The due member that posts a channel's waiting first messages, in turn
     (workers/jobs/notify/pacing.py `drain_channel`)."""

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from bot import logs
 from bot.core.clock import now_ms
 from bot.runtime import Runtime
-from bot.store.due import DueQueue
+from bot.store.due import EXPIRE_PREFIX, DueQueue
 from workers.backends.base import GrantError
 from workers.jobs import gate, grant, reissue, revoke, timeout
 from workers.jobs.notify import expiries, followups, message, notices, pacing
@@ -45,9 +45,9 @@ HANDLERS: dict[str, Callable[[Runtime, str, str], None]] = {
 def run_due_batch(rt: Runtime, items: list[tuple[str, str]]) -> None:
     """Several due members in one job (the scheduler batches when many fall due at once). Expiries
     run together (`run_expiries`); the rest one by one."""
-    expiries = [item for item in items if item[0].startswith("expire:")]
+    expiries = [item for item in items if item[0].startswith(EXPIRE_PREFIX)]
     for member, token in items:
-        if not member.startswith("expire:"):
+        if not member.startswith(EXPIRE_PREFIX):
             run_due(rt, member, token)
     if len(expiries) == 1:
         run_due(rt, *expiries[0])

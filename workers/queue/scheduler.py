@@ -15,7 +15,7 @@ from redis import Redis
 
 from bot.core.clock import now_ms
 from bot.store import keys
-from bot.store.due import LEASE_MS, DueQueue
+from bot.store.due import EXPIRE_PREFIX, LEASE_MS, DueQueue
 from workers.queue.runner import MAX_BATCH as REVOKER_BATCH
 from workers.queue.runner import Runner
 
@@ -45,7 +45,6 @@ HOLD_OFF_S = 0.005
 #: the due moment and the revoke. Enough to cover them on a loaded machine; an expiry held this
 #: long by a worker that dies comes back after its lease, like any claimed one.
 AHEAD_MS = 25
-EXPIRE_PREFIX = "expire:"
 
 
 class Lease:
