@@ -495,12 +495,11 @@ def test_an_expiry_about_to_fall_due_is_claimed_and_handed_over_before_its_time(
     rec = Recorder()
     # ahead by more than the wait, so a busy machine cannot turn the early claim into a due one
     sched = Scheduler(r, redislib.Redis.from_url(redis_url, decode_responses=True), rec, revoker=revoker, ahead_ms=5000)
+    t = now_ms() + 2000
+    r.zadd(keys.due(), {"expire:x": t, "slack:y": t})  # queued before the scheduler's first look
     thread = threading.Thread(target=sched.run, daemon=True)
     thread.start()
     try:
-        t = now_ms() + 2000
-        r.zadd(keys.due(), {"expire:x": t, "slack:y": t})
-        r.rpush(keys.due_wake(), "1")
         assert wait_for(lambda: revoker.started and rec.kicked)
         [(handed_at, handed)] = revoker.handed
         assert handed == ["expire:x"] and handed_at < t, "claimed and handed over ahead of time"

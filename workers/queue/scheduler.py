@@ -241,7 +241,7 @@ class Scheduler:
                 wait = 5.0 if nxt is None else (nxt - now_ms()) / 1000
                 if wait <= 0:
                     continue
-                ahead = self.ahead_ms / 1000
+                ahead = self.ahead_ms / 1000 if nxt is not None else 0.0  # nothing queued: listen for new work
                 if wait <= ahead:
                     if self.run_ahead():
                         continue
